@@ -1,0 +1,1 @@
+//! pipeline-crowd (being written)

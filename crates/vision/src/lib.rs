@@ -1,0 +1,1 @@
+//! pipeline-vision (being written)

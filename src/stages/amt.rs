@@ -1,0 +1,1 @@
+//! Stage `amt` (being written; registered in mod.rs once it runs).

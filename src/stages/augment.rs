@@ -1,0 +1,1 @@
+//! Stage `augment` (being written; registered in mod.rs once it runs).

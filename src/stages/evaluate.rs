@@ -1,0 +1,1 @@
+//! Stage `evaluate` (being written; registered in mod.rs once it runs).

@@ -1,0 +1,306 @@
+//! The one `Stage` abstraction and the registry of stage kinds.
+//!
+//! A stage kind is a type implementing [`Stage`]: typed params (a serde struct that also
+//! derives `JsonSchema`, so validation, defaults, `pipeline schema` and the cache key all
+//! come from one definition), declared inputs, an implementation version, and `run`.
+//! The engine wraps each kind in [`DynStage`] so the registry can hold them side by side.
+//!
+//! Contract for `run`: read inputs from `ctx.inputs` (a directory, or the file itself for a
+//! file input), write every output file under `ctx.out_dir`, and nothing anywhere else. The
+//! engine turns `out_dir` into a content-addressed artifact only after `run` returns `Ok`,
+//! so a failing or cancelled stage leaves nothing in the cache.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub mod command;
+#[cfg(feature = "ml")]
+pub mod evaluate;
+#[cfg(feature = "ml")]
+pub mod train;
+pub mod amt;
+pub mod augment;
+pub mod dawid_skene;
+pub mod demo_data;
+
+/// What a stage kind declares about one named input.
+#[derive(Debug, Clone, Copy)]
+pub struct InputDecl {
+    pub name: &'static str,
+    pub required: bool,
+    pub doc: &'static str,
+}
+
+/// Cooperative cancellation (Ctrl-C, SIGTERM, a scheduler shutting down).
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst)
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    /// `Err(StageError::Cancelled)` once cancelled; call it between units of work.
+    pub fn check(&self) -> Result<(), StageError> {
+        if self.is_cancelled() {
+            Err(StageError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A stage's handle on its progress bar. Cheap to clone; safe from any thread (rayon too).
+#[derive(Clone)]
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    pub fn new(bar: indicatif::ProgressBar) -> Self {
+        Self { bar }
+    }
+    pub fn hidden() -> Self {
+        Self { bar: indicatif::ProgressBar::hidden() }
+    }
+    /// Switch from a spinner to a bar of `len` units (images, epochs, EM iterations...).
+    pub fn set_length(&self, len: u64) {
+        self.bar.set_length(len);
+        self.bar.set_position(0);
+        self.bar.set_style(crate::progress::bar_style());
+    }
+    pub fn inc(&self, n: u64) {
+        self.bar.inc(n)
+    }
+    pub fn set_position(&self, n: u64) {
+        self.bar.set_position(n)
+    }
+    pub fn set_message(&self, msg: impl Into<String>) {
+        self.bar.set_message(msg.into())
+    }
+    /// Print a line above the bars without tearing them.
+    pub fn println(&self, line: impl AsRef<str>) {
+        self.bar.println(line.as_ref())
+    }
+    pub fn bar(&self) -> &indicatif::ProgressBar {
+        &self.bar
+    }
+}
+
+/// Everything a stage may touch while it runs.
+pub struct StageContext<'a> {
+    /// The stage's name in the pipeline file (not its kind).
+    pub name: &'a str,
+    /// Input name -> a directory (stage output, directory or glob input) or a file.
+    pub inputs: &'a BTreeMap<String, PathBuf>,
+    /// Empty directory; every file written here becomes the stage's output artifact.
+    pub out_dir: &'a Path,
+    /// Directory of the pipeline file: relative paths in params resolve against it.
+    pub base_dir: &'a Path,
+    /// The last committed output of a stage of the same name in this cache, if any
+    /// (lets `evaluate` print `accuracy 0.33 -> 0.41`).
+    pub previous_output: Option<&'a Path>,
+    pub progress: &'a Progress,
+    pub cancel: &'a CancelFlag,
+}
+
+impl StageContext<'_> {
+    /// Path of a required input; the error names the stage and the input.
+    pub fn input(&self, name: &str) -> Result<&Path, StageError> {
+        self.inputs
+            .get(name)
+            .map(|p| p.as_path())
+            .ok_or_else(|| StageError::MissingInput { input: name.to_string() })
+    }
+    pub fn resolve(&self, p: impl AsRef<Path>) -> PathBuf {
+        let p = p.as_ref();
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+/// What a finished stage tells the engine besides its files.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StageOutcome {
+    /// Numbers worth tracking across runs (`accuracy`, `macro_f1`, `agreement`...).
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    /// How it ran, not what it computed (backend, device, threads): never part of the key.
+    #[serde(default)]
+    pub provenance: BTreeMap<String, Value>,
+    /// Lines printed after the run summary (an evaluation table, where the report is).
+    #[serde(default)]
+    pub summary: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("input \"{input}\" is required but not given")]
+    MissingInput { input: String },
+    #[error("{}: {message}", path.display())]
+    BadFile { path: PathBuf, message: String },
+    #[error("param \"{param}\": {message}")]
+    BadParam { param: String, message: String },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Failed(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl StageError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StageError::Io { path: path.into(), source }
+    }
+    pub fn bad_file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
+        StageError::BadFile { path: path.into(), message: message.to_string() }
+    }
+    pub fn bad_param(param: &str, message: impl std::fmt::Display) -> Self {
+        StageError::BadParam { param: param.to_string(), message: message.to_string() }
+    }
+}
+
+/// One stage kind. Implement this; the registry wraps it in [`DynStage`].
+pub trait Stage: Send + Sync + 'static {
+    /// Params with defaults filled in. `#[serde(deny_unknown_fields, default)]` is expected:
+    /// unknown names become "unknown param, did you mean ..." errors.
+    type Params: DeserializeOwned + Serialize + schemars::JsonSchema + Send + Sync;
+    /// The `kind` string in pipeline files.
+    const KIND: &'static str;
+    /// Bump whenever the same params and inputs would produce different output:
+    /// it is part of every cache key of this kind.
+    const VERSION: u32;
+    const DESCRIPTION: &'static str;
+    /// Named inputs. Names not listed are rejected, unless `OPEN_INPUTS`.
+    const INPUTS: &'static [InputDecl];
+    const OPEN_INPUTS: bool = false;
+    /// Params without a schema of their own (the `command` kind's `$P_*`).
+    const OPEN_PARAMS: bool = false;
+
+    /// A stage that reads the outside world runs every time; its output digest still
+    /// decides whether its dependents rerun.
+    fn volatile(_params: &Self::Params) -> bool {
+        false
+    }
+    /// Files named by params (pretrained weights...): hashed by content into the key.
+    fn param_files(_params: &Self::Params) -> Vec<(String, PathBuf)> {
+        Vec::new()
+    }
+    /// Checks across params that serde cannot express (ranges, exclusive options).
+    fn check_params(_params: &Self::Params) -> Result<(), StageError> {
+        Ok(())
+    }
+    fn run(params: &Self::Params, ctx: &StageContext<'_>) -> Result<StageOutcome, StageError>;
+}
+
+/// Object-safe face of [`Stage`], used by the registry, validation and the engine.
+pub trait DynStage: Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn version(&self) -> u32;
+    fn description(&self) -> &'static str;
+    fn inputs(&self) -> &'static [InputDecl];
+    fn open_inputs(&self) -> bool;
+    fn open_params(&self) -> bool;
+    fn params_schema(&self) -> Value;
+    /// Validate raw params and return them canonical, defaults filled in.
+    fn normalize(&self, raw: &Value) -> Result<Value, ParamError>;
+    fn volatile(&self, params: &Value) -> bool;
+    fn param_files(&self, params: &Value) -> Vec<(String, PathBuf)>;
+    fn run(&self, params: &Value, ctx: &StageContext<'_>) -> Result<StageOutcome, StageError>;
+}
+
+/// A param that failed validation: where (JSON path inside `params`) and why.
+#[derive(Debug, Clone)]
+pub struct ParamError {
+    /// Path below the stage's `params`, e.g. `epochs` or `fill.cval`.
+    pub path: String,
+    pub message: String,
+}
+
+struct Wrap<S: Stage>(std::marker::PhantomData<S>);
+
+fn parse_params<S: Stage>(raw: &Value) -> Result<S::Params, ParamError> {
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(raw, &mut track);
+    match S::Params::deserialize(de) {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            let path = track.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            Err(ParamError { path, message: e.to_string() })
+        }
+    }
+}
+
+impl<S: Stage> DynStage for Wrap<S> {
+    fn kind(&self) -> &'static str {
+        S::KIND
+    }
+    fn version(&self) -> u32 {
+        S::VERSION
+    }
+    fn description(&self) -> &'static str {
+        S::DESCRIPTION
+    }
+    fn inputs(&self) -> &'static [InputDecl] {
+        S::INPUTS
+    }
+    fn open_inputs(&self) -> bool {
+        S::OPEN_INPUTS
+    }
+    fn open_params(&self) -> bool {
+        S::OPEN_PARAMS
+    }
+    fn params_schema(&self) -> Value {
+        serde_json::to_value(schemars::schema_for!(S::Params)).unwrap_or(Value::Null)
+    }
+    fn normalize(&self, raw: &Value) -> Result<Value, ParamError> {
+        let p = parse_params::<S>(raw)?;
+        S::check_params(&p).map_err(|e| match e {
+            StageError::BadParam { param, message } => ParamError { path: param, message },
+            other => ParamError { path: String::new(), message: other.to_string() },
+        })?;
+        serde_json::to_value(&p).map_err(|e| ParamError { path: String::new(), message: e.to_string() })
+    }
+    fn volatile(&self, params: &Value) -> bool {
+        parse_params::<S>(params).map(|p| S::volatile(&p)).unwrap_or(false)
+    }
+    fn param_files(&self, params: &Value) -> Vec<(String, PathBuf)> {
+        parse_params::<S>(params).map(|p| S::param_files(&p)).unwrap_or_default()
+    }
+    fn run(&self, params: &Value, ctx: &StageContext<'_>) -> Result<StageOutcome, StageError> {
+        let p = parse_params::<S>(params).map_err(|e| StageError::bad_param(&e.path, e.message))?;
+        S::run(&p, ctx)
+    }
+}
+
+pub fn wrap<S: Stage>() -> Box<dyn DynStage> {
+    Box::new(Wrap::<S>(std::marker::PhantomData))
+}
+
+/// Every stage kind this build knows, in the order `pipeline schema` lists them.
+pub fn registry() -> Vec<Box<dyn DynStage>> {
+    #[allow(unused_mut)]
+    let mut kinds: Vec<Box<dyn DynStage>> = vec![wrap::<command::Command>()];
+    // Stage kinds register here, one line each.
+    kinds
+}
+
+pub fn find(kind: &str) -> Option<Box<dyn DynStage>> {
+    registry().into_iter().find(|s| s.kind() == kind)
+}

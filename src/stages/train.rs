@@ -1,0 +1,1 @@
+//! Stage `train` (being written; registered in mod.rs once it runs).
