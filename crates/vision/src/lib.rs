@@ -1,1 +1,40 @@
-//! pipeline-vision (being written)
+//! `pipeline-vision`: everything the pipeline does to pixels, without ML.
+//!
+//! - [`load_image`]: the single definition of how an image file becomes model input
+//!   (training, augmentation and evaluation all decode through it).
+//! - [`augment`]: Keras `ImageDataGenerator` transforms (plus a few torchvision ones),
+//!   deterministic per (seed, source, copy) and parallel over images.
+//! - [`balance`]: the per-class fill/sample-down plan.
+//! - [`faces`]: a deterministic synthetic face generator for the demo dataset.
+
+pub mod augment;
+pub mod balance;
+pub mod decode;
+pub mod faces;
+
+pub use augment::{
+    affine_matrix, apply_transform, augment_copy, augment_many, copy_rng, AugmentConfig, FillMode,
+    TransformParams,
+};
+pub use balance::{plan_balance, BalanceMode, PlanItem};
+pub use decode::{decode_image, load_image, Image};
+pub use faces::render_face;
+
+/// The seven classes, in the order used everywhere (label index = position).
+pub const CLASSES: [&str; 7] = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum VisionError {
+    #[error("{}: {source}", path.display())]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{}: cannot decode image: {message}", path.display())]
+    Decode { path: std::path::PathBuf, message: String },
+    #[error("{}: cannot encode image: {message}", path.display())]
+    Encode { path: std::path::PathBuf, message: String },
+    #[error("param \"{param}\": {message}")]
+    BadParam { param: &'static str, message: String },
+    #[error("class {class} has no source images, so it cannot be filled to {per_class}")]
+    EmptyClass { class: usize, per_class: usize },
+    #[error("label {label} of item {item} is not below the number of classes ({n_classes})")]
+    BadLabel { item: usize, label: usize, n_classes: usize },
+}

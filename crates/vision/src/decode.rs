@@ -1,0 +1,180 @@
+//! Decoding: the one definition of "an image file as model input".
+//!
+//! Steps, in this order (training and evaluation rely on it being the same everywhere):
+//! 1. decode the file (JPEG or PNG, format guessed from the content, not the extension);
+//! 2. convert to the channel count: 1 -> `DynamicImage::to_luma8` (Rec. 709 weights of the
+//!    `image` crate), 3 -> `to_rgb8` (a grayscale file is replicated into R, G and B);
+//! 3. resize to `size` x `size` with `FilterType::Triangle` (bilinear), aspect ratio not
+//!    kept, skipped when the image already has that size.
+
+use std::path::Path;
+
+use image::imageops::FilterType;
+use image::DynamicImage;
+
+use crate::VisionError;
+
+/// An 8-bit image, rows top to bottom, channels interleaved (HWC), 1 or 3 channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub width: u32,
+    pub height: u32,
+    pub channels: u8,
+    pub data: Vec<u8>,
+}
+
+impl Image {
+    pub fn new(width: u32, height: u32, channels: u8) -> Self {
+        let len = width as usize * height as usize * channels as usize;
+        Image { width, height, channels, data: vec![0; len] }
+    }
+
+    /// Wrap raw HWC bytes; `None` when the length does not match.
+    pub fn from_raw(width: u32, height: u32, channels: u8, data: Vec<u8>) -> Option<Self> {
+        (data.len() == width as usize * height as usize * channels as usize && matches!(channels, 1 | 3))
+            .then_some(Image { width, height, channels, data })
+    }
+
+    pub fn to_dynamic(&self) -> DynamicImage {
+        match self.channels {
+            1 => DynamicImage::ImageLuma8(
+                image::GrayImage::from_raw(self.width, self.height, self.data.clone())
+                    .expect("Image invariant: data length matches"),
+            ),
+            _ => DynamicImage::ImageRgb8(
+                image::RgbImage::from_raw(self.width, self.height, self.data.clone())
+                    .expect("Image invariant: data length matches"),
+            ),
+        }
+    }
+
+    /// Encode as PNG bytes (deterministic: same pixels, same bytes).
+    pub fn to_png(&self) -> Result<Vec<u8>, image::ImageError> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        let color = if self.channels == 1 { image::ExtendedColorType::L8 } else { image::ExtendedColorType::Rgb8 };
+        image::ImageEncoder::write_image(
+            image::codecs::png::PngEncoder::new(&mut out),
+            &self.data,
+            self.width,
+            self.height,
+            color,
+        )?;
+        Ok(out.into_inner())
+    }
+
+    pub fn save_png(&self, path: &Path) -> Result<(), VisionError> {
+        let bytes = self
+            .to_png()
+            .map_err(|e| VisionError::Encode { path: path.to_path_buf(), message: e.to_string() })?;
+        std::fs::write(path, bytes).map_err(|source| VisionError::Io { path: path.to_path_buf(), source })
+    }
+}
+
+fn check_shape(size: u32, channels: u8) -> Result<(), VisionError> {
+    if size == 0 || size > 4096 {
+        return Err(VisionError::BadParam { param: "size", message: format!("{size} is not in 1..=4096") });
+    }
+    if !matches!(channels, 1 | 3) {
+        return Err(VisionError::BadParam { param: "channels", message: format!("{channels} is not 1 or 3") });
+    }
+    Ok(())
+}
+
+/// Read and decode `path` (JPEG/PNG, grayscale or colour) to `size` x `size` x `channels`.
+/// See the module doc for the exact steps; errors name the file.
+pub fn load_image(path: &Path, size: u32, channels: u8) -> Result<Image, VisionError> {
+    check_shape(size, channels)?;
+    let bytes = std::fs::read(path).map_err(|source| VisionError::Io { path: path.to_path_buf(), source })?;
+    decode_image(&bytes, path, size, channels)
+}
+
+/// [`load_image`] on bytes already in memory; `path` only names the source in errors.
+pub fn decode_image(bytes: &[u8], path: &Path, size: u32, channels: u8) -> Result<Image, VisionError> {
+    check_shape(size, channels)?;
+    let img = image::load_from_memory(bytes)
+        .map_err(|e| VisionError::Decode { path: path.to_path_buf(), message: e.to_string() })?;
+    Ok(convert(&img, size, channels))
+}
+
+/// Channel conversion then Triangle resize: the tail of [`load_image`].
+pub fn convert(img: &DynamicImage, size: u32, channels: u8) -> Image {
+    let resize = |w: u32, h: u32| (w, h) != (size, size);
+    if channels == 1 {
+        let mut g = img.to_luma8();
+        if resize(g.width(), g.height()) {
+            g = image::imageops::resize(&g, size, size, FilterType::Triangle);
+        }
+        Image { width: size, height: size, channels: 1, data: g.into_raw() }
+    } else {
+        let mut c = img.to_rgb8();
+        if resize(c.width(), c.height()) {
+            c = image::imageops::resize(&c, size, size, FilterType::Triangle);
+        }
+        Image { width: size, height: size, channels: 3, data: c.into_raw() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STUDY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/datasets/seed-study/images/results");
+
+    #[test]
+    fn decodes_study_images_to_configured_shape() {
+        let dir = Path::new(STUDY).join("angry");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            eprintln!("skipping: {} not present", dir.display());
+            return;
+        };
+        let mut n = 0;
+        for e in entries.take(5) {
+            let p = e.unwrap().path();
+            for (size, ch) in [(48, 1), (32, 3), (64, 1)] {
+                let img = load_image(&p, size, ch).unwrap();
+                assert_eq!((img.width, img.height, img.channels), (size, size, ch));
+                assert_eq!(img.data.len(), (size * size) as usize * ch as usize);
+            }
+            n += 1;
+        }
+        assert!(n > 0);
+    }
+
+    #[test]
+    fn grayscale_png_to_rgb_replicates_and_roundtrips() {
+        let dir = tempdir();
+        let p = dir.join("g.png");
+        let g = Image::from_raw(4, 4, 1, (0..16).map(|v| v as u8 * 10).collect()).unwrap();
+        g.save_png(&p).unwrap();
+        let back = load_image(&p, 4, 1).unwrap();
+        assert_eq!(back, g);
+        let rgb = load_image(&p, 4, 3).unwrap();
+        assert_eq!(rgb.data[3 * 5..3 * 5 + 3], [50, 50, 50]);
+        let small = load_image(&p, 2, 1).unwrap();
+        assert_eq!(small.data.len(), 4);
+    }
+
+    #[test]
+    fn bad_file_error_names_it() {
+        let dir = tempdir();
+        let p = dir.join("broken.jpg");
+        std::fs::write(&p, b"not an image").unwrap();
+        let e = load_image(&p, 48, 1).unwrap_err().to_string();
+        assert!(e.contains("broken.jpg"), "{e}");
+        let e = load_image(&dir.join("missing.png"), 48, 1).unwrap_err().to_string();
+        assert!(e.contains("missing.png"), "{e}");
+        assert!(load_image(&p, 48, 2).unwrap_err().to_string().contains("channels"));
+    }
+
+    fn tempdir() -> std::path::PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "pv-decode-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
