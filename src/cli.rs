@@ -1,0 +1,476 @@
+//! Command-line interface: argument parsing and printing. The work happens in the library.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Table};
+
+use crate::cache::Cache;
+use crate::dag::{self, Pipeline};
+use crate::engine::{Engine, RunOptions, RunRecord, RunStatus, StageStatus};
+use crate::stages::CancelFlag;
+
+#[derive(Parser, Debug)]
+#[command(name = "pipeline", version, about = "Declarative, content-cached pipelines: AMT labels -> Dawid-Skene -> augment -> train -> evaluate")]
+pub struct Cli {
+    /// Cache directory.
+    #[arg(long, global = true, env = "PIPELINE_CACHE", default_value = "cache")]
+    pub cache: PathBuf,
+    /// Wait for another process using the cache instead of failing.
+    #[arg(long, global = true)]
+    pub wait: bool,
+    /// Log format on stderr (level from PIPELINE_LOG, e.g. `info`, `pipeline=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a pipeline: stages whose key is cached are reused, the others run.
+    Run(RunArgs),
+    /// Show which stages would run and why, without running anything.
+    Plan {
+        file: PathBuf,
+        /// Print the reasons of every miss.
+        #[arg(long)]
+        explain: bool,
+        /// Machine-readable: {"stages":[{"name","status","key","reasons"}]}.
+        #[arg(long)]
+        json: bool,
+        /// Override a param: stage.param=value (JSON or a plain string).
+        #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+        set: Vec<String>,
+    },
+    /// Print the pipeline graph.
+    Dag {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = DagFormat::Text)]
+        format: DagFormat,
+    },
+    /// Print a JSON Schema of pipeline files (or of one stage kind's params).
+    Schema { kind: Option<String> },
+    /// Inspect and maintain the cache.
+    #[command(subcommand)]
+    Cache(CacheCmd),
+    /// Run history: list, show one, or diff two runs.
+    Runs {
+        #[command(subcommand)]
+        cmd: Option<RunsCmd>,
+        /// How many runs to list.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+    },
+    /// Write the embedded demo data set (faces + a simulated AMT batch) to DIR.
+    DemoData {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Images per class for train (crowd-labelled), valid and test.
+        #[arg(long, default_value_t = 100)]
+        per_class: usize,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    pub file: PathBuf,
+    /// Stages to run at once (default: number of CPUs).
+    #[arg(short = 'j', long, default_value_t = 0)]
+    pub jobs: usize,
+    /// Run only this stage (repeatable); its inputs must be cached.
+    #[arg(long)]
+    pub only: Vec<String>,
+    /// Run this stage and everything downstream of it (repeatable).
+    #[arg(long)]
+    pub from: Vec<String>,
+    /// Rerun this stage even if cached (repeatable).
+    #[arg(long)]
+    pub force: Vec<String>,
+    /// Override a param: stage.param=value (JSON or a plain string), or stage.inputs.x=ref.
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    pub set: Vec<String>,
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum DagFormat {
+    Text,
+    Dot,
+    Mermaid,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCmd {
+    /// List entries: stage, key, size, age.
+    Ls,
+    /// Show an entry (key prefix or stage name): manifest, key inputs, provenance.
+    Show { what: String },
+    /// Copy an entry's files out (key prefix or stage name).
+    Export { what: String, dir: PathBuf },
+    /// Remove what no entry needs; with --keep-last N, also entries not used by the last N runs.
+    Gc {
+        #[arg(long)]
+        keep_last: Option<usize>,
+    },
+    /// Rehash every blob; drop entries whose files are damaged.
+    Verify,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunsCmd {
+    /// One run in detail.
+    Show { id: u64 },
+}
+
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PIPELINE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => b.try_init(),
+        LogFormat::Json => b.json().try_init(),
+    };
+}
+
+/// Parse arguments and run; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn open_cache(cli_cache: &Path, wait: bool) -> Result<Cache> {
+    Ok(Cache::open(cli_cache, wait)?)
+}
+
+fn load(file: &Path, set: &[String]) -> Result<Pipeline> {
+    Ok(dag::load(file, set)?)
+}
+
+pub fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Run(args) => {
+            let p = load(&args.file, &args.set)?;
+            for s in args.only.iter().chain(&args.from).chain(&args.force) {
+                if p.index(s).is_none() {
+                    bail!("no stage named `{s}` in {}", args.file.display());
+                }
+            }
+            let cache = Arc::new(open_cache(&cli.cache, cli.wait)?);
+            let opts = RunOptions {
+                jobs: args.jobs,
+                only: args.only,
+                from: args.from,
+                force: args.force,
+                quiet: args.quiet,
+                trigger: "manual".into(),
+                overrides: args.set,
+            };
+            let record = run_pipeline(cache, Arc::new(p), &opts)?;
+            Ok(exit_code(&record))
+        }
+        Command::Plan { file, explain, json, set } => {
+            let p = load(&file, &set)?;
+            let cache = open_cache(&cli.cache, cli.wait)?;
+            let plan = crate::plan::plan(&cache, &p);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                let mut t = table(&["stage", "status", "why"]);
+                for s in &plan.stages {
+                    let why = if explain { s.reasons.join("\n") } else { s.reasons.first().cloned().unwrap_or_default() };
+                    t.add_row(vec![Cell::new(&s.name), Cell::new(s.status), Cell::new(why)]);
+                }
+                println!("{t}");
+            }
+            Ok(0)
+        }
+        Command::Dag { file, format } => {
+            let p = load(&file, &[])?;
+            print!("{}", render_dag(&p, format));
+            Ok(0)
+        }
+        Command::Schema { kind } => {
+            println!("{}", serde_json::to_string_pretty(&crate::schema::schema(kind.as_deref())?)?);
+            Ok(0)
+        }
+        Command::Cache(cmd) => cache_cmd(&open_cache(&cli.cache, cli.wait)?, cmd),
+        Command::Runs { cmd, last } => {
+            let cache = open_cache(&cli.cache, cli.wait)?;
+            match cmd {
+                None => print!("{}", crate::runs::list(&cache, last)),
+                Some(RunsCmd::Show { id }) => print!("{}", crate::runs::show(&cache, id)?),
+            }
+            Ok(0)
+        }
+        Command::DemoData { dir, seed, per_class } => {
+            let _ = (dir, seed, per_class);
+            bail!("demo-data is not built yet")
+        }
+    }
+}
+
+fn exit_code(r: &RunRecord) -> i32 {
+    match r.status {
+        RunStatus::Ok => 0,
+        RunStatus::Cancelled => 130,
+        _ => 1,
+    }
+}
+
+/// Run a pipeline with Ctrl-C / SIGTERM handling, print the summary, return the record.
+pub fn run_pipeline(cache: Arc<Cache>, p: Arc<Pipeline>, opts: &RunOptions) -> Result<RunRecord> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
+    let cancel = CancelFlag::new();
+    let record = rt.block_on(async {
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            wait_for_shutdown().await;
+            eprintln!("stopping: cancelling running stages (nothing half-written is kept)");
+            c.cancel();
+        });
+        Engine::new(cache.clone(), cancel.clone()).run(p.clone(), opts).await
+    })?;
+    print_summary(&record);
+    Ok(record)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn wait_for_shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub fn table(headers: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(headers.iter().map(|h| Cell::new(h)).collect::<Vec<_>>());
+    t
+}
+
+pub fn fmt_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 120_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
+}
+
+fn print_summary(r: &RunRecord) {
+    let mut t = table(&["stage", "status", "time", "output"]);
+    for s in &r.stages {
+        let out = match (&s.output, &s.error) {
+            (_, Some(e)) => e.clone(),
+            (Some(o), None) => o[..12].to_string(),
+            _ => String::new(),
+        };
+        t.add_row(vec![Cell::new(&s.name), Cell::new(s.status.as_str()), Cell::new(fmt_ms(s.duration_ms)), Cell::new(out)]);
+    }
+    println!("{t}");
+    for s in r.stages.iter().filter(|s| matches!(s.status, StageStatus::Ran | StageStatus::Cached)) {
+        if !s.outcome.summary.is_empty() {
+            println!("\n{}:", s.name);
+            for l in &s.outcome.summary {
+                println!("{l}");
+            }
+        }
+    }
+    let failed: Vec<&str> = r.stages.iter().filter(|s| s.status == StageStatus::Failed).map(|s| s.name.as_str()).collect();
+    match r.status {
+        RunStatus::Ok => println!("\nrun {} ok in {}", r.id, fmt_ms(r.ended_ms.unwrap_or(r.started_ms) - r.started_ms)),
+        RunStatus::Cancelled => eprintln!("\nrun {} cancelled", r.id),
+        _ => {
+            for s in r.stages.iter().filter(|s| s.status == StageStatus::Failed) {
+                eprintln!("error: stage `{}` ({}) failed: {}", s.name, s.kind, s.error.as_deref().unwrap_or("unknown error"));
+            }
+            if failed.is_empty() {
+                eprintln!("error: run {} incomplete: some stages were skipped", r.id);
+            }
+        }
+    }
+}
+
+fn render_dag(p: &Pipeline, format: DagFormat) -> String {
+    let mut out = String::new();
+    let edges: Vec<(String, String, String)> = p
+        .order
+        .iter()
+        .flat_map(|&i| {
+            let n = &p.stages[i];
+            n.inputs.iter().filter_map(move |(input, src)| match src {
+                crate::dag::InputSource::Stage { stage, .. } => Some((stage.clone(), n.name.clone(), input.clone())),
+                _ => None,
+            })
+        })
+        .collect();
+    match format {
+        DagFormat::Text => {
+            for &i in &p.order {
+                let n = &p.stages[i];
+                let ins: Vec<String> = n.inputs.iter().map(|(k, v)| format!("{k} <- {}", v.describe())).collect();
+                out.push_str(&format!("{} [{}]{}\n", n.name, n.kind.kind(), if ins.is_empty() { String::new() } else { format!("  ({})", ins.join(", ")) }));
+            }
+        }
+        DagFormat::Dot => {
+            out.push_str(&format!("digraph \"{}\" {{\n  rankdir=LR;\n", p.name));
+            for &i in &p.order {
+                let n = &p.stages[i];
+                out.push_str(&format!("  \"{}\" [label=\"{}\\n({})\", shape=box];\n", n.name, n.name, n.kind.kind()));
+            }
+            for (a, b, l) in &edges {
+                out.push_str(&format!("  \"{a}\" -> \"{b}\" [label=\"{l}\"];\n"));
+            }
+            out.push_str("}\n");
+        }
+        DagFormat::Mermaid => {
+            out.push_str("flowchart LR\n");
+            let id = |s: &str| s.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+            for &i in &p.order {
+                let n = &p.stages[i];
+                out.push_str(&format!("  {}[\"{} ({})\"]\n", id(&n.name), n.name, n.kind.kind()));
+            }
+            for (a, b, l) in &edges {
+                out.push_str(&format!("  {} -->|{l}| {}\n", id(a), id(b)));
+            }
+        }
+    }
+    out
+}
+
+fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
+    match cmd {
+        CacheCmd::Ls => {
+            let mut entries = cache.entries();
+            entries.sort_by(|a, b| b.created.cmp(&a.created));
+            let now = crate::cache::store::now_secs();
+            let mut t = table(&["stage", "kind", "key", "files", "size", "age", "run"]);
+            for e in &entries {
+                t.add_row(vec![
+                    Cell::new(&e.stage),
+                    Cell::new(&e.key_inputs.kind),
+                    Cell::new(e.key.short()),
+                    Cell::new(e.files),
+                    Cell::new(human_bytes(e.size)),
+                    Cell::new(human_age(now.saturating_sub(e.created))),
+                    Cell::new(e.run_id),
+                ]);
+            }
+            println!("{t}");
+            println!("{} entries", entries.len());
+        }
+        CacheCmd::Show { what } => {
+            let e = cache.resolve(&what)?;
+            println!("key       {}", e.key);
+            println!("stage     {} ({} v{}) in pipeline {}", e.stage, e.key_inputs.kind, e.key_inputs.kind_version, e.pipeline);
+            println!("output    {} ({} files, {})", e.output, e.files, human_bytes(e.size));
+            println!("created   {} s ago by run {}, took {}", crate::cache::store::now_secs().saturating_sub(e.created), e.run_id, fmt_ms(e.duration_ms));
+            println!("params    {}", serde_json::to_string(&e.key_inputs.params)?);
+            for (name, d) in &e.key_inputs.inputs {
+                println!("input     {name} = {} ({})", &d[..12], e.input_sources.get(name).map(|s| s.as_str()).unwrap_or(""));
+            }
+            for (name, d) in &e.key_inputs.param_files {
+                println!("file      {name} = {}", &d[..12]);
+            }
+            for (k, v) in &e.outcome.provenance {
+                println!("provenance {k} = {v}");
+            }
+            for (k, v) in &e.outcome.metrics {
+                println!("metric    {k} = {v:.4}");
+            }
+            if let Some(m) = cache.manifest(&e.output)? {
+                println!("files:");
+                for f in &m.files {
+                    println!("  {:<48} {:>10}  {}", f.path, human_bytes(f.size), &f.digest[..12]);
+                }
+            }
+            println!("view      {}", cache.view(&e.output)?.display());
+        }
+        CacheCmd::Export { what, dir } => {
+            let e = cache.resolve(&what)?;
+            let n = cache.export(&e.output, &dir)?;
+            println!("exported {n} files of {} ({}) to {}", e.stage, e.key.short(), dir.display());
+        }
+        CacheCmd::Gc { keep_last } => {
+            let keep = keep_last.map(|n| {
+                let mut runs: Vec<RunRecord> = cache.runs();
+                runs.sort_by(|a, b| b.id.cmp(&a.id));
+                runs.iter().take(n).flat_map(|r| r.stages.iter().filter_map(|s| s.key.clone())).collect::<HashSet<String>>()
+            });
+            let (entries, bytes) = cache.gc(keep.as_ref())?;
+            println!("removed {entries} entries, freed {}", human_bytes(bytes));
+        }
+        CacheCmd::Verify => {
+            let (checked, bad, dropped) = cache.verify()?;
+            println!("checked {checked} blobs: {} damaged", bad.len());
+            for e in &dropped {
+                println!("dropped entry {} of stage {} (its files were damaged or missing)", e.key.short(), e.stage);
+            }
+            if !bad.is_empty() || !dropped.is_empty() {
+                return Ok(1);
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+pub fn human_age(s: u64) -> String {
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}

@@ -1,0 +1,550 @@
+//! Executing a pipeline: tokio runs ready stages concurrently (bounded by `-j`), stage work
+//! and hashing go to blocking threads, a failed stage stops only its dependents, and
+//! cancellation (Ctrl-C, SIGTERM) stops everything cleanly with nothing half-committed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::cache::store::{now_millis, now_secs};
+use crate::cache::{Cache, CacheError, CacheKey, Entry, KeyInputs, Manifest};
+use crate::dag::{InputSource, Pipeline, StageNode};
+use crate::progress::Bars;
+use crate::stages::{CancelFlag, Progress, StageContext, StageError, StageOutcome};
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stages run at once (`-j`); 0 means the number of CPUs.
+    pub jobs: usize,
+    /// Run only these stages; what they need must already be cached.
+    pub only: Vec<String>,
+    /// Run these stages and everything downstream of them.
+    pub from: Vec<String>,
+    /// Rerun these stages even when cached.
+    pub force: Vec<String>,
+    pub quiet: bool,
+    /// `manual`, `schedule`...
+    pub trigger: String,
+    /// The `--set` arguments, recorded in the run.
+    pub overrides: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageStatus {
+    Ran,
+    Cached,
+    Failed,
+    Skipped,
+    NotSelected,
+}
+
+impl StageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageStatus::Ran => "ran",
+            StageStatus::Cached => "cached",
+            StageStatus::Failed => "failed",
+            StageStatus::Skipped => "skipped",
+            StageStatus::NotSelected => "not selected",
+        }
+    }
+}
+
+/// What happened to one stage in one run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageRun {
+    pub name: String,
+    pub kind: String,
+    pub status: StageStatus,
+    pub duration_ms: u64,
+    pub key: Option<String>,
+    pub output: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub params: Value,
+    /// Input name -> content digest.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    #[serde(default)]
+    pub outcome: StageOutcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    Running,
+    Ok,
+    Failed,
+    Cancelled,
+}
+
+/// One run of a pipeline, as `pipeline runs` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: u64,
+    pub pipeline: String,
+    pub file: String,
+    pub trigger: String,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub status: RunStatus,
+    pub stages: Vec<StageRun>,
+    #[serde(default)]
+    pub overrides: Vec<String>,
+    #[serde(default)]
+    pub promotion: Option<Value>,
+}
+
+impl RunRecord {
+    pub fn stage(&self, name: &str) -> Option<&StageRun> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+    /// `stage.metric` -> value, for every stage that has metrics.
+    pub fn metrics(&self) -> BTreeMap<String, f64> {
+        let mut m = BTreeMap::new();
+        for s in &self.stages {
+            for (k, v) in &s.outcome.metrics {
+                m.insert(format!("{}.{k}", s.name), *v);
+            }
+        }
+        m
+    }
+}
+
+/// The inputs of a stage as the key sees them.
+#[derive(Debug, Clone, Default)]
+pub struct ResolvedInputs {
+    pub digests: BTreeMap<String, String>,
+    pub param_files: BTreeMap<String, String>,
+    pub sources: BTreeMap<String, String>,
+}
+
+impl ResolvedInputs {
+    pub fn key_inputs(&self, node: &StageNode) -> KeyInputs {
+        let mut k = KeyInputs::new(node.kind.kind(), node.kind.version(), &node.params);
+        k.inputs = self.digests.clone();
+        k.param_files = self.param_files.clone();
+        k
+    }
+}
+
+/// Hash a stage's inputs. `upstream(name)` gives the output digest of an upstream stage.
+pub fn resolve_inputs(
+    cache: &Cache,
+    node: &StageNode,
+    upstream: &dyn Fn(&str) -> Option<String>,
+) -> Result<ResolvedInputs, String> {
+    let mut r = ResolvedInputs::default();
+    for (name, src) in &node.inputs {
+        let digest = match src {
+            InputSource::Stage { stage, subpath } => {
+                let out = upstream(stage).ok_or_else(|| format!("input `{name}`: stage `{stage}` has no output"))?;
+                match subpath {
+                    None => out,
+                    Some(sub) => {
+                        let m = cache.manifest(&out).map_err(|e| e.to_string())?.unwrap_or_default();
+                        let part = m.subtree(sub);
+                        if part.files.is_empty() {
+                            return Err(format!("input `{name}`: the output of stage `{stage}` has nothing at `{sub}`"));
+                        }
+                        part.digest()
+                    }
+                }
+            }
+            InputSource::File(p) => cache.digest_file(p).map_err(|e| format!("input `{name}`: {e}"))?,
+            InputSource::Dir(p) => cache.digest_dir(p).map_err(|e| format!("input `{name}`: {e}"))?.digest(),
+            InputSource::Glob { matches, .. } => {
+                let mut m = Manifest::default();
+                for p in matches {
+                    let d = cache.digest_file(p).map_err(|e| format!("input `{name}`: {e}"))?;
+                    let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                    let fname = p.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+                    m.files.push(crate::cache::FileEntry { path: fname, digest: d, size, executable: false });
+                }
+                m.digest()
+            }
+        };
+        r.digests.insert(name.clone(), digest);
+        r.sources.insert(name.clone(), src.describe());
+    }
+    for (name, p) in &node.param_files {
+        r.param_files.insert(name.clone(), cache.digest_file(p).map_err(|e| format!("param `{name}`: {e}"))?);
+    }
+    Ok(r)
+}
+
+/// The path a stage sees for each input (views of upstream outputs, files in place).
+fn materialize_inputs(
+    cache: &Cache,
+    node: &StageNode,
+    upstream: &dyn Fn(&str) -> Option<String>,
+    scratch: &Path,
+) -> Result<BTreeMap<String, PathBuf>, String> {
+    let mut out = BTreeMap::new();
+    for (name, src) in &node.inputs {
+        let path = match src {
+            InputSource::Stage { stage, subpath } => {
+                let digest = upstream(stage).ok_or_else(|| format!("input `{name}`: stage `{stage}` has no output"))?;
+                let view = cache.view(&digest).map_err(|e| e.to_string())?;
+                match subpath {
+                    Some(s) => view.join(s),
+                    None => view,
+                }
+            }
+            InputSource::File(p) | InputSource::Dir(p) => p.clone(),
+            InputSource::Glob { matches, .. } => {
+                // The stage sees one directory holding the matches.
+                let dir = scratch.join(format!("glob-{name}"));
+                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                for m in matches {
+                    let link = dir.join(m.file_name().unwrap_or_default());
+                    #[cfg(unix)]
+                    std::os::unix::fs::symlink(m, &link).map_err(|e| format!("{}: {e}", link.display()))?;
+                }
+                dir
+            }
+        };
+        out.insert(name.clone(), path);
+    }
+    Ok(out)
+}
+
+/// What a finished stage hands to the stages after it.
+#[derive(Debug, Clone)]
+enum Done {
+    /// Output available (ran, cached, or not selected but cached).
+    Output { run: StageRun },
+    /// No output: failed, skipped or unavailable.
+    Nothing { run: StageRun },
+}
+
+impl Done {
+    fn run(&self) -> &StageRun {
+        match self {
+            Done::Output { run } | Done::Nothing { run } => run,
+        }
+    }
+}
+
+pub struct Engine {
+    pub cache: Arc<Cache>,
+    pub cancel: CancelFlag,
+}
+
+impl Engine {
+    pub fn new(cache: Arc<Cache>, cancel: CancelFlag) -> Self {
+        Self { cache, cancel }
+    }
+
+    /// Run the pipeline; the run is recorded in the cache whatever its outcome.
+    pub async fn run(&self, p: Arc<Pipeline>, opts: &RunOptions) -> Result<RunRecord, CacheError> {
+        let n = p.stages.len();
+        let selected = selection(&p, opts);
+        let force: HashSet<usize> = opts.force.iter().filter_map(|s| p.index(s)).collect();
+        let jobs = if opts.jobs == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) } else { opts.jobs };
+        let sem = Arc::new(Semaphore::new(jobs));
+        let bars = Arc::new(Bars::new(opts.quiet));
+        let run_id = self.cache.next_run_id()?;
+        self.cache.clear_tmp()?;
+        let mut record = RunRecord {
+            id: run_id,
+            pipeline: p.name.clone(),
+            file: p.file.display().to_string(),
+            trigger: if opts.trigger.is_empty() { "manual".into() } else { opts.trigger.clone() },
+            started_ms: now_millis(),
+            ended_ms: None,
+            status: RunStatus::Running,
+            stages: Vec::new(),
+            overrides: opts.overrides.clone(),
+            promotion: None,
+        };
+        self.cache.put_run(run_id, &record)?;
+        tracing::info!(run = run_id, pipeline = %p.name, "run started");
+
+        let mut done: Vec<Option<Done>> = vec![None; n];
+        let mut started = vec![false; n];
+        let mut set: JoinSet<(usize, Done)> = JoinSet::new();
+        loop {
+            // Start every stage whose upstream is settled.
+            let mut progressed = true;
+            while progressed {
+                progressed = false;
+                for &i in &p.order {
+                    if started[i] {
+                        continue;
+                    }
+                    let ups: Vec<usize> = p.stages[i].upstream().filter_map(|u| p.index(u)).collect();
+                    if ups.iter().any(|&u| done[u].is_none()) {
+                        continue;
+                    }
+                    started[i] = true;
+                    progressed = true;
+                    let blocked = ups.iter().find(|&&u| matches!(done[u], Some(Done::Nothing { .. })));
+                    if let Some(&u) = blocked {
+                        let why = format!("upstream `{}` {}", p.stages[u].name, done[u].as_ref().map(|d| d.run().status.as_str()).unwrap_or(""));
+                        done[i] = Some(Done::Nothing { run: skipped(&p.stages[i], StageStatus::Skipped, Some(why)) });
+                        continue;
+                    }
+                    if self.cancel.is_cancelled() {
+                        done[i] = Some(Done::Nothing { run: skipped(&p.stages[i], StageStatus::Skipped, Some("cancelled".into())) });
+                        continue;
+                    }
+                    let outputs: BTreeMap<String, String> = ups
+                        .iter()
+                        .filter_map(|&u| match &done[u] {
+                            Some(Done::Output { run }) => run.output.clone().map(|o| (p.stages[u].name.clone(), o)),
+                            _ => None,
+                        })
+                        .collect();
+                    let task = StageTask {
+                        p: p.clone(),
+                        idx: i,
+                        cache: self.cache.clone(),
+                        cancel: self.cancel.clone(),
+                        selected: selected[i],
+                        force: force.contains(&i),
+                        upstream: outputs,
+                        run_id,
+                        sem: sem.clone(),
+                        bars: bars.clone(),
+                    };
+                    set.spawn(async move { (i, task.run().await) });
+                }
+            }
+            match set.join_next().await {
+                Some(Ok((i, d))) => {
+                    log_stage(d.run());
+                    done[i] = Some(d);
+                }
+                Some(Err(e)) => {
+                    // A panic inside a stage: report it, keep the rest of the run going.
+                    tracing::error!("a stage task panicked: {e}");
+                    if let Some(i) = (0..n).find(|&i| started[i] && done[i].is_none()) {
+                        let mut r = skipped(&p.stages[i], StageStatus::Failed, Some(format!("panicked: {e}")));
+                        r.status = StageStatus::Failed;
+                        done[i] = Some(Done::Nothing { run: r });
+                    }
+                }
+                None => break,
+            }
+        }
+        record.stages = p.order.iter().filter_map(|&i| done[i].as_ref().map(|d| d.run().clone())).collect();
+        record.ended_ms = Some(now_millis());
+        record.status = if self.cancel.is_cancelled() {
+            RunStatus::Cancelled
+        } else if record.stages.iter().any(|s| matches!(s.status, StageStatus::Failed | StageStatus::Skipped)) {
+            RunStatus::Failed
+        } else {
+            RunStatus::Ok
+        };
+        self.cache.put_run(run_id, &record)?;
+        tracing::info!(run = run_id, status = ?record.status, "run finished");
+        Ok(record)
+    }
+}
+
+fn log_stage(r: &StageRun) {
+    match r.status {
+        // The summary prints failures for people; these are for log collectors.
+        StageStatus::Failed => tracing::info!(stage = %r.name, error = r.error.as_deref().unwrap_or(""), "stage failed"),
+        StageStatus::Skipped => tracing::info!(stage = %r.name, reason = r.error.as_deref().unwrap_or(""), "stage skipped"),
+        s => tracing::info!(stage = %r.name, status = s.as_str(), ms = r.duration_ms, key = r.key.as_deref().unwrap_or(""), "stage done"),
+    }
+}
+
+fn skipped(node: &StageNode, status: StageStatus, why: Option<String>) -> StageRun {
+    StageRun {
+        name: node.name.clone(),
+        kind: node.kind.kind().to_string(),
+        status,
+        duration_ms: 0,
+        key: None,
+        output: None,
+        error: why,
+        params: node.params.clone(),
+        inputs: BTreeMap::new(),
+        outcome: StageOutcome::default(),
+    }
+}
+
+/// Which stages run (true) or are only looked up in the cache (false).
+pub fn selection(p: &Pipeline, opts: &RunOptions) -> Vec<bool> {
+    let n = p.stages.len();
+    if opts.only.is_empty() && opts.from.is_empty() {
+        return vec![true; n];
+    }
+    let mut sel = vec![false; n];
+    for s in &opts.only {
+        if let Some(i) = p.index(s) {
+            sel[i] = true;
+        }
+    }
+    for s in &opts.from {
+        if let Some(i) = p.index(s) {
+            for j in p.downstream_closure(i) {
+                sel[j] = true;
+            }
+        }
+    }
+    sel
+}
+
+struct StageTask {
+    p: Arc<Pipeline>,
+    idx: usize,
+    cache: Arc<Cache>,
+    cancel: CancelFlag,
+    selected: bool,
+    force: bool,
+    upstream: BTreeMap<String, String>,
+    run_id: u64,
+    sem: Arc<Semaphore>,
+    bars: Arc<Bars>,
+}
+
+impl StageTask {
+    async fn run(self) -> Done {
+        let t0 = Instant::now();
+        let node = self.p.stages[self.idx].clone();
+        let mut run = skipped(&node, StageStatus::Failed, None);
+        let fail = |mut run: StageRun, msg: String| {
+            run.status = StageStatus::Failed;
+            run.error = Some(msg);
+            run.duration_ms = t0.elapsed().as_millis() as u64;
+            Done::Nothing { run }
+        };
+
+        // Hash inputs and look the key up, off the async threads.
+        let (cache, up, n2) = (self.cache.clone(), self.upstream.clone(), node.clone());
+        let looked = tokio::task::spawn_blocking(move || {
+            let resolved = resolve_inputs(&cache, &n2, &|s| up.get(s).cloned())?;
+            let key = resolved.key_inputs(&n2).key();
+            let hit = cache.usable_entry(&key).map_err(|e| e.to_string())?;
+            Ok::<_, String>((resolved, key, hit))
+        })
+        .await;
+        let (resolved, key, hit) = match looked {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => return fail(run, e),
+            Err(e) => return fail(run, format!("panicked while hashing inputs: {e}")),
+        };
+        run.key = Some(key.0.clone());
+        run.inputs = resolved.digests.clone();
+
+        let may_reuse = !self.force && !node.volatile;
+        if let (Some(entry), true) = (hit.as_ref(), may_reuse || !self.selected) {
+            let _ = self.cache.set_last(&self.p.name, &node.name, &key);
+            run.status = if self.selected { StageStatus::Cached } else { StageStatus::NotSelected };
+            run.output = Some(entry.output.clone());
+            run.outcome = entry.outcome.clone();
+            run.duration_ms = t0.elapsed().as_millis() as u64;
+            return Done::Output { run };
+        }
+        if !self.selected {
+            run.status = StageStatus::Skipped;
+            run.error = Some("not selected and not in the cache: run it first, or drop --only".into());
+            return Done::Nothing { run };
+        }
+
+        let _permit = match self.sem.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return fail(run, "scheduler closed".into()),
+        };
+        if self.cancel.is_cancelled() {
+            run.status = StageStatus::Skipped;
+            run.error = Some("cancelled".into());
+            return Done::Nothing { run };
+        }
+        let t_run = Instant::now();
+        let bar = self.bars.stage(&node.name);
+        let progress = Progress::new(bar.clone());
+        let (cache, cancel, pipeline, up) = (self.cache.clone(), self.cancel.clone(), self.p.clone(), self.upstream.clone());
+        let (n3, key3, run_id) = (node.clone(), key.clone(), self.run_id);
+        let result = tokio::task::spawn_blocking(move || -> Result<(Entry, StageOutcome), String> {
+            let scratch = cache.tmp_dir().join(format!("run{run_id}-{}", n3.name));
+            let out_dir = scratch.join("out");
+            std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+            let cleanup = Cleanup(scratch.clone());
+            let inputs = materialize_inputs(&cache, &n3, &|s| up.get(s).cloned(), &scratch)?;
+            let previous = cache
+                .last(&pipeline.name, &n3.name)
+                .and_then(|k| cache.entry(&k).ok().flatten())
+                .and_then(|e| cache.view(&e.output).ok());
+            let ctx = StageContext {
+                name: &n3.name,
+                inputs: &inputs,
+                out_dir: &out_dir,
+                base_dir: &pipeline.base_dir,
+                previous_output: previous.as_deref(),
+                progress: &progress,
+                cancel: &cancel,
+            };
+            let outcome = match n3.kind.run(&n3.params, &ctx) {
+                Ok(o) => o,
+                Err(StageError::Cancelled) => return Err("cancelled".into()),
+                Err(e) => return Err(e.to_string()),
+            };
+            if cancel.is_cancelled() {
+                return Err("cancelled".into());
+            }
+            let manifest = cache.store_dir(&out_dir).map_err(|e| e.to_string())?;
+            let entry = Entry {
+                key: key3.clone(),
+                stage: n3.name.clone(),
+                pipeline: pipeline.name.clone(),
+                key_inputs: resolved.key_inputs(&n3),
+                input_sources: resolved.sources.clone(),
+                output: manifest.digest(),
+                size: manifest.size(),
+                files: manifest.files.len(),
+                created: now_secs(),
+                duration_ms: t_run.elapsed().as_millis() as u64,
+                run_id,
+                outcome: outcome.clone(),
+            };
+            cache.commit(&entry, &manifest).map_err(|e| e.to_string())?;
+            drop(cleanup);
+            Ok((entry, outcome))
+        })
+        .await;
+        match result {
+            Ok(Ok((entry, outcome))) => {
+                bar.finish_and_clear();
+                run.status = StageStatus::Ran;
+                run.output = Some(entry.output);
+                run.outcome = outcome;
+                run.duration_ms = t0.elapsed().as_millis() as u64;
+                Done::Output { run }
+            }
+            Ok(Err(e)) => {
+                bar.finish_and_clear();
+                fail(run, e)
+            }
+            Err(e) => {
+                bar.finish_and_clear();
+                fail(run, format!("panicked: {e}"))
+            }
+        }
+    }
+}
+
+/// Removes a stage's scratch directory however the stage ends.
+struct Cleanup(PathBuf);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The current key of a cached output, used by `plan` and `predict`.
+pub fn current_key(cache: &Cache, p: &Pipeline, stage: &str) -> Option<CacheKey> {
+    cache.last(&p.name, stage)
+}

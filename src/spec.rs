@@ -1,0 +1,261 @@
+//! The pipeline file: raw JSON model, `--set` overrides, and the errors both can produce.
+//!
+//! ```json
+//! { "name": "emotion",
+//!   "stages": {
+//!     "a": { "kind": "command", "params": { "cmd": "echo $P_n > $OUT/a.txt", "n": 1 } },
+//!     "b": { "kind": "command", "inputs": { "x": "a" }, "params": { "cmd": "..." } } } }
+//! ```
+//! An input value is a stage name (`"a"`), a path inside a stage's output (`"a/sub/dir"`),
+//! or a file, directory or glob relative to the pipeline file's directory. A stage name
+//! wins over a file of the same name.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+/// One problem in a pipeline file: where it is, what is wrong, how to fix it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecIssue {
+    /// JSON path, e.g. `stages.train.params.epoch`.
+    pub json_path: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for SpecIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.json_path.is_empty() {
+            write!(f, "{}", self.message)?;
+        } else {
+            write!(f, "at {}: {}", self.json_path, self.message)?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, " ({h})")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{}: cannot read: {source}", file.display())]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{}:{line}:{column}: malformed JSON: {message}", file.display())]
+    Syntax { file: PathBuf, line: usize, column: usize, message: String },
+    #[error("{}: invalid pipeline:\n{}", file.display(), issues.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { file: PathBuf, issues: Vec<SpecIssue> },
+    #[error("--set {arg}: {message}")]
+    BadOverride { arg: String, message: String },
+}
+
+/// The file as written (after `--set`), before validation against stage kinds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub stages: Stages,
+    /// Copy the model + report to a stable path when a metric did not get worse.
+    #[serde(default)]
+    pub promote: Option<Promote>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Promote {
+    /// Stage whose output is promoted (usually `train`).
+    pub stage: String,
+    /// Extra stages whose outputs are copied beside it (usually `evaluate`).
+    #[serde(default)]
+    pub with: Vec<String>,
+    /// `stage.metric` that must not get worse, e.g. `evaluate.accuracy`.
+    pub metric: String,
+    /// `max` (default) if bigger is better, `min` otherwise.
+    #[serde(default = "default_goal")]
+    pub goal: String,
+    /// Destination directory, relative to the pipeline file.
+    pub to: String,
+}
+
+fn default_goal() -> String {
+    "max".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStage {
+    pub kind: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub inputs: Map<String, Value>,
+    #[serde(default = "empty_object")]
+    pub params: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Map::new())
+}
+
+/// Stages in file order; duplicate names are kept so validation can report them
+/// (serde_json would silently keep the last one).
+#[derive(Debug, Clone, Default)]
+pub struct Stages(pub Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Stages {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Stages;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of stages by name")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Stages, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, val)) = m.next_entry::<String, Value>()? {
+                    v.push((k, val));
+                }
+                Ok(Stages(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Read a pipeline file and apply `--set` overrides to the JSON before anything else.
+/// The document after overrides, and stage names that appear more than once in the text.
+#[derive(Debug)]
+pub struct Loaded {
+    pub doc: Value,
+    pub duplicates: Vec<String>,
+}
+
+pub fn load(file: &Path, overrides: &[String]) -> Result<Loaded, SpecError> {
+    let text = std::fs::read_to_string(file).map_err(|source| SpecError::Read { file: file.to_path_buf(), source })?;
+    parse_text(file, &text, overrides)
+}
+
+pub fn parse_text(file: &Path, text: &str, overrides: &[String]) -> Result<Loaded, SpecError> {
+    // Parse once as a plain Value for syntax errors with line/column, then apply overrides.
+    let mut doc: Value = serde_json::from_str(text).map_err(|e| SpecError::Syntax {
+        file: file.to_path_buf(),
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string().split(" at line").next().unwrap_or_default().to_string(),
+    })?;
+    // Duplicate stage names only survive in the text: read the stage list in order from it.
+    let names: Vec<String> = match serde_json::from_str::<DupProbe>(text) {
+        Ok(p) => p.stages.map(|s| s.0.into_iter().map(|(n, _)| n).collect()).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let mut duplicates = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].contains(n) && !duplicates.contains(n) {
+            duplicates.push(n.clone());
+        }
+    }
+    for arg in overrides {
+        apply_override(&mut doc, arg)?;
+    }
+    Ok(Loaded { doc, duplicates })
+}
+
+#[derive(Deserialize)]
+struct DupProbe {
+    #[serde(default)]
+    stages: Option<Stages>,
+}
+
+/// `stage.param=value`, `stage.param.sub=value` or `stage.inputs.x=ref`.
+/// The value is JSON if it parses as JSON (`3`, `true`, `[1,2]`), else a string.
+pub fn apply_override(doc: &mut Value, arg: &str) -> Result<(String, Value), SpecError> {
+    let bad = |m: &str| SpecError::BadOverride { arg: arg.to_string(), message: m.to_string() };
+    let (lhs, rhs) = arg.split_once('=').ok_or_else(|| bad("expected stage.param=value"))?;
+    let mut parts: Vec<&str> = lhs.split('.').collect();
+    if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
+        return Err(bad("expected stage.param=value"));
+    }
+    let stage = parts.remove(0);
+    let value: Value = serde_json::from_str(rhs).unwrap_or_else(|_| Value::String(rhs.to_string()));
+    let stages = doc
+        .get_mut("stages")
+        .and_then(|s| s.as_object_mut())
+        .ok_or_else(|| bad("the pipeline has no stages object"))?;
+    let names: Vec<String> = stages.keys().cloned().collect();
+    let st = stages.get_mut(stage).ok_or_else(|| {
+        let hint = crate::suggest::closest(stage, names.iter().map(|s| s.as_str()))
+            .map(|c| format!("; did you mean `{c}`?"))
+            .unwrap_or_default();
+        bad(&format!("no stage named `{stage}`{hint}"))
+    })?;
+    let section = if parts[0] == "inputs" {
+        parts.remove(0);
+        "inputs"
+    } else {
+        if parts[0] == "params" && parts.len() > 1 {
+            parts.remove(0);
+        }
+        "params"
+    };
+    if parts.is_empty() {
+        return Err(bad("expected stage.param=value"));
+    }
+    let obj = st.as_object_mut().ok_or_else(|| bad("stage is not an object"))?;
+    let mut cur = obj.entry(section).or_insert_with(|| Value::Object(Map::new()));
+    for (i, p) in parts.iter().enumerate() {
+        let map = cur.as_object_mut().ok_or_else(|| bad(&format!("`{}` is not an object", parts[..i].join("."))))?;
+        if i + 1 == parts.len() {
+            map.insert(p.to_string(), value.clone());
+            break;
+        }
+        cur = map.entry(p.to_string()).or_insert_with(|| Value::Object(Map::new()));
+    }
+    Ok((format!("{stage}.{section}.{}", parts.join(".")), value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let e = parse_text(Path::new("p.json"), "{\n  \"name\": \"x\",\n  \"stages\": {,}\n}", &[]).unwrap_err();
+        match e {
+            SpecError::Syntax { line, column, .. } => {
+                assert_eq!(line, 3);
+                assert!(column > 0);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn duplicate_stage_names_are_kept_in_order() {
+        let l = parse_text(Path::new("p.json"), r#"{"name":"x","stages":{"a":{"kind":"command"},"a":{"kind":"command"}}}"#, &[])
+            .unwrap();
+        assert_eq!(l.duplicates, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn override_sets_param_as_json_or_string() {
+        let mut doc: Value = serde_json::json!({"name":"x","stages":{"t":{"kind":"train","params":{"epochs":3}}}});
+        apply_override(&mut doc, "t.epochs=5").unwrap();
+        apply_override(&mut doc, "t.model=vgg16").unwrap();
+        apply_override(&mut doc, "t.inputs.valid=data/valid").unwrap();
+        assert_eq!(doc["stages"]["t"]["params"]["epochs"], 5);
+        assert_eq!(doc["stages"]["t"]["params"]["model"], "vgg16");
+        assert_eq!(doc["stages"]["t"]["inputs"]["valid"], "data/valid");
+    }
+
+    #[test]
+    fn override_of_unknown_stage_suggests() {
+        let mut doc: Value = serde_json::json!({"name":"x","stages":{"train":{"kind":"train"}}});
+        let e = apply_override(&mut doc, "trian.epochs=5").unwrap_err().to_string();
+        assert!(e.contains("did you mean `train`"), "{e}");
+    }
+}
