@@ -321,9 +321,12 @@ fn find_cycle(graph: &DiGraph<usize, ()>, nodes: &[StageNode]) -> Vec<String> {
             let cur = *path.last().unwrap_or(&scc[0]);
             let Some(next) = graph.neighbors(cur).find(|n| scc.contains(n)) else { break };
             if let Some(pos) = path.iter().position(|&p| p == next) {
-                let mut names: Vec<String> = path[pos..].iter().map(|&n| nodes[graph[n]].name.clone()).collect();
-                names.push(nodes[graph[next]].name.clone());
-                return names;
+                // Start at the stage that comes first in the file, so the message is stable.
+                let mut cyc: Vec<usize> = path[pos..].iter().map(|&n| graph[n]).collect();
+                let first = (0..cyc.len()).min_by_key(|&i| cyc[i]).unwrap_or(0);
+                cyc.rotate_left(first);
+                cyc.push(cyc[0]);
+                return cyc.into_iter().map(|i| nodes[i].name.clone()).collect();
             }
             path.push(next);
         }

@@ -248,6 +248,13 @@ impl Engine {
     pub async fn run(&self, p: Arc<Pipeline>, opts: &RunOptions) -> Result<RunRecord, CacheError> {
         let n = p.stages.len();
         let selected = selection(&p, opts);
+        // Stages neither selected nor needed by a selected stage are not even looked up.
+        let mut needed = vec![false; n];
+        for i in (0..n).filter(|&i| selected[i]) {
+            for j in p.upstream_closure(i) {
+                needed[j] = true;
+            }
+        }
         let force: HashSet<usize> = opts.force.iter().filter_map(|s| p.index(s)).collect();
         let jobs = if opts.jobs == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) } else { opts.jobs };
         let sem = Arc::new(Semaphore::new(jobs));
@@ -287,6 +294,10 @@ impl Engine {
                     }
                     started[i] = true;
                     progressed = true;
+                    if !needed[i] {
+                        done[i] = Some(Done::Nothing { run: skipped(&p.stages[i], StageStatus::NotSelected, None) });
+                        continue;
+                    }
                     let blocked = ups.iter().find(|&&u| matches!(done[u], Some(Done::Nothing { .. })));
                     if let Some(&u) = blocked {
                         let why = format!("upstream `{}` {}", p.stages[u].name, done[u].as_ref().map(|d| d.run().status.as_str()).unwrap_or(""));
@@ -341,6 +352,7 @@ impl Engine {
         record.status = if self.cancel.is_cancelled() {
             RunStatus::Cancelled
         } else if record.stages.iter().any(|s| matches!(s.status, StageStatus::Failed | StageStatus::Skipped)) {
+            // (NotSelected stages are not failures.)
             RunStatus::Failed
         } else {
             RunStatus::Ok

@@ -133,7 +133,8 @@ impl Cache {
         let root = &fs::canonicalize(root).map_err(io_err(root))?;
         let db_path = root.join("db");
         let db = loop {
-            match sled::Config::new().path(&db_path).cache_capacity(16 << 20).open() {
+            // No background flusher: we flush at each commit, and its thread makes every exit wait.
+            match sled::Config::new().path(&db_path).cache_capacity(16 << 20).flush_every_ms(None).open() {
                 Ok(db) => break db,
                 Err(sled::Error::Io(e)) if is_lock_error(&e) => {
                     if wait {

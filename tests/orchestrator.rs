@@ -1,0 +1,319 @@
+//! End-to-end tests of the orchestrator through the CLI, with `command` stages only.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pipeline");
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap() }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args).current_dir(self.path()).env("PIPELINE_CACHE", self.path().join("cache")).env_remove("PIPELINE_LOG");
+        c
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+    fn plan(&self, file: &str, extra: &[&str]) -> Vec<(String, String, Vec<String>)> {
+        let mut args = vec!["plan", file, "--json"];
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_string(),
+                    s["status"].as_str().unwrap().to_string(),
+                    s["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect(),
+                )
+            })
+            .collect()
+    }
+    /// Stage name -> status of the newest run, read back through `runs show`.
+    fn statuses(&self, out: &Output) -> Vec<(String, String)> {
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split(['┆', '│']).map(str::trim).filter(|c| !c.is_empty()).collect();
+                if cells.len() >= 2 && ["ran", "cached", "failed", "skipped", "not selected"].contains(&cells[1]) {
+                    Some((cells[0].to_string(), cells[1].to_string()))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+const README_EXAMPLE: &str = r#"{"name": "t", "stages": {
+  "a": {"kind": "command", "params": {"cmd": "echo $P_n > $OUT/a.txt", "n": 1}},
+  "b": {"kind": "command", "inputs": {"x": "a"},
+        "params": {"cmd": "cat $IN_x/a.txt > $OUT/b.txt"}}}}"#;
+
+#[test]
+fn readme_example_runs_then_is_cached_then_reruns_only_what_changed() {
+    let s = Sandbox::new();
+    s.write("t.json", README_EXAMPLE);
+    let o = s.run(&["run", "t.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(s.statuses(&o), vec![("a".into(), "ran".into()), ("b".into(), "ran".into())]);
+
+    let o = s.run(&["run", "t.json"]);
+    assert_eq!(s.statuses(&o), vec![("a".into(), "cached".into()), ("b".into(), "cached".into())]);
+
+    // The output really is what the command wrote.
+    let exp = s.path().join("exported");
+    let o = s.run(&["cache", "export", "b", exp.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(exp.join("b.txt")).unwrap().trim(), "1");
+
+    // plan says why, following the change downstream.
+    let plan = s.plan("t.json", &["--set", "a.n=2"]);
+    assert_eq!(plan[0].1, "miss");
+    assert!(plan[0].2.iter().any(|r| r == "params.n 1 -> 2"), "{plan:?}");
+    assert!(plan[1].2[0].contains("input \"x\" changes because a reruns"), "{plan:?}");
+
+    let o = s.run(&["run", "t.json", "--set", "a.n=2"]);
+    assert_eq!(s.statuses(&o), vec![("a".into(), "ran".into()), ("b".into(), "ran".into())]);
+    // Reverting restores from the cache without running.
+    let plan = s.plan("t.json", &[]);
+    assert!(plan.iter().all(|p| p.1 == "hit"), "{plan:?}");
+    let o = s.run(&["run", "t.json"]);
+    assert_eq!(s.statuses(&o), vec![("a".into(), "cached".into()), ("b".into(), "cached".into())]);
+}
+
+#[test]
+fn early_cutoff_keeps_dependents_cached_when_output_is_identical() {
+    let s = Sandbox::new();
+    s.write(
+        "t.json",
+        r#"{"name":"t","stages":{
+        "a":{"kind":"command","params":{"cmd":"echo same > $OUT/a.txt","n":1}},
+        "b":{"kind":"command","inputs":{"x":"a"},"params":{"cmd":"cat $IN_x/a.txt > $OUT/b.txt; date +%s%N >> $OUT/b.txt"}}}}"#,
+    );
+    assert!(s.run(&["run", "t.json"]).status.success());
+    let o = s.run(&["run", "t.json", "--set", "a.n=5"]);
+    assert_eq!(s.statuses(&o), vec![("a".into(), "ran".into()), ("b".into(), "cached".into())]);
+}
+
+#[test]
+fn file_inputs_are_keyed_by_content_not_mtime() {
+    let s = Sandbox::new();
+    s.write("data/in.txt", "hello");
+    s.write("t.json", r#"{"name":"t","stages":{"a":{"kind":"command","inputs":{"f":"data/in.txt"},"params":{"cmd":"wc -c < $IN_f > $OUT/n"}}}}"#);
+    assert!(s.run(&["run", "t.json"]).status.success());
+    // touch: same content, new mtime -> still cached.
+    std::thread::sleep(Duration::from_millis(20));
+    s.write("data/in.txt", "hello");
+    let o = s.run(&["run", "t.json"]);
+    assert_eq!(s.statuses(&o), vec![("a".into(), "cached".into())]);
+    s.write("data/in.txt", "hello world");
+    let plan = s.plan("t.json", &[]);
+    assert!(plan[0].2.iter().any(|r| r.starts_with("input \"f\" changed (file")), "{plan:?}");
+    let o = s.run(&["run", "t.json"]);
+    assert_eq!(s.statuses(&o), vec![("a".into(), "ran".into())]);
+}
+
+#[test]
+fn a_failing_stage_stops_its_dependents_only_and_caches_nothing_for_it() {
+    let s = Sandbox::new();
+    s.write(
+        "t.json",
+        r#"{"name":"t","stages":{
+        "bad":{"kind":"command","params":{"cmd":"echo partial > $OUT/x; echo boom >&2; exit 3"}},
+        "after":{"kind":"command","inputs":{"x":"bad"},"params":{"cmd":"true"}},
+        "other":{"kind":"command","params":{"cmd":"echo ok > $OUT/o"}}}}"#,
+    );
+    let o = s.run(&["run", "t.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let st = s.statuses(&o);
+    assert!(st.contains(&("bad".into(), "failed".into())), "{st:?}");
+    assert!(st.contains(&("after".into(), "skipped".into())), "{st:?}");
+    assert!(st.contains(&("other".into(), "ran".into())), "{st:?}");
+    let err = stderr(&o);
+    assert!(err.contains("stage `bad`") && err.contains("exited with 3") && err.contains("boom"), "{err}");
+    let ls = stdout(&s.run(&["cache", "ls"]));
+    assert!(ls.contains("1 entries"), "{ls}");
+    assert!(std::fs::read_dir(s.path().join("cache/tmp")).unwrap().next().is_none(), "nothing half-written left");
+}
+
+#[test]
+fn only_from_and_force_select_stages() {
+    let s = Sandbox::new();
+    s.write("t.json", README_EXAMPLE);
+    // --only b needs a, which is not cached yet.
+    let o = s.run(&["run", "t.json", "--only", "b"]);
+    assert!(!o.status.success());
+    assert!(stdout(&o).contains("not selected and not in the cache"), "{}", stdout(&o));
+    assert!(s.run(&["run", "t.json", "--only", "a"]).status.success());
+    let o = s.run(&["run", "t.json", "--only", "b"]);
+    assert_eq!(s.statuses(&o), vec![("a".into(), "not selected".into()), ("b".into(), "ran".into())]);
+    let o = s.run(&["run", "t.json", "--force", "a"]);
+    // a reruns, writes the same bytes, so b stays cached (early cutoff).
+    assert_eq!(s.statuses(&o), vec![("a".into(), "ran".into()), ("b".into(), "cached".into())]);
+    let o = s.run(&["run", "t.json", "--from", "b", "--force", "b"]);
+    assert_eq!(s.statuses(&o), vec![("a".into(), "not selected".into()), ("b".into(), "ran".into())]);
+    let o = s.run(&["run", "t.json", "--only", "zz"]);
+    assert!(stderr(&o).contains("no stage named `zz`"));
+}
+
+#[test]
+fn validation_errors_name_file_path_and_fix_and_cache_nothing() {
+    let s = Sandbox::new();
+    let cases: &[(&str, &[&str])] = &[
+        ("{\"name\": \"t\",\n \"stages\": {\n", &["bad.json:3:", "malformed JSON"]),
+        (r#"{"name":"t","stages":{"a":{"kind":"comand","params":{"cmd":"true"}}}}"#, &["stages.a.kind", "did you mean `command`"]),
+        (r#"{"name":"t","stages":{"a":{"kind":"command","inputs":{"x":"nope"},"params":{"cmd":"true"}}}}"#, &["stages.a.inputs.x", "`nope`"]),
+        (
+            r#"{"name":"t","stages":{"a":{"kind":"command","inputs":{"x":"b"},"params":{"cmd":"true"}},"b":{"kind":"command","inputs":{"x":"a"},"params":{"cmd":"true"}}}}"#,
+            &["cycle", "a -> b -> a"],
+        ),
+        (r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"true"}},"a":{"kind":"command","params":{"cmd":"true"}}}}"#, &["duplicate stage name `a`"]),
+        (r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":[1]}}}}"#, &["stages.a.params", "invalid type"]),
+    ];
+    for (text, needles) in cases {
+        s.write("bad.json", text);
+        let o = s.run(&["run", "bad.json"]);
+        assert_eq!(o.status.code(), Some(1), "{text}");
+        let err = stderr(&o);
+        assert!(err.contains("bad.json"), "{err}");
+        for n in *needles {
+            assert!(err.contains(n), "expected `{n}` in: {err}");
+        }
+    }
+    assert!(!s.path().join("cache/db").exists(), "validation failed before the cache was opened");
+}
+
+#[test]
+fn schema_and_dag_print() {
+    let s = Sandbox::new();
+    s.write("t.json", README_EXAMPLE);
+    let o = s.run(&["schema"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["required"], serde_json::json!(["name", "stages"]));
+    let dot = stdout(&s.run(&["dag", "t.json", "--format", "dot"]));
+    assert!(dot.contains("\"a\" -> \"b\""), "{dot}");
+    let mer = stdout(&s.run(&["dag", "t.json", "--format", "mermaid"]));
+    assert!(mer.contains("a -->|x| b"), "{mer}");
+}
+
+fn wait_for_file(p: &Path, timeout: Duration) {
+    let t0 = Instant::now();
+    while !p.exists() {
+        assert!(t0.elapsed() < timeout, "{} never appeared", p.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn second_process_is_told_who_holds_the_cache_and_can_wait() {
+    let s = Sandbox::new();
+    let flag = s.path().join("started");
+    s.write(
+        "slow.json",
+        &format!(r#"{{"name":"t","stages":{{"a":{{"kind":"command","params":{{"cmd":"touch {}; sleep 1.5; echo x > $OUT/x"}}}}}}}}"#, flag.display()),
+    );
+    let mut child = s.cmd(&["run", "slow.json", "-q"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_for_file(&flag, Duration::from_secs(20));
+    let o = s.run(&["cache", "ls"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(&format!("in use by pid {}", child.id())), "{err}");
+    let o = s.run(&["cache", "ls", "--wait"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("1 entries"));
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn interrupt_cancels_cleanly_and_keeps_what_was_committed() {
+    let s = Sandbox::new();
+    let flag = s.path().join("started");
+    s.write(
+        "t.json",
+        &format!(
+            r#"{{"name":"t","stages":{{
+            "fast":{{"kind":"command","params":{{"cmd":"echo f > $OUT/f"}}}},
+            "slow":{{"kind":"command","inputs":{{"x":"fast"}},"params":{{"cmd":"touch {}; sleep 30; echo s > $OUT/s"}}}}}}}}"#,
+            flag.display()
+        ),
+    );
+    let child = s.cmd(&["run", "t.json", "-q"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_file(&flag, Duration::from_secs(20));
+    let t0 = Instant::now();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(10), "cancel took {:?}", t0.elapsed());
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let o = s.run(&["run", "t.json", "--only", "fast"]);
+    assert_eq!(s.statuses(&o)[0], ("fast".to_string(), "cached".to_string()), "committed before the interrupt");
+    let plan = s.plan("t.json", &[]);
+    assert_eq!(plan[0].1, "hit");
+    assert_eq!(plan[1].1, "miss");
+}
+
+/// SIGKILL runs at random moments; every surviving entry must verify and a rerun complete.
+#[test]
+fn killed_runs_never_corrupt_the_cache() {
+    let s = Sandbox::new();
+    s.write(
+        "t.json",
+        r#"{"name":"t","stages":{
+        "a":{"kind":"command","params":{"cmd":"for i in $(seq 1 200); do echo $P_n $i >> $OUT/a.txt; done; head -c 300000 /dev/urandom > $OUT/blob","n":0}},
+        "b":{"kind":"command","inputs":{"x":"a"},"params":{"cmd":"sort $IN_x/a.txt > $OUT/b.txt; cp $IN_x/blob $OUT/blob2"}},
+        "c":{"kind":"command","inputs":{"x":"b"},"params":{"cmd":"wc -l < $IN_x/b.txt > $OUT/c.txt"}}}}"#,
+    );
+    // A cheap deterministic sequence of delays (no RNG crate needed).
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for i in 0..50 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = Duration::from_millis(x % 120);
+        let n = format!("a.n={}", i % 7);
+        let mut child = s.cmd(&["run", "t.json", "-q", "--set", &n]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+        let o = s.run(&["cache", "verify"]);
+        assert!(o.status.success(), "iteration {i}: {}{}", stdout(&o), stderr(&o));
+    }
+    for n in 0..7 {
+        let o = s.run(&["run", "t.json", "-q", "--set", &format!("a.n={n}")]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = s.run(&["cache", "verify"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+}
