@@ -223,8 +223,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::DemoData { dir, seed, per_class } => {
-            let _ = (dir, seed, per_class);
-            bail!("demo-data is not built yet")
+            let params = crate::stages::demo_data::DemoDataParams { seed, per_class, ..Default::default() };
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let n = crate::stages::demo_data::write_demo_data(&params, &dir, None)?;
+            println!("wrote {n} images and amt/batch_results.csv to {}", dir.display());
+            Ok(0)
         }
     }
 }

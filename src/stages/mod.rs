@@ -298,6 +298,7 @@ pub fn registry() -> Vec<Box<dyn DynStage>> {
     #[allow(unused_mut)]
     let mut kinds: Vec<Box<dyn DynStage>> = vec![wrap::<command::Command>()];
     // Stage kinds register here, one line each.
+    kinds.push(wrap::<demo_data::DemoData>());
     kinds
 }
 
