@@ -460,48 +460,98 @@ fn axis_taps(x: f64, len: usize, mode: FillMode) -> Option<(usize, usize, f64)> 
     Some((mirror_index(s, len), mirror_index(s + 1, len), cc - start))
 }
 
-/// Bilinear resampling of `src` through `m` into `out` (f32, HWC, same size as `src`).
-fn sample_affine(src: &Image, m: &Mat3, mode: FillMode, cval: f32, out: &mut [f32]) {
-    let (h, w, ch) = (src.height as usize, src.width as usize, src.channels as usize);
-    let data = &src.data;
+/// Round half up to u8; `as` saturates (negative and NaN -> 0, above 255 -> 255), and
+/// truncation is floor for the non-negative values that survive.
+#[inline(always)]
+fn quantize(v: f32) -> u8 {
+    (v + 0.5) as u8
+}
+
+/// Bilinear resampling of `src` through `m`; `emit(i, v)` receives output sample `i` (HWC
+/// order). `CH` is the channel count, a constant so the channel loop unrolls.
+/// Columns `[j0, j1)` of a row where `lo <= a0 + a1 * j < hi` (a float estimate, later
+/// checked pixel by pixel at the ends).
+fn span(a0: f64, a1: f64, lo: f64, hi: f64, w: usize) -> (f64, f64) {
+    if a1 == 0.0 {
+        return if a0 >= lo && a0 < hi { (0.0, w as f64) } else { (0.0, 0.0) };
+    }
+    let (x, y) = ((lo - a0) / a1, (hi - a0) / a1);
+    (x.min(y), x.max(y))
+}
+
+#[inline(always)]
+fn sample_affine<const CH: usize>(src: &Image, m: &Mat3, mode: FillMode, cval: f32, mut emit: impl FnMut(usize, f32)) {
+    let (h, w) = (src.height as usize, src.width as usize);
+    let data = &src.data[..h * w * CH];
     let (hmax, wmax) = ((h - 1) as f64, (w - 1) as f64);
     let [[a, b, c], [d, e, f], _] = *m;
-    let mut o = 0;
-    for i in 0..h {
-        let fi = i as f64;
-        let (ri, ci) = (a * fi, d * fi);
-        for j in 0..w {
-            let fj = j as f64;
-            // Same operation order as scipy: sum(coord * matrix) + shift.
-            let r = ri + b * fj + c;
-            let cc = ci + e * fj + f;
-            if r >= 0.0 && r < hmax && cc >= 0.0 && cc < wmax {
-                // Interior: both neighbours exist on both axes; no edge logic.
-                let (r0, c0) = (r as usize, cc as usize);
-                let (fr, fc) = ((r - r0 as f64) as f32, (cc - c0 as f64) as f32);
-                let p00 = (r0 * w + c0) * ch;
-                let p10 = p00 + w * ch;
-                for k in 0..ch {
-                    let top = data[p00 + k] as f32 * (1.0 - fc) + data[p00 + ch + k] as f32 * fc;
-                    let bot = data[p10 + k] as f32 * (1.0 - fc) + data[p10 + ch + k] as f32 * fc;
-                    out[o + k] = top * (1.0 - fr) + bot * fr;
-                }
-            } else {
-                match (axis_taps(r, h, mode), axis_taps(cc, w, mode)) {
-                    (Some((r0, r1, fr)), Some((c0, c1, fc))) => {
-                        let (fr, fc) = (fr as f32, fc as f32);
-                        for k in 0..ch {
-                            let px = |y: usize, x: usize| data[(y * w + x) * ch + k] as f32;
-                            let top = px(r0, c0) * (1.0 - fc) + px(r0, c1) * fc;
-                            let bot = px(r1, c0) * (1.0 - fc) + px(r1, c1) * fc;
-                            out[o + k] = top * (1.0 - fr) + bot * fr;
-                        }
-                    }
-                    _ => out[o..o + ch].fill(cval),
+    // Same operation order as scipy: sum(coord * matrix) + shift.
+    let coords = |fi: f64, j: usize| (a * fi + b * j as f64 + c, d * fi + e * j as f64 + f);
+    let inside = |(r, cc): (f64, f64)| r >= 0.0 && r < hmax && cc >= 0.0 && cc < wmax;
+    let edge = |o: usize, (r, cc): (f64, f64), emit: &mut dyn FnMut(usize, f32)| {
+        match (axis_taps(r, h, mode), axis_taps(cc, w, mode)) {
+            (Some((r0, r1, fr)), Some((c0, c1, fc))) => {
+                let (fr, fc) = (fr as f32, fc as f32);
+                for k in 0..CH {
+                    let px = |y: usize, x: usize| data[(y * w + x) * CH + k] as f32;
+                    let top = px(r0, c0) + (px(r0, c1) - px(r0, c0)) * fc;
+                    let bot = px(r1, c0) + (px(r1, c1) - px(r1, c0)) * fc;
+                    emit(o + k, top + (bot - top) * fr);
                 }
             }
-            o += ch;
+            _ => (0..CH).for_each(|k| emit(o + k, cval)),
         }
+    };
+    for i in 0..h {
+        let fi = i as f64;
+        // The interior columns of this row form one interval (coordinates are monotone in
+        // j); find it once so the hot loop has no edge tests.
+        let (r_lo, r_hi) = span(a * fi + c, b, 0.0, hmax, w);
+        let (c_lo, c_hi) = span(d * fi + f, e, 0.0, wmax, w);
+        let lo = r_lo.max(c_lo).max(0.0).ceil().min(w as f64) as usize;
+        let hi = (r_hi.min(c_hi).min(w as f64).floor().max(0.0) as usize + 1).min(w);
+        let (mut j0, mut j1) = (lo.min(hi), hi);
+        while j0 < j1 && !inside(coords(fi, j0)) {
+            j0 += 1;
+        }
+        while j1 > j0 && !inside(coords(fi, j1 - 1)) {
+            j1 -= 1;
+        }
+        let row = i * w * CH;
+        for j in (0..j0).chain(j1..w) {
+            edge(row + j * CH, coords(fi, j), &mut emit);
+        }
+        for j in j0..j1 {
+            let (r, cc) = coords(fi, j);
+            debug_assert!(inside((r, cc)));
+            let (r0, c0) = (r as usize, cc as usize);
+            let (fr, fc) = ((r - r0 as f64) as f32, (cc - c0 as f64) as f32);
+            let p00 = (r0 * w + c0) * CH;
+            let p10 = p00 + w * CH;
+            for k in 0..CH {
+                // SAFETY: inside() holds for j0..j1 (checked at both ends, coordinates are
+                // monotone in j), so r0 <= h - 2 and c0 <= w - 2 and
+                // p10 + CH + k < ((h - 1) * w + w - 1) * CH + CH = h * w * CH = data.len().
+                let (v00, v01, v10, v11) = unsafe {
+                    (
+                        *data.get_unchecked(p00 + k) as f32,
+                        *data.get_unchecked(p00 + CH + k) as f32,
+                        *data.get_unchecked(p10 + k) as f32,
+                        *data.get_unchecked(p10 + CH + k) as f32,
+                    )
+                };
+                let top = v00 + (v01 - v00) * fc;
+                let bot = v10 + (v11 - v10) * fc;
+                emit(row + j * CH + k, top + (bot - top) * fr);
+            }
+        }
+    }
+}
+
+fn sample_into(src: &Image, m: &Mat3, mode: FillMode, cval: f32, emit: impl FnMut(usize, f32)) {
+    match src.channels {
+        1 => sample_affine::<1>(src, m, mode, cval, emit),
+        _ => sample_affine::<3>(src, m, mode, cval, emit),
     }
 }
 
@@ -509,11 +559,28 @@ fn sample_affine(src: &Image, m: &Mat3, mode: FillMode, cval: f32, out: &mut [f3
 /// size and channel count.
 pub fn apply_transform(img: &Image, p: &TransformParams, cfg: &AugmentConfig) -> Image {
     let n = img.data.len();
+    let m = affine_matrix(p, img.height, img.width);
+    let (mode, cval) = (cfg.fill_mode, cfg.cval as f32);
+    let wrap = |data: Vec<u8>| Image { width: img.width, height: img.height, channels: img.channels, data };
+    if p.channel_shift == 0.0 && p.contrast == 1.0 && p.erase.is_none() {
+        // Common case (Keras' geometric knobs + brightness): one pass straight to u8.
+        // Same numbers as the general path: v >= 0, so clamp-then-round == round-saturate.
+        let b = p.brightness as f32;
+        return match m {
+            None if b == 1.0 => img.clone(),
+            None => wrap(img.data.iter().map(|&v| quantize(v as f32 * b)).collect()),
+            Some(m) => {
+                let mut out = vec![0u8; n];
+                sample_into(img, &m, mode, cval, |i, v| out[i] = quantize(v * b));
+                wrap(out)
+            }
+        };
+    }
     let mut buf: Vec<f32> = Vec::with_capacity(n);
-    match affine_matrix(p, img.height, img.width) {
+    match m {
         Some(m) => {
             buf.resize(n, 0.0);
-            sample_affine(img, &m, cfg.fill_mode, cfg.cval as f32, &mut buf);
+            sample_into(img, &m, mode, cval, |i, v| buf[i] = v);
         }
         None => buf.extend(img.data.iter().map(|&v| v as f32)),
     }
@@ -547,8 +614,7 @@ pub fn apply_transform(img: &Image, p: &TransformParams, cfg: &AugmentConfig) ->
             buf[row..row + ew as usize * ch].fill(value);
         }
     }
-    let data = buf.iter().map(|&v| (v + 0.5).floor().clamp(0.0, 255.0) as u8).collect();
-    Image { width: img.width, height: img.height, channels: img.channels, data }
+    wrap(buf.iter().map(|&v| quantize(v)).collect())
 }
 
 /// Stable 64-bit FNV-1a, so a source's stream does not depend on Rust's hasher.

@@ -13,7 +13,8 @@ pub mod decode;
 pub mod faces;
 
 pub use augment::{
-    affine_matrix, apply_transform, augment_copy, augment_many, copy_rng, AugmentConfig, FillMode,
+    affine_matrix, apply_transform, augment_copy, augment_many, copy_rng, AugmentConfig, CopyJob, CropConfig,
+    ErasingConfig, FillMode,
     TransformParams,
 };
 pub use balance::{plan_balance, BalanceMode, PlanItem};
