@@ -1,1 +1,65 @@
-//! pipeline-crowd (being written)
+//! pipeline-crowd: crowd label aggregation, AMT ingest and simulation.
+//!
+//! Pure algorithms (no file I/O): [`data`] (dense answer matrix), [`aggregate`]
+//! (majority vote, Dawid-Skene, one-coin, pooled and shrunk Dawid-Skene), [`spam`],
+//! [`sim`] (simulated workers and AMT batch files), [`amt`] (parsing AMT batch-results
+//! and crowd-kit CSV text). The MTurk API client (network I/O) lives in [`mturk`], behind
+//! the default `mturk` feature.
+//!
+//! Confusion matrices are stored `[answer][true]` (columns = true class), the layout of the
+//! study's tables in SEED-FACTS: `m[l * k + j] = P(answer l | true class j)`.
+
+pub mod aggregate;
+pub mod amt;
+pub mod data;
+pub mod sim;
+pub mod spam;
+
+#[cfg(feature = "mturk")]
+pub mod mturk;
+
+pub use aggregate::{aggregate, Aggregation, ClassPrior, EmOptions, Method};
+pub use amt::{parse_amt_batch, parse_crowdkit_csv, AmtBatch, AmtOptions, AmtRecord, OnUnknownLabel};
+pub use data::{Answers, AnswersBuilder};
+pub use sim::{simulate_amt_batch, SimConfig, SimData};
+pub use spam::{detect_spammers, SpamKind, Spammer};
+
+/// The study's classes, in the order used everywhere.
+pub const EMOTIONS: [&str; 7] = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CrowdError {
+    #[error("{source_name}: row {row}: {message}")]
+    Row { source_name: String, row: usize, message: String },
+    #[error("{source_name}: missing column \"{column}\"")]
+    MissingColumn { source_name: String, column: String },
+    #[error("{source_name}: {message}")]
+    Format { source_name: String, message: String },
+    #[error("invalid option {option}: {message}")]
+    Option { option: String, message: String },
+    #[error("{0}")]
+    Data(String),
+    #[error("mturk: {0}")]
+    Api(String),
+}
+
+pub type Result<T, E = CrowdError> = std::result::Result<T, E>;
+
+/// Deterministic 64-bit mix (splitmix64): seeded tie-breaks that depend on an item's name,
+/// not its position, so permuting ids permutes the output.
+pub(crate) fn mix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+pub(crate) fn hash_str(s: &str) -> u64 {
+    // FNV-1a, then mixed.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    mix64(h)
+}

@@ -1,0 +1,829 @@
+//! Aggregation methods: majority vote, Dawid-Skene (classic, one-coin, pooled, shrunk).
+//!
+//! All EM variants share one fused kernel: a pass over items computes each item's
+//! posterior from the current parameters and immediately adds it into the expected
+//! confusion counts of the next M-step, so no posterior matrix is stored while iterating
+//! and each iteration reads the answers once. Probabilities are multiplied (no `exp`), and
+//! the log-likelihood is accumulated as a mantissa/exponent product (no `ln` per item).
+//!
+//! Every EM method maximises a MAP objective: log-likelihood plus the log-density of the
+//! Dirichlet priors its M-step implies (pseudo-counts), and records it per iteration; EM
+//! guarantees it never decreases (a property test checks it).
+
+use std::str::FromStr;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Answers;
+use crate::{hash_str, mix64, CrowdError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Vote fractions as posteriors; hard label by plurality, ties broken by a seeded hash.
+    MajorityVote,
+    /// Dawid & Skene (1979): one free confusion matrix per worker.
+    DawidSkene,
+    /// One accuracy per worker, errors spread evenly.
+    OneCoin,
+    /// One confusion matrix shared by all workers.
+    Pooled,
+    /// Per-worker matrices shrunk toward the pooled matrix (Dirichlet prior, MAP EM).
+    Shrunk,
+}
+
+impl Method {
+    pub const ALL: [Method; 5] = [Method::MajorityVote, Method::DawidSkene, Method::OneCoin, Method::Pooled, Method::Shrunk];
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::MajorityVote => "majority-vote",
+            Method::DawidSkene => "dawid-skene",
+            Method::OneCoin => "one-coin",
+            Method::Pooled => "pooled",
+            Method::Shrunk => "shrunk",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Method {
+    type Err = CrowdError;
+    fn from_str(s: &str) -> Result<Method> {
+        Ok(match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "mv" | "majority-vote" | "majority" => Method::MajorityVote,
+            "ds" | "dawid-skene" | "dawidskene" => Method::DawidSkene,
+            "one-coin" | "onecoin" => Method::OneCoin,
+            "pooled" => Method::Pooled,
+            "shrunk" | "shrunk-ds" | "hierarchical" => Method::Shrunk,
+            other => {
+                return Err(CrowdError::Option {
+                    option: "method".into(),
+                    message: format!(
+                        "unknown method \"{other}\" (expected one of: majority-vote, dawid-skene, one-coin, pooled, shrunk)"
+                    ),
+                })
+            }
+        })
+    }
+}
+
+/// How EM treats the class prior.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClassPrior {
+    /// Estimated by EM (with `EmOptions::prior_smoothing` pseudo-counts).
+    Learned,
+    /// Held at 1/k: right for a balanced design (the study: 100 images per class).
+    Uniform,
+    /// Held at these weights (normalised; one per class).
+    Fixed(Vec<f64>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmOptions {
+    pub max_iter: usize,
+    /// Stop when the objective rose by less than `tol * |objective|` (never on a dip).
+    pub tol: f64,
+    pub class_prior: ClassPrior,
+    /// Pseudo-count added to every confusion cell (keeps log-likelihood finite).
+    pub smoothing: f64,
+    /// Pseudo-count per class for a learned class prior.
+    pub prior_smoothing: f64,
+    /// `Shrunk`: weight of the pooled matrix, in answers per true class; `None` = estimated
+    /// from the data (empirical Bayes: the Dirichlet concentration that best explains how
+    /// much workers' expected counts differ from the pooled matrix).
+    pub shrink_strength: Option<f64>,
+    /// Extra pseudo-count on the diagonal of the pooled matrix (answers per true class):
+    /// a prior that workers are more often right than wrong, which keeps EM on sparse data
+    /// from drifting to a matrix that trades accuracy against the class prior.
+    pub diag_prior: f64,
+    /// Seed of the tie-break between equally likely labels.
+    pub seed: u64,
+}
+
+impl Default for EmOptions {
+    fn default() -> Self {
+        EmOptions {
+            max_iter: 100,
+            tol: 1e-7,
+            class_prior: ClassPrior::Uniform,
+            smoothing: 0.01,
+            prior_smoothing: 1.0,
+            shrink_strength: None,
+            diag_prior: 30.0,
+            seed: 0,
+        }
+    }
+}
+
+/// What every method returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Aggregation {
+    pub method: Method,
+    pub classes: Vec<String>,
+    /// `n_items x k`, row-major; each row sums to 1.
+    pub posteriors: Vec<f64>,
+    pub labels: Vec<usize>,
+    pub class_prior: Vec<f64>,
+    /// `n_workers x k x k`, `[worker][answer][true]`; each column sums to 1.
+    pub worker_matrices: Vec<f64>,
+    /// The pooled matrix (`k x k`, `[answer][true]`): the answers of all workers together.
+    pub pooled_matrix: Vec<f64>,
+    /// Probability that the worker's answer is right: `sum_j prior_j * m[j][j]`.
+    pub worker_quality: Vec<f64>,
+    /// The MAP objective after each EM iteration (empty for majority vote).
+    pub objective: Vec<f64>,
+    pub converged: bool,
+    /// `Shrunk`: the concentration used (given or estimated).
+    pub shrink_strength: Option<f64>,
+}
+
+impl Aggregation {
+    pub fn k(&self) -> usize {
+        self.classes.len()
+    }
+    pub fn posterior(&self, i: usize) -> &[f64] {
+        let k = self.k();
+        &self.posteriors[i * k..(i + 1) * k]
+    }
+    pub fn worker_matrix(&self, w: usize) -> &[f64] {
+        let k = self.k();
+        &self.worker_matrices[w * k * k..(w + 1) * k * k]
+    }
+    pub fn mean_max_posterior(&self) -> f64 {
+        let n = self.labels.len();
+        if n == 0 {
+            return 0.0;
+        }
+        (0..n).map(|i| self.posterior(i).iter().cloned().fold(0.0, f64::max)).sum::<f64>() / n as f64
+    }
+}
+
+/// Run `method` on `answers`.
+pub fn aggregate(answers: &Answers, method: Method, opts: &EmOptions) -> Result<Aggregation> {
+    let k = answers.n_classes();
+    check_options(k, opts)?;
+    let prior_fixed = match &opts.class_prior {
+        ClassPrior::Learned => None,
+        ClassPrior::Uniform => Some(vec![1.0 / k as f64; k]),
+        ClassPrior::Fixed(w) => {
+            let s: f64 = w.iter().sum();
+            Some(w.iter().map(|x| x / s).collect())
+        }
+    };
+    let mv = soft_majority(answers);
+    if method == Method::MajorityVote {
+        let labels = hard_labels(answers, &mv, opts.seed);
+        let counts = counts_from_posteriors(answers, &mv);
+        let prior = match &prior_fixed {
+            Some(p) => p.clone(),
+            None => class_mean(&mv, k),
+        };
+        let mats = per_worker_matrices(&counts, k, opts.smoothing);
+        let pooled = pooled_matrix(&counts, k, opts.smoothing);
+        let quality = quality(&mats, &prior, k);
+        return Ok(Aggregation {
+            method,
+            classes: answers.classes.clone(),
+            posteriors: mv,
+            labels,
+            class_prior: prior,
+            worker_matrices: mats,
+            pooled_matrix: pooled,
+            worker_quality: quality,
+            objective: Vec::new(),
+            converged: true,
+            shrink_strength: None,
+        });
+    }
+    let em = |model: Model, init: &[f64]| -> Result<EmOut> {
+        let n = k.next_power_of_two().max(2);
+        match n {
+            2 => Ok(run_em::<2>(answers, model, init, opts, prior_fixed.as_deref())),
+            4 => Ok(run_em::<4>(answers, model, init, opts, prior_fixed.as_deref())),
+            8 => Ok(run_em::<8>(answers, model, init, opts, prior_fixed.as_deref())),
+            16 => Ok(run_em::<16>(answers, model, init, opts, prior_fixed.as_deref())),
+            32 => Ok(run_em::<32>(answers, model, init, opts, prior_fixed.as_deref())),
+            64 => Ok(run_em::<64>(answers, model, init, opts, prior_fixed.as_deref())),
+            _ => Err(CrowdError::Data(format!("{k} classes: at most 64 are supported"))),
+        }
+    };
+    let mut shrink_strength = None;
+    let out = match method {
+        Method::MajorityVote => unreachable!("handled above"),
+        Method::DawidSkene => em(Model::PerWorker, &mv)?,
+        Method::OneCoin => em(Model::OneCoin, &mv)?,
+        Method::Pooled => em(Model::Pooled, &mv)?,
+        Method::Shrunk => {
+            // Stage 1: one matrix for everyone (well determined even on sparse data);
+            // stage 2: per-worker matrices with that matrix as their Dirichlet prior mean.
+            let stage1 = em(Model::Pooled, &mv)?;
+            let strength = match opts.shrink_strength {
+                Some(s) => s,
+                None => {
+                    let counts = counts_from_posteriors(answers, &stage1.posteriors);
+                    estimate_concentration(&counts, &stage1.pooled, k)
+                }
+            };
+            shrink_strength = Some(strength);
+            let mut out = em(Model::Shrunk(stage1.pooled.clone(), strength), &stage1.posteriors)?;
+            if opts.shrink_strength.is_none() {
+                // Empirical Bayes, refined: re-estimate centre and concentration from the
+                // shrunk model's posteriors (better than the pooled model's on
+                // heterogeneous crowds), then run the final MAP EM with them held fixed.
+                for _ in 0..EB_ROUNDS {
+                    let counts = counts_from_posteriors(answers, &out.posteriors);
+                    let center = pooled_matrix(&counts, k, opts.smoothing);
+                    let s = estimate_concentration(&counts, &center, k);
+                    shrink_strength = Some(s);
+                    out = em(Model::Shrunk(center, s), &out.posteriors)?;
+                }
+            }
+            out
+        }
+    };
+    let labels = hard_labels(answers, &out.posteriors, opts.seed);
+    let quality = quality(&out.matrices, &out.prior, k);
+    Ok(Aggregation {
+        method,
+        classes: answers.classes.clone(),
+        posteriors: out.posteriors,
+        labels,
+        class_prior: out.prior,
+        worker_matrices: out.matrices,
+        pooled_matrix: out.pooled,
+        worker_quality: quality,
+        objective: out.objective,
+        converged: out.converged,
+        shrink_strength,
+    })
+}
+
+fn check_options(k: usize, o: &EmOptions) -> Result<()> {
+    let bad = |option: &str, message: String| Err(CrowdError::Option { option: option.into(), message });
+    if k < 2 {
+        return bad("classes", format!("need at least 2 classes, got {k}"));
+    }
+    if !(o.smoothing > 0.0 && o.smoothing.is_finite()) {
+        return bad("smoothing", format!("must be > 0, got {}", o.smoothing));
+    }
+    if !(o.prior_smoothing >= 0.0 && o.prior_smoothing.is_finite()) {
+        return bad("prior_smoothing", format!("must be >= 0, got {}", o.prior_smoothing));
+    }
+    if let Some(s) = o.shrink_strength {
+        if !(s >= 0.0 && s.is_finite()) {
+            return bad("shrink_strength", format!("must be >= 0, got {s}"));
+        }
+    }
+    if !(o.diag_prior >= 0.0 && o.diag_prior.is_finite()) {
+        return bad("diag_prior", format!("must be >= 0, got {}", o.diag_prior));
+    }
+    if !(o.tol >= 0.0) {
+        return bad("tol", format!("must be >= 0, got {}", o.tol));
+    }
+    if let ClassPrior::Fixed(w) = &o.class_prior {
+        if w.len() != k {
+            return bad("class_prior", format!("{} weights for {k} classes", w.len()));
+        }
+        if w.iter().any(|x| !(*x > 0.0 && x.is_finite())) {
+            return bad("class_prior", "weights must be positive numbers".into());
+        }
+    }
+    Ok(())
+}
+
+/// Vote fractions per item (uniform for an item without answers).
+pub fn soft_majority(a: &Answers) -> Vec<f64> {
+    let k = a.n_classes();
+    let mut post = vec![0.0; a.n_items() * k];
+    for i in 0..a.n_items() {
+        let row = &mut post[i * k..(i + 1) * k];
+        let codes = a.item_codes(i);
+        if codes.is_empty() {
+            row.iter_mut().for_each(|x| *x = 1.0 / k as f64);
+            continue;
+        }
+        for &c in codes {
+            row[c as usize % k] += 1.0;
+        }
+        let inv = 1.0 / codes.len() as f64;
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
+    post
+}
+
+/// Argmax per item; exact-ish ties (within 1e-12 relative) broken by a hash of the
+/// item's name and the seed, so the choice does not depend on item order.
+pub fn hard_labels(a: &Answers, post: &[f64], seed: u64) -> Vec<usize> {
+    let k = a.n_classes();
+    (0..a.n_items())
+        .map(|i| {
+            let row = &post[i * k..(i + 1) * k];
+            let best = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let ties: Vec<usize> = (0..k).filter(|&j| row[j] >= best - 1e-12 * best.abs()).collect();
+            if ties.len() == 1 {
+                ties[0]
+            } else {
+                ties[(mix64(hash_str(&a.items[i]) ^ seed) % ties.len() as u64) as usize]
+            }
+        })
+        .collect()
+}
+
+fn class_mean(post: &[f64], k: usize) -> Vec<f64> {
+    let n = post.len() / k;
+    let mut m = vec![0.0; k];
+    for row in post.chunks(k) {
+        for j in 0..k {
+            m[j] += row[j];
+        }
+    }
+    if n > 0 {
+        m.iter_mut().for_each(|x| *x /= n as f64);
+    } else {
+        m.iter_mut().for_each(|x| *x = 1.0 / k as f64);
+    }
+    m
+}
+
+/// Expected counts `[code][true]` (`k` per row) from given posteriors.
+fn counts_from_posteriors(a: &Answers, post: &[f64]) -> Vec<f64> {
+    let k = a.n_classes();
+    let mut c = vec![0.0; a.n_workers() * k * k];
+    for i in 0..a.n_items() {
+        let p = &post[i * k..(i + 1) * k];
+        for &code in a.item_codes(i) {
+            let r = &mut c[code as usize * k..(code as usize + 1) * k];
+            for j in 0..k {
+                r[j] += p[j];
+            }
+        }
+    }
+    c
+}
+
+fn per_worker_matrices(counts: &[f64], k: usize, a: f64) -> Vec<f64> {
+    let nw = counts.len() / (k * k);
+    let mut m = vec![0.0; counts.len()];
+    for w in 0..nw {
+        let c = &counts[w * k * k..(w + 1) * k * k];
+        let o = &mut m[w * k * k..(w + 1) * k * k];
+        for j in 0..k {
+            let n: f64 = (0..k).map(|l| c[l * k + j]).sum();
+            for l in 0..k {
+                o[l * k + j] = (c[l * k + j] + a) / (n + k as f64 * a);
+            }
+        }
+    }
+    m
+}
+
+fn pooled_matrix(counts: &[f64], k: usize, a: f64) -> Vec<f64> {
+    let mut p = vec![0.0; k * k];
+    for w in counts.chunks(k * k) {
+        for (x, y) in p.iter_mut().zip(w) {
+            *x += y;
+        }
+    }
+    per_worker_matrices(&p, k, a)
+}
+
+fn quality(mats: &[f64], prior: &[f64], k: usize) -> Vec<f64> {
+    mats.chunks(k * k).map(|m| (0..k).map(|j| prior[j] * m[j * k + j]).sum()).collect()
+}
+
+#[derive(Clone)]
+enum Model {
+    PerWorker,
+    OneCoin,
+    Pooled,
+    /// Per-worker matrices with Dirichlet prior mean = this `k x k` matrix, and this
+    /// concentration (pseudo-answers per true class).
+    Shrunk(Vec<f64>, f64),
+}
+
+struct EmOut {
+    posteriors: Vec<f64>,
+    prior: Vec<f64>,
+    matrices: Vec<f64>,
+    pooled: Vec<f64>,
+    objective: Vec<f64>,
+    converged: bool,
+}
+
+/// The M-step: parameters from expected counts, plus the log prior density of those
+/// parameters (up to a constant), which makes EM monotone in `loglik + log_prior`.
+fn m_step(
+    model: &Model,
+    counts: &[f64],
+    class_counts: &[f64],
+    k: usize,
+    o: &EmOptions,
+    prior_fixed: Option<&[f64]>,
+) -> (Vec<f64>, Vec<f64>, f64) {
+    let a = o.smoothing;
+    let nw = counts.len() / (k * k);
+    let mut log_prior = 0.0;
+    let mats = match model {
+        Model::PerWorker => {
+            let m = per_worker_matrices(counts, k, a);
+            log_prior += a * m.iter().map(|x| x.ln()).sum::<f64>();
+            m
+        }
+        Model::Pooled => {
+            let mut pc = vec![0.0; k * k];
+            for w in counts.chunks(k * k) {
+                for (x, y) in pc.iter_mut().zip(w) {
+                    *x += y;
+                }
+            }
+            for j in 0..k {
+                pc[j * k + j] += o.diag_prior;
+            }
+            let p = per_worker_matrices(&pc, k, a);
+            for l in 0..k {
+                for j in 0..k {
+                    let alpha = a + if l == j { o.diag_prior } else { 0.0 };
+                    log_prior += alpha * p[l * k + j].ln();
+                }
+            }
+            let mut m = Vec::with_capacity(nw * k * k);
+            for _ in 0..nw {
+                m.extend_from_slice(&p);
+            }
+            m
+        }
+        Model::OneCoin => {
+            let mut m = vec![0.0; nw * k * k];
+            for w in 0..nw {
+                let c = &counts[w * k * k..(w + 1) * k * k];
+                let total: f64 = c.iter().sum();
+                let right: f64 = (0..k).map(|j| c[j * k + j]).sum();
+                let p = (right + a) / (total + 2.0 * a);
+                log_prior += a * (p.ln() + (1.0 - p).ln());
+                let off = (1.0 - p) / (k - 1) as f64;
+                for l in 0..k {
+                    for j in 0..k {
+                        m[w * k * k + l * k + j] = if l == j { p } else { off };
+                    }
+                }
+            }
+            m
+        }
+        Model::Shrunk(center, s) => {
+            let s = *s;
+            let mut m = vec![0.0; nw * k * k];
+            for w in 0..nw {
+                let c = &counts[w * k * k..(w + 1) * k * k];
+                for j in 0..k {
+                    let n: f64 = (0..k).map(|l| c[l * k + j]).sum();
+                    for l in 0..k {
+                        let alpha = s * center[l * k + j] + a;
+                        let v = (c[l * k + j] + alpha) / (n + s + k as f64 * a);
+                        m[w * k * k + l * k + j] = v;
+                        log_prior += alpha * v.ln();
+                    }
+                }
+            }
+            m
+        }
+    };
+    let prior = match prior_fixed {
+        Some(p) => p.to_vec(),
+        None => {
+            let b = o.prior_smoothing;
+            let n: f64 = class_counts.iter().sum();
+            let p: Vec<f64> = class_counts.iter().map(|c| (c + b) / (n + k as f64 * b)).collect();
+            if b > 0.0 {
+                log_prior += b * p.iter().map(|x| x.ln()).sum::<f64>();
+            }
+            p
+        }
+    };
+    (mats, prior, log_prior)
+}
+
+/// Accumulates a product of positive numbers as mantissa * 2^exponent (no `ln` per factor).
+#[derive(Clone, Copy)]
+struct LogProd {
+    m: f64,
+    e: i64,
+    /// `ln` of factors too extreme for the fast path.
+    slow: f64,
+}
+
+impl LogProd {
+    fn new() -> Self {
+        LogProd { m: 1.0, e: 0, slow: 0.0 }
+    }
+    #[inline(always)]
+    fn mul(&mut self, z: f64) {
+        if !(1e-300..=1e300).contains(&z) {
+            self.slow += z.ln();
+            return;
+        }
+        // m in [1, 2) and z in [1e-300, 1e300]: the product is a normal number.
+        self.m *= z;
+        let bits = self.m.to_bits();
+        let ex = ((bits >> 52) & 0x7ff) as i64;
+        self.e += ex - 1023;
+        self.m = f64::from_bits((bits & !(0x7ffu64 << 52)) | (1023u64 << 52));
+    }
+    fn ln(&self) -> f64 {
+        self.m.ln() + self.e as f64 * std::f64::consts::LN_2 + self.slow
+    }
+}
+
+/// One worker x answer row: its likelihood per true class and the expected counts the
+/// pass accumulates, side by side so each answer touches one cache line (N = 8: 64 bytes).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Row<const N: usize> {
+    p: [f32; N],
+    c: [f32; N],
+}
+
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Items ahead whose parameter rows are prefetched: the rows are scattered (one per
+/// worker x label), so without it the pass waits on memory.
+const PREFETCH_ITEMS: usize = 6;
+
+/// One pass over items `lo..hi`: posteriors under (`tab`, `prior`), accumulated into
+/// `counts`/`class`; optionally written to `post` (`k` per item). Returns the log-likelihood.
+/// Parameters and counts are `f32` (half the cache footprint); the log-likelihood and the
+/// class totals are accumulated in `f64`.
+#[allow(clippy::too_many_arguments)]
+fn pass<const N: usize>(
+    a: &Answers,
+    lo: usize,
+    hi: usize,
+    rows: &mut [Row<N>],
+    prior: &[f32; N],
+    class: &mut [f64; N],
+    mut post: Option<&mut [f64]>,
+) -> f64 {
+    let k = a.n_classes();
+    let mut prod = LogProd::new();
+    let mut extra = 0.0;
+    let codes_all = &a.codes[..];
+    for i in lo..hi {
+        let (s, e) = (a.offsets[i], a.offsets[i + 1]);
+        let ahead = (i + PREFETCH_ITEMS).min(hi);
+        for &c in &codes_all[a.offsets[ahead]..a.offsets[(ahead + 1).min(hi)].max(a.offsets[ahead])] {
+            prefetch(rows.as_ptr().wrapping_add(c as usize));
+        }
+        let codes = &codes_all[s..e];
+        let mut p = *prior;
+        for (t, &c) in codes.iter().enumerate() {
+            let r = &rows[c as usize].p;
+            for j in 0..N {
+                p[j] *= r[j];
+            }
+            if t & 7 == 7 {
+                // long items: rescale before the f32 product underflows
+                let m = p.iter().cloned().fold(0.0f32, f32::max);
+                if m > 0.0 && m < 1e-20 {
+                    let inv = 1.0 / m;
+                    for x in p.iter_mut() {
+                        *x *= inv;
+                    }
+                    extra += (m as f64).ln();
+                }
+            }
+        }
+        let z: f32 = p.iter().sum();
+        if !(z > 0.0 && z.is_finite()) {
+            // Impossible under the parameters (cannot happen with smoothing > 0): keep the prior.
+            p = *prior;
+            extra += f64::NEG_INFINITY;
+        } else {
+            prod.mul(z as f64);
+            let inv = 1.0 / z;
+            for x in p.iter_mut() {
+                *x *= inv;
+            }
+        }
+        for &c in codes {
+            let r = &mut rows[c as usize].c;
+            for j in 0..N {
+                r[j] += p[j];
+            }
+        }
+        for j in 0..N {
+            class[j] += p[j] as f64;
+        }
+        if let Some(out) = post.as_deref_mut() {
+            let row = &mut out[(i - lo) * k..(i - lo + 1) * k];
+            // renormalise in f64 so rows sum to 1 to double precision
+            let zz: f64 = p[..k].iter().map(|&x| x as f64).sum();
+            for j in 0..k {
+                row[j] = p[j] as f64 / zz;
+            }
+        }
+    }
+    prod.ln() + extra
+}
+
+fn run_em<const N: usize>(
+    a: &Answers,
+    model: Model,
+    init_post: &[f64],
+    o: &EmOptions,
+    prior_fixed: Option<&[f64]>,
+) -> EmOut {
+    let k = a.n_classes();
+    let nc = a.n_workers() * k;
+    let n_items = a.n_items();
+    let mut counts = counts_from_posteriors(a, init_post);
+    let mut class_counts = vec![0.0; k];
+    for row in init_post.chunks(k) {
+        for j in 0..k {
+            class_counts[j] += row[j];
+        }
+    }
+    // Contiguous item ranges, one per thread, balanced by answers.
+    let threads = rayon::current_num_threads().max(1);
+    let parts = if a.n_answers() < 50_000 { 1 } else { threads };
+    let mut bounds = vec![0usize];
+    for p in 1..parts {
+        let target = a.n_answers() * p / parts;
+        let i = a.offsets.partition_point(|&x| x < target).min(n_items);
+        bounds.push(i.max(*bounds.last().unwrap()));
+    }
+    bounds.push(n_items);
+    let zero = Row::<N> { p: [0.0; N], c: [0.0; N] };
+    let mut bufs: Vec<(Vec<Row<N>>, [f64; N])> = (0..parts).map(|_| (vec![zero; nc], [0.0; N])).collect();
+
+    let mut tab = vec![[0.0f32; N]; nc];
+    let mut prior_n = [0.0f32; N];
+    let mut objective = Vec::new();
+    let mut converged = false;
+    let mut mats = Vec::new();
+    let mut prior = Vec::new();
+    for it in 0..o.max_iter.max(1) {
+        let (m, p, log_prior) = m_step(&model, &counts, &class_counts, k, o, prior_fixed);
+        mats = m;
+        prior = p;
+        for code in 0..nc {
+            let (w, l) = (code / k, code % k);
+            let row = &mut tab[code];
+            for j in 0..k {
+                row[j] = mats[w * k * k + l * k + j] as f32;
+            }
+        }
+        for j in 0..k {
+            prior_n[j] = prior[j] as f32;
+        }
+        let ll: f64 = bufs
+            .par_iter_mut()
+            .enumerate()
+            .map(|(pi, (cb, cl))| {
+                for (r, t) in cb.iter_mut().zip(tab.iter()) {
+                    r.p = *t;
+                    r.c = [0.0; N];
+                }
+                *cl = [0.0; N];
+                pass::<N>(a, bounds[pi], bounds[pi + 1], cb, &prior_n, cl, None)
+            })
+            .sum();
+        counts.iter_mut().for_each(|x| *x = 0.0);
+        class_counts.iter_mut().for_each(|x| *x = 0.0);
+        for (cb, cl) in &bufs {
+            for code in 0..nc {
+                for j in 0..k {
+                    counts[code * k + j] += cb[code].c[j] as f64;
+                }
+            }
+            for j in 0..k {
+                class_counts[j] += cl[j];
+            }
+        }
+        let obj = ll + log_prior;
+        objective.push(obj);
+        if it > 0 {
+            let prev = objective[it - 1];
+            let d = obj - prev;
+            // A dip (d < 0, rounding) never stops the loop.
+            if d >= 0.0 && d <= o.tol * prev.abs() {
+                converged = true;
+                break;
+            }
+        }
+    }
+    // Final posteriors under the last parameters (the ones the last objective scored).
+    let mut post = vec![0.0; n_items * k];
+    let mut cb: Vec<Row<N>> = tab.iter().map(|t| Row { p: *t, c: [0.0; N] }).collect();
+    let mut cl = [0.0f64; N];
+    pass::<N>(a, 0, n_items, &mut cb, &prior_n, &mut cl, Some(&mut post));
+    let pooled = match &model {
+        Model::Pooled => mats[..k * k].to_vec(),
+        _ => {
+            // the answers of everyone against the final posteriors
+            let mut c = vec![0.0; k * k];
+            for code in 0..nc {
+                let l = code % k;
+                for j in 0..k {
+                    c[l * k + j] += cb[code].c[j] as f64;
+                }
+            }
+            per_worker_matrices(&c, k, o.smoothing)
+        }
+    };
+    EmOut { posteriors: post, prior, matrices: mats, pooled, objective, converged }
+}
+
+const EB_ROUNDS: usize = 2;
+
+/// ln Gamma(x) for x > 0 (Lanczos, g = 7, n = 9; ~1e-15 relative).
+fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // reflection
+        let pi = std::f64::consts::PI;
+        return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = G[0];
+    let t = x + 7.5;
+    for (i, g) in G.iter().enumerate().skip(1) {
+        a += g / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
+/// The Dirichlet concentration `s` (shared by all workers and columns) maximising the
+/// Dirichlet-multinomial likelihood of each worker's expected counts per true class,
+/// with mean `center`; searched on a log grid from 0.25 to 4096.
+fn estimate_concentration(counts: &[f64], center: &[f64], k: usize) -> f64 {
+    let score = |s: f64| -> f64 {
+        let mut ll = 0.0;
+        for c in counts.chunks(k * k) {
+            for j in 0..k {
+                let n: f64 = (0..k).map(|l| c[l * k + j]).sum();
+                if n < 1e-9 {
+                    continue;
+                }
+                ll += ln_gamma(s) - ln_gamma(n + s);
+                for l in 0..k {
+                    let a = s * center[l * k + j];
+                    ll += ln_gamma(c[l * k + j] + a) - ln_gamma(a);
+                }
+            }
+        }
+        ll
+    };
+    let mut best = (f64::NEG_INFINITY, 1.0);
+    let mut s = 0.25f64;
+    while s <= 4096.0 {
+        let v = score(s);
+        if v > best.0 {
+            best = (v, s);
+        }
+        s *= 2f64.sqrt();
+    }
+    best.1
+}
+
+/// Accuracy of hard labels against gold (`None` entries skipped).
+pub fn accuracy(labels: &[usize], gold: &[Option<usize>]) -> f64 {
+    let (mut right, mut n) = (0usize, 0usize);
+    for (l, g) in labels.iter().zip(gold) {
+        if let Some(g) = g {
+            n += 1;
+            if l == g {
+                right += 1;
+            }
+        }
+    }
+    if n == 0 {
+        0.0
+    } else {
+        right as f64 / n as f64
+    }
+}

@@ -1,0 +1,376 @@
+//! Parsing AMT batch-results CSV and crowd-kit `worker,task,label` CSV from text.
+//!
+//! Columns are found by header name, never by position; rows may be shorter than the
+//! header (AMT omits trailing empty `Approve`/`Reject` fields).
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Answers, AnswersBuilder};
+use crate::{CrowdError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnUnknownLabel {
+    /// An answer outside the class list fails, naming the row.
+    #[default]
+    Error,
+    /// Dropped and listed in the report.
+    Drop,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AmtOptions {
+    /// AssignmentStatus values kept (Rejected is dropped by default).
+    pub statuses: Vec<String>,
+    /// Keep only the first answer of a worker on the same item.
+    pub dedupe: bool,
+    /// Allowed labels, in class order; empty = the labels seen, sorted.
+    pub classes: Vec<String>,
+    pub on_unknown_label: OnUnknownLabel,
+    /// Column naming the item; default `Input.image_url` when present, else `HITId`.
+    pub item_column: Option<String>,
+}
+
+impl Default for AmtOptions {
+    fn default() -> Self {
+        AmtOptions {
+            statuses: vec!["Submitted".into(), "Approved".into()],
+            dedupe: true,
+            classes: Vec::new(),
+            on_unknown_label: OnUnknownLabel::Error,
+            item_column: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AmtRecord {
+    /// Source name and 1-based line of the row (header = line 1).
+    pub source: String,
+    pub row: usize,
+    pub item: String,
+    pub hit_id: String,
+    pub assignment_id: String,
+    pub worker: String,
+    pub status: String,
+    pub label: String,
+    pub work_time_s: Option<f64>,
+    /// `Input.*` columns without the prefix, in header order.
+    pub inputs: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AmtReport {
+    pub rows: usize,
+    pub kept: usize,
+    /// Rows dropped per AssignmentStatus.
+    pub dropped_status: BTreeMap<String, usize>,
+    /// Repeated (worker, item) answers dropped.
+    pub duplicates: usize,
+    /// `(source, row, label)` of answers dropped for an unknown label.
+    pub unknown_labels: Vec<(String, usize, String)>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AmtBatch {
+    pub records: Vec<AmtRecord>,
+    /// Names of `Input.*` columns (without prefix), union over sources, first-seen order.
+    pub input_columns: Vec<String>,
+    pub report: AmtReport,
+}
+
+impl AmtBatch {
+    /// The class list: `opts.classes`, or the labels seen, sorted.
+    pub fn classes(&self, opts: &AmtOptions) -> Vec<String> {
+        if !opts.classes.is_empty() {
+            return opts.classes.clone();
+        }
+        let mut v: Vec<String> = self.records.iter().map(|r| r.label.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Dense answers (items in first-seen order).
+    pub fn to_answers(&self, classes: &[String]) -> Result<Answers> {
+        let mut b = AnswersBuilder::new(classes);
+        for r in &self.records {
+            b.push(&r.item, &r.worker, &r.label).map_err(|l| CrowdError::Row {
+                source_name: r.source.clone(),
+                row: r.row,
+                message: format!("label \"{l}\" is not one of {classes:?}"),
+            })?;
+        }
+        b.build()
+    }
+}
+
+/// The answer of one row: `Answer.<name>.label`, else `Answer.taskAnswers` JSON.
+fn answer_from_json(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    fn find(v: &serde_json::Value) -> Option<String> {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::String(s)) = m.get("label") {
+                    return Some(s.clone());
+                }
+                m.values().find_map(find)
+            }
+            serde_json::Value::Array(a) => a.iter().find_map(find),
+            _ => None,
+        }
+    }
+    find(&v)
+}
+
+/// Parse one batch-results CSV text and append to `batch`.
+pub fn parse_amt_into(batch: &mut AmtBatch, text: &str, source: &str, opts: &AmtOptions) -> Result<()> {
+    let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
+    let header = rdr
+        .headers()
+        .map_err(|e| CrowdError::Format { source_name: source.into(), message: format!("header: {e}") })?
+        .clone();
+    let col = |name: &str| header.iter().position(|h| h == name);
+    let need = |name: &str| {
+        col(name).ok_or_else(|| CrowdError::MissingColumn { source_name: source.into(), column: name.into() })
+    };
+    let worker_c = need("WorkerId")?;
+    let hit_c = need("HITId")?;
+    let status_c = col("AssignmentStatus");
+    let assign_c = col("AssignmentId");
+    let time_c = col("WorkTimeInSeconds");
+    let label_c = header.iter().position(|h| h.starts_with("Answer.") && h.ends_with(".label"));
+    let json_c = col("Answer.taskAnswers");
+    if label_c.is_none() && json_c.is_none() {
+        return Err(CrowdError::MissingColumn {
+            source_name: source.into(),
+            column: "Answer.<name>.label or Answer.taskAnswers".into(),
+        });
+    }
+    let item_c = match &opts.item_column {
+        Some(c) => need(c)?,
+        None => col("Input.image_url").unwrap_or(hit_c),
+    };
+    let inputs: Vec<(usize, String)> = header
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| h.strip_prefix("Input.").map(|n| (i, n.to_string())))
+        .collect();
+    for (_, n) in &inputs {
+        if !batch.input_columns.contains(n) {
+            batch.input_columns.push(n.clone());
+        }
+    }
+    let classes: HashSet<&str> = opts.classes.iter().map(|s| s.as_str()).collect();
+    let mut seen: HashSet<(String, String)> =
+        batch.records.iter().map(|r| (r.worker.clone(), r.item.clone())).collect();
+    for (n, rec) in rdr.records().enumerate() {
+        let line = n + 2;
+        let rec = rec.map_err(|e| CrowdError::Row { source_name: source.into(), row: line, message: e.to_string() })?;
+        if rec.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        batch.report.rows += 1;
+        let get = |i: usize| rec.get(i).unwrap_or("").trim();
+        let status = status_c.map(get).unwrap_or("").to_string();
+        if status_c.is_some() && !opts.statuses.iter().any(|s| s == &status) {
+            *batch.report.dropped_status.entry(status).or_default() += 1;
+            continue;
+        }
+        let worker = get(worker_c).to_string();
+        if worker.is_empty() {
+            return Err(CrowdError::Row { source_name: source.into(), row: line, message: "empty WorkerId".into() });
+        }
+        let item = get(item_c).to_string();
+        if item.is_empty() {
+            return Err(CrowdError::Row {
+                source_name: source.into(),
+                row: line,
+                message: format!("empty item column \"{}\"", &header[item_c]),
+            });
+        }
+        let label = match label_c.map(get).filter(|s| !s.is_empty()) {
+            Some(l) => l.to_string(),
+            None => json_c.map(get).and_then(answer_from_json).ok_or_else(|| CrowdError::Row {
+                source_name: source.into(),
+                row: line,
+                message: "no answer (empty Answer.*.label and no label in Answer.taskAnswers)".into(),
+            })?,
+        };
+        if !classes.is_empty() && !classes.contains(label.as_str()) {
+            match opts.on_unknown_label {
+                OnUnknownLabel::Error => {
+                    return Err(CrowdError::Row {
+                        source_name: source.into(),
+                        row: line,
+                        message: format!("label \"{label}\" is not one of {:?}", opts.classes),
+                    })
+                }
+                OnUnknownLabel::Drop => {
+                    batch.report.unknown_labels.push((source.into(), line, label));
+                    continue;
+                }
+            }
+        }
+        if opts.dedupe && !seen.insert((worker.clone(), item.clone())) {
+            batch.report.duplicates += 1;
+            continue;
+        }
+        let work_time_s = time_c.map(get).and_then(|s| s.parse::<f64>().ok());
+        batch.records.push(AmtRecord {
+            source: source.into(),
+            row: line,
+            item,
+            hit_id: get(hit_c).to_string(),
+            assignment_id: assign_c.map(get).unwrap_or("").to_string(),
+            worker,
+            status,
+            label,
+            work_time_s,
+            inputs: inputs.iter().map(|(i, n)| (n.clone(), get(*i).to_string())).collect(),
+        });
+        batch.report.kept += 1;
+    }
+    Ok(())
+}
+
+/// Parse one batch-results CSV text.
+pub fn parse_amt_batch(text: &str, source: &str, opts: &AmtOptions) -> Result<AmtBatch> {
+    let mut b = AmtBatch::default();
+    parse_amt_into(&mut b, text, source, opts)?;
+    Ok(b)
+}
+
+/// Parse crowd-kit style `worker,task,label` CSV (extra columns ignored). Classes: labels
+/// sorted numerically when all are integers, else as text.
+pub fn parse_crowdkit_csv(text: &str, source: &str) -> Result<Answers> {
+    let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
+    let header = rdr
+        .headers()
+        .map_err(|e| CrowdError::Format { source_name: source.into(), message: format!("header: {e}") })?
+        .clone();
+    let need = |name: &str| {
+        header
+            .iter()
+            .position(|h| h.trim() == name)
+            .ok_or_else(|| CrowdError::MissingColumn { source_name: source.into(), column: name.into() })
+    };
+    let (wc, tc, lc) = (need("worker")?, need("task")?, need("label")?);
+    let mut rows = Vec::new();
+    for (n, rec) in rdr.records().enumerate() {
+        let line = n + 2;
+        let rec = rec.map_err(|e| CrowdError::Row { source_name: source.into(), row: line, message: e.to_string() })?;
+        let get = |i: usize| {
+            rec.get(i).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).ok_or_else(|| CrowdError::Row {
+                source_name: source.into(),
+                row: line,
+                message: format!("empty field \"{}\"", &header[i]),
+            })
+        };
+        rows.push((get(tc)?, get(wc)?, get(lc)?));
+    }
+    let mut classes: Vec<String> = rows.iter().map(|r| r.2.clone()).collect();
+    classes.sort();
+    classes.dedup();
+    if classes.iter().all(|c| c.parse::<i64>().is_ok()) {
+        classes.sort_by_key(|c| c.parse::<i64>().unwrap_or(0));
+    }
+    if classes.len() < 2 {
+        // a single observed label: still two classes so the models are defined
+        classes.push(format!("{}_other", classes.first().cloned().unwrap_or_default()));
+    }
+    let mut b = AnswersBuilder::new(&classes);
+    for (t, w, l) in &rows {
+        let _ = b.push(t, w, l); // every label is a class by construction
+    }
+    b.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHORT: &str = "\"HITId\",\"WorkerId\",\"AssignmentStatus\",\"WorkTimeInSeconds\",\"Input.image_url\",\"Input.label\",\"Answer.category.label\",\"Approve\",\"Reject\"\n\
+\"H1\",\"W1\",\"Submitted\",\"11\",\"u/a.jpg\",\"fear\",\"happy\"\n\
+\"H1\",\"W2\",\"Rejected\",\"5\",\"u/a.jpg\",\"fear\",\"sad\"\n\
+\"H1\",\"W1\",\"Submitted\",\"7\",\"u/a.jpg\",\"fear\",\"sad\"\n\
+\"H2\",\"W2\",\"Approved\",\"3\",\"u/b.jpg\",\"sad\",\"sad\"\n";
+
+    fn opts() -> AmtOptions {
+        AmtOptions { classes: vec!["happy".into(), "sad".into()], ..AmtOptions::default() }
+    }
+
+    #[test]
+    fn short_rows_status_filter_and_dedupe() {
+        let b = parse_amt_batch(SHORT, "b.csv", &opts()).unwrap();
+        assert_eq!(b.report.rows, 4);
+        assert_eq!(b.records.len(), 2);
+        assert_eq!(b.report.dropped_status.get("Rejected"), Some(&1));
+        assert_eq!(b.report.duplicates, 1);
+        let r = &b.records[0];
+        assert_eq!((r.item.as_str(), r.worker.as_str(), r.label.as_str(), r.row), ("u/a.jpg", "W1", "happy", 2));
+        assert_eq!(r.work_time_s, Some(11.0));
+        assert_eq!(b.input_columns, vec!["image_url", "label"]);
+        assert_eq!(r.inputs[1], ("label".to_string(), "fear".to_string()));
+        let a = b.to_answers(&b.classes(&opts())).unwrap();
+        assert_eq!((a.n_items(), a.n_workers(), a.n_answers()), (2, 2, 2));
+    }
+
+    #[test]
+    fn no_dedupe_keeps_both() {
+        let b = parse_amt_batch(SHORT, "b.csv", &AmtOptions { dedupe: false, ..opts() }).unwrap();
+        assert_eq!(b.records.len(), 3);
+    }
+
+    #[test]
+    fn unknown_label_error_names_the_row_or_drops() {
+        let o = AmtOptions { classes: vec!["happy".into()], ..AmtOptions::default() };
+        let e = parse_amt_batch(SHORT, "b.csv", &o).unwrap_err().to_string();
+        assert!(e.contains("b.csv: row 4") && e.contains("\"sad\""), "{e}");
+        let b = parse_amt_batch(SHORT, "b.csv", &AmtOptions { on_unknown_label: OnUnknownLabel::Drop, ..o }).unwrap();
+        assert_eq!(b.records.len(), 1);
+        assert_eq!(b.report.unknown_labels, vec![("b.csv".into(), 4, "sad".into()), ("b.csv".into(), 5, "sad".into())]);
+    }
+
+    #[test]
+    fn task_answers_json_column() {
+        let t = "HITId,WorkerId,AssignmentStatus,Input.image_url,Answer.taskAnswers\n\
+H1,W1,Submitted,a.jpg,\"[{\"\"category\"\":{\"\"label\"\":\"\"happy\"\"}}]\"\n";
+        let b = parse_amt_batch(t, "j.csv", &AmtOptions::default()).unwrap();
+        assert_eq!(b.records[0].label, "happy");
+        assert_eq!(b.classes(&AmtOptions::default()), vec!["happy"]);
+    }
+
+    #[test]
+    fn missing_columns_are_named() {
+        let e = parse_amt_batch("HITId,Answer.x.label\nH,a\n", "m.csv", &AmtOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("\"WorkerId\""), "{e}");
+        let e = parse_amt_batch("HITId,WorkerId\nH,W\n", "m.csv", &AmtOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("Answer."), "{e}");
+    }
+
+    #[test]
+    fn crowdkit_csv_numeric_classes() {
+        let a = parse_crowdkit_csv("worker,task,label\n1,t1,10\n2,t1,2\n1,t2,2\n", "c.csv").unwrap();
+        assert_eq!(a.classes, vec!["2", "10"]);
+        assert_eq!(a.n_items(), 2);
+        let e = parse_crowdkit_csv("worker,task\n1,2\n", "c.csv").unwrap_err();
+        assert!(e.to_string().contains("\"label\""));
+    }
+
+    #[test]
+    fn real_batch_file_parses() {
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/datasets/seed-study/amt/Batch_4350992_batch_results.csv");
+        let Ok(text) = std::fs::read_to_string(p) else {
+            eprintln!("skipped: {p} not found");
+            return;
+        };
+        let o = AmtOptions { classes: crate::EMOTIONS.iter().map(|s| s.to_string()).collect(), ..AmtOptions::default() };
+        let b = parse_amt_batch(&text, "batch", &o).unwrap();
+        assert_eq!(b.records.len(), 2100);
+        let a = b.to_answers(&o.classes).unwrap();
+        assert_eq!((a.n_items(), a.n_workers()), (700, 73));
+    }
+}

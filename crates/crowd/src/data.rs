@@ -1,0 +1,224 @@
+//! Dense integer answers: items x workers x labels in CSR form, grouped by item.
+//!
+//! Each answer is one `u32` code `worker * k + label`, so the EM inner loop reads one
+//! index per answer and finds the worker's confusion row with it.
+
+use std::collections::HashMap;
+
+use crate::{CrowdError, Result};
+
+#[derive(Debug, Clone)]
+pub struct Answers {
+    pub classes: Vec<String>,
+    pub items: Vec<String>,
+    pub workers: Vec<String>,
+    /// Answers of item `i` are `codes[offsets[i]..offsets[i + 1]]`.
+    pub offsets: Vec<usize>,
+    /// `worker * k + label`.
+    pub codes: Vec<u32>,
+}
+
+impl Answers {
+    pub fn n_items(&self) -> usize {
+        self.items.len()
+    }
+    pub fn n_workers(&self) -> usize {
+        self.workers.len()
+    }
+    pub fn n_classes(&self) -> usize {
+        self.classes.len()
+    }
+    pub fn n_answers(&self) -> usize {
+        self.codes.len()
+    }
+    pub fn item_codes(&self, i: usize) -> &[u32] {
+        &self.codes[self.offsets[i]..self.offsets[i + 1]]
+    }
+    pub fn worker_of(&self, code: u32) -> usize {
+        code as usize / self.n_classes()
+    }
+    pub fn label_of(&self, code: u32) -> usize {
+        code as usize % self.n_classes()
+    }
+
+    /// From `(item, worker, label)` index triples; items/workers named by their index.
+    /// Order within an item follows the input; items keep their index.
+    pub fn from_triples(
+        n_items: usize,
+        n_workers: usize,
+        classes: Vec<String>,
+        triples: &[(usize, usize, usize)],
+    ) -> Result<Answers> {
+        let k = classes.len();
+        if k < 2 {
+            return Err(CrowdError::Data(format!("need at least 2 classes, got {k}")));
+        }
+        if (n_workers as u64) * (k as u64) > u32::MAX as u64 {
+            return Err(CrowdError::Data("too many workers x classes for u32 codes".into()));
+        }
+        let mut counts = vec![0usize; n_items + 1];
+        for (n, &(i, w, l)) in triples.iter().enumerate() {
+            if i >= n_items || w >= n_workers || l >= k {
+                return Err(CrowdError::Data(format!(
+                    "answer {n}: item {i}, worker {w}, label {l} out of range ({n_items} items, {n_workers} workers, {k} classes)"
+                )));
+            }
+            counts[i + 1] += 1;
+        }
+        for i in 0..n_items {
+            counts[i + 1] += counts[i];
+        }
+        let offsets = counts.clone();
+        let mut fill = counts;
+        let mut codes = vec![0u32; triples.len()];
+        for &(i, w, l) in triples {
+            codes[fill[i]] = (w * k + l) as u32;
+            fill[i] += 1;
+        }
+        Ok(Answers {
+            classes,
+            items: (0..n_items).map(|i| i.to_string()).collect(),
+            workers: (0..n_workers).map(|w| w.to_string()).collect(),
+            offsets,
+            codes,
+        })
+    }
+
+    /// Answers per label, over everyone.
+    pub fn label_counts(&self) -> Vec<usize> {
+        let k = self.n_classes();
+        let mut c = vec![0usize; k];
+        for &code in &self.codes {
+            c[code as usize % k] += 1;
+        }
+        c
+    }
+
+    /// `[worker][label]` answer counts.
+    pub fn worker_label_counts(&self) -> Vec<Vec<usize>> {
+        let k = self.n_classes();
+        let mut c = vec![vec![0usize; k]; self.n_workers()];
+        for &code in &self.codes {
+            c[code as usize / k][code as usize % k] += 1;
+        }
+        c
+    }
+
+    /// Fraction of answers equal to another answer on the same item (pairwise agreement).
+    pub fn pairwise_agreement(&self) -> f64 {
+        let (mut agree, mut pairs) = (0u64, 0u64);
+        let k = self.n_classes();
+        for i in 0..self.n_items() {
+            let c = self.item_codes(i);
+            for a in 0..c.len() {
+                for b in a + 1..c.len() {
+                    pairs += 1;
+                    if c[a] as usize % k == c[b] as usize % k {
+                        agree += 1;
+                    }
+                }
+            }
+        }
+        if pairs == 0 {
+            0.0
+        } else {
+            agree as f64 / pairs as f64
+        }
+    }
+}
+
+/// Builds [`Answers`] from named items, workers and labels.
+#[derive(Debug, Clone)]
+pub struct AnswersBuilder {
+    classes: Vec<String>,
+    class_index: HashMap<String, usize>,
+    items: Vec<String>,
+    item_index: HashMap<String, usize>,
+    workers: Vec<String>,
+    worker_index: HashMap<String, usize>,
+    triples: Vec<(usize, usize, usize)>,
+}
+
+impl AnswersBuilder {
+    pub fn new(classes: &[String]) -> Self {
+        AnswersBuilder {
+            classes: classes.to_vec(),
+            class_index: classes.iter().enumerate().map(|(i, c)| (c.clone(), i)).collect(),
+            items: Vec::new(),
+            item_index: HashMap::new(),
+            workers: Vec::new(),
+            worker_index: HashMap::new(),
+            triples: Vec::new(),
+        }
+    }
+    pub fn class_index(&self, label: &str) -> Option<usize> {
+        self.class_index.get(label).copied()
+    }
+    fn intern(names: &mut Vec<String>, index: &mut HashMap<String, usize>, s: &str) -> usize {
+        if let Some(&i) = index.get(s) {
+            return i;
+        }
+        names.push(s.to_string());
+        index.insert(s.to_string(), names.len() - 1);
+        names.len() - 1
+    }
+    /// Register an item even if it ends up without answers (keeps it in the output).
+    pub fn add_item(&mut self, item: &str) -> usize {
+        Self::intern(&mut self.items, &mut self.item_index, item)
+    }
+    /// Add one answer; `Err(label)` if the label is not a class.
+    pub fn push(&mut self, item: &str, worker: &str, label: &str) -> std::result::Result<(), String> {
+        let l = self.class_index(label).ok_or_else(|| label.to_string())?;
+        self.push_index(item, worker, l);
+        Ok(())
+    }
+    pub fn push_index(&mut self, item: &str, worker: &str, label: usize) {
+        let i = Self::intern(&mut self.items, &mut self.item_index, item);
+        let w = Self::intern(&mut self.workers, &mut self.worker_index, worker);
+        self.triples.push((i, w, label));
+    }
+    pub fn build(self) -> Result<Answers> {
+        let mut a = Answers::from_triples(self.items.len(), self.workers.len(), self.classes, &self.triples)?;
+        a.items = self.items;
+        a.workers = self.workers;
+        Ok(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cls(k: usize) -> Vec<String> {
+        (0..k).map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn csr_groups_by_item_and_codes_decode() {
+        let a = Answers::from_triples(3, 2, cls(3), &[(2, 1, 2), (0, 0, 1), (2, 0, 0), (0, 1, 1)]).unwrap();
+        assert_eq!(a.offsets, vec![0, 2, 2, 4]);
+        let c: Vec<(usize, usize)> = a.item_codes(2).iter().map(|&c| (a.worker_of(c), a.label_of(c))).collect();
+        assert_eq!(c, vec![(1, 2), (0, 0)]);
+        assert!(a.item_codes(1).is_empty());
+        assert_eq!(a.label_counts(), vec![1, 2, 1]);
+        assert!((a.pairwise_agreement() - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn out_of_range_is_an_error() {
+        assert!(Answers::from_triples(1, 1, cls(2), &[(0, 0, 2)]).is_err());
+        assert!(Answers::from_triples(1, 1, cls(1), &[]).is_err());
+    }
+
+    #[test]
+    fn builder_interns_names_and_rejects_unknown_labels() {
+        let mut b = AnswersBuilder::new(&["x".to_string(), "y".to_string()]);
+        b.push("img1", "w1", "y").unwrap();
+        b.push("img2", "w1", "x").unwrap();
+        assert_eq!(b.push("img1", "w2", "z"), Err("z".to_string()));
+        let a = b.build().unwrap();
+        assert_eq!(a.items, vec!["img1", "img2"]);
+        assert_eq!(a.workers, vec!["w1"]);
+        assert_eq!(a.label_of(a.item_codes(0)[0]), 1);
+    }
+}

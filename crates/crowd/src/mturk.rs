@@ -1,0 +1,1 @@
+//! MTurk requester API client (being written).
