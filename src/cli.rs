@@ -71,6 +71,8 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         last: usize,
     },
+    /// Run a pipeline at each tick of a cron expression (or print a systemd timer / crontab line).
+    Schedule(ScheduleArgs),
     /// Write the embedded demo data set (faces + a simulated AMT batch) to DIR.
     DemoData {
         dir: PathBuf,
@@ -105,6 +107,37 @@ pub struct RunArgs {
     pub quiet: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct ScheduleArgs {
+    pub file: PathBuf,
+    /// Cron expression: 5 fields (min hour dom month dow), or 6 with leading seconds.
+    #[arg(long, default_value = "0 3 * * *")]
+    pub cron: String,
+    /// IANA time zone of the cron fields (default: the machine's).
+    #[arg(long)]
+    pub tz: Option<String>,
+    /// Retries of a failed run, with exponential backoff.
+    #[arg(long, default_value_t = 2)]
+    pub retries: u32,
+    /// Seconds before the first retry (doubles each time).
+    #[arg(long, default_value_t = 30.0)]
+    pub retry_delay: f64,
+    /// On SIGTERM / Ctrl-C let the current run finish (a second signal cancels it).
+    #[arg(long)]
+    pub finish_on_shutdown: bool,
+    /// Print a systemd service + timer running `pipeline run FILE` and exit.
+    #[arg(long)]
+    pub print_systemd: bool,
+    /// Print a crontab line running `pipeline run FILE` and exit.
+    #[arg(long)]
+    pub print_cron: bool,
+    /// Override a param for every scheduled run.
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    pub set: Vec<String>,
+    #[arg(short = 'j', long, default_value_t = 0)]
+    pub jobs: usize,
+}
+
 #[derive(Copy, Clone, Debug, ValueEnum)]
 pub enum DagFormat {
     Text,
@@ -133,11 +166,13 @@ pub enum CacheCmd {
 pub enum RunsCmd {
     /// One run in detail.
     Show { id: u64 },
+    /// What changed from run A to run B: params, inputs, flipped labels, metrics.
+    Diff { a: u64, b: u64 },
 }
 
-pub fn init_logging(format: LogFormat) {
+pub fn init_logging(format: LogFormat, default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PIPELINE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_env("PIPELINE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => b.try_init(),
@@ -148,7 +183,8 @@ pub fn init_logging(format: LogFormat) {
 /// Parse arguments and run; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // A scheduler is a service: its ticks and runs are worth logging by default.
+    init_logging(cli.log_format, if matches!(cli.command, Command::Schedule(_)) { "info" } else { "warn" });
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -188,6 +224,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             let record = run_pipeline(cache, Arc::new(p), &opts)?;
             Ok(exit_code(&record))
         }
+        Command::Schedule(args) => schedule(&cli.cache, args),
         Command::Plan { file, explain, json, set } => {
             let p = load(&file, &set)?;
             let cache = open_cache(&cli.cache, cli.wait)?;
@@ -219,6 +256,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             match cmd {
                 None => print!("{}", crate::runs::list(&cache, last)),
                 Some(RunsCmd::Show { id }) => print!("{}", crate::runs::show(&cache, id)?),
+                Some(RunsCmd::Diff { a, b }) => print!("{}", crate::runs::diff(&cache, a, b)?),
             }
             Ok(0)
         }
@@ -251,10 +289,82 @@ pub fn run_pipeline(cache: Arc<Cache>, p: Arc<Pipeline>, opts: &RunOptions) -> R
             eprintln!("stopping: cancelling running stages (nothing half-written is kept)");
             c.cancel();
         });
-        Engine::new(cache.clone(), cancel.clone()).run(p.clone(), opts).await
+        run_and_promote(&cache, &p, opts, cancel.clone()).await
     })?;
     print_summary(&record);
     Ok(record)
+}
+
+/// One run, then the pipeline's `promote` section if any; the decision is recorded in the run.
+pub async fn run_and_promote(cache: &Arc<Cache>, p: &Arc<Pipeline>, opts: &RunOptions, cancel: CancelFlag) -> Result<RunRecord> {
+    let mut record = Engine::new(cache.clone(), cancel).run(p.clone(), opts).await?;
+    if let (Some(cfg), RunStatus::Ok) = (&p.promote, record.status) {
+        let d = crate::promote::promote(cache, &p.base_dir, cfg, &record)?;
+        if d.promoted {
+            tracing::info!(to = %d.to, reason = %d.reason, "promoted");
+        } else {
+            tracing::info!(reason = %d.reason, "not promoted");
+        }
+        record.promotion = Some(serde_json::to_value(&d)?);
+        cache.put_run(record.id, &record)?;
+    }
+    Ok(record)
+}
+
+fn schedule(cache_dir: &Path, args: ScheduleArgs) -> Result<i32> {
+    use crate::schedule::{self as sch, OnShutdown, ScheduleOptions, Shutdown};
+    let bin = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("pipeline"));
+    let file = std::fs::canonicalize(&args.file).with_context(|| format!("{}", args.file.display()))?;
+    if args.print_systemd || args.print_cron {
+        if args.print_systemd {
+            print!("{}", sch::print_systemd(&file, &args.cron, args.tz.as_deref(), &bin)?);
+        }
+        if args.print_cron {
+            print!("{}", sch::print_cron(&file, &args.cron, args.tz.as_deref(), &bin)?);
+        }
+        return Ok(0);
+    }
+    // Fail now, not at 3 a.m., on a bad file.
+    load(&file, &args.set)?;
+    let mut opts = ScheduleOptions::new(args.cron.clone());
+    opts.tz = args.tz.clone();
+    opts.retries = args.retries;
+    opts.retry_delay = std::time::Duration::from_secs_f64(args.retry_delay.max(0.0));
+    if args.finish_on_shutdown {
+        opts.on_shutdown = OnShutdown::Finish;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let shutdown = Shutdown::from_signals()?;
+        let run_once = |cancel: CancelFlag| {
+            let (file, set, cache_dir, jobs) = (file.clone(), args.set.clone(), cache_dir.to_path_buf(), args.jobs);
+            async move {
+                // Reload each tick: the file, globs and inputs may have changed since the last one.
+                let p = Arc::new(load(&file, &set)?);
+                // The cache is open only during the run, so `pipeline runs` works in between.
+                // A nightly run waits for a `pipeline cache ls` to finish rather than fail.
+                let cache = Arc::new(tokio::task::spawn_blocking(move || open_cache(&cache_dir, true)).await??);
+                let opts = RunOptions { jobs, quiet: true, trigger: "schedule".into(), overrides: set, ..Default::default() };
+                let record = run_and_promote(&cache, &p, &opts, cancel).await?;
+                let ran = record.stages.iter().filter(|s| s.status == StageStatus::Ran).count();
+                tracing::info!(run = record.id, status = ?record.status, ran, "scheduled run finished");
+                match record.status {
+                    RunStatus::Ok | RunStatus::Cancelled => Ok(()),
+                    _ => {
+                        let why: Vec<String> = record
+                            .stages
+                            .iter()
+                            .filter(|s| s.status == StageStatus::Failed)
+                            .map(|s| format!("{}: {}", s.name, s.error.as_deref().unwrap_or("")))
+                            .collect();
+                        Err(anyhow::anyhow!("run {} failed: {}", record.id, why.join("; ")))
+                    }
+                }
+            }
+        };
+        sch::run_schedule(&opts, run_once, shutdown).await
+    })?;
+    Ok(0)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -2,5 +2,16 @@
 //!
 //! Data flows spec -> dag -> plan -> engine -> cache; see the README for the user's view.
 
+pub mod cache;
+pub mod cli;
+pub mod dag;
+pub mod engine;
+pub mod plan;
 pub mod progress;
+pub mod promote;
+pub mod runs;
+pub mod schedule;
+pub mod schema;
+pub mod spec;
 pub mod stages;
+pub mod suggest;

@@ -60,3 +60,74 @@ pub fn show(cache: &Cache, id: u64) -> Result<String> {
     }
     Ok(out)
 }
+
+/// What changed between two runs: params, input digests, flipped labels, metrics.
+pub fn diff(cache: &Cache, a: u64, b: u64) -> Result<String> {
+    let ra: RunRecord = cache.run(a).ok_or_else(|| anyhow!("no run {a}"))?;
+    let rb: RunRecord = cache.run(b).ok_or_else(|| anyhow!("no run {b}"))?;
+    let mut out = format!("run {a} -> run {b}\n");
+    let mut changes = 0;
+    for sb in &rb.stages {
+        let Some(sa) = ra.stage(&sb.name) else {
+            out.push_str(&format!("{}: new stage\n", sb.name));
+            changes += 1;
+            continue;
+        };
+        let mut lines = Vec::new();
+        crate::plan::diff_json_into("params", &sa.params, &sb.params, &mut lines);
+        for (name, d) in &sb.inputs {
+            if let Some(o) = sa.inputs.get(name) {
+                if o != d {
+                    lines.push(format!("input \"{name}\" {} -> {}", &o[..12.min(o.len())], &d[..12.min(d.len())]));
+                }
+            }
+        }
+        if sa.output != sb.output && sa.output.is_some() && sb.output.is_some() {
+            lines.push("output changed".into());
+            if sb.kind == "dawid-skene" {
+                if let Some(f) = flipped_labels(cache, sa.output.as_deref(), sb.output.as_deref()) {
+                    lines.push(f);
+                }
+            }
+        }
+        for l in lines {
+            out.push_str(&format!("{}: {l}\n", sb.name));
+            changes += 1;
+        }
+    }
+    let (ma, mb) = (ra.metrics(), rb.metrics());
+    for (k, vb) in &mb {
+        match ma.get(k) {
+            Some(va) if (va - vb).abs() > 1e-12 => out.push_str(&format!("{k} {va:.4} -> {vb:.4}\n")),
+            Some(va) => out.push_str(&format!("{k} {va:.4} (unchanged)\n")),
+            None => out.push_str(&format!("{k} {vb:.4} (new)\n")),
+        }
+    }
+    if changes == 0 {
+        out.push_str("no params, inputs or outputs changed\n");
+    }
+    Ok(out)
+}
+
+/// Items whose hard label differs between two `dawid-skene` outputs (`labels.csv`: item,label,...).
+fn flipped_labels(cache: &Cache, a: Option<&str>, b: Option<&str>) -> Option<String> {
+    let read = |o: &str| -> Option<std::collections::BTreeMap<String, String>> {
+        let v = cache.view(o).ok()?;
+        let mut r = csv::Reader::from_path(v.join("labels.csv")).ok()?;
+        let h = r.headers().ok()?.clone();
+        let (ii, li) = (h.iter().position(|c| c == "item")?, h.iter().position(|c| c == "label")?);
+        Some(r.records().filter_map(|x| x.ok()).map(|x| (x[ii].to_string(), x[li].to_string())).collect())
+    };
+    let (la, lb) = (read(a?)?, read(b?)?);
+    let flips: Vec<String> = lb
+        .iter()
+        .filter_map(|(item, l)| la.get(item).filter(|o| *o != l).map(|o| format!("{item}: {o} -> {l}")))
+        .collect();
+    let shown: Vec<&str> = flips.iter().take(10).map(|s| s.as_str()).collect();
+    Some(format!(
+        "{} labels flipped{}{}",
+        flips.len(),
+        if shown.is_empty() { "" } else { ": " },
+        shown.join("; ") + if flips.len() > 10 { "; ..." } else { "" }
+    ))
+}
