@@ -827,3 +827,75 @@ pub fn accuracy(labels: &[usize], gold: &[Option<usize>]) -> f64 {
         right as f64 / n as f64
     }
 }
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ln_gamma_matches_known_values() {
+        assert!((ln_gamma(1.0)).abs() < 1e-12);
+        assert!((ln_gamma(5.0) - 24f64.ln()).abs() < 1e-12);
+        assert!((ln_gamma(0.5) - std::f64::consts::PI.sqrt().ln()).abs() < 1e-12);
+        assert!((ln_gamma(0.01) - 4.599_479_878_042_02).abs() < 1e-9);
+    }
+
+    #[test]
+    fn logprod_matches_sum_of_logs() {
+        let mut p = LogProd::new();
+        let mut s = 0.0;
+        for i in 1..5000 {
+            let z = (i as f64 * 0.37).sin().abs() * 1e-3 + 1e-301 * (i % 2) as f64;
+            p.mul(z);
+            s += z.ln();
+        }
+        assert!((p.ln() - s).abs() < 1e-9 * s.abs());
+    }
+
+    #[test]
+    fn method_names_round_trip_and_unknown_is_an_error() {
+        for m in Method::ALL {
+            assert_eq!(m.name().parse::<Method>().unwrap(), m);
+        }
+        assert!("glad".parse::<Method>().unwrap_err().to_string().contains("unknown method"));
+    }
+
+    #[test]
+    fn bad_options_are_errors() {
+        let a = Answers::from_triples(1, 1, vec!["a".into(), "b".into()], &[(0, 0, 0)]).unwrap();
+        let o = EmOptions { class_prior: ClassPrior::Fixed(vec![1.0]), ..EmOptions::default() };
+        assert!(aggregate(&a, Method::DawidSkene, &o).unwrap_err().to_string().contains("class_prior"));
+        let o = EmOptions { smoothing: 0.0, ..EmOptions::default() };
+        assert!(aggregate(&a, Method::DawidSkene, &o).is_err());
+    }
+
+    #[test]
+    fn majority_vote_ties_depend_on_seed_not_order() {
+        // one item, two answers that disagree: a tie
+        let labels: Vec<usize> = (0..64)
+            .map(|seed| {
+                let a = Answers::from_triples(1, 2, vec!["a".into(), "b".into()], &[(0, 0, 0), (0, 1, 1)]).unwrap();
+                aggregate(&a, Method::MajorityVote, &EmOptions { seed, ..EmOptions::default() }).unwrap().labels[0]
+            })
+            .collect();
+        assert!(labels.contains(&0) && labels.contains(&1), "seeded tie-break should vary with the seed");
+        let a = Answers::from_triples(1, 2, vec!["a".into(), "b".into()], &[(0, 1, 1), (0, 0, 0)]).unwrap();
+        let b = Answers::from_triples(1, 2, vec!["a".into(), "b".into()], &[(0, 0, 0), (0, 1, 1)]).unwrap();
+        let o = EmOptions { seed: 9, ..EmOptions::default() };
+        assert_eq!(aggregate(&a, Method::MajorityVote, &o).unwrap().labels, aggregate(&b, Method::MajorityVote, &o).unwrap().labels);
+        assert_eq!(aggregate(&a, Method::MajorityVote, &o).unwrap().posteriors, vec![0.5, 0.5]);
+    }
+
+    #[test]
+    fn fixed_prior_is_held_and_learned_prior_moves() {
+        let t: Vec<(usize, usize, usize)> = (0..40).flat_map(|i| [(i, 0, (i % 4 == 0) as usize), (i, 1, (i % 4 == 0) as usize)]).collect();
+        let a = Answers::from_triples(40, 2, vec!["a".into(), "b".into()], &t).unwrap();
+        let fixed = EmOptions { class_prior: ClassPrior::Fixed(vec![3.0, 1.0]), ..EmOptions::default() };
+        let r = aggregate(&a, Method::DawidSkene, &fixed).unwrap();
+        assert!((r.class_prior[0] - 0.75).abs() < 1e-12);
+        let learned = EmOptions { class_prior: ClassPrior::Learned, ..EmOptions::default() };
+        let r = aggregate(&a, Method::DawidSkene, &learned).unwrap();
+        assert!(r.class_prior[0] > 0.7 && r.class_prior[0] < 0.8, "{:?}", r.class_prior);
+    }
+}
