@@ -85,7 +85,7 @@ pub fn plan(cache: &Cache, p: &Pipeline) -> Plan {
                 reasons.push(format!("input \"{input}\" changes because {up} reruns{why}"));
             }
             if let Some(l) = &last {
-                let mut now = KeyInputs::new(node.kind.kind(), node.kind.version(), &node.params);
+                let mut now = KeyInputs::new(node.kind.kind(), node.kind.version(), &node.kind.key_params(&node.params));
                 now.inputs = l.key_inputs.inputs.clone();
                 now.param_files = l.key_inputs.param_files.clone();
                 reasons.extend(diff_key(&l.key_inputs, &now, &BTreeMap::new()));

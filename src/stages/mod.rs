@@ -191,6 +191,9 @@ pub trait Stage: Send + Sync + 'static {
     const OPEN_INPUTS: bool = false;
     /// Params without a schema of their own (the `command` kind's `$P_*`).
     const OPEN_PARAMS: bool = false;
+    /// Params that say how to run, not what to compute (`backend`): recorded, but left out
+    /// of the cache key, so a model trained on a GPU is reused on a CPU machine.
+    const PROVENANCE_PARAMS: &'static [&'static str] = &[];
 
     /// A stage that reads the outside world runs every time; its output digest still
     /// decides whether its dependents rerun.
@@ -216,6 +219,8 @@ pub trait DynStage: Send + Sync {
     fn inputs(&self) -> &'static [InputDecl];
     fn open_inputs(&self) -> bool;
     fn open_params(&self) -> bool;
+    /// The params that go into the cache key: all but `PROVENANCE_PARAMS`.
+    fn key_params(&self, params: &Value) -> Value;
     fn params_schema(&self) -> Value;
     /// Validate raw params and return them canonical, defaults filled in.
     fn normalize(&self, raw: &Value) -> Result<Value, ParamError>;
@@ -266,6 +271,15 @@ impl<S: Stage> DynStage for Wrap<S> {
     fn open_params(&self) -> bool {
         S::OPEN_PARAMS
     }
+    fn key_params(&self, params: &Value) -> Value {
+        let mut p = params.clone();
+        if let Value::Object(m) = &mut p {
+            for name in S::PROVENANCE_PARAMS {
+                m.remove(*name);
+            }
+        }
+        p
+    }
     fn params_schema(&self) -> Value {
         serde_json::to_value(schemars::schema_for!(S::Params)).unwrap_or(Value::Null)
     }
@@ -298,6 +312,7 @@ pub fn registry() -> Vec<Box<dyn DynStage>> {
     #[allow(unused_mut)]
     let mut kinds: Vec<Box<dyn DynStage>> = vec![wrap::<command::Command>()];
     // Stage kinds register here, one line each.
+    kinds.push(wrap::<augment::Augment>());
     kinds.push(wrap::<demo_data::DemoData>());
     kinds
 }
