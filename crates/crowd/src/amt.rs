@@ -108,7 +108,7 @@ impl AmtBatch {
 }
 
 /// The answer of one row: `Answer.<name>.label`, else `Answer.taskAnswers` JSON.
-fn answer_from_json(text: &str) -> Option<String> {
+pub(crate) fn answer_from_json(text: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
     fn find(v: &serde_json::Value) -> Option<String> {
         match v {

@@ -1,1 +1,562 @@
-//! MTurk requester API client (being written).
+//! MTurk requester API client: ListHITs and ListAssignmentsForHIT over the JSON 1.1
+//! protocol (`X-Amz-Target: MTurkRequesterServiceV20170117.<Op>`), signed with AWS
+//! Signature V4 (service `mturk-requester`, region `us-east-1`), following `NextToken`.
+//!
+//! This is the crate's only network and file I/O (credentials file). Credentials are never
+//! logged: [`Credentials`]' `Debug` prints the key id's last 4 characters only.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::amt::{answer_from_json, AmtRecord};
+use crate::{CrowdError, Result};
+
+pub const PRODUCTION: &str = "https://mturk-requester.us-east-1.amazonaws.com";
+pub const SANDBOX: &str = "https://mturk-requester-sandbox.us-east-1.amazonaws.com";
+const TARGET_PREFIX: &str = "MTurkRequesterServiceV20170117";
+const SERVICE: &str = "mturk-requester";
+const REGION: &str = "us-east-1";
+
+#[derive(Clone)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tail: String = self.access_key_id.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+        write!(f, "Credentials(key id ...{tail}, secret and token redacted)")
+    }
+}
+
+impl Credentials {
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, else the
+    /// profile (`profile`, `AWS_PROFILE` or `default`) of `AWS_SHARED_CREDENTIALS_FILE` or
+    /// `~/.aws/credentials`.
+    pub fn from_env_or_profile(profile: Option<&str>) -> Result<Credentials> {
+        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+        if let (Some(k), Some(s)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+            return Ok(Credentials { access_key_id: k, secret_access_key: s, session_token: var("AWS_SESSION_TOKEN") });
+        }
+        let profile = profile.map(str::to_string).or_else(|| var("AWS_PROFILE")).unwrap_or_else(|| "default".into());
+        let path = var("AWS_SHARED_CREDENTIALS_FILE")
+            .map(std::path::PathBuf::from)
+            .or_else(|| var("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials")))
+            .ok_or_else(|| CrowdError::Api("no AWS credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile".into()))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            CrowdError::Api(format!("no AWS credentials in the environment, and {}: {e}", path.display()))
+        })?;
+        Self::from_profile_text(&text, &profile)
+            .ok_or_else(|| CrowdError::Api(format!("{}: profile [{profile}] has no aws_access_key_id/aws_secret_access_key", path.display())))
+    }
+
+    /// The `[profile]` section of an AWS credentials (INI) file.
+    pub fn from_profile_text(text: &str, profile: &str) -> Option<Credentials> {
+        let mut in_section = false;
+        let (mut k, mut s, mut t) = (None, None, None);
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('[') && line.ends_with(']') {
+                let name = line[1..line.len() - 1].trim();
+                in_section = name == profile || name == format!("profile {profile}");
+                continue;
+            }
+            if !in_section {
+                continue;
+            }
+            if let Some((key, val)) = line.split_once('=') {
+                let val = val.trim().to_string();
+                match key.trim() {
+                    "aws_access_key_id" => k = Some(val),
+                    "aws_secret_access_key" => s = Some(val),
+                    "aws_session_token" => t = Some(val),
+                    _ => {}
+                }
+            }
+        }
+        Some(Credentials { access_key_id: k?, secret_access_key: s?, session_token: t })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    // HMAC accepts keys of any length.
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(data);
+    m.finalize().into_bytes().to_vec()
+}
+
+/// `YYYYMMDDTHHMMSSZ` for a UNIX time.
+pub fn amz_date(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+/// AWS Signature V4 `Authorization` header value. `headers` are (lower-case name, value)
+/// and must include `host` and `x-amz-date`; all of them are signed.
+#[allow(clippy::too_many_arguments)]
+pub fn sigv4_authorization(
+    creds: &Credentials,
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &[(String, String)],
+    payload: &[u8],
+    amz_date: &str,
+    region: &str,
+    service: &str,
+) -> String {
+    let mut h: Vec<(String, String)> =
+        headers.iter().map(|(n, v)| (n.to_ascii_lowercase(), v.split_whitespace().collect::<Vec<_>>().join(" "))).collect();
+    h.sort();
+    let canonical_headers: String = h.iter().map(|(n, v)| format!("{n}:{v}\n")).collect();
+    let signed: Vec<&str> = h.iter().map(|(n, _)| n.as_str()).collect();
+    let signed = signed.join(";");
+    let canonical = format!("{method}\n{path}\n{query}\n{canonical_headers}\n{signed}\n{}", hex(&Sha256::digest(payload)));
+    let date = &amz_date[..8];
+    let scope = format!("{date}/{region}/{service}/aws4_request");
+    let to_sign = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex(&Sha256::digest(canonical.as_bytes())));
+    let k = hmac(format!("AWS4{}", creds.secret_access_key).as_bytes(), date.as_bytes());
+    let k = hmac(&k, region.as_bytes());
+    let k = hmac(&k, service.as_bytes());
+    let k = hmac(&k, b"aws4_request");
+    let sig = hex(&hmac(&k, to_sign.as_bytes()));
+    format!("AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed}, Signature={sig}", creds.access_key_id)
+}
+
+pub struct Client {
+    endpoint: String,
+    creds: Credentials,
+    agent: ureq::Agent,
+}
+
+/// One assignment as the API returns it, with the answer parsed.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub assignment_id: String,
+    pub worker_id: String,
+    pub hit_id: String,
+    pub status: String,
+    pub accept_time: Option<f64>,
+    pub submit_time: Option<f64>,
+    /// `(QuestionIdentifier, FreeText)` pairs of the QuestionFormAnswers XML.
+    pub fields: Vec<(String, String)>,
+}
+
+impl Client {
+    /// `endpoint`: "production", "sandbox", or a URL (a local server in tests).
+    pub fn new(endpoint: &str, creds: Credentials) -> Client {
+        let endpoint = match endpoint {
+            "production" | "" => PRODUCTION.to_string(),
+            "sandbox" => SANDBOX.to_string(),
+            url => url.trim_end_matches('/').to_string(),
+        };
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+        Client { endpoint, creds, agent }
+    }
+
+    /// One JSON 1.1 call.
+    pub fn call(&self, op: &str, body: &Value) -> Result<Value> {
+        let payload = body.to_string();
+        let host = self
+            .endpoint
+            .split("://")
+            .nth(1)
+            .unwrap_or(&self.endpoint)
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let date = amz_date(now);
+        let target = format!("{TARGET_PREFIX}.{op}");
+        let mut headers = vec![
+            ("content-type".to_string(), "application/x-amz-json-1.1".to_string()),
+            ("host".to_string(), host),
+            ("x-amz-date".to_string(), date.clone()),
+            ("x-amz-target".to_string(), target.clone()),
+        ];
+        if let Some(t) = &self.creds.session_token {
+            headers.push(("x-amz-security-token".to_string(), t.clone()));
+        }
+        let auth = sigv4_authorization(&self.creds, "POST", "/", "", &headers, payload.as_bytes(), &date, REGION, SERVICE);
+        let mut req = self.agent.post(&format!("{}/", self.endpoint));
+        for (n, v) in &headers {
+            if n != "host" {
+                req = req.set(n, v);
+            }
+        }
+        req = req.set("authorization", &auth);
+        match req.send_string(&payload) {
+            Ok(resp) => {
+                let text = resp.into_string().map_err(|e| CrowdError::Api(format!("{op}: reading the response: {e}")))?;
+                serde_json::from_str(&text).map_err(|e| CrowdError::Api(format!("{op}: response is not JSON: {e}")))
+            }
+            Err(ureq::Error::Status(code, resp)) => {
+                let text = resp.into_string().unwrap_or_default();
+                let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                let msg = v.get("message").or_else(|| v.get("Message")).and_then(Value::as_str).unwrap_or(&text);
+                let kind = v.get("__type").and_then(Value::as_str).unwrap_or("error");
+                Err(CrowdError::Api(format!("{op}: HTTP {code} {kind}: {msg}")))
+            }
+            Err(e) => Err(CrowdError::Api(format!("{op}: {e}"))),
+        }
+    }
+
+    /// Every page of `op`, collecting the array `key`.
+    fn paged(&self, op: &str, mut body: Value, key: &str) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        loop {
+            let v = self.call(op, &body)?;
+            if let Some(items) = v.get(key).and_then(Value::as_array) {
+                out.extend(items.iter().cloned());
+            }
+            match v.get("NextToken").and_then(Value::as_str) {
+                Some(t) if !t.is_empty() => body["NextToken"] = json!(t),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    pub fn list_hits(&self) -> Result<Vec<Value>> {
+        self.paged("ListHITs", json!({"MaxResults": 100}), "HITs")
+    }
+
+    /// Assignments of one HIT in the given statuses (all when empty).
+    pub fn list_assignments(&self, hit_id: &str, statuses: &[String]) -> Result<Vec<Assignment>> {
+        let mut body = json!({"HITId": hit_id, "MaxResults": 100});
+        if !statuses.is_empty() {
+            body["AssignmentStatuses"] = json!(statuses);
+        }
+        let raw = self.paged("ListAssignmentsForHIT", body, "Assignments")?;
+        raw.iter()
+            .map(|a| {
+                let s = |k: &str| a.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                Ok(Assignment {
+                    assignment_id: s("AssignmentId"),
+                    worker_id: s("WorkerId"),
+                    hit_id: s("HITId"),
+                    status: s("AssignmentStatus"),
+                    accept_time: a.get("AcceptTime").and_then(Value::as_f64),
+                    submit_time: a.get("SubmitTime").and_then(Value::as_f64),
+                    fields: parse_question_form_answers(&s("Answer"))?,
+                })
+            })
+            .collect()
+    }
+
+    /// All assignments of the HITs (optionally only those of `hit_type_id`), as records
+    /// like the batch file's. Item = the image URL found in the HIT's question (the first
+    /// `src="..."`), else the HIT id; the label from `*.label` fields or `taskAnswers` JSON.
+    pub fn fetch_records(&self, hit_type_id: Option<&str>, statuses: &[String]) -> Result<Vec<AmtRecord>> {
+        let mut out = Vec::new();
+        for hit in self.list_hits()? {
+            let s = |k: &str| hit.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+            if let Some(t) = hit_type_id {
+                if s("HITTypeId") != t {
+                    continue;
+                }
+            }
+            let hit_id = s("HITId");
+            let url = image_src(&s("Question"));
+            for (n, a) in self.list_assignments(&hit_id, statuses)?.into_iter().enumerate() {
+                let label = label_from_fields(&a.fields).ok_or_else(|| {
+                    CrowdError::Api(format!("HIT {hit_id}, assignment {}: no label in the answer", a.assignment_id))
+                })?;
+                let mut inputs = Vec::new();
+                if let Some(u) = &url {
+                    inputs.push(("image_url".to_string(), u.clone()));
+                }
+                out.push(AmtRecord {
+                    source: format!("mturk:{hit_id}"),
+                    row: n + 1,
+                    item: url.clone().unwrap_or_else(|| hit_id.clone()),
+                    hit_id: hit_id.clone(),
+                    assignment_id: a.assignment_id,
+                    worker: a.worker_id,
+                    status: a.status,
+                    label,
+                    work_time_s: match (a.accept_time, a.submit_time) {
+                        (Some(x), Some(y)) => Some((y - x).max(0.0)),
+                        _ => None,
+                    },
+                    inputs,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn image_src(question: &str) -> Option<String> {
+    let i = question.find("src=\"")? + 5;
+    let rest = &question[i..];
+    let j = rest.find('"')?;
+    Some(unescape(&rest[..j]))
+}
+
+/// The label of an answer: a `*.label` field, else a `taskAnswers` (or any) field holding
+/// the crowd template's JSON, else a single field's text.
+pub fn label_from_fields(fields: &[(String, String)]) -> Option<String> {
+    if let Some((_, v)) = fields.iter().find(|(k, _)| k.ends_with(".label")) {
+        return Some(v.clone());
+    }
+    for (_, v) in fields {
+        if let Some(l) = answer_from_json(v) {
+            return Some(l);
+        }
+    }
+    match fields {
+        [(_, v)] if !v.trim().is_empty() => Some(v.trim().to_string()),
+        _ => None,
+    }
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let Some(j) = rest.find(';') else { break };
+        let ent = &rest[1..j];
+        let ch = match ent {
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "amp" => Some('&'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            e if e.starts_with("#x") => u32::from_str_radix(&e[2..], 16).ok().and_then(char::from_u32),
+            e if e.starts_with('#') => e[1..].parse().ok().and_then(char::from_u32),
+            _ => None,
+        };
+        match ch {
+            Some(c) => {
+                out.push(c);
+                rest = &rest[j + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let i = s.find(open)? + open.len();
+    let j = s[i..].find(close)? + i;
+    Some(&s[i..j])
+}
+
+/// `(QuestionIdentifier, FreeText)` pairs of a QuestionFormAnswers document. Answers with
+/// a selection instead of free text give the `SelectionIdentifier`.
+pub fn parse_question_form_answers(xml: &str) -> Result<Vec<(String, String)>> {
+    if xml.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    if !xml.contains("QuestionFormAnswers") {
+        return Err(CrowdError::Api("answer is not a QuestionFormAnswers document".into()));
+    }
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find("<Answer>") {
+        let after = &rest[i + 8..];
+        let end = after.find("</Answer>").ok_or_else(|| CrowdError::Api("unterminated <Answer> in QuestionFormAnswers".into()))?;
+        let block = &after[..end];
+        let id = between(block, "<QuestionIdentifier>", "</QuestionIdentifier>")
+            .ok_or_else(|| CrowdError::Api("<Answer> without <QuestionIdentifier>".into()))?;
+        let text = between(block, "<FreeText>", "</FreeText>")
+            .or_else(|| between(block, "<SelectionIdentifier>", "</SelectionIdentifier>"))
+            .unwrap_or(if block.contains("<FreeText/>") { "" } else { "" });
+        out.push((unescape(id.trim()), unescape(text)));
+        rest = &after[end + 9..];
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    fn creds() -> Credentials {
+        Credentials { access_key_id: "AKIDEXAMPLE".into(), secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(), session_token: None }
+    }
+
+    #[test]
+    fn sigv4_matches_the_aws_test_suite_get_vanilla() {
+        let h = vec![("host".to_string(), "example.amazonaws.com".to_string()), ("x-amz-date".to_string(), "20150830T123600Z".to_string())];
+        let a = sigv4_authorization(&creds(), "GET", "/", "", &h, b"", "20150830T123600Z", "us-east-1", "service");
+        assert_eq!(
+            a,
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
+        );
+    }
+
+    #[test]
+    fn amz_date_format() {
+        assert_eq!(amz_date(1_440_938_160), "20150830T123600Z");
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let s = format!("{:?}", creds());
+        assert!(!s.contains("wJalr") && !s.contains("AKIDEX") && s.contains("MPLE"), "{s}");
+    }
+
+    #[test]
+    fn profile_file_parsing() {
+        let t = "[default]\naws_access_key_id = A1\naws_secret_access_key = S1\n[profile lab]\naws_access_key_id=A2\naws_secret_access_key=S2\naws_session_token=T2\n";
+        let c = Credentials::from_profile_text(t, "lab").unwrap();
+        assert_eq!((c.access_key_id.as_str(), c.session_token.as_deref()), ("A2", Some("T2")));
+        assert_eq!(Credentials::from_profile_text(t, "default").unwrap().secret_access_key, "S1");
+        assert!(Credentials::from_profile_text(t, "none").is_none());
+    }
+
+    #[test]
+    fn question_form_answers_free_text_json_and_fields() {
+        let x = r#"<?xml version="1.0" encoding="ASCII"?><QuestionFormAnswers xmlns="http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2005-10-01/QuestionFormAnswers.xsd"><Answer><QuestionIdentifier>taskAnswers</QuestionIdentifier><FreeText>[{&quot;category&quot;:{&quot;label&quot;:&quot;fear&quot;}}]</FreeText></Answer></QuestionFormAnswers>"#;
+        let f = parse_question_form_answers(x).unwrap();
+        assert_eq!(label_from_fields(&f).as_deref(), Some("fear"));
+        let y = "<QuestionFormAnswers><Answer><QuestionIdentifier>category.label</QuestionIdentifier><FreeText>sad</FreeText></Answer><Answer><QuestionIdentifier>comment</QuestionIdentifier><FreeText>a &amp; b</FreeText></Answer></QuestionFormAnswers>";
+        let f = parse_question_form_answers(y).unwrap();
+        assert_eq!(f[1], ("comment".to_string(), "a & b".to_string()));
+        assert_eq!(label_from_fields(&f).as_deref(), Some("sad"));
+        assert!(parse_question_form_answers("<html/>").is_err());
+    }
+
+    /// A local server speaking the JSON 1.1 protocol; checks the signature of every request.
+    fn serve(calls: Arc<Mutex<Vec<String>>>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let mut headers = Vec::new();
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    let h = h.trim_end().to_string();
+                    if h.is_empty() {
+                        break;
+                    }
+                    let (n, v) = h.split_once(':').unwrap();
+                    headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+                }
+                let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+                let len: usize = get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let mut body = vec![0u8; len];
+                reader.read_exact(&mut body).unwrap();
+                let target = get("x-amz-target").unwrap_or_default();
+                let date = get("x-amz-date").unwrap_or_default();
+                let auth = get("authorization").unwrap_or_default();
+                // recompute the signature over the headers the client says it signed
+                let signed_names: Vec<String> = auth
+                    .split("SignedHeaders=")
+                    .nth(1)
+                    .and_then(|s| s.split(',').next())
+                    .map(|s| s.split(';').map(str::to_string).collect())
+                    .unwrap_or_default();
+                let signed: Vec<(String, String)> =
+                    signed_names.iter().map(|n| (n.clone(), get(n).unwrap_or_default())).collect();
+                let expect = if date.len() == 16 {
+                    sigv4_authorization(&creds(), "POST", "/", "", &signed, &body, &date, "us-east-1", "mturk-requester")
+                } else {
+                    String::new()
+                };
+                let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let ok = auth == expect
+                    && signed_names.iter().any(|n| n == "x-amz-target")
+                    && get("content-type").as_deref() == Some("application/x-amz-json-1.1");
+                calls.lock().unwrap().push(format!("{target} {}", req.get("NextToken").and_then(Value::as_str).unwrap_or("-")));
+                let (code, resp) = if !ok {
+                    (403, json!({"__type": "InvalidSignatureException", "message": "signature mismatch"}))
+                } else {
+                    match (target.as_str(), req.get("NextToken").and_then(Value::as_str)) {
+                        ("MTurkRequesterServiceV20170117.ListHITs", None) => (200, json!({"HITs": [
+                            {"HITId": "H1", "HITTypeId": "T", "Question": "<HTMLQuestion><HTMLContent><![CDATA[<crowd-image-classifier src=\"https://x/results/fear/fear_01.jpg\" categories=\"['angry']\">]]></HTMLContent></HTMLQuestion>"}
+                        ], "NextToken": "p2"})),
+                        ("MTurkRequesterServiceV20170117.ListHITs", Some("p2")) => (200, json!({"HITs": [
+                            {"HITId": "H2", "HITTypeId": "T", "Question": "no image here"},
+                            {"HITId": "H3", "HITTypeId": "OTHER", "Question": ""}
+                        ]})),
+                        ("MTurkRequesterServiceV20170117.ListAssignmentsForHIT", tok) => {
+                            let hit = req["HITId"].as_str().unwrap_or("").to_string();
+                            let ans = |l: &str| format!("<QuestionFormAnswers><Answer><QuestionIdentifier>taskAnswers</QuestionIdentifier><FreeText>[{{&quot;category&quot;:{{&quot;label&quot;:&quot;{l}&quot;}}}}]</FreeText></Answer></QuestionFormAnswers>");
+                            if tok.is_none() {
+                                (200, json!({"Assignments": [
+                                    {"AssignmentId": format!("{hit}a"), "WorkerId": "W1", "HITId": hit, "AssignmentStatus": "Submitted", "AcceptTime": 100.0, "SubmitTime": 112.5, "Answer": ans("fear")}
+                                ], "NextToken": "a2"}))
+                            } else {
+                                (200, json!({"Assignments": [
+                                    {"AssignmentId": format!("{hit}b"), "WorkerId": "W2", "HITId": hit, "AssignmentStatus": "Approved", "AcceptTime": 100.0, "SubmitTime": 103.0, "Answer": ans("sad")}
+                                ]}))
+                            }
+                        }
+                        _ => (400, json!({"__type": "UnknownOperationException", "message": target})),
+                    }
+                };
+                let text = resp.to_string();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {code} X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[test]
+    fn fetches_hits_and_assignments_from_a_local_server_following_next_token() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let url = serve(calls.clone());
+        let client = Client::new(&url, creds());
+        let recs = client.fetch_records(Some("T"), &["Submitted".into(), "Approved".into()]).unwrap();
+        assert_eq!(recs.len(), 4);
+        assert_eq!(recs[0].item, "https://x/results/fear/fear_01.jpg");
+        assert_eq!(recs[0].inputs, vec![("image_url".to_string(), "https://x/results/fear/fear_01.jpg".to_string())]);
+        assert_eq!((recs[0].label.as_str(), recs[0].work_time_s), ("fear", Some(12.5)));
+        assert_eq!((recs[1].label.as_str(), recs[1].worker.as_str()), ("sad", "W2"));
+        assert_eq!(recs[2].item, "H2", "no image URL in the question: the HIT id is the item");
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(calls.iter().filter(|c| c.contains("ListHITs")).count(), 2, "{calls:?}");
+        assert!(calls.iter().any(|c| c.ends_with("ListAssignmentsForHIT a2")), "{calls:?}");
+        assert!(!calls.iter().any(|c| c.contains("H3")), "{calls:?}");
+    }
+
+    #[test]
+    fn a_bad_signature_is_an_error_naming_the_operation() {
+        let url = serve(Arc::new(Mutex::new(Vec::new())));
+        let wrong = Credentials { secret_access_key: "nope".into(), ..creds() };
+        let e = Client::new(&url, wrong).list_hits().unwrap_err().to_string();
+        assert!(e.contains("ListHITs") && e.contains("403") && e.contains("InvalidSignature"), "{e}");
+        assert!(!e.contains("nope"), "the secret must not leak into errors");
+    }
+}
