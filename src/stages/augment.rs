@@ -1,1 +1,627 @@
-//! Stage `augment` (being written; registered in mod.rs once it runs).
+//! Stage kind `augment`: balance classes with Keras `ImageDataGenerator`-style copies.
+//!
+//! Input `labels`: the output directory of `dawid-skene`, holding
+//! - `labels.csv`: `item,label,image` (label = class name or index; image = path relative
+//!   to that directory, e.g. `images/angry_00.jpg`);
+//! - `posteriors.csv`: `item,angry,...,surprise` (optional: without it, soft labels are
+//!   one-hot of the hard label).
+//!
+//! Output:
+//! - `images/<class>/<name>.png`: every original kept (or a sampled subset with
+//!   `mode: sample_down`), then copies `<name>_aug<k>.png` until each class has `per_class`;
+//! - `manifest.csv`: `file,source,label,<7 soft-label columns>,copy,<transform params>`;
+//!   the soft label of a copy is its source's posterior;
+//! - `preview.png`: one row per class, the first `preview_per_class` images of it.
+//!
+//! Decoding is `pipeline_vision::load_image` (the same as training and evaluation). The
+//! random stream of each copy depends only on (`seed`, source item, copy index), so the
+//! output is byte-identical for any thread count.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use pipeline_vision::{
+    augment::{apply_transform, copy_rng, CropConfig, ErasingConfig},
+    load_image, plan_balance, AugmentConfig, BalanceMode, FillMode, Image, TransformParams, CLASSES,
+};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::{InputDecl, Stage, StageContext, StageError, StageOutcome};
+
+/// What to do with a class that already has more than `per_class` images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Keep every original (the class ends above `per_class`).
+    Keep,
+    /// Keep a seeded random subset of exactly `per_class` originals.
+    SampleDown,
+}
+
+/// Keras `fill_mode`: how points outside the image are filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Fill {
+    Nearest,
+    Constant,
+    Reflect,
+    Wrap,
+}
+
+/// Keras `zoom_range`: a float `z` means `[1 - z, 1 + z]`, or an explicit `[lo, hi]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum Zoom {
+    Symmetric(f64),
+    Range([f64; 2]),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentParams {
+    /// Images per class after balancing: originals plus transformed copies (the study: 300).
+    pub per_class: usize,
+    /// Classes already above `per_class`: `keep` all originals or `sample_down` to exactly N.
+    pub mode: Mode,
+    /// Output side in pixels (images are decoded and resized to size x size).
+    pub size: u32,
+    /// Output channels: 1 (grayscale) or 3 (RGB).
+    pub channels: u8,
+    /// Seed of every random draw; same inputs, params and seed give byte-identical output.
+    pub seed: u64,
+    /// Keras: rotation in degrees, uniform in [-r, r].
+    pub rotation_range: f64,
+    /// Keras: horizontal shift; below 1 a fraction of the width, from 1 up pixels.
+    pub width_shift_range: f64,
+    /// Keras: vertical shift; below 1 a fraction of the height, from 1 up pixels.
+    pub height_shift_range: f64,
+    /// Keras: shear angle in degrees, uniform in [-s, s].
+    pub shear_range: f64,
+    /// Keras: zoom factors zx, zy drawn independently; `z` means [1-z, 1+z]; above 1 shrinks.
+    pub zoom_range: Zoom,
+    /// Keras: flip left-right with probability 0.5.
+    pub horizontal_flip: bool,
+    /// Keras: flip upside down with probability 0.5.
+    pub vertical_flip: bool,
+    /// Keras: add a uniform value in [-c, c] to all channels (clipped to the image's range).
+    pub channel_shift_range: f64,
+    /// Keras: brightness factor range [lo, hi] (1 = unchanged); null = off.
+    pub brightness_range: Option<[f64; 2]>,
+    /// Keras: fill for points outside the image: nearest, constant (with `cval`), reflect, wrap.
+    pub fill_mode: Fill,
+    /// Keras: value for `fill_mode: constant` (0..255).
+    pub cval: f64,
+    /// torchvision ColorJitter: contrast factor range [lo, hi]; null = off.
+    pub contrast_range: Option<[f64; 2]>,
+    /// torchvision RandomResizedCrop: area fraction range [lo, hi]; null = off.
+    pub random_crop_scale: Option<[f64; 2]>,
+    /// torchvision RandomResizedCrop: aspect ratio range (width / height).
+    pub random_crop_ratio: [f64; 2],
+    /// torchvision RandomErasing: probability of erasing a rectangle (0 = off).
+    pub random_erasing: f64,
+    /// torchvision RandomErasing: area fraction range of the rectangle.
+    pub random_erasing_scale: [f64; 2],
+    /// torchvision RandomErasing: aspect ratio range of the rectangle.
+    pub random_erasing_ratio: [f64; 2],
+    /// torchvision RandomErasing: value written into the rectangle (0..255).
+    pub random_erasing_value: f64,
+    /// Images per class shown in preview.png.
+    pub preview_per_class: usize,
+}
+
+impl Default for AugmentParams {
+    fn default() -> Self {
+        Self {
+            per_class: 300,
+            mode: Mode::Keep,
+            size: 48,
+            channels: 1,
+            seed: 0,
+            rotation_range: 15.0,
+            width_shift_range: 0.1,
+            height_shift_range: 0.1,
+            shear_range: 0.0,
+            zoom_range: Zoom::Symmetric(0.1),
+            horizontal_flip: true,
+            vertical_flip: false,
+            channel_shift_range: 0.0,
+            brightness_range: None,
+            fill_mode: Fill::Nearest,
+            cval: 0.0,
+            contrast_range: None,
+            random_crop_scale: None,
+            random_crop_ratio: [0.75, 4.0 / 3.0],
+            random_erasing: 0.0,
+            random_erasing_scale: [0.02, 0.33],
+            random_erasing_ratio: [0.3, 3.3],
+            random_erasing_value: 0.0,
+            preview_per_class: 8,
+        }
+    }
+}
+
+impl AugmentParams {
+    pub fn to_config(&self) -> AugmentConfig {
+        AugmentConfig {
+            rotation_range: self.rotation_range,
+            width_shift_range: self.width_shift_range,
+            height_shift_range: self.height_shift_range,
+            shear_range: self.shear_range,
+            zoom_range: match self.zoom_range {
+                Zoom::Symmetric(z) => AugmentConfig::zoom(z),
+                Zoom::Range(r) => r,
+            },
+            horizontal_flip: self.horizontal_flip,
+            vertical_flip: self.vertical_flip,
+            channel_shift_range: self.channel_shift_range,
+            brightness_range: self.brightness_range,
+            fill_mode: match self.fill_mode {
+                Fill::Nearest => FillMode::Nearest,
+                Fill::Constant => FillMode::Constant,
+                Fill::Reflect => FillMode::Reflect,
+                Fill::Wrap => FillMode::Wrap,
+            },
+            cval: self.cval,
+            contrast_range: self.contrast_range,
+            random_crop: self.random_crop_scale.map(|scale| CropConfig { scale, ratio: self.random_crop_ratio }),
+            random_erasing: (self.random_erasing > 0.0).then_some(ErasingConfig {
+                p: self.random_erasing,
+                scale: self.random_erasing_scale,
+                ratio: self.random_erasing_ratio,
+                value: self.random_erasing_value,
+            }),
+        }
+    }
+}
+
+pub struct Augment;
+
+/// One labelled input item.
+#[derive(Debug, Clone)]
+struct Item {
+    id: String,
+    label: usize,
+    image: PathBuf,
+    soft: [f64; 7],
+}
+
+fn class_index(s: &str) -> Option<usize> {
+    let s = s.trim();
+    CLASSES.iter().position(|c| c.eq_ignore_ascii_case(s)).or_else(|| s.parse::<usize>().ok().filter(|&i| i < 7))
+}
+
+fn csv_reader(path: &Path) -> Result<csv::Reader<std::fs::File>, StageError> {
+    let f = std::fs::File::open(path).map_err(|e| StageError::io(path, e))?;
+    Ok(csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(f))
+}
+
+fn column(headers: &csv::StringRecord, name: &str, path: &Path) -> Result<usize, StageError> {
+    headers
+        .iter()
+        .position(|h| h == name)
+        .ok_or_else(|| StageError::bad_file(path, format!("no column \"{name}\" (columns: {})", headers.iter().collect::<Vec<_>>().join(","))))
+}
+
+fn read_items(dir: &Path) -> Result<Vec<Item>, StageError> {
+    let path = dir.join("labels.csv");
+    let mut rd = csv_reader(&path)?;
+    let headers = rd.headers().map_err(|e| StageError::bad_file(&path, e))?.clone();
+    let (ci, cl, cm) = (column(&headers, "item", &path)?, column(&headers, "label", &path)?, column(&headers, "image", &path)?);
+    let mut items = Vec::new();
+    let mut seen = HashSet::new();
+    for (n, rec) in rd.records().enumerate() {
+        let line = n + 2;
+        let rec = rec.map_err(|e| StageError::bad_file(&path, format!("line {line}: {e}")))?;
+        let get = |i: usize| rec.get(i).unwrap_or("");
+        let id = get(ci).to_string();
+        if !seen.insert(id.clone()) {
+            return Err(StageError::bad_file(&path, format!("line {line}: item \"{id}\" appears twice")));
+        }
+        let label = class_index(get(cl)).ok_or_else(|| {
+            StageError::bad_file(&path, format!("line {line}: label \"{}\" is not one of {}", get(cl), CLASSES.join(", ")))
+        })?;
+        let image = get(cm);
+        if image.is_empty() {
+            return Err(StageError::bad_file(&path, format!("line {line}: item \"{id}\" has no image")));
+        }
+        let mut soft = [0.0; 7];
+        soft[label] = 1.0;
+        items.push(Item { id, label, image: dir.join(image), soft });
+    }
+    let ppath = dir.join("posteriors.csv");
+    if ppath.exists() {
+        let mut rd = csv_reader(&ppath)?;
+        let headers = rd.headers().map_err(|e| StageError::bad_file(&ppath, e))?.clone();
+        let ci = column(&headers, "item", &ppath)?;
+        let cols: Vec<usize> = CLASSES.iter().map(|c| column(&headers, c, &ppath)).collect::<Result<_, _>>()?;
+        let mut post: HashMap<String, [f64; 7]> = HashMap::new();
+        for (n, rec) in rd.records().enumerate() {
+            let line = n + 2;
+            let rec = rec.map_err(|e| StageError::bad_file(&ppath, format!("line {line}: {e}")))?;
+            let mut p = [0.0; 7];
+            for (k, &c) in cols.iter().enumerate() {
+                let v = rec.get(c).unwrap_or("");
+                p[k] = v.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0).ok_or_else(|| {
+                    StageError::bad_file(&ppath, format!("line {line}: {} = \"{v}\" is not a probability", CLASSES[k]))
+                })?;
+            }
+            post.insert(rec.get(ci).unwrap_or("").to_string(), p);
+        }
+        for it in &mut items {
+            it.soft = *post.get(&it.id).ok_or_else(|| {
+                StageError::bad_file(&ppath, format!("no row for item \"{}\" of labels.csv", it.id))
+            })?;
+        }
+    }
+    Ok(items)
+}
+
+/// File-name-safe stem of an item id (its last path/URL segment without extension).
+fn stem(id: &str) -> String {
+    let last = id.rsplit(['/', '\\']).next().unwrap_or(id);
+    let base = match last.rfind('.') {
+        Some(i) if i > 0 => &last[..i],
+        _ => last,
+    };
+    let s: String = base.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    if s.is_empty() {
+        "item".into()
+    } else {
+        s
+    }
+}
+
+fn fmt_opt4(v: Option<[u32; 4]>) -> String {
+    v.map(|a| format!("{} {} {} {}", a[0], a[1], a[2], a[3])).unwrap_or_default()
+}
+
+fn write_preview(path: &Path, rows: &[Vec<&Image>], size: u32, channels: u8, cols: usize) -> Result<(), StageError> {
+    let zoom = if size <= 64 { 2 } else { 1 };
+    let cell = size * zoom;
+    let (w, h) = (cell * cols.max(1) as u32, cell * rows.len() as u32);
+    let ch = channels as usize;
+    let mut data = vec![0u8; (w * h) as usize * ch];
+    for (r, row) in rows.iter().enumerate() {
+        for (c, img) in row.iter().enumerate().take(cols) {
+            for y in 0..cell {
+                for x in 0..cell {
+                    let src = (((y / zoom) * size + x / zoom) as usize) * ch;
+                    let dst = (((r as u32 * cell + y) * w + c as u32 * cell + x) as usize) * ch;
+                    data[dst..dst + ch].copy_from_slice(&img.data[src..src + ch]);
+                }
+            }
+        }
+    }
+    let img = Image::from_raw(w, h, channels, data).ok_or_else(|| StageError::Failed("preview size mismatch".into()))?;
+    img.save_png(path).map_err(|e| StageError::bad_file(path, e))
+}
+
+impl Stage for Augment {
+    type Params = AugmentParams;
+    const KIND: &'static str = "augment";
+    const VERSION: u32 = 1;
+    const DESCRIPTION: &'static str =
+        "Balance classes to per_class images with Keras ImageDataGenerator-style transformed copies (deterministic)";
+    const INPUTS: &'static [InputDecl] = &[InputDecl {
+        name: "labels",
+        required: true,
+        doc: "output of dawid-skene: labels.csv (item,label,image) and posteriors.csv",
+    }];
+
+    fn check_params(p: &AugmentParams) -> Result<(), StageError> {
+        if p.per_class == 0 {
+            return Err(StageError::bad_param("per_class", "must be at least 1"));
+        }
+        if !(8..=1024).contains(&p.size) {
+            return Err(StageError::bad_param("size", "between 8 and 1024 pixels"));
+        }
+        if !matches!(p.channels, 1 | 3) {
+            return Err(StageError::bad_param("channels", "1 (grayscale) or 3 (RGB)"));
+        }
+        p.to_config().validate().map_err(|e| match e {
+            pipeline_vision::VisionError::BadParam { param, message } => {
+                // Our names for the torchvision knobs are flat.
+                let param = match param {
+                    "random_crop.scale" => "random_crop_scale",
+                    "random_crop.ratio" => "random_crop_ratio",
+                    "random_erasing.p" => "random_erasing",
+                    "random_erasing.scale" => "random_erasing_scale",
+                    "random_erasing.ratio" => "random_erasing_ratio",
+                    "random_erasing.value" => "random_erasing_value",
+                    other => other,
+                };
+                StageError::bad_param(param, message)
+            }
+            other => StageError::Failed(other.to_string()),
+        })
+    }
+
+    fn run(p: &AugmentParams, ctx: &StageContext<'_>) -> Result<StageOutcome, StageError> {
+        Self::check_params(p)?;
+        let cfg = p.to_config();
+        let dir = ctx.input("labels")?;
+        let items = read_items(dir)?;
+        if items.is_empty() {
+            return Err(StageError::bad_file(dir.join("labels.csv"), "no items"));
+        }
+        let labels: Vec<usize> = items.iter().map(|i| i.label).collect();
+        let mode = match p.mode {
+            Mode::Keep => BalanceMode::Keep,
+            Mode::SampleDown => BalanceMode::SampleDown,
+        };
+        let plan = plan_balance(&labels, CLASSES.len(), p.per_class, mode, p.seed).map_err(|e| match e {
+            pipeline_vision::VisionError::EmptyClass { class, .. } => StageError::bad_file(
+                dir.join("labels.csv"),
+                format!("no item is labelled {}, so that class cannot be filled to {}", CLASSES[class], p.per_class),
+            ),
+            other => StageError::Failed(other.to_string()),
+        })?;
+        ctx.progress.set_length((items.len() + plan.len()) as u64);
+        ctx.progress.set_message("decoding");
+
+        // Decode every source once (only the ones the plan uses).
+        let mut used = vec![false; items.len()];
+        plan.iter().for_each(|pi| used[pi.source] = true);
+        let mut decoded: Vec<Option<Image>> = vec![None; items.len()];
+        const CHUNK: usize = 256;
+        for (ci, chunk) in items.chunks(CHUNK).enumerate() {
+            ctx.cancel.check()?;
+            let out: Vec<Option<Image>> = chunk
+                .par_iter()
+                .enumerate()
+                .map(|(k, it)| {
+                    if used[ci * CHUNK + k] {
+                        load_image(&it.image, p.size, p.channels).map(Some).map_err(|e| StageError::bad_file(&it.image, e))
+                    } else {
+                        Ok(None)
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+            decoded[ci * CHUNK..ci * CHUNK + out.len()].clone_from_slice(&out);
+            ctx.progress.inc(chunk.len() as u64);
+        }
+
+        // Output names: unique per class directory, copies suffixed `_aug<k>`.
+        let mut taken: HashSet<String> = HashSet::new();
+        let mut base_name: Vec<String> = Vec::with_capacity(items.len());
+        for it in &items {
+            let s = stem(&it.id);
+            let mut name = s.clone();
+            let mut n = 1;
+            while !taken.insert(format!("{}/{name}", it.label)) {
+                n += 1;
+                name = format!("{s}_{n}");
+            }
+            base_name.push(name);
+        }
+        for class in CLASSES {
+            let d = ctx.out_dir.join("images").join(class);
+            std::fs::create_dir_all(&d).map_err(|e| StageError::io(&d, e))?;
+        }
+
+        ctx.progress.set_message("augmenting");
+        let mut rows: Vec<(String, usize, Option<u32>, Option<TransformParams>)> = Vec::with_capacity(plan.len());
+        let mut preview: Vec<Vec<Image>> = vec![Vec::new(); CLASSES.len()];
+        for chunk in plan.chunks(CHUNK) {
+            ctx.cancel.check()?;
+            let made: Vec<(String, Option<TransformParams>, Image)> = chunk
+                .par_iter()
+                .map(|pi| {
+                    let it = &items[pi.source];
+                    let src = decoded[pi.source].as_ref().ok_or_else(|| StageError::Failed("source not decoded".into()))?;
+                    let (img, params, name) = match pi.copy {
+                        None => (src.clone(), None, format!("{}.png", base_name[pi.source])),
+                        Some(k) => {
+                            let mut rng = copy_rng(p.seed, &it.id, k);
+                            let tp = cfg.sample(&mut rng, src.height, src.width);
+                            (apply_transform(src, &tp, &cfg), Some(tp), format!("{}_aug{k}.png", base_name[pi.source]))
+                        }
+                    };
+                    let rel = format!("images/{}/{name}", CLASSES[pi.class]);
+                    let path = ctx.out_dir.join(&rel);
+                    img.save_png(&path).map_err(|e| StageError::bad_file(&path, e))?;
+                    Ok((rel, params, img))
+                })
+                .collect::<Result<_, StageError>>()?;
+            for (pi, (rel, params, img)) in chunk.iter().zip(made) {
+                if preview[pi.class].len() < p.preview_per_class {
+                    preview[pi.class].push(img);
+                }
+                rows.push((rel, pi.source, pi.copy, params));
+            }
+            ctx.progress.inc(chunk.len() as u64);
+        }
+
+        let mpath = ctx.out_dir.join("manifest.csv");
+        let f = std::fs::File::create(&mpath).map_err(|e| StageError::io(&mpath, e))?;
+        let mut wr = csv::Writer::from_writer(std::io::BufWriter::new(f));
+        let mut header: Vec<&str> = vec!["file", "source", "label"];
+        header.extend(CLASSES);
+        header.extend([
+            "copy", "theta", "tx", "ty", "shear", "zx", "zy", "flip_horizontal", "flip_vertical", "channel_shift",
+            "brightness", "contrast", "crop", "erase",
+        ]);
+        let werr = |e: csv::Error| StageError::bad_file(&mpath, e);
+        wr.write_record(&header).map_err(werr)?;
+        for (rel, source, copy, params) in &rows {
+            let it = &items[*source];
+            let mut rec: Vec<String> = vec![rel.clone(), it.id.clone(), CLASSES[it.label].to_string()];
+            rec.extend(it.soft.iter().map(|v| v.to_string()));
+            match (copy, params) {
+                (Some(k), Some(t)) => rec.extend([
+                    k.to_string(),
+                    t.theta.to_string(),
+                    t.tx.to_string(),
+                    t.ty.to_string(),
+                    t.shear.to_string(),
+                    t.zx.to_string(),
+                    t.zy.to_string(),
+                    t.flip_horizontal.to_string(),
+                    t.flip_vertical.to_string(),
+                    t.channel_shift.to_string(),
+                    t.brightness.to_string(),
+                    t.contrast.to_string(),
+                    fmt_opt4(t.crop),
+                    fmt_opt4(t.erase),
+                ]),
+                _ => rec.extend(std::iter::repeat_n(String::new(), 14)),
+            }
+            wr.write_record(&rec).map_err(werr)?;
+        }
+        wr.flush().map_err(|e| StageError::io(&mpath, e))?;
+
+        let prev_rows: Vec<Vec<&Image>> = preview.iter().map(|r| r.iter().collect()).collect();
+        if p.preview_per_class > 0 {
+            write_preview(&ctx.out_dir.join("preview.png"), &prev_rows, p.size, p.channels, p.preview_per_class)?;
+        }
+
+        let generated = rows.iter().filter(|r| r.2.is_some()).count();
+        let mut per_class = [0usize; 7];
+        rows.iter().for_each(|r| per_class[items[r.1].label] += 1);
+        let mut o = StageOutcome::default();
+        o.metrics.insert("images".into(), rows.len() as f64);
+        o.metrics.insert("generated".into(), generated as f64);
+        o.provenance.insert("threads".into(), rayon::current_num_threads().into());
+        o.summary.push(format!(
+            "{} images ({} generated) from {} items; per class: {}",
+            rows.len(),
+            generated,
+            items.len(),
+            CLASSES.iter().zip(per_class).map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", ")
+        ));
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::{CancelFlag, Progress};
+    use std::collections::BTreeMap;
+
+    /// A dawid-skene-shaped fixture: `n[c]` items of class c, PNG faces, posteriors.
+    fn fixture(dir: &Path, n: [usize; 7]) {
+        std::fs::create_dir_all(dir.join("images")).unwrap();
+        let mut labels = String::from("item,label,image\n");
+        let mut post = String::from("item,angry,disgust,fear,happy,neutral,sad,surprise\n");
+        for (c, &k) in n.iter().enumerate() {
+            for i in 0..k {
+                let name = format!("{}_{i:02}.png", CLASSES[c]);
+                // Mixed sizes and channel counts, like the study's images.
+                let face = pipeline_vision::render_face(c, (c * 100 + i) as u64, if i % 2 == 0 { 48 } else { 60 });
+                if i % 3 == 0 {
+                    image::DynamicImage::ImageLuma8(face).to_rgb8().save(dir.join("images").join(&name)).unwrap();
+                } else {
+                    face.save(dir.join("images").join(&name)).unwrap();
+                }
+                labels.push_str(&format!("{name},{},images/{name}\n", CLASSES[c]));
+                let mut p = [0.05f64; 7];
+                p[c] = 0.7;
+                post.push_str(&format!("{name},{}\n", p.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")));
+            }
+        }
+        std::fs::write(dir.join("labels.csv"), labels).unwrap();
+        std::fs::write(dir.join("posteriors.csv"), post).unwrap();
+    }
+
+    fn run(p: &AugmentParams, input: &Path, out: &Path) -> Result<StageOutcome, StageError> {
+        std::fs::create_dir_all(out).unwrap();
+        let inputs: BTreeMap<String, PathBuf> = [("labels".to_string(), input.to_path_buf())].into();
+        let progress = Progress::hidden();
+        let cancel = CancelFlag::new();
+        let ctx = StageContext {
+            name: "augment",
+            inputs: &inputs,
+            out_dir: out,
+            base_dir: input,
+            previous_output: None,
+            progress: &progress,
+            cancel: &cancel,
+        };
+        Augment::run(p, &ctx)
+    }
+
+    fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        let mut m = BTreeMap::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    m.insert(p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn balances_writes_manifest_and_is_deterministic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("ds");
+        fixture(&input, [3, 1, 2, 5, 12, 2, 4]);
+        let p = AugmentParams { per_class: 10, rotation_range: 20.0, brightness_range: Some([0.8, 1.2]), ..Default::default() };
+        let o = run(&p, &input, &tmp.path().join("a")).unwrap();
+        assert_eq!(o.metrics["images"], 72.0); // 6 classes x 10 + neutral keeps 12
+        assert_eq!(o.metrics["generated"], (7 + 9 + 8 + 5 + 8 + 6) as f64);
+        for (c, want) in CLASSES.iter().zip([10, 10, 10, 10, 12, 10, 10]) {
+            let n = std::fs::read_dir(tmp.path().join("a/images").join(c)).unwrap().count();
+            assert_eq!(n, want, "{c}");
+        }
+        let img = load_image(&tmp.path().join("a/images/disgust/disgust_00_aug3.png"), 48, 1).unwrap();
+        assert_eq!(img.data.len(), 48 * 48);
+        let manifest = std::fs::read_to_string(tmp.path().join("a/manifest.csv")).unwrap();
+        let lines: Vec<&str> = manifest.lines().collect();
+        assert_eq!(lines.len(), 73);
+        assert!(lines[0].starts_with("file,source,label,angry,disgust,fear,happy,neutral,sad,surprise,copy,theta"));
+        let copy = lines.iter().find(|l| l.starts_with("images/disgust/disgust_00_aug3.png")).unwrap();
+        // Soft label of a copy = the source's posterior.
+        assert!(copy.contains(",disgust_00.png,disgust,0.05,0.7,0.05,"), "{copy}");
+        assert!(tmp.path().join("a/preview.png").exists());
+
+        // Same params and seed: byte-identical, also on one thread; another seed differs.
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        one.install(|| run(&p, &input, &tmp.path().join("b"))).unwrap();
+        assert_eq!(files(&tmp.path().join("a")), files(&tmp.path().join("b")));
+        run(&AugmentParams { seed: 1, ..p.clone() }, &input, &tmp.path().join("c")).unwrap();
+        assert_ne!(files(&tmp.path().join("a")), files(&tmp.path().join("c")));
+
+        // sample_down caps the big class; channels = 3 gives RGB.
+        let p3 = AugmentParams { mode: Mode::SampleDown, channels: 3, size: 32, ..p.clone() };
+        let o = run(&p3, &input, &tmp.path().join("d")).unwrap();
+        assert_eq!(o.metrics["images"], 70.0);
+        assert_eq!(load_image(&tmp.path().join("d/images/angry/angry_00.png"), 32, 3).unwrap().data.len(), 32 * 32 * 3);
+    }
+
+    #[test]
+    fn bad_image_and_missing_class_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("ds");
+        fixture(&input, [1; 7]);
+        std::fs::write(input.join("images/fear_00.png"), b"garbage").unwrap();
+        let e = run(&AugmentParams { per_class: 2, ..Default::default() }, &input, &tmp.path().join("o")).unwrap_err();
+        assert!(e.to_string().contains("fear_00.png"), "{e}");
+
+        let input2 = tmp.path().join("ds2");
+        fixture(&input2, [1, 1, 1, 1, 1, 1, 0]);
+        let e = run(&AugmentParams { per_class: 2, ..Default::default() }, &input2, &tmp.path().join("o2")).unwrap_err();
+        assert!(e.to_string().contains("surprise"), "{e}");
+    }
+
+    #[test]
+    fn params_schema_and_validation() {
+        let p: AugmentParams = serde_json::from_value(serde_json::json!({"zoom_range": [0.8, 1.3], "fill_mode": "reflect"})).unwrap();
+        assert_eq!(p.to_config().zoom_range, [0.8, 1.3]);
+        assert_eq!(p.to_config().fill_mode, FillMode::Reflect);
+        let p: AugmentParams = serde_json::from_value(serde_json::json!({"zoom_range": 0.2})).unwrap();
+        assert_eq!(p.to_config().zoom_range, [0.8, 1.2]);
+        assert!(serde_json::from_value::<AugmentParams>(serde_json::json!({"rotaton_range": 3})).is_err());
+        let e = Augment::check_params(&AugmentParams { random_erasing: 2.0, ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("random_erasing"), "{e}");
+        let e = Augment::check_params(&AugmentParams { channels: 2, ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("channels"), "{e}");
+    }
+}
