@@ -73,6 +73,16 @@ pub enum Command {
     },
     /// Run a pipeline at each tick of a cron expression (or print a systemd timer / crontab line).
     Schedule(ScheduleArgs),
+    /// Top-k classes with probabilities for each image, from a trained model.
+    Predict {
+        /// A `train` stage name, a cache key (prefix), or a model directory.
+        #[arg(long)]
+        model: String,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(short, long, default_value_t = 2)]
+        k: usize,
+    },
     /// Write the embedded demo data set (faces + a simulated AMT batch) to DIR.
     DemoData {
         dir: PathBuf,
@@ -225,6 +235,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(exit_code(&record))
         }
         Command::Schedule(args) => schedule(&cli.cache, args),
+        Command::Predict { model, images, k } => predict(&cli.cache, cli.wait, &model, &images, k),
         Command::Plan { file, explain, json, set } => {
             let p = load(&file, &set)?;
             let cache = open_cache(&cli.cache, cli.wait)?;
@@ -268,6 +279,24 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+#[cfg(feature = "ml")]
+fn predict(cache_dir: &Path, wait: bool, model: &str, images: &[PathBuf], k: usize) -> Result<i32> {
+    let dir = if Path::new(model).is_dir() {
+        PathBuf::from(model)
+    } else {
+        let cache = open_cache(cache_dir, wait)?;
+        let e = cache.resolve(model)?;
+        cache.view(&e.output)?
+    };
+    print!("{}", crate::predict::predict_cli(&dir, images, k)?);
+    Ok(0)
+}
+
+#[cfg(not(feature = "ml"))]
+fn predict(_: &Path, _: bool, _: &str, _: &[PathBuf], _: usize) -> Result<i32> {
+    bail!("this build has no ML support: rebuild with the default `ml` feature")
 }
 
 fn exit_code(r: &RunRecord) -> i32 {

@@ -6,6 +6,8 @@ pub mod cache;
 pub mod cli;
 pub mod dag;
 pub mod engine;
+#[cfg(feature = "ml")]
+pub mod predict;
 pub mod plan;
 pub mod progress;
 pub mod promote;
