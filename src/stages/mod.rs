@@ -320,3 +320,53 @@ pub fn registry() -> Vec<Box<dyn DynStage>> {
 pub fn find(kind: &str) -> Option<Box<dyn DynStage>> {
     registry().into_iter().find(|s| s.kind() == kind)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields, default)]
+    struct P {
+        epochs: u32,
+        backend: String,
+    }
+    impl Default for P {
+        fn default() -> Self {
+            P { epochs: 10, backend: "auto".into() }
+        }
+    }
+    struct K;
+    impl Stage for K {
+        type Params = P;
+        const KIND: &'static str = "k";
+        const VERSION: u32 = 1;
+        const DESCRIPTION: &'static str = "test kind";
+        const INPUTS: &'static [InputDecl] = &[];
+        const PROVENANCE_PARAMS: &'static [&'static str] = &["backend"];
+        fn run(_: &P, _: &StageContext<'_>) -> Result<StageOutcome, StageError> {
+            Ok(StageOutcome::default())
+        }
+    }
+
+    #[test]
+    fn normalize_fills_defaults_and_names_unknown_params() {
+        let k = wrap::<K>();
+        assert_eq!(k.normalize(&serde_json::json!({})).unwrap(), serde_json::json!({"epochs": 10, "backend": "auto"}));
+        let e = k.normalize(&serde_json::json!({"epoch": 3})).unwrap_err();
+        assert!(e.message.contains("unknown field `epoch`"), "{}", e.message);
+        let e = k.normalize(&serde_json::json!({"epochs": "many"})).unwrap_err();
+        assert_eq!(e.path, "epochs");
+    }
+
+    #[test]
+    fn provenance_params_stay_out_of_the_key() {
+        let k = wrap::<K>();
+        let cpu = k.normalize(&serde_json::json!({"backend": "cpu"})).unwrap();
+        let cuda = k.normalize(&serde_json::json!({"backend": "cuda"})).unwrap();
+        assert_ne!(cpu, cuda);
+        assert_eq!(k.key_params(&cpu), k.key_params(&cuda));
+        let more = k.normalize(&serde_json::json!({"epochs": 11})).unwrap();
+        assert_ne!(k.key_params(&more), k.key_params(&cpu));
+    }
+}
