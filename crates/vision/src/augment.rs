@@ -431,6 +431,9 @@ pub fn map_coordinate(x: f64, len: usize, mode: FillMode) -> Option<f64> {
 #[inline]
 fn mirror_index(idx: i64, len: usize) -> usize {
     let len = len as i64;
+    if (0..len).contains(&idx) {
+        return idx as usize; // the common case: no division
+    }
     if len <= 1 {
         return 0;
     }
@@ -455,16 +458,19 @@ fn axis_taps(x: f64, len: usize, mode: FillMode) -> Option<(usize, usize, f64)> 
     if cc <= -1.0 {
         return None;
     }
-    let start = cc.floor();
-    let s = start as i64;
-    Some((mirror_index(s, len), mirror_index(s + 1, len), cc - start))
+    // floor without a libm call (baseline x86-64 has no SSE4.1 round).
+    let t = cc as i64;
+    let s = if (t as f64) > cc { t - 1 } else { t };
+    Some((mirror_index(s, len), mirror_index(s + 1, len), cc - s as f64))
 }
 
-/// Round half up to u8; `as` saturates (negative and NaN -> 0, above 255 -> 255), and
-/// truncation is floor for the non-negative values that survive.
+/// Round half up to u8, saturating (negative and NaN -> 0, above 255 -> 255).
 #[inline(always)]
 fn quantize(v: f32) -> u8 {
-    (v + 0.5) as u8
+    // max/min also map NaN to 0 (f32::max ignores NaN).
+    let x = (v + 0.5).max(0.0).min(255.0);
+    // SAFETY: x is in [0, 255], so the truncating conversion is defined.
+    unsafe { x.to_int_unchecked::<u8>() }
 }
 
 /// Bilinear resampling of `src` through `m`; `emit(i, v)` receives output sample `i` (HWC
@@ -483,54 +489,65 @@ fn span(a0: f64, a1: f64, lo: f64, hi: f64, w: usize) -> (f64, f64) {
 fn sample_affine<const CH: usize>(src: &Image, m: &Mat3, mode: FillMode, cval: f32, mut emit: impl FnMut(usize, f32)) {
     let (h, w) = (src.height as usize, src.width as usize);
     let data = &src.data[..h * w * CH];
-    let (hmax, wmax) = ((h - 1) as f64, (w - 1) as f64);
-    let [[a, b, c], [d, e, f], _] = *m;
-    // Same operation order as scipy: sum(coord * matrix) + shift.
-    let coords = |fi: f64, j: usize| (a * fi + b * j as f64 + c, d * fi + e * j as f64 + f);
-    let inside = |(r, cc): (f64, f64)| r >= 0.0 && r < hmax && cc >= 0.0 && cc < wmax;
-    let edge = |o: usize, (r, cc): (f64, f64), emit: &mut dyn FnMut(usize, f32)| {
-        match (axis_taps(r, h, mode), axis_taps(cc, w, mode)) {
+    // Coordinates in f32 (errors ~1e-5 px at these sizes); every test below is made in the
+    // same f32 arithmetic as the reads it guards.
+    let (hmax, wmax) = ((h - 1) as f32, (w - 1) as f32);
+    let [[a, b, c], [d, e, f], _] = m.map(|row| row.map(|v| v as f32));
+    let inside = |(r, cc): (f32, f32)| r >= 0.0 && r < hmax && cc >= 0.0 && cc < wmax;
+    let edge = |(r, cc): (f32, f32)| -> [f32; CH] {
+        match (axis_taps(r as f64, h, mode), axis_taps(cc as f64, w, mode)) {
             (Some((r0, r1, fr)), Some((c0, c1, fc))) => {
                 let (fr, fc) = (fr as f32, fc as f32);
-                for k in 0..CH {
+                std::array::from_fn(|k| {
                     let px = |y: usize, x: usize| data[(y * w + x) * CH + k] as f32;
                     let top = px(r0, c0) + (px(r0, c1) - px(r0, c0)) * fc;
                     let bot = px(r1, c0) + (px(r1, c1) - px(r1, c0)) * fc;
-                    emit(o + k, top + (bot - top) * fr);
-                }
+                    top + (bot - top) * fr
+                })
             }
-            _ => (0..CH).for_each(|k| emit(o + k, cval)),
+            _ => [cval; CH],
         }
     };
+    let mut fi = 0.0f32;
     for i in 0..h {
-        let fi = i as f64;
+        // Row constants; column j adds b * j, e * j. Counters are floats kept exact (small
+        // integers), avoiding int <-> float conversions in the loop.
+        let (ri, ci) = (a * fi + c, d * fi + f);
+        fi += 1.0;
+        let coords = |fj: f32| (ri + b * fj, ci + e * fj);
         // The interior columns of this row form one interval (coordinates are monotone in
-        // j); find it once so the hot loop has no edge tests.
-        let (r_lo, r_hi) = span(a * fi + c, b, 0.0, hmax, w);
-        let (c_lo, c_hi) = span(d * fi + f, e, 0.0, wmax, w);
+        // j); estimate it once, then settle its ends with the exact test.
+        let (r_lo, r_hi) = span(ri as f64, b as f64, 0.0, hmax as f64, w);
+        let (c_lo, c_hi) = span(ci as f64, e as f64, 0.0, wmax as f64, w);
         let lo = r_lo.max(c_lo).max(0.0).ceil().min(w as f64) as usize;
         let hi = (r_hi.min(c_hi).min(w as f64).floor().max(0.0) as usize + 1).min(w);
         let (mut j0, mut j1) = (lo.min(hi), hi);
-        while j0 < j1 && !inside(coords(fi, j0)) {
+        while j0 < j1 && !inside(coords(j0 as f32)) {
             j0 += 1;
         }
-        while j1 > j0 && !inside(coords(fi, j1 - 1)) {
+        while j1 > j0 && !inside(coords((j1 - 1) as f32)) {
             j1 -= 1;
         }
         let row = i * w * CH;
         for j in (0..j0).chain(j1..w) {
-            edge(row + j * CH, coords(fi, j), &mut emit);
+            let v = edge(coords(j as f32));
+            (0..CH).for_each(|k| emit(row + j * CH + k, v[k]));
         }
-        for j in j0..j1 {
-            let (r, cc) = coords(fi, j);
+        let mut fj = j0 as f32;
+        let mut o = row + j0 * CH;
+        for _ in j0..j1 {
+            let (r, cc) = coords(fj);
+            fj += 1.0;
             debug_assert!(inside((r, cc)));
-            let (r0, c0) = (r as usize, cc as usize);
-            let (fr, fc) = ((r - r0 as f64) as f32, (cc - c0 as f64) as f32);
+            // SAFETY: inside() holds on j0..j1 (checked at both ends, coordinates are
+            // monotone in j): 0 <= r < h - 1 and 0 <= cc < w - 1, so the conversions are
+            // defined and truncation is floor.
+            let (r0, c0) = unsafe { (r.to_int_unchecked::<u32>() as usize, cc.to_int_unchecked::<u32>() as usize) };
+            let (fr, fc) = (r - r0 as f32, cc - c0 as f32);
             let p00 = (r0 * w + c0) * CH;
             let p10 = p00 + w * CH;
             for k in 0..CH {
-                // SAFETY: inside() holds for j0..j1 (checked at both ends, coordinates are
-                // monotone in j), so r0 <= h - 2 and c0 <= w - 2 and
+                // SAFETY: r0 <= h - 2 and c0 <= w - 2 (above), so
                 // p10 + CH + k < ((h - 1) * w + w - 1) * CH + CH = h * w * CH = data.len().
                 let (v00, v01, v10, v11) = unsafe {
                     (
@@ -542,8 +559,9 @@ fn sample_affine<const CH: usize>(src: &Image, m: &Mat3, mode: FillMode, cval: f
                 };
                 let top = v00 + (v01 - v00) * fc;
                 let bot = v10 + (v11 - v10) * fc;
-                emit(row + j * CH + k, top + (bot - top) * fr);
+                emit(o + k, top + (bot - top) * fr);
             }
+            o += CH;
         }
     }
 }
