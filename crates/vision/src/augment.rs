@@ -508,6 +508,10 @@ fn sample_affine<const CH: usize>(src: &Image, m: &Mat3, mode: FillMode, cval: f
             _ => [cval; CH],
         }
     };
+    // Per-image scratch (no allocation per pixel): column numbers as floats, and per row
+    // the interior columns' weights and top-left neighbour index.
+    let jf: Vec<f32> = (0..w as u32).map(|j| j as f32).collect();
+    let (mut wr, mut wc, mut top_left) = (vec![0f32; w], vec![0f32; w], vec![0i32; w]);
     let mut fi = 0.0f32;
     for i in 0..h {
         // Row constants; column j adds b * j, e * j. Counters are floats kept exact (small
@@ -522,32 +526,36 @@ fn sample_affine<const CH: usize>(src: &Image, m: &Mat3, mode: FillMode, cval: f
         let lo = r_lo.max(c_lo).max(0.0).ceil().min(w as f64) as usize;
         let hi = (r_hi.min(c_hi).min(w as f64).floor().max(0.0) as usize + 1).min(w);
         let (mut j0, mut j1) = (lo.min(hi), hi);
-        while j0 < j1 && !inside(coords(j0 as f32)) {
+        while j0 < j1 && !inside(coords(jf[j0])) {
             j0 += 1;
         }
-        while j1 > j0 && !inside(coords((j1 - 1) as f32)) {
+        while j1 > j0 && !inside(coords(jf[j1 - 1])) {
             j1 -= 1;
         }
         let row = i * w * CH;
         for j in (0..j0).chain(j1..w) {
-            let v = edge(coords(j as f32));
+            let v = edge(coords(jf[j]));
             (0..CH).for_each(|k| emit(row + j * CH + k, v[k]));
         }
-        let mut fj = j0 as f32;
-        let mut o = row + j0 * CH;
-        for _ in j0..j1 {
-            let (r, cc) = coords(fj);
-            fj += 1.0;
-            debug_assert!(inside((r, cc)));
+        // Pass 1 (vectorizes): neighbour index and weights of every interior column.
+        for j in j0..j1 {
+            let (r, cc) = coords(jf[j]);
             // SAFETY: inside() holds on j0..j1 (checked at both ends, coordinates are
-            // monotone in j): 0 <= r < h - 1 and 0 <= cc < w - 1, so the conversions are
-            // defined and truncation is floor.
-            let (r0, c0) = unsafe { (r.to_int_unchecked::<u32>() as usize, cc.to_int_unchecked::<u32>() as usize) };
-            let (fr, fc) = (r - r0 as f32, cc - c0 as f32);
-            let p00 = (r0 * w + c0) * CH;
+            // monotone in j; same arithmetic as coords()): 0 <= r < h - 1, 0 <= cc < w - 1,
+            // so the conversions are defined and truncation is floor.
+            let (r0, c0) = unsafe { (r.to_int_unchecked::<i32>(), cc.to_int_unchecked::<i32>()) };
+            wr[j] = r - r0 as f32;
+            wc[j] = cc - c0 as f32;
+            top_left[j] = r0 * w as i32 + c0;
+        }
+        // Pass 2: gather the four neighbours and blend.
+        for j in j0..j1 {
+            let (fr, fc) = (wr[j], wc[j]);
+            let p00 = top_left[j] as usize * CH;
             let p10 = p00 + w * CH;
+            debug_assert!(p10 + 2 * CH <= data.len());
             for k in 0..CH {
-                // SAFETY: r0 <= h - 2 and c0 <= w - 2 (above), so
+                // SAFETY: r0 <= h - 2 and c0 <= w - 2 (pass 1), so
                 // p10 + CH + k < ((h - 1) * w + w - 1) * CH + CH = h * w * CH = data.len().
                 let (v00, v01, v10, v11) = unsafe {
                     (
@@ -559,9 +567,8 @@ fn sample_affine<const CH: usize>(src: &Image, m: &Mat3, mode: FillMode, cval: f
                 };
                 let top = v00 + (v01 - v00) * fc;
                 let bot = v10 + (v11 - v10) * fc;
-                emit(o + k, top + (bot - top) * fr);
+                emit(row + j * CH + k, top + (bot - top) * fr);
             }
-            o += CH;
         }
     }
 }
