@@ -306,7 +306,8 @@ fn erase_window<R: Rng>(rng: &mut R, scale: [f64; 2], ratio: [f64; 2], h: u32, w
     None
 }
 
-type Mat3 = [[f64; 3]; 3];
+/// A 3x3 homogeneous matrix in (row, col) coordinates.
+pub type Mat3 = [[f64; 3]; 3];
 
 fn matmul(a: &Mat3, b: &Mat3) -> Mat3 {
     let mut c = [[0.0; 3]; 3];
