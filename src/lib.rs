@@ -2,6 +2,7 @@
 //!
 //! Data flows spec -> dag -> plan -> engine -> cache; see the README for the user's view.
 
+pub mod aggregate;
 pub mod cache;
 pub mod cli;
 pub mod dag;

@@ -314,6 +314,8 @@ pub fn registry() -> Vec<Box<dyn DynStage>> {
     // Stage kinds register here, one line each.
     kinds.push(wrap::<augment::Augment>());
     kinds.push(wrap::<demo_data::DemoData>());
+    kinds.push(wrap::<amt::Amt>());
+    kinds.push(wrap::<dawid_skene::DawidSkene>());
     kinds
 }
 
