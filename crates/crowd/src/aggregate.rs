@@ -560,9 +560,23 @@ fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
-/// Items ahead whose parameter rows are prefetched: the rows are scattered (one per
+/// Answers ahead whose parameter rows are prefetched: the rows are scattered (one per
 /// worker x label), so without it the pass waits on memory.
-const PREFETCH_ITEMS: usize = 6;
+const PREFETCH_ANSWERS: usize = 16;
+
+/// Pairwise sum (vectorises; a left fold of f32 does not).
+#[inline(always)]
+fn tree_sum<const N: usize>(p: &[f32; N]) -> f32 {
+    let mut v = *p;
+    let mut n = N;
+    while n > 1 {
+        n /= 2;
+        for j in 0..n {
+            v[j] += v[j + n];
+        }
+    }
+    v[0]
+}
 
 /// One pass over items `lo..hi`: posteriors under (`tab`, `prior`), accumulated into
 /// `counts`/`class`; optionally written to `post` (`k` per item). Returns the log-likelihood.
@@ -582,11 +596,13 @@ fn pass<const N: usize>(
     let mut prod = LogProd::new();
     let mut extra = 0.0;
     let codes_all = &a.codes[..];
+    let mut block = [0.0f32; N];
     for i in lo..hi {
         let (s, e) = (a.offsets[i], a.offsets[i + 1]);
-        let ahead = (i + PREFETCH_ITEMS).min(hi);
-        for &c in &codes_all[a.offsets[ahead]..a.offsets[(ahead + 1).min(hi)].max(a.offsets[ahead])] {
-            prefetch(rows.as_ptr().wrapping_add(c as usize));
+        for t in s..e {
+            if let Some(&c) = codes_all.get(t + PREFETCH_ANSWERS) {
+                prefetch(rows.as_ptr().wrapping_add(c as usize));
+            }
         }
         let codes = &codes_all[s..e];
         let mut p = *prior;
@@ -607,7 +623,7 @@ fn pass<const N: usize>(
                 }
             }
         }
-        let z: f32 = p.iter().sum();
+        let z: f32 = tree_sum(&p);
         if !(z > 0.0 && z.is_finite()) {
             // Impossible under the parameters (cannot happen with smoothing > 0): keep the prior.
             p = *prior;
@@ -625,8 +641,15 @@ fn pass<const N: usize>(
                 r[j] += p[j];
             }
         }
+        // class totals: f32 within a block of items, flushed to f64
         for j in 0..N {
-            class[j] += p[j] as f64;
+            block[j] += p[j];
+        }
+        if (i - lo) & 1023 == 1023 {
+            for j in 0..N {
+                class[j] += block[j] as f64;
+            }
+            block = [0.0; N];
         }
         if let Some(out) = post.as_deref_mut() {
             let row = &mut out[(i - lo) * k..(i - lo + 1) * k];
@@ -636,6 +659,9 @@ fn pass<const N: usize>(
                 row[j] = p[j] as f64 / zz;
             }
         }
+    }
+    for j in 0..N {
+        class[j] += block[j] as f64;
     }
     prod.ln() + extra
 }
