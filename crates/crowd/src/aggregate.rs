@@ -326,12 +326,10 @@ pub fn hard_labels(a: &Answers, post: &[f64], seed: u64) -> Vec<usize> {
         .map(|i| {
             let row = &post[i * k..(i + 1) * k];
             let best = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let ties: Vec<usize> = (0..k).filter(|&j| row[j] >= best - 1e-12 * best.abs()).collect();
-            if ties.len() == 1 {
-                ties[0]
-            } else {
-                ties[(mix64(hash_str(&a.items[i]) ^ seed) % ties.len() as u64) as usize]
-            }
+            let is_tie = |j: &usize| row[*j] >= best - 1e-12 * best.abs();
+            let n = (0..k).filter(is_tie).count();
+            let pick = if n <= 1 { 0 } else { (mix64(hash_str(&a.items[i]) ^ seed) % n as u64) as usize };
+            (0..k).filter(is_tie).nth(pick).unwrap_or(0)
         })
         .collect()
 }
