@@ -1,0 +1,305 @@
+//! Images in, one contiguous `f32` buffer out.
+//!
+//! Every image is decoded once, up front and in parallel, into `[n, 1, 48, 48]` row-major
+//! `f32`; a training step only copies the rows of its batch out of that buffer, so decoding
+//! never sits on the critical path of an epoch.
+//!
+//! Decoding rule (the same for training, evaluation and prediction, and the same as the
+//! vision crate's): decode any format the `image` crate knows from its content, resize to
+//! 48x48 with `FilterType::Triangle` when the size differs, then `to_luma8` (gray or RGB or
+//! RGBA in, one channel out), then `(p / 255 - MEAN) / STD`.
+
+use std::path::{Path, PathBuf};
+
+use image::imageops::FilterType;
+use rayon::prelude::*;
+
+use crate::error::{ModelError, Result};
+
+/// Side of the square network input.
+pub const IMAGE_SIZE: usize = 48;
+/// Pixels per image (one channel).
+pub const PIXELS: usize = IMAGE_SIZE * IMAGE_SIZE;
+/// Input normalization: ImageNet's mean/std averaged over RGB, so pretrained VGG16
+/// weights (summed over their RGB input channels) see inputs on the scale they expect.
+pub const MEAN: f32 = 0.449;
+pub const STD: f32 = 0.226;
+
+/// Extensions taken from image folders (lower-cased).
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
+
+/// Decode one image file into 48x48 normalized grayscale (`PIXELS` values).
+pub fn decode_image(path: &Path) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    decode_image_bytes(&bytes).map_err(|message| ModelError::Image { path: path.to_path_buf(), message })
+}
+
+/// Same as [`decode_image`], from bytes in memory.
+pub fn decode_image_bytes(bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
+    let img = image::load_from_memory(bytes).map_err(|e| e.to_string())?;
+    let img = if img.width() as usize != IMAGE_SIZE || img.height() as usize != IMAGE_SIZE {
+        img.resize_exact(IMAGE_SIZE as u32, IMAGE_SIZE as u32, FilterType::Triangle)
+    } else {
+        img
+    };
+    let gray = img.to_luma8();
+    Ok(gray.as_raw().iter().map(|&p| (p as f32 / 255.0 - MEAN) / STD).collect())
+}
+
+/// Decoded images with their targets, all in flat buffers.
+#[derive(Debug, Clone, Default)]
+pub struct Dataset {
+    /// `[n, 1, 48, 48]` normalized pixels, row-major.
+    pub pixels: Vec<f32>,
+    /// `[n, classes]` target distribution per image (one-hot for hard labels).
+    pub targets: Vec<f32>,
+    /// Hard label per image (the given label, or the argmax of the soft target).
+    pub labels: Vec<usize>,
+    /// Source file per image (reports name images by file).
+    pub files: Vec<PathBuf>,
+    /// Class names, in target-column order.
+    pub classes: Vec<String>,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    pub fn num_classes(&self) -> usize {
+        self.classes.len()
+    }
+    /// Pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[f32] {
+        &self.pixels[i * PIXELS..(i + 1) * PIXELS]
+    }
+    /// Copy the images and targets at `idx` into `x` and `y` (cleared first), the only
+    /// per-step data work in training.
+    pub fn gather(&self, idx: &[usize], x: &mut Vec<f32>, y: &mut Vec<f32>) {
+        let k = self.num_classes();
+        x.clear();
+        y.clear();
+        for &i in idx {
+            x.extend_from_slice(self.image(i));
+            y.extend_from_slice(&self.targets[i * k..(i + 1) * k]);
+        }
+    }
+    /// Replace soft targets by one-hot rows of `labels` (`targets: "hard"`).
+    pub fn to_hard_targets(&mut self) {
+        let k = self.num_classes();
+        self.targets = one_hot(&self.labels, k);
+    }
+
+    /// Build from files and per-image targets, decoding in parallel.
+    pub fn from_files(files: Vec<PathBuf>, targets: Vec<f32>, labels: Vec<usize>, classes: Vec<String>) -> Result<Self> {
+        let decoded: Vec<Vec<f32>> = files.par_iter().map(|p| decode_image(p)).collect::<Result<_>>()?;
+        let mut pixels = Vec::with_capacity(decoded.len() * PIXELS);
+        for d in decoded {
+            pixels.extend_from_slice(&d);
+        }
+        Ok(Dataset { pixels, targets, labels, files, classes })
+    }
+}
+
+fn one_hot(labels: &[usize], k: usize) -> Vec<f32> {
+    let mut t = vec![0.0; labels.len() * k];
+    for (i, &l) in labels.iter().enumerate() {
+        t[i * k + l] = 1.0;
+    }
+    t
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        .unwrap_or(false)
+}
+
+fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))? {
+        out.push(entry.map_err(|e| ModelError::io(dir, e))?.path());
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// An ImageFolder directory: `<root>/<class>/*.{jpg,jpeg,png}` with hard labels.
+/// A sub-directory that is not one of `classes` is an error (a typo would otherwise
+/// silently drop a class); a class without a directory simply has no images.
+pub fn load_image_folder(root: &Path, classes: &[String]) -> Result<Dataset> {
+    let mut files = Vec::new();
+    let mut labels = Vec::new();
+    for entry in sorted_dir(root)? {
+        if !entry.is_dir() {
+            continue;
+        }
+        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if name.starts_with('.') {
+            continue;
+        }
+        let Some(label) = classes.iter().position(|c| *c == name) else {
+            return Err(ModelError::bad_file(
+                &entry,
+                format!("directory is not a class (expected one of {})", classes.join(", ")),
+            ));
+        };
+        for f in sorted_dir(&entry)? {
+            if f.is_file() && is_image(&f) {
+                files.push(f);
+                labels.push(label);
+            }
+        }
+    }
+    if files.is_empty() {
+        return Err(ModelError::bad_file(root, "no images found under <root>/<class>/*.{jpg,jpeg,png}"));
+    }
+    let targets = one_hot(&labels, classes.len());
+    Dataset::from_files(files, targets, labels, classes.to_vec())
+}
+
+/// The `augment` stage's output: `manifest.csv` with columns
+/// `file,source,label,<one soft-label column per class>,...` (extra columns ignored).
+/// `file` is relative to `dir` (or to `dir/images/<label>/`). Without soft columns the
+/// targets are one-hot from `label`.
+pub fn load_manifest(dir: &Path, classes: &[String]) -> Result<Dataset> {
+    let path = dir.join("manifest.csv");
+    let mut rdr = csv::Reader::from_path(&path).map_err(|e| ModelError::bad_file(&path, e))?;
+    let headers = rdr.headers().map_err(|e| ModelError::bad_file(&path, e))?.clone();
+    let col = |name: &str| headers.iter().position(|h| h.trim() == name);
+    let file_col = col("file").ok_or_else(|| ModelError::bad_file(&path, "no column \"file\""))?;
+    let label_col = col("label").ok_or_else(|| ModelError::bad_file(&path, "no column \"label\""))?;
+    let soft_cols: Vec<Option<usize>> = classes.iter().map(|c| col(c)).collect();
+    let has_soft = soft_cols.iter().all(|c| c.is_some());
+    if !has_soft && soft_cols.iter().any(|c| c.is_some()) {
+        let missing: Vec<&str> =
+            classes.iter().zip(&soft_cols).filter(|(_, c)| c.is_none()).map(|(n, _)| n.as_str()).collect();
+        return Err(ModelError::bad_file(&path, format!("soft-label columns missing: {}", missing.join(", "))));
+    }
+    let k = classes.len();
+    let (mut files, mut labels, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+    for (row, rec) in rdr.records().enumerate() {
+        let line = row + 2;
+        let rec = rec.map_err(|e| ModelError::bad_file(&path, e))?;
+        let file = rec.get(file_col).unwrap_or_default().trim();
+        let label_name = rec.get(label_col).unwrap_or_default().trim();
+        let label = classes.iter().position(|c| c == label_name).ok_or_else(|| {
+            ModelError::bad_file(&path, format!("line {line}: label \"{label_name}\" is not a class"))
+        })?;
+        let mut resolved = dir.join(file);
+        if !resolved.is_file() {
+            let alt = dir.join("images").join(label_name).join(file);
+            if alt.is_file() {
+                resolved = alt;
+            } else {
+                return Err(ModelError::bad_file(&path, format!("line {line}: image \"{file}\" not found")));
+            }
+        }
+        if has_soft {
+            let mut q = Vec::with_capacity(k);
+            for (c, sc) in classes.iter().zip(&soft_cols) {
+                let raw = rec.get(sc.unwrap()).unwrap_or_default().trim();
+                let v: f32 = raw.parse().map_err(|_| {
+                    ModelError::bad_file(&path, format!("line {line}: column \"{c}\": \"{raw}\" is not a number"))
+                })?;
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(ModelError::bad_file(&path, format!("line {line}: column \"{c}\": {v} is not a probability")));
+                }
+                q.push(v);
+            }
+            let s: f32 = q.iter().sum();
+            if s <= 0.0 {
+                return Err(ModelError::bad_file(&path, format!("line {line}: soft labels sum to 0")));
+            }
+            // Renormalize: CSV rounding leaves sums like 0.9999.
+            targets.extend(q.iter().map(|v| v / s));
+        } else {
+            let mut q = vec![0.0; k];
+            q[label] = 1.0;
+            targets.extend(q);
+        }
+        files.push(resolved);
+        labels.push(label);
+    }
+    if files.is_empty() {
+        return Err(ModelError::bad_file(&path, "no rows"));
+    }
+    Dataset::from_files(files, targets, labels, classes.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn write_png(path: &Path, w: u32, h: u32, rgb: bool, seed: u8) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        if rgb {
+            let img = image::RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb([(x as u8).wrapping_mul(seed), (y as u8).wrapping_add(seed), seed])
+            });
+            img.save(path).unwrap();
+        } else {
+            let img = image::GrayImage::from_fn(w, h, |x, y| image::Luma([(x as u8 ^ y as u8).wrapping_add(seed)]));
+            img.save(path).unwrap();
+        }
+    }
+
+    #[test]
+    fn decodes_any_size_and_channels_to_48x48_gray() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a.png");
+        let b = d.path().join("b.png");
+        write_png(&a, 100, 60, true, 7);
+        write_png(&b, 48, 48, false, 3);
+        let va = decode_image(&a).unwrap();
+        let vb = decode_image(&b).unwrap();
+        assert_eq!(va.len(), PIXELS);
+        assert_eq!(vb.len(), PIXELS);
+        // 48x48 gray passes through unresized: pixel (0,0) is 0^0+3 = 3.
+        assert!((vb[0] - (3.0 / 255.0 - MEAN) / STD).abs() < 1e-6);
+        let bad = d.path().join("bad.png");
+        std::fs::write(&bad, b"not an image").unwrap();
+        let err = decode_image(&bad).unwrap_err().to_string();
+        assert!(err.contains("bad.png"), "{err}");
+    }
+
+    #[test]
+    fn image_folder_and_manifest() {
+        let classes = crate::default_classes();
+        let d = tempfile::tempdir().unwrap();
+        write_png(&d.path().join("valid/fear/x.png"), 48, 48, false, 1);
+        write_png(&d.path().join("valid/happy/y.png"), 30, 30, true, 2);
+        let ds = load_image_folder(&d.path().join("valid"), &classes).unwrap();
+        assert_eq!(ds.labels, vec![2, 3]);
+        assert_eq!(ds.pixels.len(), 2 * PIXELS);
+        assert_eq!(&ds.targets[7..14], &[0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+
+        write_png(&d.path().join("valid/happpy/z.png"), 48, 48, false, 2);
+        let err = load_image_folder(&d.path().join("valid"), &classes).unwrap_err().to_string();
+        assert!(err.contains("happpy"), "{err}");
+
+        let aug = d.path().join("aug");
+        write_png(&aug.join("images/sad/s0.png"), 48, 48, false, 5);
+        write_png(&aug.join("images/angry/a0.png"), 48, 48, false, 6);
+        std::fs::write(
+            aug.join("manifest.csv"),
+            "file,source,label,angry,disgust,fear,happy,neutral,sad,surprise,extra\n\
+             images/sad/s0.png,s.jpg,sad,0.1,0,0,0,0,0.7,0.2,x\n\
+             a0.png,a.jpg,angry,0.5,0.5,0,0,0,0,0,y\n",
+        )
+        .unwrap();
+        let m = load_manifest(&aug, &classes).unwrap();
+        assert_eq!(m.labels, vec![5, 0]);
+        assert!((m.targets[5] - 0.7).abs() < 1e-6 && (m.targets[7] - 0.5).abs() < 1e-6);
+        let mut hard = m.clone();
+        hard.to_hard_targets();
+        assert_eq!(&hard.targets[0..7], &[0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+
+        std::fs::write(aug.join("manifest.csv"), "file,source,label\nmissing.png,m,fear\n").unwrap();
+        let err = load_manifest(&aug, &classes).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("missing.png"), "{err}");
+    }
+}

@@ -1,0 +1,128 @@
+//! Top-k classes for image files, decoded exactly as training decoded them.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::artifact::{load_artifact, ModelArtifact};
+use crate::backend::{run_infer, BackendChoice, InferTask};
+use crate::data::{decode_image, load_image_folder, IMAGE_SIZE, PIXELS};
+use crate::error::{ModelError, Result};
+use crate::eval::{evaluate_predictions, Evaluation};
+use crate::net::Net;
+
+/// One image's guesses, most probable first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImagePrediction {
+    /// How reports name the image (file name, or a relative path when names repeat).
+    pub file: String,
+    /// True class, when known (evaluation).
+    #[serde(default)]
+    pub truth: Option<String>,
+    /// `(class, probability)`, descending.
+    pub top: Vec<(String, f32)>,
+}
+
+impl ImagePrediction {
+    /// `fear_00.jpg: surprise 0.96, fear 0.04`
+    pub fn line(&self) -> String {
+        let guesses: Vec<String> = self.top.iter().map(|(c, p)| format!("{c} {p:.2}")).collect();
+        format!("{}: {}", self.file, guesses.join(", "))
+    }
+}
+
+/// Softmax probabilities `[n, classes]` for `n` decoded images, in batches.
+pub fn probabilities<B: Backend>(net: &Net<B>, pixels: &[f32], device: &B::Device) -> Vec<f32> {
+    let n = pixels.len() / PIXELS;
+    let mut out = Vec::new();
+    for start in (0..n).step_by(128) {
+        let end = (start + 128).min(n);
+        let x = Tensor::<B, 4>::from_data(
+            TensorData::new(pixels[start * PIXELS..end * PIXELS].to_vec(), [end - start, 1, IMAGE_SIZE, IMAGE_SIZE]),
+            device,
+        );
+        let p = softmax(net.forward(x), 1);
+        out.extend(p.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default());
+    }
+    out
+}
+
+struct Probs<'a> {
+    artifact: &'a ModelArtifact,
+    pixels: &'a [f32],
+}
+
+impl InferTask for Probs<'_> {
+    type Output = Result<Vec<f32>>;
+    fn run<B: Backend>(self, device: B::Device) -> Result<Vec<f32>> {
+        let net = self.artifact.load_net::<B>(&device)?;
+        let probs = probabilities(&net, self.pixels, &device);
+        if probs.len() != self.pixels.len() / PIXELS * self.artifact.classes().len() {
+            return Err(ModelError::Backend("the network returned an unexpected number of outputs".into()));
+        }
+        Ok(probs)
+    }
+}
+
+/// Class probabilities of a model directory on `pixels` (`[n, 1, 48, 48]`).
+pub fn artifact_probabilities(artifact: &ModelArtifact, pixels: &[f32], backend: BackendChoice) -> Result<Vec<f32>> {
+    run_infer(backend.resolve()?, Probs { artifact, pixels })
+}
+
+/// Names for reports: file names, or paths relative to `root` where file names repeat.
+pub fn display_names(files: &[PathBuf], root: Option<&Path>) -> Vec<String> {
+    let names: Vec<String> =
+        files.iter().map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    let unique = sorted.windows(2).all(|w| w[0] != w[1]);
+    if unique {
+        return names;
+    }
+    files
+        .iter()
+        .map(|f| root.and_then(|r| f.strip_prefix(r).ok()).unwrap_or(f).to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Top-`k` classes for each image, with the model in `model_dir` (CPU: a handful of images
+/// does not pay for a GPU context).
+pub fn predict(model_dir: &Path, images: &[PathBuf], k: usize) -> Result<Vec<ImagePrediction>> {
+    predict_with(model_dir, images, k, BackendChoice::Cpu)
+}
+
+pub fn predict_with(model_dir: &Path, images: &[PathBuf], k: usize, backend: BackendChoice) -> Result<Vec<ImagePrediction>> {
+    let artifact = load_artifact(model_dir)?;
+    let classes = artifact.classes().to_vec();
+    let mut pixels = Vec::with_capacity(images.len() * PIXELS);
+    for img in images {
+        pixels.extend(decode_image(img)?);
+    }
+    let probs = artifact_probabilities(&artifact, &pixels, backend)?;
+    let names = display_names(images, None);
+    let kc = classes.len();
+    Ok(names
+        .into_iter()
+        .enumerate()
+        .map(|(i, file)| ImagePrediction {
+            file,
+            truth: None,
+            top: crate::eval::top_k(&probs[i * kc..(i + 1) * kc], k.max(1))
+                .into_iter()
+                .map(|(c, p)| (classes[c].clone(), p))
+                .collect(),
+        })
+        .collect())
+}
+
+/// Evaluate the model in `model_dir` on an ImageFolder test set, keeping top-`k` guesses.
+pub fn evaluate_dir(model_dir: &Path, test_root: &Path, k: usize, backend: BackendChoice) -> Result<Evaluation> {
+    let artifact = load_artifact(model_dir)?;
+    let ds = load_image_folder(test_root, artifact.classes())?;
+    let probs = artifact_probabilities(&artifact, &ds.pixels, backend)?;
+    let names = display_names(&ds.files, Some(test_root));
+    Ok(evaluate_predictions(artifact.classes(), &probs, &ds.labels, &names, k))
+}

@@ -1,0 +1,257 @@
+//! End-to-end tests on tiny nets and synthetic images (fast in release).
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::data::{load_image_folder, Dataset};
+use crate::net::{ModelConfig, ModelKind, Net};
+use crate::train::{soft_cross_entropy, train_to_dir, NoObserver, TrainConfig, TrainRequest};
+use crate::BackendChoice;
+
+/// burn's CPU RNG is process-global: tests that create nets (or train) take this so a
+/// concurrent test cannot draw from the RNG between `seed` and initialisation.
+pub(crate) static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Seven visually distinct synthetic classes: class c is a bright band at rows 6c..6c+6.
+fn write_class_image(path: &Path, class: usize, variant: u8) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let img = image::GrayImage::from_fn(48, 48, |x, y| {
+        let band = (y as usize / 6) == class;
+        let noise = ((x * 7 + y * 13 + variant as u32 * 31) % 17) as u8;
+        image::Luma([if band { 220 + noise } else { 20 + noise }])
+    });
+    img.save(path).unwrap();
+}
+
+fn image_folder(root: &Path, per_class: u8) {
+    for (c, name) in crate::CLASSES.iter().enumerate() {
+        for v in 0..per_class {
+            write_class_image(&root.join(name).join(format!("{name}_{v:02}.png")), c, v);
+        }
+    }
+}
+
+fn tiny_model() -> ModelConfig {
+    ModelConfig { cnn_channels: vec![4, 8], cnn_dense: 16, cnn_dropout: 0.0, ..Default::default() }
+}
+
+fn tiny_train() -> TrainConfig {
+    TrainConfig { lr: 0.01, batch_size: 7, epochs: 12, patience: 0, ..Default::default() }
+}
+
+fn train(dir: &Path, train: &Dataset, valid: &Dataset, model: ModelConfig, tc: TrainConfig, weights: Option<PathBuf>) -> crate::TrainSummary {
+    let req = TrainRequest { model, train: tc, train_set: train, valid_set: Some(valid), weights, backend: BackendChoice::Cpu };
+    train_to_dir(&req, dir, &mut NoObserver).unwrap()
+}
+
+#[test]
+fn soft_cross_entropy_matches_hand_computation() {
+    let device = Default::default();
+    let logits = Tensor::<Flex, 2>::from_data(TensorData::new(vec![1.0f32, 2.0, 0.5, 0.0], [2, 2]), &device);
+    let q = Tensor::<Flex, 2>::from_data(TensorData::new(vec![0.25f32, 0.75, 1.0, 0.0], [2, 2]), &device);
+    let got = soft_cross_entropy(logits, q).into_data().to_vec::<f32>().unwrap()[0] as f64;
+    let lse1 = (1f64.exp() + 2f64.exp()).ln();
+    let lse2 = (0.5f64.exp() + 1.0).ln();
+    let want = (-(0.25 * (1.0 - lse1) + 0.75 * (2.0 - lse1)) - (0.5 - lse2)) / 2.0;
+    assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+}
+
+#[test]
+fn trains_saves_reloads_predicts_and_evaluates() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let classes = crate::default_classes();
+    image_folder(&d.path().join("train"), 3);
+    image_folder(&d.path().join("valid"), 1);
+    let tr = load_image_folder(&d.path().join("train"), &classes).unwrap();
+    let va = load_image_folder(&d.path().join("valid"), &classes).unwrap();
+    let out = d.path().join("model");
+    let s = train(&out, &tr, &va, tiny_model(), tiny_train(), None);
+    assert_eq!(s.history.len(), 12);
+    // The bands are trivially separable: a working loop learns them.
+    let last = s.history.last().unwrap();
+    assert!(last.train_loss < s.history[0].train_loss, "{:?}", s.history);
+    assert!(s.val_accuracy.unwrap() >= 6.0 / 7.0, "{:?}", s.history);
+    for f in ["model.mpk", "config.json", "classes.txt", "metrics.csv", "curves.png"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 13);
+    assert!(csv.starts_with("epoch,train_loss,train_accuracy,val_loss,val_accuracy"));
+
+    // Reload and predict; any size / channel count decodes.
+    let rgb = d.path().join("big.png");
+    image::RgbImage::from_fn(96, 96, |_, y| if y / 12 == 3 { image::Rgb([230, 230, 230]) } else { image::Rgb([20, 20, 20]) })
+        .save(&rgb)
+        .unwrap();
+    let imgs = vec![d.path().join("valid/happy/happy_00.png"), rgb];
+    let preds = crate::predict(&out, &imgs, 3).unwrap();
+    assert_eq!(preds.len(), 2);
+    assert_eq!(preds[0].top.len(), 3);
+    assert_eq!(preds[0].top[0].0, "happy");
+    assert!(preds[0].top.windows(2).all(|w| w[0].1 >= w[1].1));
+    assert!(preds[0].file == "happy_00.png");
+
+    // Evaluate + report, twice: the second run prints the change.
+    let ev = crate::evaluate_dir(&out, &d.path().join("valid"), 2, BackendChoice::Cpu).unwrap();
+    assert_eq!(ev.images, 7);
+    assert_eq!(ev.confusion.iter().flatten().sum::<u64>(), 7);
+    assert!((ev.accuracy - s.val_accuracy.unwrap()).abs() < 1e-9);
+    let r1 = d.path().join("r1");
+    assert!(crate::write_report(&r1, &ev, "cnn", None).unwrap().is_empty());
+    let mut worse = ev.clone();
+    worse.accuracy = 0.33;
+    let r2 = d.path().join("r2");
+    crate::write_report(&r2, &worse, "cnn", None).unwrap();
+    let changes = crate::write_report(&r1, &ev, "cnn", Some(&r2.join("report.json"))).unwrap();
+    assert!(changes[0].starts_with("accuracy 0.33 -> "), "{changes:?}");
+    for f in ["report.md", "report.json", "confusion.png", "top2.csv"] {
+        assert!(r1.join(f).is_file(), "{f} missing");
+    }
+    let md = std::fs::read_to_string(r1.join("report.md")).unwrap();
+    assert!(md.contains("Rows = **predicted** class, columns = **true** class"));
+    let top2 = std::fs::read_to_string(r1.join("top2.csv")).unwrap();
+    assert!(top2.lines().nth(1).unwrap().starts_with("angry_00.png,angry,"), "{top2}");
+}
+
+#[test]
+fn same_seed_same_result_and_hard_targets_differ() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let classes = crate::default_classes();
+    image_folder(&d.path().join("train"), 2);
+    let mut tr = load_image_folder(&d.path().join("train"), &classes).unwrap();
+    // Soft targets: half the mass on the next class.
+    let k = 7;
+    for i in 0..tr.len() {
+        let l = tr.labels[i];
+        tr.targets[i * k..(i + 1) * k].fill(0.0);
+        tr.targets[i * k + l] = 0.5;
+        tr.targets[i * k + (l + 1) % k] = 0.5;
+    }
+    let tc = TrainConfig { epochs: 3, ..tiny_train() };
+    let a = train(&d.path().join("a"), &tr, &tr, tiny_model(), tc.clone(), None);
+    let b = train(&d.path().join("b"), &tr, &tr, tiny_model(), tc.clone(), None);
+    assert_eq!(a.history.iter().map(|m| m.train_loss).collect::<Vec<_>>(), b.history.iter().map(|m| m.train_loss).collect::<Vec<_>>());
+    let hard = TrainConfig { targets: crate::TargetKind::Hard, ..tc.clone() };
+    let h = train(&d.path().join("h"), &tr, &tr, tiny_model(), hard, None);
+    assert_ne!(a.history[0].train_loss, h.history[0].train_loss);
+    // With q = (0.5, 0.5) the loss cannot go below ln 2.
+    assert!(a.history.iter().all(|m| m.train_loss > 2f64.ln() - 1e-4));
+    let sgd = TrainConfig { optimizer: crate::OptimizerKind::Sgd, weight_decay: 1e-4, ..tc };
+    let s = train(&d.path().join("s"), &tr, &tr, tiny_model(), sgd, None);
+    assert!(s.history.iter().all(|m| m.train_loss.is_finite()));
+}
+
+#[test]
+fn early_stopping_restores_the_best_epoch() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let classes = crate::default_classes();
+    image_folder(&d.path().join("train"), 2);
+    let tr = load_image_folder(&d.path().join("train"), &classes).unwrap();
+    // A validation set whose labels are shifted by one: learning the train set makes its
+    // loss rise, so training stops early and keeps an early epoch.
+    let mut va = tr.clone();
+    va.labels = va.labels.iter().map(|l| (l + 1) % 7).collect();
+    va.to_hard_targets();
+    let tc = TrainConfig { epochs: 30, patience: 2, ..tiny_train() };
+    let s = train(&d.path().join("m"), &tr, &va, tiny_model(), tc, None);
+    assert!(s.stopped_early, "{:?}", s.history);
+    assert!(s.history.len() < 30);
+    assert_eq!(s.history.len(), s.best_epoch + 2);
+    let best = s.history.iter().map(|m| m.val_loss.unwrap()).fold(f64::INFINITY, f64::min);
+    assert_eq!(s.val_loss.unwrap(), best);
+    // The saved record is the best epoch's: its validation loss is reproduced on reload.
+    let art = crate::load_artifact(&d.path().join("m")).unwrap();
+    let net = art.load_net::<Flex>(&Default::default()).unwrap();
+    let (l, _) = crate::train::evaluate_loss(&net, &va, &Default::default());
+    assert!((l - best).abs() < 1e-4, "{l} vs {best}");
+}
+
+/// torchvision-named VGG16 conv weights (3 input channels) for widths / `div`.
+fn write_vgg_safetensors(path: &Path, div: usize, wrong_shape_at: Option<usize>) -> Vec<f32> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let cfg = ModelConfig { kind: ModelKind::Vgg16, vgg_width_divisor: div, ..Default::default() };
+    let mut cin = 3;
+    let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut first = Vec::new();
+    for (i, &cout) in cfg.vgg_widths().iter().enumerate() {
+        let idx = crate::net::VGG16_TORCH_INDEX[i];
+        let kin = if wrong_shape_at == Some(i) { cin + 1 } else { cin };
+        let n = cout * kin * 9;
+        let w: Vec<f32> = (0..n).map(|j| ((j * 7 + i) % 11) as f32 / 100.0 - 0.05).collect();
+        if i == 0 {
+            first = w.clone();
+        }
+        let b: Vec<f32> = (0..cout).map(|j| j as f32 / 1000.0).collect();
+        bufs.push((format!("features.{idx}.weight"), vec![cout, kin, 3, 3], bytemuck_f32(&w)));
+        bufs.push((format!("features.{idx}.bias"), vec![cout], bytemuck_f32(&b)));
+        cin = cout;
+    }
+    let views: Vec<(String, TensorView)> =
+        bufs.iter().map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap())).collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+    first
+}
+
+fn bytemuck_f32(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+#[test]
+fn vgg16_loads_torchvision_safetensors_and_freezes_the_base() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let wpath = d.path().join("vgg16.safetensors");
+    let first = write_vgg_safetensors(&wpath, 16, None);
+    let device = Default::default();
+    let cfg = ModelConfig { kind: ModelKind::Vgg16, vgg_width_divisor: 16, freeze: true, ..Default::default() };
+    let net = crate::weights::apply_pretrained(cfg.init::<Flex>(&device), Some(&wpath), false, &device).unwrap();
+    let Net::Vgg16(v) = &net else { panic!() };
+    let w0 = v.features[0].weight.val().into_data().to_vec::<f32>().unwrap();
+    assert_eq!(v.features[0].weight.dims(), [4, 1, 3, 3]);
+    // RGB summed to gray: out 0, tap 0 = w[0,0,0] + w[0,1,0] + w[0,2,0].
+    assert!((w0[0] - (first[0] + first[9] + first[18])).abs() < 1e-6);
+    let b12 = v.features[12].bias.as_ref().unwrap().val().into_data().to_vec::<f32>().unwrap();
+    assert!((b12[3] - 0.003).abs() < 1e-7);
+
+    // Train with the base frozen: conv weights stay, the head moves.
+    let classes = crate::default_classes();
+    image_folder(&d.path().join("train"), 1);
+    let tr = load_image_folder(&d.path().join("train"), &classes).unwrap();
+    let tc = TrainConfig { epochs: 1, batch_size: 7, ..Default::default() };
+    train(&d.path().join("m"), &tr, &tr, cfg.clone(), tc, Some(wpath.clone()));
+    let art = crate::load_artifact(&d.path().join("m")).unwrap();
+    assert_eq!(art.config.model.kind, ModelKind::Vgg16);
+    let Net::Vgg16(t) = art.load_net::<Flex>(&device).unwrap() else { panic!() };
+    let t0 = t.features[0].weight.val().into_data().to_vec::<f32>().unwrap();
+    assert_eq!(t0, w0, "frozen conv weights changed");
+    let fc_before = v.fc2.weight.val().into_data().to_vec::<f32>().unwrap();
+    let fc_after = t.fc2.weight.val().into_data().to_vec::<f32>().unwrap();
+    assert_ne!(fc_before, fc_after);
+
+    // Without freeze the base trains too.
+    let unfrozen = ModelConfig { freeze: false, ..cfg.clone() };
+    let tc = TrainConfig { epochs: 1, batch_size: 7, ..Default::default() };
+    train(&d.path().join("u"), &tr, &tr, unfrozen, tc, Some(wpath.clone()));
+    let Net::Vgg16(u) = crate::load_artifact(&d.path().join("u")).unwrap().load_net::<Flex>(&device).unwrap() else {
+        panic!()
+    };
+    assert_ne!(u.features[0].weight.val().into_data().to_vec::<f32>().unwrap(), w0);
+
+    // A shape mismatch names the tensor and both shapes.
+    let bad = d.path().join("bad.safetensors");
+    write_vgg_safetensors(&bad, 16, Some(2));
+    let err = crate::weights::apply_pretrained(cfg.init::<Flex>(&device), Some(&bad), false, &device).unwrap_err().to_string();
+    assert!(err.contains("features.5.weight") && err.contains("bad.safetensors"), "{err}");
+    // Weights on the cnn are refused.
+    let err = crate::weights::apply_pretrained(tiny_model().init::<Flex>(&device), Some(&wpath), false, &device).unwrap_err();
+    assert!(err.to_string().contains("vgg16"));
+}
