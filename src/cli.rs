@@ -73,6 +73,16 @@ pub enum Command {
     },
     /// Run a pipeline at each tick of a cron expression (or print a systemd timer / crontab line).
     Schedule(ScheduleArgs),
+    /// Aggregate crowd labels from a crowd-kit CSV (worker,task,label) or an AMT batch file:
+    /// writes labels.csv (task,label) and posteriors.csv to DIR.
+    Aggregate {
+        file: PathBuf,
+        /// majority-vote, dawid-skene, one-coin, pooled or shrunk (the default; see the README).
+        #[arg(long, default_value = "shrunk")]
+        method: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Top-k classes with probabilities for each image, from a trained model.
     Predict {
         /// A `train` stage name, a cache key (prefix), or a model directory.
@@ -235,6 +245,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(exit_code(&record))
         }
         Command::Schedule(args) => schedule(&cli.cache, args),
+        Command::Aggregate { file, method, out } => {
+            crate::aggregate::aggregate(&file, &method, &out)?;
+            println!("wrote {} and {}", out.join("labels.csv").display(), out.join("posteriors.csv").display());
+            Ok(0)
+        }
         Command::Predict { model, images, k } => predict(&cli.cache, cli.wait, &model, &images, k),
         Command::Plan { file, explain, json, set } => {
             let p = load(&file, &set)?;
