@@ -273,7 +273,8 @@ impl Engine {
             overrides: opts.overrides.clone(),
             promotion: None,
         };
-        self.cache.put_run(run_id, &record)?;
+        // Recorded once, at the end: while it runs no other process can read the cache anyway,
+        // and a second fsync would cost a no-op rerun a third of its time.
         tracing::info!(run = run_id, pipeline = %p.name, "run started");
 
         let mut done: Vec<Option<Done>> = vec![None; n];
