@@ -316,6 +316,10 @@ pub fn registry() -> Vec<Box<dyn DynStage>> {
     kinds.push(wrap::<demo_data::DemoData>());
     kinds.push(wrap::<amt::Amt>());
     kinds.push(wrap::<dawid_skene::DawidSkene>());
+    #[cfg(feature = "ml")]
+    kinds.push(wrap::<train::Train>());
+    #[cfg(feature = "ml")]
+    kinds.push(wrap::<evaluate::Evaluate>());
     kinds
 }
 
