@@ -509,6 +509,13 @@ impl StageTask {
                 return Err("cancelled".into());
             }
             let manifest = cache.store_dir(&out_dir).map_err(|e| e.to_string())?;
+            // Paths a stage printed point into its scratch dir; point them at the view instead.
+            let mut outcome = outcome;
+            let view_dir = cache.root().join("views").join(manifest.digest());
+            let (from, to) = (out_dir.display().to_string(), view_dir.display().to_string());
+            for line in outcome.summary.iter_mut() {
+                *line = line.replace(&from, &to);
+            }
             let entry = Entry {
                 key: key3.clone(),
                 stage: n3.name.clone(),
@@ -524,6 +531,7 @@ impl StageTask {
                 outcome: outcome.clone(),
             };
             cache.commit(&entry, &manifest).map_err(|e| e.to_string())?;
+            cache.view(&entry.output).map_err(|e| e.to_string())?;
             drop(cleanup);
             Ok((entry, outcome))
         })

@@ -60,6 +60,10 @@ pub enum BackendName {
 pub struct TrainParams {
     /// Network: `cnn` (default) or `vgg16`.
     pub model: ModelName,
+    /// `cnn`: output channels of its blocks (3x3 conv, ReLU, 2x2 max-pool each); at most 4.
+    pub cnn_channels: Vec<usize>,
+    /// `cnn`: width of the hidden dense layer.
+    pub cnn_dense: usize,
     /// `soft` (Dawid-Skene posteriors, default) or `hard` labels.
     pub targets: Targets,
     pub optimizer: OptimizerName,
@@ -91,6 +95,10 @@ impl Default for TrainParams {
         let t = TrainConfig::default();
         TrainParams {
             model: ModelName::Cnn,
+            // 16-32-64 trains twice as fast as 32-64-128 on 2 CPU cores for the same accuracy
+            // on the demo (about a minute for 8 epochs of 2,100 images).
+            cnn_channels: vec![16, 32, 64],
+            cnn_dense: 128,
             targets: Targets::Soft,
             optimizer: OptimizerName::Adam,
             lr: t.lr,
@@ -115,6 +123,8 @@ impl TrainParams {
                 ModelName::Vgg16 => ModelKind::Vgg16,
             },
             freeze: self.freeze,
+            cnn_channels: self.cnn_channels.clone(),
+            cnn_dense: self.cnn_dense,
             ..ModelConfig::default()
         }
     }
@@ -208,6 +218,8 @@ impl Stage for Train {
         InputDecl { name: "images", required: true, doc: "augment output: manifest.csv + images/<class>/*.png" },
         InputDecl { name: "valid", required: true, doc: "validation ImageFolder: <root>/<class>/*.jpg" },
     ];
+    // Where it ran is provenance: a model trained on a GPU is reused on a CPU machine.
+    const PROVENANCE_PARAMS: &'static [&'static str] = &["backend"];
 
     fn param_files(p: &TrainParams) -> Vec<(String, PathBuf)> {
         // The engine resolves relative paths against the pipeline file like ctx.resolve.
@@ -216,6 +228,12 @@ impl Stage for Train {
 
     fn check_params(p: &TrainParams) -> Result<(), StageError> {
         p.train_config().validate().map_err(model_error)?;
+        if p.cnn_channels.is_empty() || p.cnn_channels.len() > 4 || p.cnn_channels.iter().any(|&c| c == 0 || c > 1024) {
+            return Err(StageError::bad_param("cnn_channels", "1 to 4 blocks of 1..=1024 channels (48 px halves at each block)"));
+        }
+        if p.cnn_dense == 0 {
+            return Err(StageError::bad_param("cnn_dense", "at least 1"));
+        }
         if p.model == ModelName::Cnn && (p.weights.is_some() || p.freeze) {
             let param = if p.weights.is_some() { "weights" } else { "freeze" };
             return Err(StageError::bad_param(param, "pretrained weights and freeze apply to model \"vgg16\" only"));
