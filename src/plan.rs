@@ -81,7 +81,8 @@ pub fn plan(cache: &Cache, p: &Pipeline) -> Plan {
             }
         } else {
             for (input, up) in &missing_up {
-                let why = first_reason.get(*up).map(|r| format!(" ({up}: {r})")).unwrap_or_default();
+                // Name the root cause, not the whole chain of stages in between.
+                let why = first_reason.get(*up).map(|r| format!(" ({r})")).unwrap_or_default();
                 reasons.push(format!("input \"{input}\" changes because {up} reruns{why}"));
             }
             if let Some(l) = &last {
@@ -92,8 +93,9 @@ pub fn plan(cache: &Cache, p: &Pipeline) -> Plan {
             }
         }
         if status == "miss" {
-            if let Some(r) = reasons.first() {
-                first_reason.insert(node.name.clone(), r.clone());
+            let inherited = missing_up.first().and_then(|(_, up)| first_reason.get(*up).cloned());
+            if let Some(r) = inherited.or_else(|| reasons.first().map(|r| format!("{}: {r}", node.name))) {
+                first_reason.insert(node.name.clone(), r);
             }
         }
         stages.push(StagePlan { name: node.name.clone(), status, key, reasons });
