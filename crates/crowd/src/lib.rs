@@ -24,6 +24,21 @@ pub use data::{Answers, AnswersBuilder};
 pub use sim::{simulate_amt_batch, SimConfig, SimData};
 pub use spam::{detect_spammers, SpamKind, Spammer};
 
+/// (year, month, day) of a day count since 1970-01-01 (H. Hinnant's civil-from-days):
+/// AMT's and SigV4's date formats without a date crate.
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    (y, m, d)
+}
+
 /// The study's classes, in the order used everywhere.
 pub const EMOTIONS: [&str; 7] = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"];
 

@@ -199,16 +199,7 @@ pub fn amt_date(unix_utc: i64) -> String {
     let t = unix_utc - 8 * 3600;
     let days = t.div_euclid(86_400);
     let secs = t.rem_euclid(86_400);
-    // civil-from-days (H. Hinnant)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    let (y, m, d) = crate::civil_from_days(days);
     format!(
         "{} {} {:02} {:02}:{:02}:{:02} PST {}",
         DAYS[days.rem_euclid(7) as usize],
