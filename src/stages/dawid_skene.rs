@@ -411,9 +411,10 @@ impl Stage for DawidSkene {
         o.metrics.insert("spammers".into(), spammers.len() as f64);
         o.metrics.insert("iterations".into(), r.objective.len() as f64);
         o.summary.push(format!(
-            "{method}: {} items, mean max posterior {mmp:.3}, agreement {agreement:.3}, {} spammer(s); report: report.md",
+            "{method}: {} items, mean max posterior {mmp:.3}, agreement {agreement:.3}, {} spammer(s); report: {}",
             answers.n_items(),
-            spammers.len()
+            spammers.len(),
+            ctx.out_dir.join("report.md").display()
         ));
         Ok(o)
     }
