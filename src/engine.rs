@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::cache::store::{now_millis, now_secs};
-use crate::cache::{Cache, CacheError, CacheKey, Entry, KeyInputs, Manifest};
+use crate::cache::{Cache, CacheError, Entry, KeyInputs, Manifest};
 use crate::dag::{InputSource, Pipeline, StageNode};
 use crate::progress::Bars;
 use crate::stages::{CancelFlag, Progress, StageContext, StageError, StageOutcome};
@@ -280,6 +280,7 @@ impl Engine {
         let mut done: Vec<Option<Done>> = vec![None; n];
         let mut started = vec![false; n];
         let mut set: JoinSet<(usize, Done)> = JoinSet::new();
+        let mut task_stage = std::collections::HashMap::new();
         loop {
             // Start every stage whose upstream is settled.
             let mut progressed = true;
@@ -328,7 +329,8 @@ impl Engine {
                         sem: sem.clone(),
                         bars: bars.clone(),
                     };
-                    set.spawn(async move { (i, task.run().await) });
+                    let handle = set.spawn(async move { (i, task.run().await) });
+                    task_stage.insert(handle.id(), i);
                 }
             }
             match set.join_next().await {
@@ -337,11 +339,10 @@ impl Engine {
                     done[i] = Some(d);
                 }
                 Some(Err(e)) => {
-                    // A panic inside a stage: report it, keep the rest of the run going.
+                    // A panic inside a stage task: fail that stage, keep the rest of the run going.
                     tracing::error!("a stage task panicked: {e}");
-                    if let Some(i) = (0..n).find(|&i| started[i] && done[i].is_none()) {
-                        let mut r = skipped(&p.stages[i], StageStatus::Failed, Some(format!("panicked: {e}")));
-                        r.status = StageStatus::Failed;
+                    if let Some(&i) = task_stage.get(&e.id()) {
+                        let r = skipped(&p.stages[i], StageStatus::Failed, Some(format!("panicked: {e}")));
                         done[i] = Some(Done::Nothing { run: r });
                     }
                 }
@@ -563,9 +564,4 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// The current key of a cached output, used by `plan` and `predict`.
-pub fn current_key(cache: &Cache, p: &Pipeline, stage: &str) -> Option<CacheKey> {
-    cache.last(&p.name, stage)
 }
