@@ -144,11 +144,7 @@ fn show(v: &Value) -> String {
 }
 
 /// Differences between two JSON values as `path old -> new` lines.
-pub fn diff_json_into(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
-    diff_json(path, old, new, out)
-}
-
-fn diff_json(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
+pub fn diff_json(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
     match (old, new) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, bv) in b {

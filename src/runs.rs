@@ -74,7 +74,7 @@ pub fn diff(cache: &Cache, a: u64, b: u64) -> Result<String> {
             continue;
         };
         let mut lines = Vec::new();
-        crate::plan::diff_json_into("params", &sa.params, &sb.params, &mut lines);
+        crate::plan::diff_json("params", &sa.params, &sb.params, &mut lines);
         for (name, d) in &sb.inputs {
             if let Some(o) = sa.inputs.get(name) {
                 if o != d {
