@@ -255,3 +255,113 @@ fn vgg16_loads_torchvision_safetensors_and_freezes_the_base() {
     let err = crate::weights::apply_pretrained(tiny_model().init::<Flex>(&device), Some(&wpath), false, &device).unwrap_err();
     assert!(err.to_string().contains("vgg16"));
 }
+
+/// Write `tensors` as `torch.save(state_dict)` does (zip archive, pickle protocol 2, one
+/// little-endian float32 storage per tensor), so the .pth path is tested without PyTorch.
+fn write_torch_pth(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    use std::io::Write;
+    fn global(p: &mut Vec<u8>, module: &str, name: &str) {
+        p.push(b'c');
+        p.extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+    }
+    fn unicode(p: &mut Vec<u8>, s: &str) {
+        p.push(b'X');
+        p.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        p.extend_from_slice(s.as_bytes());
+    }
+    fn int(p: &mut Vec<u8>, v: usize) {
+        p.push(b'J');
+        p.extend_from_slice(&(v as i32).to_le_bytes());
+    }
+    fn int_tuple(p: &mut Vec<u8>, vs: &[usize]) {
+        p.push(b'(');
+        vs.iter().for_each(|&v| int(p, v));
+        p.push(b't');
+    }
+    fn ordered_dict(p: &mut Vec<u8>) {
+        global(p, "collections", "OrderedDict");
+        p.extend_from_slice(b")R");
+    }
+    let mut pkl = vec![0x80, 2];
+    ordered_dict(&mut pkl);
+    pkl.push(b'(');
+    for (i, (name, shape, data)) in tensors.iter().enumerate() {
+        unicode(&mut pkl, name);
+        global(&mut pkl, "torch._utils", "_rebuild_tensor_v2");
+        pkl.push(b'(');
+        // persistent id: ('storage', torch.FloatStorage, key, location, numel)
+        pkl.push(b'(');
+        unicode(&mut pkl, "storage");
+        global(&mut pkl, "torch", "FloatStorage");
+        unicode(&mut pkl, &i.to_string());
+        unicode(&mut pkl, "cpu");
+        int(&mut pkl, data.len());
+        pkl.extend_from_slice(b"tQ");
+        int(&mut pkl, 0); // storage offset
+        int_tuple(&mut pkl, shape);
+        let strides: Vec<usize> = (0..shape.len()).map(|d| shape[d + 1..].iter().product()).collect();
+        int_tuple(&mut pkl, &strides);
+        pkl.push(0x89); // requires_grad = False
+        ordered_dict(&mut pkl); // backward hooks
+        pkl.extend_from_slice(b"tR");
+    }
+    pkl.extend_from_slice(b"u.");
+
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut put = |name: &str, bytes: &[u8]| {
+        zip.start_file(format!("archive/{name}"), opts).unwrap();
+        zip.write_all(bytes).unwrap();
+    };
+    put("data.pkl", &pkl);
+    put("byteorder", b"little");
+    for (i, (_, _, data)) in tensors.iter().enumerate() {
+        put(&format!("data/{i}"), &bytemuck_f32(data));
+    }
+    put("version", b"3\n");
+    zip.finish().unwrap();
+}
+
+#[test]
+fn vgg16_loads_a_torchvision_pth_state_dict_like_the_safetensors_file() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let st = d.path().join("vgg16.safetensors");
+    write_vgg_safetensors(&st, 16, None);
+    // The same tensors as a .pth, laid out as torch.save writes it (checked once against
+    // PyTorch 2.15 both ways: torch.load reads this file, and a torch.save of it loads here).
+    let cfg = ModelConfig { kind: ModelKind::Vgg16, vgg_width_divisor: 16, ..Default::default() };
+    let mut tensors = Vec::new();
+    let bytes = std::fs::read(&st).unwrap();
+    let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (name, view) in parsed.tensors() {
+        let data: Vec<f32> =
+            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        tensors.push((name.to_string(), view.shape().to_vec(), data));
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let pth = d.path().join("vgg16.pth");
+    write_torch_pth(&pth, &tensors);
+
+    let device = Default::default();
+    let conv_weights = |path: &Path| {
+        let net = crate::weights::apply_pretrained(cfg.init::<Flex>(&device), Some(path), false, &device).unwrap();
+        let Net::Vgg16(v) = net else { panic!() };
+        v.features
+            .iter()
+            .map(|c| (c.weight.val().into_data().to_vec::<f32>().unwrap(), c.bias.as_ref().unwrap().val().into_data().to_vec::<f32>().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let from_st = conv_weights(&st);
+    let from_pth = conv_weights(&pth);
+    assert_eq!(from_st.len(), 13);
+    assert_eq!(from_st, from_pth, ".pth and .safetensors with the same tensors must load the same weights");
+    // and they are the file's values, not the initialisation: features.28.bias = j / 1000.
+    assert!((from_pth[12].1[5] - 0.005).abs() < 1e-7);
+
+    // A file that is not a state dict names itself.
+    let junk = d.path().join("junk.pth");
+    std::fs::write(&junk, b"not a zip").unwrap();
+    let err = crate::weights::apply_pretrained(cfg.init::<Flex>(&device), Some(&junk), false, &device).unwrap_err().to_string();
+    assert!(err.contains("junk.pth"), "{err}");
+}
