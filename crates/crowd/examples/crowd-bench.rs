@@ -6,7 +6,7 @@
 //! crowd-bench gen-sparse SEED DIR                        write labels.csv/gold.csv of that simulation
 //! crowd-bench gen-scale DIR                              write the scale case as labels.csv
 //! crowd-bench scale [ITEMS WORKERS ITERS]               time EM (shrunk) on the scale case
-//! Env: CROWD_PRIOR=learned|uniform, CROWD_SHRINK=<strength>.
+//! Env: CROWD_PRIOR=learned|uniform, CROWD_PRIOR_SMOOTHING=<b>, CROWD_SHRINK=<strength>, CROWD_DIAG=<d>.
 use std::time::Instant;
 
 use pipeline_crowd::aggregate::accuracy;
@@ -20,6 +20,9 @@ fn opts() -> EmOptions {
     }
     if let Ok(s) = std::env::var("CROWD_SHRINK") {
         o.shrink_strength = if s == "auto" { None } else { Some(s.parse().expect("CROWD_SHRINK")) };
+    }
+    if let Ok(s) = std::env::var("CROWD_PRIOR_SMOOTHING") {
+        o.prior_smoothing = s.parse().expect("CROWD_PRIOR_SMOOTHING");
     }
     if let Ok(s) = std::env::var("CROWD_DIAG") {
         o.diag_prior = s.parse().expect("CROWD_DIAG");

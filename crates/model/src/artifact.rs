@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
-use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
@@ -67,7 +66,7 @@ impl ModelArtifact {
     }
 
     /// Rebuild the net from the config and load the record onto `device`.
-    pub fn load_net<B: Backend>(&self, device: &B::Device) -> Result<Net<B>> {
+    pub fn load_net<B: crate::ModelBackend>(&self, device: &B::Device) -> Result<Net<B>> {
         let record = self.dir.join(&self.config.record);
         let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
         self.config

@@ -108,12 +108,14 @@ fn probe_cuda() -> bool {
 /// type implementing one of these traits.
 pub trait TrainTask {
     type Output;
-    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device, backend: ResolvedBackend) -> Self::Output;
+    fn run<B: burn::tensor::backend::AutodiffBackend + crate::ModelBackend>(self, device: B::Device, backend: ResolvedBackend) -> Self::Output
+    where
+        B::InnerBackend: crate::ModelBackend;
 }
 
 pub trait InferTask {
     type Output;
-    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Self::Output;
+    fn run<B: crate::ModelBackend>(self, device: B::Device) -> Self::Output;
 }
 
 pub fn run_train<T: TrainTask>(backend: ResolvedBackend, task: T) -> T::Output {

@@ -13,6 +13,7 @@
 
 pub mod artifact;
 pub mod backend;
+pub mod conv;
 pub mod data;
 pub mod error;
 pub mod eval;
@@ -27,6 +28,7 @@ mod tests;
 
 pub use artifact::{load_artifact, ModelArtifact, ARTIFACT_CONFIG, ARTIFACT_RECORD};
 pub use backend::{BackendChoice, ResolvedBackend};
+pub use conv::ModelBackend;
 pub use data::{decode_image, Dataset, IMAGE_SIZE};
 pub use error::ModelError;
 pub use eval::{evaluate_predictions, Evaluation};

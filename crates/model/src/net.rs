@@ -2,6 +2,8 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
+
+use crate::conv::{conv3x3_forward, ModelBackend};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
@@ -103,7 +105,7 @@ impl ModelConfig {
         VGG16_CFG.iter().filter(|&&c| c != 0).map(|c| c / self.vgg_width_divisor).collect()
     }
 
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Net<B> {
+    pub fn init<B: ModelBackend>(&self, device: &B::Device) -> Net<B> {
         match self.kind {
             ModelKind::Cnn => Net::Cnn(Cnn::new(self, device)),
             ModelKind::Vgg16 => Net::Vgg16(Vgg16::new(self, device)),
@@ -128,7 +130,7 @@ pub struct Cnn<B: Backend> {
     pub fc2: Linear<B>,
 }
 
-impl<B: Backend> Cnn<B> {
+impl<B: ModelBackend> Cnn<B> {
     fn new(cfg: &ModelConfig, device: &B::Device) -> Self {
         let mut cin = 1;
         let mut side = IMAGE_SIZE;
@@ -150,7 +152,7 @@ impl<B: Backend> Cnn<B> {
     fn forward(&self, mut x: Tensor<B, 4>) -> Tensor<B, 2> {
         for conv in &self.convs {
             // Pool before ReLU: same result (both monotone), a quarter of the ReLU work.
-            x = relu(self.pool.forward(conv.forward(x)));
+            x = relu(self.pool.forward(conv3x3_forward(conv, x)));
         }
         let x: Tensor<B, 2> = x.flatten(1, 3);
         let x = relu(self.fc1.forward(x));
@@ -168,7 +170,7 @@ pub struct Vgg16<B: Backend> {
     pub fc2: Linear<B>,
 }
 
-impl<B: Backend> Vgg16<B> {
+impl<B: ModelBackend> Vgg16<B> {
     fn new(cfg: &ModelConfig, device: &B::Device) -> Self {
         let mut cin = 1;
         let mut side = IMAGE_SIZE;
@@ -198,7 +200,7 @@ impl<B: Backend> Vgg16<B> {
             if c == 0 {
                 x = self.pool.forward(x);
             } else {
-                x = relu(self.features[i].forward(x));
+                x = relu(conv3x3_forward(&self.features[i], x));
                 i += 1;
             }
         }
@@ -220,7 +222,7 @@ pub enum Net<B: Backend> {
     Vgg16(Vgg16<B>),
 }
 
-impl<B: Backend> Net<B> {
+impl<B: ModelBackend> Net<B> {
     /// `[batch, 1, 48, 48]` -> logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         match self {

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::activation::softmax;
-use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +34,7 @@ impl ImagePrediction {
 }
 
 /// Softmax probabilities `[n, classes]` for `n` decoded images, in batches.
-pub fn probabilities<B: Backend>(net: &Net<B>, pixels: &[f32], device: &B::Device) -> Vec<f32> {
+pub fn probabilities<B: crate::ModelBackend>(net: &Net<B>, pixels: &[f32], device: &B::Device) -> Vec<f32> {
     let n = pixels.len() / PIXELS;
     let mut out = Vec::new();
     for start in (0..n).step_by(128) {
@@ -57,7 +56,7 @@ struct Probs<'a> {
 
 impl InferTask for Probs<'_> {
     type Output = Result<Vec<f32>>;
-    fn run<B: Backend>(self, device: B::Device) -> Result<Vec<f32>> {
+    fn run<B: crate::ModelBackend>(self, device: B::Device) -> Result<Vec<f32>> {
         let net = self.artifact.load_net::<B>(&device)?;
         let probs = probabilities(&net, self.pixels, &device);
         if probs.len() != self.pixels.len() / PIXELS * self.artifact.classes().len() {

@@ -11,6 +11,8 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+
+use crate::conv::ModelBackend;
 use burn::tensor::{Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -210,7 +212,10 @@ struct Fit<'a, 'b> {
 
 impl TrainTask for Fit<'_, '_> {
     type Output = Result<TrainSummary>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: ResolvedBackend) -> Result<TrainSummary> {
+    fn run<B: AutodiffBackend + ModelBackend>(self, device: B::Device, backend: ResolvedBackend) -> Result<TrainSummary>
+    where
+        B::InnerBackend: ModelBackend,
+    {
         let req = self.req;
         B::seed(&device, req.train.seed);
         let net = req.model.init::<B>(&device);
@@ -264,7 +269,7 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
 }
 
 /// Loss and accuracy of `net` over `ds` (inference, no autodiff).
-pub fn evaluate_loss<B: Backend>(net: &Net<B>, ds: &Dataset, device: &B::Device) -> (f64, f64) {
+pub fn evaluate_loss<B: ModelBackend>(net: &Net<B>, ds: &Dataset, device: &B::Device) -> (f64, f64) {
     let (mut x, mut y) = (Vec::new(), Vec::new());
     let mut loss = Tensor::<B, 1>::zeros([1], device);
     let mut correct = Tensor::<B, 1>::zeros([1], device);
@@ -279,13 +284,16 @@ pub fn evaluate_loss<B: Backend>(net: &Net<B>, ds: &Dataset, device: &B::Device)
     (scalar(loss) / n, scalar(correct) / n)
 }
 
-fn fit_loop<B: AutodiffBackend, O: Optimizer<Net<B>, B>>(
+fn fit_loop<B: AutodiffBackend + ModelBackend, O: Optimizer<Net<B>, B>>(
     mut net: Net<B>,
     mut optim: O,
     req: &TrainRequest<'_>,
     device: &B::Device,
     observer: &mut dyn TrainObserver,
-) -> Result<(Net<B>, TrainSummary)> {
+) -> Result<(Net<B>, TrainSummary)>
+where
+    B::InnerBackend: ModelBackend,
+{
     let tc = &req.train;
     let mut train_set_owned;
     let train_set = if tc.targets == TargetKind::Hard {

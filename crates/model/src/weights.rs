@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::Param;
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::error::{ModelError, Result};
@@ -93,7 +92,7 @@ fn find<'a>(sd: &'a BTreeMap<String, StateTensor>, idx: usize, what: &str) -> Op
 }
 
 /// Load the 13 conv layers of `vgg` from `path`; the head stays as initialized.
-pub fn load_vgg16_features<B: Backend>(vgg: Vgg16<B>, path: &Path, device: &B::Device) -> Result<Vgg16<B>> {
+pub fn load_vgg16_features<B: crate::ModelBackend>(vgg: Vgg16<B>, path: &Path, device: &B::Device) -> Result<Vgg16<B>> {
     let sd = read_state_dict(path)?;
     let mut vgg = vgg;
     let mut features = Vec::with_capacity(vgg.features.len());
@@ -137,7 +136,7 @@ pub fn load_vgg16_features<B: Backend>(vgg: Vgg16<B>, path: &Path, device: &B::D
 }
 
 /// Apply pretrained weights (and `freeze`) to a freshly initialized network.
-pub fn apply_pretrained<B: Backend>(net: Net<B>, weights: Option<&Path>, freeze: bool, device: &B::Device) -> Result<Net<B>> {
+pub fn apply_pretrained<B: crate::ModelBackend>(net: Net<B>, weights: Option<&Path>, freeze: bool, device: &B::Device) -> Result<Net<B>> {
     match net {
         Net::Vgg16(v) => {
             let v = match weights {
