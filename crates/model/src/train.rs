@@ -171,6 +171,7 @@ pub fn train_to_dir(req: &TrainRequest<'_>, out_dir: &Path, observer: &mut dyn T
     let backend = req.backend.resolve()?;
     std::fs::create_dir_all(out_dir).map_err(|e| ModelError::io(out_dir, e))?;
     let _guard = TRAIN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    keep_freed_memory();
     let summary = run_train(backend, Fit { req, out_dir: Some(out_dir), observer })?;
     write_metrics_csv(&out_dir.join("metrics.csv"), &summary.history)?;
     write_curves(&out_dir.join("curves.png"), &summary.history)?;
@@ -184,7 +185,24 @@ pub fn train_in_memory(req: &TrainRequest<'_>, observer: &mut dyn TrainObserver)
     check_dataset(req.train_set, &req.model, "train")?;
     let backend = req.backend.resolve()?;
     let _guard = TRAIN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    keep_freed_memory();
     run_train(backend, Fit { req, out_dir: None, observer })
+}
+
+/// Training allocates and frees the same multi-megabyte activation buffers every batch;
+/// with glibc's defaults each is a fresh mmap whose pages fault in again (11 % of the CPU
+/// training time in a profile). Keep them in the heap instead: raise the mmap threshold
+/// to its maximum (32 MiB) and never trim. Process-wide, set once.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // SAFETY: mallopt only changes allocator tuning parameters.
+        ONCE.call_once(|| unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        });
+    }
 }
 
 fn check_dataset(ds: &Dataset, model: &ModelConfig, which: &str) -> Result<()> {
