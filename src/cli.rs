@@ -169,9 +169,9 @@ pub enum DagFormat {
 pub enum CacheCmd {
     /// List entries: stage, key, size, age.
     Ls,
-    /// Show an entry (key prefix or stage name): manifest, key inputs, provenance.
+    /// Show an entry (key prefix, stage name, or PIPELINE/STAGE): manifest, key inputs, provenance.
     Show { what: String },
-    /// Copy an entry's files out (key prefix or stage name).
+    /// Copy an entry's files out (key prefix, stage name, or PIPELINE/STAGE).
     Export { what: String, dir: PathBuf },
     /// Remove what no entry needs; with --keep-last N, also entries not used by the last N runs.
     Gc {
@@ -296,13 +296,25 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
+/// `Cache::resolve`, saying on stderr which pipeline a bare stage name picked when several
+/// pipelines sharing this cache have a stage of that name.
+fn resolve_noting_others(cache: &Cache, what: &str) -> Result<crate::cache::store::Entry> {
+    let e = cache.resolve(what)?;
+    let lasts = cache.lasts_for_stage(what);
+    if lasts.len() > 1 {
+        let others: Vec<String> = lasts.iter().filter(|l| l.0 != e.pipeline).map(|l| format!("`{}/{what}`", l.0)).collect();
+        eprintln!("note: `{what}` is a stage of {} pipelines in this cache; this is `{}/{what}` (run most recently); others: {}", lasts.len(), e.pipeline, others.join(", "));
+    }
+    Ok(e)
+}
+
 #[cfg(feature = "ml")]
 fn predict(cache_dir: &Path, wait: bool, model: &str, images: &[PathBuf], k: usize) -> Result<i32> {
     let dir = if Path::new(model).is_dir() {
         PathBuf::from(model)
     } else {
         let cache = open_cache(cache_dir, wait)?;
-        let e = cache.resolve(model)?;
+        let e = resolve_noting_others(&cache, model)?;
         cache.view(&e.output)?
     };
     print!("{}", crate::predict::predict_cli(&dir, images, k)?);
@@ -554,7 +566,7 @@ fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
             println!("{} entries", entries.len());
         }
         CacheCmd::Show { what } => {
-            let e = cache.resolve(&what)?;
+            let e = resolve_noting_others(&cache, &what)?;
             println!("key       {}", e.key);
             println!("stage     {} ({} v{}) in pipeline {}", e.stage, e.key_inputs.kind, e.key_inputs.kind_version, e.pipeline);
             println!("output    {} ({} files, {})", e.output, e.files, human_bytes(e.size));
@@ -581,7 +593,7 @@ fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
             println!("view      {}", cache.view(&e.output)?.display());
         }
         CacheCmd::Export { what, dir } => {
-            let e = cache.resolve(&what)?;
+            let e = resolve_noting_others(&cache, &what)?;
             let n = cache.export(&e.output, &dir)?;
             println!("exported {n} files of {} ({}) to {}", e.stage, e.key.short(), dir.display());
         }

@@ -127,6 +127,30 @@ fn early_cutoff_keeps_dependents_cached_when_output_is_identical() {
 }
 
 #[test]
+fn a_stage_name_shared_by_two_pipelines_resolves_to_the_latest_run_or_by_pipeline() {
+    let s = Sandbox::new();
+    for p in ["one", "two"] {
+        s.write(&format!("{p}.json"), &format!(r#"{{"name":"{p}","stages":{{"report":{{"kind":"command","params":{{"cmd":"echo {p} > $OUT/r.txt"}}}}}}}}"#));
+    }
+    let read = |what: &str| {
+        let dir = s.path().join(format!("x-{}", what.replace('/', "-")));
+        let o = s.run(&["cache", "export", what, dir.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        (std::fs::read_to_string(dir.join("r.txt")).unwrap().trim().to_string(), stderr(&o))
+    };
+    assert!(s.run(&["run", "two.json"]).status.success());
+    assert!(s.run(&["run", "one.json"]).status.success());
+    // `one` ran last: a bare name means its output, and stderr says so and names the other.
+    let (text, note) = read("report");
+    assert_eq!(text, "one");
+    assert!(note.contains("`two/report`"), "{note}");
+    // An explicit pipeline wins; running `two` again (a cache hit) makes it the latest.
+    assert_eq!(read("two/report").0, "two");
+    assert!(s.run(&["run", "two.json"]).status.success());
+    assert_eq!(read("report").0, "two");
+}
+
+#[test]
 fn file_inputs_are_keyed_by_content_not_mtime() {
     let s = Sandbox::new();
     s.write("data/in.txt", "hello");

@@ -281,17 +281,36 @@ impl Cache {
     }
 
     /// Mark `key` as the current output of a stage (a cache hit).
+    /// The value is `key NUL millis`: when a stage name is in several pipelines, a bare
+    /// name resolves to the one set most recently.
     pub fn set_last(&self, pipeline: &str, stage: &str, key: &CacheKey) -> Result<(), CacheError> {
-        self.last.insert(last_key(pipeline, stage), key.0.as_bytes()).map_err(self.db_err())?;
+        let v = format!("{}\0{}", key.0, now_millis());
+        self.last.insert(last_key(pipeline, stage), v.as_bytes()).map_err(self.db_err())?;
         Ok(())
     }
 
     pub fn last(&self, pipeline: &str, stage: &str) -> Option<CacheKey> {
-        self.last
-            .get(last_key(pipeline, stage))
-            .ok()
-            .flatten()
-            .map(|v| CacheKey(String::from_utf8_lossy(&v).to_string()))
+        self.last.get(last_key(pipeline, stage)).ok().flatten().map(|v| parse_last(&v).0)
+    }
+
+    /// `(pipeline, key, set at millis)` of every pipeline's current output for `stage`,
+    /// most recent first.
+    pub fn lasts_for_stage(&self, stage: &str) -> Vec<(String, CacheKey, u64)> {
+        let mut out: Vec<(String, CacheKey, u64)> = self
+            .last
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .filter_map(|(k, v)| {
+                let mut parts = k.splitn(2, |b| *b == 0);
+                let pipeline = String::from_utf8_lossy(parts.next()?).to_string();
+                (parts.next()? == stage.as_bytes()).then(|| {
+                    let (key, at) = parse_last(&v);
+                    (pipeline, key, at)
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+        out
     }
 
     pub fn entry(&self, key: &CacheKey) -> Result<Option<Entry>, CacheError> {
@@ -328,16 +347,17 @@ impl Cache {
         Ok(found)
     }
 
-    /// The newest entry for a stage name or key prefix, preferring the stage's `last` key.
+    /// The entry for `PIPELINE/STAGE`, a stage name (the output of the pipeline that ran it
+    /// most recently) or a key prefix (newest first).
     pub fn resolve(&self, what: &str) -> Result<Entry, CacheError> {
-        let lasts: Vec<CacheKey> = self
-            .last
-            .iter()
-            .filter_map(|kv| kv.ok())
-            .filter(|(k, _)| k.split(|b| *b == 0).nth(1) == Some(what.as_bytes()))
-            .map(|(_, v)| CacheKey(String::from_utf8_lossy(&v).to_string()))
-            .collect();
-        for k in lasts {
+        if let Some((pipeline, stage)) = what.split_once('/') {
+            if let Some(k) = self.last(pipeline, stage) {
+                if let Some(e) = self.entry(&k)? {
+                    return Ok(e);
+                }
+            }
+        }
+        for (_, k, _) in self.lasts_for_stage(what) {
             if let Some(e) = self.entry(&k)? {
                 return Ok(e);
             }
@@ -507,6 +527,14 @@ impl Cache {
         self.flush()?;
         Ok((blobs.len(), bad, dropped))
     }
+}
+
+/// `key NUL millis`, or a bare key (caches written before the timestamp: time 0).
+fn parse_last(v: &[u8]) -> (CacheKey, u64) {
+    let mut parts = v.splitn(2, |b| *b == 0);
+    let key = String::from_utf8_lossy(parts.next().unwrap_or_default()).to_string();
+    let at = parts.next().and_then(|t| std::str::from_utf8(t).ok()?.parse().ok()).unwrap_or(0);
+    (CacheKey(key), at)
 }
 
 fn last_key(pipeline: &str, stage: &str) -> Vec<u8> {
