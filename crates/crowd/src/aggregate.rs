@@ -588,6 +588,42 @@ fn pass<const N: usize>(
     rows: &mut [Row<N>],
     prior: &[f32; N],
     class: &mut [f64; N],
+    post: Option<&mut [f64]>,
+) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { pass_avx2::<N>(a, lo, hi, rows, prior, class, post) };
+    }
+    pass_body::<N>(a, lo, hi, rows, prior, class, post)
+}
+
+/// The same pass compiled for AVX2 (measured 10 % faster on the scale case). No FMA and no
+/// reassociation, so the results are bit-identical to the portable build.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pass_avx2<const N: usize>(
+    a: &Answers,
+    lo: usize,
+    hi: usize,
+    rows: &mut [Row<N>],
+    prior: &[f32; N],
+    class: &mut [f64; N],
+    post: Option<&mut [f64]>,
+) -> f64 {
+    pass_body::<N>(a, lo, hi, rows, prior, class, post)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn pass_body<const N: usize>(
+    a: &Answers,
+    lo: usize,
+    hi: usize,
+    rows: &mut [Row<N>],
+    prior: &[f32; N],
+    class: &mut [f64; N],
     mut post: Option<&mut [f64]>,
 ) -> f64 {
     let k = a.n_classes();
@@ -856,6 +892,34 @@ pub fn accuracy(labels: &[usize], gold: &[Option<usize>]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_pass_is_bit_identical_to_the_portable_one() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let sim = crate::sim::simulate(&crate::sim::SimConfig::sparse_round2(3));
+        let classes: Vec<String> = (0..7).map(|c| format!("c{c}")).collect();
+        let a = Answers::from_triples(700, sim.n_workers, classes, &sim.answers).unwrap();
+        let nc = a.n_workers() * 7;
+        let rows: Vec<Row<8>> = (0..nc)
+            .map(|c| Row { p: std::array::from_fn(|j| 0.05 + ((c * 31 + j * 7) % 13) as f32 / 20.0), c: [0.0; 8] })
+            .collect();
+        let prior = [1.0 / 7.0; 8];
+        let run = |avx: bool| {
+            let (mut r, mut cl, mut post) = (rows.clone(), [0.0f64; 8], vec![0.0; 700 * 7]);
+            let ll = if avx {
+                // SAFETY: AVX2 was detected above.
+                unsafe { pass_avx2::<8>(&a, 0, 700, &mut r, &prior, &mut cl, Some(&mut post)) }
+            } else {
+                pass_body::<8>(&a, 0, 700, &mut r, &prior, &mut cl, Some(&mut post))
+            };
+            let counts: Vec<u32> = r.iter().flat_map(|x| x.c.map(f32::to_bits)).collect();
+            (ll.to_bits(), cl.map(f64::to_bits), post.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), counts)
+        };
+        assert!(run(true) == run(false));
+    }
 
     #[test]
     fn ln_gamma_matches_known_values() {
