@@ -42,7 +42,8 @@ pub struct DawidSkeneParams {
     pub tol: f64,
     /// Pseudo-count per confusion cell.
     pub smoothing: f64,
-    /// `shrunk`: weight of the pooled matrix in answers per class; absent = estimated.
+    /// `shrunk`: weight of the pooled matrix in answers per true class, the same for all
+    /// classes; absent = estimated from the data, per class.
     pub shrink_strength: Option<f64>,
     /// Extra pseudo-count on the pooled matrix's diagonal.
     pub diag_prior: f64,
@@ -343,7 +344,13 @@ impl Stage for DawidSkene {
             answers.n_workers(),
             r.objective.len(),
             if r.converged { " (converged)" } else { "" },
-            r.shrink_strength.map(|s| format!("; shrink strength {s:.1}")).unwrap_or_default(),
+            r.shrink_strength
+                .as_ref()
+                .map(|s| format!(
+                    "; shrink strength per class {}",
+                    s.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", ")
+                ))
+                .unwrap_or_default(),
         );
         let label_counts = answers.label_counts();
         let rows: Vec<Vec<String>> = (0..k)

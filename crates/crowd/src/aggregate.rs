@@ -29,7 +29,8 @@ pub enum Method {
     OneCoin,
     /// One confusion matrix shared by all workers.
     Pooled,
-    /// Per-worker matrices shrunk toward the pooled matrix (Dirichlet prior, MAP EM).
+    /// Per-worker matrices shrunk toward the pooled matrix (Dirichlet prior per true class,
+    /// MAP EM; centre and concentrations by empirical Bayes).
     Shrunk,
 }
 
@@ -95,9 +96,10 @@ pub struct EmOptions {
     pub smoothing: f64,
     /// Pseudo-count per class for a learned class prior.
     pub prior_smoothing: f64,
-    /// `Shrunk`: weight of the pooled matrix, in answers per true class; `None` = estimated
-    /// from the data (empirical Bayes: the Dirichlet concentration that best explains how
-    /// much workers' expected counts differ from the pooled matrix).
+    /// `Shrunk`: weight of the pooled matrix, in answers per true class (the same for every
+    /// class); `None` = estimated from the data, per true class (empirical Bayes: the
+    /// Dirichlet concentration that best explains how much workers' expected counts for
+    /// that class differ from the pooled matrix).
     pub shrink_strength: Option<f64>,
     /// Extra pseudo-count on the diagonal of the pooled matrix (answers per true class):
     /// a prior that workers are more often right than wrong, which keeps EM on sparse data
@@ -140,8 +142,8 @@ pub struct Aggregation {
     /// The MAP objective after each EM iteration (empty for majority vote).
     pub objective: Vec<f64>,
     pub converged: bool,
-    /// `Shrunk`: the concentration used (given or estimated).
-    pub shrink_strength: Option<f64>,
+    /// `Shrunk`: the concentration used per true class (given or estimated).
+    pub shrink_strength: Option<Vec<f64>>,
 }
 
 impl Aggregation {
@@ -177,8 +179,8 @@ pub fn aggregate(answers: &Answers, method: Method, opts: &EmOptions) -> Result<
             Some(w.iter().map(|x| x / s).collect())
         }
     };
-    let mv = soft_majority(answers);
     if method == Method::MajorityVote {
+        let mv = soft_majority(answers);
         let labels = hard_labels(answers, &mv, opts.seed);
         let counts = counts_from_posteriors(answers, &mv);
         let prior = match &prior_fixed {
@@ -202,7 +204,7 @@ pub fn aggregate(answers: &Answers, method: Method, opts: &EmOptions) -> Result<
             shrink_strength: None,
         });
     }
-    let em = |model: Model, init: &[f64]| -> Result<EmOut> {
+    let em = |model: Model, init: Init| -> Result<EmOut> {
         let n = k.next_power_of_two().max(2);
         match n {
             2 => Ok(run_em::<2>(answers, model, init, opts, prior_fixed.as_deref())),
@@ -217,34 +219,48 @@ pub fn aggregate(answers: &Answers, method: Method, opts: &EmOptions) -> Result<
     let mut shrink_strength = None;
     let out = match method {
         Method::MajorityVote => unreachable!("handled above"),
-        Method::DawidSkene => em(Model::PerWorker, &mv)?,
-        Method::OneCoin => em(Model::OneCoin, &mv)?,
-        Method::Pooled => em(Model::Pooled, &mv)?,
+        Method::DawidSkene => em(Model::PerWorker, Init::Votes)?,
+        Method::OneCoin => em(Model::OneCoin, Init::Votes)?,
+        Method::Pooled => em(Model::Pooled, Init::Votes)?,
         Method::Shrunk => {
             // Stage 1: one matrix for everyone (well determined even on sparse data);
             // stage 2: per-worker matrices with that matrix as their Dirichlet prior mean.
-            let stage1 = em(Model::Pooled, &mv)?;
-            let strength = match opts.shrink_strength {
-                Some(s) => s,
+            let stage1 = em(Model::Pooled, Init::Votes)?;
+            let (mut center, mut strength) = match opts.shrink_strength {
+                Some(s) => (stage1.pooled.clone(), vec![s; k]),
                 None => {
                     let counts = counts_from_posteriors(answers, &stage1.posteriors);
-                    estimate_concentration(&counts, &stage1.pooled, k)
+                    let s = estimate_concentrations(&counts, &stage1.pooled, k);
+                    (stage1.pooled.clone(), s)
                 }
             };
-            shrink_strength = Some(strength);
-            let mut out = em(Model::Shrunk(stage1.pooled.clone(), strength), &stage1.posteriors)?;
-            if opts.shrink_strength.is_none() {
-                // Empirical Bayes, refined: re-estimate centre and concentration from the
-                // shrunk model's posteriors (better than the pooled model's on
-                // heterogeneous crowds), then run the final MAP EM with them held fixed.
-                for _ in 0..EB_ROUNDS {
+            let mut out = stage1;
+            // Empirical Bayes, refined: re-estimate centre and concentrations from the
+            // shrunk model's posteriors (better than the pooled model's on heterogeneous
+            // crowds), then MAP EM with them held fixed. A given strength skips this.
+            let rounds = if opts.shrink_strength.is_none() { EB_ROUNDS } else { 1 };
+            for round in 0..rounds {
+                if round > 0 {
                     let counts = counts_from_posteriors(answers, &out.posteriors);
-                    let center = pooled_matrix(&counts, k, opts.smoothing);
-                    let s = estimate_concentration(&counts, &center, k);
-                    shrink_strength = Some(s);
-                    out = em(Model::Shrunk(center, s), &out.posteriors)?;
+                    center = pooled_matrix(&counts, k, opts.smoothing);
+                    strength = estimate_concentrations(&counts, &center, k);
                 }
+                let model = Model::Shrunk(center.clone(), strength.clone());
+                let next = em(model.clone(), Init::Posteriors(&out.posteriors))?;
+                out = if round + 1 == rounds {
+                    // EM finds a local optimum: also start the final fit from majority vote
+                    // and keep the higher MAP objective (same model, so the two compare).
+                    let from_mv = em(model, Init::Votes)?;
+                    if final_objective(&from_mv) > final_objective(&next) {
+                        from_mv
+                    } else {
+                        next
+                    }
+                } else {
+                    next
+                };
             }
+            shrink_strength = Some(strength);
             out
         }
     };
@@ -318,11 +334,53 @@ pub fn soft_majority(a: &Answers) -> Vec<f64> {
     post
 }
 
+/// Where EM starts.
+#[derive(Clone, Copy)]
+enum Init<'a> {
+    /// Majority-vote fractions (computed on the fly, never stored).
+    Votes,
+    /// These posteriors (`k` per item).
+    Posteriors(&'a [f64]),
+}
+
+/// Expected counts `[code][true]` and class totals under majority-vote fractions: the
+/// same numbers as `counts_from_posteriors(soft_majority(a))`, without the `n x k` matrix.
+fn vote_counts(a: &Answers) -> (Vec<f64>, Vec<f64>) {
+    let k = a.n_classes();
+    let mut c = vec![0.0; a.n_workers() * k * k];
+    let mut class = vec![0.0; k];
+    let mut row = vec![0.0; k];
+    for i in 0..a.n_items() {
+        let codes = a.item_codes(i);
+        row.iter_mut().for_each(|x| *x = 0.0);
+        if codes.is_empty() {
+            row.iter_mut().for_each(|x| *x = 1.0 / k as f64);
+        } else {
+            for &code in codes {
+                row[code as usize % k] += 1.0;
+            }
+            let inv = 1.0 / codes.len() as f64;
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+        for &code in codes {
+            let r = &mut c[code as usize * k..(code as usize + 1) * k];
+            for j in 0..k {
+                r[j] += row[j];
+            }
+        }
+        for j in 0..k {
+            class[j] += row[j];
+        }
+    }
+    (c, class)
+}
+
 /// Argmax per item; exact-ish ties (within 1e-12 relative) broken by a hash of the
 /// item's name and the seed, so the choice does not depend on item order.
 pub fn hard_labels(a: &Answers, post: &[f64], seed: u64) -> Vec<usize> {
     let k = a.n_classes();
     (0..a.n_items())
+        .into_par_iter()
         .map(|i| {
             let row = &post[i * k..(i + 1) * k];
             let best = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -401,9 +459,9 @@ enum Model {
     PerWorker,
     OneCoin,
     Pooled,
-    /// Per-worker matrices with Dirichlet prior mean = this `k x k` matrix, and this
-    /// concentration (pseudo-answers per true class).
-    Shrunk(Vec<f64>, f64),
+    /// Per-worker matrices with Dirichlet prior mean = this `k x k` matrix, and these
+    /// concentrations, one per true class (pseudo-answers per true class).
+    Shrunk(Vec<f64>, Vec<f64>),
 }
 
 struct EmOut {
@@ -474,12 +532,11 @@ fn m_step(
             }
             m
         }
-        Model::Shrunk(center, s) => {
-            let s = *s;
+        Model::Shrunk(center, strength) => {
             let mut m = vec![0.0; nw * k * k];
             for w in 0..nw {
                 let c = &counts[w * k * k..(w + 1) * k * k];
-                for j in 0..k {
+                for (j, &s) in strength.iter().enumerate() {
                     let n: f64 = (0..k).map(|l| c[l * k + j]).sum();
                     for l in 0..k {
                         let alpha = s * center[l * k + j] + a;
@@ -703,20 +760,25 @@ fn pass_body<const N: usize>(
 fn run_em<const N: usize>(
     a: &Answers,
     model: Model,
-    init_post: &[f64],
+    init: Init,
     o: &EmOptions,
     prior_fixed: Option<&[f64]>,
 ) -> EmOut {
     let k = a.n_classes();
     let nc = a.n_workers() * k;
     let n_items = a.n_items();
-    let mut counts = counts_from_posteriors(a, init_post);
-    let mut class_counts = vec![0.0; k];
-    for row in init_post.chunks(k) {
-        for j in 0..k {
-            class_counts[j] += row[j];
+    let (mut counts, mut class_counts) = match init {
+        Init::Votes => vote_counts(a),
+        Init::Posteriors(p) => {
+            let mut class = vec![0.0; k];
+            for row in p.chunks(k) {
+                for j in 0..k {
+                    class[j] += row[j];
+                }
+            }
+            (counts_from_posteriors(a, p), class)
         }
-    }
+    };
     // Contiguous item ranges, one per thread, balanced by answers.
     let threads = rayon::current_num_threads().max(1);
     let parts = if a.n_answers() < 50_000 { 1 } else { threads };
@@ -787,19 +849,34 @@ fn run_em<const N: usize>(
         }
     }
     // Final posteriors under the last parameters (the ones the last objective scored).
+    // Same item ranges and threads as the iterations; each part writes its own rows.
     let mut post = vec![0.0; n_items * k];
-    let mut cb: Vec<Row<N>> = tab.iter().map(|t| Row { p: *t, c: [0.0; N] }).collect();
-    let mut cl = [0.0f64; N];
-    pass::<N>(a, 0, n_items, &mut cb, &prior_n, &mut cl, Some(&mut post));
+    let mut slices = Vec::with_capacity(parts);
+    let mut rest = &mut post[..];
+    for pi in 0..parts {
+        let (head, tail) = rest.split_at_mut((bounds[pi + 1] - bounds[pi]) * k);
+        slices.push(head);
+        rest = tail;
+    }
+    bufs.par_iter_mut().zip(slices).enumerate().for_each(|(pi, ((cb, cl), out))| {
+        for (r, t) in cb.iter_mut().zip(tab.iter()) {
+            r.p = *t;
+            r.c = [0.0; N];
+        }
+        *cl = [0.0; N];
+        pass::<N>(a, bounds[pi], bounds[pi + 1], cb, &prior_n, cl, Some(out));
+    });
     let pooled = match &model {
         Model::Pooled => mats[..k * k].to_vec(),
         _ => {
             // the answers of everyone against the final posteriors
             let mut c = vec![0.0; k * k];
-            for code in 0..nc {
-                let l = code % k;
-                for j in 0..k {
-                    c[l * k + j] += cb[code].c[j] as f64;
+            for (cb, _) in &bufs {
+                for code in 0..nc {
+                    let l = code % k;
+                    for j in 0..k {
+                        c[l * k + j] += cb[code].c[j] as f64;
+                    }
                 }
             }
             per_worker_matrices(&c, k, o.smoothing)
@@ -808,7 +885,13 @@ fn run_em<const N: usize>(
     EmOut { posteriors: post, prior, matrices: mats, pooled, objective, converged }
 }
 
-const EB_ROUNDS: usize = 2;
+/// Hyperparameter estimates (from the pooled fit, then twice from the shrunk fit's own
+/// posteriors), each followed by a MAP EM.
+const EB_ROUNDS: usize = 3;
+
+fn final_objective(o: &EmOut) -> f64 {
+    o.objective.last().copied().unwrap_or(f64::NEG_INFINITY)
+}
 
 /// ln Gamma(x) for x > 0 (Lanczos, g = 7, n = 9; ~1e-15 relative).
 fn ln_gamma(x: f64) -> f64 {
@@ -837,37 +920,41 @@ fn ln_gamma(x: f64) -> f64 {
     0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
 }
 
-/// The Dirichlet concentration `s` (shared by all workers and columns) maximising the
-/// Dirichlet-multinomial likelihood of each worker's expected counts per true class,
-/// with mean `center`; searched on a log grid from 0.25 to 4096.
-fn estimate_concentration(counts: &[f64], center: &[f64], k: usize) -> f64 {
-    let score = |s: f64| -> f64 {
-        let mut ll = 0.0;
-        for c in counts.chunks(k * k) {
-            for j in 0..k {
-                let n: f64 = (0..k).map(|l| c[l * k + j]).sum();
-                if n < 1e-9 {
-                    continue;
+/// Per true class `j`, the Dirichlet concentration `s_j` (shared by all workers) that
+/// maximises the Dirichlet-multinomial likelihood of the workers' expected answer counts
+/// for items of class `j`, with mean `center[.][j]`; searched on a log grid from 0.25 to
+/// 4096. Per class because workers agree on some classes (happy) far more than on others
+/// (fear vs surprise): one shared strength over-shrinks the first or under-shrinks the second.
+fn estimate_concentrations(counts: &[f64], center: &[f64], k: usize) -> Vec<f64> {
+    (0..k)
+        .map(|j| {
+            let score = |s: f64| -> f64 {
+                let mut ll = 0.0;
+                for c in counts.chunks(k * k) {
+                    let n: f64 = (0..k).map(|l| c[l * k + j]).sum();
+                    if n < 1e-9 {
+                        continue;
+                    }
+                    ll += ln_gamma(s) - ln_gamma(n + s);
+                    for l in 0..k {
+                        let a = s * center[l * k + j];
+                        ll += ln_gamma(c[l * k + j] + a) - ln_gamma(a);
+                    }
                 }
-                ll += ln_gamma(s) - ln_gamma(n + s);
-                for l in 0..k {
-                    let a = s * center[l * k + j];
-                    ll += ln_gamma(c[l * k + j] + a) - ln_gamma(a);
+                ll
+            };
+            let mut best = (f64::NEG_INFINITY, 1.0);
+            let mut s = 0.25f64;
+            while s <= 4096.0 {
+                let v = score(s);
+                if v > best.0 {
+                    best = (v, s);
                 }
+                s *= 2f64.sqrt();
             }
-        }
-        ll
-    };
-    let mut best = (f64::NEG_INFINITY, 1.0);
-    let mut s = 0.25f64;
-    while s <= 4096.0 {
-        let v = score(s);
-        if v > best.0 {
-            best = (v, s);
-        }
-        s *= 2f64.sqrt();
-    }
-    best.1
+            best.1
+        })
+        .collect()
 }
 
 /// Accuracy of hard labels against gold (`None` entries skipped).
@@ -973,6 +1060,74 @@ mod tests {
         let o = EmOptions { seed: 9, ..EmOptions::default() };
         assert_eq!(aggregate(&a, Method::MajorityVote, &o).unwrap().labels, aggregate(&b, Method::MajorityVote, &o).unwrap().labels);
         assert_eq!(aggregate(&a, Method::MajorityVote, &o).unwrap().posteriors, vec![0.5, 0.5]);
+    }
+
+    #[test]
+    fn split_final_pass_gives_each_item_its_own_posterior() {
+        // 30,000 answers x 2 = above the threshold where the pass is split across threads
+        let cfg = crate::sim::SimConfig { n_items: 30_000, n_workers: 300, ..crate::sim::SimConfig::sparse_round2(1) };
+        let sim = crate::sim::simulate(&cfg);
+        let classes: Vec<String> = (0..7).map(|c| format!("c{c}")).collect();
+        let a = Answers::from_triples(cfg.n_items, sim.n_workers, classes, &sim.answers).unwrap();
+        assert!(a.n_answers() >= 50_000);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let r = pool.install(|| aggregate(&a, Method::DawidSkene, &EmOptions { max_iter: 5, ..EmOptions::default() })).unwrap();
+        // recompute every posterior from the returned parameters, in f64
+        for i in (0..a.n_items()).step_by(97) {
+            let mut p: Vec<f64> = r.class_prior.clone();
+            for &code in a.item_codes(i) {
+                let m = r.worker_matrix(a.worker_of(code));
+                for (j, x) in p.iter_mut().enumerate() {
+                    *x *= m[a.label_of(code) * 7 + j];
+                }
+            }
+            let z: f64 = p.iter().sum();
+            for j in 0..7 {
+                assert!((p[j] / z - r.posterior(i)[j]).abs() < 1e-4, "item {i} class {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn concentration_is_estimated_per_true_class() {
+        // 40 workers, 2 classes. Class 0: every worker answers 0 with the centre's 0.8
+        // (little spread: a strong prior fits). Class 1: half the workers are always right,
+        // half always wrong (much spread: a weak prior fits).
+        let k = 2;
+        let mut counts = Vec::new();
+        for w in 0..40 {
+            let (right1, wrong1) = if w % 2 == 0 { (20.0, 0.0) } else { (0.0, 20.0) };
+            // [answer][true]: c[0][0], c[0][1], c[1][0], c[1][1]
+            counts.extend_from_slice(&[16.0, wrong1, 4.0, right1]);
+        }
+        let center = [0.8, 0.5, 0.2, 0.5];
+        let s = estimate_concentrations(&counts, &center, k);
+        assert!(s[0] > 100.0, "class 0 workers agree with the centre: {s:?}");
+        assert!(s[1] < 1.0, "class 1 workers split: {s:?}");
+    }
+
+    #[test]
+    fn shrunk_final_fit_is_no_worse_than_either_start() {
+        // seed 4: the start from the pooled fit wins; seed 5: the start from majority vote
+        let mut winners = Vec::new();
+        for seed in [4, 5] {
+            let sim = crate::sim::simulate(&crate::sim::SimConfig::sparse_round2(seed));
+            let classes: Vec<String> = (0..7).map(|c| format!("c{c}")).collect();
+            let a = Answers::from_triples(700, sim.n_workers, classes, &sim.answers).unwrap();
+            let o = EmOptions { shrink_strength: Some(4.0), ..EmOptions::default() };
+            let r = aggregate(&a, Method::Shrunk, &o).unwrap();
+            // the same model fitted from each start alone
+            let uniform = Some(&[1.0 / 7.0; 7][..]);
+            let stage1 = run_em::<8>(&a, Model::Pooled, Init::Votes, &o, uniform);
+            let model = Model::Shrunk(stage1.pooled.clone(), vec![4.0; 7]);
+            let from_pooled = run_em::<8>(&a, model.clone(), Init::Posteriors(&stage1.posteriors), &o, uniform);
+            let from_mv = run_em::<8>(&a, model, Init::Votes, &o, uniform);
+            let (p, m) = (final_objective(&from_pooled), final_objective(&from_mv));
+            assert_eq!(*r.objective.last().unwrap(), p.max(m), "seed {seed}");
+            assert_eq!(r.shrink_strength, Some(vec![4.0; 7]));
+            winners.push(p > m);
+        }
+        assert_eq!(winners, [true, false], "the seeds should exercise both starts");
     }
 
     #[test]
