@@ -251,7 +251,10 @@ pub fn aggregate(answers: &Answers, method: Method, opts: &EmOptions) -> Result<
                     // EM finds a local optimum: also start the final fit from majority vote
                     // and keep the higher MAP objective (same model, so the two compare).
                     let from_mv = em(model, Init::Votes)?;
-                    if final_objective(&from_mv) > final_objective(&next) {
+                    // Only a real gain counts: two fits of one optimum differ by rounding, and
+                    // that must not decide (permuting items would flip the choice).
+                    let (a, b) = (final_objective(&from_mv), final_objective(&next));
+                    if a > b + 1e-9 * b.abs() {
                         from_mv
                     } else {
                         next
@@ -595,13 +598,71 @@ impl LogProd {
     }
 }
 
+/// The pass's number type: `f32` on large data (half the cache footprint of the scattered
+/// parameter rows), `f64` on small data, where speed does not matter and single precision's
+/// rounding, amplified by EM near flat or saddle points of tiny crowds, would make the
+/// result depend on the order of the items.
+trait Real:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::AddAssign
+    + std::ops::MulAssign
+    + 'static
+{
+    const ZERO: Self;
+    const ONE: Self;
+    /// Rescale a long item's running product below this (before it underflows).
+    const RESCALE_BELOW: Self;
+    fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn is_finite(self) -> bool;
+}
+
+impl Real for f32 {
+    const ZERO: f32 = 0.0;
+    const ONE: f32 = 1.0;
+    const RESCALE_BELOW: f32 = 1e-20;
+    fn from_f64(x: f64) -> f32 {
+        x as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn is_finite(self) -> bool {
+        f32::is_finite(self)
+    }
+}
+
+impl Real for f64 {
+    const ZERO: f64 = 0.0;
+    const ONE: f64 = 1.0;
+    const RESCALE_BELOW: f64 = 1e-200;
+    fn from_f64(x: f64) -> f64 {
+        x
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn is_finite(self) -> bool {
+        f64::is_finite(self)
+    }
+}
+
+/// Below this many answers EM runs in `f64` on one thread; above, in `f32` on all threads.
+const SMALL_ANSWERS: usize = 50_000;
+
 /// One worker x answer row: its likelihood per true class and the expected counts the
-/// pass accumulates, side by side so each answer touches one cache line (N = 8: 64 bytes).
+/// pass accumulates, side by side so each answer touches one cache line (f32, N = 8: 64 bytes).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Row<const N: usize> {
-    p: [f32; N],
-    c: [f32; N],
+struct Row<T, const N: usize> {
+    p: [T; N],
+    c: [T; N],
 }
 
 #[inline(always)]
@@ -619,9 +680,9 @@ fn prefetch<T>(p: *const T) {
 /// worker x label), so without it the pass waits on memory.
 const PREFETCH_ANSWERS: usize = 16;
 
-/// Pairwise sum (vectorises; a left fold of f32 does not).
+/// Pairwise sum (vectorises; a left fold of floats does not).
 #[inline(always)]
-fn tree_sum<const N: usize>(p: &[f32; N]) -> f32 {
+fn tree_sum<T: Real, const N: usize>(p: &[T; N]) -> T {
     let mut v = *p;
     let mut n = N;
     while n > 1 {
@@ -635,24 +696,24 @@ fn tree_sum<const N: usize>(p: &[f32; N]) -> f32 {
 
 /// One pass over items `lo..hi`: posteriors under (`tab`, `prior`), accumulated into
 /// `counts`/`class`; optionally written to `post` (`k` per item). Returns the log-likelihood.
-/// Parameters and counts are `f32` (half the cache footprint); the log-likelihood and the
-/// class totals are accumulated in `f64`.
+/// Parameters and counts are `T` (see [`Real`]); the log-likelihood and the class totals
+/// are accumulated in `f64`.
 #[allow(clippy::too_many_arguments)]
-fn pass<const N: usize>(
+fn pass<T: Real, const N: usize>(
     a: &Answers,
     lo: usize,
     hi: usize,
-    rows: &mut [Row<N>],
-    prior: &[f32; N],
+    rows: &mut [Row<T, N>],
+    prior: &[T; N],
     class: &mut [f64; N],
     post: Option<&mut [f64]>,
 ) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { pass_avx2::<N>(a, lo, hi, rows, prior, class, post) };
+        return unsafe { pass_avx2::<T, N>(a, lo, hi, rows, prior, class, post) };
     }
-    pass_body::<N>(a, lo, hi, rows, prior, class, post)
+    pass_body::<T, N>(a, lo, hi, rows, prior, class, post)
 }
 
 /// The same pass compiled for AVX2 (measured 10 % faster on the scale case). No FMA and no
@@ -660,26 +721,26 @@ fn pass<const N: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pass_avx2<const N: usize>(
+unsafe fn pass_avx2<T: Real, const N: usize>(
     a: &Answers,
     lo: usize,
     hi: usize,
-    rows: &mut [Row<N>],
-    prior: &[f32; N],
+    rows: &mut [Row<T, N>],
+    prior: &[T; N],
     class: &mut [f64; N],
     post: Option<&mut [f64]>,
 ) -> f64 {
-    pass_body::<N>(a, lo, hi, rows, prior, class, post)
+    pass_body::<T, N>(a, lo, hi, rows, prior, class, post)
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn pass_body<const N: usize>(
+fn pass_body<T: Real, const N: usize>(
     a: &Answers,
     lo: usize,
     hi: usize,
-    rows: &mut [Row<N>],
-    prior: &[f32; N],
+    rows: &mut [Row<T, N>],
+    prior: &[T; N],
     class: &mut [f64; N],
     mut post: Option<&mut [f64]>,
 ) -> f64 {
@@ -687,7 +748,7 @@ fn pass_body<const N: usize>(
     let mut prod = LogProd::new();
     let mut extra = 0.0;
     let codes_all = &a.codes[..];
-    let mut block = [0.0f32; N];
+    let mut block = [T::ZERO; N];
     for i in lo..hi {
         let (s, e) = (a.offsets[i], a.offsets[i + 1]);
         for t in s..e {
@@ -703,25 +764,25 @@ fn pass_body<const N: usize>(
                 p[j] *= r[j];
             }
             if t & 7 == 7 {
-                // long items: rescale before the f32 product underflows
-                let m = p.iter().cloned().fold(0.0f32, f32::max);
-                if m > 0.0 && m < 1e-20 {
-                    let inv = 1.0 / m;
+                // long items: rescale before the product underflows
+                let m = p.iter().cloned().fold(T::ZERO, |a, b| if b > a { b } else { a });
+                if m > T::ZERO && m < T::RESCALE_BELOW {
+                    let inv = T::ONE / m;
                     for x in p.iter_mut() {
                         *x *= inv;
                     }
-                    extra += (m as f64).ln();
+                    extra += m.to_f64().ln();
                 }
             }
         }
-        let z: f32 = tree_sum(&p);
-        if !(z > 0.0 && z.is_finite()) {
+        let z: T = tree_sum(&p);
+        if !(z > T::ZERO && z.is_finite()) {
             // Impossible under the parameters (cannot happen with smoothing > 0): keep the prior.
             p = *prior;
             extra += f64::NEG_INFINITY;
         } else {
-            prod.mul(z as f64);
-            let inv = 1.0 / z;
+            prod.mul(z.to_f64());
+            let inv = T::ONE / z;
             for x in p.iter_mut() {
                 *x *= inv;
             }
@@ -732,32 +793,40 @@ fn pass_body<const N: usize>(
                 r[j] += p[j];
             }
         }
-        // class totals: f32 within a block of items, flushed to f64
+        // class totals: `T` within a block of items, flushed to f64
         for j in 0..N {
             block[j] += p[j];
         }
         if (i - lo) & 1023 == 1023 {
             for j in 0..N {
-                class[j] += block[j] as f64;
+                class[j] += block[j].to_f64();
             }
-            block = [0.0; N];
+            block = [T::ZERO; N];
         }
         if let Some(out) = post.as_deref_mut() {
             let row = &mut out[(i - lo) * k..(i - lo + 1) * k];
             // renormalise in f64 so rows sum to 1 to double precision
-            let zz: f64 = p[..k].iter().map(|&x| x as f64).sum();
+            let zz: f64 = p[..k].iter().map(|&x| x.to_f64()).sum();
             for j in 0..k {
-                row[j] = p[j] as f64 / zz;
+                row[j] = p[j].to_f64() / zz;
             }
         }
     }
     for j in 0..N {
-        class[j] += block[j] as f64;
+        class[j] += block[j].to_f64();
     }
     prod.ln() + extra
 }
 
-fn run_em<const N: usize>(
+fn run_em<const N: usize>(a: &Answers, model: Model, init: Init, o: &EmOptions, prior_fixed: Option<&[f64]>) -> EmOut {
+    if a.n_answers() < SMALL_ANSWERS {
+        run_em_in::<f64, N>(a, model, init, o, prior_fixed)
+    } else {
+        run_em_in::<f32, N>(a, model, init, o, prior_fixed)
+    }
+}
+
+fn run_em_in<T: Real, const N: usize>(
     a: &Answers,
     model: Model,
     init: Init,
@@ -781,7 +850,7 @@ fn run_em<const N: usize>(
     };
     // Contiguous item ranges, one per thread, balanced by answers.
     let threads = rayon::current_num_threads().max(1);
-    let parts = if a.n_answers() < 50_000 { 1 } else { threads };
+    let parts = if a.n_answers() < SMALL_ANSWERS { 1 } else { threads };
     let mut bounds = vec![0usize];
     for p in 1..parts {
         let target = a.n_answers() * p / parts;
@@ -789,11 +858,11 @@ fn run_em<const N: usize>(
         bounds.push(i.max(*bounds.last().unwrap()));
     }
     bounds.push(n_items);
-    let zero = Row::<N> { p: [0.0; N], c: [0.0; N] };
-    let mut bufs: Vec<(Vec<Row<N>>, [f64; N])> = (0..parts).map(|_| (vec![zero; nc], [0.0; N])).collect();
+    let zero = Row::<T, N> { p: [T::ZERO; N], c: [T::ZERO; N] };
+    let mut bufs: Vec<(Vec<Row<T, N>>, [f64; N])> = (0..parts).map(|_| (vec![zero; nc], [0.0; N])).collect();
 
-    let mut tab = vec![[0.0f32; N]; nc];
-    let mut prior_n = [0.0f32; N];
+    let mut tab = vec![[T::ZERO; N]; nc];
+    let mut prior_n = [T::ZERO; N];
     let mut objective = Vec::new();
     let mut converged = false;
     let mut mats = Vec::new();
@@ -806,11 +875,11 @@ fn run_em<const N: usize>(
             let (w, l) = (code / k, code % k);
             let row = &mut tab[code];
             for j in 0..k {
-                row[j] = mats[w * k * k + l * k + j] as f32;
+                row[j] = T::from_f64(mats[w * k * k + l * k + j]);
             }
         }
         for j in 0..k {
-            prior_n[j] = prior[j] as f32;
+            prior_n[j] = T::from_f64(prior[j]);
         }
         let ll: f64 = bufs
             .par_iter_mut()
@@ -818,10 +887,10 @@ fn run_em<const N: usize>(
             .map(|(pi, (cb, cl))| {
                 for (r, t) in cb.iter_mut().zip(tab.iter()) {
                     r.p = *t;
-                    r.c = [0.0; N];
+                    r.c = [T::ZERO; N];
                 }
                 *cl = [0.0; N];
-                pass::<N>(a, bounds[pi], bounds[pi + 1], cb, &prior_n, cl, None)
+                pass::<T, N>(a, bounds[pi], bounds[pi + 1], cb, &prior_n, cl, None)
             })
             .sum();
         counts.iter_mut().for_each(|x| *x = 0.0);
@@ -829,7 +898,7 @@ fn run_em<const N: usize>(
         for (cb, cl) in &bufs {
             for code in 0..nc {
                 for j in 0..k {
-                    counts[code * k + j] += cb[code].c[j] as f64;
+                    counts[code * k + j] += cb[code].c[j].to_f64();
                 }
             }
             for j in 0..k {
@@ -861,10 +930,10 @@ fn run_em<const N: usize>(
     bufs.par_iter_mut().zip(slices).enumerate().for_each(|(pi, ((cb, cl), out))| {
         for (r, t) in cb.iter_mut().zip(tab.iter()) {
             r.p = *t;
-            r.c = [0.0; N];
+            r.c = [T::ZERO; N];
         }
         *cl = [0.0; N];
-        pass::<N>(a, bounds[pi], bounds[pi + 1], cb, &prior_n, cl, Some(out));
+        pass::<T, N>(a, bounds[pi], bounds[pi + 1], cb, &prior_n, cl, Some(out));
     });
     let pooled = match &model {
         Model::Pooled => mats[..k * k].to_vec(),
@@ -875,7 +944,7 @@ fn run_em<const N: usize>(
                 for code in 0..nc {
                     let l = code % k;
                     for j in 0..k {
-                        c[l * k + j] += cb[code].c[j] as f64;
+                        c[l * k + j] += cb[code].c[j].to_f64();
                     }
                 }
             }
@@ -947,7 +1016,10 @@ fn estimate_concentrations(counts: &[f64], center: &[f64], k: usize) -> Vec<f64>
             let mut s = 0.25f64;
             while s <= 4096.0 {
                 let v = score(s);
-                if v > best.0 {
+                // A larger strength must win by more than rounding: where the likelihood
+                // is flat (few answers), rounding alone would pick the point, and a mere
+                // reordering of the items could change it.
+                if best.0 == f64::NEG_INFINITY || v > best.0 + 1e-9 * best.0.abs() {
                     best = (v, s);
                 }
                 s *= 2f64.sqrt();
@@ -990,17 +1062,17 @@ mod tests {
         let classes: Vec<String> = (0..7).map(|c| format!("c{c}")).collect();
         let a = Answers::from_triples(700, sim.n_workers, classes, &sim.answers).unwrap();
         let nc = a.n_workers() * 7;
-        let rows: Vec<Row<8>> = (0..nc)
+        let rows: Vec<Row<f32, 8>> = (0..nc)
             .map(|c| Row { p: std::array::from_fn(|j| 0.05 + ((c * 31 + j * 7) % 13) as f32 / 20.0), c: [0.0; 8] })
             .collect();
-        let prior = [1.0 / 7.0; 8];
+        let prior = [1.0f32 / 7.0; 8];
         let run = |avx: bool| {
             let (mut r, mut cl, mut post) = (rows.clone(), [0.0f64; 8], vec![0.0; 700 * 7]);
             let ll = if avx {
                 // SAFETY: AVX2 was detected above.
-                unsafe { pass_avx2::<8>(&a, 0, 700, &mut r, &prior, &mut cl, Some(&mut post)) }
+                unsafe { pass_avx2::<f32, 8>(&a, 0, 700, &mut r, &prior, &mut cl, Some(&mut post)) }
             } else {
-                pass_body::<8>(&a, 0, 700, &mut r, &prior, &mut cl, Some(&mut post))
+                pass_body::<f32, 8>(&a, 0, 700, &mut r, &prior, &mut cl, Some(&mut post))
             };
             let counts: Vec<u32> = r.iter().flat_map(|x| x.c.map(f32::to_bits)).collect();
             (ll.to_bits(), cl.map(f64::to_bits), post.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), counts)

@@ -76,6 +76,11 @@ proptest! {
     ) {
         use rand::seq::SliceRandom;
         use rand::SeedableRng;
+        // One answer per worker and item (what the amt stage's dedupe leaves). With dozens of
+        // repeats of one worker on one item, a perfectly balanced item is a knife edge where
+        // the last bit of rounding picks the side, and summation order is rounding.
+        let mut seen = std::collections::HashSet::new();
+        let t: Vec<(usize, usize, usize)> = t.into_iter().filter(|&(i, w, _)| seen.insert((i, w))).collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut pi: Vec<usize> = (0..ni).collect();
         pi.shuffle(&mut rng);
@@ -88,7 +93,10 @@ proptest! {
         for i in 0..ni { b.items[pi[i]] = a.items[i].clone(); }
         for w in 0..nw { b.workers[pw[w]] = a.workers[w].clone(); }
         for m in all_methods() {
-            let o = EmOptions { tol: 0.0, max_iter: 20, ..EmOptions::default() };
+            // tol > 0: with tol = 0 EM stops when the objective repeats to the last bit,
+            // which rounding decides; on these tiny crowds the parameters can still drift
+            // along a flat direction then, so a reordering would stop at another point.
+            let o = EmOptions { tol: 1e-12, max_iter: 20, ..EmOptions::default() };
             let ra = aggregate(&a, m, &o).unwrap();
             let rb = aggregate(&b, m, &o).unwrap();
             for i in 0..ni {
