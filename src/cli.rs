@@ -215,7 +215,11 @@ pub fn main() -> i32 {
 }
 
 fn open_cache(cli_cache: &Path, wait: bool) -> Result<Cache> {
-    Ok(Cache::open(cli_cache, wait)?)
+    let cache = Cache::open(cli_cache, wait)?;
+    // A CUDA build keeps its compiled GPU kernels beside the artifacts (no-op otherwise).
+    #[cfg(feature = "ml")]
+    pipeline_model::backend::set_gpu_kernel_cache(cache.root().join("gpu-kernels"));
+    Ok(cache)
 }
 
 fn load(file: &Path, set: &[String]) -> Result<Pipeline> {
@@ -240,6 +244,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 quiet: args.quiet,
                 trigger: "manual".into(),
                 overrides: args.set,
+                cancel_grace: None,
             };
             let record = run_pipeline(cache, Arc::new(p), &opts)?;
             Ok(exit_code(&record))
@@ -346,7 +351,10 @@ pub fn run_pipeline(cache: Arc<Cache>, p: Arc<Pipeline>, opts: &RunOptions) -> R
             c.cancel();
         });
         run_and_promote(&cache, &p, opts, cancel.clone()).await
-    })?;
+    });
+    // Do not wait for a stage thread abandoned after cancellation (see CANCEL_GRACE).
+    rt.shutdown_background();
+    let record = record?;
     print_summary(&record);
     Ok(record)
 }
@@ -390,7 +398,7 @@ fn schedule(cache_dir: &Path, args: ScheduleArgs) -> Result<i32> {
         opts.on_shutdown = OnShutdown::Finish;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let shutdown = Shutdown::from_signals()?;
         let run_once = |cancel: CancelFlag| {
             let (file, set, cache_dir, jobs) = (file.clone(), args.set.clone(), cache_dir.to_path_buf(), args.jobs);
@@ -419,7 +427,9 @@ fn schedule(cache_dir: &Path, args: ScheduleArgs) -> Result<i32> {
             }
         };
         sch::run_schedule(&opts, run_once, shutdown).await
-    })?;
+    });
+    rt.shutdown_background();
+    result?;
     Ok(0)
 }
 

@@ -33,7 +33,17 @@ pub struct RunOptions {
     pub trigger: String,
     /// The `--set` arguments, recorded in the run.
     pub overrides: Vec<String>,
+    /// After cancellation, how long to wait for running stages to notice before abandoning
+    /// them; `None` = [`CANCEL_GRACE`].
+    pub cancel_grace: Option<std::time::Duration>,
 }
+
+/// Stages check for cancellation between units of work (a batch, an image), but one unit
+/// can take long: a GPU kernel compile, a stuck read. After this long a cancelled run stops
+/// waiting, records the stage as abandoned and returns; the stage's thread dies with the
+/// process. Nothing is half-written either way: a stage's output only enters the cache in
+/// one commit, after its work.
+pub const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -281,6 +291,8 @@ impl Engine {
         let mut started = vec![false; n];
         let mut set: JoinSet<(usize, Done)> = JoinSet::new();
         let mut task_stage = std::collections::HashMap::new();
+        let grace = opts.cancel_grace.unwrap_or(CANCEL_GRACE);
+        let mut cancel_deadline = None;
         loop {
             // Start every stage whose upstream is settled.
             let mut progressed = true;
@@ -333,7 +345,32 @@ impl Engine {
                     task_stage.insert(handle.id(), i);
                 }
             }
-            match set.join_next().await {
+            let next = if self.cancel.is_cancelled() {
+                let deadline = *cancel_deadline.get_or_insert_with(|| tokio::time::Instant::now() + grace);
+                match tokio::time::timeout_at(deadline, set.join_next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        for (i, d) in done.iter_mut().enumerate().filter(|(_, d)| d.is_none()) {
+                            let why = if started[i] {
+                                tracing::warn!(stage = %p.stages[i].name, "still running {:.0} s after cancellation: abandoned", grace.as_secs_f64());
+                                format!("cancelled; still running {:.0} s later, abandoned (nothing committed)", grace.as_secs_f64())
+                            } else {
+                                "cancelled".to_string()
+                            };
+                            *d = Some(Done::Nothing { run: skipped(&p.stages[i], StageStatus::Skipped, Some(why)) });
+                        }
+                        set.detach_all();
+                        break;
+                    }
+                }
+            } else {
+                // Wake up now and then to notice a cancellation while stages run.
+                match tokio::time::timeout(std::time::Duration::from_millis(250), set.join_next()).await {
+                    Ok(next) => next,
+                    Err(_) => continue,
+                }
+            };
+            match next {
                 Some(Ok((i, d))) => {
                     log_stage(d.run());
                     done[i] = Some(d);
@@ -563,5 +600,75 @@ struct Cleanup(PathBuf);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::stages::{wrap, InputDecl, Stage};
+
+    /// Blocks, ignoring cancellation, until the test releases it: a stage stuck in one long
+    /// unit of work (a GPU kernel compile).
+    struct Stuck;
+    static RELEASE: AtomicBool = AtomicBool::new(false);
+
+    #[derive(serde::Deserialize, serde::Serialize, schemars::JsonSchema, Default)]
+    #[serde(deny_unknown_fields, default)]
+    struct NoParams {}
+
+    impl Stage for Stuck {
+        type Params = NoParams;
+        const KIND: &'static str = "stuck";
+        const VERSION: u32 = 1;
+        const DESCRIPTION: &'static str = "test";
+        const INPUTS: &'static [InputDecl] = &[];
+        fn run(_: &NoParams, _: &StageContext<'_>) -> Result<StageOutcome, StageError> {
+            while !RELEASE.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(StageOutcome::default())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stage_that_ignores_cancellation_is_abandoned_after_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.json");
+        std::fs::write(
+            &file,
+            r#"{"name": "t", "stages": {"a": {"kind": "command", "params": {"cmd": "true"}},
+                "b": {"kind": "command", "inputs": {"x": "a"}, "params": {"cmd": "true"}}}}"#,
+        )
+        .unwrap();
+        let mut p = crate::dag::load(&file, &[]).unwrap();
+        let a = p.index("a").unwrap();
+        p.stages[a].kind = Arc::from(wrap::<Stuck>());
+        p.stages[a].params = serde_json::json!({});
+        let cache = Arc::new(Cache::open(&dir.path().join("cache"), false).unwrap());
+        let cancel = CancelFlag::new();
+        let engine = Engine::new(cache.clone(), cancel.clone());
+        let opts = RunOptions { quiet: true, cancel_grace: Some(Duration::from_millis(300)), ..Default::default() };
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            c.cancel();
+        });
+        // generous bound: without the grace period this never returns until RELEASE
+        let record = tokio::time::timeout(Duration::from_secs(20), engine.run(Arc::new(p), &opts)).await;
+        RELEASE.store(true, Ordering::SeqCst);
+        let record = record.expect("the run should return once the grace period is over").unwrap();
+        assert_eq!(record.status, RunStatus::Cancelled, "{:?}", record.stages);
+        let a = record.stages.iter().find(|s| s.name == "a").unwrap();
+        assert_eq!(a.status, StageStatus::Skipped);
+        assert!(a.error.as_deref().unwrap_or("").contains("abandoned"), "{:?}", a.error);
+        assert!(a.output.is_none());
+        let b = record.stages.iter().find(|s| s.name == "b").unwrap();
+        assert_eq!(b.status, StageStatus::Skipped);
+        // nothing of `a` reached the cache
+        assert!(cache.last("t", "a").is_none());
     }
 }

@@ -123,7 +123,10 @@ pub fn run_train<T: TrainTask>(backend: ResolvedBackend, task: T) -> T::Output {
     match backend {
         ResolvedBackend::Cpu => task.run::<Autodiff<Flex>>(Default::default(), backend),
         #[cfg(feature = "cuda")]
-        ResolvedBackend::Cuda => task.run::<Autodiff<burn::backend::Cuda>>(Default::default(), backend),
+        ResolvedBackend::Cuda => {
+            configure_gpu_kernels();
+            task.run::<Autodiff<burn::backend::Cuda>>(Default::default(), backend)
+        }
     }
 }
 
@@ -132,7 +135,62 @@ pub fn run_infer<T: InferTask>(backend: ResolvedBackend, task: T) -> T::Output {
     match backend {
         ResolvedBackend::Cpu => task.run::<Flex>(Default::default()),
         #[cfg(feature = "cuda")]
-        ResolvedBackend::Cuda => task.run::<burn::backend::Cuda>(Default::default()),
+        ResolvedBackend::Cuda => {
+            configure_gpu_kernels();
+            task.run::<burn::backend::Cuda>(Default::default())
+        }
+    }
+}
+
+static GPU_KERNEL_CACHE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Where a CUDA build keeps compiled kernels (PTX) and autotune results between runs: the
+/// pipeline's cache directory, so a nightly retrain does not recompile what the last one
+/// compiled. CubeCL's defaults keep no PTX at all and put autotune results under the
+/// `target/` of whatever Cargo project encloses the working directory. A no-op without the
+/// `cuda` feature; only the first call counts.
+pub fn set_gpu_kernel_cache(dir: impl Into<std::path::PathBuf>) {
+    let _ = GPU_KERNEL_CACHE.set(dir.into());
+}
+
+/// CubeCL's configuration, set once before the first CUDA kernel: a user's `cubecl.toml` and
+/// `CUBECL_*` variables still win; otherwise kernels and autotune results persist in
+/// [`set_gpu_kernel_cache`]'s directory, and autotuning runs at its `minimal` level (each
+/// candidate kernel is a JIT compile; at the default level the first epochs on an H100 spent
+/// minutes compiling).
+#[cfg(feature = "cuda")]
+fn configure_gpu_kernels() {
+    use cubecl_runtime::config::{autotune::AutotuneLevel, cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let from_file = CubeClRuntimeConfig::from_current_dir();
+        let user_file = ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"]
+            .iter()
+            .any(|f| std::env::current_dir().map(|d| d.ancestors().any(|a| a.join(f).exists())).unwrap_or(false));
+        let mut config = from_file.override_from_env();
+        if !user_file {
+            if let Some(dir) = GPU_KERNEL_CACHE.get() {
+                config.compilation.cache = Some(CacheConfig::File(dir.clone()));
+                config.autotune.cache = CacheConfig::File(dir.clone());
+            }
+            if std::env::var_os("CUBECL_AUTOTUNE_LEVEL").is_none() {
+                config.autotune.level = AutotuneLevel::Minimal;
+            }
+        }
+        tracing_free_log(&format!(
+            "cubecl: autotune {:?}, kernel cache {:?}",
+            config.autotune.level, config.compilation.cache
+        ));
+        // `set` panics when something already read the configuration; then keep that one.
+        let _ = std::panic::catch_unwind(|| CubeClRuntimeConfig::set(config));
+    });
+}
+
+#[cfg(feature = "cuda")]
+fn tracing_free_log(msg: &str) {
+    // this crate has no logging dependency: one line on stderr, only when asked for
+    if std::env::var_os("PIPELINE_LOG").is_some_and(|v| v.to_string_lossy().contains("debug")) {
+        eprintln!("{msg}");
     }
 }
 
