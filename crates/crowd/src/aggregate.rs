@@ -226,13 +226,10 @@ pub fn aggregate(answers: &Answers, method: Method, opts: &EmOptions) -> Result<
             // Stage 1: one matrix for everyone (well determined even on sparse data);
             // stage 2: per-worker matrices with that matrix as their Dirichlet prior mean.
             let stage1 = em(Model::Pooled, Init::Votes)?;
-            let (mut center, mut strength) = match opts.shrink_strength {
-                Some(s) => (stage1.pooled.clone(), vec![s; k]),
-                None => {
-                    let counts = counts_from_posteriors(answers, &stage1.posteriors);
-                    let s = estimate_concentrations(&counts, &stage1.pooled, k);
-                    (stage1.pooled.clone(), s)
-                }
+            let mut center = stage1.pooled.clone();
+            let mut strength = match opts.shrink_strength {
+                Some(s) => vec![s; k],
+                None => estimate_concentrations(&counts_from_posteriors(answers, &stage1.posteriors), &center, k),
             };
             let mut out = stage1;
             // Empirical Bayes, refined: re-estimate centre and concentrations from the
@@ -322,19 +319,23 @@ pub fn soft_majority(a: &Answers) -> Vec<f64> {
     let k = a.n_classes();
     let mut post = vec![0.0; a.n_items() * k];
     for i in 0..a.n_items() {
-        let row = &mut post[i * k..(i + 1) * k];
-        let codes = a.item_codes(i);
-        if codes.is_empty() {
-            row.iter_mut().for_each(|x| *x = 1.0 / k as f64);
-            continue;
-        }
-        for &c in codes {
-            row[c as usize % k] += 1.0;
-        }
-        let inv = 1.0 / codes.len() as f64;
-        row.iter_mut().for_each(|x| *x *= inv);
+        vote_fractions(a.item_codes(i), &mut post[i * k..(i + 1) * k]);
     }
     post
+}
+
+/// One item's vote fractions into `row` (`k` zeros on entry; uniform without answers).
+fn vote_fractions(codes: &[u32], row: &mut [f64]) {
+    let k = row.len();
+    if codes.is_empty() {
+        row.iter_mut().for_each(|x| *x = 1.0 / k as f64);
+        return;
+    }
+    for &c in codes {
+        row[c as usize % k] += 1.0;
+    }
+    let inv = 1.0 / codes.len() as f64;
+    row.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// Where EM starts.
@@ -356,15 +357,7 @@ fn vote_counts(a: &Answers) -> (Vec<f64>, Vec<f64>) {
     for i in 0..a.n_items() {
         let codes = a.item_codes(i);
         row.iter_mut().for_each(|x| *x = 0.0);
-        if codes.is_empty() {
-            row.iter_mut().for_each(|x| *x = 1.0 / k as f64);
-        } else {
-            for &code in codes {
-                row[code as usize % k] += 1.0;
-            }
-            let inv = 1.0 / codes.len() as f64;
-            row.iter_mut().for_each(|x| *x *= inv);
-        }
+        vote_fractions(codes, &mut row);
         for &code in codes {
             let r = &mut c[code as usize * k..(code as usize + 1) * k];
             for j in 0..k {
@@ -397,16 +390,22 @@ pub fn hard_labels(a: &Answers, post: &[f64], seed: u64) -> Vec<usize> {
 
 fn class_mean(post: &[f64], k: usize) -> Vec<f64> {
     let n = post.len() / k;
+    let mut m = class_totals(post, k);
+    if n > 0 {
+        m.iter_mut().for_each(|x| *x /= n as f64);
+    } else {
+        m.iter_mut().for_each(|x| *x = 1.0 / k as f64);
+    }
+    m
+}
+
+/// Sum of the posteriors per class.
+fn class_totals(post: &[f64], k: usize) -> Vec<f64> {
     let mut m = vec![0.0; k];
     for row in post.chunks(k) {
         for j in 0..k {
             m[j] += row[j];
         }
-    }
-    if n > 0 {
-        m.iter_mut().for_each(|x| *x /= n as f64);
-    } else {
-        m.iter_mut().for_each(|x| *x = 1.0 / k as f64);
     }
     m
 }
@@ -818,6 +817,15 @@ fn pass_body<T: Real, const N: usize>(
     prod.ln() + extra
 }
 
+/// A thread's buffers before a pass: likelihoods from `tab`, counts and class totals zeroed.
+fn load_rows<T: Real, const N: usize>(rows: &mut [Row<T, N>], class: &mut [f64; N], tab: &[[T; N]]) {
+    for (r, t) in rows.iter_mut().zip(tab) {
+        r.p = *t;
+        r.c = [T::ZERO; N];
+    }
+    *class = [0.0; N];
+}
+
 fn run_em<const N: usize>(a: &Answers, model: Model, init: Init, o: &EmOptions, prior_fixed: Option<&[f64]>) -> EmOut {
     if a.n_answers() < SMALL_ANSWERS {
         run_em_in::<f64, N>(a, model, init, o, prior_fixed)
@@ -838,15 +846,7 @@ fn run_em_in<T: Real, const N: usize>(
     let n_items = a.n_items();
     let (mut counts, mut class_counts) = match init {
         Init::Votes => vote_counts(a),
-        Init::Posteriors(p) => {
-            let mut class = vec![0.0; k];
-            for row in p.chunks(k) {
-                for j in 0..k {
-                    class[j] += row[j];
-                }
-            }
-            (counts_from_posteriors(a, p), class)
-        }
+        Init::Posteriors(p) => (counts_from_posteriors(a, p), class_totals(p, k)),
     };
     // Contiguous item ranges, one per thread, balanced by answers.
     let threads = rayon::current_num_threads().max(1);
@@ -885,11 +885,7 @@ fn run_em_in<T: Real, const N: usize>(
             .par_iter_mut()
             .enumerate()
             .map(|(pi, (cb, cl))| {
-                for (r, t) in cb.iter_mut().zip(tab.iter()) {
-                    r.p = *t;
-                    r.c = [T::ZERO; N];
-                }
-                *cl = [0.0; N];
+                load_rows(cb, cl, &tab);
                 pass::<T, N>(a, bounds[pi], bounds[pi + 1], cb, &prior_n, cl, None)
             })
             .sum();
@@ -928,11 +924,7 @@ fn run_em_in<T: Real, const N: usize>(
         rest = tail;
     }
     bufs.par_iter_mut().zip(slices).enumerate().for_each(|(pi, ((cb, cl), out))| {
-        for (r, t) in cb.iter_mut().zip(tab.iter()) {
-            r.p = *t;
-            r.c = [T::ZERO; N];
-        }
-        *cl = [0.0; N];
+        load_rows(cb, cl, &tab);
         pass::<T, N>(a, bounds[pi], bounds[pi + 1], cb, &prior_n, cl, Some(out));
     });
     let pooled = match &model {
@@ -1136,7 +1128,7 @@ mod tests {
 
     #[test]
     fn split_final_pass_gives_each_item_its_own_posterior() {
-        // 30,000 answers x 2 = above the threshold where the pass is split across threads
+        // 30,000 items x 3 answers: above SMALL_ANSWERS, so the pass is split across threads
         let cfg = crate::sim::SimConfig { n_items: 30_000, n_workers: 300, ..crate::sim::SimConfig::sparse_round2(1) };
         let sim = crate::sim::simulate(&cfg);
         let classes: Vec<String> = (0..7).map(|c| format!("c{c}")).collect();

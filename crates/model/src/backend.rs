@@ -163,11 +163,11 @@ fn configure_gpu_kernels() {
     use cubecl_runtime::config::{autotune::AutotuneLevel, cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let from_file = CubeClRuntimeConfig::from_current_dir();
-        let user_file = ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"]
-            .iter()
-            .any(|f| std::env::current_dir().map(|d| d.ancestors().any(|a| a.join(f).exists())).unwrap_or(false));
-        let mut config = from_file.override_from_env();
+        // The files CubeCL itself looks for, in the working directory and its parents.
+        let user_file = std::env::current_dir().is_ok_and(|d| {
+            d.ancestors().any(|a| ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"].iter().any(|f| a.join(f).exists()))
+        });
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
         if !user_file {
             if let Some(dir) = GPU_KERNEL_CACHE.get() {
                 config.compilation.cache = Some(CacheConfig::File(dir.clone()));
