@@ -6,10 +6,12 @@
 //!   deterministic per (seed, source, copy) and parallel over images.
 //! - [`balance`]: the per-class fill/sample-down plan.
 //! - [`faces`]: a deterministic synthetic face generator for the demo dataset.
+//! - [`dedup`]: exact and near-duplicate images between two sets (the leakage guard).
 
 pub mod augment;
 pub mod balance;
 pub mod decode;
+pub mod dedup;
 pub mod faces;
 
 pub use augment::{
