@@ -123,15 +123,30 @@ pub fn build(file: &Path, loaded: spec::Loaded) -> Result<Pipeline, SpecError> {
     let issue = |path: &str, message: String, hint: Option<String>| SpecIssue { json_path: path.to_string(), message, hint };
     let mut issues = Vec::new();
 
+    // Unknown top-level fields are reported beside every other problem, not instead of them.
+    const TOP: &[&str] = &["name", "description", "stages", "promote"];
+    let mut doc = loaded.doc.clone();
+    if let serde_json::Value::Object(m) = &mut doc {
+        let unknown: Vec<String> = m.keys().filter(|k| !TOP.contains(&k.as_str())).cloned().collect();
+        for k in unknown {
+            let hint = match closest(&k, TOP.iter().copied()) {
+                Some(c) => format!("did you mean `{c}`?"),
+                None => format!("known: {}", TOP.join(", ")),
+            };
+            issues.push(issue(&k, format!("unknown field `{k}`"), Some(hint)));
+            m.remove(&k);
+        }
+    }
     let raw: spec::RawPipeline = {
         let mut track = serde_path_to_error::Track::new();
-        let de = serde_path_to_error::Deserializer::new(&loaded.doc, &mut track);
+        let de = serde_path_to_error::Deserializer::new(&doc, &mut track);
         match spec::RawPipeline::deserialize(de) {
             Ok(r) => r,
             Err(e) => {
                 let path = track.path().to_string();
                 let (msg, hint) = explain_serde(&e.to_string(), "field");
-                return Err(invalid(vec![issue(if path == "." { "" } else { &path }, msg, hint)]));
+                issues.push(issue(if path == "." { "" } else { &path }, msg, hint));
+                return Err(invalid(issues));
             }
         }
     };

@@ -191,19 +191,22 @@ pub fn resolve_inputs(
     Ok(r)
 }
 
-/// The path a stage sees for each input (views of upstream outputs, files in place).
+/// The path a stage sees for each input (views of upstream outputs, files in place), and
+/// the views handed out, by input name (checked after the stage: it must not change them).
 fn materialize_inputs(
     cache: &Cache,
     node: &StageNode,
     upstream: &dyn Fn(&str) -> Option<String>,
     scratch: &Path,
-) -> Result<BTreeMap<String, PathBuf>, String> {
+) -> Result<(BTreeMap<String, PathBuf>, Vec<(String, String)>), String> {
     let mut out = BTreeMap::new();
+    let mut views = Vec::new();
     for (name, src) in &node.inputs {
         let path = match src {
             InputSource::Stage { stage, subpath } => {
                 let digest = upstream(stage).ok_or_else(|| format!("input `{name}`: stage `{stage}` has no output"))?;
                 let view = cache.view(&digest).map_err(|e| e.to_string())?;
+                views.push((name.clone(), digest));
                 match subpath {
                     Some(s) => view.join(s),
                     None => view,
@@ -224,7 +227,16 @@ fn materialize_inputs(
         };
         out.insert(name.clone(), path);
     }
-    Ok(out)
+    Ok((out, views))
+}
+
+/// A scratch directory name no earlier attempt used: a process left over from a killed run
+/// may still write into its own, never into this one.
+fn scratch_name(run_id: u64, stage: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let safe: String = stage.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    format!("run{run_id}-{safe}-{}-{}-{}", std::process::id(), now_millis(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// What a finished stage hands to the stages after it.
@@ -468,7 +480,7 @@ impl StageTask {
         let mut run = skipped(&node, StageStatus::Failed, None);
         let fail = |mut run: StageRun, msg: String| {
             run.status = StageStatus::Failed;
-            run.error = Some(msg);
+            run.error = Some(crate::text::clean(&msg));
             run.duration_ms = t0.elapsed().as_millis() as u64;
             Done::Nothing { run }
         };
@@ -520,15 +532,30 @@ impl StageTask {
         let (cache, cancel, pipeline, up) = (self.cache.clone(), self.cancel.clone(), self.p.clone(), self.upstream.clone());
         let (n3, key3, run_id) = (node.clone(), key.clone(), self.run_id);
         let result = tokio::task::spawn_blocking(move || -> Result<(Entry, StageOutcome), String> {
-            let scratch = cache.tmp_dir().join(format!("run{run_id}-{}", n3.name));
+            let scratch = cache.tmp_dir().join(scratch_name(run_id, &n3.name));
             let out_dir = scratch.join("out");
             std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
             let cleanup = Cleanup(scratch.clone());
-            let inputs = materialize_inputs(&cache, &n3, &|s| up.get(s).cloned(), &scratch)?;
-            let previous = cache
-                .last(&pipeline.name, &n3.name)
-                .and_then(|k| cache.entry(&k).ok().flatten())
-                .and_then(|e| cache.view(&e.output).ok());
+            let (inputs, mut views) = materialize_inputs(&cache, &n3, &|s| up.get(s).cloned(), &scratch)?;
+            let previous_entry = cache.last(&pipeline.name, &n3.name).and_then(|k| cache.entry(&k).ok().flatten());
+            let previous = previous_entry.as_ref().and_then(|e| cache.view(&e.output).ok());
+            if let (Some(e), Some(_)) = (&previous_entry, &previous) {
+                views.push(("(previous output)".into(), e.output.clone()));
+            }
+            let snapshots = views
+                .iter()
+                .map(|(name, d)| cache.snapshot_view(d).map(|s| (name.clone(), s)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            // A stage may not change what other stages and the store see.
+            let check_views = || -> Result<(), String> {
+                for (name, snap) in &snapshots {
+                    if let Err(what) = cache.check_view(snap) {
+                        return Err(format!("the stage changed its input `{name}` (a read-only view of the cache): {what}; nothing was committed"));
+                    }
+                }
+                Ok(())
+            };
             let ctx = StageContext {
                 name: &n3.name,
                 inputs: &inputs,
@@ -538,7 +565,9 @@ impl StageTask {
                 progress: &progress,
                 cancel: &cancel,
             };
-            let outcome = match n3.kind.run(&n3.params, &ctx) {
+            let result = n3.kind.run(&n3.params, &ctx);
+            check_views()?;
+            let outcome = match result {
                 Ok(o) => o,
                 Err(StageError::Cancelled) => return Err("cancelled".into()),
                 Err(e) => return Err(e.to_string()),
@@ -552,7 +581,7 @@ impl StageTask {
             let view_dir = cache.root().join("views").join(manifest.digest());
             let (from, to) = (out_dir.display().to_string(), view_dir.display().to_string());
             for line in outcome.summary.iter_mut() {
-                *line = line.replace(&from, &to);
+                *line = crate::text::clean(&line.replace(&from, &to));
             }
             let entry = Entry {
                 key: key3.clone(),
@@ -599,7 +628,7 @@ impl StageTask {
 struct Cleanup(PathBuf);
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = crate::cache::ingest::remove_tree(&self.0);
     }
 }
 

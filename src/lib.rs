@@ -18,3 +18,4 @@ pub mod schema;
 pub mod spec;
 pub mod stages;
 pub mod suggest;
+pub mod text;

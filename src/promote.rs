@@ -3,12 +3,28 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::Cache;
+use crate::cache::store::absolute;
+use crate::cache::{Cache, CacheError};
 use crate::engine::{RunRecord, RunStatus};
 use crate::spec::Promote;
+
+/// The marker promotion writes into every directory it installs. Only a directory holding
+/// one (or an empty or absent one) is ever replaced.
+pub const MARKER: &str = "promotion.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromoteError {
+    #[error("promote.to {to:?}: {why}")]
+    BadTarget { to: String, why: String },
+    #[error("promote: {0}")]
+    Missing(String),
+    #[error("promote: {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("promote: {0}")]
+    Cache(#[from] CacheError),
+}
 
 /// What `promotion.json` in the destination records, and what the run records.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -31,11 +47,54 @@ fn better_or_equal(goal: &str, new: f64, old: f64) -> bool {
     }
 }
 
+/// The directory `to` names, if promotion may replace it: not empty, not the pipeline's
+/// directory nor above it, not in (or above) the cache, not a symlink, and either absent,
+/// empty, or a directory promotion installed earlier (it holds our [`MARKER`]).
+/// Checked before a run starts and again before the swap.
+pub fn check_target(cache_root: &Path, base_dir: &Path, to: &str) -> Result<PathBuf, PromoteError> {
+    let bad = |why: String| PromoteError::BadTarget { to: to.to_string(), why };
+    if to.trim().is_empty() {
+        return Err(bad("is empty; name a directory of its own, e.g. \"models/current\"".into()));
+    }
+    let raw = if Path::new(to).is_absolute() { PathBuf::from(to) } else { base_dir.join(to) };
+    if raw.symlink_metadata().map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+        return Err(bad(format!("{} is a symlink; promote to a real directory (promotion replaces the directory it names)", raw.display())));
+    }
+    let target = absolute(&raw);
+    let base = absolute(base_dir);
+    let cache = absolute(cache_root);
+    if base.starts_with(&target) {
+        return Err(bad(format!(
+            "{} is the pipeline's directory or above it: promotion replaces the directory it names; use a subdirectory such as \"models/current\"",
+            target.display()
+        )));
+    }
+    if target.starts_with(&cache) || cache.starts_with(&target) {
+        return Err(bad(format!("{} is inside the cache {} (or contains it); promote outside the cache", target.display(), cache.display())));
+    }
+    match std::fs::symlink_metadata(&target) {
+        Err(_) => Ok(target),
+        Ok(m) if !m.is_dir() => Err(bad(format!("{} exists and is not a directory", target.display()))),
+        Ok(_) => {
+            let ours = std::fs::read(target.join(MARKER)).ok().and_then(|b| serde_json::from_slice::<Decision>(&b).ok()).is_some();
+            let empty = std::fs::read_dir(&target).map(|mut d| d.next().is_none()).unwrap_or(false);
+            if ours || empty {
+                Ok(target)
+            } else {
+                Err(bad(format!(
+                    "{} is a directory promotion did not create (it has no {MARKER}) and is not empty: it would be replaced; choose a new directory, or empty it yourself",
+                    target.display()
+                )))
+            }
+        }
+    }
+}
+
 /// Decide and, if the metric did not get worse, copy the outputs. Never called on failed runs.
-pub fn promote(cache: &Cache, base_dir: &Path, cfg: &Promote, record: &RunRecord) -> Result<Decision> {
-    let to: PathBuf = if Path::new(&cfg.to).is_absolute() { PathBuf::from(&cfg.to) } else { base_dir.join(&cfg.to) };
+pub fn promote(cache: &Cache, base_dir: &Path, cfg: &Promote, record: &RunRecord) -> Result<Decision, PromoteError> {
+    let to = check_target(cache.root(), base_dir, &cfg.to)?;
     let value = record.metrics().get(&cfg.metric).copied();
-    let previous: Option<Decision> = std::fs::read(to.join("promotion.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let previous: Option<Decision> = std::fs::read(to.join(MARKER)).ok().and_then(|b| serde_json::from_slice(&b).ok());
     let prev_value = previous.as_ref().and_then(|d| d.value);
     let mut d = Decision {
         promoted: false,
@@ -60,34 +119,67 @@ pub fn promote(cache: &Cache, base_dir: &Path, cfg: &Promote, record: &RunRecord
             return Ok(d);
         }
     }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PromoteError::Io { path, source }
+    };
     // Build the new directory beside the old one, then swap, so readers never see half of it.
     let parent = to.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let staging = parent.join(format!(".{}.new-{}", to.file_name().and_then(|f| f.to_str()).unwrap_or("promoted"), std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let name = to.file_name().and_then(|f| f.to_str()).unwrap_or("promoted");
+    let staging = parent.join(format!(".{name}.new-{}", std::process::id()));
+    let _ = crate::cache::ingest::remove_tree(&staging);
     for stage in std::iter::once(&cfg.stage).chain(cfg.with.iter()) {
-        let s = record.stage(stage).ok_or_else(|| anyhow!("promote: stage {stage} is not in run {}", record.id))?;
-        let out = s.output.as_ref().ok_or_else(|| anyhow!("promote: stage {stage} has no output in run {}", record.id))?;
-        cache.export(out, &staging.join(stage))?;
+        let s = record.stage(stage).ok_or_else(|| PromoteError::Missing(format!("stage {stage} is not in run {}", record.id)))?;
+        let out = s.output.as_ref().ok_or_else(|| PromoteError::Missing(format!("stage {stage} has no output in run {}", record.id)))?;
+        cache.export(out, &staging.join(stage), false)?;
     }
     d.promoted = true;
     d.reason = match prev_value {
         Some(old) => format!("{} {old:.4} -> {v:.4}", cfg.metric),
         None => format!("first promoted model ({} {v:.4})", cfg.metric),
     };
-    std::fs::write(staging.join("promotion.json"), serde_json::to_vec_pretty(&d)?)?;
-    let old = parent.join(format!(".{}.old-{}", to.file_name().and_then(|f| f.to_str()).unwrap_or("promoted"), std::process::id()));
+    let marker = staging.join(MARKER);
+    std::fs::write(&marker, serde_json::to_vec_pretty(&d).unwrap_or_default()).map_err(io(&marker))?;
+    // The target may have changed while the run ran: check again right before the swap.
+    check_target(cache.root(), base_dir, &cfg.to)?;
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
     if to.exists() {
-        std::fs::rename(&to, &old).with_context(|| format!("moving {} aside", to.display()))?;
+        std::fs::rename(&to, &old).map_err(io(&to))?;
     }
-    std::fs::rename(&staging, &to).with_context(|| format!("installing {}", to.display()))?;
-    let _ = std::fs::remove_dir_all(&old);
+    std::fs::rename(&staging, &to).map_err(io(&to))?;
+    let _ = crate::cache::ingest::remove_tree(&old);
     Ok(d)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::better_or_equal;
+    use super::*;
+
+    #[test]
+    fn targets_that_would_destroy_user_data_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().join("proj");
+        let cache = base.join("cache");
+        std::fs::create_dir_all(base.join("data")).unwrap();
+        std::fs::write(base.join("data/x.csv"), "1").unwrap();
+        std::fs::create_dir_all(&cache).unwrap();
+        for bad in ["", " ", ".", "./", "..", "data", "cache", "cache/models", "/"] {
+            let e = check_target(&cache, &base, bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("promote.to {bad:?}")), "{bad:?}: {e}");
+        }
+        std::fs::write(base.join("file"), "").unwrap();
+        assert!(check_target(&cache, &base, "file").is_err());
+        std::os::unix::fs::symlink(base.join("data"), base.join("link")).unwrap();
+        assert!(check_target(&cache, &base, "link").unwrap_err().to_string().contains("symlink"));
+        // absent, empty, or ours: fine
+        assert!(check_target(&cache, &base, "models/current").is_ok());
+        std::fs::create_dir_all(base.join("empty")).unwrap();
+        assert!(check_target(&cache, &base, "empty").is_ok());
+        let d = Decision { promoted: true, metric: "m".into(), value: Some(1.0), previous: None, run: 1, reason: String::new(), to: String::new() };
+        std::fs::write(base.join("data").join(MARKER), serde_json::to_vec(&d).unwrap()).unwrap();
+        assert!(check_target(&cache, &base, "data").is_ok(), "a directory with our marker is ours");
+    }
 
     #[test]
     fn goal_direction() {

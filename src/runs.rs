@@ -43,8 +43,17 @@ pub fn show(cache: &Cache, id: u64) -> Result<String> {
         out.push_str(&format!("overrides: {}\n", r.overrides.join(" ")));
     }
     let mut t = table(&["stage", "kind", "status", "time", "key", "metrics / error"]);
+    let mut long_errors = Vec::new();
     for s in &r.stages {
-        let info = s.error.clone().unwrap_or_else(|| s.outcome.metrics.iter().map(|(k, v)| format!("{k}={v:.3}")).collect::<Vec<_>>().join(" "));
+        // A long error would make every row of the table as tall: shown in full below it.
+        let info = match &s.error {
+            Some(e) if e.len() > 200 || e.lines().count() > 3 => {
+                long_errors.push((s.name.clone(), e.clone()));
+                format!("{}... (below)", crate::text::cap(e.lines().next().unwrap_or(""), 120).trim_end())
+            }
+            Some(e) => e.clone(),
+            None => s.outcome.metrics.iter().map(|(k, v)| format!("{k}={v:.3}")).collect::<Vec<_>>().join(" "),
+        };
         t.add_row(vec![
             Cell::new(&s.name),
             Cell::new(&s.kind),
@@ -55,6 +64,9 @@ pub fn show(cache: &Cache, id: u64) -> Result<String> {
         ]);
     }
     out.push_str(&format!("{t}\n"));
+    for (name, e) in &long_errors {
+        out.push_str(&format!("\nerror of stage {name}:\n{}\n", crate::text::clean(e)));
+    }
     if let Some(p) = &r.promotion {
         out.push_str(&format!("promotion: {p}\n"));
     }

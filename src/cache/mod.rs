@@ -14,8 +14,9 @@
 //! is written and flushed, so a crash leaves at worst an orphan blob (`cache gc` removes
 //! it), never an entry pointing at a partial blob.
 
+pub mod ingest;
 pub mod key;
 pub mod store;
 
 pub use key::{CacheKey, KeyInputs};
-pub use store::{Cache, CacheError, Entry, FileEntry, Manifest};
+pub use store::{Cache, CacheError, Entry, FileEntry, Manifest, VerifyReport, ViewSnapshot};

@@ -15,14 +15,22 @@ use crate::stages::StageOutcome;
 pub enum CacheError {
     #[error("cache {} is in use by pid {pid} ({command}); wait for it, or pass --wait", root.display())]
     Busy { root: PathBuf, pid: String, command: String },
-    #[error("cache {}: {source}", path.display())]
+    #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error("cache database {}: {source}", path.display())]
     Db { path: PathBuf, source: sled::Error },
+    #[error("cache database {} cannot be opened ({source}); to recover, run `pipeline cache verify --rebuild` (moves the database aside and rebuilds the entries from `index/` and the blobs; run history is lost), or move the database aside yourself (stages then rerun)", path.display())]
+    DbDamaged { path: PathBuf, source: sled::Error },
     #[error("cache entry {0}: {1}")]
     Corrupt(String, String),
     #[error("no cache entry matches `{0}`")]
     NotFound(String),
+    /// A stage output the store refuses to take (special file, dangling link, loop).
+    #[error("{}: {message}", path.display())]
+    UnsafeOutput { path: PathBuf, message: String },
+    /// Anything else that is not a cache path (a destination, an argument).
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
@@ -126,7 +134,7 @@ impl Cache {
     /// Open (creating) the cache at `root`. Only one process may have it open; a second gets
     /// [`CacheError::Busy`] naming the first, or waits for it with `wait`.
     pub fn open(root: &Path, wait: bool) -> Result<Self, CacheError> {
-        for d in ["objects", "views", "tmp"] {
+        for d in ["objects", "views", "tmp", "index"] {
             fs::create_dir_all(root.join(d)).map_err(io_err(root))?;
         }
         // Stages run in other working directories: every path handed out must be absolute.
@@ -149,7 +157,7 @@ impl Cache {
                         command: lines.next().unwrap_or("unknown command").to_string(),
                     });
                 }
-                Err(source) => return Err(CacheError::Db { path: db_path, source }),
+                Err(source) => return Err(CacheError::DbDamaged { path: db_path, source }),
             }
         };
         let cmd: Vec<String> = std::env::args().collect();
@@ -184,8 +192,53 @@ impl Cache {
     /// Remove leftovers of interrupted runs. Only safe while holding the cache lock.
     pub fn clear_tmp(&self) -> Result<(), CacheError> {
         let tmp = self.tmp_dir();
-        let _ = fs::remove_dir_all(&tmp);
+        let _ = super::ingest::remove_tree(&tmp);
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))
+    }
+
+    fn index_path(&self, key: &CacheKey) -> PathBuf {
+        self.root.join("index").join(format!("{}.json", key.0))
+    }
+
+    /// Drop an entry from sled and its record from `index/`.
+    fn remove_entry(&self, key: &CacheKey) -> Result<(), CacheError> {
+        self.entries.remove(key.0.as_bytes()).map_err(self.db_err())?;
+        let _ = fs::remove_file(self.index_path(key));
+        Ok(())
+    }
+
+    /// Move a damaged database aside and rebuild entries, manifests and current outputs from
+    /// `index/`, keeping only records whose blobs are all present and hash right. Run history
+    /// and the stat memo start empty. Returns (entries restored, records skipped).
+    pub fn rebuild(root: &Path) -> Result<(usize, usize), CacheError> {
+        let db = root.join("db");
+        if db.exists() {
+            let aside = root.join(format!("db.broken-{}", now_millis()));
+            fs::rename(&db, &aside).map_err(io_err(&db))?;
+            eprintln!("moved the damaged database to {}", aside.display());
+        }
+        let cache = Cache::open(root, false)?;
+        let (mut restored, mut skipped) = (0, 0);
+        let dir = cache.root.join("index");
+        let mut records: Vec<IndexRecord> = Vec::new();
+        for f in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+            match fs::read(f.path()).ok().and_then(|b| serde_json::from_slice::<IndexRecord>(&b).ok()) {
+                Some(r) => records.push(r),
+                None => skipped += 1,
+            }
+        }
+        records.sort_by_key(|r| r.entry.created);
+        for r in records {
+            let ok = r.manifest.digest() == r.entry.output
+                && r.manifest.files.iter().all(|f| hash_file(&cache.blob_path(&f.digest)).ok().as_deref() == Some(f.digest.as_str()));
+            if ok {
+                cache.commit(&r.entry, &r.manifest)?;
+                restored += 1;
+            } else {
+                skipped += 1;
+            }
+        }
+        Ok((restored, skipped))
     }
 
     fn blob_path(&self, digest: &str) -> PathBuf {
@@ -224,29 +277,64 @@ impl Cache {
 
     // ---------- storing ----------
 
-    /// Move every file under `dir` into the blob store (fsync, then rename) and return the
-    /// manifest. `dir` must be on the cache's file system (it is: `tmp/`).
+    /// Take every file under a stage's output directory `dir` into the blob store and return
+    /// the manifest. Files the stage created there are moved; anything else (hard links,
+    /// what symlinks point to) is copied, never moved: see [`super::ingest`]. Every blob is
+    /// hashed as it is written, and a blob already in the store is rehashed: a damaged one
+    /// is replaced, not trusted.
     pub fn store_dir(&self, dir: &Path) -> Result<Manifest, CacheError> {
-        let mut files = Vec::new();
-        for (rel, abs) in walk_files(dir)? {
-            let meta = fs::symlink_metadata(&abs).map_err(io_err(&abs))?;
-            let digest = hash_file(&abs)?;
-            let blob = self.blob_path(&digest);
-            if !blob.exists() {
-                let parent = blob.parent().unwrap_or(&self.root);
-                fs::create_dir_all(parent).map_err(io_err(parent))?;
-                if meta.file_type().is_symlink() {
-                    // A link out of OUT: store what it points to.
-                    let tmp = self.tmp_dir().join(format!("blob-{digest}"));
-                    fs::copy(&abs, &tmp).map_err(io_err(&abs))?;
-                    finish_blob(&tmp, &blob)?;
-                } else {
-                    finish_blob(&abs, &blob)?;
-                }
+        use super::ingest::{collect_output, copy_hashing, Source};
+        let found = collect_output(dir)?;
+        let mut files = Vec::with_capacity(found.len());
+        // Copies first: a link may point at a file of the stage's own that is moved below.
+        for own in [false, true] {
+            for f in found.iter().filter(|f| matches!(f.source, Source::Own(_)) == own) {
+                let (staged, digest, size) = match &f.source {
+                    Source::Copy(src) => {
+                        let staged = self.staging_path();
+                        let (digest, size) = copy_hashing(src, &staged)?;
+                        (staged, digest, size)
+                    }
+                    Source::Own(src) => {
+                        // Into a private name first: the hash is of the file that is committed.
+                        let staged = self.staging_path();
+                        fs::rename(src, &staged).map_err(io_err(src))?;
+                        let size = fs::metadata(&staged).map_err(io_err(&staged))?.len();
+                        (staged.clone(), hash_file(&staged)?, size)
+                    }
+                };
+                self.put_blob(&staged, &digest, size)?;
+                files.push(FileEntry { path: f.rel.clone(), digest, size, executable: f.executable });
             }
-            files.push(FileEntry { path: rel, digest, size: fs::metadata(&blob).map_err(io_err(&blob))?.len(), executable: is_exec(&meta) });
         }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Manifest { files })
+    }
+
+    /// A fresh private path under `tmp/` for a blob being written.
+    fn staging_path(&self) -> PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        self.tmp_dir().join(format!("blob-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    /// Install `staged` (content `digest`, `size` bytes) as a blob. If the blob exists and
+    /// rehashes to its digest, `staged` is dropped; if it is damaged (truncated, flipped
+    /// bytes), it is replaced.
+    fn put_blob(&self, staged: &Path, digest: &str, size: u64) -> Result<(), CacheError> {
+        let blob = self.blob_path(digest);
+        if let Ok(m) = fs::symlink_metadata(&blob) {
+            if m.is_file() && m.len() == size && hash_file(&blob).ok().as_deref() == Some(digest) {
+                let _ = fs::remove_file(staged);
+                return Ok(());
+            }
+            tracing::warn!(blob = %blob.display(), "damaged blob replaced by a good copy");
+            let _ = super::ingest::remove_tree(&blob);
+            let _ = fs::remove_file(&blob);
+        }
+        let parent = blob.parent().unwrap_or(&self.root);
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+        finish_blob(staged, &blob)
     }
 
     pub fn put_manifest(&self, m: &Manifest) -> Result<String, CacheError> {
@@ -266,31 +354,43 @@ impl Cache {
     /// Blobs must already be stored (see [`Cache::store_dir`]).
     pub fn commit(&self, entry: &Entry, manifest: &Manifest) -> Result<(), CacheError> {
         use sled::Transactional;
+        // The same record as a file first, for `cache verify --rebuild` if sled is ever lost.
+        let side = IndexRecord { entry: entry.clone(), manifest: manifest.clone() };
+        let path = self.index_path(&entry.key);
+        let tmp = self.staging_path();
+        fs::write(&tmp, serde_json::to_vec(&side).unwrap_or_default()).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
         let mbytes = serde_json::to_vec(manifest).unwrap_or_default();
         let ebytes = serde_json::to_vec(entry).unwrap_or_default();
         let last_key = last_key(&entry.pipeline, &entry.stage);
+        let last_val = LastRecord { key: entry.key.clone(), at_ms: now_millis() }.to_bytes();
         (&self.manifests, &self.entries, &self.last)
             .transaction(|(m, e, l)| {
                 m.insert(entry.output.as_bytes(), mbytes.as_slice())?;
                 e.insert(entry.key.0.as_bytes(), ebytes.as_slice())?;
-                l.insert(last_key.as_slice(), entry.key.0.as_bytes())?;
+                l.insert(last_key.as_slice(), last_val.as_slice())?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| CacheError::Corrupt(entry.key.0.clone(), format!("{e:?}")))?;
         self.flush()
     }
 
-    /// Mark `key` as the current output of a stage (a cache hit).
-    /// The value is `key NUL millis`: when a stage name is in several pipelines, a bare
-    /// name resolves to the one set most recently.
+    /// Mark `key` as the current output of a stage (after a hit; a commit does it too, in
+    /// its transaction). The one writer of the `last` tree besides [`Cache::commit`], with
+    /// the same record.
     pub fn set_last(&self, pipeline: &str, stage: &str, key: &CacheKey) -> Result<(), CacheError> {
-        let v = format!("{}\0{}", key.0, now_millis());
-        self.last.insert(last_key(pipeline, stage), v.as_bytes()).map_err(self.db_err())?;
+        let v = LastRecord { key: key.clone(), at_ms: now_millis() }.to_bytes();
+        self.last.insert(last_key(pipeline, stage), v).map_err(self.db_err())?;
         Ok(())
     }
 
     pub fn last(&self, pipeline: &str, stage: &str) -> Option<CacheKey> {
-        self.last.get(last_key(pipeline, stage)).ok().flatten().map(|v| parse_last(&v).0)
+        self.last.get(last_key(pipeline, stage)).ok().flatten().map(|v| LastRecord::parse(&v).key)
+    }
+
+    /// Every stage's current output key, in every pipeline (what `gc` must keep).
+    pub fn current_keys(&self) -> HashSet<String> {
+        self.last.iter().filter_map(|kv| kv.ok()).map(|(_, v)| LastRecord::parse(&v).key.0).collect()
     }
 
     /// `(pipeline, key, set at millis)` of every pipeline's current output for `stage`,
@@ -304,8 +404,8 @@ impl Cache {
                 let mut parts = k.splitn(2, |b| *b == 0);
                 let pipeline = String::from_utf8_lossy(parts.next()?).to_string();
                 (parts.next()? == stage.as_bytes()).then(|| {
-                    let (key, at) = parse_last(&v);
-                    (pipeline, key, at)
+                    let r = LastRecord::parse(&v);
+                    (pipeline, r.key, r.at_ms)
                 })
             })
             .collect();
@@ -370,15 +470,22 @@ impl Cache {
         Ok(found.into_iter().next().expect("find returns at least one"))
     }
 
-    /// A directory with the artifact's files (hard links to blobs), built once per digest.
+    /// A directory with the artifact's files (hard links to blobs), built once per digest and
+    /// checked against the manifest each time it is handed out: a view someone changed
+    /// (a file deleted, added or replaced) is rebuilt, never served.
     pub fn view(&self, output: &str) -> Result<PathBuf, CacheError> {
         let dir = self.root.join("views").join(output);
-        if dir.is_dir() {
-            return Ok(dir);
-        }
         let m = self.manifest(output)?.ok_or_else(|| CacheError::NotFound(output.to_string()))?;
-        let tmp = self.tmp_dir().join(format!("view-{output}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&tmp);
+        if dir.is_dir() {
+            match self.view_problem(&dir, &m) {
+                None => return Ok(dir),
+                Some(why) => {
+                    tracing::warn!(view = %dir.display(), "view rebuilt: {why}");
+                    super::ingest::remove_tree(&dir).map_err(io_err(&dir))?;
+                }
+            }
+        }
+        let tmp = self.staging_path();
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
         for f in &m.files {
             let dst = tmp.join(&f.path);
@@ -393,23 +500,171 @@ impl Cache {
         match fs::rename(&tmp, &dir) {
             Ok(()) => Ok(dir),
             Err(_) if dir.is_dir() => {
-                let _ = fs::remove_dir_all(&tmp);
+                let _ = super::ingest::remove_tree(&tmp);
                 Ok(dir)
             }
             Err(e) => Err(CacheError::Io { path: dir, source: e }),
         }
     }
 
-    /// Copy an artifact's files out of the cache (writable copies, not links).
-    pub fn export(&self, output: &str, dest: &Path) -> Result<usize, CacheError> {
+    /// Why a view directory does not match its manifest, if it does not: a file missing,
+    /// added, not a regular file, or not the blob (another inode whose content differs).
+    fn view_problem(&self, dir: &Path, m: &Manifest) -> Option<String> {
+        let found = match list_tree(dir) {
+            Ok(f) => f,
+            Err(e) => return Some(e),
+        };
+        let want: BTreeMap<&str, &FileEntry> = m.files.iter().map(|f| (f.path.as_str(), f)).collect();
+        for (rel, meta) in &found {
+            let Some(f) = want.get(rel.as_str()) else { return Some(format!("`{rel}` is not part of the artifact")) };
+            if !meta.is_file() {
+                return Some(format!("`{rel}` is not a regular file"));
+            }
+            let same_inode = fs::metadata(self.blob_path(&f.digest)).map(|b| stat_identity(&b).1 == stat_identity(meta).1).unwrap_or(false);
+            if !same_inode && (meta.len() != f.size || hash_file(&dir.join(rel)).ok().as_deref() != Some(f.digest.as_str())) {
+                return Some(format!("`{rel}` differs from the artifact"));
+            }
+        }
+        if found.len() != want.len() {
+            let have: HashSet<&str> = found.iter().map(|(r, _)| r.as_str()).collect();
+            let missing = want.keys().find(|k| !have.contains(*k)).copied().unwrap_or("?");
+            return Some(format!("`{missing}` is missing"));
+        }
+        None
+    }
+
+    /// The state of a view before a stage reads it, to prove afterwards that the stage
+    /// changed nothing in it (hard links share the blob's inode: a write through one is a
+    /// write to the store).
+    pub fn snapshot_view(&self, output: &str) -> Result<ViewSnapshot, CacheError> {
+        let dir = self.root.join("views").join(output);
+        let files = list_tree(&dir)
+            .map_err(|e| CacheError::Corrupt(output.to_string(), e))?
+            .into_iter()
+            .map(|(rel, m)| {
+                let (_, ino, mtime) = stat_identity(&m);
+                (rel, (ino, m.len(), mtime))
+            })
+            .collect();
+        Ok(ViewSnapshot { output: output.to_string(), files })
+    }
+
+    /// `Err(what changed)` when a view differs from its snapshot. The view is removed (it is
+    /// rebuilt from the blobs when next needed); a blob changed through a hard link is
+    /// rehashed, and if damaged deleted with every entry that needed it.
+    pub fn check_view(&self, snap: &ViewSnapshot) -> Result<(), String> {
+        let dir = self.root.join("views").join(&snap.output);
+        let now: BTreeMap<String, (u64, u64, i128)> = match list_tree(&dir) {
+            Ok(f) => f
+                .into_iter()
+                .map(|(rel, m)| {
+                    let (_, ino, mtime) = stat_identity(&m);
+                    (rel, (ino, m.len(), mtime))
+                })
+                .collect(),
+            Err(e) => BTreeMap::from([(format!("({e})"), (0, 0, 0))]),
+        };
+        if now == snap.files {
+            return Ok(());
+        }
+        let mut changes = Vec::new();
+        for (rel, st) in &now {
+            match snap.files.get(rel) {
+                None => changes.push(format!("`{rel}` added")),
+                Some(old) if old != st => changes.push(format!("`{rel}` changed")),
+                _ => {}
+            }
+        }
+        for rel in snap.files.keys().filter(|r| !now.contains_key(*r)) {
+            changes.push(format!("`{rel}` deleted"));
+        }
+        // A write through a hard link changed the blob itself: rehash what the view names.
+        let mut damaged = Vec::new();
+        if let Ok(Some(m)) = self.manifest(&snap.output) {
+            for f in &m.files {
+                let blob = self.blob_path(&f.digest);
+                if fs::metadata(&blob).map(|b| b.len()).ok() != Some(f.size) || hash_file(&blob).ok().as_deref() != Some(f.digest.as_str()) {
+                    damaged.push(f.digest.clone());
+                }
+            }
+        }
+        let _ = super::ingest::remove_tree(&dir);
+        if !damaged.is_empty() {
+            for d in &damaged {
+                let _ = fs::remove_file(self.blob_path(d));
+            }
+            let _ = self.drop_entries_needing(&damaged);
+        }
+        if changes.is_empty() {
+            // Same names and inodes, only the content: the blob case above.
+            changes.push("file contents changed".to_string());
+        }
+        let shown: Vec<String> = changes.iter().take(5).cloned().collect();
+        Err(format!(
+            "{}{}{}",
+            shown.join(", "),
+            if changes.len() > 5 { format!(" and {} more", changes.len() - 5) } else { String::new() },
+            if damaged.is_empty() { String::new() } else { format!("; {} damaged blob(s) removed from the store with the entries that needed them", damaged.len()) }
+        ))
+    }
+
+    /// Remove every entry whose manifest names one of `digests`. Returns how many.
+    fn drop_entries_needing(&self, digests: &[String]) -> Result<usize, CacheError> {
+        let bad: HashSet<&str> = digests.iter().map(|s| s.as_str()).collect();
+        let mut n = 0;
+        for e in self.entries() {
+            let needs = match self.manifest(&e.output) {
+                Ok(Some(m)) => m.files.iter().any(|f| bad.contains(f.digest.as_str())),
+                _ => true,
+            };
+            if needs {
+                self.remove_entry(&e.key)?;
+                let _ = super::ingest::remove_tree(&self.root.join("views").join(&e.output));
+                n += 1;
+            }
+        }
+        self.flush()?;
+        Ok(n)
+    }
+
+    /// Copy an artifact's files out of the cache (writable copies, not links) into `dest`,
+    /// which must be empty or absent (or `force`), and outside the cache.
+    pub fn export(&self, output: &str, dest: &Path, force: bool) -> Result<usize, CacheError> {
         let m = self.manifest(output)?.ok_or_else(|| CacheError::NotFound(output.to_string()))?;
+        let abs = absolute(dest);
+        if abs.starts_with(&self.root) || self.root.starts_with(&abs) {
+            return Err(CacheError::Refused(format!(
+                "refusing to export into {}: it is inside the cache {} (or contains it); choose a directory outside it",
+                dest.display(),
+                self.root.display()
+            )));
+        }
+        if !force {
+            if let Ok(mut rd) = fs::read_dir(dest) {
+                if rd.next().is_some() {
+                    return Err(CacheError::Refused(format!(
+                        "refusing to export into {}: it is not empty (pass --force to overwrite the files it has in common with the artifact)",
+                        dest.display()
+                    )));
+                }
+            } else if dest.exists() {
+                return Err(CacheError::Refused(format!("{} exists and is not a directory", dest.display())));
+            }
+        }
         for f in &m.files {
             let dst = dest.join(&f.path);
             if let Some(p) = dst.parent() {
                 fs::create_dir_all(p).map_err(io_err(p))?;
             }
             let _ = fs::remove_file(&dst);
-            fs::copy(self.blob_path(&f.digest), &dst).map_err(io_err(&dst))?;
+            let blob = self.blob_path(&f.digest);
+            if !blob.is_file() {
+                return Err(CacheError::Corrupt(
+                    output.to_string(),
+                    format!("blob {} of `{}` is missing from the store; run `pipeline cache verify`", &f.digest[..12], f.path),
+                ));
+            }
+            fs::copy(&blob, &dst).map_err(io_err(&dst))?;
             let mut perm = fs::metadata(&dst).map_err(io_err(&dst))?.permissions();
             #[cfg(unix)]
             {
@@ -448,11 +703,11 @@ impl Cache {
     /// remaining entry reaches, and temp leftovers. Returns (entries removed, bytes freed).
     pub fn gc(&self, keep: Option<&HashSet<String>>) -> Result<(usize, u64), CacheError> {
         let mut removed = 0;
-        let lasts: HashSet<String> = self.last.iter().filter_map(|kv| kv.ok()).map(|(_, v)| String::from_utf8_lossy(&v).to_string()).collect();
+        let lasts = self.current_keys();
         if let Some(keep) = keep {
             for e in self.entries() {
                 if !keep.contains(&e.key.0) && !lasts.contains(&e.key.0) {
-                    self.entries.remove(e.key.0.as_bytes()).map_err(self.db_err())?;
+                    self.remove_entry(&e.key)?;
                     removed += 1;
                 }
             }
@@ -472,69 +727,210 @@ impl Cache {
         }
         self.flush()?;
         let mut freed = 0;
-        for (digest, path, size) in self.blobs()? {
+        let (blobs, junk) = self.blobs()?;
+        for j in &junk {
+            tracing::warn!(path = %j.display(), "not a blob: left alone (remove it by hand)");
+        }
+        for (digest, path, size) in blobs {
             if !live_blobs.contains(&digest) {
                 freed += size;
                 fs::remove_file(&path).map_err(io_err(&path))?;
             }
         }
+        // Index records of entries that are gone (or were never committed: a kill between
+        // the record and the sled transaction).
+        let keys: HashSet<String> = self.entries().into_iter().map(|e| e.key.0).collect();
+        let index = self.root.join("index");
+        for f in fs::read_dir(&index).map_err(io_err(&index))?.flatten() {
+            let name = f.file_name().to_string_lossy().to_string();
+            if !name.strip_suffix(".json").map(|k| keys.contains(k)).unwrap_or(false) {
+                let _ = fs::remove_file(f.path());
+            }
+        }
         let views = self.root.join("views");
         for d in fs::read_dir(&views).map_err(io_err(&views))?.flatten() {
             if !live_manifests.contains(&d.file_name().to_string_lossy().to_string()) {
-                let _ = fs::remove_dir_all(d.path());
+                let _ = super::ingest::remove_tree(&d.path());
             }
         }
         self.clear_tmp()?;
         Ok((removed, freed))
     }
 
-    fn blobs(&self) -> Result<Vec<(String, PathBuf, u64)>, CacheError> {
+    /// Every blob as (digest, path, size), and the paths under `objects/` that are not blobs
+    /// (a stray file, a misnamed directory): reported, never deleted.
+    fn blobs(&self) -> Result<(Vec<(String, PathBuf, u64)>, Vec<PathBuf>), CacheError> {
         let mut out = Vec::new();
+        let mut junk = Vec::new();
         let objects = self.root.join("objects");
+        let is_hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
         for d in fs::read_dir(&objects).map_err(io_err(&objects))?.flatten() {
             let prefix = d.file_name().to_string_lossy().to_string();
+            let is_dir = d.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if !is_dir || prefix.len() != 2 || !is_hex(&prefix) {
+                junk.push(d.path());
+                continue;
+            }
             for f in fs::read_dir(d.path()).map_err(io_err(&d.path()))?.flatten() {
+                let name = f.file_name().to_string_lossy().to_string();
+                let is_file = f.file_type().map(|t| t.is_file()).unwrap_or(false);
+                if !is_file || name.len() != 62 || !is_hex(&name) {
+                    // tmp names of a blob being installed never live here; anything else is junk
+                    junk.push(f.path());
+                    continue;
+                }
                 let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-                out.push((format!("{prefix}{}", f.file_name().to_string_lossy()), f.path(), size));
+                out.push((format!("{prefix}{name}"), f.path(), size));
             }
         }
-        Ok(out)
+        Ok((out, junk))
     }
 
-    /// Rehash every blob; delete bad ones and drop the entries that needed them.
-    /// Returns (blobs checked, bad blobs, entries dropped).
-    pub fn verify(&self) -> Result<(usize, Vec<String>, Vec<Entry>), CacheError> {
-        let blobs = self.blobs()?;
-        let mut bad = Vec::new();
+    /// Rehash every blob (deleting bad ones and dropping the entries that needed them) and
+    /// check every view against its manifest (removing a changed one: views are rebuilt).
+    pub fn verify(&self) -> Result<VerifyReport, CacheError> {
+        let (blobs, junk) = self.blobs()?;
+        let mut r = VerifyReport { checked: blobs.len(), junk, ..Default::default() };
         for (digest, path, _) in &blobs {
             if hash_file(path)? != *digest {
-                bad.push(digest.clone());
+                r.bad_blobs.push(digest.clone());
                 let _ = fs::remove_file(path);
             }
         }
-        let mut dropped = Vec::new();
         for e in self.entries() {
             let ok = match self.manifest(&e.output) {
-                Ok(Some(m)) => m.files.iter().all(|f| self.blob_path(&f.digest).is_file() && !bad.contains(&f.digest)),
+                Ok(Some(m)) => m.files.iter().all(|f| self.blob_path(&f.digest).is_file() && !r.bad_blobs.contains(&f.digest)),
                 _ => false,
             };
             if !ok {
-                self.entries.remove(e.key.0.as_bytes()).map_err(self.db_err())?;
-                let _ = fs::remove_dir_all(self.root.join("views").join(&e.output));
-                dropped.push(e);
+                self.remove_entry(&e.key)?;
+                let _ = super::ingest::remove_tree(&self.root.join("views").join(&e.output));
+                r.dropped.push(e);
             }
         }
         self.flush()?;
-        Ok((blobs.len(), bad, dropped))
+        let views = self.root.join("views");
+        for d in fs::read_dir(&views).map_err(io_err(&views))?.flatten() {
+            let name = d.file_name().to_string_lossy().to_string();
+            let problem = match self.manifest(&name) {
+                Ok(Some(m)) if d.path().is_dir() => self.view_problem(&d.path(), &m),
+                Ok(Some(_)) => Some("not a directory".into()),
+                _ => Some("no such artifact".into()),
+            };
+            if let Some(why) = problem {
+                let _ = super::ingest::remove_tree(&d.path());
+                let _ = fs::remove_file(d.path());
+                r.bad_views.push((name, why));
+            }
+        }
+        Ok(r)
     }
 }
 
-/// `key NUL millis`, or a bare key (caches written before the timestamp: time 0).
-fn parse_last(v: &[u8]) -> (CacheKey, u64) {
-    let mut parts = v.splitn(2, |b| *b == 0);
-    let key = String::from_utf8_lossy(parts.next().unwrap_or_default()).to_string();
-    let at = parts.next().and_then(|t| std::str::from_utf8(t).ok()?.parse().ok()).unwrap_or(0);
-    (CacheKey(key), at)
+/// An entry and its manifest as one file under `index/` (written at each commit).
+#[derive(Serialize, Deserialize)]
+struct IndexRecord {
+    entry: Entry,
+    manifest: Manifest,
+}
+
+/// What `cache verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub checked: usize,
+    pub bad_blobs: Vec<String>,
+    pub dropped: Vec<Entry>,
+    /// (artifact digest, what was wrong): removed, rebuilt on next use.
+    pub bad_views: Vec<(String, String)>,
+    /// Paths under `objects/` that are not blobs (left alone).
+    pub junk: Vec<PathBuf>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.bad_blobs.is_empty() && self.dropped.is_empty() && self.bad_views.is_empty()
+    }
+}
+
+/// A view's files as (path, inode, size, mtime) before a stage ran.
+#[derive(Debug, Clone)]
+pub struct ViewSnapshot {
+    output: String,
+    files: BTreeMap<String, (u64, u64, i128)>,
+}
+
+/// Everything below `dir` that is not a directory, without following symlinks, as
+/// (relative path, metadata). `Err` names what could not be read.
+fn list_tree(dir: &Path) -> Result<Vec<(String, fs::Metadata)>, String> {
+    let mut out = Vec::new();
+    let mut stack = vec![(String::new(), dir.to_path_buf())];
+    while let Some((rel, abs)) = stack.pop() {
+        let rd = fs::read_dir(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
+        for d in rd {
+            let d = d.map_err(|e| format!("{}: {e}", abs.display()))?;
+            let name = d.file_name().to_string_lossy().to_string();
+            let r = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let m = fs::symlink_metadata(d.path()).map_err(|e| format!("{}: {e}", d.path().display()))?;
+            if m.is_dir() {
+                stack.push((r, d.path()));
+            } else {
+                out.push((r, m));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// `p` made absolute against the working directory, `..` resolved where the path exists.
+pub fn absolute(p: &Path) -> PathBuf {
+    if let Ok(c) = fs::canonicalize(p) {
+        return c;
+    }
+    // The nearest existing ancestor, canonical, plus the rest.
+    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
+    let mut rest = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(c) = fs::canonicalize(cur) {
+            let mut out = c;
+            for r in rest.iter().rev() {
+                out.push(r);
+            }
+            return out;
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// The value of the `last` tree: a stage's current output and when it became current
+/// (a bare stage name resolves to the pipeline that set it most recently).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRecord {
+    pub key: CacheKey,
+    pub at_ms: u64,
+}
+
+impl LastRecord {
+    fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+    /// JSON; older caches hold `key NUL millis` or a bare key (time 0).
+    fn parse(v: &[u8]) -> LastRecord {
+        if let Ok(r) = serde_json::from_slice::<LastRecord>(v) {
+            return r;
+        }
+        let mut parts = v.splitn(2, |b| *b == 0);
+        let key = String::from_utf8_lossy(parts.next().unwrap_or_default()).to_string();
+        let at_ms = parts.next().and_then(|t| std::str::from_utf8(t).ok()?.parse().ok()).unwrap_or(0);
+        LastRecord { key: CacheKey(key), at_ms }
+    }
 }
 
 fn last_key(pipeline: &str, stage: &str) -> Vec<u8> {
@@ -588,8 +984,11 @@ pub fn walk_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, CacheError> {
             let meta = fs::metadata(&p).map_err(io_err(&p))?;
             if meta.is_dir() {
                 stack.push((r, p));
-            } else {
+            } else if meta.is_file() {
                 out.push((r, p));
+            } else {
+                // Hashing a FIFO or a device would block or never end.
+                return Err(CacheError::UnsafeOutput { path: p, message: "is not a regular file (FIFO, socket or device): inputs must be regular files".into() });
             }
         }
     }
@@ -603,11 +1002,7 @@ fn stat_identity(m: &fs::Metadata) -> (u64, u64, i128) {
     (m.dev(), m.ino(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128)
 }
 
-#[cfg(unix)]
-fn is_exec(m: &fs::Metadata) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    m.permissions().mode() & 0o111 != 0
-}
+use super::ingest::is_exec;
 
 #[cfg(test)]
 mod tests {
@@ -677,8 +1072,8 @@ mod tests {
         p.set_readonly(false);
         fs::set_permissions(&blob, p).unwrap();
         fs::write(&blob, "tampered").unwrap();
-        let (checked, bad, dropped) = cache.verify().unwrap();
-        assert_eq!((checked, bad.len(), dropped.len()), (1, 1, 1));
+        let r = cache.verify().unwrap();
+        assert_eq!((r.checked, r.bad_blobs.len(), r.dropped.len()), (1, 1, 1));
         assert!(cache.entry(&e.key).unwrap().is_none());
 
         // An orphan blob (as after a crash between blob and entry) is freed by gc.

@@ -226,7 +226,9 @@ impl Stage for Amt {
                 let rel = url.strip_prefix(p.image_url_prefix.as_str()).ok_or_else(|| {
                     StageError::bad_param("image_url_prefix", format!("image_url \"{url}\" does not start with \"{}\"", p.image_url_prefix))
                 })?;
-                let src = dir.join(rel.trim_start_matches('/'));
+                let src = contained_path(dir, rel).map_err(|why| {
+                    StageError::bad_file(dir, format!("image_url \"{url}\" of item \"{}\" {why}: refused", r.item))
+                })?;
                 if !src.is_file() {
                     return Err(StageError::bad_file(&src, format!("image of item \"{}\" not found", r.item)));
                 }
@@ -321,6 +323,32 @@ impl Stage for Amt {
         ));
         Ok(o)
     }
+}
+
+/// `root/rel`, if it stays inside `root` after resolving `..` and symlinks: an
+/// `Input.image_url` such as `https://x/../../etc/hostname` must not read outside the images.
+fn contained_path(root: &std::path::Path, rel: &str) -> Result<std::path::PathBuf, String> {
+    let rel = rel.trim_start_matches('/');
+    let mut depth = 0usize;
+    for part in rel.split(['/', '\\']) {
+        match part {
+            "" | "." => {}
+            ".." if depth == 0 => return Err("leaves the images directory".into()),
+            ".." => depth -= 1,
+            _ => depth += 1,
+        }
+    }
+    if rel.contains('\0') {
+        return Err("holds a NUL byte".into());
+    }
+    let p = root.join(rel);
+    // Symlinks inside the images directory may not lead out of it either.
+    if let (Ok(real), Ok(real_root)) = (std::fs::canonicalize(&p), std::fs::canonicalize(root)) {
+        if !real.starts_with(&real_root) {
+            return Err(format!("resolves to {}, outside the images directory", real.display()));
+        }
+    }
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -428,5 +456,19 @@ mod tests {
         assert_eq!(a, image_name("https://x/results/fear/fear_01.jpg", "jpg"));
         assert!(a.starts_with("fear_01_") && a.ends_with(".jpg"));
         assert_ne!(a, image_name("https://x/round2/fear/fear_01.jpg", "jpg"));
+    }
+
+    #[test]
+    fn image_urls_that_leave_the_images_directory_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("img");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::write(t.path().join("secret"), "s").unwrap();
+        assert!(contained_path(&root, "a/../a/x.png").is_ok());
+        for bad in ["../secret", "a/../../secret", "/../../../../etc/hostname", "a\\..\\..\\secret"] {
+            assert!(contained_path(&root, bad).is_err(), "{bad}");
+        }
+        std::os::unix::fs::symlink(t.path().join("secret"), root.join("a/link")).unwrap();
+        assert!(contained_path(&root, "a/link").unwrap_err().contains("outside"));
     }
 }

@@ -52,7 +52,7 @@ impl Stage for Command {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(StageError::bad_param(
                     name,
-                    "command params become $P_<name>: use letters, digits and '_' only",
+                    format!("param name {name:?}: command params become $P_<name>, so use letters, digits and '_' only"),
                 ));
             }
         }
@@ -85,31 +85,20 @@ impl Stage for Command {
             proc.process_group(0);
         }
         let mut child = proc.spawn().map_err(|e| StageError::Failed(format!("cannot start sh: {e}")))?;
-        let out_reader = child.stdout.take().map(|mut s| {
+        let group = Group::register(child.id());
+        let out_reader = child.stdout.take().map(|s| {
             let progress = ctx.progress.clone();
             std::thread::spawn(move || {
-                let mut buf = String::new();
-                let _ = s.read_to_string(&mut buf);
-                for line in buf.lines().rev().take(1) {
-                    progress.set_message(line.to_string());
-                }
-                buf
+                let buf = read_tail(s, TAIL_BYTES, Some(&progress));
+                String::from_utf8_lossy(&buf).to_string()
             })
         });
-        let err_reader = child.stderr.take().map(|mut s| {
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let _ = s.read_to_end(&mut buf);
-                buf
-            })
-        });
+        let err_reader = child.stderr.take().map(|s| std::thread::spawn(move || read_tail(s, TAIL_BYTES, None)));
         let status = loop {
             if ctx.cancel.is_cancelled() {
-                #[cfg(unix)]
-                unsafe {
-                    libc::kill(-(child.id() as i32), libc::SIGTERM);
-                }
-                let _ = child.kill();
+                // TERM to the whole group, KILL after a grace period: a child that ignores
+                // TERM must not outlive the run.
+                group.terminate(TERM_GRACE);
                 let _ = child.wait();
                 return Err(StageError::Cancelled);
             }
@@ -119,17 +108,26 @@ impl Stage for Command {
                 Err(e) => return Err(StageError::Failed(format!("waiting for sh: {e}"))),
             }
         };
+        // `sh` is done; whatever it left running in the background (`cmd &`) would keep
+        // writing into $OUT after the commit. Kill the group and wait until it is gone.
+        if !group.kill_and_wait(Duration::from_secs(10)) {
+            return Err(StageError::Failed(
+                "processes the command started in the background are still running 10 s after it exited and SIGKILL: nothing was committed".into(),
+            ));
+        }
+        drop(group);
         let stdout = out_reader.and_then(|h| h.join().ok()).unwrap_or_default();
         let stderr = err_reader.and_then(|h| h.join().ok()).unwrap_or_default();
         if !status.success() {
             let stderr = String::from_utf8_lossy(&stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            let code = status.code().map(|c| c.to_string()).unwrap_or_else(|| "a signal".into());
+            let tail = crate::text::cap_tail(&crate::text::strip_controls(&tail.join("\n")), 2048);
             return Err(StageError::Failed(format!(
-                "command exited with {code}{}{}",
+                "command {}{}{}",
+                describe_exit(&status),
                 if tail.is_empty() { "" } else { ": " },
-                tail.join("\n")
+                tail
             )));
         }
         let mut outcome = StageOutcome::default();
@@ -137,5 +135,170 @@ impl Stage for Command {
             outcome.summary.push(last.to_string());
         }
         Ok(outcome)
+    }
+}
+
+/// Bytes of stdout/stderr kept (the end of each): error messages need the tail, and a
+/// command that prints 20 MB must not put 20 MB in every run record.
+const TAIL_BYTES: usize = 64 << 10;
+
+/// How long a cancelled command gets between SIGTERM and SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(3);
+
+/// Read a pipe to its end, keeping only the last `max` bytes.
+fn read_tail(mut r: impl Read, max: usize, progress: Option<&super::Progress>) -> Vec<u8> {
+    let mut keep: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                keep.extend(&buf[..n]);
+                if keep.len() > max {
+                    let extra = keep.len() - max;
+                    keep.drain(..extra);
+                }
+                if let Some(p) = progress {
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    if let Some(l) = text.lines().rev().find(|l| !l.trim().is_empty()) {
+                        p.set_message(crate::text::cap(&crate::text::strip_controls(l), 200));
+                    }
+                }
+            }
+        }
+    }
+    keep.into()
+}
+
+/// "exited with 3", "was killed by signal 9 (SIGKILL)".
+fn describe_exit(status: &std::process::ExitStatus) -> String {
+    if let Some(c) = status.code() {
+        return format!("exited with {c}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            let name = match sig {
+                1 => "SIGHUP",
+                2 => "SIGINT",
+                3 => "SIGQUIT",
+                4 => "SIGILL",
+                6 => "SIGABRT",
+                7 => "SIGBUS",
+                8 => "SIGFPE",
+                9 => "SIGKILL",
+                11 => "SIGSEGV",
+                13 => "SIGPIPE",
+                14 => "SIGALRM",
+                15 => "SIGTERM",
+                24 => "SIGXCPU",
+                25 => "SIGXFSZ",
+                _ => "",
+            };
+            return if name.is_empty() { format!("was killed by signal {sig}") } else { format!("was killed by signal {sig} ({name})") };
+        }
+    }
+    "ended without an exit status".into()
+}
+
+/// Process groups of running commands, so that a process that exits after abandoning
+/// stages (see `engine::CANCEL_GRACE`) can still kill them: [`kill_all_running`].
+static RUNNING: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// SIGKILL every command process group still running (called before the process exits).
+pub fn kill_all_running() {
+    let groups: Vec<i32> = RUNNING.lock().map(|g| g.clone()).unwrap_or_default();
+    for g in groups {
+        #[cfg(unix)]
+        unsafe {
+            libc::kill(-g, libc::SIGKILL);
+        }
+    }
+}
+
+/// One command's process group (its id is `sh`'s pid).
+struct Group(i32);
+
+impl Group {
+    fn register(pid: u32) -> Group {
+        let g = pid as i32;
+        if let Ok(mut r) = RUNNING.lock() {
+            r.push(g);
+        }
+        Group(g)
+    }
+
+    fn signal(&self, sig: i32) {
+        #[cfg(unix)]
+        unsafe {
+            libc::kill(-self.0, sig);
+        }
+        let _ = sig;
+    }
+
+    /// Whether a live (not zombie) process is left in the group.
+    fn alive(&self) -> bool {
+        group_alive(self.0)
+    }
+
+    fn wait_gone(&self, within: Duration) -> bool {
+        let t0 = std::time::Instant::now();
+        while self.alive() {
+            if t0.elapsed() > within {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    fn kill_and_wait(&self, within: Duration) -> bool {
+        self.signal(libc::SIGKILL);
+        self.wait_gone(within)
+    }
+
+    fn terminate(&self, grace: Duration) {
+        self.signal(libc::SIGTERM);
+        if !self.wait_gone(grace) {
+            self.kill_and_wait(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Ok(mut r) = RUNNING.lock() {
+            r.retain(|g| *g != self.0);
+        }
+    }
+}
+
+/// Linux: scan /proc for a non-zombie process whose process group is `pgid`. (A killed
+/// grandchild stays a zombie until its new parent reaps it, and `kill(-pgid, 0)` counts
+/// zombies.) Elsewhere: `kill(-pgid, 0)`.
+fn group_alive(pgid: i32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(rd) = std::fs::read_dir("/proc") else { return unsafe { libc::kill(-pgid, 0) } == 0 };
+        for d in rd.flatten() {
+            let name = d.file_name();
+            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            // pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+            let mut f = rest.split_whitespace();
+            let state = f.next().unwrap_or("");
+            let _ppid = f.next();
+            let pgrp: i32 = f.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+            if pgrp == pgid && state != "Z" && state != "X" {
+                return true;
+            }
+        }
+        false
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        unsafe { libc::kill(-pgid, 0) == 0 }
     }
 }

@@ -1,0 +1,124 @@
+//! Making text from stages and servers safe to print and store: secrets redacted, terminal
+//! control sequences stripped, length capped. Every stage error and summary line passes
+//! through [`clean`] before it reaches the terminal, a log, a run record or the database.
+
+/// Longest message kept (bytes); the rest is cut with a note of how much.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// Environment variables whose values are secrets wherever they appear.
+const SECRET_VARS: &[&str] = &["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECURITY_TOKEN"];
+
+/// The secret values known to this process (short values are ignored: redacting "a" would
+/// garble every message).
+fn secrets() -> Vec<String> {
+    SECRET_VARS.iter().filter_map(|v| std::env::var(v).ok()).filter(|s| s.len() >= 8).collect()
+}
+
+/// Replace every known secret value by `[redacted]`.
+pub fn redact(s: &str) -> String {
+    let mut out = s.to_string();
+    for secret in secrets() {
+        if out.contains(&secret) {
+            out = out.replace(&secret, "[redacted]");
+        }
+    }
+    out
+}
+
+/// Strip ANSI escape sequences and other control characters (newlines and tabs are kept).
+pub fn strip_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                // CSI `ESC [ ... final`, OSC `ESC ] ... BEL|ESC \`, or a two-character escape.
+                match chars.peek() {
+                    Some('[') => {
+                        chars.next();
+                        while let Some(&n) = chars.peek() {
+                            chars.next();
+                            if ('@'..='~').contains(&n) {
+                                break;
+                            }
+                        }
+                    }
+                    Some(']') => {
+                        chars.next();
+                        while let Some(n) = chars.next() {
+                            if n == '\u{7}' || (n == '\u{1b}' && chars.peek() == Some(&'\\')) {
+                                if n == '\u{1b}' {
+                                    chars.next();
+                                }
+                                break;
+                            }
+                        }
+                    }
+                    _ => {
+                        chars.next();
+                    }
+                }
+            }
+            '\n' | '\t' => out.push(c),
+            '\r' => {}
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Cap `s` at `max` bytes (on a character boundary), saying how much was cut.
+pub fn cap(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [... {} more bytes cut]", &s[..end], s.len() - end)
+}
+
+/// Cap `s` at `max` bytes keeping its end (the end of a stderr is where the error is).
+pub fn cap_tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[... {start} bytes cut] {}", &s[start..])
+}
+
+/// Redact, strip and cap: what every stored or printed message goes through.
+pub fn clean(s: &str) -> String {
+    cap(&strip_controls(&redact(s)), MAX_MESSAGE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_are_stripped_and_text_kept() {
+        assert_eq!(strip_controls("\u{1b}[31mred\u{1b}[0m ok\n\ttab\u{7}\r"), "red ok\n\ttab");
+        assert_eq!(strip_controls("a\u{1b}]0;title\u{7}b"), "ab");
+    }
+
+    #[test]
+    fn long_messages_are_capped_on_a_char_boundary() {
+        let s = "é".repeat(5000);
+        let c = cap(&s, 4097);
+        assert!(c.len() < 4200 && c.contains("more bytes cut"), "{}", c.len());
+    }
+
+    #[test]
+    fn secrets_from_the_environment_are_redacted() {
+        // A variable name only this test uses, so parallel tests are not affected.
+        std::env::set_var("AWS_SECURITY_TOKEN", "tok-SECRET-123456");
+        assert_eq!(redact("header x-amz-security-token: tok-SECRET-123456!"), "header x-amz-security-token: [redacted]!");
+        std::env::remove_var("AWS_SECURITY_TOKEN");
+    }
+}

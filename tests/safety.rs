@@ -1,0 +1,543 @@
+//! Data safety: the cache never loses, moves or corrupts anyone's data, whatever a stage or a
+//! user does. One test per case of issue 12 (each failed on the code before the fix); every
+//! future data-safety bug gets a case here.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn one_stage(cmd: &str) -> String {
+    serde_json::json!({"name": "t", "stages": {"a": {"kind": "command", "params": {"cmd": cmd}}}}).to_string()
+}
+
+// ---------- 1. promote.to ----------
+
+#[test]
+fn promote_never_replaces_a_directory_it_did_not_create() {
+    let s = Sandbox::new();
+    s.write("data/keep.csv", "user data\n");
+    for to in ["", ".", "./", "data", "..", "cache", "cache/models"] {
+        let p = serde_json::json!({"name": "t",
+            "stages": {"a": {"kind": "command", "params": {"cmd": "echo 1 > $OUT/m"}}},
+            "promote": {"stage": "a", "metric": "a.x", "to": to}});
+        s.write("t.json", &p.to_string());
+        let o = s.run(&["run", "t.json"]);
+        assert_eq!(o.status.code(), Some(1), "to={to:?}: {}{}", stdout(&o), stderr(&o));
+        assert!(stderr(&o).contains("promote.to"), "to={to:?}: {}", stderr(&o));
+        assert!(s.path().join("t.json").is_file(), "to={to:?} deleted the pipeline file");
+        assert_eq!(std::fs::read_to_string(s.path().join("data/keep.csv")).unwrap(), "user data\n", "to={to:?}");
+        assert!(s.statuses(&o).is_empty(), "nothing runs with a bad target: {}", stdout(&o));
+    }
+}
+
+// ---------- 2, 3. links in $OUT ----------
+
+#[test]
+fn a_symlink_in_out_to_an_input_directory_copies_it_and_leaves_it_alone() {
+    let s = Sandbox::new();
+    s.write("data/a.txt", "A");
+    s.write("data/sub/b.txt", "B");
+    s.write("single.txt", "S");
+    let before = tree(&s.path().join("data"));
+    s.write(
+        "t.json",
+        r#"{"name":"t","stages":{"pass":{"kind":"command","inputs":{"x":"data","f":"single.txt"},
+            "params":{"cmd":"ln -s $IN_x $OUT/images; ln -s $IN_f $OUT/one.txt"}},
+          "next":{"kind":"command","inputs":{"x":"pass"},"params":{"cmd":"cat $IN_x/images/a.txt $IN_x/images/sub/b.txt $IN_x/one.txt > $OUT/all"}}}}"#,
+    );
+    s.ok(&["run", "t.json"]);
+    assert_eq!(tree(&s.path().join("data")), before, "the user's directory must be untouched");
+    assert_eq!(std::fs::read_to_string(s.path().join("single.txt")).unwrap(), "S");
+    assert!(!std::fs::symlink_metadata(s.path().join("single.txt")).unwrap().file_type().is_symlink());
+    let exp = s.export("next");
+    assert_eq!(std::fs::read_to_string(exp.join("all")).unwrap(), "ABS");
+    let exp = s.export("pass");
+    assert_eq!(tree(&exp).iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), vec!["images/a.txt", "images/sub/b.txt", "one.txt"]);
+    s.verify_clean();
+}
+
+#[test]
+fn a_hard_link_to_a_user_file_is_copied_so_editing_the_file_later_corrupts_nothing() {
+    let s = Sandbox::new();
+    let f = s.write("mine.txt", "original");
+    let mode = std::fs::metadata(&f).unwrap().permissions().mode();
+    s.write("t.json", r#"{"name":"t","stages":{"a":{"kind":"command","inputs":{"x":"mine.txt"},"params":{"cmd":"ln $IN_x $OUT/copy.txt"}}}}"#);
+    s.ok(&["run", "t.json"]);
+    assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode(), mode, "the user's file keeps its mode");
+    std::fs::write(&f, "edited by the user").unwrap();
+    s.verify_clean();
+    assert_eq!(std::fs::read_to_string(s.export("a").join("copy.txt")).unwrap(), "original");
+}
+
+// ---------- 4. damaged blobs ----------
+
+#[test]
+fn a_truncated_blob_is_a_miss_and_is_replaced_by_the_rerun() {
+    let s = Sandbox::new();
+    s.write(
+        "t.json",
+        r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"printf 'payload-of-a' > $OUT/a.txt"}},
+          "b":{"kind":"command","inputs":{"x":"a"},"params":{"cmd":"cat $IN_x/a.txt > $OUT/b.txt"}}}}"#,
+    );
+    s.ok(&["run", "t.json"]);
+    let blob = blob_with(&s.cache(), b"payload-of-a");
+    set_writable(&blob);
+    std::fs::write(&blob, "payl").unwrap();
+    let o = s.ok(&["run", "t.json", "--force", "b"]);
+    assert_eq!(s.status_of(&o, "a"), "ran", "a hit whose blob has the wrong size is a miss");
+    assert_eq!(std::fs::read(&blob).unwrap(), b"payload-of-a", "the damaged blob is replaced");
+    assert_eq!(std::fs::read_to_string(s.export("b").join("b.txt")).unwrap(), "payload-of-a");
+    s.verify_clean();
+}
+
+#[test]
+fn a_flipped_byte_is_repaired_by_force() {
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("printf 'flip-me-please' > $OUT/a.txt"));
+    s.ok(&["run", "t.json"]);
+    let blob = blob_with(&s.cache(), b"flip-me-please");
+    set_writable(&blob);
+    std::fs::write(&blob, "flip-me-pleasE").unwrap();
+    let o = s.ok(&["run", "t.json", "--force", "a"]);
+    assert_eq!(s.status_of(&o, "a"), "ran");
+    assert_eq!(std::fs::read(&blob).unwrap(), b"flip-me-please", "--force replaces the corrupt blob");
+    assert_eq!(std::fs::read_to_string(s.export("a").join("a.txt")).unwrap(), "flip-me-please");
+    s.verify_clean();
+}
+
+// ---------- 5. input views ----------
+
+#[test]
+fn a_stage_that_adds_a_file_to_its_input_fails_and_nobody_sees_the_file() {
+    let s = Sandbox::new();
+    s.write(
+        "t.json",
+        r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"echo a > $OUT/a.txt"}},
+          "b":{"kind":"command","inputs":{"x":"a"},"params":{"cmd":"echo evil > $IN_x/added.txt; echo b > $OUT/b"}},
+          "c":{"kind":"command","inputs":{"x":"a"},"params":{"cmd":"ls $IN_x > $OUT/listing"}}}}"#,
+    );
+    let o = s.run(&["run", "t.json", "-j", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(s.status_of(&o, "b"), "failed", "{}", stdout(&o));
+    assert!(stderr(&o).contains("changed its input `x`") && stderr(&o).contains("added.txt"), "{}", stderr(&o));
+    let listing = std::fs::read_to_string(s.export("c").join("listing")).unwrap();
+    assert_eq!(listing.trim(), "a.txt", "c must not see b's file");
+    assert_eq!(tree(&s.export("a")).len(), 1);
+    s.verify_clean();
+}
+
+#[test]
+fn a_stage_that_rewrites_a_blob_through_its_input_view_fails_and_the_entry_is_dropped() {
+    let s = Sandbox::new();
+    s.write(
+        "t.json",
+        r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"echo good > $OUT/a.txt"}},
+          "b":{"kind":"command","inputs":{"x":"a"},"params":{"cmd":"chmod u+w $IN_x/a.txt 2>/dev/null; echo tampered > $IN_x/a.txt; echo b > $OUT/b"}}}}"#,
+    );
+    let o = s.run(&["run", "t.json"]);
+    assert_eq!(s.status_of(&o, "b"), "failed", "{}{}", stdout(&o), stderr(&o));
+    s.verify_clean();
+    // a's damaged output is gone: the next run recomputes it rather than serve "tampered".
+    let p = s.write("t2.json", r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"echo good > $OUT/a.txt"}}}}"#);
+    let o = s.ok(&["run", p.to_str().unwrap()]);
+    assert_eq!(s.status_of(&o, "a"), "ran");
+    assert_eq!(std::fs::read_to_string(s.export("a").join("a.txt")).unwrap(), "good\n");
+}
+
+#[test]
+fn a_file_deleted_from_a_view_is_restored_and_verify_reports_it() {
+    let s = Sandbox::new();
+    s.write(
+        "t.json",
+        r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"echo 1 > $OUT/one; echo 2 > $OUT/two"}},
+          "b":{"kind":"command","inputs":{"x":"a"},"params":{"cmd":"cat $IN_x/one $IN_x/two > $OUT/both"}}}}"#,
+    );
+    s.ok(&["run", "t.json"]);
+    let view = std::fs::read_dir(s.cache().join("views")).unwrap().flatten().map(|d| d.path()).find(|p| p.join("two").exists()).unwrap();
+    std::fs::remove_file(view.join("two")).unwrap();
+    let o = s.run(&["cache", "verify"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("removed view"), "{}", stdout(&o));
+    std::fs::remove_file(view.join("one")).ok();
+    s.ok(&["run", "t.json", "--force", "b"]);
+    assert_eq!(std::fs::read_to_string(s.export("b").join("both")).unwrap(), "1\n2\n");
+    s.verify_clean();
+}
+
+// ---------- 6, 7, 11. processes ----------
+
+#[test]
+fn a_process_left_over_from_a_killed_run_cannot_write_into_the_next_run() {
+    let s = Sandbox::new();
+    let marker = s.path().join("first-attempt");
+    let cmd = format!(
+        "if [ ! -e {m} ]; then touch {m}; (sleep 1.5; echo stale > $OUT/stale) & sleep 8; fi; sleep 3; echo ok > $OUT/ok",
+        m = marker.display()
+    );
+    s.write("t.json", &one_stage(&cmd));
+    let mut child = s.cmd(&["run", "t.json", "-q"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_for_file(&marker, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    s.ok(&["run", "t.json"]);
+    let exp = s.export("a");
+    assert_eq!(tree(&exp).iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(), vec!["ok".to_string()], "the old process's file got in");
+    s.verify_clean();
+}
+
+#[test]
+fn a_background_process_of_a_finished_stage_is_killed_before_the_commit() {
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("(sleep 0.7; echo corrupt >> $OUT/a.txt) & echo clean > $OUT/a.txt"));
+    s.ok(&["run", "t.json"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    s.verify_clean();
+    assert_eq!(std::fs::read_to_string(s.export("a").join("a.txt")).unwrap(), "clean\n");
+}
+
+#[test]
+fn a_child_that_ignores_sigterm_does_not_outlive_a_cancelled_run() {
+    let s = Sandbox::new();
+    let pidfile = s.path().join("pid");
+    s.write("t.json", &one_stage(&format!("trap '' TERM; sleep 120 & echo $! > {}; wait", pidfile.display())));
+    let child = s.cmd(&["run", "t.json", "-q"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_file(&pidfile, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(200));
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let t0 = Instant::now();
+    while alive(pid) && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(pid), "the child (pid {pid}) is still running after the run exited");
+}
+
+// ---------- 8. gc --keep-last ----------
+
+#[test]
+fn gc_keep_last_keeps_every_pipelines_current_outputs_even_after_a_run_of_hits() {
+    let s = Sandbox::new();
+    s.write("p1.json", r#"{"name":"p1","stages":{"x":{"kind":"command","params":{"cmd":"echo one > $OUT/o"}}}}"#);
+    s.write("p2.json", r#"{"name":"p2","stages":{"y":{"kind":"command","params":{"cmd":"echo $P_n > $OUT/o","n":1}}}}"#);
+    s.ok(&["run", "p1.json"]);
+    // p1's last run is all hits: its current output is recorded by a hit, not a commit.
+    let o = s.ok(&["run", "p1.json"]);
+    assert_eq!(s.status_of(&o, "x"), "cached");
+    for n in 1..4 {
+        s.ok(&["run", "p2.json", "--set", &format!("y.n={n}")]);
+    }
+    let o = s.ok(&["cache", "gc", "--keep-last", "1"]);
+    assert!(stdout(&o).contains("removed 2 entries"), "y's two older outputs go, x stays: {}", stdout(&o));
+    let o = s.ok(&["run", "p1.json"]);
+    assert_eq!(s.status_of(&o, "x"), "cached", "gc deleted p1's current output");
+    let o = s.ok(&["run", "p2.json", "--set", "y.n=3"]);
+    assert_eq!(s.status_of(&o, "y"), "cached");
+}
+
+// ---------- 10. special files ----------
+
+#[test]
+fn special_files_in_out_are_refused_by_name_instead_of_hanging() {
+    for (cmd, what) in [("mkfifo $OUT/pipe", "$OUT/pipe"), ("ln -s /dev/zero $OUT/zeros", "$OUT/zeros"), ("ln -s $OUT/nowhere $OUT/dangling", "$OUT/dangling")] {
+        let s = Sandbox::new();
+        s.write("t.json", &one_stage(cmd));
+        let t0 = Instant::now();
+        let o = s.run(&["run", "t.json"]);
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        assert_eq!(o.status.code(), Some(1), "{cmd}");
+        assert!(stderr(&o).contains(what), "{cmd}: {}", stderr(&o));
+        let o = s.ok(&["cache", "ls"]);
+        assert!(stdout(&o).contains("0 entries"), "{}", stdout(&o));
+    }
+}
+
+// ---------- 12. amt image_url ----------
+
+#[test]
+fn an_image_url_that_leaves_the_images_directory_is_refused() {
+    let s = Sandbox::new();
+    s.ok(&["demo-data", "demo", "--per-class", "2"]);
+    let batch = s.path().join("demo/amt/batch_results.csv");
+    let text = std::fs::read_to_string(&batch).unwrap();
+    let start = text.find("\"https://demo.invalid/emotion/").unwrap() + 1;
+    let end = start + text[start..].find('"').unwrap();
+    let evil = "https://demo.invalid/emotion/../../../../../../../../../../etc/hostname";
+    std::fs::write(&batch, format!("{}{evil}{}", &text[..start], &text[end..])).unwrap();
+    s.write(
+        "t.json",
+        r#"{"name":"t","stages":{"amt":{"kind":"amt","inputs":{"batches":"demo/amt","images":"demo"},
+            "params":{"image_url_prefix":"https://demo.invalid/emotion/"}}}}"#,
+    );
+    let o = s.run(&["run", "t.json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("leaves the images directory"), "{}", stderr(&o));
+}
+
+// ---------- 13, 14. secrets, huge and hostile messages ----------
+
+#[test]
+fn secrets_never_reach_the_terminal_the_record_or_the_database() {
+    let s = Sandbox::new();
+    let token = "FQoGZXIvYXdzEXAMPLESESSIONTOKEN0123456789";
+    s.write("t.json", &one_stage("echo \"server said: x-amz-security-token: $AWS_SESSION_TOKEN\" >&2; exit 3"));
+    let o = s.cmd(&["run", "t.json"]).env("AWS_SESSION_TOKEN", token).env("PIPELINE_LOG", "debug").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(!all.contains(token), "{all}");
+    assert!(all.contains("[redacted]"), "{all}");
+    let o = s.cmd(&["runs", "show", "1"]).env("AWS_SESSION_TOKEN", token).output().unwrap();
+    assert!(!stdout(&o).contains(token));
+    let o = s.run(&["runs", "show", "1"]);
+    assert!(!stdout(&o).contains(token), "stored redacted, not only printed redacted");
+    for f in tree(&s.cache()) {
+        assert!(!f.1.windows(token.len()).any(|w| w == token.as_bytes()), "the token is in {}", f.0);
+    }
+}
+
+#[test]
+fn huge_and_hostile_output_is_capped_and_stripped_before_it_is_printed_or_stored() {
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("head -c 20000000 /dev/zero | tr '\\0' x >&2; printf '\\033[2J\\033]0;pwned\\007 end\\n' >&2; exit 4"));
+    let o = s.run(&["run", "t.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).len() < 20_000, "{} bytes of error", stderr(&o).len());
+    assert!(!stderr(&o).contains('\u{1b}'), "escape sequences reach the terminal");
+    assert!(stderr(&o).contains("exited with 4") && stderr(&o).contains(" end"), "the end of stderr is kept");
+    let db: u64 = walk_size(&s.cache().join("db"));
+    assert!(db < 5_000_000, "the database grew to {db} bytes");
+    let o = s.run(&["runs", "show", "1"]);
+    assert!(stdout(&o).len() < 20_000 && !stdout(&o).contains('\u{1b}'));
+}
+
+fn walk_size(p: &std::path::Path) -> u64 {
+    tree(p).iter().map(|(_, b)| b.len() as u64).sum()
+}
+
+// ---------- smaller defects ----------
+
+#[test]
+fn printing_commands_exit_quietly_on_a_closed_pipe() {
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("true"));
+    for args in [vec!["schema"], vec!["dag", "t.json"], vec!["cache", "ls"]] {
+        let mut child = s.cmd(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        // reader dropped: the pipe is closed
+        let o = child.wait_with_output().unwrap();
+        assert_ne!(o.status.code(), Some(101), "{args:?} panicked: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn junk_in_objects_does_not_break_verify_or_gc() {
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("echo a > $OUT/a"));
+    s.ok(&["run", "t.json"]);
+    std::fs::write(s.cache().join("objects/stray-file"), "junk").unwrap();
+    let o = s.ok(&["cache", "verify"]);
+    assert!(stdout(&o).contains("not a blob"), "{}", stdout(&o));
+    s.ok(&["cache", "gc"]);
+    assert!(s.cache().join("objects/stray-file").exists(), "junk is reported, not deleted");
+}
+
+#[test]
+fn export_refuses_the_cache_and_non_empty_directories_unless_forced() {
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("echo new > $OUT/a"));
+    s.ok(&["run", "t.json"]);
+    let objects = s.cache().join("objects");
+    let o = s.run(&["cache", "export", "a", objects.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("inside the cache"), "{}", stderr(&o));
+    s.write("dest/a", "mine");
+    let o = s.run(&["cache", "export", "a", "dest"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not empty") && stderr(&o).contains("--force"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(s.path().join("dest/a")).unwrap(), "mine");
+    s.ok(&["cache", "export", "a", "dest", "--force"]);
+    assert_eq!(std::fs::read_to_string(s.path().join("dest/a")).unwrap(), "new\n");
+    s.verify_clean();
+}
+
+#[test]
+fn dag_output_escapes_quotes_and_keeps_similar_names_apart() {
+    let s = Sandbox::new();
+    s.write(
+        "t.json",
+        r#"{"name":"say \"hi\"","stages":{"a.b":{"kind":"command","params":{"cmd":"true"}},
+          "a-b":{"kind":"command","inputs":{"x":"a.b"},"params":{"cmd":"true"}}}}"#,
+    );
+    let dot = stdout(&s.ok(&["dag", "t.json", "--format", "dot"]));
+    assert!(dot.contains(r#"digraph "say \"hi\"""#), "{dot}");
+    let mer = stdout(&s.ok(&["dag", "t.json", "--format", "mermaid"]));
+    let ids: Vec<&str> = mer.lines().filter(|l| l.contains("[\"")).map(|l| l.trim().split('[').next().unwrap()).collect();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0], ids[1], "{mer}");
+}
+
+#[test]
+fn validation_reports_an_unknown_top_level_field_beside_the_other_errors() {
+    let s = Sandbox::new();
+    s.write("t.json", r#"{"name":"t","stagez":1,"stages":{"a":{"kind":"comand","params":{}}}}"#);
+    let o = s.run(&["run", "t.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("stagez") && e.contains("comand"), "{e}");
+}
+
+#[test]
+fn a_killed_command_names_its_signal() {
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("kill -9 $$"));
+    let o = s.run(&["run", "t.json"]);
+    assert!(stderr(&o).contains("signal 9 (SIGKILL)"), "{}", stderr(&o));
+}
+
+#[test]
+fn predict_refuses_k_zero_and_a_mistyped_model_path_creates_no_cache() {
+    let s = Sandbox::new();
+    s.write("img.png", "not really");
+    let o = s.cmd(&["predict", "--model", "models/nope", "img.png", "-k", "0"]).env_remove("PIPELINE_CACHE").output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = s.cmd(&["predict", "--model", "models/nope", "img.png"]).env_remove("PIPELINE_CACHE").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!s.path().join("cache").exists(), "a mistyped --model created ./cache");
+}
+
+#[test]
+fn schedule_exits_130_when_a_signal_cancels_a_running_run() {
+    let s = Sandbox::new();
+    let flag = s.path().join("started");
+    s.write("t.json", &one_stage(&format!("touch {}; sleep 30; echo x > $OUT/x", flag.display())));
+    let child = s.cmd(&["schedule", "t.json", "--cron", "* * * * * *"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_file(&flag, Duration::from_secs(30));
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+}
+
+// ---------- property: whatever a stage does ----------
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Act {
+        Write(u8),
+        LinkInside(u8),
+        LinkUserDir,
+        LinkUserFile,
+        HardLinkUserFile,
+        HardLinkView,
+        Background(u8),
+        WriteIntoView,
+        RewriteView,
+        Exit(u8),
+    }
+
+    fn act() -> impl Strategy<Value = Act> {
+        prop_oneof![
+            3 => (0u8..4).prop_map(Act::Write),
+            1 => (0u8..4).prop_map(Act::LinkInside),
+            1 => Just(Act::LinkUserDir),
+            1 => Just(Act::LinkUserFile),
+            1 => Just(Act::HardLinkUserFile),
+            1 => Just(Act::HardLinkView),
+            1 => (0u8..4).prop_map(Act::Background),
+            1 => Just(Act::WriteIntoView),
+            1 => Just(Act::RewriteView),
+            1 => (0u8..3).prop_map(Act::Exit),
+        ]
+    }
+
+    fn shell(a: &Act) -> String {
+        match a {
+            Act::Write(i) => format!("echo w{i} > $OUT/f{i}"),
+            Act::LinkInside(i) => format!("echo l{i} > $OUT/t{i}; ln -sf t{i} $OUT/s{i}"),
+            Act::LinkUserDir => "ln -sfn $IN_user $OUT/userdir".into(),
+            Act::LinkUserFile => "ln -sf $IN_user/a.txt $OUT/usera".into(),
+            Act::HardLinkUserFile => "ln -f $IN_user/a.txt $OUT/hard".into(),
+            Act::HardLinkView => "ln -f $IN_up/u.txt $OUT/hardview".into(),
+            Act::Background(i) => format!("(sleep 0.3; echo late >> $OUT/f{i}) &"),
+            Act::WriteIntoView => "echo x > $IN_up/new.txt".into(),
+            Act::RewriteView => "echo x > $IN_up/u.txt".into(),
+            Act::Exit(c) => format!("exit {c}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+        #[test]
+        fn whatever_a_stage_does_user_files_stay_and_the_cache_verifies(acts in proptest::collection::vec(act(), 1..6)) {
+            let s = Sandbox::new();
+            s.write("user/a.txt", "user a\n");
+            s.write("user/sub/b.txt", "user b\n");
+            let before = tree(&s.path().join("user"));
+            let cmd: Vec<String> = acts.iter().map(shell).collect();
+            let p = serde_json::json!({"name": "t", "stages": {
+                "up": {"kind": "command", "params": {"cmd": "echo up > $OUT/u.txt"}},
+                "s": {"kind": "command", "inputs": {"user": "user", "up": "up"}, "params": {"cmd": cmd.join("; ")}},
+                "down": {"kind": "command", "inputs": {"x": "s", "up": "up"}, "params": {"cmd": "ls -R $IN_x > $OUT/ls; cat $IN_up/u.txt > $OUT/u"}}
+            }});
+            s.write("t.json", &p.to_string());
+            let o = s.run(&["run", "t.json", "-j", "1"]);
+            prop_assert!(o.status.code() == Some(0) || o.status.code() == Some(1), "{}", stderr(&o));
+            std::thread::sleep(Duration::from_millis(400));
+            prop_assert_eq!(tree(&s.path().join("user")), before.clone(), "user files changed by {:?}", cmd);
+            let v = s.run(&["cache", "verify"]);
+            prop_assert!(v.status.success(), "{:?}: {}", cmd, stdout(&v));
+            // What downstream saw of `up` is what `up` wrote, whatever `s` did.
+            if s.status_of(&o, "down") == "ran" {
+                prop_assert_eq!(std::fs::read_to_string(s.export("down").join("u")).unwrap(), "up\n");
+            }
+            // A rerun never serves something else than a fresh run would.
+            let o2 = s.run(&["run", "t.json", "-j", "1"]);
+            prop_assert!(o2.status.code() == Some(0) || o2.status.code() == Some(1));
+            // (`up`'s entry is gone if `s` damaged its blob through the view: then it is
+            // recomputed by every run, never served damaged.)
+            let up = s.path().join("up-export");
+            let e = s.run(&["cache", "export", "t/up", up.to_str().unwrap()]);
+            if e.status.success() {
+                prop_assert_eq!(std::fs::read_to_string(up.join("u.txt")).unwrap(), "up\n");
+            } else {
+                prop_assert!(acts.iter().any(|a| matches!(a, Act::RewriteView)), "{}", stderr(&e));
+            }
+            prop_assert_eq!(tree(&s.path().join("user")), before);
+        }
+    }
+}
+
+#[test]
+fn a_damaged_database_says_how_to_recover_and_rebuild_restores_the_entries() {
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("echo a > $OUT/a"));
+    s.ok(&["run", "t.json"]);
+    // Garbage over every file of the sled directory.
+    for f in std::fs::read_dir(s.cache().join("db")).unwrap().flatten() {
+        if f.path().is_file() {
+            std::fs::write(f.path(), vec![0xAB; 4096]).unwrap();
+        }
+    }
+    let o = s.run(&["cache", "ls"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("cache verify --rebuild"), "{}", stderr(&o));
+    let o = s.ok(&["cache", "verify", "--rebuild"]);
+    assert!(stdout(&o).contains("1 entries restored"), "{}", stdout(&o));
+    let o = s.ok(&["run", "t.json"]);
+    assert_eq!(s.status_of(&o, "a"), "cached");
+}
