@@ -74,15 +74,9 @@ pub enum Command {
     /// Run a pipeline at each tick of a cron expression (or print a systemd timer / crontab line).
     Schedule(ScheduleArgs),
     /// Aggregate crowd labels from a crowd-kit CSV (worker,task,label) or an AMT batch file:
-    /// writes labels.csv (task,label) and posteriors.csv to DIR.
-    Aggregate {
-        file: PathBuf,
-        /// majority-vote, dawid-skene, one-coin, pooled or shrunk (the default; see the README).
-        #[arg(long, default_value = "shrunk")]
-        method: String,
-        #[arg(long)]
-        out: PathBuf,
-    },
+    /// writes labels.csv (task,label), posteriors.csv and the dawid-skene stage's report
+    /// files to DIR; takes the stage's options (and the amt stage's class check).
+    Aggregate(crate::aggregate::AggregateArgs),
     /// Top-k classes with probabilities for each image, from a trained model.
     Predict {
         /// A `train` stage name, a cache key (prefix), or a model directory.
@@ -90,8 +84,8 @@ pub enum Command {
         model: String,
         #[arg(required = true)]
         images: Vec<PathBuf>,
-        #[arg(short, long, default_value_t = 2)]
-        k: usize,
+        #[arg(short, long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+        k: u16,
     },
     /// Write the embedded demo data set (faces + a simulated AMT batch) to DIR.
     DemoData {
@@ -171,15 +165,26 @@ pub enum CacheCmd {
     Ls,
     /// Show an entry (key prefix, stage name, or PIPELINE/STAGE): manifest, key inputs, provenance.
     Show { what: String },
-    /// Copy an entry's files out (key prefix, stage name, or PIPELINE/STAGE).
-    Export { what: String, dir: PathBuf },
+    /// Copy an entry's files out (key prefix, stage name, or PIPELINE/STAGE) into DIR, which
+    /// must be empty or absent and outside the cache.
+    Export {
+        what: String,
+        dir: PathBuf,
+        /// Export into a non-empty directory, overwriting files of the same names.
+        #[arg(long)]
+        force: bool,
+    },
     /// Remove what no entry needs; with --keep-last N, also entries not used by the last N runs.
     Gc {
         #[arg(long)]
         keep_last: Option<usize>,
     },
-    /// Rehash every blob; drop entries whose files are damaged.
-    Verify,
+    /// Rehash every blob; drop entries whose files are damaged; check views.
+    Verify {
+        /// The database is damaged: move it aside and rebuild the entries from `index/`.
+        #[arg(long)]
+        rebuild: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,15 +208,40 @@ pub fn init_logging(format: LogFormat, default: &str) {
 /// Parse arguments and run; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    // `pipeline schema | head -1`: commands that only print end quietly when the reader goes
+    // away, as Unix tools do. (Not `run`/`schedule`: a closed stdout must not kill a stage
+    // mid-commit; their printing ignores the error instead.)
+    if !matches!(cli.command, Command::Run(_) | Command::Schedule(_)) {
+        #[cfg(unix)]
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // A scheduler is a service: its ticks and runs are worth logging by default.
     init_logging(cli.log_format, if matches!(cli.command, Command::Schedule(_)) { "info" } else { "warn" });
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::text::clean(&error_chain(&e)));
             1
         }
     }
+}
+
+/// `{e:#}` without repeating a cause its context already quotes (an OS error printed twice).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if out.contains(&c) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&c);
+    }
+    out
 }
 
 fn open_cache(cli_cache: &Path, wait: bool) -> Result<Cache> {
@@ -250,12 +280,20 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(exit_code(&record))
         }
         Command::Schedule(args) => schedule(&cli.cache, args),
-        Command::Aggregate { file, method, out } => {
-            crate::aggregate::aggregate(&file, &method, &out)?;
-            println!("wrote {} and {}", out.join("labels.csv").display(), out.join("posteriors.csv").display());
+        Command::Aggregate(args) => {
+            let d = crate::aggregate::aggregate_file(&args)?;
+            let out = &args.out;
+            println!(
+                "{}: {} items, {} answers; wrote {}, {} and report.md",
+                d.method_line,
+                d.items,
+                d.answers,
+                out.join("labels.csv").display(),
+                out.join("posteriors.csv").display()
+            );
             Ok(0)
         }
-        Command::Predict { model, images, k } => predict(&cli.cache, cli.wait, &model, &images, k),
+        Command::Predict { model, images, k } => predict(&cli.cache, cli.wait, &model, &images, k as usize),
         Command::Plan { file, explain, json, set } => {
             let p = load(&file, &set)?;
             let cache = open_cache(&cli.cache, cli.wait)?;
@@ -280,6 +318,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Schema { kind } => {
             println!("{}", serde_json::to_string_pretty(&crate::schema::schema(kind.as_deref())?)?);
             Ok(0)
+        }
+        Command::Cache(CacheCmd::Verify { rebuild: true }) => {
+            let (restored, skipped) = Cache::rebuild(&cli.cache)?;
+            println!("rebuilt the database: {restored} entries restored, {skipped} records skipped (damaged or missing blobs)");
+            cache_cmd(&open_cache(&cli.cache, cli.wait)?, CacheCmd::Verify { rebuild: false })
         }
         Command::Cache(cmd) => cache_cmd(&open_cache(&cli.cache, cli.wait)?, cmd),
         Command::Runs { cmd, last } => {
@@ -318,6 +361,12 @@ fn predict(cache_dir: &Path, wait: bool, model: &str, images: &[PathBuf], k: usi
     let dir = if Path::new(model).is_dir() {
         PathBuf::from(model)
     } else {
+        if model.contains('/') && !model.split('/').all(|p| !p.is_empty() && !p.starts_with('.')) || Path::new(model).exists() {
+            bail!("--model {model}: not a model directory (expected a directory with model.mpk, a `train` stage name, PIPELINE/STAGE or a cache key)");
+        }
+        if !cache_dir.join("db").is_dir() {
+            bail!("--model {model}: no model directory of that name, and there is no cache at {} to look it up in", cache_dir.display());
+        }
         let cache = open_cache(cache_dir, wait)?;
         let e = resolve_noting_others(&cache, model)?;
         cache.view(&e.output)?
@@ -352,8 +401,10 @@ pub fn run_pipeline(cache: Arc<Cache>, p: Arc<Pipeline>, opts: &RunOptions) -> R
         });
         run_and_promote(&cache, &p, opts, cancel.clone()).await
     });
-    // Do not wait for a stage thread abandoned after cancellation (see CANCEL_GRACE).
+    // Do not wait for a stage thread abandoned after cancellation (see CANCEL_GRACE), but
+    // take the processes it started down with us.
     rt.shutdown_background();
+    crate::stages::command::kill_all_running();
     let record = record?;
     print_summary(&record);
     Ok(record)
@@ -361,6 +412,10 @@ pub fn run_pipeline(cache: Arc<Cache>, p: Arc<Pipeline>, opts: &RunOptions) -> R
 
 /// One run, then the pipeline's `promote` section if any; the decision is recorded in the run.
 pub async fn run_and_promote(cache: &Arc<Cache>, p: &Arc<Pipeline>, opts: &RunOptions, cancel: CancelFlag) -> Result<RunRecord> {
+    // A promotion target that would replace someone's data fails the run before it starts.
+    if let Some(cfg) = &p.promote {
+        crate::promote::check_target(cache.root(), &p.base_dir, &cfg.to).with_context(|| format!("{}", p.file.display()))?;
+    }
     let mut record = Engine::new(cache.clone(), cancel).run(p.clone(), opts).await?;
     if let (Some(cfg), RunStatus::Ok) = (&p.promote, record.status) {
         let d = crate::promote::promote(cache, &p.base_dir, cfg, &record)?;
@@ -398,10 +453,13 @@ fn schedule(cache_dir: &Path, args: ScheduleArgs) -> Result<i32> {
         opts.on_shutdown = OnShutdown::Finish;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // A run cancelled by SIGTERM/Ctrl-C makes the scheduler exit 130, as `run` does.
+    let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let result = rt.block_on(async {
         let shutdown = Shutdown::from_signals()?;
         let run_once = |cancel: CancelFlag| {
             let (file, set, cache_dir, jobs) = (file.clone(), args.set.clone(), cache_dir.to_path_buf(), args.jobs);
+            let cancelled = cancelled.clone();
             async move {
                 // Reload each tick: the file, globs and inputs may have changed since the last one.
                 let p = Arc::new(load(&file, &set)?);
@@ -412,6 +470,9 @@ fn schedule(cache_dir: &Path, args: ScheduleArgs) -> Result<i32> {
                 let record = run_and_promote(&cache, &p, &opts, cancel).await?;
                 let ran = record.stages.iter().filter(|s| s.status == StageStatus::Ran).count();
                 tracing::info!(run = record.id, status = ?record.status, ran, "scheduled run finished");
+                if record.status == RunStatus::Cancelled {
+                    cancelled.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 match record.status {
                     RunStatus::Ok | RunStatus::Cancelled => Ok(()),
                     _ => {
@@ -429,8 +490,9 @@ fn schedule(cache_dir: &Path, args: ScheduleArgs) -> Result<i32> {
         sch::run_schedule(&opts, run_once, shutdown).await
     });
     rt.shutdown_background();
+    crate::stages::command::kill_all_running();
     result?;
-    Ok(0)
+    Ok(if cancelled.load(std::sync::atomic::Ordering::SeqCst) { 130 } else { 0 })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -529,25 +591,45 @@ fn render_dag(p: &Pipeline, format: DagFormat) -> String {
             }
         }
         DagFormat::Dot => {
-            out.push_str(&format!("digraph \"{}\" {{\n  rankdir=LR;\n", p.name));
+            // DOT string literals: backslash and double quote escaped.
+            let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+            out.push_str(&format!("digraph {} {{\n  rankdir=LR;\n", q(&p.name)));
             for &i in &p.order {
                 let n = &p.stages[i];
-                out.push_str(&format!("  \"{}\" [label=\"{}\\n({})\", shape=box];\n", n.name, n.name, n.kind.kind()));
+                let label = format!("{}\n({})", n.name, n.kind.kind());
+                out.push_str(&format!("  {} [label={}, shape=box];\n", q(&n.name), q(&label).replace('\n', "\\n")));
             }
             for (a, b, l) in &edges {
-                out.push_str(&format!("  \"{a}\" -> \"{b}\" [label=\"{l}\"];\n"));
+                out.push_str(&format!("  {} -> {} [label={}];\n", q(a), q(b), q(l)));
             }
             out.push_str("}\n");
         }
         DagFormat::Mermaid => {
             out.push_str("flowchart LR\n");
-            let id = |s: &str| s.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+            // Ids are names with other characters as `_`, plus the stage's position where two
+            // names would meet (`a.b` and `a-b`).
+            let clean = |s: &str| s.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+            let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+            for n in &p.stages {
+                *seen.entry(clean(&n.name)).or_default() += 1;
+            }
+            let pos: std::collections::HashMap<&str, usize> = p.stages.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
+            let id = |s: &str| {
+                let c = clean(s);
+                if seen.get(&c).copied().unwrap_or(0) > 1 || c != s && pos.keys().any(|k| *k == c) {
+                    format!("{c}_{}", pos.get(s).copied().unwrap_or(0))
+                } else {
+                    c
+                }
+            };
+            // Mermaid labels: quotes as entity codes.
+            let esc = |s: &str| s.replace('"', "#quot;");
             for &i in &p.order {
                 let n = &p.stages[i];
-                out.push_str(&format!("  {}[\"{} ({})\"]\n", id(&n.name), n.name, n.kind.kind()));
+                out.push_str(&format!("  {}[\"{} ({})\"]\n", id(&n.name), esc(&n.name), n.kind.kind()));
             }
             for (a, b, l) in &edges {
-                out.push_str(&format!("  {} -->|{l}| {}\n", id(a), id(b)));
+                out.push_str(&format!("  {} -->|{}| {}\n", id(a), esc(l), id(b)));
             }
         }
     }
@@ -602,9 +684,9 @@ fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
             }
             println!("view      {}", cache.view(&e.output)?.display());
         }
-        CacheCmd::Export { what, dir } => {
+        CacheCmd::Export { what, dir, force } => {
             let e = resolve_noting_others(&cache, &what)?;
-            let n = cache.export(&e.output, &dir)?;
+            let n = cache.export(&e.output, &dir, force)?;
             println!("exported {n} files of {} ({}) to {}", e.stage, e.key.short(), dir.display());
         }
         CacheCmd::Gc { keep_last } => {
@@ -616,13 +698,19 @@ fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
             let (entries, bytes) = cache.gc(keep.as_ref())?;
             println!("removed {entries} entries, freed {}", human_bytes(bytes));
         }
-        CacheCmd::Verify => {
-            let (checked, bad, dropped) = cache.verify()?;
-            println!("checked {checked} blobs: {} damaged", bad.len());
-            for e in &dropped {
+        CacheCmd::Verify { .. } => {
+            let r = cache.verify()?;
+            println!("checked {} blobs: {} damaged", r.checked, r.bad_blobs.len());
+            for e in &r.dropped {
                 println!("dropped entry {} of stage {} (its files were damaged or missing)", e.key.short(), e.stage);
             }
-            if !bad.is_empty() || !dropped.is_empty() {
+            for (v, why) in &r.bad_views {
+                println!("removed view {} ({why}); it is rebuilt from the blobs when next needed", &v[..12.min(v.len())]);
+            }
+            for j in &r.junk {
+                println!("not a blob, left alone: {}", j.display());
+            }
+            if !r.is_clean() {
                 return Ok(1);
             }
         }
