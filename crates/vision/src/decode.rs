@@ -96,6 +96,21 @@ pub fn decode_image(bytes: &[u8], path: &Path, size: u32, channels: u8) -> Resul
     Ok(convert(&img, size, channels))
 }
 
+/// Whether `bytes` are a JPEG cut short: it starts like one (SOI) but no end-of-image marker
+/// (FF D9) follows its last start-of-scan (FF DA). The `image` crate (zune-jpeg) decodes such
+/// a file without an error, filling what is missing (test `truncated_jpeg_decodes_partially`),
+/// so callers that must not silently use half an image check this. Markers cannot occur
+/// inside entropy-coded data (an FF there is stuffed as FF 00), so the scan is exact; an
+/// embedded EXIF thumbnail's own EOI comes before the main image's scans.
+pub fn truncated_jpeg(bytes: &[u8]) -> bool {
+    if bytes.len() < 4 || bytes[0] != 0xFF || bytes[1] != 0xD8 {
+        return false;
+    }
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    let from = last_sos.map_or(2, |i| i + 2);
+    !bytes[from..].windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
 /// Channel conversion then Triangle resize: the tail of [`load_image`].
 pub fn convert(img: &DynamicImage, size: u32, channels: u8) -> Image {
     let resize = |w: u32, h: u32| (w, h) != (size, size);
@@ -164,6 +179,26 @@ mod tests {
         let e = load_image(&dir.join("missing.png"), 48, 1).unwrap_err().to_string();
         assert!(e.contains("missing.png"), "{e}");
         assert!(load_image(&p, 48, 2).unwrap_err().to_string().contains("channels"));
+    }
+
+    #[test]
+    fn truncated_jpeg_decodes_partially() {
+        let img = image::GrayImage::from_fn(48, 48, |x, y| image::Luma([((x * 5 + y * 3) % 256) as u8]));
+        let mut buf = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 90)
+            .encode(img.as_raw(), 48, 48, image::ExtendedColorType::L8)
+            .unwrap();
+        assert!(!truncated_jpeg(&buf));
+        let cut = &buf[..buf.len() * 2 / 3];
+        assert!(truncated_jpeg(cut));
+        // What the decoder does with it: no error, a full-size image whose end is filled in.
+        let partial = image::load_from_memory(cut);
+        eprintln!("truncated JPEG: {:?}", partial.as_ref().map(|i| (i.width(), i.height())).map_err(|e| e.to_string()));
+        let partial = partial.expect("the image crate decodes a truncated JPEG without an error");
+        let full = image::load_from_memory(&buf).unwrap().to_luma8();
+        assert_ne!(partial.to_luma8().as_raw(), full.as_raw(), "the missing part cannot be there");
+        assert!(!truncated_jpeg(b"\x89PNG...."));
+        assert!(!truncated_jpeg(&[]));
     }
 
     fn tempdir() -> std::path::PathBuf {

@@ -20,7 +20,7 @@ pub use augment::{
     TransformParams,
 };
 pub use balance::{plan_balance, BalanceMode, PlanItem};
-pub use decode::{decode_image, load_image, Image};
+pub use decode::{decode_image, load_image, truncated_jpeg, Image};
 pub use faces::render_face;
 
 /// The seven classes, in the order used everywhere (label index = position).
