@@ -24,6 +24,12 @@ fn opts() -> EmOptions {
     if let Ok(s) = std::env::var("CROWD_PRIOR_SMOOTHING") {
         o.prior_smoothing = s.parse().expect("CROWD_PRIOR_SMOOTHING");
     }
+    if let Ok(s) = std::env::var("CROWD_SMOOTHING") {
+        o.smoothing = s.parse().expect("CROWD_SMOOTHING");
+    }
+    if let Ok(s) = std::env::var("CROWD_TOL") {
+        o.tol = s.parse().expect("CROWD_TOL");
+    }
     if let Ok(s) = std::env::var("CROWD_DIAG") {
         o.diag_prior = s.parse().expect("CROWD_DIAG");
     }
@@ -32,16 +38,37 @@ fn opts() -> EmOptions {
 
 fn methods(args: &[String]) -> Vec<Method> {
     if args.is_empty() {
-        Method::ALL.to_vec()
+        let mut v = Method::ALL.to_vec();
+        v.push(Method::Auto);
+        v
     } else {
         args.iter().map(|m| m.parse().expect("method")).collect()
     }
 }
 
 fn report(name: &str, a: &Answers, gold: &[Option<usize>], ms: &[Method]) {
+    if std::env::var("CROWD_STARTS").is_ok() {
+        let o = opts();
+        let fits: Vec<Aggregation> = Method::ALL.iter().map(|&m| aggregate(a, m, &o).unwrap()).collect();
+        for &m in &[Method::DawidSkene, Method::OneCoin, Method::Pooled] {
+            for f in &fits {
+                let r = pipeline_crowd::aggregate::aggregate_from(a, m, &o, &f.posteriors).unwrap();
+                println!("{name}\t{m} from {}\t{:.4}\tobj {:.2}", f.method, accuracy(&r.labels, gold), r.objective.last().unwrap());
+            }
+        }
+        return;
+    }
     for &m in ms {
         let r = aggregate(a, m, &opts()).expect("aggregate");
-        println!("{name}\t{m}\t{:.4}\t{}\t{:?}", accuracy(&r.labels, gold), r.objective.len(), r.shrink_strength);
+        let sel = r
+            .selection
+            .as_ref()
+            .map(|s| {
+                s.candidates.iter().map(|c| format!("{}={:.4}", c.method, c.per_answer)).collect::<Vec<_>>().join(" ")
+            })
+            .unwrap_or_default();
+        let sel = if sel.is_empty() { sel } else { format!("{} {sel}", r.selection.as_ref().map(|s| s.candidates[0].class_prior.clone()).unwrap_or_default()) };
+        println!("{name}\t{m}\t{:.4}\t{}\t{}", accuracy(&r.labels, gold), r.objective.len(), sel);
     }
 }
 
@@ -114,6 +141,13 @@ fn main() {
                 println!("sparse\t{m}\t{mean:.4}\t{seeds} seeds");
             }
         }
+        Some("parse") => {
+            let t = Instant::now();
+            let text = std::fs::read_to_string(&args[1]).expect("labels");
+            let t1 = t.elapsed().as_secs_f64();
+            let (a, _) = pipeline_crowd::amt::parse_crowdkit_csv_with(&text, &args[1], &[], OnUnknownLabel::Error).expect("parse");
+            println!("read {t1:.3} s, parse {:.3} s: {} items {} answers", t.elapsed().as_secs_f64() - t1, a.n_items(), a.n_answers());
+        }
         Some("gen-sparse") => {
             let seed: u64 = args[1].parse().expect("seed");
             let dir = std::path::Path::new(&args[2]);
@@ -149,16 +183,18 @@ fn main() {
             let iters: usize = args.get(3).map(|s| s.parse().expect("iters")).unwrap_or(100);
             let method: Method = args.get(4).map(|s| s.parse().expect("method")).unwrap_or(Method::DawidSkene);
             let (a, truth) = scale_data(items, workers, 7);
-            let o = EmOptions { max_iter: iters, tol: 0.0, ..opts() };
+            // ITERS = 0: the defaults (max_iter 100 with the default tolerance)
+            let o = if iters == 0 { opts() } else { EmOptions { max_iter: iters, tol: 0.0, ..opts() } };
             let t = Instant::now();
             let r = aggregate(&a, method, &o).expect("aggregate");
             let secs = t.elapsed().as_secs_f64();
             let gold: Vec<Option<usize>> = truth.iter().map(|&t| Some(t)).collect();
             println!(
-                "scale\t{method}\t{secs:.3}s\t{} iterations\taccuracy {:.4}\tthreads {}",
+                "scale\t{method}\t{secs:.3}s\t{} iterations\taccuracy {:.4}\tthreads {}\t{}",
                 r.objective.len(),
                 accuracy(&r.labels, &gold),
-                rayon::current_num_threads()
+                rayon::current_num_threads(),
+                r.selection.map(|s| format!("chose {} ({})", s.chosen, s.candidates[0].class_prior)).unwrap_or_default()
             );
         }
         _ => {

@@ -32,9 +32,13 @@ pub enum Method {
     /// Per-worker matrices shrunk toward the pooled matrix (Dirichlet prior per true class,
     /// MAP EM; centre and concentrations by empirical Bayes).
     Shrunk,
+    /// Fit every method above and keep the one whose model best predicts answers it was
+    /// not fitted on (leave-one-item-out predictive log-likelihood; see [`select`]).
+    Auto,
 }
 
 impl Method {
+    /// The fitted models (what `Auto` chooses among).
     pub const ALL: [Method; 5] = [Method::MajorityVote, Method::DawidSkene, Method::OneCoin, Method::Pooled, Method::Shrunk];
     pub fn name(self) -> &'static str {
         match self {
@@ -43,6 +47,7 @@ impl Method {
             Method::OneCoin => "one-coin",
             Method::Pooled => "pooled",
             Method::Shrunk => "shrunk",
+            Method::Auto => "auto",
         }
     }
 }
@@ -62,11 +67,12 @@ impl FromStr for Method {
             "one-coin" | "onecoin" => Method::OneCoin,
             "pooled" => Method::Pooled,
             "shrunk" | "shrunk-ds" | "hierarchical" => Method::Shrunk,
+            "auto" | "default" => Method::Auto,
             other => {
                 return Err(CrowdError::Option {
                     option: "method".into(),
                     message: format!(
-                        "unknown method \"{other}\" (expected one of: majority-vote, dawid-skene, one-coin, pooled, shrunk)"
+                        "unknown method \"{other}\" (expected one of: auto, majority-vote, dawid-skene, one-coin, pooled, shrunk)"
                     ),
                 })
             }
@@ -114,7 +120,7 @@ impl Default for EmOptions {
         EmOptions {
             max_iter: 100,
             tol: 1e-7,
-            class_prior: ClassPrior::Uniform,
+            class_prior: ClassPrior::Learned,
             smoothing: 0.01,
             prior_smoothing: 1.0,
             shrink_strength: None,
@@ -144,6 +150,49 @@ pub struct Aggregation {
     pub converged: bool,
     /// `Shrunk`: the concentration used per true class (given or estimated).
     pub shrink_strength: Option<Vec<f64>>,
+    /// `Shrunk`: the prior mean of the worker matrices (`k x k`, `[answer][true]`).
+    #[serde(default)]
+    pub shrink_center: Option<Vec<f64>>,
+    /// `Auto`: which model was chosen, and the score of every candidate.
+    #[serde(default)]
+    pub selection: Option<Selection>,
+}
+
+/// How `Method::Auto` chose (see [`select`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Selection {
+    pub chosen: Method,
+    /// What the scores are.
+    pub criterion: String,
+    /// Answers scored (all, or a hash-chosen subset of items on large data).
+    pub scored_answers: usize,
+    /// Candidates best first.
+    pub candidates: Vec<CandidateScore>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CandidateScore {
+    pub method: Method,
+    /// The class prior it was fitted with: `learned`, `uniform` or `fixed`.
+    pub class_prior: String,
+    /// Sum over scored answers of ln P(answer | the item's other answers, parameters fitted
+    /// without the item).
+    pub heldout_loglik: f64,
+    /// `heldout_loglik / scored_answers`.
+    pub per_answer: f64,
+}
+
+impl Selection {
+    /// Winner minus runner-up, total nats over the scored answers (0 with one candidate).
+    pub fn margin(&self) -> f64 {
+        match self.candidates.as_slice() {
+            [a, b, ..] => a.heldout_loglik - b.heldout_loglik,
+            _ => 0.0,
+        }
+    }
+    pub fn runner_up(&self) -> Option<Method> {
+        self.candidates.get(1).map(|c| c.method)
+    }
 }
 
 impl Aggregation {
@@ -171,6 +220,9 @@ impl Aggregation {
 pub fn aggregate(answers: &Answers, method: Method, opts: &EmOptions) -> Result<Aggregation> {
     let k = answers.n_classes();
     check_options(k, opts)?;
+    if answers.n_answers() == 0 {
+        return Err(CrowdError::Data(format!("no answers to aggregate ({} items, {} workers)", answers.n_items(), answers.n_workers())));
+    }
     let prior_fixed = match &opts.class_prior {
         ClassPrior::Learned => None,
         ClassPrior::Uniform => Some(vec![1.0 / k as f64; k]),
@@ -202,6 +254,8 @@ pub fn aggregate(answers: &Answers, method: Method, opts: &EmOptions) -> Result<
             objective: Vec::new(),
             converged: true,
             shrink_strength: None,
+            shrink_center: None,
+            selection: None,
         });
     }
     let em = |model: Model, init: Init| -> Result<EmOut> {
@@ -216,9 +270,13 @@ pub fn aggregate(answers: &Answers, method: Method, opts: &EmOptions) -> Result<
             _ => Err(CrowdError::Data(format!("{k} classes: at most 64 are supported"))),
         }
     };
+    if method == Method::Auto {
+        return crate::select::auto(answers, opts);
+    }
     let mut shrink_strength = None;
+    let mut shrink_center = None;
     let out = match method {
-        Method::MajorityVote => unreachable!("handled above"),
+        Method::MajorityVote | Method::Auto => unreachable!("handled above"),
         Method::DawidSkene => em(Model::PerWorker, Init::Votes)?,
         Method::OneCoin => em(Model::OneCoin, Init::Votes)?,
         Method::Pooled => em(Model::Pooled, Init::Votes)?,
@@ -261,6 +319,7 @@ pub fn aggregate(answers: &Answers, method: Method, opts: &EmOptions) -> Result<
                 };
             }
             shrink_strength = Some(strength);
+            shrink_center = Some(center);
             out
         }
     };
@@ -278,6 +337,60 @@ pub fn aggregate(answers: &Answers, method: Method, opts: &EmOptions) -> Result<
         objective: out.objective,
         converged: out.converged,
         shrink_strength,
+        shrink_center,
+        selection: None,
+    })
+}
+
+/// `method` (one of the single-EM models: dawid-skene, one-coin, pooled) with EM started
+/// from `init` posteriors (`k` per item) instead of majority vote.
+pub fn aggregate_from(answers: &Answers, method: Method, opts: &EmOptions, init: &[f64]) -> Result<Aggregation> {
+    let k = answers.n_classes();
+    check_options(k, opts)?;
+    if answers.n_answers() == 0 || init.len() != answers.n_items() * k {
+        return Err(CrowdError::Data("no answers, or init of the wrong size".into()));
+    }
+    let prior_fixed = match &opts.class_prior {
+        ClassPrior::Learned => None,
+        ClassPrior::Uniform => Some(vec![1.0 / k as f64; k]),
+        ClassPrior::Fixed(w) => {
+            let s: f64 = w.iter().sum();
+            Some(w.iter().map(|x| x / s).collect())
+        }
+    };
+    let model = match method {
+        Method::DawidSkene => Model::PerWorker,
+        Method::OneCoin => Model::OneCoin,
+        Method::Pooled => Model::Pooled,
+        _ => return aggregate(answers, method, opts),
+    };
+    let init = Init::Posteriors(init);
+    let n = k.next_power_of_two().max(2);
+    let out = match n {
+        2 => run_em::<2>(answers, model, init, opts, prior_fixed.as_deref()),
+        4 => run_em::<4>(answers, model, init, opts, prior_fixed.as_deref()),
+        8 => run_em::<8>(answers, model, init, opts, prior_fixed.as_deref()),
+        16 => run_em::<16>(answers, model, init, opts, prior_fixed.as_deref()),
+        32 => run_em::<32>(answers, model, init, opts, prior_fixed.as_deref()),
+        64 => run_em::<64>(answers, model, init, opts, prior_fixed.as_deref()),
+        _ => return Err(CrowdError::Data(format!("{k} classes: at most 64 are supported"))),
+    };
+    let labels = hard_labels(answers, &out.posteriors, opts.seed);
+    let quality = quality(&out.matrices, &out.prior, k);
+    Ok(Aggregation {
+        method,
+        classes: answers.classes.clone(),
+        posteriors: out.posteriors,
+        labels,
+        class_prior: out.prior,
+        worker_matrices: out.matrices,
+        pooled_matrix: out.pooled,
+        worker_quality: quality,
+        objective: out.objective,
+        converged: out.converged,
+        shrink_strength: None,
+        shrink_center: None,
+        selection: None,
     })
 }
 
@@ -400,7 +513,7 @@ fn class_mean(post: &[f64], k: usize) -> Vec<f64> {
 }
 
 /// Sum of the posteriors per class.
-fn class_totals(post: &[f64], k: usize) -> Vec<f64> {
+pub(crate) fn class_totals(post: &[f64], k: usize) -> Vec<f64> {
     let mut m = vec![0.0; k];
     for row in post.chunks(k) {
         for j in 0..k {
@@ -411,7 +524,7 @@ fn class_totals(post: &[f64], k: usize) -> Vec<f64> {
 }
 
 /// Expected counts `[code][true]` (`k` per row) from given posteriors.
-fn counts_from_posteriors(a: &Answers, post: &[f64]) -> Vec<f64> {
+pub(crate) fn counts_from_posteriors(a: &Answers, post: &[f64]) -> Vec<f64> {
     let k = a.n_classes();
     let mut c = vec![0.0; a.n_workers() * k * k];
     for i in 0..a.n_items() {
@@ -1178,7 +1291,8 @@ mod tests {
             let sim = crate::sim::simulate(&crate::sim::SimConfig::sparse_round2(seed));
             let classes: Vec<String> = (0..7).map(|c| format!("c{c}")).collect();
             let a = Answers::from_triples(700, sim.n_workers, classes, &sim.answers).unwrap();
-            let o = EmOptions { shrink_strength: Some(4.0), ..EmOptions::default() };
+            // uniform prior: the runs below hold it fixed too
+            let o = EmOptions { shrink_strength: Some(4.0), class_prior: ClassPrior::Uniform, ..EmOptions::default() };
             let r = aggregate(&a, Method::Shrunk, &o).unwrap();
             // the same model fitted from each start alone
             let uniform = Some(&[1.0 / 7.0; 7][..]);
@@ -1204,5 +1318,37 @@ mod tests {
         let learned = EmOptions { class_prior: ClassPrior::Learned, ..EmOptions::default() };
         let r = aggregate(&a, Method::DawidSkene, &learned).unwrap();
         assert!(r.class_prior[0] > 0.7 && r.class_prior[0] < 0.8, "{:?}", r.class_prior);
+    }
+
+    #[test]
+    fn auto_names_the_winner_and_ranks_every_candidate() {
+        let sim = crate::sim::simulate(&crate::sim::SimConfig::sparse_round2(2));
+        let classes: Vec<String> = (0..7).map(|c| format!("c{c}")).collect();
+        let a = Answers::from_triples(700, sim.n_workers, classes, &sim.answers).unwrap();
+        let r = aggregate(&a, Method::Auto, &EmOptions::default()).unwrap();
+        let s = r.selection.as_ref().unwrap();
+        assert_eq!(s.chosen, r.method);
+        assert_ne!(r.method, Method::Auto);
+        // 5 models, 4 of them with a learned and a uniform prior
+        assert_eq!(s.candidates.len(), 9);
+        assert!(s.candidates.windows(2).all(|w| w[0].heldout_loglik >= w[1].heldout_loglik));
+        assert!(s.margin() >= 0.0 && s.scored_answers == a.n_answers());
+        // the winner's labels are that model's own
+        let prior = if s.candidates[0].class_prior == "uniform" { ClassPrior::Uniform } else { ClassPrior::Learned };
+        let direct = aggregate(&a, r.method, &EmOptions { class_prior: prior, ..EmOptions::default() }).unwrap();
+        assert_eq!(direct.labels, r.labels);
+        // a fixed prior is kept: one candidate per model
+        let r = aggregate(&a, Method::Auto, &EmOptions { class_prior: ClassPrior::Uniform, ..EmOptions::default() }).unwrap();
+        assert_eq!(r.selection.unwrap().candidates.len(), 5);
+        assert!("auto".parse::<Method>().unwrap() == Method::Auto);
+    }
+
+    #[test]
+    fn no_answers_is_an_error_for_every_method() {
+        let a = Answers::from_triples(3, 2, vec!["a".into(), "b".into()], &[]).unwrap();
+        for m in Method::ALL.iter().copied().chain([Method::Auto]) {
+            let e = aggregate(&a, m, &EmOptions::default()).unwrap_err().to_string();
+            assert!(e.contains("no answers"), "{m}: {e}");
+        }
     }
 }

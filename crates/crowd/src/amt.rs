@@ -246,46 +246,248 @@ pub fn parse_amt_batch(text: &str, source: &str, opts: &AmtOptions) -> Result<Am
 /// Parse crowd-kit style `worker,task,label` CSV (extra columns ignored). Classes: labels
 /// sorted numerically when all are integers, else as text.
 pub fn parse_crowdkit_csv(text: &str, source: &str) -> Result<Answers> {
-    let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
-    let header = rdr
-        .headers()
-        .map_err(|e| CrowdError::Format { source_name: source.into(), message: format!("header: {e}") })?
-        .clone();
-    let need = |name: &str| {
-        header
-            .iter()
-            .position(|h| h.trim() == name)
-            .ok_or_else(|| CrowdError::MissingColumn { source_name: source.into(), column: name.into() })
-    };
-    let (wc, tc, lc) = (need("worker")?, need("task")?, need("label")?);
-    let mut rows = Vec::new();
-    for (n, rec) in rdr.records().enumerate() {
-        let line = n + 2;
-        let rec = rec.map_err(|e| CrowdError::Row { source_name: source.into(), row: line, message: e.to_string() })?;
-        let get = |i: usize| {
-            rec.get(i).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).ok_or_else(|| CrowdError::Row {
-                source_name: source.into(),
-                row: line,
-                message: format!("empty field \"{}\"", &header[i]),
-            })
+    Ok(parse_crowdkit_csv_with(text, source, &[], OnUnknownLabel::Error)?.0)
+}
+
+/// [`parse_crowdkit_csv`] with a class list: `classes` empty = the labels seen (sorted as
+/// there); else these classes in this order, and a label outside them fails naming the row
+/// (`Error`) or is dropped (`Drop`, counted in the returned number).
+///
+/// One pass over the text: fields are borrowed from it (a file without `"` is split by
+/// hand, one with quotes goes through the csv reader), names interned with a hash map of
+/// borrowed keys, answers kept as three `u32` columns: no per-row allocation.
+pub fn parse_crowdkit_csv_with(
+    text: &str,
+    source: &str,
+    classes: &[String],
+    on_unknown: OnUnknownLabel,
+) -> Result<(Answers, usize)> {
+    let fmt_err = |message: String| CrowdError::Format { source_name: source.into(), message };
+    // quoted files: the rows' fields copied once (declared first: the maps borrow from it)
+    let mut owned: Vec<(String, String, String)> = Vec::new();
+    let mut items: FastMap = FastMap::default();
+    let mut workers: FastMap = FastMap::default();
+    let mut labels: FastMap = FastMap::default();
+    let (mut col_i, mut col_w, mut col_l) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cols: Option<(usize, usize, usize, Vec<String>)> = None;
+    fn handle<'t>(
+        source: &str,
+        line: usize,
+        fields: &[&'t str],
+        cols: &(usize, usize, usize, Vec<String>),
+    ) -> Result<(&'t str, &'t str, &'t str)> {
+        let get = |i: usize| -> Result<&'t str> {
+            match fields.get(i).map(|s| s.trim()) {
+                Some(s) if !s.is_empty() => Ok(s),
+                _ => Err(CrowdError::Row { source_name: source.into(), row: line, message: format!("empty field \"{}\"", cols.3[i]) }),
+            }
         };
-        rows.push((get(tc)?, get(wc)?, get(lc)?));
+        Ok((get(cols.0)?, get(cols.1)?, get(cols.2)?))
     }
-    let mut classes: Vec<String> = rows.iter().map(|r| r.2.clone()).collect();
-    classes.sort();
-    classes.dedup();
-    if classes.iter().all(|c| c.parse::<i64>().is_ok()) {
-        classes.sort_by_key(|c| c.parse::<i64>().unwrap_or(0));
+    let header_cols = |h: &[&str]| -> Result<(usize, usize, usize, Vec<String>)> {
+        let need = |name: &str| {
+            h.iter()
+                .position(|x| x.trim() == name)
+                .ok_or_else(|| CrowdError::MissingColumn { source_name: source.into(), column: name.into() })
+        };
+        Ok((need("worker")?, need("task")?, need("label")?, h.iter().map(|x| x.trim().to_string()).collect()))
+    };
+    if !text.as_bytes().contains(&b'"') {
+        let rows = text.as_bytes().iter().filter(|&&b| b == b'\n').count() + 1;
+        col_i.reserve(rows);
+        col_w.reserve(rows);
+        col_l.reserve(rows);
+        // a guess that saves most rehashing without holding much unused memory
+        items.reserve(rows / 4);
+        let mut n = 0usize;
+        let mut fields: Vec<&str> = Vec::with_capacity(8);
+        for raw in text.split('\n') {
+            let line = raw.strip_suffix('\r').unwrap_or(raw);
+            if line.is_empty() {
+                continue;
+            }
+            fields.clear();
+            fields.extend(line.split(','));
+            match &cols {
+                None => cols = Some(header_cols(&fields)?),
+                Some(c) => {
+                    n += 1;
+                    let (w, t, l) = handle(source, n + 1, &fields, c)?;
+                    col_i.push(items.intern(t));
+                    col_w.push(workers.intern(w));
+                    col_l.push(labels.intern(l));
+                }
+            }
+        }
+    } else {
+        // quoted fields: the csv reader, each field copied once into a string arena
+        let mut rdr = csv::ReaderBuilder::new().flexible(true).has_headers(false).from_reader(text.as_bytes());
+        let mut rec = csv::StringRecord::new();
+        let mut n = 0usize;
+        loop {
+            match rdr.read_record(&mut rec) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => return Err(CrowdError::Row { source_name: source.into(), row: n + 2, message: e.to_string() }),
+            }
+            let fields: Vec<&str> = rec.iter().collect();
+            match &cols {
+                None => cols = Some(header_cols(&fields)?),
+                Some(c) => {
+                    n += 1;
+                    let (w, t, l) = handle(source, n + 1, &fields, c)?;
+                    owned.push((w.to_string(), t.to_string(), l.to_string()));
+                }
+            }
+        }
+        for (w, t, l) in owned.iter() {
+            col_i.push(items.intern(t));
+            col_w.push(workers.intern(w));
+            col_l.push(labels.intern(l));
+        }
     }
-    if classes.len() < 2 {
-        // a single observed label: still two classes so the models are defined
-        classes.push(format!("{}_other", classes.first().cloned().unwrap_or_default()));
+    if cols.is_none() {
+        return Err(fmt_err("header: no header row (expected worker,task,label)".into()));
     }
-    let mut b = AnswersBuilder::new(&classes);
-    for (t, w, l) in &rows {
-        let _ = b.push(t, w, l); // every label is a class by construction
+    // the class list and each seen label's place in it
+    let seen: Vec<&str> = labels.names.clone();
+    let class_list: Vec<String> = if classes.is_empty() {
+        let mut c: Vec<String> = seen.iter().map(|s| s.to_string()).collect();
+        c.sort();
+        if c.iter().all(|x| x.parse::<i64>().is_ok()) {
+            c.sort_by_key(|x| x.parse::<i64>().unwrap_or(0));
+        }
+        if c.len() < 2 {
+            // a single observed label: still two classes so the models are defined
+            c.push(format!("{}_other", c.first().cloned().unwrap_or_default()));
+        }
+        c
+    } else {
+        classes.to_vec()
+    };
+    let place: Vec<Option<u32>> = seen.iter().map(|l| class_list.iter().position(|c| c == l).map(|p| p as u32)).collect();
+    let mut dropped = 0usize;
+    if place.iter().any(Option::is_none) {
+        match on_unknown {
+            OnUnknownLabel::Error => {
+                let (n, l) = col_l
+                    .iter()
+                    .enumerate()
+                    .find(|(_, &l)| place[l as usize].is_none())
+                    .map(|(n, &l)| (n, seen[l as usize]))
+                    .unwrap_or((0, ""));
+                return Err(CrowdError::Row {
+                    source_name: source.into(),
+                    row: n + 2,
+                    message: format!("label \"{l}\" is not one of {class_list:?}"),
+                });
+            }
+            OnUnknownLabel::Drop => {
+                let mut keep = 0;
+                for n in 0..col_l.len() {
+                    if place[col_l[n] as usize].is_some() {
+                        col_i[keep] = col_i[n];
+                        col_w[keep] = col_w[n];
+                        col_l[keep] = col_l[n];
+                        keep += 1;
+                    } else {
+                        dropped += 1;
+                    }
+                }
+                col_i.truncate(keep);
+                col_w.truncate(keep);
+                col_l.truncate(keep);
+            }
+        }
     }
-    b.build()
+    for l in col_l.iter_mut() {
+        *l = place[*l as usize].unwrap_or(0);
+    }
+    let items: Vec<String> = items.names.iter().map(|s| s.to_string()).collect();
+    let workers: Vec<String> = workers.names.iter().map(|s| s.to_string()).collect();
+    Ok((Answers::from_columns(items, workers, class_list, &col_i, &col_w, &col_l)?, dropped))
+}
+
+/// Interning: name -> first-seen index, with a fast non-cryptographic hash (names come from
+/// one file; nothing here is exposed to collision attacks that matter).
+struct FastMap<'a> {
+    index: std::collections::HashMap<&'a str, u32, std::hash::BuildHasherDefault<FastHasher>>,
+    names: Vec<&'a str>,
+    last: Option<(&'a str, u32)>,
+}
+
+impl<'a> Default for FastMap<'a> {
+    fn default() -> Self {
+        FastMap { index: Default::default(), names: Vec::new(), last: None }
+    }
+}
+
+impl<'a> FastMap<'a> {
+    fn reserve(&mut self, n: usize) {
+        self.index.reserve(n);
+        self.names.reserve(n);
+    }
+
+    #[inline]
+    fn intern(&mut self, s: &'a str) -> u32 {
+        // the same name as the row before (answers of one item are usually adjacent)
+        if let Some(&(last, i)) = self.last.as_ref() {
+            if last == s {
+                return i;
+            }
+        }
+        let i = self.intern_new(s);
+        self.last = Some((s, i));
+        i
+    }
+
+    fn intern_new(&mut self, s: &'a str) -> u32 {
+        if self.names.len() <= 16 && self.index.len() == self.names.len() {
+            // few names (labels): a scan beats hashing
+            if let Some(p) = self.names.iter().position(|x| *x == s) {
+                return p as u32;
+            }
+        }
+        let n = self.names.len() as u32;
+        let e = *self.index.entry(s).or_insert(n);
+        if e == n {
+            self.names.push(s);
+        }
+        e
+    }
+}
+
+/// FxHash-style: one multiply per 8 bytes.
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let v = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            h = (h.rotate_left(5) ^ v).wrapping_mul(K);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(K);
+        }
+        self.0 = h;
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.0 = (self.0.rotate_left(5) ^ i as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        // final avalanche so the low bits (the table index) depend on every input bit
+        crate::mix64(self.0)
+    }
 }
 
 #[cfg(test)]

@@ -84,6 +84,48 @@ impl Answers {
         })
     }
 
+    /// From named items and workers and one `(item, worker, label)` index per answer, as
+    /// three columns (what a streaming reader produces without building tuples). Answers of
+    /// an item keep their input order.
+    pub fn from_columns(
+        items: Vec<String>,
+        workers: Vec<String>,
+        classes: Vec<String>,
+        item_of: &[u32],
+        worker_of: &[u32],
+        label_of: &[u32],
+    ) -> Result<Answers> {
+        let (n_items, n_workers, k) = (items.len(), workers.len(), classes.len());
+        if k < 2 {
+            return Err(CrowdError::Data(format!("need at least 2 classes, got {k}")));
+        }
+        if (n_workers as u64) * (k as u64) > u32::MAX as u64 {
+            return Err(CrowdError::Data("too many workers x classes for u32 codes".into()));
+        }
+        if item_of.len() != worker_of.len() || item_of.len() != label_of.len() {
+            return Err(CrowdError::Data("answer columns of different lengths".into()));
+        }
+        let mut offsets = vec![0usize; n_items + 1];
+        for (n, ((&i, &w), &l)) in item_of.iter().zip(worker_of).zip(label_of).enumerate() {
+            if i as usize >= n_items || w as usize >= n_workers || l as usize >= k {
+                return Err(CrowdError::Data(format!(
+                    "answer {n}: item {i}, worker {w}, label {l} out of range ({n_items} items, {n_workers} workers, {k} classes)"
+                )));
+            }
+            offsets[i as usize + 1] += 1;
+        }
+        for i in 0..n_items {
+            offsets[i + 1] += offsets[i];
+        }
+        let mut fill = offsets.clone();
+        let mut codes = vec![0u32; item_of.len()];
+        for ((&i, &w), &l) in item_of.iter().zip(worker_of).zip(label_of) {
+            codes[fill[i as usize]] = w * k as u32 + l;
+            fill[i as usize] += 1;
+        }
+        Ok(Answers { classes, items, workers, offsets, codes })
+    }
+
     /// Answers per label, over everyone.
     pub fn label_counts(&self) -> Vec<usize> {
         let k = self.n_classes();

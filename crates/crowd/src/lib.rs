@@ -10,6 +10,7 @@
 //! study's tables in SEED-FACTS: `m[l * k + j] = P(answer l | true class j)`.
 
 pub mod aggregate;
+pub mod select;
 pub mod amt;
 pub mod data;
 pub mod sim;
@@ -18,7 +19,7 @@ pub mod spam;
 #[cfg(feature = "mturk")]
 pub mod mturk;
 
-pub use aggregate::{aggregate, Aggregation, ClassPrior, EmOptions, Method};
+pub use aggregate::{aggregate, Aggregation, CandidateScore, ClassPrior, EmOptions, Method, Selection};
 pub use amt::{parse_amt_batch, parse_crowdkit_csv, AmtBatch, AmtOptions, AmtRecord, OnUnknownLabel};
 pub use data::{Answers, AnswersBuilder};
 pub use sim::{simulate_amt_batch, SimConfig, SimData};

@@ -3,7 +3,14 @@
 //! Signature V4 (service `mturk-requester`, region `us-east-1`), following `NextToken`.
 //!
 //! This is the crate's only network and file I/O (credentials file). Credentials are never
-//! logged: [`Credentials`]' `Debug` prints the key id's last 4 characters only.
+//! logged: [`Credentials`]' `Debug` prints the key id's last 4 characters only; every error
+//! this module returns goes through [`Credentials::redact`] (the key id, the secret and the
+//! session token replaced, the text capped at [`MAX_MESSAGE`] bytes, terminal control
+//! characters removed), so a server that echoes request headers in its error body cannot
+//! put them in a message, a run record or the database. The HTTP client (ureq) logs request
+//! headers, the session token among them, at `debug` level through the `log` facade; the
+//! client caps that facade at `info` (see [`Client::new`]). Paging stops with an error when
+//! the server repeats a `NextToken` or after [`MAX_PAGES`] pages.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +26,43 @@ pub const SANDBOX: &str = "https://mturk-requester-sandbox.us-east-1.amazonaws.c
 const TARGET_PREFIX: &str = "MTurkRequesterServiceV20170117";
 const SERVICE: &str = "mturk-requester";
 const REGION: &str = "us-east-1";
+/// At most this many bytes of a server's error text in an error message.
+pub const MAX_MESSAGE: usize = 4096;
+/// At most this many pages per listing (100 results each: a million HITs).
+pub const MAX_PAGES: usize = 10_000;
+
+/// `text` made safe to print and store: control characters (ANSI escapes and the like, but
+/// not newlines or tabs) removed, capped at `max` bytes (on a char boundary) with a note.
+pub fn sanitize(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max + 32));
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... final byte: drop the whole CSI sequence; other escapes: ESC + 1 char
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                while let Some(&d) = chars.peek() {
+                    chars.next();
+                    if ('@'..='~').contains(&d) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+            continue;
+        }
+        if (c.is_control() && c != '\n' && c != '\t') || ('\u{80}'..='\u{9f}').contains(&c) {
+            continue;
+        }
+        if out.len() + c.len_utf8() > max {
+            out.push_str(&format!("... [{} more bytes cut]", text.len().saturating_sub(out.len())));
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
 
 #[derive(Clone)]
 pub struct Credentials {
@@ -35,6 +79,24 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// `text` with every secret value (key id, secret key, session token) replaced by
+    /// `[redacted]`, then [`sanitize`]d: what any message that may echo a request goes through.
+    pub fn redact(&self, text: &str) -> String {
+        let mut t = text.to_string();
+        let mut secrets: Vec<&str> = vec![self.secret_access_key.as_str(), self.access_key_id.as_str()];
+        if let Some(tok) = &self.session_token {
+            secrets.push(tok.as_str());
+        }
+        // longest first, so a secret containing another is replaced whole
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        for s in secrets {
+            if s.len() >= 4 {
+                t = t.replace(s, "[redacted]");
+            }
+        }
+        sanitize(&t, MAX_MESSAGE)
+    }
+
     /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, else the
     /// profile (`profile`, `AWS_PROFILE` or `default`) of `AWS_SHARED_CREDENTIALS_FILE` or
     /// `~/.aws/credentials`.
@@ -162,11 +224,25 @@ impl Client {
             url => url.trim_end_matches('/').to_string(),
         };
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+        // ureq writes every request's headers (x-amz-security-token included; it hides only
+        // Authorization and Cookie) to the `log` facade at debug level, which a tracing
+        // subscriber would print with PIPELINE_LOG=debug. Cap that facade at info: this
+        // crate's own messages never carry secrets, ureq's debug lines may.
+        if log::max_level() > log::LevelFilter::Info {
+            log::set_max_level(log::LevelFilter::Info);
+        }
         Client { endpoint, creds, agent }
     }
 
-    /// One JSON 1.1 call.
+    /// One JSON 1.1 call; errors redacted (see [`Credentials::redact`]).
     pub fn call(&self, op: &str, body: &Value) -> Result<Value> {
+        self.call_raw(op, body).map_err(|e| match e {
+            CrowdError::Api(m) => CrowdError::Api(self.creds.redact(&m)),
+            other => CrowdError::Api(self.creds.redact(&other.to_string())),
+        })
+    }
+
+    fn call_raw(&self, op: &str, body: &Value) -> Result<Value> {
         let payload = body.to_string();
         let host = self
             .endpoint
@@ -203,7 +279,9 @@ impl Client {
                 serde_json::from_str(&text).map_err(|e| CrowdError::Api(format!("{op}: response is not JSON: {e}")))
             }
             Err(ureq::Error::Status(code, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
+                // at most 64 KB of the body is read (the message keeps MAX_MESSAGE of it)
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut std::io::Read::take(resp.into_reader(), 64 * 1024), &mut text);
                 let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 let msg = v.get("message").or_else(|| v.get("Message")).and_then(Value::as_str).unwrap_or(&text);
                 let kind = v.get("__type").and_then(Value::as_str).unwrap_or("error");
@@ -213,19 +291,38 @@ impl Client {
         }
     }
 
-    /// Every page of `op`, collecting the array `key`.
-    fn paged(&self, op: &str, mut body: Value, key: &str) -> Result<Vec<Value>> {
+    /// Every page of `op`, collecting the array `key`. A `NextToken` seen before (a server
+    /// that would page forever) or more than `max_pages` pages is an error.
+    fn paged(&self, op: &str, body: Value, key: &str) -> Result<Vec<Value>> {
+        self.paged_at_most(op, body, key, MAX_PAGES)
+    }
+
+    fn paged_at_most(&self, op: &str, mut body: Value, key: &str, max_pages: usize) -> Result<Vec<Value>> {
         let mut out = Vec::new();
-        loop {
+        let mut seen = std::collections::HashSet::new();
+        for page in 1..=max_pages {
             let v = self.call(op, &body)?;
             if let Some(items) = v.get(key).and_then(Value::as_array) {
                 out.extend(items.iter().cloned());
             }
             match v.get("NextToken").and_then(Value::as_str) {
-                Some(t) if !t.is_empty() => body["NextToken"] = json!(t),
+                Some(t) if !t.is_empty() => {
+                    if !seen.insert(t.to_string()) {
+                        return Err(CrowdError::Api(format!(
+                            "{op}: the server returned the same NextToken again on page {page} ({});                              stopping instead of paging forever ({} results so far)",
+                            sanitize(t, 64),
+                            out.len()
+                        )));
+                    }
+                    body["NextToken"] = json!(t);
+                }
                 _ => return Ok(out),
             }
         }
+        Err(CrowdError::Api(format!(
+            "{op}: still a NextToken after {max_pages} pages ({} results); stopping (a listing this long is not expected)",
+            out.len()
+        )))
     }
 
     pub fn list_hits(&self) -> Result<Vec<Value>> {
@@ -550,5 +647,118 @@ mod tests {
         let e = Client::new(&url, wrong).list_hits().unwrap_err().to_string();
         assert!(e.contains("ListHITs") && e.contains("403") && e.contains("InvalidSignature"), "{e}");
         assert!(!e.contains("nope"), "the secret must not leak into errors");
+    }
+
+    /// A local server answering every request with `handler(target, request body, raw
+    /// request head)`: (status, body). No signature check.
+    fn serve_with(handler: impl Fn(&str, &Value, &str) -> (u16, String) + Send + 'static) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut head = String::new();
+                let (mut target, mut len) = (String::new(), 0usize);
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    head.push_str(&h);
+                    let h = h.trim_end();
+                    if h.is_empty() {
+                        break;
+                    }
+                    if let Some((n, v)) = h.split_once(':') {
+                        match n.trim().to_ascii_lowercase().as_str() {
+                            "x-amz-target" => target = v.trim().to_string(),
+                            "content-length" => len = v.trim().parse().unwrap_or(0),
+                            _ => {}
+                        }
+                    }
+                }
+                let mut body = vec![0u8; len];
+                let _ = reader.read_exact(&mut body);
+                let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let (code, text) = handler(&target, &req, &head);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {code} X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn creds_with_token() -> Credentials {
+        Credentials { session_token: Some("FQoGZXIvYXdzEXAMPLESESSIONTOKENxyz".into()), ..creds() }
+    }
+
+    #[test]
+    fn a_repeated_next_token_is_an_error_not_an_endless_loop() {
+        let calls = Arc::new(Mutex::new(0usize));
+        let c2 = calls.clone();
+        let url = serve_with(move |_, _, _| {
+            *c2.lock().unwrap() += 1;
+            (200, json!({"HITs": [{"HITId": "H"}], "NextToken": "same"}).to_string())
+        });
+        let e = Client::new(&url, creds()).list_hits().unwrap_err().to_string();
+        assert!(e.contains("ListHITs") && e.contains("same NextToken") && e.contains("page 2"), "{e}");
+        assert_eq!(*calls.lock().unwrap(), 2);
+    }
+
+    #[test]
+    fn paging_stops_at_the_page_cap() {
+        let n = Arc::new(Mutex::new(0usize));
+        let n2 = n.clone();
+        let url = serve_with(move |_, _, _| {
+            let mut g = n2.lock().unwrap();
+            *g += 1;
+            (200, json!({"HITs": [], "NextToken": format!("t{}", *g)}).to_string())
+        });
+        let c = Client::new(&url, creds());
+        let e = c.paged_at_most("ListHITs", json!({}), "HITs", 5).unwrap_err().to_string();
+        assert!(e.contains("after 5 pages"), "{e}");
+        assert_eq!(*n.lock().unwrap(), 5);
+    }
+
+    #[test]
+    fn error_bodies_that_echo_headers_are_redacted_capped_and_stripped() {
+        // the server echoes the whole request head (with the token, the key id and the
+        // signature), a terminal escape and 1 MB of padding into its error message
+        let url = serve_with(|_, _, head| {
+            let msg = format!("bad request; you sent:\n{head}\u{1b}[2J\u{1b}]0;owned\u{7}{}", "x".repeat(1 << 20));
+            (400, json!({"__type": "ValidationException", "message": msg}).to_string())
+        });
+        let c = creds_with_token();
+        let e = Client::new(&url, c.clone()).list_hits().unwrap_err().to_string();
+        assert!(e.contains("ListHITs") && e.contains("400") && e.contains("ValidationException"), "{e}");
+        assert!(e.contains("[redacted]"), "{e}");
+        for secret in [c.access_key_id.as_str(), c.secret_access_key.as_str(), c.session_token.as_deref().unwrap()] {
+            assert!(!e.contains(secret), "secret leaked: {e}");
+        }
+        assert!(!e.contains('\u{1b}') && !e.contains('\u{7}'), "control characters kept");
+        assert!(e.len() < MAX_MESSAGE + 200, "{} bytes", e.len());
+        assert!(e.contains("more bytes cut"));
+        // a body that is not JSON at all goes the same way
+        let url = serve_with(|_, _, head| (500, format!("<html>{head}</html>")));
+        let e = Client::new(&url, c.clone()).list_hits().unwrap_err().to_string();
+        assert!(!e.contains(c.session_token.as_deref().unwrap()) && !e.contains(&c.access_key_id), "{e}");
+    }
+
+    #[test]
+    fn sanitize_keeps_text_and_newlines() {
+        assert_eq!(sanitize("a\tb\nc\u{1b}[31mred\u{1b}[0m\r", 100), "a\tb\ncred");
+        let s = sanitize(&"é".repeat(100), 11);
+        assert!(s.starts_with("ééééé...") && s.contains("more bytes cut"), "{s}");
+    }
+
+    #[test]
+    fn client_caps_the_log_facade_so_ureq_header_lines_are_not_emitted() {
+        log::set_max_level(log::LevelFilter::Trace);
+        let _ = Client::new("sandbox", creds_with_token());
+        assert!(log::max_level() <= log::LevelFilter::Info);
     }
 }

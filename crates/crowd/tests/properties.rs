@@ -152,7 +152,8 @@ fn shrunk_beats_majority_vote_on_sparse_round2_simulation() {
         let d = simulate(&SimConfig::sparse_round2(100 + s));
         let a = Answers::from_triples(700, d.n_workers, classes(7), &d.answers).unwrap();
         let gold: Vec<Option<usize>> = d.truth.iter().map(|&c| Some(c)).collect();
-        let o = EmOptions::default();
+        // the study's balanced design: a uniform prior (a learned one is another question)
+        let o = EmOptions { class_prior: ClassPrior::Uniform, ..EmOptions::default() };
         mv += accuracy(&aggregate(&a, Method::MajorityVote, &o).unwrap().labels, &gold);
         ds += accuracy(&aggregate(&a, Method::DawidSkene, &o).unwrap().labels, &gold);
         sh += accuracy(&aggregate(&a, Method::Shrunk, &o).unwrap().labels, &gold);

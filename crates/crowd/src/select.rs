@@ -1,0 +1,324 @@
+//! `Method::Auto`: choose the aggregation model from the data, without gold.
+//!
+//! Every candidate (majority vote, one-coin, classic Dawid-Skene, pooled, shrunk; each with a
+//! learned (smoothed) and with a uniform class prior, unless the user fixed the prior: 9
+//! fits) is fitted on all answers; then each is scored by how well it predicts answers it has
+//! not seen:
+//! for every item `i` and every answer `a` of it,
+//!
+//! ```text
+//!   P(a) = sum_j  P(j | the item's other answers)  *  P(answer of a | true class j, a's worker)
+//! ```
+//!
+//! where both factors use parameters refitted **without item `i`**: item `i`'s expected
+//! counts (its posterior, once per answer) are taken out of the M-step's sufficient
+//! statistics before the worker matrices and the class prior are computed (one exact M-step
+//! without the item, other items' posteriors held fixed; the approximation is that those
+//! posteriors were computed with the item in). The score is the sum of `ln P(a)` over answers:
+//! leave-one-item-out cross-validation of the answer likelihood, the quantity the models are
+//! fitted to, so their numbers compare. A flexible model pays for each worker whose
+//! matrix it cannot estimate (a worker whose only answers are on item `i` predicts from the
+//! smoothing alone), a rigid one for the structure it misses; nothing in it is tuned to a data
+//! set. Majority vote is scored as the model it is the MAP labelling of: one accuracy shared by
+//! all workers, errors spread evenly, uniform prior, posteriors = vote fractions.
+//!
+//! On large data (> [`SCORE_ANSWERS`] answers) the candidates are fitted and scored on a
+//! subset of items chosen by a hash of their names (about `SCORE_ANSWERS` answers, every
+//! answer of each chosen item), and the winner is refitted on all items: 9 fits of the whole
+//! data would cost 10-20x one fit, and a few hundred thousand answers are enough to rank
+//! the candidates (a compute budget, not a constant fitted to any data set; on a crowd where
+//! workers have few answers each, the subset makes flexible models look somewhat worse than
+//! they would on the whole data). The choice does not depend on item order.
+
+use rayon::prelude::*;
+
+use crate::aggregate::{aggregate, class_totals, counts_from_posteriors, Aggregation, CandidateScore, ClassPrior, EmOptions, Method, Selection};
+use crate::data::Answers;
+use crate::{hash_str, mix64, Result};
+
+/// Above this many answers, candidates are compared on a hash-chosen subset of items holding
+/// about this many answers (a compute budget: 9 fits of 150k answers cost about one fit of 1.4M).
+pub const SCORE_ANSWERS: usize = 150_000;
+
+/// The M-step a candidate's held-out answers are predicted with.
+enum Family {
+    /// One accuracy for everyone (majority vote).
+    Symmetric,
+    OneCoin,
+    PerWorker,
+    /// One matrix for everyone, `diag` extra pseudo-answers on its diagonal.
+    Pooled { diag: f64 },
+    /// Per-worker matrices with a Dirichlet prior: mean `center`, strength per true class.
+    Shrunk { center: Vec<f64>, strength: Vec<f64> },
+}
+
+pub(crate) fn auto(a: &Answers, o: &EmOptions) -> Result<Aggregation> {
+    if a.n_answers() <= SCORE_ANSWERS {
+        return choose(a, o);
+    }
+    // Large data: choose on the items of a hash-chosen subset (about SCORE_ANSWERS answers,
+    // every answer of each chosen item), then fit the winner on everything.
+    let sub = subset(a, &scored_items(a));
+    let chosen = choose(&sub, o)?;
+    let sel = chosen.selection.clone().expect("choose records its selection");
+    drop(chosen);
+    let best = &sel.candidates[0];
+    let prior = match best.class_prior.as_str() {
+        "uniform" => ClassPrior::Uniform,
+        "learned" => ClassPrior::Learned,
+        _ => o.class_prior.clone(),
+    };
+    let mut r = aggregate(a, best.method, &EmOptions { class_prior: prior, ..o.clone() })?;
+    r.selection = Some(Selection {
+        criterion: format!(
+            "{}; candidates fitted and scored on {} of the {} items (chosen by a hash of their names), the winner refitted on all",
+            sel.criterion,
+            sub.n_items(),
+            a.n_items()
+        ),
+        ..sel
+    });
+    Ok(r)
+}
+
+/// The answers of `items` only (all workers kept, so their indices stay).
+fn subset(a: &Answers, items: &[usize]) -> Answers {
+    let mut offsets = Vec::with_capacity(items.len() + 1);
+    offsets.push(0);
+    let mut codes = Vec::new();
+    for &i in items {
+        codes.extend_from_slice(a.item_codes(i));
+        offsets.push(codes.len());
+    }
+    Answers {
+        classes: a.classes.clone(),
+        items: items.iter().map(|&i| a.items[i].clone()).collect(),
+        workers: a.workers.clone(),
+        offsets,
+        codes,
+    }
+}
+
+/// Fit every candidate on `a`, score each on `a`'s answers, return the best fit.
+fn choose(a: &Answers, o: &EmOptions) -> Result<Aggregation> {
+    let k = a.n_classes();
+    // The class prior is part of the model: learned (smoothed) and uniform are both fitted
+    // unless the user fixed it.
+    let priors: Vec<(ClassPrior, &str)> = match &o.class_prior {
+        ClassPrior::Learned => vec![(ClassPrior::Learned, "learned"), (ClassPrior::Uniform, "uniform")],
+        ClassPrior::Uniform => vec![(ClassPrior::Uniform, "uniform")],
+        ClassPrior::Fixed(w) => vec![(ClassPrior::Fixed(w.clone()), "fixed")],
+    };
+    let scored: Vec<usize> = (0..a.n_items()).filter(|&i| !a.item_codes(i).is_empty()).collect();
+    let n_scored: usize = a.n_answers();
+    let uniform = vec![1.0 / k as f64; k];
+    // Fit, score, keep only the best fit so far (a fit's posteriors are n x k).
+    let mut best: Option<(f64, Aggregation, String)> = None;
+    let mut scores: Vec<(usize, f64, Method, String)> = Vec::new();
+    let mut order = 0usize;
+    for &m in Method::ALL.iter() {
+        for (prior, pname) in &priors {
+            // majority vote has no class prior: one candidate
+            if m == Method::MajorityVote && pname != &priors[0].1 {
+                continue;
+            }
+            let om = EmOptions { class_prior: prior.clone(), ..o.clone() };
+            let r = aggregate(a, m, &om)?;
+            let held = |p: &[f64]| -> Option<Vec<f64>> {
+                match prior {
+                    ClassPrior::Learned => None,
+                    _ => Some(p.to_vec()),
+                }
+            };
+            let (fam, fixed_prior, pname) = match m {
+                Method::MajorityVote => (Family::Symmetric, Some(uniform.clone()), "none".to_string()),
+                Method::OneCoin => (Family::OneCoin, held(&r.class_prior), pname.to_string()),
+                Method::DawidSkene => (Family::PerWorker, held(&r.class_prior), pname.to_string()),
+                Method::Pooled => (Family::Pooled { diag: o.diag_prior }, held(&r.class_prior), pname.to_string()),
+                Method::Shrunk => (
+                    Family::Shrunk {
+                        center: r.shrink_center.clone().unwrap_or_else(|| r.pooled_matrix.clone()),
+                        strength: r.shrink_strength.clone().unwrap_or_default(),
+                    },
+                    held(&r.class_prior),
+                    pname.to_string(),
+                ),
+                Method::Auto => unreachable!("not a candidate"),
+            };
+            let ll = heldout_loglik(a, &fam, &r.posteriors, fixed_prior.as_deref(), &om, &scored);
+            scores.push((order, ll, m, pname.clone()));
+            // a later (more complex) candidate must win by more than rounding
+            let better = match &best {
+                None => true,
+                Some((b, _, _)) => ll > *b + 1e-9 * b.abs(),
+            };
+            if better {
+                best = Some((ll, r, pname));
+            }
+            order += 1;
+        }
+    }
+    let (_, mut r, _) = best.expect("at least one candidate");
+    scores.sort_by(|x, y| y.1.partial_cmp(&x.1).unwrap_or(std::cmp::Ordering::Equal).then(x.0.cmp(&y.0)));
+    let candidates = scores
+        .iter()
+        .map(|(_, ll, m, p)| CandidateScore {
+            method: *m,
+            class_prior: p.clone(),
+            heldout_loglik: *ll,
+            per_answer: if n_scored > 0 { ll / n_scored as f64 } else { 0.0 },
+        })
+        .collect();
+    r.selection = Some(Selection {
+        chosen: r.method,
+        criterion: "leave-one-item-out predictive log-likelihood of the answers (nats)".into(),
+        scored_answers: n_scored,
+        candidates,
+    });
+    Ok(r)
+}
+
+/// Items whose answers are scored: all, or about `SCORE_ANSWERS` answers' worth chosen by a
+/// hash of the item's name.
+fn scored_items(a: &Answers) -> Vec<usize> {
+    let n = a.n_answers();
+    let all: Vec<usize> = (0..a.n_items()).filter(|&i| !a.item_codes(i).is_empty()).collect();
+    if n <= SCORE_ANSWERS {
+        return all;
+    }
+    let keep = SCORE_ANSWERS as f64 / n as f64;
+    let cut = (keep * u64::MAX as f64) as u64;
+    all.into_iter().filter(|&i| mix64(hash_str(&a.items[i]) ^ 0x5e1ec7) <= cut).collect()
+}
+
+/// Sum over the answers of `items` of ln P(answer | the item's other answers), with the
+/// parameters of `fam` re-estimated without the item (see the module docs).
+fn heldout_loglik(a: &Answers, fam: &Family, q: &[f64], prior_fixed: Option<&[f64]>, o: &EmOptions, items: &[usize]) -> f64 {
+    let k = a.n_classes();
+    let nw = a.n_workers();
+    let alpha = o.smoothing;
+    let beta = o.prior_smoothing;
+    let c = counts_from_posteriors(a, q); // [(w * k + l) * k + j]
+    let class_tot = class_totals(q, k);
+    let n_items = a.n_items() as f64;
+    // column totals per worker, right answers per worker, pooled counts
+    let mut col = vec![0.0; nw * k];
+    let mut right = vec![0.0; nw];
+    let mut total = vec![0.0; nw];
+    let mut pooled = vec![0.0; k * k];
+    for w in 0..nw {
+        for l in 0..k {
+            for j in 0..k {
+                let x = c[(w * k + l) * k + j];
+                col[w * k + j] += x;
+                total[w] += x;
+                pooled[l * k + j] += x;
+                if l == j {
+                    right[w] += x;
+                }
+            }
+        }
+    }
+    let mut pooled_col = vec![0.0; k];
+    for l in 0..k {
+        for j in 0..k {
+            pooled_col[j] += pooled[l * k + j];
+        }
+    }
+    let (all_right, all_total): (f64, f64) = (right.iter().sum(), total.iter().sum());
+    let kf = k as f64;
+    let score_item = |i: usize| -> f64 {
+        let codes = a.item_codes(i);
+        let n = codes.len();
+        let qi = &q[i * k..(i + 1) * k];
+        // prior without the item
+        let prior: Vec<f64> = match prior_fixed {
+            Some(p) => p.to_vec(),
+            None => {
+                let den = n_items - 1.0 + kf * beta;
+                if den <= 0.0 {
+                    vec![1.0 / kf; k]
+                } else {
+                    (0..k).map(|j| ((class_tot[j] - qi[j]).max(0.0) + beta) / den).collect()
+                }
+            }
+        };
+        // the item's own answer counts (what its posterior added to the statistics)
+        let mut theta = vec![0.0; n * k];
+        let item_right: f64 = codes.iter().map(|&cd| qi[cd as usize % k]).sum();
+        for (t, &code) in codes.iter().enumerate() {
+            let (w, l) = (code as usize / k, code as usize % k);
+            let same_code = codes.iter().filter(|&&x| x == code).count() as f64;
+            let same_worker = codes.iter().filter(|&&x| x as usize / k == w).count() as f64;
+            let row = &mut theta[t * k..(t + 1) * k];
+            match fam {
+                Family::PerWorker | Family::Shrunk { .. } => {
+                    for j in 0..k {
+                        let (mut num, mut den) = (
+                            (c[code as usize * k + j] - same_code * qi[j]).max(0.0) + alpha,
+                            (col[w * k + j] - same_worker * qi[j]).max(0.0) + kf * alpha,
+                        );
+                        if let Family::Shrunk { center, strength } = fam {
+                            let s = strength.get(j).copied().unwrap_or(0.0);
+                            num += s * center[l * k + j];
+                            den += s;
+                        }
+                        row[j] = num / den;
+                    }
+                }
+                Family::Pooled { diag } => {
+                    let same_label = codes.iter().filter(|&&x| x as usize % k == l).count() as f64;
+                    for j in 0..k {
+                        let d = if l == j { *diag } else { 0.0 };
+                        let num = (pooled[l * k + j] - same_label * qi[j]).max(0.0) + alpha + d;
+                        let den = (pooled_col[j] - n as f64 * qi[j]).max(0.0) + kf * alpha + diag;
+                        row[j] = num / den;
+                    }
+                }
+                Family::OneCoin | Family::Symmetric => {
+                    let (r, tot) = match fam {
+                        Family::OneCoin => {
+                            let own: f64 = codes.iter().filter(|&&x| x as usize / k == w).map(|&x| qi[x as usize % k]).sum();
+                            (right[w] - own, total[w] - same_worker)
+                        }
+                        _ => (all_right - item_right, all_total - n as f64),
+                    };
+                    let p = (r.max(0.0) + alpha) / (tot.max(0.0) + 2.0 * alpha);
+                    let off = (1.0 - p) / (kf - 1.0);
+                    for j in 0..k {
+                        row[j] = if l == j { p } else { off };
+                    }
+                }
+            }
+        }
+        let mut base: Vec<f64> = prior.iter().map(|p| p.max(1e-300).ln()).collect();
+        for t in 0..n {
+            for j in 0..k {
+                base[j] += theta[t * k + j].max(1e-300).ln();
+            }
+        }
+        let mut ll = 0.0;
+        let mut s = vec![0.0; k];
+        for t in 0..n {
+            let th = &theta[t * k..(t + 1) * k];
+            for j in 0..k {
+                s[j] = base[j] - th[j].max(1e-300).ln();
+            }
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let (mut z, mut pred) = (0.0, 0.0);
+            for j in 0..k {
+                let e = (s[j] - m).exp();
+                z += e;
+                pred += e * th[j];
+            }
+            ll += (pred / z).max(1e-300).ln();
+        }
+        ll
+    };
+    if a.n_answers() < 50_000 {
+        // one thread, fixed order: the sum (and so the choice) does not depend on scheduling
+        items.iter().map(|&i| score_item(i)).sum()
+    } else {
+        items.par_iter().with_min_len(1024).map(|&i| score_item(i)).sum()
+    }
+}
