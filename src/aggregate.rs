@@ -1,53 +1,312 @@
-//! `pipeline aggregate FILE --method M --out DIR`: aggregation on its own, for comparing
-//! with other tools. Input: crowd-kit style CSV (`worker,task,label`) or an AMT
-//! batch-results file (detected by its `WorkerId` and `HITId` columns). Output:
-//! `labels.csv` (`task,label`) and `posteriors.csv` (`task,<class>...`).
+//! `pipeline aggregate FILE --out DIR [options]`: aggregation on its own, for comparing with
+//! other tools and for crowds outside a pipeline. Input: crowd-kit style CSV
+//! (`worker,task,label`) or an AMT batch-results file (detected by its `WorkerId` and `HITId`
+//! columns). Takes every option of the `dawid-skene` stage (method, class prior, tol,
+//! max_iter, seed, ...) and of the `amt` stage's class check (`classes`, `on_unknown_label`),
+//! with the same defaults. Output: `labels.csv` (`task,label`), `posteriors.csv`
+//! (`task,<class>...`) and the stage's report files (`workers.csv`, `worker_matrices.json`,
+//! `prior.json`, `loglik.csv`, `report.md` with its plots, `summary.json`).
+//!
+//! Built for large files: the CSV is read once into memory and split without per-row
+//! allocation (see `parse_crowdkit_csv_with`), and the two CSV outputs are formatted in
+//! parallel into buffers and written with one `write` per chunk.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-use pipeline_crowd::aggregate::{aggregate as run_method, EmOptions, Method};
-use pipeline_crowd::{parse_amt_batch, parse_crowdkit_csv, AmtOptions};
+use anyhow::{bail, Context};
+use clap::Args;
+use pipeline_crowd::aggregate::{aggregate as run_method, Aggregation, Method};
+use pipeline_crowd::amt::{parse_crowdkit_csv_with, OnUnknownLabel};
+use pipeline_crowd::{parse_amt_batch, AmtOptions, Answers};
+use rayon::prelude::*;
 
-pub fn aggregate(input: &Path, method: &str, out_dir: &Path) -> anyhow::Result<()> {
-    let method: Method = method.parse()?;
-    let text = std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
+use crate::stages::dawid_skene::{em_options, write_report, DawidSkeneParams, PriorParam};
+
+/// Options of `pipeline aggregate` (defaults = the `dawid-skene` and `amt` stages' defaults).
+#[derive(Args, Debug, Clone)]
+pub struct AggregateArgs {
+    /// A crowd-kit CSV (worker,task,label) or an AMT batch-results file.
+    pub file: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// auto (the default: every model fitted, the one that best predicts held-out answers
+    /// kept), majority-vote, dawid-skene (classic), one-coin, pooled or shrunk.
+    #[arg(long, default_value = "auto")]
+    pub method: String,
+    /// learned (default, smoothed), uniform, or comma-separated weights, one per class.
+    #[arg(long, default_value = "learned")]
+    pub class_prior: String,
+    /// The class list, comma-separated, in order. Default: the study's seven emotions for an
+    /// AMT file (as the amt stage), the labels seen for a crowd-kit CSV.
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Option<Vec<String>>,
+    /// An answer outside `--classes`: error (default, naming the row) or drop (counted).
+    #[arg(long, default_value = "error", value_parser = ["error", "drop"])]
+    pub on_unknown_label: String,
+    /// Stop EM when the objective rises by less than this fraction.
+    #[arg(long)]
+    pub tol: Option<f64>,
+    #[arg(long)]
+    pub max_iter: Option<usize>,
+    /// Seed of tie-breaks.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Pseudo-count per confusion cell.
+    #[arg(long)]
+    pub smoothing: Option<f64>,
+    /// `shrunk`: a fixed strength (answers per true class) instead of the estimated ones.
+    #[arg(long)]
+    pub shrink_strength: Option<f64>,
+    /// Extra pseudo-count on the pooled matrix's diagonal.
+    #[arg(long)]
+    pub diag_prior: Option<f64>,
+    /// AMT file: AssignmentStatus values kept (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "Submitted,Approved")]
+    pub statuses: Vec<String>,
+    /// Spammer detection: only workers with at least this many answers.
+    #[arg(long)]
+    pub spammer_min_answers: Option<usize>,
+}
+
+impl AggregateArgs {
+    /// Plain defaults for `file` and `out` (what the command line gives without options).
+    pub fn new(file: &Path, out: &Path) -> AggregateArgs {
+        AggregateArgs {
+            file: file.to_path_buf(),
+            out: out.to_path_buf(),
+            method: "auto".into(),
+            class_prior: "learned".into(),
+            classes: None,
+            on_unknown_label: "error".into(),
+            tol: None,
+            max_iter: None,
+            seed: None,
+            smoothing: None,
+            shrink_strength: None,
+            diag_prior: None,
+            statuses: vec!["Submitted".into(), "Approved".into()],
+            spammer_min_answers: None,
+        }
+    }
+
+    /// The `dawid-skene` stage's params these options amount to (checked as the stage does).
+    pub fn params(&self) -> anyhow::Result<DawidSkeneParams> {
+        let d = DawidSkeneParams::default();
+        let class_prior = match self.class_prior.as_str() {
+            "learned" | "uniform" => PriorParam::Named(self.class_prior.clone()),
+            w => PriorParam::Weights(
+                w.split(',')
+                    .map(|x| x.trim().parse::<f64>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| anyhow::anyhow!("--class-prior: \"{w}\": expected learned, uniform or comma-separated weights"))?,
+            ),
+        };
+        let p = DawidSkeneParams {
+            method: self.method.clone(),
+            class_prior,
+            max_iter: self.max_iter.unwrap_or(d.max_iter),
+            tol: self.tol.unwrap_or(d.tol),
+            smoothing: self.smoothing.unwrap_or(d.smoothing),
+            shrink_strength: self.shrink_strength.or(d.shrink_strength),
+            diag_prior: self.diag_prior.unwrap_or(d.diag_prior),
+            seed: self.seed.unwrap_or(d.seed),
+            spammer_min_answers: self.spammer_min_answers.unwrap_or(d.spammer_min_answers),
+            ..d
+        };
+        use crate::stages::Stage;
+        crate::stages::dawid_skene::DawidSkene::check_params(&p).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(p)
+    }
+}
+
+/// What `aggregate_file` did, for the command's one-line summary.
+#[derive(Debug)]
+pub struct Done {
+    pub items: usize,
+    pub answers: usize,
+    pub method_line: String,
+}
+
+/// Read, aggregate, write. Errors name the file.
+pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
+    let p = args.params()?;
+    let method: Method = p.method.parse()?;
+    let opts = em_options(&p).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let input = &args.file;
     let name = input.display().to_string();
+    let on_unknown = match args.on_unknown_label.as_str() {
+        "drop" => OnUnknownLabel::Drop,
+        _ => OnUnknownLabel::Error,
+    };
+    let t0 = std::time::Instant::now();
+    let text = std::fs::read_to_string(input).with_context(|| format!("reading {name}"))?;
     let first = text.lines().next().unwrap_or("");
     let answers = if first.contains("WorkerId") && first.contains("HITId") {
-        let batch = parse_amt_batch(&text, &name, &AmtOptions::default())?;
-        // the study's class order when every label is an emotion, else sorted labels
-        let seen = batch.classes(&AmtOptions::default());
-        let classes: Vec<String> = if seen.iter().all(|c| pipeline_crowd::EMOTIONS.contains(&c.as_str())) {
-            pipeline_crowd::EMOTIONS.iter().map(|s| s.to_string()).collect()
-        } else {
-            seen
-        };
+        // the amt stage's defaults: the study's classes unless given, an unknown label fails
+        let classes = args.classes.clone().unwrap_or_else(|| pipeline_crowd::EMOTIONS.iter().map(|s| s.to_string()).collect());
+        let o = AmtOptions { classes: classes.clone(), on_unknown_label: on_unknown, statuses: args.statuses.clone(), ..AmtOptions::default() };
+        let batch = parse_amt_batch(&text, &name, &o)?;
+        drop(text);
+        if batch.records.is_empty() {
+            let r = &batch.report;
+            let mut why = Vec::new();
+            for (status, n) in &r.dropped_status {
+                if status.is_empty() {
+                    why.push(format!("{n} without an AssignmentStatus (row cut short?)"));
+                } else {
+                    why.push(format!("{n} with AssignmentStatus \"{status}\" (kept: {})", o.statuses.join(", ")));
+                }
+            }
+            if r.duplicates > 0 {
+                why.push(format!("{} repeated answers of a worker on an item", r.duplicates));
+            }
+            if !r.unknown_labels.is_empty() {
+                why.push(format!("{} with a label outside the classes", r.unknown_labels.len()));
+            }
+            bail!(
+                "{name}: no usable answers: {} data row(s){}{}",
+                r.rows,
+                if why.is_empty() { "" } else { ", dropped: " },
+                why.join(", ")
+            );
+        }
         batch.to_answers(&classes)?
     } else {
-        parse_crowdkit_csv(&text, &name)?
+        let classes = args.classes.clone().unwrap_or_default();
+        let (answers, dropped) = parse_crowdkit_csv_with(&text, &name, &classes, on_unknown)?;
+        drop(text);
+        if answers.n_answers() == 0 {
+            bail!(
+                "{name}: no usable answers: {} after the header{}",
+                if dropped == 0 { "no data rows".to_string() } else { format!("{dropped} row(s), all") },
+                if dropped == 0 { String::new() } else { " dropped for a label outside --classes".to_string() }
+            );
+        }
+        if dropped > 0 {
+            eprintln!("{name}: {dropped} answer(s) with a label outside --classes dropped");
+        }
+        answers
     };
-    let r = run_method(&answers, method, &EmOptions::default())?;
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let lp = out_dir.join("labels.csv");
-    let mut w = csv::Writer::from_path(&lp).with_context(|| format!("writing {}", lp.display()))?;
-    w.write_record(["task", "label"])?;
-    for (i, t) in answers.items.iter().enumerate() {
-        w.write_record([t.as_str(), answers.classes[r.labels[i]].as_str()])?;
+    let t1 = std::time::Instant::now();
+    let r = run_method(&answers, method, &opts).with_context(|| format!("{name}: {method}"))?;
+    let t2 = std::time::Instant::now();
+    let out = &args.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    write_labels(&out.join("labels.csv"), &answers, &r)?;
+    write_posteriors(&out.join("posteriors.csv"), &answers, &r)?;
+    let t3 = std::time::Instant::now();
+    write_report(out, &answers, &r, &p.method, p.spammer_min_answers, "").map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(
+        "aggregate {name}: read+parse {:.2} s, fit {:.2} s, labels+posteriors {:.2} s, report {:.2} s",
+        (t1 - t0).as_secs_f64(),
+        (t2 - t1).as_secs_f64(),
+        (t3 - t2).as_secs_f64(),
+        t3.elapsed().as_secs_f64()
+    );
+    Ok(Done {
+        items: answers.n_items(),
+        answers: answers.n_answers(),
+        method_line: crate::stages::dawid_skene::method_line(&p.method, &r),
+    })
+}
+
+/// `aggregate` with the defaults and a method (kept for callers of the old signature).
+pub fn aggregate(input: &Path, method: &str, out_dir: &Path) -> anyhow::Result<()> {
+    let args = AggregateArgs { method: method.to_string(), ..AggregateArgs::new(input, out_dir) };
+    aggregate_file(&args).map(|_| ())
+}
+
+/// A CSV field: as is, or quoted when it holds a comma, quote or line break.
+fn push_field(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+        buf.push(b'"');
+        for b in s.bytes() {
+            if b == b'"' {
+                buf.push(b'"');
+            }
+            buf.push(b);
+        }
+        buf.push(b'"');
+    } else {
+        buf.extend_from_slice(s.as_bytes());
     }
-    w.flush()?;
-    let pp = out_dir.join("posteriors.csv");
-    let mut w = csv::Writer::from_path(&pp).with_context(|| format!("writing {}", pp.display()))?;
-    let mut h = vec!["task".to_string()];
-    h.extend(answers.classes.iter().cloned());
-    w.write_record(&h)?;
-    for (i, t) in answers.items.iter().enumerate() {
-        let mut row = vec![t.clone()];
-        row.extend(r.posterior(i).iter().map(|x| format!("{x:.6}")));
-        w.write_record(&row)?;
+}
+
+/// `x` in [0, 1] with 6 decimals, the same text as `format!("{x:.6}")`.
+fn push_prob(buf: &mut Vec<u8>, x: f64) {
+    let v = x * 1e6;
+    let r = v.round();
+    // exact halves (and anything odd) go through the formatter, which rounds the exact value
+    if !(0.0..=1e6).contains(&r) || ((v - v.floor()) - 0.5).abs() < 1e-6 {
+        let _ = write!(buf, "{x:.6}");
+        return;
     }
-    w.flush()?;
+    let n = r as u32;
+    let (int, frac) = (n / 1_000_000, n % 1_000_000);
+    buf.push(b'0' + int as u8);
+    buf.push(b'.');
+    let mut d = [b'0'; 6];
+    let mut f = frac;
+    for i in (0..6).rev() {
+        d[i] = b'0' + (f % 10) as u8;
+        f /= 10;
+    }
+    buf.extend_from_slice(&d);
+}
+
+/// Rows `0..n` formatted by `row` in parallel chunks, written in order.
+fn write_rows(path: &Path, header: &[u8], n: usize, row: impl Fn(usize, &mut Vec<u8>) + Sync) -> anyhow::Result<()> {
+    let f = std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    w.write_all(header).with_context(|| format!("writing {}", path.display()))?;
+    const CHUNK: usize = 16_384;
+    let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
+    // a bounded window of chunks at a time keeps the buffers small
+    for window in chunks.chunks(rayon::current_num_threads().max(1) * 4) {
+        let bufs: Vec<Vec<u8>> = window
+            .par_iter()
+            .map(|&c| {
+                let mut b = Vec::with_capacity(CHUNK * 48);
+                for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
+                    row(i, &mut b);
+                }
+                b
+            })
+            .collect();
+        for b in bufs {
+            w.write_all(&b).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    w.flush().with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+fn write_labels(path: &Path, a: &Answers, r: &Aggregation) -> anyhow::Result<()> {
+    write_rows(path, b"task,label\n", a.n_items(), |i, b| {
+        push_field(b, &a.items[i]);
+        b.push(b',');
+        push_field(b, &a.classes[r.labels[i]]);
+        b.push(b'\n');
+    })
+}
+
+fn write_posteriors(path: &Path, a: &Answers, r: &Aggregation) -> anyhow::Result<()> {
+    let mut h = b"task".to_vec();
+    for c in &a.classes {
+        h.push(b',');
+        push_field(&mut h, c);
+    }
+    h.push(b'\n');
+    write_rows(path, &h, a.n_items(), |i, b| {
+        push_field(b, &a.items[i]);
+        for &x in r.posterior(i) {
+            b.push(b',');
+            push_prob(b, x);
+        }
+        b.push(b'\n');
+    })
 }
 
 #[cfg(test)]
@@ -64,6 +323,10 @@ mod tests {
         assert_eq!(l, "task,label\na,0\nb,1\n");
         let p = std::fs::read_to_string(tmp.path().join("o1/posteriors.csv")).unwrap();
         assert!(p.starts_with("task,0,1\n"));
+        assert_eq!(p, "task,0,1\na,0.666667,0.333333\nb,0.000000,1.000000\n");
+        for f in ["workers.csv", "worker_matrices.json", "prior.json", "loglik.csv", "report.md", "summary.json"] {
+            assert!(tmp.path().join("o1").join(f).is_file(), "{f}");
+        }
 
         let items: Vec<(String, usize)> = (0..14).map(|i| (format!("https://x/{i}.jpg"), i % 7)).collect();
         let b = tmp.path().join("batch.csv");
@@ -74,5 +337,116 @@ mod tests {
         let p = std::fs::read_to_string(tmp.path().join("o2/posteriors.csv")).unwrap();
         assert!(p.starts_with("task,angry,disgust,fear,happy,neutral,sad,surprise\n"), "{p}");
         assert!(aggregate(&b, "nope", &tmp.path().join("o3")).unwrap_err().to_string().contains("unknown method"));
+    }
+
+    #[test]
+    fn auto_writes_the_model_choice_into_report_and_summary() {
+        let tmp = tempfile::tempdir().unwrap();
+        let items: Vec<(String, usize)> = (0..140).map(|i| (format!("https://x/{i}.jpg"), i % 7)).collect();
+        let b = tmp.path().join("batch.csv");
+        std::fs::write(&b, pipeline_crowd::simulate_amt_batch(&items, 8, 3, 5)).unwrap();
+        let out = tmp.path().join("o");
+        let d = aggregate_file(&AggregateArgs::new(&b, &out)).unwrap();
+        assert!(d.method_line.starts_with("auto -> "), "{}", d.method_line);
+        let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(md.contains("## Model choice") && md.contains("held-out log-lik"), "{md}");
+        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(s["method"], "auto");
+        let sel = &s["selection"];
+        assert_eq!(sel["chosen"], s["model"]);
+        // 5 models, 4 of them with a learned and a uniform prior
+        assert_eq!(sel["candidates"].as_array().unwrap().len(), 9);
+        assert!(sel["margin_nats"].as_f64().unwrap() >= 0.0);
+    }
+
+    #[test]
+    fn every_stage_option_is_taken() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ck = tmp.path().join("labels.csv");
+        std::fs::write(&ck, "worker,task,label\n1,a,x\n2,a,x\n3,a,y\n1,b,y\n2,b,y\n3,b,y\n").unwrap();
+        let out = tmp.path().join("o");
+        let args = AggregateArgs {
+            method: "dawid-skene".into(),
+            class_prior: "3,1".into(),
+            classes: Some(vec!["x".into(), "y".into()]),
+            tol: Some(0.0),
+            max_iter: Some(3),
+            seed: Some(4),
+            ..AggregateArgs::new(&ck, &out)
+        };
+        aggregate_file(&args).unwrap();
+        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(s["iterations"], 3);
+        assert_eq!(s["model"], "dawid-skene");
+        assert!((s["class_prior"][0].as_f64().unwrap() - 0.75).abs() < 1e-12);
+        // a bad option is an error naming it
+        let bad = AggregateArgs { class_prior: "flat".into(), ..AggregateArgs::new(&ck, &out) };
+        assert!(aggregate_file(&bad).unwrap_err().to_string().contains("class-prior"));
+        let bad = AggregateArgs { max_iter: Some(0), ..AggregateArgs::new(&ck, &out) };
+        assert!(aggregate_file(&bad).unwrap_err().to_string().contains("max_iter"));
+    }
+
+    #[test]
+    fn a_label_typo_is_an_error_as_in_the_amt_stage_or_dropped_on_request() {
+        let tmp = tempfile::tempdir().unwrap();
+        let items: Vec<(String, usize)> = (0..14).map(|i| (format!("https://x/{i}.jpg"), i % 7)).collect();
+        let text = pipeline_crowd::simulate_amt_batch(&items, 5, 3, 2);
+        // one answer mistyped
+        let typo = text.replacen("\"happy\"", "\"hapy\"", 1);
+        assert_ne!(typo, text);
+        let b = tmp.path().join("batch.csv");
+        std::fs::write(&b, &typo).unwrap();
+        let e = aggregate_file(&AggregateArgs::new(&b, &tmp.path().join("o"))).unwrap_err().to_string();
+        assert!(e.contains("batch.csv") && e.contains("\"hapy\""), "{e}");
+        let args = AggregateArgs { on_unknown_label: "drop".into(), ..AggregateArgs::new(&b, &tmp.path().join("o")) };
+        aggregate_file(&args).unwrap();
+        let p = std::fs::read_to_string(tmp.path().join("o/posteriors.csv")).unwrap();
+        assert!(p.starts_with("task,angry,disgust,fear,happy,neutral,sad,surprise\n"), "the class set is unchanged: {p}");
+        // crowd-kit CSV with --classes: the same rule
+        let ck = tmp.path().join("ck.csv");
+        std::fs::write(&ck, "worker,task,label\n1,a,x\n2,a,z\n").unwrap();
+        let args = AggregateArgs { classes: Some(vec!["x".into(), "y".into()]), ..AggregateArgs::new(&ck, &tmp.path().join("o2")) };
+        let e = aggregate_file(&args).unwrap_err().to_string();
+        assert!(e.contains("row 3") && e.contains("\"z\""), "{e}");
+    }
+
+    #[test]
+    fn no_usable_answers_is_an_error_naming_the_file_and_why_for_every_method() {
+        let tmp = tempfile::tempdir().unwrap();
+        let header = "\"HITId\",\"WorkerId\",\"AssignmentStatus\",\"Input.image_url\",\"Answer.category.label\"\n";
+        let cases = [
+            ("header.csv", header.to_string(), "0 data row"),
+            (
+                "rejected.csv",
+                format!("{header}\"H1\",\"W1\",\"Rejected\",\"u/a.jpg\",\"happy\"\n\"H2\",\"W2\",\"Rejected\",\"u/b.jpg\",\"sad\"\n"),
+                "2 with AssignmentStatus \"Rejected\"",
+            ),
+            ("short.csv", format!("{header}\"H1\",\"W1\"\n\"H2\",\"W2\"\n"), "2 without an AssignmentStatus"),
+        ];
+        for (file, text, why) in cases {
+            let f = tmp.path().join(file);
+            std::fs::write(&f, text).unwrap();
+            for m in ["auto", "majority-vote", "dawid-skene", "one-coin", "pooled", "shrunk"] {
+                let args = AggregateArgs { method: m.into(), ..AggregateArgs::new(&f, &tmp.path().join("o")) };
+                let e = aggregate_file(&args).unwrap_err().to_string();
+                assert!(e.contains(file) && e.contains("no usable answers") && e.contains(why), "{m}: {e}");
+            }
+        }
+        let ck = tmp.path().join("empty.csv");
+        std::fs::write(&ck, "worker,task,label\n").unwrap();
+        let e = aggregate_file(&AggregateArgs::new(&ck, &tmp.path().join("o"))).unwrap_err().to_string();
+        assert!(e.contains("empty.csv") && e.contains("no usable answers"), "{e}");
+    }
+
+    #[test]
+    fn fast_writer_matches_the_formatter() {
+        for x in [0.0, 1.0, 0.5, 1.0 / 3.0, 2.0 / 3.0, 1e-7, 0.9999995, 0.0000005, 0.1234565, 0.999_999_4] {
+            let mut b = Vec::new();
+            push_prob(&mut b, x);
+            assert_eq!(String::from_utf8(b).unwrap(), format!("{x:.6}"), "{x}");
+        }
+        let mut b = Vec::new();
+        push_field(&mut b, "a,\"b\"");
+        assert_eq!(b, b"\"a,\"\"b\"\"\"");
     }
 }

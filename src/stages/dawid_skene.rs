@@ -16,8 +16,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use pipeline_crowd::aggregate::{aggregate, ClassPrior, EmOptions, Method};
-use pipeline_crowd::{AnswersBuilder, SpamKind};
+use pipeline_crowd::aggregate::{aggregate, Aggregation, ClassPrior, EmOptions, Method};
+use pipeline_crowd::{Answers, AnswersBuilder, SpamKind};
 use serde::{Deserialize, Serialize};
 
 use super::{InputDecl, Stage, StageContext, StageError, StageOutcome};
@@ -33,9 +33,10 @@ pub enum PriorParam {
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DawidSkeneParams {
-    /// majority-vote | dawid-skene | one-coin | pooled | shrunk (default: measured best).
+    /// auto (the default: every model below fitted, the one that best predicts held-out
+    /// answers kept) | majority-vote | dawid-skene (classic) | one-coin | pooled | shrunk.
     pub method: String,
-    /// "learned" | "uniform" | [weights per class]. Uniform suits a balanced design.
+    /// "learned" (the default, smoothed) | "uniform" | [weights per class].
     pub class_prior: PriorParam,
     pub max_iter: usize,
     /// Stop on a relative objective change below this (never on a dip).
@@ -61,8 +62,8 @@ impl Default for DawidSkeneParams {
     fn default() -> Self {
         let o = EmOptions::default();
         DawidSkeneParams {
-            method: Method::Shrunk.name().into(),
-            class_prior: PriorParam::Named("uniform".into()),
+            method: Method::Auto.name().into(),
+            class_prior: PriorParam::Named("learned".into()),
             max_iter: o.max_iter,
             tol: o.tol,
             smoothing: o.smoothing,
@@ -78,12 +79,15 @@ impl Default for DawidSkeneParams {
 
 pub struct DawidSkene;
 
-fn em_options(p: &DawidSkeneParams) -> Result<EmOptions, StageError> {
+pub fn em_options(p: &DawidSkeneParams) -> Result<EmOptions, StageError> {
     let class_prior = match &p.class_prior {
         PriorParam::Named(s) if s == "learned" => ClassPrior::Learned,
         PriorParam::Named(s) if s == "uniform" => ClassPrior::Uniform,
         PriorParam::Named(s) => {
-            return Err(StageError::bad_param("class_prior", format!("\"{s}\": expected \"learned\", \"uniform\" or a list of weights")))
+            return Err(StageError::bad_param(
+                "class_prior",
+                format!("\"{s}\": expected \"learned\", \"uniform\" or a list of weights"),
+            ))
         }
         PriorParam::Weights(w) => ClassPrior::Fixed(w.clone()),
     };
@@ -135,7 +139,8 @@ fn copy_dir(src: &Path, dst: &Path) -> Result<(), StageError> {
 impl Stage for DawidSkene {
     type Params = DawidSkeneParams;
     const KIND: &'static str = "dawid-skene";
-    const VERSION: u32 = 1;
+    // 2: default method auto, learned class prior, summary.json, model choice in report.md
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "Aggregate crowd answers (amt output) into posteriors, hard labels, worker matrices, a report and the next AMT batch";
     const INPUTS: &'static [InputDecl] =
@@ -201,12 +206,18 @@ impl Stage for DawidSkene {
         }
         let answers = b.build().map_err(|e| StageError::bad_file(&apath, e))?;
         if answers.n_answers() == 0 {
-            return Err(StageError::bad_file(&apath, "no answers"));
+            return Err(StageError::bad_file(
+                &apath,
+                format!(
+                    "no answers to aggregate ({} rows after the header): the amt stage kept none; \
+                     check its `statuses`, `classes` and `on_unknown_label`, and the batch file",
+                    answers.n_items()
+                ),
+            ));
         }
         ctx.progress.set_message(format!("{method} on {} answers", answers.n_answers()));
         let r = aggregate(&answers, method, &opts).map_err(|e| StageError::Failed(e.to_string()))?;
         ctx.cancel.check()?;
-        let k = classes.len();
         let out = ctx.out_dir;
 
         // labels.csv, posteriors.csv
@@ -230,62 +241,6 @@ impl Stage for DawidSkene {
         }
         w.flush().map_err(|e| StageError::io(&pp, e))?;
 
-        // workers.csv, spammers
-        let spammers = pipeline_crowd::detect_spammers(&answers, &r, p.spammer_min_answers);
-        let kappa = pipeline_crowd::spam::peer_kappa(&answers);
-        let counts = answers.worker_label_counts();
-        let wp = out.join("workers.csv");
-        let mut w = csv::Writer::from_path(&wp).map_err(|e| csv_err(&wp, e))?;
-        w.write_record(["worker", "answers", "quality", "peer_kappa", "spammer"]).map_err(|e| csv_err(&wp, e))?;
-        let spam_of = |wk: usize| -> String {
-            spammers
-                .iter()
-                .find(|s| s.worker == wk)
-                .map(|s| match &s.kind {
-                    SpamKind::SameAnswer { label } => format!("always {}", classes[*label]),
-                    SpamKind::Random => "random".to_string(),
-                })
-                .unwrap_or_default()
-        };
-        for (wk, name) in answers.workers.iter().enumerate() {
-            w.write_record([
-                name.clone(),
-                counts[wk].iter().sum::<usize>().to_string(),
-                format!("{:.4}", r.worker_quality[wk]),
-                if kappa[wk].is_finite() { format!("{:.4}", kappa[wk]) } else { String::new() },
-                spam_of(wk),
-            ])
-            .map_err(|e| csv_err(&wp, e))?;
-        }
-        w.flush().map_err(|e| StageError::io(&wp, e))?;
-
-        let mat = |m: &[f64]| -> Vec<Vec<f64>> { (0..k).map(|l| m[l * k..(l + 1) * k].to_vec()).collect() };
-        let workers_json: serde_json::Map<String, serde_json::Value> = answers
-            .workers
-            .iter()
-            .enumerate()
-            .map(|(wk, n)| (n.clone(), serde_json::json!(mat(r.worker_matrix(wk)))))
-            .collect();
-        let wm = serde_json::json!({
-            "classes": classes,
-            "layout": "m[answer][true] = P(worker answers `answer` | true class `true`); columns sum to 1",
-            "pooled": mat(&r.pooled_matrix),
-            "workers": workers_json,
-        });
-        let write = |name: &str, text: String| -> Result<(), StageError> {
-            let p = out.join(name);
-            std::fs::write(&p, text).map_err(|e| StageError::io(&p, e))
-        };
-        write("worker_matrices.json", serde_json::to_string_pretty(&wm).unwrap_or_default())?;
-        let prior: serde_json::Map<String, serde_json::Value> =
-            classes.iter().cloned().zip(r.class_prior.iter().map(|x| serde_json::json!(x))).collect();
-        write("prior.json", serde_json::to_string_pretty(&prior).unwrap_or_default())?;
-        let mut ll = String::from("iteration,objective\n");
-        for (i, v) in r.objective.iter().enumerate() {
-            ll.push_str(&format!("{},{v}\n", i + 1));
-        }
-        write("loglik.csv", ll)?;
-
         // next_round.csv: least certain first
         let mut order: Vec<usize> = (0..answers.n_items()).collect();
         let maxp = |i: usize| r.posterior(i).iter().cloned().fold(0.0, f64::max);
@@ -307,124 +262,275 @@ impl Stage for DawidSkene {
             copy_dir(&src_images, &out.join("images"))?;
         }
 
-        // report.md with heatmaps
-        let names: Vec<String> = classes.clone();
-        let pooled = mat(&r.pooled_matrix);
-        let path = out.join("pooled.png");
-        let pooled_ok = {
-            let (n, m, pth) = (names.clone(), pooled.clone(), path.clone());
-            try_plot(move || pipeline_report::heatmap_png(&pth, "Pooled confusion matrix", &m, &n, &n, "answer", "true class"))
-        };
-        let mut worst: Vec<usize> = (0..answers.n_workers()).collect();
-        worst.sort_by(|&a, &b| r.worker_quality[a].partial_cmp(&r.worker_quality[b]).unwrap_or(std::cmp::Ordering::Equal));
-        worst.truncate(5);
-        let mut worker_pngs = Vec::new();
-        for (n, &wk) in worst.iter().enumerate() {
-            let file = format!("worker_{}.png", n + 1);
-            let (nm, m, pth) = (names.clone(), mat(r.worker_matrix(wk)), out.join(&file));
-            let title = format!("Worker {} (quality {:.2})", answers.workers[wk], r.worker_quality[wk]);
-            let ok = try_plot(move || pipeline_report::heatmap_png(&pth, &title, &m, &nm, &nm, "answer", "true class"));
-            worker_pngs.push((wk, file, ok));
-        }
-        let series = vec![pipeline_report::Series {
-            name: "objective".into(),
-            points: r.objective.iter().enumerate().map(|(i, v)| ((i + 1) as f64, *v)).collect(),
-        }];
-        let ll_ok = !r.objective.is_empty() && {
-            let pth = out.join("loglik.png");
-            try_plot(move || pipeline_report::line_chart_png(&pth, "EM objective", "iteration", "log-likelihood + log-prior", &series))
-        };
-        let agreement = answers.pairwise_agreement();
-        let mmp = r.mean_max_posterior();
-        let mut md = format!(
-            "# Crowd labels: {method}\n\n{} answers on {} items by {} workers; pairwise agreement {agreement:.3}; \
-             mean max posterior {mmp:.3}; {} EM iterations{}{}.\n\n## Classes\n\n",
-            answers.n_answers(),
-            answers.n_items(),
-            answers.n_workers(),
-            r.objective.len(),
-            if r.converged { " (converged)" } else { "" },
-            r.shrink_strength
-                .as_ref()
-                .map(|s| format!(
-                    "; shrink strength per class {}",
-                    s.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", ")
-                ))
-                .unwrap_or_default(),
-        );
-        let label_counts = answers.label_counts();
-        let rows: Vec<Vec<String>> = (0..k)
-            .map(|j| {
-                vec![
-                    classes[j].clone(),
-                    label_counts[j].to_string(),
-                    r.labels.iter().filter(|&&l| l == j).count().to_string(),
-                    format!("{:.3}", r.class_prior[j]),
-                ]
-            })
-            .collect();
-        md.push_str(&markdown_table(&["class", "answers", "items labelled", "prior"], &rows));
-        md.push_str("\n## Pooled confusion matrix (rows = answer, columns = true class)\n\n");
-        let mut hdr: Vec<&str> = vec!["answer \\ true"];
-        hdr.extend(classes.iter().map(|s| s.as_str()));
-        let rows: Vec<Vec<String>> = (0..k)
-            .map(|l| {
-                let mut v = vec![classes[l].clone()];
-                v.extend((0..k).map(|j| format!("{:.2}", pooled[l][j])));
-                v
-            })
-            .collect();
-        md.push_str(&markdown_table(&hdr, &rows));
-        if pooled_ok {
-            md.push_str("\n![pooled](pooled.png)\n");
-        }
-        md.push_str("\n## Least reliable workers\n\n");
-        let rows: Vec<Vec<String>> = worker_pngs
-            .iter()
-            .map(|(wk, file, ok)| {
-                vec![
-                    answers.workers[*wk].clone(),
-                    counts[*wk].iter().sum::<usize>().to_string(),
-                    format!("{:.3}", r.worker_quality[*wk]),
-                    spam_of(*wk),
-                    if *ok { format!("![]({file})") } else { String::new() },
-                ]
-            })
-            .collect();
-        md.push_str(&markdown_table(&["worker", "answers", "quality", "spammer", "matrix"], &rows));
-        md.push_str(&format!("\n## Spammers ({})\n\n", spammers.len()));
-        if spammers.is_empty() {
-            md.push_str("None found (same answer >= 90 % of the time, or agreement with peers at chance level).\n");
-        } else {
-            let rows: Vec<Vec<String>> = spammers
-                .iter()
-                .map(|s| vec![answers.workers[s.worker].clone(), s.answers.to_string(), spam_of(s.worker), format!("{:.3}", s.score)])
-                .collect();
-            md.push_str(&markdown_table(&["worker", "answers", "kind", "score"], &rows));
-        }
-        if ll_ok {
-            md.push_str("\n## EM objective\n\n![objective](loglik.png)\n");
-        }
-        md.push_str(&format!(
+        let next_md = format!(
             "\n## Next round\n\n`next_round.csv`: {} items, least certain first, with the hint column `{}`.\n",
             order.len(),
             p.hint_column
-        ));
-        write("report.md", md)?;
-
+        );
+        let rep = write_report(out, &answers, &r, &p.method, p.spammer_min_answers, &next_md)?;
+        let (agreement, mmp, spammers) = (rep.agreement, rep.mean_max_posterior, rep.spammers);
         let mut o = StageOutcome::default();
         o.metrics.insert("agreement".into(), agreement);
         o.metrics.insert("mean_max_posterior".into(), mmp);
-        o.metrics.insert("spammers".into(), spammers.len() as f64);
+        o.metrics.insert("spammers".into(), spammers as f64);
         o.metrics.insert("iterations".into(), r.objective.len() as f64);
+        if let Some(sel) = &r.selection {
+            o.metrics.insert("heldout_loglik_per_answer".into(), sel.candidates[0].per_answer);
+            o.metrics.insert("heldout_margin".into(), sel.margin());
+        }
         o.summary.push(format!(
-            "{method}: {} items, mean max posterior {mmp:.3}, agreement {agreement:.3}, {} spammer(s); report: {}",
+            "{}: {} items, mean max posterior {mmp:.3}, agreement {agreement:.3}, {spammers} spammer(s); report: {}",
+            method_line(&p.method, &r),
             answers.n_items(),
-            spammers.len(),
             ctx.out_dir.join("report.md").display()
         ));
         Ok(o)
     }
+}
+
+/// What `write_report` measured.
+pub struct ReportSummary {
+    pub agreement: f64,
+    pub mean_max_posterior: f64,
+    pub spammers: usize,
+}
+
+/// `auto -> shrunk` when the model was chosen, else the method's name.
+pub fn method_line(requested: &str, r: &Aggregation) -> String {
+    match &r.selection {
+        Some(s) => format!("{requested} -> {}", s.chosen),
+        None => r.method.to_string(),
+    }
+}
+
+/// The model-choice section of report.md (empty when no choice was made).
+fn selection_md(r: &Aggregation) -> String {
+    let Some(s) = &r.selection else { return String::new() };
+    let best = s.candidates[0].heldout_loglik;
+    let mut md = format!(
+        "## Model choice\n\n`auto` fitted every model and kept **{}**: it predicts answers it was not fitted on best \
+         ({}; {} answers scored). Margin over the runner-up ({}): {:.1} nats in all, {:.4} per answer.\n\n",
+        s.chosen,
+        s.criterion,
+        s.scored_answers,
+        s.runner_up().map(|m| m.to_string()).unwrap_or_else(|| "none".into()),
+        s.margin(),
+        if s.scored_answers > 0 { s.margin() / s.scored_answers as f64 } else { 0.0 },
+    );
+    let rows: Vec<Vec<String>> = s
+        .candidates
+        .iter()
+        .map(|c| {
+            vec![
+                c.method.to_string(),
+                c.class_prior.clone(),
+                format!("{:.1}", c.heldout_loglik),
+                format!("{:.4}", c.per_answer),
+                format!("{:.1}", c.heldout_loglik - best),
+            ]
+        })
+        .collect();
+    md.push_str(&markdown_table(&["model", "class prior", "held-out log-lik", "per answer", "vs chosen"], &rows));
+    md.push('\n');
+    md
+}
+
+/// The report files shared by the stage and `pipeline aggregate`: `workers.csv`,
+/// `worker_matrices.json`, `prior.json`, `loglik.csv`, `report.md` (with its PNGs; `extra_md`
+/// appended) and `summary.json` (method asked for, model used, how it was chosen, metrics).
+pub fn write_report(
+    out: &Path,
+    answers: &Answers,
+    r: &Aggregation,
+    requested: &str,
+    spammer_min_answers: usize,
+    extra_md: &str,
+) -> Result<ReportSummary, StageError> {
+    let classes = &answers.classes;
+    let k = classes.len();
+    // workers.csv, spammers
+    let spammers = pipeline_crowd::detect_spammers(&answers, &r, spammer_min_answers);
+    let kappa = pipeline_crowd::spam::peer_kappa(&answers);
+    let counts = answers.worker_label_counts();
+    let wp = out.join("workers.csv");
+    let mut w = csv::Writer::from_path(&wp).map_err(|e| csv_err(&wp, e))?;
+    w.write_record(["worker", "answers", "quality", "peer_kappa", "spammer"]).map_err(|e| csv_err(&wp, e))?;
+    let spam_of = |wk: usize| -> String {
+        spammers
+            .iter()
+            .find(|s| s.worker == wk)
+            .map(|s| match &s.kind {
+                SpamKind::SameAnswer { label } => format!("always {}", classes[*label]),
+                SpamKind::Random => "random".to_string(),
+            })
+            .unwrap_or_default()
+    };
+    for (wk, name) in answers.workers.iter().enumerate() {
+        w.write_record([
+            name.clone(),
+            counts[wk].iter().sum::<usize>().to_string(),
+            format!("{:.4}", r.worker_quality[wk]),
+            if kappa[wk].is_finite() { format!("{:.4}", kappa[wk]) } else { String::new() },
+            spam_of(wk),
+        ])
+        .map_err(|e| csv_err(&wp, e))?;
+    }
+    w.flush().map_err(|e| StageError::io(&wp, e))?;
+
+    let mat = |m: &[f64]| -> Vec<Vec<f64>> { (0..k).map(|l| m[l * k..(l + 1) * k].to_vec()).collect() };
+    let workers_json: serde_json::Map<String, serde_json::Value> =
+        answers.workers.iter().enumerate().map(|(wk, n)| (n.clone(), serde_json::json!(mat(r.worker_matrix(wk))))).collect();
+    let wm = serde_json::json!({
+        "classes": classes,
+        "layout": "m[answer][true] = P(worker answers `answer` | true class `true`); columns sum to 1",
+        "pooled": mat(&r.pooled_matrix),
+        "workers": workers_json,
+    });
+    let write = |name: &str, text: String| -> Result<(), StageError> {
+        let p = out.join(name);
+        std::fs::write(&p, text).map_err(|e| StageError::io(&p, e))
+    };
+    write("worker_matrices.json", serde_json::to_string_pretty(&wm).unwrap_or_default())?;
+    let prior: serde_json::Map<String, serde_json::Value> =
+        classes.iter().cloned().zip(r.class_prior.iter().map(|x| serde_json::json!(x))).collect();
+    write("prior.json", serde_json::to_string_pretty(&prior).unwrap_or_default())?;
+    let mut ll = String::from("iteration,objective\n");
+    for (i, v) in r.objective.iter().enumerate() {
+        ll.push_str(&format!("{},{v}\n", i + 1));
+    }
+    write("loglik.csv", ll)?;
+
+    // report.md with heatmaps
+    let names: Vec<String> = classes.clone();
+    let pooled = mat(&r.pooled_matrix);
+    let path = out.join("pooled.png");
+    let pooled_ok = {
+        let (n, m, pth) = (names.clone(), pooled.clone(), path.clone());
+        try_plot(move || pipeline_report::heatmap_png(&pth, "Pooled confusion matrix", &m, &n, &n, "answer", "true class"))
+    };
+    let mut worst: Vec<usize> = (0..answers.n_workers()).collect();
+    worst.sort_by(|&a, &b| r.worker_quality[a].partial_cmp(&r.worker_quality[b]).unwrap_or(std::cmp::Ordering::Equal));
+    worst.truncate(5);
+    let mut worker_pngs = Vec::new();
+    for (n, &wk) in worst.iter().enumerate() {
+        let file = format!("worker_{}.png", n + 1);
+        let (nm, m, pth) = (names.clone(), mat(r.worker_matrix(wk)), out.join(&file));
+        let title = format!("Worker {} (quality {:.2})", answers.workers[wk], r.worker_quality[wk]);
+        let ok = try_plot(move || pipeline_report::heatmap_png(&pth, &title, &m, &nm, &nm, "answer", "true class"));
+        worker_pngs.push((wk, file, ok));
+    }
+    let series = vec![pipeline_report::Series {
+        name: "objective".into(),
+        points: r.objective.iter().enumerate().map(|(i, v)| ((i + 1) as f64, *v)).collect(),
+    }];
+    let ll_ok = !r.objective.is_empty() && {
+        let pth = out.join("loglik.png");
+        try_plot(move || {
+            pipeline_report::line_chart_png(&pth, "EM objective", "iteration", "log-likelihood + log-prior", &series)
+        })
+    };
+    let agreement = answers.pairwise_agreement();
+    let mmp = r.mean_max_posterior();
+    let mut md = format!(
+        "# Crowd labels: {}\n\n{} answers on {} items by {} workers; pairwise agreement {agreement:.3}; \
+             mean max posterior {mmp:.3}; {} EM iterations{}{}.\n\n{}## Classes\n\n",
+        method_line(requested, r),
+        answers.n_answers(),
+        answers.n_items(),
+        answers.n_workers(),
+        r.objective.len(),
+        if r.converged { " (converged)" } else { "" },
+        r.shrink_strength
+            .as_ref()
+            .map(|s| format!(
+                "; shrink strength per class {}",
+                s.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", ")
+            ))
+            .unwrap_or_default(),
+        selection_md(r),
+    );
+    let label_counts = answers.label_counts();
+    let rows: Vec<Vec<String>> = (0..k)
+        .map(|j| {
+            vec![
+                classes[j].clone(),
+                label_counts[j].to_string(),
+                r.labels.iter().filter(|&&l| l == j).count().to_string(),
+                format!("{:.3}", r.class_prior[j]),
+            ]
+        })
+        .collect();
+    md.push_str(&markdown_table(&["class", "answers", "items labelled", "prior"], &rows));
+    md.push_str("\n## Pooled confusion matrix (rows = answer, columns = true class)\n\n");
+    let mut hdr: Vec<&str> = vec!["answer \\ true"];
+    hdr.extend(classes.iter().map(|s| s.as_str()));
+    let rows: Vec<Vec<String>> = (0..k)
+        .map(|l| {
+            let mut v = vec![classes[l].clone()];
+            v.extend((0..k).map(|j| format!("{:.2}", pooled[l][j])));
+            v
+        })
+        .collect();
+    md.push_str(&markdown_table(&hdr, &rows));
+    if pooled_ok {
+        md.push_str("\n![pooled](pooled.png)\n");
+    }
+    md.push_str("\n## Least reliable workers\n\n");
+    let rows: Vec<Vec<String>> = worker_pngs
+        .iter()
+        .map(|(wk, file, ok)| {
+            vec![
+                answers.workers[*wk].clone(),
+                counts[*wk].iter().sum::<usize>().to_string(),
+                format!("{:.3}", r.worker_quality[*wk]),
+                spam_of(*wk),
+                if *ok { format!("![]({file})") } else { String::new() },
+            ]
+        })
+        .collect();
+    md.push_str(&markdown_table(&["worker", "answers", "quality", "spammer", "matrix"], &rows));
+    md.push_str(&format!("\n## Spammers ({})\n\n", spammers.len()));
+    if spammers.is_empty() {
+        md.push_str("None found (same answer >= 90 % of the time, or agreement with peers at chance level).\n");
+    } else {
+        let rows: Vec<Vec<String>> = spammers
+            .iter()
+            .map(|s| vec![answers.workers[s.worker].clone(), s.answers.to_string(), spam_of(s.worker), format!("{:.3}", s.score)])
+            .collect();
+        md.push_str(&markdown_table(&["worker", "answers", "kind", "score"], &rows));
+    }
+    if ll_ok {
+        md.push_str("\n## EM objective\n\n![objective](loglik.png)\n");
+    }
+    md.push_str(extra_md);
+    write("report.md", md)?;
+
+    let summary = serde_json::json!({
+        "method": requested,
+        "model": r.method.name(),
+        "class_prior": r.class_prior,
+        "classes": classes,
+        "answers": answers.n_answers(),
+        "items": answers.n_items(),
+        "workers": answers.n_workers(),
+        "iterations": r.objective.len(),
+        "converged": r.converged,
+        "agreement": agreement,
+        "mean_max_posterior": mmp,
+        "spammers": spammers.len(),
+        "shrink_strength": r.shrink_strength,
+        "selection": r.selection.as_ref().map(|s| serde_json::json!({
+            "chosen": s.chosen.name(),
+            "criterion": s.criterion,
+            "scored_answers": s.scored_answers,
+            "margin_nats": s.margin(),
+            "margin_per_answer": if s.scored_answers > 0 { s.margin() / s.scored_answers as f64 } else { 0.0 },
+            "runner_up": s.runner_up().map(|m| m.name()),
+            "candidates": s.candidates,
+        })),
+    });
+    write("summary.json", serde_json::to_string_pretty(&summary).unwrap_or_default())?;
+    Ok(ReportSummary { agreement, mean_max_posterior: mmp, spammers: spammers.len() })
 }
 
 #[cfg(test)]
@@ -438,7 +544,15 @@ mod tests {
     fn ctx_run<S: Stage>(p: &S::Params, inputs: BTreeMap<String, PathBuf>, out: &Path) -> Result<StageOutcome, StageError> {
         let progress = Progress::hidden();
         let cancel = CancelFlag::new();
-        let ctx = StageContext { name: S::KIND, inputs: &inputs, out_dir: out, base_dir: out, previous_output: None, progress: &progress, cancel: &cancel };
+        let ctx = StageContext {
+            name: S::KIND,
+            inputs: &inputs,
+            out_dir: out,
+            base_dir: out,
+            previous_output: None,
+            progress: &progress,
+            cancel: &cancel,
+        };
         S::run(p, &ctx)
     }
 
@@ -467,7 +581,16 @@ mod tests {
         let o = ctx_run::<DawidSkene>(&p, BTreeMap::from([("answers".into(), amt_out)]), &out).unwrap();
         assert!(o.metrics["mean_max_posterior"] > 1.0 / 7.0 && o.metrics["mean_max_posterior"] <= 1.0);
         assert!(o.metrics.contains_key("agreement"));
-        for f in ["labels.csv", "posteriors.csv", "workers.csv", "worker_matrices.json", "prior.json", "loglik.csv", "report.md", "next_round.csv"] {
+        for f in [
+            "labels.csv",
+            "posteriors.csv",
+            "workers.csv",
+            "worker_matrices.json",
+            "prior.json",
+            "loglik.csv",
+            "report.md",
+            "next_round.csv",
+        ] {
             assert!(out.join(f).is_file(), "{f}");
         }
         let mut rd = csv::Reader::from_path(out.join("labels.csv")).unwrap();

@@ -357,6 +357,10 @@ pub fn parse_crowdkit_csv_with(
         if c.iter().all(|x| x.parse::<i64>().is_ok()) {
             c.sort_by_key(|x| x.parse::<i64>().unwrap_or(0));
         }
+        if c.is_empty() {
+            // no answers at all: placeholder classes; the caller reports "no answers"
+            c.push("none".into());
+        }
         if c.len() < 2 {
             // a single observed label: still two classes so the models are defined
             c.push(format!("{}_other", c.first().cloned().unwrap_or_default()));
