@@ -87,6 +87,9 @@ pub enum Command {
         #[arg(short, long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
         k: u16,
     },
+    /// Run one stage from a job file (what an executor such as Slurm runs on a node).
+    #[command(hide = true)]
+    ExecStage { job: PathBuf },
     /// Write the embedded demo data set (faces + a simulated AMT batch) to DIR.
     DemoData {
         dir: PathBuf,
@@ -119,6 +122,9 @@ pub struct RunArgs {
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Run every stage on this executor (`local` or `slurm`), whatever the file says.
+    #[arg(long, value_parser = ["local", "slurm"])]
+    pub executor: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -275,6 +281,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 trigger: "manual".into(),
                 overrides: args.set,
                 cancel_grace: None,
+                executor: args.executor,
             };
             let record = run_pipeline(cache, Arc::new(p), &opts)?;
             Ok(exit_code(&record))
@@ -334,6 +341,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::ExecStage { job } => crate::executor::exec_stage(&job),
         Command::DemoData { dir, seed, per_class } => {
             let params = crate::stages::demo_data::DemoDataParams { seed, per_class, ..Default::default() };
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -51,6 +51,8 @@ pub struct StageNode {
     pub volatile: bool,
     /// Files named by params (weights...), hashed into the key.
     pub param_files: Vec<(String, PathBuf)>,
+    /// Where it runs (`executor` of the stage over the pipeline's): provenance, not in the key.
+    pub executor: crate::executor::ExecutorConfig,
 }
 
 impl StageNode {
@@ -124,7 +126,7 @@ pub fn build(file: &Path, loaded: spec::Loaded) -> Result<Pipeline, SpecError> {
     let mut issues = Vec::new();
 
     // Unknown top-level fields are reported beside every other problem, not instead of them.
-    const TOP: &[&str] = &["name", "description", "stages", "promote"];
+    const TOP: &[&str] = &["name", "description", "stages", "promote", "executor"];
     let mut doc = loaded.doc.clone();
     if let serde_json::Value::Object(m) = &mut doc {
         let unknown: Vec<String> = m.keys().filter(|k| !TOP.contains(&k.as_str())).cloned().collect();
@@ -243,8 +245,19 @@ pub fn build(file: &Path, loaded: spec::Loaded) -> Result<Pipeline, SpecError> {
                 issues.push(issue(&format!("{at}.params.{n}"), format!("file {} does not exist", p.display()), None));
             }
         }
+        let executor = match crate::executor::ExecutorConfig::resolve(raw.executor.as_ref(), rs.executor.as_ref()) {
+            Ok(c) => c,
+            Err((p, m)) => {
+                let base = if rs.executor.is_some() { format!("{at}.executor") } else { "executor".to_string() };
+                let i = issue(&if p.is_empty() { base } else { format!("{base}.{p}") }, m, Some("see README, \"Slurm\"".into()));
+                if !issues.contains(&i) {
+                    issues.push(i);
+                }
+                Default::default()
+            }
+        };
         let volatile = kind.volatile(&params);
-        nodes.push(StageNode { name: name.clone(), kind, params, inputs, volatile, param_files });
+        nodes.push(StageNode { name: name.clone(), kind, params, inputs, volatile, param_files, executor });
     }
     if let Some(p) = &raw.promote {
         for s in std::iter::once(&p.stage).chain(p.with.iter()) {

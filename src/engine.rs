@@ -15,7 +15,9 @@ use tokio::task::JoinSet;
 use crate::cache::store::{now_millis, now_secs};
 use crate::cache::{Cache, CacheError, Entry, KeyInputs, Manifest};
 use crate::dag::{InputSource, Pipeline, StageNode};
+use crate::executor::{ExecInfo, Executor, Job, RunExecutors};
 use crate::progress::Bars;
+#[allow(unused_imports)]
 use crate::stages::{CancelFlag, Progress, StageContext, StageError, StageOutcome};
 
 #[derive(Debug, Clone, Default)]
@@ -36,6 +38,8 @@ pub struct RunOptions {
     /// After cancellation, how long to wait for running stages to notice before abandoning
     /// them; `None` = [`CANCEL_GRACE`].
     pub cancel_grace: Option<std::time::Duration>,
+    /// `--executor local|slurm`: every stage on this executor, whatever the file says.
+    pub executor: Option<String>,
 }
 
 /// Stages check for cancellation between units of work (a batch, an image), but one unit
@@ -80,6 +84,9 @@ pub struct StageRun {
     pub error: Option<String>,
     #[serde(default)]
     pub params: Value,
+    /// Where it ran: executor, Slurm job id, node, queue wait, run time (never in the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<ExecInfo>,
     /// Input name -> content digest.
     #[serde(default)]
     pub inputs: BTreeMap<String, String>,
@@ -283,6 +290,7 @@ impl Engine {
         let bars = Arc::new(Bars::new(opts.quiet));
         let run_id = self.cache.next_run_id()?;
         self.cache.clear_tmp()?;
+        let executors = Arc::new(RunExecutors::new(run_id, self.cache.root(), &p.base_dir, opts.executor.clone()));
         let mut record = RunRecord {
             id: run_id,
             pipeline: p.name.clone(),
@@ -344,6 +352,7 @@ impl Engine {
                     let task = StageTask {
                         p: p.clone(),
                         idx: i,
+                        executor: executors.for_stage(&p.stages[i].executor),
                         cache: self.cache.clone(),
                         cancel: self.cancel.clone(),
                         selected: selected[i],
@@ -371,6 +380,7 @@ impl Engine {
                             };
                             *d = Some(Done::Nothing { run: skipped(&p.stages[i], StageStatus::Skipped, Some(why)) });
                         }
+                        executors.cancel_all();
                         set.detach_all();
                         break;
                     }
@@ -433,6 +443,7 @@ fn skipped(node: &StageNode, status: StageStatus, why: Option<String>) -> StageR
         output: None,
         error: why,
         params: node.params.clone(),
+        executor: None,
         inputs: BTreeMap::new(),
         outcome: StageOutcome::default(),
     }
@@ -463,6 +474,7 @@ pub fn selection(p: &Pipeline, opts: &RunOptions) -> Vec<bool> {
 struct StageTask {
     p: Arc<Pipeline>,
     idx: usize,
+    executor: Arc<dyn Executor>,
     cache: Arc<Cache>,
     cancel: CancelFlag,
     selected: bool,
@@ -531,6 +543,8 @@ impl StageTask {
         let progress = Progress::new(bar.clone());
         let (cache, cancel, pipeline, up) = (self.cache.clone(), self.cancel.clone(), self.p.clone(), self.upstream.clone());
         let (n3, key3, run_id) = (node.clone(), key.clone(), self.run_id);
+        let exec_info: Arc<std::sync::Mutex<Option<ExecInfo>>> = Arc::default();
+        let (executor, exec_slot) = (self.executor.clone(), exec_info.clone());
         let result = tokio::task::spawn_blocking(move || -> Result<(Entry, StageOutcome), String> {
             let scratch = cache.tmp_dir().join(scratch_name(run_id, &n3.name));
             let out_dir = scratch.join("out");
@@ -556,16 +570,22 @@ impl StageTask {
                 }
                 Ok(())
             };
-            let ctx = StageContext {
-                name: &n3.name,
-                inputs: &inputs,
-                out_dir: &out_dir,
-                base_dir: &pipeline.base_dir,
-                previous_output: previous.as_deref(),
-                progress: &progress,
-                cancel: &cancel,
+            // Execute: in-process, or as a job elsewhere (Slurm) writing only into out_dir.
+            let job = Job {
+                pipeline: pipeline.name.clone(),
+                stage: n3.name.clone(),
+                run_id,
+                kind: n3.kind.kind().to_string(),
+                params: n3.params.clone(),
+                inputs: inputs.clone(),
+                out_dir: out_dir.clone(),
+                base_dir: pipeline.base_dir.clone(),
+                previous_output: previous.clone(),
+                status_file: None,
             };
-            let result = n3.kind.run(&n3.params, &ctx);
+            let executed = executor.execute(&*n3.kind, &job, &progress, &cancel);
+            *exec_slot.lock().unwrap_or_else(|e| e.into_inner()) = executed.info;
+            let result = executed.result;
             check_views()?;
             let outcome = match result {
                 Ok(o) => o,
@@ -603,6 +623,7 @@ impl StageTask {
             Ok((entry, outcome))
         })
         .await;
+        run.executor = exec_info.lock().unwrap_or_else(|e| e.into_inner()).take();
         match result {
             Ok(Ok((entry, outcome))) => {
                 bar.finish_and_clear();

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod cli;
 pub mod dag;
 pub mod engine;
+pub mod executor;
 #[cfg(feature = "ml")]
 pub mod predict;
 pub mod plan;

@@ -64,6 +64,7 @@ pub fn show(cache: &Cache, id: u64) -> Result<String> {
         ]);
     }
     out.push_str(&format!("{t}\n"));
+    out.push_str(&crate::executor::describe_jobs(&r));
     for (name, e) in &long_errors {
         out.push_str(&format!("\nerror of stage {name}:\n{}\n", crate::text::clean(e)));
     }

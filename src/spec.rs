@@ -60,6 +60,9 @@ pub struct RawPipeline {
     #[serde(default)]
     pub description: Option<String>,
     pub stages: Stages,
+    /// Default executor of every stage (`{"kind": "slurm", ...}`); a stage's own overrides it.
+    #[serde(default)]
+    pub executor: Option<Value>,
     /// Copy the model + report to a stable path when a metric did not get worse.
     #[serde(default)]
     pub promote: Option<Promote>,
@@ -96,6 +99,9 @@ pub struct RawStage {
     pub inputs: Map<String, Value>,
     #[serde(default = "empty_object")]
     pub params: Value,
+    /// Where this stage runs (`crate::executor::ExecutorConfig`).
+    #[serde(default)]
+    pub executor: Option<Value>,
 }
 
 fn empty_object() -> Value {
@@ -196,6 +202,9 @@ pub fn apply_override(doc: &mut Value, arg: &str) -> Result<(String, Value), Spe
     let section = if parts[0] == "inputs" {
         parts.remove(0);
         "inputs"
+    } else if parts[0] == "executor" && parts.len() > 1 {
+        parts.remove(0);
+        "executor"
     } else {
         if parts[0] == "params" && parts.len() > 1 {
             parts.remove(0);
@@ -250,6 +259,8 @@ mod tests {
         assert_eq!(doc["stages"]["t"]["params"]["epochs"], 5);
         assert_eq!(doc["stages"]["t"]["params"]["model"], "vgg16");
         assert_eq!(doc["stages"]["t"]["inputs"]["valid"], "data/valid");
+        apply_override(&mut doc, "t.executor.gpus=2").unwrap();
+        assert_eq!(doc["stages"]["t"]["executor"]["gpus"], 2);
     }
 
     #[test]
