@@ -10,7 +10,8 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Table};
 
 use crate::cache::Cache;
 use crate::dag::{self, Pipeline};
-use crate::engine::{Engine, RunOptions, RunRecord, RunStatus, StageStatus};
+use crate::cache::remote::{Remote, RemoteMode};
+use crate::engine::{Engine, RemoteHandle, RunOptions, RunRecord, RunStatus, StageStatus};
 use crate::stages::CancelFlag;
 
 #[derive(Parser, Debug)]
@@ -51,6 +52,8 @@ pub enum Command {
         /// Override a param: stage.param=value (JSON or a plain string).
         #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
         set: Vec<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Print the pipeline graph.
     Dag {
@@ -98,6 +101,9 @@ pub enum Command {
         /// Images per class for train (crowd-labelled), valid and test.
         #[arg(long, default_value_t = 100)]
         per_class: usize,
+        /// Write into a non-empty directory (files of the same names are replaced).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -125,6 +131,44 @@ pub struct RunArgs {
     /// Run every stage on this executor (`local` or `slurm`), whatever the file says.
     #[arg(long, value_parser = ["local", "slurm"])]
     pub executor: Option<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// Where the shared remote cache is and how to use it.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RemoteArgs {
+    /// Remote cache: s3://bucket/prefix, file:///path or a directory (else the pipeline
+    /// file's `remote` field).
+    #[arg(long, env = "PIPELINE_REMOTE")]
+    pub remote: Option<String>,
+    /// read-write: download hits, upload what ran; read-only: download only (CI, pull
+    /// requests); off: ignore the remote.
+    #[arg(long, value_enum, default_value_t = RemoteMode::ReadWrite)]
+    pub remote_mode: RemoteMode,
+}
+
+impl RemoteArgs {
+    /// The remote for a run of `p` (the flag or env var wins over the file's field).
+    fn open(&self, p: Option<&Pipeline>) -> Result<Option<RemoteHandle>> {
+        if self.remote_mode == RemoteMode::Off {
+            return Ok(None);
+        }
+        let url = self.remote.clone().filter(|u| !u.is_empty()).or_else(|| p.and_then(|p| p.remote.clone()));
+        let Some(url) = url else { return Ok(None) };
+        // A relative directory in a pipeline file is relative to the file.
+        let url = match p {
+            Some(p) if self.remote.is_none() && !url.contains("://") && !Path::new(&url).is_absolute() => p.base_dir.join(&url).display().to_string(),
+            _ => url,
+        };
+        Ok(Some(RemoteHandle(Arc::new(Remote::from_url(&url)?), self.remote_mode)))
+    }
+    fn require(&self) -> Result<Arc<Remote>> {
+        match self.open(None)? {
+            Some(h) => Ok(h.0),
+            None => bail!("no remote: pass --remote URL or set PIPELINE_REMOTE"),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -154,6 +198,8 @@ pub struct ScheduleArgs {
     /// Override a param for every scheduled run.
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     pub set: Vec<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     #[arg(short = 'j', long, default_value_t = 0)]
     pub jobs: usize,
 }
@@ -184,6 +230,29 @@ pub enum CacheCmd {
     Gc {
         #[arg(long)]
         keep_last: Option<usize>,
+        /// Collect the remote instead (`--remote` alone: PIPELINE_REMOTE): blobs and
+        /// manifests no remote entry needs, older than --grace seconds (a concurrent writer
+        /// uploads blobs before its entry).
+        #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+        remote: Option<String>,
+        #[arg(long, default_value_t = 3600)]
+        grace: u64,
+    },
+    /// Upload entries to the remote cache (STAGE, PIPELINE/STAGE, key prefix, or --all).
+    Push {
+        what: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Download entries from the remote cache (key prefix, stage name, or --all), verified.
+    Pull {
+        what: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Rehash every blob; drop entries whose files are damaged; check views.
     Verify {
@@ -272,6 +341,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 }
             }
             let cache = Arc::new(open_cache(&cli.cache, cli.wait)?);
+            let remote = args.remote.open(Some(&p))?;
             let opts = RunOptions {
                 jobs: args.jobs,
                 only: args.only,
@@ -282,6 +352,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 overrides: args.set,
                 cancel_grace: None,
                 executor: args.executor,
+                remote,
             };
             let record = run_pipeline(cache, Arc::new(p), &opts)?;
             Ok(exit_code(&record))
@@ -301,10 +372,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Predict { model, images, k } => predict(&cli.cache, cli.wait, &model, &images, k as usize),
-        Command::Plan { file, explain, json, set } => {
+        Command::Plan { file, explain, json, set, remote } => {
             let p = load(&file, &set)?;
             let cache = open_cache(&cli.cache, cli.wait)?;
-            let plan = crate::plan::plan(&cache, &p);
+            let remote = remote.open(Some(&p))?;
+            let plan = crate::plan::plan(&cache, &p, remote.as_ref().map(|h| h.0.as_ref()));
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
@@ -342,7 +414,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::ExecStage { job } => crate::executor::exec_stage(&job),
-        Command::DemoData { dir, seed, per_class } => {
+        Command::DemoData { dir, seed, per_class, force } => {
+            if !force && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+                bail!("{} is not empty: demo-data would replace files in it (gold.csv, amt/, results/...); choose a new directory or pass --force", dir.display());
+            }
             let params = crate::stages::demo_data::DemoDataParams { seed, per_class, ..Default::default() };
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let n = crate::stages::demo_data::write_demo_data(&params, &dir, None)?;
@@ -467,6 +542,7 @@ fn schedule(cache_dir: &Path, args: ScheduleArgs) -> Result<i32> {
         let shutdown = Shutdown::from_signals()?;
         let run_once = |cancel: CancelFlag| {
             let (file, set, cache_dir, jobs) = (file.clone(), args.set.clone(), cache_dir.to_path_buf(), args.jobs);
+            let remote_args = args.remote.clone();
             let cancelled = cancelled.clone();
             async move {
                 // Reload each tick: the file, globs and inputs may have changed since the last one.
@@ -474,7 +550,8 @@ fn schedule(cache_dir: &Path, args: ScheduleArgs) -> Result<i32> {
                 // The cache is open only during the run, so `pipeline runs` works in between.
                 // A nightly run waits for a `pipeline cache ls` to finish rather than fail.
                 let cache = Arc::new(tokio::task::spawn_blocking(move || open_cache(&cache_dir, true)).await??);
-                let opts = RunOptions { jobs, quiet: true, trigger: "schedule".into(), overrides: set, ..Default::default() };
+                let remote = remote_args.open(Some(&p))?;
+                let opts = RunOptions { jobs, quiet: true, trigger: "schedule".into(), overrides: set, remote, ..Default::default() };
                 let record = run_and_promote(&cache, &p, &opts, cancel).await?;
                 let ran = record.stages.iter().filter(|s| s.status == StageStatus::Ran).count();
                 tracing::info!(run = record.id, status = ?record.status, ran, "scheduled run finished");
@@ -560,6 +637,22 @@ fn print_summary(r: &RunRecord) {
             for l in &s.outcome.summary {
                 println!("{l}");
             }
+        }
+    }
+    let pulled: Vec<&crate::engine::StageRun> = r.stages.iter().filter(|s| s.remote.as_ref().and_then(|a| a.pulled).is_some()).collect();
+    let pushed: Vec<&crate::engine::StageRun> = r.stages.iter().filter(|s| s.remote.as_ref().and_then(|a| a.pushed).is_some()).collect();
+    if !pulled.is_empty() {
+        let bytes: u64 = pulled.iter().filter_map(|s| s.remote.as_ref()?.pulled.map(|m| m.bytes)).sum();
+        let names: Vec<&str> = pulled.iter().map(|s| s.name.as_str()).collect();
+        println!("\nfrom the remote cache: {} ({} downloaded)", names.join(", "), human_bytes(bytes));
+    }
+    if !pushed.is_empty() {
+        let bytes: u64 = pushed.iter().filter_map(|s| s.remote.as_ref()?.pushed.map(|m| m.bytes)).sum();
+        println!("uploaded to the remote cache: {} stages ({})", pushed.len(), human_bytes(bytes));
+    }
+    for s in &r.stages {
+        if let Some(w) = s.remote.as_ref().and_then(|a| a.warning.as_deref()) {
+            eprintln!("warning: stage `{}`: {w}", s.name);
         }
     }
     let failed: Vec<&str> = r.stages.iter().filter(|s| s.status == StageStatus::Failed).map(|s| s.name.as_str()).collect();
@@ -687,7 +780,7 @@ fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
             if let Some(m) = cache.manifest(&e.output)? {
                 println!("files:");
                 for f in &m.files {
-                    println!("  {:<48} {:>10}  {}", f.path, human_bytes(f.size), &f.digest[..12]);
+                    println!("  {:<48} {:>10}  {}", crate::text::strip_controls(&f.path), human_bytes(f.size), &f.digest[..12]);
                 }
             }
             println!("view      {}", cache.view(&e.output)?.display());
@@ -697,7 +790,68 @@ fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
             let n = cache.export(&e.output, &dir, force)?;
             println!("exported {n} files of {} ({}) to {}", e.stage, e.key.short(), dir.display());
         }
-        CacheCmd::Gc { keep_last } => {
+        CacheCmd::Gc { remote: Some(url), grace, .. } => {
+            let url = Some(url).filter(|u| !u.is_empty()).or_else(|| std::env::var("PIPELINE_REMOTE").ok());
+            let remote = RemoteArgs { remote: url, remote_mode: RemoteMode::ReadWrite }.require()?;
+            let (n, bytes) = crate::cache::remote::transfer::gc(&remote, grace)?;
+            println!("removed {n} objects from {}, freed {}", remote_url(&remote), human_bytes(bytes));
+        }
+        CacheCmd::Push { what, all, remote } => {
+            let remote = remote.require()?;
+            let entries = pick_entries(cache, what.as_deref(), all)?;
+            let (mut files, mut bytes) = (0, 0);
+            for e in &entries {
+                let m = crate::cache::remote::transfer::push(cache, &remote, e)?;
+                files += m.files;
+                bytes += m.bytes;
+            }
+            println!("pushed {} entries to {} ({files} blobs uploaded, {})", entries.len(), remote_url(&remote), human_bytes(bytes));
+        }
+        CacheCmd::Pull { what, all, remote } => {
+            let remote = remote.require()?;
+            if what.is_none() && !all {
+                bail!("cache pull: name a key prefix or stage, or pass --all");
+            }
+            let mut keys = Vec::new();
+            for (rel, _, _) in remote.list("entries")? {
+                let Some(k) = rel.strip_prefix("entries/") else { continue };
+                let key = crate::cache::CacheKey(k.to_string());
+                let wanted = match &what {
+                    None => true,
+                    Some(w) => k.starts_with(w.as_str()) || remote_entry_stage(&remote, &key).as_deref() == Some(w.as_str()),
+                };
+                if wanted {
+                    keys.push(key);
+                }
+            }
+            if keys.is_empty() {
+                bail!("cache pull: the remote {} has no entry matching {}", remote_url(&remote), what.as_deref().unwrap_or("anything"));
+            }
+            let (mut n, mut files, mut bytes, mut failed) = (0, 0, 0, 0);
+            for k in &keys {
+                if cache.usable_entry(k)?.is_some() {
+                    continue;
+                }
+                match crate::cache::remote::transfer::pull(cache, &remote, k) {
+                    Ok(Some((_, m))) => {
+                        n += 1;
+                        files += m.files;
+                        bytes += m.bytes;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("warning: {}", crate::text::clean(&e.to_string()));
+                    }
+                }
+            }
+            println!("pulled {n} entries from {} ({files} blobs, {})", remote_url(&remote), human_bytes(bytes));
+            if failed > 0 {
+                eprintln!("error: {failed} entries could not be pulled (damaged or missing objects, named above)");
+                return Ok(1);
+            }
+        }
+        CacheCmd::Gc { keep_last, .. } => {
             let keep = keep_last.map(|n| {
                 let mut runs: Vec<RunRecord> = cache.runs();
                 runs.sort_by(|a, b| b.id.cmp(&a.id));
@@ -724,6 +878,25 @@ fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn remote_url(r: &Remote) -> String {
+    use crate::cache::remote::ArtifactStore;
+    r.describe()
+}
+
+fn remote_entry_stage(r: &Remote, key: &crate::cache::CacheKey) -> Option<String> {
+    use crate::cache::remote::ArtifactStore;
+    r.get_entry(key).ok().flatten().map(|e| e.stage)
+}
+
+/// Local entries named by a key prefix, STAGE or PIPELINE/STAGE (its current output), or all.
+fn pick_entries(cache: &Cache, what: Option<&str>, all: bool) -> Result<Vec<crate::cache::store::Entry>> {
+    match (what, all) {
+        (_, true) => Ok(cache.entries()),
+        (Some(w), false) => Ok(vec![resolve_noting_others(cache, w)?]),
+        (None, false) => bail!("name an entry (STAGE, PIPELINE/STAGE or a key prefix), or pass --all"),
+    }
 }
 
 pub fn human_bytes(b: u64) -> String {

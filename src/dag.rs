@@ -74,6 +74,8 @@ pub struct Pipeline {
     /// Indices into `stages`, dependencies first.
     pub order: Vec<usize>,
     pub promote: Option<Promote>,
+    /// The file's `remote` field (a URL), if any.
+    pub remote: Option<String>,
 }
 
 impl Pipeline {
@@ -126,7 +128,7 @@ pub fn build(file: &Path, loaded: spec::Loaded) -> Result<Pipeline, SpecError> {
     let mut issues = Vec::new();
 
     // Unknown top-level fields are reported beside every other problem, not instead of them.
-    const TOP: &[&str] = &["name", "description", "stages", "promote", "executor"];
+    const TOP: &[&str] = &["name", "description", "stages", "promote", "executor", "remote"];
     let mut doc = loaded.doc.clone();
     if let serde_json::Value::Object(m) = &mut doc {
         let unknown: Vec<String> = m.keys().filter(|k| !TOP.contains(&k.as_str())).cloned().collect();
@@ -167,8 +169,8 @@ pub fn build(file: &Path, loaded: spec::Loaded) -> Result<Pipeline, SpecError> {
     let mut nodes = Vec::new();
     for (name, value) in &raw.stages.0 {
         let at = format!("stages.{name}");
-        if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
-            issues.push(issue(&at, format!("bad stage name `{name}`"), Some("no '/', spaces or empty names".into())));
+        if name.is_empty() || name.contains('/') || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            issues.push(issue(&at, format!("bad stage name {:?}", crate::text::strip_controls(name)), Some("no '/', spaces, control characters or empty names".into())));
         }
         let rs: RawStage = {
             let mut track = serde_path_to_error::Track::new();
@@ -291,7 +293,7 @@ pub fn build(file: &Path, loaded: spec::Loaded) -> Result<Pipeline, SpecError> {
             )]));
         }
     };
-    Ok(Pipeline { name: raw.name, file: file.to_path_buf(), base_dir, stages: nodes, graph, order, promote: raw.promote })
+    Ok(Pipeline { name: raw.name, file: file.to_path_buf(), base_dir, stages: nodes, graph, order, promote: raw.promote, remote: raw.remote })
 }
 
 fn absolute(p: &Path) -> PathBuf {

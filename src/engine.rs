@@ -13,6 +13,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::cache::store::{now_millis, now_secs};
+use crate::cache::remote::transfer::{self, Moved};
+use crate::cache::remote::{Remote, RemoteMode};
 use crate::cache::{Cache, CacheError, Entry, KeyInputs, Manifest};
 use crate::dag::{InputSource, Pipeline, StageNode};
 use crate::executor::{ExecInfo, Executor, Job, RunExecutors};
@@ -40,6 +42,8 @@ pub struct RunOptions {
     pub cancel_grace: Option<std::time::Duration>,
     /// `--executor local|slurm`: every stage on this executor, whatever the file says.
     pub executor: Option<String>,
+    /// A shared remote cache for this run (`--remote`, `--remote-mode`).
+    pub remote: Option<RemoteHandle>,
 }
 
 /// Stages check for cancellation between units of work (a batch, an image), but one unit
@@ -92,6 +96,33 @@ pub struct StageRun {
     pub inputs: BTreeMap<String, String>,
     #[serde(default)]
     pub outcome: StageOutcome,
+    /// What moved to or from the remote cache for this stage, if one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteActivity>,
+}
+
+/// A stage's traffic with the remote cache.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RemoteActivity {
+    /// Its output came from the remote (a hit there): what was downloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pulled: Option<Moved>,
+    /// It ran and was uploaded: what was uploaded (blobs the remote lacked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed: Option<Moved>,
+    /// A remote problem that made a lookup a miss or an upload fail (never a stage failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// A remote cache and how a run uses it.
+#[derive(Clone)]
+pub struct RemoteHandle(pub Arc<Remote>, pub RemoteMode);
+
+impl std::fmt::Debug for RemoteHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RemoteHandle({:?})", self.1)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,7 +208,13 @@ pub fn resolve_inputs(
                 }
             }
             InputSource::File(p) => cache.digest_file(p).map_err(|e| format!("input `{name}`: {e}"))?,
-            InputSource::Dir(p) => cache.digest_dir(p).map_err(|e| format!("input `{name}`: {e}"))?.digest(),
+            InputSource::Dir(p) => {
+                // A directory holding the cache would change with every run it feeds.
+                if std::fs::canonicalize(p).map(|c| cache.root().starts_with(&c)).unwrap_or(false) {
+                    return Err(format!("input `{name}`: directory {} contains the cache {}: name a directory that does not", p.display(), cache.root().display()));
+                }
+                cache.digest_dir(p).map_err(|e| format!("input `{name}`: {e}"))?.digest()
+            }
             InputSource::Glob { matches, .. } => {
                 let mut m = Manifest::default();
                 for p in matches {
@@ -266,11 +303,19 @@ impl Done {
 pub struct Engine {
     pub cache: Arc<Cache>,
     pub cancel: CancelFlag,
+    /// A shared remote cache: misses are looked up there, and what ran is uploaded to it
+    /// (in read-write mode).
+    pub remote: Option<(Arc<Remote>, RemoteMode)>,
 }
 
 impl Engine {
     pub fn new(cache: Arc<Cache>, cancel: CancelFlag) -> Self {
-        Self { cache, cancel }
+        Self { cache, cancel, remote: None }
+    }
+
+    pub fn with_remote(mut self, remote: Option<(Arc<Remote>, RemoteMode)>) -> Self {
+        self.remote = remote.filter(|(_, m)| *m != RemoteMode::Off);
+        self
     }
 
     /// Run the pipeline; the run is recorded in the cache whatever its outcome.
@@ -354,6 +399,7 @@ impl Engine {
                         idx: i,
                         executor: executors.for_stage(&p.stages[i].executor),
                         cache: self.cache.clone(),
+                        remote: self.remote.clone().or_else(|| opts.remote.as_ref().map(|h| (h.0.clone(), h.1))).filter(|(_, m)| *m != RemoteMode::Off),
                         cancel: self.cancel.clone(),
                         selected: selected[i],
                         force: force.contains(&i),
@@ -446,6 +492,7 @@ fn skipped(node: &StageNode, status: StageStatus, why: Option<String>) -> StageR
         executor: None,
         inputs: BTreeMap::new(),
         outcome: StageOutcome::default(),
+        remote: None,
     }
 }
 
@@ -476,6 +523,7 @@ struct StageTask {
     idx: usize,
     executor: Arc<dyn Executor>,
     cache: Arc<Cache>,
+    remote: Option<(Arc<Remote>, RemoteMode)>,
     cancel: CancelFlag,
     selected: bool,
     force: bool,
@@ -497,24 +545,41 @@ impl StageTask {
             Done::Nothing { run }
         };
 
-        // Hash inputs and look the key up, off the async threads.
-        let (cache, up, n2) = (self.cache.clone(), self.upstream.clone(), node.clone());
+        // Hash inputs and look the key up (locally, then on the remote), off the async threads.
+        let may_reuse = !self.force && !node.volatile;
+        let (cache, up, n2, remote) = (self.cache.clone(), self.upstream.clone(), node.clone(), self.remote.clone());
+        let ask_remote = may_reuse || !self.selected;
         let looked = tokio::task::spawn_blocking(move || {
             let resolved = resolve_inputs(&cache, &n2, &|s| up.get(s).cloned())?;
             let key = resolved.key_inputs(&n2).key();
-            let hit = cache.usable_entry(&key).map_err(|e| e.to_string())?;
-            Ok::<_, String>((resolved, key, hit))
+            let mut hit = cache.usable_entry(&key).map_err(|e| e.to_string())?;
+            let mut activity = None;
+            if let (None, Some((remote, _)), true) = (&hit, &remote, ask_remote) {
+                match transfer::pull(&cache, remote, &key) {
+                    Ok(Some((entry, moved))) => {
+                        hit = Some(entry);
+                        activity = Some(RemoteActivity { pulled: Some(moved), ..Default::default() });
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        // A damaged or unreachable remote is a miss, never a failure.
+                        tracing::warn!(stage = %n2.name, "{e}");
+                        activity = Some(RemoteActivity { warning: Some(crate::text::clean(&e.to_string())), ..Default::default() });
+                    }
+                }
+            }
+            Ok::<_, String>((resolved, key, hit, activity))
         })
         .await;
-        let (resolved, key, hit) = match looked {
+        let (resolved, key, hit, activity) = match looked {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => return fail(run, e),
             Err(e) => return fail(run, format!("panicked while hashing inputs: {e}")),
         };
         run.key = Some(key.0.clone());
         run.inputs = resolved.digests.clone();
+        run.remote = activity;
 
-        let may_reuse = !self.force && !node.volatile;
         if let (Some(entry), true) = (hit.as_ref(), may_reuse || !self.selected) {
             let _ = self.cache.set_last(&self.p.name, &node.name, &key);
             run.status = if self.selected { StageStatus::Cached } else { StageStatus::NotSelected };
@@ -542,10 +607,11 @@ impl StageTask {
         let bar = self.bars.stage(&node.name);
         let progress = Progress::new(bar.clone());
         let (cache, cancel, pipeline, up) = (self.cache.clone(), self.cancel.clone(), self.p.clone(), self.upstream.clone());
+        let upload = self.remote.clone().filter(|(_, m)| *m == RemoteMode::ReadWrite).map(|(r, _)| r);
         let (n3, key3, run_id) = (node.clone(), key.clone(), self.run_id);
         let exec_info: Arc<std::sync::Mutex<Option<ExecInfo>>> = Arc::default();
         let (executor, exec_slot) = (self.executor.clone(), exec_info.clone());
-        let result = tokio::task::spawn_blocking(move || -> Result<(Entry, StageOutcome), String> {
+        let result = tokio::task::spawn_blocking(move || -> Result<(Entry, StageOutcome, Option<RemoteActivity>), String> {
             let scratch = cache.tmp_dir().join(scratch_name(run_id, &n3.name));
             let out_dir = scratch.join("out");
             std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
@@ -620,13 +686,29 @@ impl StageTask {
             cache.commit(&entry, &manifest).map_err(|e| e.to_string())?;
             cache.view(&entry.output).map_err(|e| e.to_string())?;
             drop(cleanup);
-            Ok((entry, outcome))
+            // Share it: blobs, manifest, entry last. A failed upload is a warning; the result
+            // is committed locally either way.
+            let pushed = upload.map(|remote| match transfer::push(&cache, &remote, &entry) {
+                Ok(moved) => RemoteActivity { pushed: Some(moved), ..Default::default() },
+                Err(e) => {
+                    tracing::warn!(stage = %entry.stage, "upload failed: {e}");
+                    RemoteActivity { warning: Some(format!("upload failed: {}", crate::text::clean(&e.to_string()))), ..Default::default() }
+                }
+            });
+            Ok((entry, outcome, pushed))
         })
         .await;
         run.executor = exec_info.lock().unwrap_or_else(|e| e.into_inner()).take();
         match result {
-            Ok(Ok((entry, outcome))) => {
+            Ok(Ok((entry, outcome, pushed))) => {
                 bar.finish_and_clear();
+                if let Some(p) = pushed {
+                    let r = run.remote.get_or_insert_with(Default::default);
+                    r.pushed = p.pushed;
+                    if p.warning.is_some() {
+                        r.warning = p.warning;
+                    }
+                }
                 run.status = StageStatus::Ran;
                 run.output = Some(entry.output);
                 run.outcome = outcome;

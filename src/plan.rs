@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::cache::remote::{ArtifactStore, Remote};
 use crate::cache::{Cache, KeyInputs};
 use crate::dag::{InputSource, Pipeline};
 use crate::engine::resolve_inputs;
@@ -19,6 +20,9 @@ pub struct StagePlan {
     pub name: String,
     /// `hit` or `miss`.
     pub status: &'static str,
+    /// For a hit: `local`, or `remote` (the remote cache has it; `run` downloads it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<&'static str>,
     /// Known when every upstream output is known.
     pub key: Option<String>,
     pub reasons: Vec<String>,
@@ -29,7 +33,7 @@ pub struct Plan {
     pub stages: Vec<StagePlan>,
 }
 
-pub fn plan(cache: &Cache, p: &Pipeline) -> Plan {
+pub fn plan(cache: &Cache, p: &Pipeline, remote: Option<&Remote>) -> Plan {
     let mut outputs: BTreeMap<String, String> = BTreeMap::new();
     let mut first_reason: BTreeMap<String, String> = BTreeMap::new();
     let mut stages = Vec::new();
@@ -47,13 +51,20 @@ pub fn plan(cache: &Cache, p: &Pipeline) -> Plan {
             .collect();
         let mut key = None;
         let mut status = "miss";
+        let mut source = None;
         if missing_up.is_empty() {
             match resolve_inputs(cache, node, &|s| outputs.get(s).cloned()) {
                 Ok(resolved) => {
                     let ki = resolved.key_inputs(node);
                     let k = ki.key();
                     key = Some(k.0.clone());
-                    let hit = cache.usable_entry(&k).ok().flatten();
+                    let mut hit = cache.usable_entry(&k).ok().flatten();
+                    source = hit.as_ref().map(|_| "local");
+                    if let (None, Some(r), false) = (&hit, remote, node.volatile) {
+                        // An entry on the remote is a hit there (the download verifies it).
+                        hit = r.get_entry(&k).ok().flatten();
+                        source = hit.as_ref().map(|_| "remote");
+                    }
                     if node.volatile {
                         reasons.push("reads the outside world: runs every time; its dependents rerun only if its output changes".into());
                         // Predict downstream from the last output it produced.
@@ -98,7 +109,8 @@ pub fn plan(cache: &Cache, p: &Pipeline) -> Plan {
                 first_reason.insert(node.name.clone(), r);
             }
         }
-        stages.push(StagePlan { name: node.name.clone(), status, key, reasons });
+        let source = if status == "hit" { source } else { None };
+        stages.push(StagePlan { name: node.name.clone(), status, source, key, reasons });
     }
     Plan { stages }
 }

@@ -31,6 +31,7 @@ pub fn schema(kind: Option<&str>) -> anyhow::Result<Value> {
                     "kind": {"const": s.kind()},
                     "description": {"type": "string"},
                     "params": s.params_schema(),
+                    "executor": serde_json::to_value(schemars::schema_for!(crate::executor::ExecutorConfig)).unwrap_or(Value::Null),
                     "inputs": {
                         "type": "object",
                         "description": "input name -> a stage name, `stage/path`, or a file, directory or glob relative to the pipeline file",
@@ -53,6 +54,8 @@ pub fn schema(kind: Option<&str>) -> anyhow::Result<Value> {
             "description": {"type": "string"},
             "stages": {"type": "object", "additionalProperties": {"oneOf": variants}},
             "promote": serde_json::to_value(schemars::schema_for!(crate::spec::Promote))?,
+            "executor": serde_json::to_value(schemars::schema_for!(crate::executor::ExecutorConfig))?,
+            "remote": {"type": "string", "description": "a shared remote cache: s3://bucket/prefix, file:///path or a directory"},
         }
     }))
 }

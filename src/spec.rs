@@ -66,6 +66,10 @@ pub struct RawPipeline {
     /// Copy the model + report to a stable path when a metric did not get worse.
     #[serde(default)]
     pub promote: Option<Promote>,
+    /// A shared remote cache (`s3://bucket/prefix` or a directory); `--remote` and
+    /// `PIPELINE_REMOTE` take precedence.
+    #[serde(default)]
+    pub remote: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]

@@ -541,3 +541,112 @@ fn a_damaged_database_says_how_to_recover_and_rebuild_restores_the_entries() {
     let o = s.ok(&["run", "t.json"]);
     assert_eq!(s.status_of(&o, "a"), "cached");
 }
+
+// ---------- found by the hostile pass ----------
+
+#[test]
+fn a_stage_that_replaces_out_with_a_link_to_user_data_moves_nothing() {
+    let s = Sandbox::new();
+    s.write("data/p.txt", "precious");
+    s.write("data/sub/d.txt", "d");
+    let before = tree(&s.path().join("data"));
+    s.write("t.json", r#"{"name":"t","stages":{"pass":{"kind":"command","inputs":{"x":"data"},"params":{"cmd":"rmdir $OUT && ln -s $IN_x $OUT"}}}}"#);
+    let o = s.run(&["run", "t.json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("replaced its output directory"), "{}", stderr(&o));
+    assert_eq!(tree(&s.path().join("data")), before);
+}
+
+#[test]
+fn results_computed_from_a_damaged_blob_are_dropped_with_it() {
+    let s = Sandbox::new();
+    s.write(
+        "t.json",
+        r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"echo cat > $OUT/label.txt"}},
+          "b":{"kind":"command","inputs":{"x":"a"},"params":{"cmd":"cat $IN_x/label.txt > $OUT/b.txt"}}}}"#,
+    );
+    s.ok(&["run", "t.json"]);
+    // An in-place edit of a view file is an edit of the blob (same inode).
+    let blob = blob_with(&s.cache(), b"cat\n");
+    set_writable(&blob);
+    std::fs::write(&blob, "dog\n").unwrap();
+    s.ok(&["run", "t.json", "--force", "b"]);
+    let o = s.run(&["cache", "verify"]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = s.ok(&["run", "t.json"]);
+    assert_eq!(s.status_of(&o, "b"), "ran", "b was computed from damaged data: {}", stdout(&o));
+    assert_eq!(std::fs::read_to_string(s.export("b").join("b.txt")).unwrap(), "cat\n");
+}
+
+#[test]
+fn an_in_place_write_that_restores_the_mtime_is_still_caught() {
+    let s = Sandbox::new();
+    s.write(
+        "t.json",
+        r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"echo cat > $OUT/label.txt"}},
+          "evil":{"kind":"command","inputs":{"x":"a"},"params":{"cmd":"t=$(stat -c %y $IN_x/label.txt); printf dog | dd of=$IN_x/label.txt conv=notrunc 2>/dev/null; touch -d \"$t\" $IN_x/label.txt; echo > $OUT/e"}}}}"#,
+    );
+    let o = s.run(&["run", "t.json"]);
+    assert_eq!(s.status_of(&o, "evil"), "failed", "{}{}", stdout(&o), stderr(&o));
+    s.verify_clean();
+    let o = s.ok(&["run", "t.json", "--only", "a"]);
+    assert_eq!(s.status_of(&o, "a"), "ran", "the damaged output must not be served");
+    assert_eq!(std::fs::read_to_string(s.export("a").join("label.txt")).unwrap(), "cat\n");
+}
+
+#[test]
+fn a_directory_that_is_not_a_cache_is_not_used_as_one() {
+    let s = Sandbox::new();
+    s.write("proj/tmp/notes.txt", "important");
+    s.write("t.json", &one_stage("echo a > $OUT/a"));
+    let o = s.cmd(&["run", "t.json"]).env("PIPELINE_CACHE", s.path().join("proj")).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not a pipeline cache"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(s.path().join("proj/tmp/notes.txt")).unwrap(), "important");
+}
+
+#[test]
+fn export_refuses_a_damaged_blob() {
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("printf 'cat' > $OUT/a"));
+    s.ok(&["run", "t.json"]);
+    let blob = blob_with(&s.cache(), b"cat");
+    set_writable(&blob);
+    std::fs::write(&blob, "dog").unwrap();
+    let dir = s.path().join("out");
+    let o = s.run(&["cache", "export", "a", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("damaged"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_process_that_leaves_the_group_is_still_killed_before_the_commit() {
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("echo start > $OUT/log; timeout 30 sh -c 'exec 3>>\"$OUT/log\"; sleep 1; echo LATE >&3' >/dev/null 2>&1 & sleep 0.3"));
+    s.ok(&["run", "t.json"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    s.verify_clean();
+    assert_eq!(std::fs::read_to_string(s.export("a").join("log")).unwrap(), "start\n");
+}
+
+#[test]
+fn a_secret_cut_at_the_message_boundary_is_still_redacted() {
+    let s = Sandbox::new();
+    let secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY";
+    s.write("t.json", &one_stage("printf %s \"$AWS_SECRET_ACCESS_KEY\" >&2; head -c 2012 /dev/zero | tr '\\0' B >&2; exit 1"));
+    let o = s.cmd(&["run", "t.json"]).env("AWS_SECRET_ACCESS_KEY", secret).output().unwrap();
+    assert!(!stderr(&o).contains(&secret[4..]), "{}", stderr(&o));
+}
+
+#[test]
+fn executables_keep_their_mode_in_views_whatever_shares_their_content() {
+    let s = Sandbox::new();
+    s.write(
+        "t.json",
+        r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"printf '#!/bin/sh\necho hi\n' > $OUT/script.txt"}},
+          "b":{"kind":"command","inputs":{"x":"a"},"params":{"cmd":"printf '#!/bin/sh\necho hi\n' > $OUT/run.sh; chmod +x $OUT/run.sh"}},
+          "c":{"kind":"command","inputs":{"x":"b"},"params":{"cmd":"$IN_x/run.sh > $OUT/out"}}}}"#,
+    );
+    s.ok(&["run", "t.json"]);
+    assert_eq!(std::fs::read_to_string(s.export("c").join("out")).unwrap(), "hi\n");
+}

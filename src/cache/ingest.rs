@@ -36,6 +36,10 @@ pub struct OutFile {
 /// loop check).
 const MAX_LINK_DEPTH: usize = 32;
 
+/// Files reached through symlinked directories, at most (a fan-out of links to links can
+/// name millions of copies of a few files).
+const MAX_LINKED_FILES: usize = 1_000_000;
+
 fn unsafe_err(path: &Path, message: impl Into<String>) -> CacheError {
     CacheError::UnsafeOutput { path: path.to_path_buf(), message: message.into() }
 }
@@ -88,7 +92,17 @@ pub fn collect_output(dir: &Path) -> Result<Vec<OutFile>, CacheError> {
         chain: Vec<PathBuf>,
     }
     let shown = |rel: &str| PathBuf::from(format!("$OUT/{rel}"));
-    let dir = &fs::canonicalize(dir).map_err(io_err(dir))?;
+    // `dir` is the directory we created, by its real path. A stage that replaced it (or a
+    // directory above it) with a symlink would make someone else's files look like its own.
+    let real = fs::canonicalize(dir).map_err(|_| unsafe_err(&shown(""), "the stage removed its output directory"))?;
+    let lmeta = fs::symlink_metadata(dir).map_err(io_err(dir))?;
+    if real != dir || !lmeta.is_dir() {
+        return Err(unsafe_err(
+            &shown(""),
+            format!("the stage replaced its output directory (or a directory above it) with a link to {}: refused, nothing was taken", real.display()),
+        ));
+    }
+    let mut linked_files = 0usize;
     let mut out = Vec::new();
     let mut stack = vec![Item { rel: String::new(), abs: dir.to_path_buf(), via_link: false, chain: Vec::new() }];
     while let Some(it) = stack.pop() {
@@ -120,6 +134,9 @@ pub fn collect_output(dir: &Path) -> Result<Vec<OutFile>, CacheError> {
                     chain.push(real.clone());
                     stack.push(Item { rel, abs: real, via_link: true, chain });
                 } else if meta.is_file() {
+                    if real.starts_with("/proc") || real.starts_with("/sys") {
+                        return Err(unsafe_err(&shown(&rel), format!("is a symlink to {}: kernel files can block or never end; refused", real.display())));
+                    }
                     out.push(OutFile { rel, executable: is_exec(&meta), source: Source::Copy(real) });
                 } else {
                     return Err(unsafe_err(
@@ -131,6 +148,15 @@ pub fn collect_output(dir: &Path) -> Result<Vec<OutFile>, CacheError> {
                 let chain = it.chain.clone();
                 stack.push(Item { rel, abs: p, via_link: it.via_link, chain });
             } else if ft.is_file() {
+                if it.via_link {
+                    linked_files += 1;
+                    if linked_files > MAX_LINKED_FILES {
+                        return Err(unsafe_err(&shown(&rel), format!("symlinked directories in $OUT reach more than {MAX_LINKED_FILES} files: refused (a link fan-out?)")));
+                    }
+                    if p.starts_with("/proc") || p.starts_with("/sys") {
+                        return Err(unsafe_err(&shown(&rel), "is reached through a symlink into /proc or /sys: refused"));
+                    }
+                }
                 let source = if it.via_link || nlink(&lmeta) > 1 { Source::Copy(p) } else { Source::Own(p) };
                 out.push(OutFile { rel, executable: is_exec(&lmeta), source });
             } else {

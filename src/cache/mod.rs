@@ -16,6 +16,7 @@
 
 pub mod ingest;
 pub mod key;
+pub mod remote;
 pub mod store;
 
 pub use key::{CacheKey, KeyInputs};

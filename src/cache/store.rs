@@ -134,6 +134,20 @@ impl Cache {
     /// Open (creating) the cache at `root`. Only one process may have it open; a second gets
     /// [`CacheError::Busy`] naming the first, or waits for it with `wait`.
     pub fn open(root: &Path, wait: bool) -> Result<Self, CacheError> {
+        // `--cache .` or `--cache ~` would empty the directory's `tmp/` and `views/`.
+        if !["db", "objects", "index"].iter().any(|d| root.join(d).is_dir()) {
+            if let Ok(mut rd) = fs::read_dir(root) {
+                if rd.next().is_some() {
+                    let ok = fs::read_dir(root).map(|rd| rd.flatten().all(|d| d.file_name().to_string_lossy().starts_with('.'))).unwrap_or(false);
+                    if !ok {
+                        return Err(CacheError::Refused(format!(
+                            "{} is not a pipeline cache (it has no db/ nor objects/) and is not empty: refusing to use it as one; pass --cache with a new or empty directory",
+                            root.display()
+                        )));
+                    }
+                }
+            }
+        }
         for d in ["objects", "views", "tmp", "index"] {
             fs::create_dir_all(root.join(d)).map_err(io_err(root))?;
         }
@@ -212,6 +226,23 @@ impl Cache {
     /// and the stat memo start empty. Returns (entries restored, records skipped).
     pub fn rebuild(root: &Path) -> Result<(usize, usize), CacheError> {
         let db = root.join("db");
+        // Only a database that cannot be opened is rebuilt; one in use is never touched.
+        match sled::Config::new().path(&db).flush_every_ms(None).open() {
+            Ok(d) => {
+                drop(d);
+                return Err(CacheError::Refused(format!("{}: the database opens fine: nothing to rebuild (`pipeline cache verify` checks the blobs)", db.display())));
+            }
+            Err(sled::Error::Io(e)) if is_lock_error(&e) => {
+                let info = fs::read_to_string(root.join("LOCK")).unwrap_or_default();
+                let mut lines = info.lines();
+                return Err(CacheError::Busy {
+                    root: root.to_path_buf(),
+                    pid: lines.next().unwrap_or("?").to_string(),
+                    command: lines.next().unwrap_or("unknown command").to_string(),
+                });
+            }
+            Err(_) => {}
+        }
         if db.exists() {
             let aside = root.join(format!("db.broken-{}", now_millis()));
             fs::rename(&db, &aside).map_err(io_err(&db))?;
@@ -309,6 +340,27 @@ impl Cache {
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Manifest { files })
+    }
+
+    /// The path of a blob in `objects/` (which may not exist).
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        self.blob_path(digest)
+    }
+
+    /// Whether the store holds a blob of this digest that has this size and hashes right.
+    pub fn has_good_blob(&self, digest: &str, size: u64) -> bool {
+        let blob = self.blob_path(digest);
+        fs::metadata(&blob).map(|m| m.is_file() && m.len() == size).unwrap_or(false) && hash_file(&blob).ok().as_deref() == Some(digest)
+    }
+
+    /// A fresh private path under `tmp/`, to write a blob into before [`Cache::install_blob`].
+    pub fn staging_file(&self) -> PathBuf {
+        self.staging_path()
+    }
+
+    /// Install a staged file whose digest and size the caller verified.
+    pub fn install_blob(&self, staged: &Path, digest: &str, size: u64) -> Result<(), CacheError> {
+        self.put_blob(staged, digest, size)
     }
 
     /// A fresh private path under `tmp/` for a blob being written.
@@ -493,7 +545,15 @@ impl Cache {
                 fs::create_dir_all(p).map_err(io_err(p))?;
             }
             let blob = self.blob_path(&f.digest);
-            if fs::hard_link(&blob, &dst).is_err() {
+            if f.executable {
+                // A copy with the executable bits (blobs are 0444).
+                fs::copy(&blob, &dst).map_err(io_err(&blob))?;
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&dst, fs::Permissions::from_mode(0o555)).map_err(io_err(&dst))?;
+                }
+            } else if fs::hard_link(&blob, &dst).is_err() {
                 fs::copy(&blob, &dst).map_err(io_err(&blob))?;
             }
         }
@@ -541,10 +601,7 @@ impl Cache {
         let files = list_tree(&dir)
             .map_err(|e| CacheError::Corrupt(output.to_string(), e))?
             .into_iter()
-            .map(|(rel, m)| {
-                let (_, ino, mtime) = stat_identity(&m);
-                (rel, (ino, m.len(), mtime))
-            })
+            .map(|(rel, m)| (rel, file_state(&m)))
             .collect();
         Ok(ViewSnapshot { output: output.to_string(), files })
     }
@@ -554,39 +611,46 @@ impl Cache {
     /// rehashed, and if damaged deleted with every entry that needed it.
     pub fn check_view(&self, snap: &ViewSnapshot) -> Result<(), String> {
         let dir = self.root.join("views").join(&snap.output);
-        let now: BTreeMap<String, (u64, u64, i128)> = match list_tree(&dir) {
-            Ok(f) => f
-                .into_iter()
-                .map(|(rel, m)| {
-                    let (_, ino, mtime) = stat_identity(&m);
-                    (rel, (ino, m.len(), mtime))
-                })
-                .collect(),
-            Err(e) => BTreeMap::from([(format!("({e})"), (0, 0, 0))]),
+        let now: BTreeMap<String, FileState> = match list_tree(&dir) {
+            Ok(f) => f.into_iter().map(|(rel, m)| (rel, file_state(&m))).collect(),
+            Err(e) => BTreeMap::from([(format!("({e})"), FileState::default())]),
         };
         if now == snap.files {
             return Ok(());
         }
         let mut changes = Vec::new();
+        let mut touched = Vec::new();
         for (rel, st) in &now {
             match snap.files.get(rel) {
                 None => changes.push(format!("`{rel}` added")),
-                Some(old) if old != st => changes.push(format!("`{rel}` changed")),
+                Some(old) if (old.ino, old.size, old.mtime_ns, old.mode) != (st.ino, st.size, st.mtime_ns, st.mode) => {
+                    changes.push(format!("`{rel}` changed"));
+                    touched.push(rel.clone());
+                }
+                // Only the ctime moved: a write with its mtime set back, or just another view
+                // linking the same blob meanwhile. The content decides (below).
+                Some(old) if old != st => touched.push(rel.clone()),
                 _ => {}
             }
         }
         for rel in snap.files.keys().filter(|r| !now.contains_key(*r)) {
             changes.push(format!("`{rel}` deleted"));
         }
-        // A write through a hard link changed the blob itself: rehash what the view names.
+        // A write through a hard link changes the blob itself: rehash what was touched.
         let mut damaged = Vec::new();
         if let Ok(Some(m)) = self.manifest(&snap.output) {
-            for f in &m.files {
+            for f in m.files.iter().filter(|f| touched.contains(&f.path)) {
                 let blob = self.blob_path(&f.digest);
                 if fs::metadata(&blob).map(|b| b.len()).ok() != Some(f.size) || hash_file(&blob).ok().as_deref() != Some(f.digest.as_str()) {
+                    if !changes.iter().any(|c| c.contains(&format!("`{}`", f.path))) {
+                        changes.push(format!("`{}` rewritten in place", f.path));
+                    }
                     damaged.push(f.digest.clone());
                 }
             }
+        }
+        if changes.is_empty() {
+            return Ok(());
         }
         let _ = super::ingest::remove_tree(&dir);
         if !damaged.is_empty() {
@@ -594,10 +658,6 @@ impl Cache {
                 let _ = fs::remove_file(self.blob_path(d));
             }
             let _ = self.drop_entries_needing(&damaged);
-        }
-        if changes.is_empty() {
-            // Same names and inodes, only the content: the blob case above.
-            changes.push("file contents changed".to_string());
         }
         let shown: Vec<String> = changes.iter().take(5).cloned().collect();
         Err(format!(
@@ -611,7 +671,7 @@ impl Cache {
     /// Remove every entry whose manifest names one of `digests`. Returns how many.
     fn drop_entries_needing(&self, digests: &[String]) -> Result<usize, CacheError> {
         let bad: HashSet<&str> = digests.iter().map(|s| s.as_str()).collect();
-        let mut n = 0;
+        let mut dropped = Vec::new();
         for e in self.entries() {
             let needs = match self.manifest(&e.output) {
                 Ok(Some(m)) => m.files.iter().any(|f| bad.contains(f.digest.as_str())),
@@ -620,11 +680,53 @@ impl Cache {
             if needs {
                 self.remove_entry(&e.key)?;
                 let _ = super::ingest::remove_tree(&self.root.join("views").join(&e.output));
-                n += 1;
+                dropped.push(e);
             }
         }
+        let n = dropped.len() + self.drop_downstream(&dropped)?.len();
         self.flush()?;
         Ok(n)
+    }
+
+    /// Drop every entry computed from a dropped one (its key names a dropped output, or a
+    /// part of one), recursively: a result made from damaged data is damaged too, even when
+    /// the upstream stage later recomputes the same, correct, digest.
+    fn drop_downstream(&self, dropped: &[Entry]) -> Result<Vec<Entry>, CacheError> {
+        let mut tainted: HashSet<String> = HashSet::new();
+        let taint = |e: &Entry, tainted: &mut HashSet<String>| {
+            tainted.insert(e.output.clone());
+            if let Ok(Some(m)) = self.manifest(&e.output) {
+                let mut parts: BTreeSet<String> = BTreeSet::new();
+                for f in &m.files {
+                    let mut p = f.path.as_str();
+                    parts.insert(p.to_string());
+                    while let Some((dir, _)) = p.rsplit_once('/') {
+                        parts.insert(dir.to_string());
+                        p = dir;
+                    }
+                }
+                for p in parts {
+                    tainted.insert(m.subtree(&p).digest());
+                }
+            }
+        };
+        for e in dropped {
+            taint(e, &mut tainted);
+        }
+        let mut more = Vec::new();
+        loop {
+            let next: Vec<Entry> = self.entries().into_iter().filter(|e| e.key_inputs.inputs.values().any(|d| tainted.contains(d))).collect();
+            if next.is_empty() {
+                break;
+            }
+            for e in next {
+                self.remove_entry(&e.key)?;
+                let _ = super::ingest::remove_tree(&self.root.join("views").join(&e.output));
+                taint(&e, &mut tainted);
+                more.push(e);
+            }
+        }
+        Ok(more)
     }
 
     /// Copy an artifact's files out of the cache (writable copies, not links) into `dest`,
@@ -656,6 +758,14 @@ impl Cache {
             if let Some(p) = dst.parent() {
                 fs::create_dir_all(p).map_err(io_err(p))?;
             }
+            // `--force` into a tree with a symlinked directory must not write through it.
+            let mut at = dest.to_path_buf();
+            for part in Path::new(&f.path).parent().map(|p| p.components().collect::<Vec<_>>()).unwrap_or_default() {
+                at.push(part);
+                if fs::symlink_metadata(&at).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+                    return Err(CacheError::Refused(format!("refusing to export through {}: it is a symlink", at.display())));
+                }
+            }
             let _ = fs::remove_file(&dst);
             let blob = self.blob_path(&f.digest);
             if !blob.is_file() {
@@ -664,7 +774,18 @@ impl Cache {
                     format!("blob {} of `{}` is missing from the store; run `pipeline cache verify`", &f.digest[..12], f.path),
                 ));
             }
-            fs::copy(&blob, &dst).map_err(io_err(&dst))?;
+            // Copy and hash in one pass: a damaged blob is never handed out.
+            let tmp = dst.with_file_name(format!(".{}.export-{}", dst.file_name().and_then(|n| n.to_str()).unwrap_or("f"), std::process::id()));
+            let _ = fs::remove_file(&tmp);
+            let (digest, size) = super::ingest::copy_hashing(&blob, &tmp)?;
+            if digest != f.digest || size != f.size {
+                let _ = fs::remove_file(&tmp);
+                return Err(CacheError::Corrupt(
+                    output.to_string(),
+                    format!("blob {} of `{}` is damaged; run `pipeline cache verify` (and rerun the stage)", &f.digest[..12], f.path),
+                ));
+            }
+            fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
             let mut perm = fs::metadata(&dst).map_err(io_err(&dst))?.permissions();
             #[cfg(unix)]
             {
@@ -808,6 +929,8 @@ impl Cache {
                 r.dropped.push(e);
             }
         }
+        let downstream = self.drop_downstream(&r.dropped)?;
+        r.dropped.extend(downstream);
         self.flush()?;
         let views = self.root.join("views");
         for d in fs::read_dir(&views).map_err(io_err(&views))?.flatten() {
@@ -852,11 +975,33 @@ impl VerifyReport {
     }
 }
 
-/// A view's files as (path, inode, size, mtime) before a stage ran.
+/// A view's files as (path -> inode, size, mtime, ctime, mode) before a stage ran. The
+/// ctime catches what `touch -d` hides: any write or chmod sets it, and nothing can set it back.
 #[derive(Debug, Clone)]
 pub struct ViewSnapshot {
     output: String,
-    files: BTreeMap<String, (u64, u64, i128)>,
+    files: BTreeMap<String, FileState>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct FileState {
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    mode: u32,
+}
+
+#[cfg(unix)]
+fn file_state(m: &fs::Metadata) -> FileState {
+    use std::os::unix::fs::MetadataExt;
+    FileState {
+        ino: m.ino(),
+        size: m.len(),
+        mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+        mode: m.mode(),
+    }
 }
 
 /// Everything below `dir` that is not a directory, without following symlinks, as
@@ -946,9 +1091,13 @@ fn is_lock_error(e: &io::Error) -> bool {
 
 fn finish_blob(src: &Path, blob: &Path) -> Result<(), CacheError> {
     File::open(src).and_then(|f| f.sync_all()).map_err(io_err(src))?;
-    let mut perm = fs::metadata(src).map_err(io_err(src))?.permissions();
-    perm.set_readonly(true);
-    let _ = fs::set_permissions(src, perm);
+    // Every blob is 0444, whatever file it came from: one content is one blob, and its mode
+    // must not depend on which file was stored first (executables get copies in views).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(src, fs::Permissions::from_mode(0o444));
+    }
     fs::rename(src, blob).map_err(io_err(blob))?;
     if let Some(parent) = blob.parent() {
         // Make the rename itself durable.
@@ -1096,5 +1245,47 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         fs::write(&f, "two").unwrap();
         assert_ne!(cache.digest_file(&f).unwrap(), a);
+    }
+}
+
+/// The local cache is one [`super::remote::ArtifactStore`]: the same questions a remote answers.
+impl super::remote::ArtifactStore for Cache {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+    fn get_entry(&self, key: &CacheKey) -> Result<Option<Entry>, super::remote::RemoteError> {
+        Ok(self.entry(key)?)
+    }
+    fn put_entry(&self, entry: &Entry) -> Result<(), super::remote::RemoteError> {
+        let m = self.manifest(&entry.output)?.ok_or_else(|| CacheError::NotFound(entry.output.clone()))?;
+        Ok(self.commit(entry, &m)?)
+    }
+    fn get_manifest(&self, digest: &str) -> Result<Option<Manifest>, super::remote::RemoteError> {
+        Ok(self.manifest(digest)?)
+    }
+    fn put_manifest(&self, manifest: &Manifest) -> Result<(), super::remote::RemoteError> {
+        self.put_manifest(manifest)?;
+        Ok(())
+    }
+    fn has_blob(&self, digest: &str, size: u64) -> Result<bool, super::remote::RemoteError> {
+        Ok(self.has_good_blob(digest, size))
+    }
+    fn get_blob(&self, digest: &str, dst: &Path) -> Result<bool, super::remote::RemoteError> {
+        let blob = self.blob_path(digest);
+        if !blob.is_file() {
+            return Ok(false);
+        }
+        super::ingest::copy_hashing(&blob, dst)?;
+        Ok(true)
+    }
+    fn put_blob(&self, digest: &str, src: &Path) -> Result<u64, super::remote::RemoteError> {
+        let staged = self.staging_path();
+        let (d, size) = super::ingest::copy_hashing(src, &staged)?;
+        if d != digest {
+            let _ = fs::remove_file(&staged);
+            return Err(CacheError::Corrupt(digest.to_string(), format!("{} does not hash to it", src.display())).into());
+        }
+        Cache::put_blob(self, &staged, digest, size)?;
+        Ok(size)
     }
 }

@@ -60,10 +60,13 @@ impl Stage for Command {
     }
 
     fn run(p: &CommandParams, ctx: &StageContext<'_>) -> Result<StageOutcome, StageError> {
+        // The working directory lives in the stage's scratch directory (beside $OUT), so a
+        // killed run leaves nothing behind that the next run does not clear.
+        let scratch = ctx.out_dir.parent().map(|p| p.to_path_buf()).unwrap_or_else(std::env::temp_dir);
         let work = tempfile::Builder::new()
-            .prefix("pipeline-cmd-")
-            .tempdir()
-            .map_err(|e| StageError::io(std::env::temp_dir(), e))?;
+            .prefix("cmd-")
+            .tempdir_in(&scratch)
+            .map_err(|e| StageError::io(&scratch, e))?;
         let mut proc = Proc::new("sh");
         proc.arg("-c")
             .arg(&p.cmd)
@@ -84,8 +87,10 @@ impl Stage for Command {
             use std::os::unix::process::CommandExt;
             proc.process_group(0);
         }
+        let token = new_token();
+        proc.env(TOKEN_VAR, &token);
         let mut child = proc.spawn().map_err(|e| StageError::Failed(format!("cannot start sh: {e}")))?;
-        let group = Group::register(child.id());
+        let group = Group::register(child.id(), token);
         let out_reader = child.stdout.take().map(|s| {
             let progress = ctx.progress.clone();
             std::thread::spawn(move || {
@@ -122,7 +127,8 @@ impl Stage for Command {
             let stderr = String::from_utf8_lossy(&stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            let tail = crate::text::cap_tail(&crate::text::strip_controls(&tail.join("\n")), 2048);
+            // Redact before cutting: a cut through a secret would leave most of it.
+            let tail = crate::text::cap_tail(&crate::text::strip_controls(&crate::text::redact(&tail.join("\n"))), 2048);
             return Err(StageError::Failed(format!(
                 "command {}{}{}",
                 describe_exit(&status),
@@ -202,44 +208,61 @@ fn describe_exit(status: &std::process::ExitStatus) -> String {
     "ended without an exit status".into()
 }
 
-/// Process groups of running commands, so that a process that exits after abandoning
-/// stages (see `engine::CANCEL_GRACE`) can still kill them: [`kill_all_running`].
-static RUNNING: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+/// Running commands, so that a process that exits after abandoning stages (see
+/// `engine::CANCEL_GRACE`) can still kill them: [`kill_all_running`].
+static RUNNING: std::sync::Mutex<Vec<(i32, String)>> = std::sync::Mutex::new(Vec::new());
 
-/// SIGKILL every command process group still running (called before the process exits).
+/// The environment variable that marks every process a command starts: descendants that
+/// leave the process group (`timeout`, `setsid`) keep it, so they can be found and killed.
+const TOKEN_VAR: &str = "PIPELINE_STAGE_TOKEN";
+
+fn new_token() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{}-{}-{t}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// SIGKILL every command still running (called before the process exits).
 pub fn kill_all_running() {
-    let groups: Vec<i32> = RUNNING.lock().map(|g| g.clone()).unwrap_or_default();
-    for g in groups {
-        #[cfg(unix)]
-        unsafe {
-            libc::kill(-g, libc::SIGKILL);
-        }
+    let groups: Vec<(i32, String)> = RUNNING.lock().map(|g| g.clone()).unwrap_or_default();
+    for (g, token) in groups {
+        let group = Group { pgid: g, token };
+        group.signal(libc::SIGKILL);
+        std::mem::forget(group);
     }
 }
 
-/// One command's process group (its id is `sh`'s pid).
-struct Group(i32);
+/// One command's processes: its process group (id = `sh`'s pid) and every process that
+/// carries its token.
+struct Group {
+    pgid: i32,
+    token: String,
+}
 
 impl Group {
-    fn register(pid: u32) -> Group {
+    fn register(pid: u32, token: String) -> Group {
         let g = pid as i32;
         if let Ok(mut r) = RUNNING.lock() {
-            r.push(g);
+            r.push((g, token.clone()));
         }
-        Group(g)
+        Group { pgid: g, token }
     }
 
     fn signal(&self, sig: i32) {
         #[cfg(unix)]
         unsafe {
-            libc::kill(-self.0, sig);
+            libc::kill(-self.pgid, sig);
+            for pid in live_members(self.pgid, &self.token) {
+                libc::kill(pid, sig);
+            }
         }
         let _ = sig;
     }
 
-    /// Whether a live (not zombie) process is left in the group.
+    /// Whether a live (not zombie) process of the command is left.
     fn alive(&self) -> bool {
-        group_alive(self.0)
+        !live_members(self.pgid, &self.token).is_empty()
     }
 
     fn wait_gone(&self, within: Duration) -> bool {
@@ -248,6 +271,7 @@ impl Group {
             if t0.elapsed() > within {
                 return false;
             }
+            self.signal(libc::SIGKILL);
             std::thread::sleep(Duration::from_millis(10));
         }
         true
@@ -260,45 +284,66 @@ impl Group {
 
     fn terminate(&self, grace: Duration) {
         self.signal(libc::SIGTERM);
-        if !self.wait_gone(grace) {
-            self.kill_and_wait(Duration::from_secs(5));
+        let t0 = std::time::Instant::now();
+        while self.alive() && t0.elapsed() < grace {
+            std::thread::sleep(Duration::from_millis(10));
         }
+        self.kill_and_wait(Duration::from_secs(5));
     }
 }
 
 impl Drop for Group {
     fn drop(&mut self) {
         if let Ok(mut r) = RUNNING.lock() {
-            r.retain(|g| *g != self.0);
+            r.retain(|g| g.0 != self.pgid);
         }
     }
 }
 
-/// Linux: scan /proc for a non-zombie process whose process group is `pgid`. (A killed
-/// grandchild stays a zombie until its new parent reaps it, and `kill(-pgid, 0)` counts
-/// zombies.) Elsewhere: `kill(-pgid, 0)`.
-fn group_alive(pgid: i32) -> bool {
+/// Linux: the live (not zombie) processes in process group `pgid` or carrying `token` in
+/// their environment, found by scanning /proc. (A killed grandchild stays a zombie until its
+/// new parent reaps it, and `kill(-pgid, 0)` counts zombies.) Elsewhere: the group only.
+fn live_members(pgid: i32, token: &str) -> Vec<i32> {
     #[cfg(target_os = "linux")]
     {
-        let Ok(rd) = std::fs::read_dir("/proc") else { return unsafe { libc::kill(-pgid, 0) } == 0 };
+        let me = std::process::id() as i32;
+        let needle = format!("{TOKEN_VAR}={token}");
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir("/proc") else { return out };
         for d in rd.flatten() {
             let name = d.file_name();
-            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())).and_then(|n| n.parse::<i32>().ok()) else { continue };
+            if pid == me {
+                continue;
+            }
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
             // pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
             let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
             let mut f = rest.split_whitespace();
             let state = f.next().unwrap_or("");
+            if state == "Z" || state == "X" {
+                continue;
+            }
             let _ppid = f.next();
             let pgrp: i32 = f.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-            if pgrp == pgid && state != "Z" && state != "X" {
-                return true;
+            let marked = || {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+                    .unwrap_or(false)
+            };
+            if pgrp == pgid || marked() {
+                out.push(pid);
             }
         }
-        false
+        out
     }
     #[cfg(not(target_os = "linux"))]
     {
-        unsafe { libc::kill(-pgid, 0) == 0 }
+        let _ = token;
+        if unsafe { libc::kill(-pgid, 0) } == 0 {
+            vec![-pgid]
+        } else {
+            Vec::new()
+        }
     }
 }

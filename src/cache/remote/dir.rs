@@ -1,0 +1,23 @@
+//! A remote cache in a directory: a shared file system (NFS, SMB, a mounted bucket) that
+//! every machine of the lab sees. `object_store`'s local backend writes each object to a
+//! temporary file and renames it into place, so readers never see half an object.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use object_store::local::LocalFileSystem;
+use object_store::ObjectStore;
+
+use super::RemoteError;
+
+pub fn open(url: &str, dir: &Path) -> Result<Arc<dyn ObjectStore>, RemoteError> {
+    let cfg = |message: String| RemoteError::Config { url: url.to_string(), message };
+    let abs = crate::cache::store::absolute(dir);
+    std::fs::create_dir_all(&abs).map_err(|e| cfg(format!("creating {}: {e}", abs.display())))?;
+    if !abs.is_dir() {
+        return Err(cfg(format!("{} is not a directory", abs.display())));
+    }
+    // Not writable is not fatal here: a read-only mount works for --remote-mode read-only.
+    let fs = LocalFileSystem::new_with_prefix(&abs).map_err(|e| cfg(e.to_string()))?;
+    Ok(Arc::new(fs))
+}

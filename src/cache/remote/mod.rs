@@ -1,0 +1,308 @@
+//! Remote caches: a lab's shared store that every machine reads from and writes to.
+//!
+//! The seam is [`ArtifactStore`]: what any store of artifacts must do (entry by key,
+//! manifest by digest, blob by digest). The local cache ([`crate::cache::Cache`]) is one
+//! implementation, [`Remote`] the other; a remote is built from a URL by [`dir`] (a directory,
+//! for NFS and other shared file systems) or [`s3`] (S3-compatible object storage), both
+//! through the `object_store` crate, which brings retries with backoff and create-if-absent
+//! puts.
+//!
+//! Layout on a remote (under its prefix):
+//!
+//! | path                    | what                                              |
+//! |-------------------------|---------------------------------------------------|
+//! | `objects/ab/cdef...`    | file contents by blake3 digest                    |
+//! | `manifests/<digest>`    | an artifact's file list (JSON), by its digest     |
+//! | `entries/<key>`         | a stage result (JSON): the commit marker          |
+//!
+//! **Upload order is the commit protocol**: blobs, then the manifest, then the entry, so an
+//! entry on the remote implies its manifest and blobs were uploaded before it (a Nix
+//! `.narinfo` works the same way). A reader still trusts nothing: everything downloaded is
+//! hashed and compared with the digests before it is committed to the local cache
+//! ([`transfer::pull`]); a damaged object makes the lookup a miss, the stage reruns, and in
+//! read-write mode its upload overwrites the damaged object.
+
+pub mod dir;
+pub mod s3;
+pub mod transfer;
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use futures::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+
+use super::key::CacheKey;
+use super::store::{Entry, Manifest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("remote {url}: {message}")]
+    Config { url: String, message: String },
+    #[error("remote {remote}: {object}: {message}")]
+    Object { remote: String, object: String, message: String },
+    #[error("remote {remote}: {object} is damaged ({message}); it is ignored, and replaced by the next upload")]
+    Damaged { remote: String, object: String, message: String },
+    #[error(transparent)]
+    Cache(#[from] super::store::CacheError),
+}
+
+/// What a store of artifacts must do. Digests and keys are hex strings; a blob is one file.
+pub trait ArtifactStore: Send + Sync {
+    /// Where it is, for messages (never with credentials).
+    fn describe(&self) -> String;
+    fn get_entry(&self, key: &CacheKey) -> Result<Option<Entry>, RemoteError>;
+    fn put_entry(&self, entry: &Entry) -> Result<(), RemoteError>;
+    fn get_manifest(&self, digest: &str) -> Result<Option<Manifest>, RemoteError>;
+    fn put_manifest(&self, manifest: &Manifest) -> Result<(), RemoteError>;
+    /// Whether a blob of this digest and size is present (not rehashed).
+    fn has_blob(&self, digest: &str, size: u64) -> Result<bool, RemoteError>;
+    /// Write the blob's bytes to `dst` (a new file). `Ok(false)` if there is no such blob.
+    fn get_blob(&self, digest: &str, dst: &Path) -> Result<bool, RemoteError>;
+    fn put_blob(&self, digest: &str, src: &Path) -> Result<u64, RemoteError>;
+}
+
+/// How a run uses its remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemoteMode {
+    /// Download hits, upload what ran.
+    #[default]
+    ReadWrite,
+    /// Download hits, upload nothing (CI on pull requests).
+    ReadOnly,
+    /// Ignore the remote.
+    Off,
+}
+
+/// A remote cache over any `object_store` backend.
+pub struct Remote {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    /// The URL as given, for messages (credentials never come from the URL).
+    url: String,
+    /// Objects found damaged in this process: their next upload overwrites them.
+    damaged: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// The runtime remote I/O runs on: one per process, never dropped (a runtime may not be
+/// dropped inside another's async context), so the sync API works from any thread.
+fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("pipeline-remote")
+            .enable_all()
+            .build()
+            .expect("starting the remote I/O runtime")
+    })
+}
+
+fn on<F: std::future::Future>(f: F) -> F::Output {
+    rt().block_on(f)
+}
+
+impl Remote {
+    /// `s3://bucket/prefix`, `file:///path`, or a directory path.
+    pub fn from_url(url: &str) -> Result<Remote, RemoteError> {
+        let url = url.trim();
+        if url.is_empty() {
+            return Err(RemoteError::Config { url: url.into(), message: "empty remote URL".into() });
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (store, prefix) = s3::open(url, rest)?;
+            return Ok(Remote::new(store, prefix, url));
+        }
+        if url.contains("://") && !url.starts_with("file://") {
+            return Err(RemoteError::Config {
+                url: url.into(),
+                message: "unsupported scheme: use s3://bucket/prefix, file:///path or a directory".into(),
+            });
+        }
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        Ok(Remote::new(dir::open(url, Path::new(path))?, String::new(), url))
+    }
+
+    fn new(store: Arc<dyn ObjectStore>, prefix: String, url: &str) -> Remote {
+        Remote { store, prefix: prefix.trim_matches('/').to_string(), url: url.to_string(), damaged: Default::default() }
+    }
+
+    fn path(&self, rel: &str) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(rel)
+        } else {
+            ObjPath::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    fn err(&self, object: &str, e: impl std::fmt::Display) -> RemoteError {
+        RemoteError::Object { remote: self.url.clone(), object: object.to_string(), message: crate::text::clean(&e.to_string()) }
+    }
+
+    pub fn damaged(&self, object: &str, message: impl Into<String>) -> RemoteError {
+        if let Ok(mut d) = self.damaged.lock() {
+            d.insert(object.to_string());
+        }
+        RemoteError::Damaged { remote: self.url.clone(), object: object.to_string(), message: message.into() }
+    }
+
+    fn known_damaged(&self, object: &str) -> bool {
+        self.damaged.lock().map(|d| d.contains(object)).unwrap_or(false)
+    }
+
+    fn get(&self, rel: &str) -> Result<Option<bytes::Bytes>, RemoteError> {
+        let p = self.path(rel);
+        match on(async { self.store.get(&p).await?.bytes().await }) {
+            Ok(b) => Ok(Some(b)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(rel, e)),
+        }
+    }
+
+    /// Create-if-absent unless `overwrite`; an object that is already there is success
+    /// (content-addressed, or the same entry from a concurrent writer).
+    fn put(&self, rel: &str, bytes: Vec<u8>, overwrite: bool) -> Result<(), RemoteError> {
+        let p = self.path(rel);
+        let bytes = bytes::Bytes::from(bytes);
+        let mode = if overwrite { PutMode::Overwrite } else { PutMode::Create };
+        let opts = PutOptions { mode, ..Default::default() };
+        match on(self.store.put_opts(&p, PutPayload::from(bytes.clone()), opts)) {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            // A backend without create-if-absent: a plain put (same content, or a newer
+            // entry of the same key: both are fine).
+            Err(object_store::Error::NotImplemented) if !overwrite => {
+                on(self.store.put(&p, PutPayload::from(bytes))).map(|_| ()).map_err(|e| self.err(rel, e))
+            }
+            Err(e) => Err(self.err(rel, e)),
+        }
+    }
+
+    fn head(&self, rel: &str) -> Result<Option<u64>, RemoteError> {
+        let p = self.path(rel);
+        match on(self.store.head(&p)) {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(rel, e)),
+        }
+    }
+
+    /// Every object under `rel` as (path relative to the prefix, size, age in seconds).
+    pub fn list(&self, rel: &str) -> Result<Vec<(String, u64, u64)>, RemoteError> {
+        let p = self.path(rel);
+        let metas: Vec<object_store::ObjectMeta> = on(self.store.list(Some(&p)).try_collect()).map_err(|e| self.err(rel, e))?;
+        let now = chrono::Utc::now();
+        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        Ok(metas
+            .into_iter()
+            .map(|m| {
+                let loc = m.location.to_string();
+                let rel = loc.strip_prefix(&strip).unwrap_or(&loc).to_string();
+                (rel, m.size, (now - m.last_modified).num_seconds().max(0) as u64)
+            })
+            .collect())
+    }
+
+    pub fn delete(&self, rel: &str) -> Result<(), RemoteError> {
+        let p = self.path(rel);
+        match on(self.store.delete(&p)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(rel, e)),
+        }
+    }
+}
+
+pub fn entry_path(key: &CacheKey) -> String {
+    format!("entries/{}", key.0)
+}
+pub fn manifest_path(digest: &str) -> String {
+    format!("manifests/{digest}")
+}
+pub fn blob_path(digest: &str) -> String {
+    format!("objects/{}/{}", &digest[..2], &digest[2..])
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl ArtifactStore for Remote {
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+
+    fn get_entry(&self, key: &CacheKey) -> Result<Option<Entry>, RemoteError> {
+        let rel = entry_path(key);
+        let Some(b) = self.get(&rel)? else { return Ok(None) };
+        let e: Entry = serde_json::from_slice(&b).map_err(|e| self.damaged(&rel, format!("not an entry: {e}")))?;
+        if e.key != *key || !is_hex64(&e.output) {
+            return Err(self.damaged(&rel, "names another key"));
+        }
+        Ok(Some(e))
+    }
+
+    fn put_entry(&self, entry: &Entry) -> Result<(), RemoteError> {
+        let rel = entry_path(&entry.key);
+        let overwrite = self.known_damaged(&rel);
+        self.put(&rel, serde_json::to_vec(entry).unwrap_or_default(), overwrite)
+    }
+
+    fn get_manifest(&self, digest: &str) -> Result<Option<Manifest>, RemoteError> {
+        let rel = manifest_path(digest);
+        let Some(b) = self.get(&rel)? else { return Ok(None) };
+        let m: Manifest = serde_json::from_slice(&b).map_err(|e| self.damaged(&rel, format!("not a manifest: {e}")))?;
+        if m.digest() != digest || m.files.iter().any(|f| !is_hex64(&f.digest)) {
+            return Err(self.damaged(&rel, "its content does not hash to its name"));
+        }
+        Ok(Some(m))
+    }
+
+    fn put_manifest(&self, m: &Manifest) -> Result<(), RemoteError> {
+        let d = m.digest();
+        let rel = manifest_path(&d);
+        let overwrite = self.known_damaged(&rel);
+        self.put(&rel, serde_json::to_vec(m).unwrap_or_default(), overwrite)
+    }
+
+    fn has_blob(&self, digest: &str, size: u64) -> Result<bool, RemoteError> {
+        let rel = blob_path(digest);
+        if self.known_damaged(&rel) {
+            return Ok(false);
+        }
+        Ok(self.head(&rel)? == Some(size))
+    }
+
+    fn get_blob(&self, digest: &str, dst: &Path) -> Result<bool, RemoteError> {
+        use std::io::Write;
+        let rel = blob_path(digest);
+        let p = self.path(&rel);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(dst).map_err(|e| self.err(&rel, format!("{}: {e}", dst.display())))?;
+        let res: Result<bool, RemoteError> = on(async {
+            let got = match self.store.get(&p).await {
+                Ok(g) => g,
+                Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                Err(e) => return Err(self.err(&rel, e)),
+            };
+            let mut stream = got.into_stream();
+            while let Some(chunk) = stream.try_next().await.map_err(|e| self.err(&rel, e))? {
+                f.write_all(&chunk).map_err(|e| self.err(&rel, format!("{}: {e}", dst.display())))?;
+            }
+            Ok(true)
+        });
+        res
+    }
+
+    fn put_blob(&self, digest: &str, src: &Path) -> Result<u64, RemoteError> {
+        let rel = blob_path(digest);
+        let bytes = std::fs::read(src).map_err(|e| self.err(&rel, format!("{}: {e}", src.display())))?;
+        let n = bytes.len() as u64;
+        // Overwrite: a blob is uploaded only when the remote lacks a good one.
+        self.put(&rel, bytes, true)?;
+        if let Ok(mut d) = self.damaged.lock() {
+            d.remove(&rel);
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,112 @@
+//! Moving results between the local cache and a remote: [`pull`] (verify everything, then
+//! commit locally) and [`push`] (blobs, manifest, entry last).
+
+use super::{blob_path, manifest_path, ArtifactStore, Remote, RemoteError};
+use crate::cache::key::CacheKey;
+use crate::cache::store::{hash_file, Cache, Entry};
+
+/// What one transfer moved.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Moved {
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Fetch the result of `key` from the remote into the local cache: the entry, its manifest
+/// (which must hash to the entry's output digest) and every blob the local cache lacks
+/// (each must hash to its digest and have its size). Only then is it committed locally.
+/// `Ok(None)`: the remote has no such entry. A damaged or missing object is an error naming
+/// it; nothing is committed.
+pub fn pull(cache: &Cache, remote: &Remote, key: &CacheKey) -> Result<Option<(Entry, Moved)>, RemoteError> {
+    let Some(entry) = remote.get_entry(key)? else { return Ok(None) };
+    let mrel = manifest_path(&entry.output);
+    let manifest = remote.get_manifest(&entry.output)?.ok_or_else(|| remote.damaged(&mrel, "the entry's manifest is missing"))?;
+    let mut moved = Moved::default();
+    let mut seen = std::collections::HashSet::new();
+    for f in &manifest.files {
+        if !seen.insert(f.digest.clone()) || cache.has_good_blob(&f.digest, f.size) {
+            continue;
+        }
+        let staged = cache.staging_file();
+        let brel = blob_path(&f.digest);
+        let got = remote.get_blob(&f.digest, &staged);
+        let check = match got {
+            Ok(true) => {
+                let size = std::fs::metadata(&staged).map(|m| m.len()).unwrap_or(0);
+                let digest = hash_file(&staged)?;
+                if size != f.size || digest != f.digest {
+                    Err(remote.damaged(&brel, format!("{size} bytes hashing to {}, expected {} bytes hashing to {}", &digest[..12], f.size, &f.digest[..12])))
+                } else {
+                    Ok(())
+                }
+            }
+            Ok(false) => Err(remote.damaged(&brel, "missing (the entry names it)")),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = check {
+            let _ = std::fs::remove_file(&staged);
+            return Err(e);
+        }
+        cache.install_blob(&staged, &f.digest, f.size)?;
+        moved.files += 1;
+        moved.bytes += f.size;
+    }
+    let mut local = entry.clone();
+    local.size = manifest.size();
+    local.files = manifest.files.len();
+    cache.commit(&local, &manifest)?;
+    Ok(Some((local, moved)))
+}
+
+/// Upload a committed local entry: the blobs the remote lacks, the manifest, then the entry
+/// (the commit marker). Blobs are rehashed locally before they leave.
+pub fn push(cache: &Cache, remote: &Remote, entry: &Entry) -> Result<Moved, RemoteError> {
+    let manifest = cache
+        .manifest(&entry.output)?
+        .ok_or_else(|| RemoteError::Cache(crate::cache::CacheError::NotFound(format!("manifest {}", &entry.output[..12]))))?;
+    let mut moved = Moved::default();
+    let mut seen = std::collections::HashSet::new();
+    for f in &manifest.files {
+        if !seen.insert(f.digest.clone()) || remote.has_blob(&f.digest, f.size)? {
+            continue;
+        }
+        let path = cache.blob_file(&f.digest);
+        if hash_file(&path)? != f.digest {
+            return Err(RemoteError::Cache(crate::cache::CacheError::Corrupt(
+                entry.key.0.clone(),
+                format!("local blob {} is damaged: run `pipeline cache verify`; nothing uploaded", &f.digest[..12]),
+            )));
+        }
+        moved.bytes += remote.put_blob(&f.digest, &path)?;
+        moved.files += 1;
+    }
+    remote.put_manifest(&manifest)?;
+    remote.put_entry(entry)?;
+    Ok(moved)
+}
+
+/// `cache gc --remote`: delete blobs and manifests no entry on the remote needs, and that are
+/// older than `grace_secs` (a concurrent writer uploads blobs before its entry: a young orphan
+/// may be the start of a commit). Returns (objects deleted, bytes freed).
+pub fn gc(remote: &Remote, grace_secs: u64) -> Result<(usize, u64), RemoteError> {
+    let mut live_manifests = std::collections::HashSet::new();
+    let mut live_blobs = std::collections::HashSet::new();
+    for (rel, _, _) in remote.list("entries")? {
+        let Some(key) = rel.strip_prefix("entries/") else { continue };
+        let Ok(Some(e)) = remote.get_entry(&CacheKey(key.to_string())) else { continue };
+        if let Ok(Some(m)) = remote.get_manifest(&e.output) {
+            live_blobs.extend(m.files.iter().map(|f| blob_path(&f.digest)));
+        }
+        live_manifests.insert(manifest_path(&e.output));
+    }
+    let (mut n, mut bytes) = (0, 0);
+    for (rel, size, age) in remote.list("manifests")?.into_iter().chain(remote.list("objects")?) {
+        if age < grace_secs || live_manifests.contains(&rel) || live_blobs.contains(&rel) {
+            continue;
+        }
+        remote.delete(&rel)?;
+        n += 1;
+        bytes += size;
+    }
+    Ok((n, bytes))
+}

@@ -1,0 +1,361 @@
+//! The shared remote cache (issue 15): two machines' caches sharing one remote, on a
+//! directory and on a real S3-compatible server (moto, started by `.ci/s3-up`), and the
+//! faults a remote can have.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const PIPELINE: &str = r#"{"name":"t","stages":{
+  "a":{"kind":"command","params":{"cmd":"mkdir $OUT/d; for i in 1 2 3; do echo a$i > $OUT/d/f$i; done; yes blob | head -c 200000 > $OUT/big"}},
+  "b":{"kind":"command","inputs":{"x":"a"},"params":{"cmd":"cat $IN_x/d/* > $OUT/b.txt"}},
+  "c":{"kind":"command","inputs":{"x":"b"},"params":{"cmd":"wc -c < $IN_x/b.txt > $OUT/c.txt"}}}}"#;
+
+/// One machine: its own directory and cache, the pipeline file, a remote URL.
+struct Machine {
+    s: Sandbox,
+    remote: String,
+    env: Vec<(String, String)>,
+}
+
+impl Machine {
+    fn new(remote: &str, env: &[(String, String)]) -> Machine {
+        let s = Sandbox::new();
+        s.write("t.json", PIPELINE);
+        Machine { s, remote: remote.to_string(), env: env.to_vec() }
+    }
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.s.cmd(args);
+        c.env("PIPELINE_REMOTE", &self.remote);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd(args).output().unwrap()
+    }
+    fn ok(&self, args: &[&str]) -> std::process::Output {
+        let o = self.run(args);
+        assert!(o.status.success(), "{args:?}: {}{}", stdout(&o), stderr(&o));
+        o
+    }
+    fn exported(&self, stage: &str) -> Vec<(String, Vec<u8>)> {
+        let n = std::fs::read_dir(self.s.path()).unwrap().count();
+        let dir = self.s.path().join(format!("exp-{stage}-{n}"));
+        self.ok(&["cache", "export", stage, dir.to_str().unwrap()]);
+        tree(&dir)
+    }
+}
+
+fn statuses(m: &Machine, o: &std::process::Output) -> Vec<String> {
+    m.s.statuses(o).into_iter().map(|(_, s)| s).collect()
+}
+
+/// Every entry on a directory remote has its manifest and blobs (the commit protocol).
+fn remote_consistent(dir: &Path) {
+    let entries = dir.join("entries");
+    let Ok(rd) = std::fs::read_dir(&entries) else { return };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with('#') {
+            continue; // object_store's in-flight temporary
+        }
+        let entry: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+        let out = entry["output"].as_str().unwrap();
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifests").join(out)).expect("an entry without its manifest")).unwrap();
+        for f in m["files"].as_array().unwrap() {
+            let d = f["digest"].as_str().unwrap();
+            let blob = dir.join("objects").join(&d[..2]).join(&d[2..]);
+            assert!(blob.is_file(), "entry {} names a blob the remote lacks", e.path().display());
+        }
+    }
+}
+
+fn two_machines_share_results(remote: &str, env: &[(String, String)]) {
+    let a = Machine::new(remote, env);
+    let o = a.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&a, &o), ["ran", "ran", "ran"]);
+    assert!(stdout(&o).contains("uploaded to the remote cache: 3 stages"), "{}", stdout(&o));
+
+    let b = Machine::new(remote, env);
+    let plan = b.ok(&["plan", "t.json", "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    for s in plan["stages"].as_array().unwrap() {
+        assert_eq!((s["status"].as_str(), s["source"].as_str()), (Some("hit"), Some("remote")), "{plan}");
+    }
+    let o = b.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&b, &o), ["cached", "cached", "cached"], "nothing runs on the second machine");
+    assert!(stdout(&o).contains("from the remote cache: a, b, c"), "{}", stdout(&o));
+    for stage in ["a", "b", "c"] {
+        assert_eq!(a.exported(stage), b.exported(stage), "stage {stage}");
+    }
+    // Now local: no remote needed.
+    let o = b.s.ok(&["run", "t.json", "--remote-mode", "off"]);
+    assert_eq!(b.s.statuses(&o).iter().filter(|s| s.1 == "cached").count(), 3);
+    b.s.verify_clean();
+}
+
+#[test]
+fn directory_remote_two_caches_share_one_remote() {
+    let r = tempfile::tempdir().unwrap();
+    two_machines_share_results(r.path().to_str().unwrap(), &[]);
+    remote_consistent(r.path());
+}
+
+#[test]
+fn read_only_mode_uploads_nothing() {
+    let r = tempfile::tempdir().unwrap();
+    let a = Machine::new(r.path().to_str().unwrap(), &[]);
+    a.ok(&["run", "t.json", "--remote-mode", "read-only"]);
+    assert!(tree(r.path()).is_empty(), "read-only wrote {:?}", tree(r.path()).iter().map(|f| f.0.clone()).collect::<Vec<_>>());
+    // push / pull by hand
+    a.ok(&["cache", "push", "--all"]);
+    assert!(!tree(r.path()).is_empty());
+    let b = Machine::new(r.path().to_str().unwrap(), &[]);
+    let o = b.ok(&["cache", "pull", "--all"]);
+    assert!(stdout(&o).contains("pulled 3 entries"), "{}", stdout(&o));
+    let o = b.s.ok(&["run", "t.json"]);
+    assert_eq!(b.s.statuses(&o).iter().filter(|s| s.1 == "cached").count(), 3);
+}
+
+/// Damage the remote in one way, then a fresh machine must not trust it: the stage reruns,
+/// the message names the object, and (read-write) the upload repairs the remote.
+fn fault(name: &str, damage: impl Fn(&Path)) {
+    let r = tempfile::tempdir().unwrap();
+    let url = r.path().to_str().unwrap();
+    Machine::new(url, &[]).ok(&["run", "t.json"]);
+    damage(r.path());
+    let b = Machine::new(url, &[]);
+    let o = b.ok(&["run", "t.json"]);
+    assert_eq!(b.s.status_of(&o, "a"), "ran", "{name}: a damaged remote hit must rerun: {}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("warning") && (stderr(&o).contains("objects/") || stderr(&o).contains("manifests/")), "{name}: {}", stderr(&o));
+    b.s.verify_clean();
+    // The rerun's upload repaired it: a third machine gets everything from the remote.
+    let c = Machine::new(url, &[]);
+    let o = c.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&c, &o), ["cached", "cached", "cached"], "{name}: not repaired: {}", stderr(&o));
+    assert_eq!(b.exported("c"), c.exported("c"));
+}
+
+fn big_blob(r: &Path) -> PathBuf {
+    let mut found = None;
+    for d in std::fs::read_dir(r.join("objects")).unwrap().flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            if std::fs::metadata(f.path()).unwrap().len() == 200000 {
+                found = Some(f.path());
+            }
+        }
+    }
+    found.expect("the 200 kB blob")
+}
+
+#[test]
+fn remote_faults_are_never_trusted_and_are_repaired() {
+    fault("truncated blob", |r| std::fs::write(big_blob(r), b"yes").unwrap());
+    fault("flipped byte", |r| {
+        let p = big_blob(r);
+        let mut b = std::fs::read(&p).unwrap();
+        b[1000] ^= 1;
+        std::fs::write(p, b).unwrap();
+    });
+    fault("missing blob", |r| std::fs::remove_file(big_blob(r)).unwrap());
+    fault("entry without its manifest", |r| {
+        for m in std::fs::read_dir(r.join("manifests")).unwrap().flatten() {
+            std::fs::remove_file(m.path()).unwrap();
+        }
+    });
+}
+
+#[test]
+fn an_upload_killed_halfway_leaves_no_entry_without_its_blobs() {
+    let r = tempfile::tempdir().unwrap();
+    let url = r.path().to_str().unwrap();
+    let a = Machine::new(url, &[]);
+    let mut x: u64 = 0x2545f4914f6cdd1d;
+    for i in 0..12 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mut child = a.cmd(&["run", "t.json", "-q", "--force", "a"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(20 + x % 200));
+        let _ = child.kill();
+        let _ = child.wait();
+        remote_consistent(r.path());
+        let _ = i;
+    }
+    a.ok(&["run", "t.json"]);
+    remote_consistent(r.path());
+    let b = Machine::new(url, &[]);
+    let o = b.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&b, &o), ["cached", "cached", "cached"]);
+    // gc --remote with no grace keeps what entries need
+    a.ok(&["cache", "gc", "--remote", "--grace", "0"]);
+    remote_consistent(r.path());
+    let c = Machine::new(url, &[]);
+    let o = c.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&c, &o), ["cached", "cached", "cached"]);
+}
+
+// ---------- S3 ----------
+
+struct S3Server {
+    pid: i32,
+    endpoint: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.pid, libc::SIGTERM);
+        }
+    }
+}
+
+/// moto on 127.0.0.1, installed and started by the repo's script. `None` (the test skips
+/// with a message) only where it cannot be installed; `PIPELINE_REQUIRE_S3=1` (CI) fails.
+fn s3_server() -> Option<S3Server> {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/s3-up");
+    let o = Command::new(&script).arg(&dir).output().unwrap();
+    if !o.status.success() {
+        let why = format!("could not start the S3 test server (.ci/s3-up): {}", stderr(&o));
+        if std::env::var("PIPELINE_REQUIRE_S3").is_ok_and(|v| v == "1") {
+            panic!("{why}");
+        }
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    let endpoint = std::fs::read_to_string(dir.join("endpoint")).unwrap().trim().to_string();
+    let pid = std::fs::read_to_string(dir.join("pid")).unwrap().trim().parse().unwrap();
+    Some(S3Server { pid, endpoint })
+}
+
+fn s3_env(endpoint: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ACCESS_KEY_ID", "testing-key-id"),
+        ("AWS_SECRET_ACCESS_KEY", "testing-secret-key"),
+        ("AWS_REGION", "us-east-1"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+#[test]
+fn s3_remote_two_caches_share_one_bucket_and_retries_survive_a_flaky_server() {
+    let Some(server) = s3_server() else { return };
+    two_machines_share_results("s3://pipeline-test/lab-cache", &s3_env(&server.endpoint));
+
+    // A server that fails every third request: object_store's retries carry the run.
+    let proxy = flaky_proxy(&server.endpoint);
+    let env = s3_env(&proxy);
+    let a = Machine::new("s3://pipeline-test/flaky", &env);
+    let o = a.ok(&["run", "t.json"]);
+    assert!(stdout(&o).contains("uploaded to the remote cache: 3 stages"), "{}{}", stdout(&o), stderr(&o));
+    let b = Machine::new("s3://pipeline-test/flaky", &env);
+    let o = b.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&b, &o), ["cached", "cached", "cached"], "{}", stderr(&o));
+    // Credentials never reach the output or the records.
+    for f in tree(&b.s.cache()).iter().chain(tree(&a.s.cache()).iter()) {
+        assert!(!f.1.windows(18).any(|w| w == b"testing-secret-key"), "secret in {}", f.0);
+    }
+}
+
+/// An HTTP proxy in front of `upstream` that answers every third request with 503.
+fn flaky_proxy(upstream: &str) -> String {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let up = upstream.trim_start_matches("http://").to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let (up, count) = (up.clone(), count.clone());
+            std::thread::spawn(move || {
+                let mut client = conn;
+                loop {
+                    // Read one request: head, then Content-Length bytes of body.
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match client.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_string();
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    if client.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 3 == 2 {
+                        let _ = client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+                        continue;
+                    }
+                    // Forward on a fresh connection that closes after the response.
+                    let Ok(mut server) = TcpStream::connect(&up) else { return };
+                    let fixed = text.replace("Connection: keep-alive", "Connection: close").replacen("\r\n", "\r\nConnection: close\r\n", 1);
+                    if server.write_all(fixed.as_bytes()).and_then(|_| server.write_all(&body)).is_err() {
+                        return;
+                    }
+                    let mut resp = Vec::new();
+                    let _ = server.read_to_end(&mut resp);
+                    // The client keeps its connection: re-frame the response with its length.
+                    let Some(split) = resp.windows(4).position(|w| w == b"\r\n\r\n") else { return };
+                    let rhead = String::from_utf8_lossy(&resp[..split]).to_string();
+                    if text.starts_with("HEAD ") {
+                        let out = format!("{}\r\n\r\n", rhead.lines().filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect::<Vec<_>>().join("\r\n"));
+                        if client.write_all(out.as_bytes()).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let raw = &resp[split + 4..];
+                    let chunked = rhead.to_ascii_lowercase().contains("transfer-encoding: chunked");
+                    let decoded = if chunked { dechunk(raw) } else { raw.to_vec() };
+                    let rbody = decoded.as_slice();
+                    let mut lines: Vec<&str> = rhead
+                        .lines()
+                        .filter(|l| {
+                            let l = l.to_ascii_lowercase();
+                            !l.starts_with("content-length:") && !l.starts_with("connection:") && !l.starts_with("transfer-encoding:")
+                        })
+                        .collect();
+                    let cl = format!("Content-Length: {}", rbody.len());
+                    lines.push(&cl);
+                    let out = format!("{}\r\n\r\n", lines.join("\r\n"));
+                    if client.write_all(out.as_bytes()).and_then(|_| client.write_all(rbody)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Decode an HTTP/1.1 chunked body.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else { break };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&raw[..eol]).split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
+        raw = &raw[eol + 2..];
+        if size == 0 || raw.len() < size {
+            break;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[(size + 2).min(raw.len())..];
+    }
+    out
+}
