@@ -579,4 +579,31 @@ H1,W1,Submitted,a.jpg,\"[{\"\"category\"\":{\"\"label\"\":\"\"happy\"\"}}]\"\n";
         let a = b.to_answers(&o.classes).unwrap();
         assert_eq!((a.n_items(), a.n_workers()), (700, 73));
     }
+
+    #[test]
+    fn fast_crowdkit_reader_quoted_crlf_classes_and_drop() {
+        let plain = "worker,task,label\r\nw1,t1,b\r\nw2,t1,a\r\n\r\nw1,t2,a\r\n";
+        let quoted = "\"worker\",\"task\",\"label\"\nw1,\"t1\",b\nw2,t1,\"a\"\nw1,t2,a\n";
+        let (a, d) = parse_crowdkit_csv_with(plain, "p.csv", &[], OnUnknownLabel::Error).unwrap();
+        let (b, _) = parse_crowdkit_csv_with(quoted, "q.csv", &[], OnUnknownLabel::Error).unwrap();
+        assert_eq!(d, 0);
+        for x in [&a, &b] {
+            assert_eq!(x.classes, vec!["a", "b"]);
+            assert_eq!(x.items, vec!["t1", "t2"]);
+            assert_eq!(x.workers, vec!["w1", "w2"]);
+            assert_eq!(x.offsets, vec![0, 2, 3]);
+        }
+        assert_eq!(a.codes, b.codes);
+        // given classes: order kept, an unknown label fails naming the row, or is dropped
+        let cls = vec!["b".to_string(), "c".to_string()];
+        let e = parse_crowdkit_csv_with(plain, "p.csv", &cls, OnUnknownLabel::Error).unwrap_err().to_string();
+        assert!(e.contains("p.csv: row 3") && e.contains("\"a\""), "{e}");
+        let (c, d) = parse_crowdkit_csv_with(plain, "p.csv", &cls, OnUnknownLabel::Drop).unwrap();
+        assert_eq!((d, c.n_answers(), c.classes.clone()), (2, 1, cls));
+        // empty fields and missing columns are named
+        let e = parse_crowdkit_csv_with("worker,task,label\nw1,,a\n", "e.csv", &[], OnUnknownLabel::Error).unwrap_err();
+        assert!(e.to_string().contains("row 2") && e.to_string().contains("\"task\""), "{e}");
+        let (z, _) = parse_crowdkit_csv_with("worker,task,label\n", "z.csv", &[], OnUnknownLabel::Error).unwrap();
+        assert_eq!(z.n_answers(), 0);
+    }
 }
