@@ -6,6 +6,7 @@
 //! |--------------------|-------------------------------------------------------------------|
 //! | `db/`              | sled: entries, manifests, last key per stage, runs, stat memo     |
 //! | `objects/ab/cd..`  | file contents by blake3 digest, read-only, written tmp+fsync+rename |
+//! | `index/<key>.json` | entry + manifest per commit, for `cache verify --rebuild`          |
 //! | `views/<digest>/`  | an output manifest materialised as hard links (rebuildable)       |
 //! | `tmp/`             | stage outputs being written; emptied when a run starts            |
 //! | `LOCK`             | pid and command of the process that has the cache open            |
