@@ -1,16 +1,27 @@
 //! Stage kind `train`: fit the study's CNN (or VGG16) on the augmented, crowd-labelled
-//! images, early-stopping on an ImageFolder validation set.
+//! images, early-stopping on validation images that are held out of training.
 //!
 //! Inputs: `images` = an `augment` output (`manifest.csv` with `file,source,label,<one
-//! soft-label column per class>` and `images/<class>/*.png`); `valid` = `<root>/<class>/*.jpg`.
+//! soft-label column per class>,copy,...` and `images/<class>/*.png`); `valid` (optional) =
+//! `<root>/<class>/*.jpg`. Without `valid`, `valid_fraction` of the labelled items are held
+//! out (stratified by label, seeded; an item, its augmented copies and its duplicates all
+//! on one side) and early stopping and the best epoch use only them.
+//!
+//! Leakage guard (`leakage: error|warn|off`): before training, the validation images are
+//! compared with the training images (originals, before augmentation): exact copies (same
+//! decoded pixels) and near copies (pHash, mirrored too; `pipeline_vision::dedup`).
+//!
 //! Output: `model.mpk` (burn record), `config.json` (rebuilds the net: model, classes,
-//! training params), `classes.txt`, `metrics.csv` (one row per epoch), `curves.png`.
-//! `backend` is provenance (recorded, never part of the result); `weights` is hashed into
-//! the key by content.
+//! training params), `classes.txt`, `metrics.csv` (one row per epoch), `curves.png`,
+//! `training_images.csv` (the hashes of every image it trained or selected on, which
+//! `evaluate` checks its test images against). `backend` is provenance (recorded, never part
+//! of the result); `weights` is hashed into the key by content.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
-use pipeline_model::data::{load_image_folder, load_manifest};
+use pipeline_model::data::{load_image_folder, load_manifest_rows, Dataset};
+use pipeline_model::leakage::{check_leakage, hash_rows, write_training_images, HashedImage, Leakage, Role};
 use pipeline_model::{
     BackendChoice, EpochMetrics, ModelConfig, ModelError, ModelKind, OptimizerKind, TargetKind, TrainConfig,
     TrainObserver, TrainRequest,
@@ -55,6 +66,18 @@ pub enum BackendName {
     Cuda,
 }
 
+/// What the leakage guard does when validation or test images duplicate training images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LeakageMode {
+    /// Fail the stage, naming how many and a few examples.
+    Error,
+    /// Go on; the counts go into the summary (and `evaluate`'s report).
+    Warn,
+    /// Do not check.
+    Off,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainParams {
@@ -88,6 +111,15 @@ pub struct TrainParams {
     pub freeze: bool,
     /// Where to run: provenance only, recorded with the output, never changes what is computed.
     pub backend: BackendName,
+    /// Without a `valid` input: the share of labelled items held out for validation
+    /// (stratified by label, with `seed`; an item's augmented copies and duplicates stay on
+    /// its side).
+    pub valid_fraction: f64,
+    /// Validation images that duplicate training images: `error` (default) fails the stage,
+    /// `warn` goes on and says so, `off` does not check.
+    pub leakage: LeakageMode,
+    /// Near duplicates: largest pHash Hamming distance (bits of 64) that counts.
+    pub leakage_distance: u32,
 }
 
 impl Default for TrainParams {
@@ -111,6 +143,9 @@ impl Default for TrainParams {
             weights: None,
             freeze: false,
             backend: BackendName::Auto,
+            valid_fraction: 0.15,
+            leakage: LeakageMode::Error,
+            leakage_distance: pipeline_model::leakage::DEFAULT_NEAR_DISTANCE,
         }
     }
 }
@@ -206,17 +241,90 @@ impl TrainObserver for Observer<'_> {
     }
 }
 
+/// Names of images in an ImageFolder for messages: `<root name>/<class>/<file>`.
+pub(crate) fn folder_names(root: &Path, files: &[PathBuf]) -> Vec<String> {
+    let base = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    files
+        .iter()
+        .map(|f| {
+            let rel = f.strip_prefix(root).unwrap_or(f).to_string_lossy().into_owned();
+            if base.is_empty() {
+                rel
+            } else {
+                format!("{base}/{rel}")
+            }
+        })
+        .collect()
+}
+
+/// Apply the guard's verdict: `Err` in `error` mode when anything leaked.
+pub(crate) fn leakage_verdict(mode: LeakageMode, l: &Leakage, what: &str, against: &str, fix: &str) -> Result<(), StageError> {
+    if mode == LeakageMode::Error && l.total() > 0 {
+        return Err(StageError::Failed(format!(
+            "leakage: {}: {}{}. {fix}",
+            l.headline(what, against),
+            l.examples.join("; "),
+            if l.total() > l.examples.len() { "; ..." } else { "" },
+        )));
+    }
+    Ok(())
+}
+
+/// One labelled item of the manifest: its rows (original and copies) and the row whose
+/// image stands for it (the original, else its first copy).
+struct Item {
+    source: String,
+    rows: Vec<usize>,
+    original: usize,
+}
+
+fn items_of(rows: &[pipeline_model::data::ManifestRow]) -> Vec<Item> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut items: Vec<Item> = Vec::new();
+    let mut has_original: Vec<bool> = Vec::new();
+    for (r, row) in rows.iter().enumerate() {
+        let i = *index.entry(row.source.as_str()).or_insert_with(|| {
+            items.push(Item { source: row.source.clone(), rows: Vec::new(), original: r });
+            has_original.push(false);
+            items.len() - 1
+        });
+        items[i].rows.push(r);
+        if row.copy.is_none() && !has_original[i] {
+            items[i].original = r;
+            has_original[i] = true;
+        }
+    }
+    items
+}
+
+fn hashed(items: &[&Item], all: &Dataset, hashes: &HashMap<usize, pipeline_vision::dedup::ImageHash>, role: Role) -> Vec<HashedImage> {
+    items
+        .iter()
+        .map(|it| HashedImage {
+            name: it.source.clone(),
+            role,
+            label: all.classes[all.labels[it.original]].clone(),
+            hash: hashes[&it.original],
+        })
+        .collect()
+}
+
 pub struct Train;
 
 impl Stage for Train {
     type Params = TrainParams;
     const KIND: &'static str = "train";
-    const VERSION: u32 = 1;
+    // 2: held-out validation without `valid`, leakage guard, training_images.csv.
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
-        "Train the CNN (or VGG16) on augmented crowd-labelled images with soft or hard targets; early stopping on an ImageFolder validation set";
+        "Train the CNN (or VGG16) on augmented crowd-labelled images with soft or hard targets; early stopping on held-out items (or an ImageFolder), checked for train/validation leakage";
     const INPUTS: &'static [InputDecl] = &[
         InputDecl { name: "images", required: true, doc: "augment output: manifest.csv + images/<class>/*.png" },
-        InputDecl { name: "valid", required: true, doc: "validation ImageFolder: <root>/<class>/*.jpg" },
+        InputDecl {
+            name: "valid",
+            required: false,
+            doc: "validation ImageFolder: <root>/<class>/*.jpg (optional: without it, valid_fraction of the items are held out)",
+        },
     ];
     // Where it ran is provenance: a model trained on a GPU is reused on a CPU machine.
     const PROVENANCE_PARAMS: &'static [&'static str] = &["backend"];
@@ -241,6 +349,12 @@ impl Stage for Train {
         if p.freeze && p.weights.is_none() {
             return Err(StageError::bad_param("freeze", "freezing a randomly initialised conv base needs `weights`"));
         }
+        if !(p.valid_fraction > 0.0 && p.valid_fraction < 1.0) {
+            return Err(StageError::bad_param("valid_fraction", "must be in (0, 1), e.g. 0.15"));
+        }
+        if p.leakage_distance > 32 {
+            return Err(StageError::bad_param("leakage_distance", "at most 32 bits of 64 (8 is the measured default)"));
+        }
         Ok(())
     }
 
@@ -248,8 +362,106 @@ impl Stage for Train {
         let model = p.model_config();
         let classes = model.classes.clone();
         ctx.progress.set_message("decoding images");
-        let train_set = load_manifest(ctx.input("images")?, &classes).map_err(model_error)?;
-        let valid_set = load_image_folder(ctx.input("valid")?, &classes).map_err(model_error)?;
+        let (all, rows) = load_manifest_rows(ctx.input("images")?, &classes).map_err(model_error)?;
+        ctx.cancel.check()?;
+        let items = items_of(&rows);
+        let originals: Vec<usize> = items.iter().map(|it| it.original).collect();
+        let near = (p.leakage != LeakageMode::Off).then_some(p.leakage_distance);
+        let hashes: HashMap<usize, pipeline_vision::dedup::ImageHash> =
+            originals.iter().copied().zip(hash_rows(&all, &originals)).collect();
+        let mut notes = Vec::new();
+
+        let (train_set, valid_set, recorded, leak) = match ctx.inputs.get("valid") {
+            Some(valid_root) => {
+                let valid_set = load_image_folder(valid_root, &classes).map_err(model_error)?;
+                let train_items: Vec<&Item> = items.iter().collect();
+                let mut recorded = hashed(&train_items, &all, &hashes, Role::Train);
+                let names = folder_names(valid_root, &valid_set.files);
+                let vh = hash_rows(&valid_set, &(0..valid_set.len()).collect::<Vec<_>>());
+                let valid_hashed: Vec<HashedImage> = names
+                    .into_iter()
+                    .zip(vh)
+                    .enumerate()
+                    .map(|(i, (name, hash))| HashedImage { name, role: Role::Valid, label: classes[valid_set.labels[i]].clone(), hash })
+                    .collect();
+                let leak = match p.leakage {
+                    LeakageMode::Off => None,
+                    mode => {
+                        let l = check_leakage(&recorded, &valid_hashed, near);
+                        leakage_verdict(
+                            mode,
+                            &l,
+                            "valid",
+                            "training images",
+                            "Early stopping on them measures memory, not generalisation: drop `inputs.valid` to hold validation items out of training, or set `leakage: warn`",
+                        )?;
+                        Some(l)
+                    }
+                };
+                recorded.extend(valid_hashed);
+                (all, valid_set, recorded, leak)
+            }
+            None => {
+                // Hold items out: duplicates grouped, stratified by label, seeded.
+                let item_hashes: Vec<_> = originals.iter().map(|r| hashes[r]).collect();
+                let groups = pipeline_vision::dedup::duplicate_groups(&item_hashes, Some(p.leakage_distance));
+                let labels: Vec<usize> = originals.iter().map(|&r| all.labels[r]).collect();
+                let is_valid = pipeline_model::split::holdout_items(&labels, &groups, p.valid_fraction, p.seed);
+                let dup_items = groups.iter().enumerate().filter(|&(i, &g)| g != i).count();
+                let (mut tr, mut va): (Vec<&Item>, Vec<&Item>) = (Vec::new(), Vec::new());
+                for (it, &v) in items.iter().zip(&is_valid) {
+                    if v {
+                        va.push(it)
+                    } else {
+                        tr.push(it)
+                    }
+                }
+                if va.is_empty() {
+                    return Err(StageError::bad_param(
+                        "valid_fraction",
+                        format!("holds out no item of {} (every class needs 2 items or more), so there is nothing to validate on: give `inputs.valid`", items.len()),
+                    ));
+                }
+                let train_rows: Vec<usize> = tr.iter().flat_map(|it| it.rows.iter().copied()).collect();
+                let valid_rows: Vec<usize> = va.iter().map(|it| it.original).collect();
+                let mut valid_set = all.subset(&valid_rows);
+                if p.targets == Targets::Hard {
+                    valid_set.to_hard_targets();
+                }
+                let train_set = all.subset(&train_rows);
+                notes.push(format!(
+                    "validation: {} of {} items held out (valid_fraction {}, stratified by label, seed {}), with their augmented copies{}",
+                    va.len(),
+                    items.len(),
+                    p.valid_fraction,
+                    p.seed,
+                    if dup_items > 0 { format!("; {dup_items} duplicate items kept with theirs") } else { String::new() },
+                ));
+                let mut recorded = hashed(&tr, &all, &hashes, Role::Train);
+                let valid_hashed = hashed(&va, &all, &hashes, Role::Valid);
+                let leak = match p.leakage {
+                    LeakageMode::Off => None,
+                    mode => {
+                        let l = check_leakage(&recorded, &valid_hashed, near);
+                        leakage_verdict(mode, &l, "held-out", "training images", "This is a bug of the split: please report it")?;
+                        Some(l)
+                    }
+                };
+                recorded.extend(valid_hashed);
+                (train_set, valid_set, recorded, leak)
+            }
+        };
+        if let Some(l) = &leak {
+            if l.total() > 0 {
+                notes.push(format!("LEAKAGE (warn): {}", l.headline("validation", "training images")));
+                notes.extend(l.examples.iter().map(|e| format!("  {e}")));
+            } else {
+                notes.push(format!(
+                    "leakage: none of the {} validation images duplicates one of the {} training images",
+                    l.checked, l.reference
+                ));
+            }
+        }
         ctx.cancel.check()?;
         let weights = p.weights.as_ref().map(|w| ctx.resolve(w));
         if let Some(w) = &weights {
@@ -268,8 +480,13 @@ impl Stage for Train {
         ctx.progress.set_length(p.epochs as u64);
         let mut obs = Observer { progress: ctx.progress, cancel: ctx.cancel };
         let s = pipeline_model::train_to_dir(&req, ctx.out_dir, &mut obs).map_err(model_error)?;
+        write_training_images(&ctx.out_dir.join(pipeline_model::TRAINING_IMAGES), &recorded).map_err(model_error)?;
 
         let mut out = StageOutcome::default();
+        if let Some(l) = &leak {
+            out.metrics.insert("leakage_exact".into(), l.exact as f64);
+            out.metrics.insert("leakage_near".into(), l.near as f64);
+        }
         if let Some(v) = s.val_accuracy {
             out.metrics.insert("val_accuracy".into(), v);
         }
@@ -292,6 +509,7 @@ impl Stage for Train {
             s.val_accuracy.unwrap_or(f64::NAN),
             s.backend_detail,
         ));
+        out.summary.extend(notes);
         out.summary.push(format!("curves: {}", ctx.out_dir.join("curves.png").display()));
         Ok(out)
     }

@@ -92,6 +92,20 @@ impl Dataset {
         self.targets = one_hot(&self.labels, k);
     }
 
+    /// The images at `idx`, in that order (a train/validation split).
+    pub fn subset(&self, idx: &[usize]) -> Dataset {
+        let k = self.num_classes();
+        let mut out = Dataset { classes: self.classes.clone(), ..Default::default() };
+        out.pixels.reserve(idx.len() * PIXELS);
+        for &i in idx {
+            out.pixels.extend_from_slice(self.image(i));
+            out.targets.extend_from_slice(&self.targets[i * k..(i + 1) * k]);
+            out.labels.push(self.labels[i]);
+            out.files.push(self.files[i].clone());
+        }
+        out
+    }
+
     /// Build from files and per-image targets, decoding in parallel.
     pub fn from_files(files: Vec<PathBuf>, targets: Vec<f32>, labels: Vec<usize>, classes: Vec<String>) -> Result<Self> {
         let decoded: Vec<Vec<f32>> = files.par_iter().map(|p| decode_image(p)).collect::<Result<_>>()?;
@@ -166,12 +180,29 @@ pub fn load_image_folder(root: &Path, classes: &[String]) -> Result<Dataset> {
 /// `file` is relative to `dir` (or to `dir/images/<label>/`). Without soft columns the
 /// targets are one-hot from `label`.
 pub fn load_manifest(dir: &Path, classes: &[String]) -> Result<Dataset> {
+    load_manifest_rows(dir, classes).map(|(ds, _)| ds)
+}
+
+/// Where a manifest row came from: its source item, and which augmented copy it is
+/// (`None`: the original).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRow {
+    pub source: String,
+    pub copy: Option<u32>,
+}
+
+/// [`load_manifest`], with each row's source item and copy number (columns `source` and
+/// `copy`; without `source` every row is its own item, without `copy` every row an
+/// original).
+pub fn load_manifest_rows(dir: &Path, classes: &[String]) -> Result<(Dataset, Vec<ManifestRow>)> {
     let path = dir.join("manifest.csv");
     let mut rdr = csv::Reader::from_path(&path).map_err(|e| ModelError::bad_file(&path, e))?;
     let headers = rdr.headers().map_err(|e| ModelError::bad_file(&path, e))?.clone();
     let col = |name: &str| headers.iter().position(|h| h.trim() == name);
     let file_col = col("file").ok_or_else(|| ModelError::bad_file(&path, "no column \"file\""))?;
     let label_col = col("label").ok_or_else(|| ModelError::bad_file(&path, "no column \"label\""))?;
+    let (source_col, copy_col) = (col("source"), col("copy"));
+    let mut rows = Vec::new();
     let soft_cols: Vec<Option<usize>> = classes.iter().map(|c| col(c)).collect();
     let has_soft = soft_cols.iter().all(|c| c.is_some());
     if !has_soft && soft_cols.iter().any(|c| c.is_some()) {
@@ -221,13 +252,23 @@ pub fn load_manifest(dir: &Path, classes: &[String]) -> Result<Dataset> {
             q[label] = 1.0;
             targets.extend(q);
         }
+        let source = source_col.and_then(|c| rec.get(c)).map(str::trim).filter(|s| !s.is_empty()).unwrap_or(file);
+        let copy_raw = copy_col.and_then(|c| rec.get(c)).map(str::trim).unwrap_or("");
+        let copy = if copy_raw.is_empty() {
+            None
+        } else {
+            Some(copy_raw.parse::<u32>().map_err(|_| {
+                ModelError::bad_file(&path, format!("line {line}: column \"copy\": \"{copy_raw}\" is not a copy number"))
+            })?)
+        };
+        rows.push(ManifestRow { source: source.to_string(), copy });
         files.push(resolved);
         labels.push(label);
     }
     if files.is_empty() {
         return Err(ModelError::bad_file(&path, "no rows"));
     }
-    Dataset::from_files(files, targets, labels, classes.to_vec())
+    Ok((Dataset::from_files(files, targets, labels, classes.to_vec())?, rows))
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //!   stopping with best-checkpoint restore, per-epoch callback, metrics CSV + curves PNG).
 //! - [`eval`]: pure metrics (confusion matrix with named axes, per-class P/R/F1, macro-F1,
 //!   top-k) and [`report`]: Markdown / JSON / heatmap PNG / top-2 CSV, change since last run.
+//! - [`leakage`]: hashes of a model's training images (kept in its artifact) and the check of
+//!   validation / test images against them (exact and near duplicates).
 //! - [`predict`]: top-k classes for any image files, decoded as training did.
 //! - [`backend`]: CPU (burn `flex`) by default; CUDA when built with `cuda` and a driver exists.
 
@@ -17,9 +19,11 @@ pub mod conv;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod leakage;
 pub mod net;
 pub mod predict;
 pub mod report;
+pub mod split;
 pub mod train;
 pub mod weights;
 
@@ -31,9 +35,10 @@ pub use backend::{BackendChoice, ResolvedBackend};
 pub use conv::ModelBackend;
 pub use data::{decode_image, Dataset, IMAGE_SIZE};
 pub use error::ModelError;
-pub use eval::{evaluate_predictions, Evaluation};
+pub use eval::{evaluate_predictions, wilson_interval, Evaluation};
+pub use leakage::{check_leakage, HashedImage, Leakage, Role, TRAINING_IMAGES};
 pub use net::{ModelConfig, ModelKind};
-pub use predict::{evaluate_dir, predict, predict_with, ImagePrediction};
+pub use predict::{evaluate_dataset, evaluate_dir, predict, predict_with, ImagePrediction};
 pub use report::write_report;
 pub use train::{
     train_to_dir, EpochMetrics, NoObserver, OptimizerKind, TargetKind, TrainConfig, TrainObserver, TrainRequest,

@@ -121,7 +121,21 @@ pub fn predict_with(model_dir: &Path, images: &[PathBuf], k: usize, backend: Bac
 pub fn evaluate_dir(model_dir: &Path, test_root: &Path, k: usize, backend: BackendChoice) -> Result<Evaluation> {
     let artifact = load_artifact(model_dir)?;
     let ds = load_image_folder(test_root, artifact.classes())?;
-    let probs = artifact_probabilities(&artifact, &ds.pixels, backend)?;
-    let names = display_names(&ds.files, Some(test_root));
+    evaluate_dataset(&artifact, &ds, Some(test_root), k, backend)
+}
+
+/// Evaluate a loaded model on a decoded test set (`root` names its files in reports).
+pub fn evaluate_dataset(
+    artifact: &ModelArtifact,
+    ds: &crate::data::Dataset,
+    root: Option<&Path>,
+    k: usize,
+    backend: BackendChoice,
+) -> Result<Evaluation> {
+    if ds.classes != artifact.classes() {
+        return Err(ModelError::Data("the test set's classes differ from the model's".into()));
+    }
+    let probs = artifact_probabilities(artifact, &ds.pixels, backend)?;
+    let names = display_names(&ds.files, root);
     Ok(evaluate_predictions(artifact.classes(), &probs, &ds.labels, &names, k))
 }

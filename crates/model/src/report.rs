@@ -1,5 +1,8 @@
 //! Evaluation report files: `report.md`, `report.json`, `confusion.png`, `top2.csv`, and the
-//! change since an earlier `report.json` (`accuracy 0.33 -> 0.41`).
+//! change since an earlier `report.json` (`accuracy 0.33 -> 0.41`) for the stage's summary.
+//!
+//! The files depend only on the evaluation (and the leakage check): never on an earlier
+//! report, so the same cache key always gives byte-identical files.
 
 use std::path::Path;
 
@@ -7,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::error::{ModelError, Result};
 use crate::eval::{Evaluation, CONFUSION_COLS, CONFUSION_ROWS};
+use crate::leakage::Leakage;
 
 pub const REPORT_MD: &str = "report.md";
 pub const REPORT_JSON: &str = "report.json";
@@ -14,11 +18,14 @@ pub const CONFUSION_PNG: &str = "confusion.png";
 pub const TOP2_CSV: &str = "top2.csv";
 
 /// The report as JSON (what `report.json` holds, and what a later run compares against).
-pub fn report_json(ev: &Evaluation, model: &str) -> Value {
-    json!({
+/// `leakage`: the guard's counts when it ran.
+pub fn report_json(ev: &Evaluation, model: &str, leakage: Option<&Leakage>) -> Value {
+    let (lo, hi) = ev.accuracy_interval();
+    let mut v = json!({
         "model": model,
         "images": ev.images,
         "accuracy": ev.accuracy,
+        "accuracy_ci95": {"method": "wilson", "low": lo, "high": hi, "correct": ev.correct()},
         "macro_f1": ev.macro_f1,
         "classes": ev.classes,
         "confusion": {
@@ -32,7 +39,18 @@ pub fn report_json(ev: &Evaluation, model: &str) -> Value {
             "true": p.truth,
             "top": p.top.iter().map(|(c, pr)| json!({"class": c, "p": pr})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-    })
+    });
+    if let Some(l) = leakage {
+        v["leakage"] = json!({
+            "exact": l.exact,
+            "near": l.near,
+            "checked": l.checked,
+            "training_images": l.reference,
+            "max_distance": l.max_distance,
+            "examples": l.examples,
+        });
+    }
+    v
 }
 
 /// Lines like `accuracy 0.33 -> 0.41` against an earlier `report.json` (empty if none or
@@ -71,18 +89,45 @@ fn md_table(headers: &[String], rows: &[Vec<String>]) -> String {
     s
 }
 
-fn markdown(ev: &Evaluation, model: &str, changes: &[String]) -> String {
+fn markdown(ev: &Evaluation, model: &str, leakage: Option<&Leakage>) -> String {
     let mut s = format!("# Evaluation of {model}\n\n");
+    let (lo, hi) = ev.accuracy_interval();
     s += &format!(
-        "{} test images. **Accuracy {:.3}**, **macro-F1 {:.3}**.\n\n",
-        ev.images, ev.accuracy, ev.macro_f1
+        "{} test images. **Accuracy {:.3}** (95 % interval {lo:.3}-{hi:.3}, Wilson, {} correct), **macro-F1 {:.3}**.\n\n",
+        ev.images,
+        ev.accuracy,
+        ev.correct(),
+        ev.macro_f1
     );
-    if !changes.is_empty() {
-        s += "## Change since the earlier report\n\n";
-        for c in changes {
-            s += &format!("- {c}\n");
+    if ev.images < 1000 {
+        s += &format!(
+            "With {} test images the interval is {:.2} wide: differences between models smaller than that are not evidence.\n\n",
+            ev.images,
+            hi - lo
+        );
+    }
+    if let Some(l) = leakage {
+        s += "## Leakage\n\n";
+        if l.total() == 0 {
+            s += &format!(
+                "None of the {} test images duplicates one of the model's {} training images (exact pixels, or pHash within {} bits, mirrored too).\n\n",
+                l.checked, l.reference, l.max_distance
+            );
+        } else {
+            s += &format!(
+                "**{} of {} test images are images the model trained or was selected on** ({} exact, {} near duplicates \
+                 within {} bits of pHash): on those the figures above measure memory, not generalisation.\n\n",
+                l.total(),
+                l.checked,
+                l.exact,
+                l.near,
+                l.max_distance
+            );
+            for e in &l.examples {
+                s += &format!("- `{e}`\n");
+            }
+            s += "\n";
         }
-        s += "\n";
     }
     s += "## Per class\n\nPrecision: of the images predicted as the class, the share that are. \
           Recall: of the images of the class, the share found.\n\n";
@@ -147,18 +192,16 @@ fn top2_csv(ev: &Evaluation) -> String {
     s
 }
 
-/// Write all report files into `out_dir`; returns the change lines (empty without a
-/// previous report).
-pub fn write_report(out_dir: &Path, ev: &Evaluation, model: &str, previous_report: Option<&Path>) -> Result<Vec<String>> {
+/// Write all report files into `out_dir`. They depend on `ev`, `model` and `leakage` only.
+pub fn write_report(out_dir: &Path, ev: &Evaluation, model: &str, leakage: Option<&Leakage>) -> Result<()> {
     std::fs::create_dir_all(out_dir).map_err(|e| ModelError::io(out_dir, e))?;
-    let changes = previous_report.map(|p| changes_since(p, ev)).unwrap_or_default();
     let write = |name: &str, text: String| -> Result<()> {
         let p = out_dir.join(name);
         std::fs::write(&p, text).map_err(|e| ModelError::io(&p, e))
     };
-    let json = serde_json::to_string_pretty(&report_json(ev, model)).map_err(|e| ModelError::bad_file(out_dir.join(REPORT_JSON), e))?;
+    let json = serde_json::to_string_pretty(&report_json(ev, model, leakage)).map_err(|e| ModelError::bad_file(out_dir.join(REPORT_JSON), e))?;
     write(REPORT_JSON, json + "\n")?;
-    write(REPORT_MD, markdown(ev, model, &changes))?;
+    write(REPORT_MD, markdown(ev, model, leakage))?;
     write(TOP2_CSV, top2_csv(ev))?;
     let png = out_dir.join(CONFUSION_PNG);
     let matrix: Vec<Vec<f64>> = ev.confusion.iter().map(|r| r.iter().map(|&v| v as f64).collect()).collect();
@@ -172,5 +215,5 @@ pub fn write_report(out_dir: &Path, ev: &Evaluation, model: &str, previous_repor
         CONFUSION_COLS,
     )
     .map_err(|e| ModelError::bad_file(&png, e))?;
-    Ok(changes)
+    Ok(())
 }

@@ -98,19 +98,28 @@ fn trains_saves_reloads_predicts_and_evaluates() {
     assert!(preds[0].top.windows(2).all(|w| w[0].1 >= w[1].1));
     assert!(preds[0].file == "happy_00.png");
 
-    // Evaluate + report, twice: the second run prints the change.
+    // Evaluate + report. The files depend on the evaluation only; the change since an
+    // earlier report is computed apart (the stage prints it in its summary).
     let ev = crate::evaluate_dir(&out, &d.path().join("valid"), 2, BackendChoice::Cpu).unwrap();
     assert_eq!(ev.images, 7);
     assert_eq!(ev.confusion.iter().flatten().sum::<u64>(), 7);
     assert!((ev.accuracy - s.val_accuracy.unwrap()).abs() < 1e-9);
     let r1 = d.path().join("r1");
-    assert!(crate::write_report(&r1, &ev, "cnn", None).unwrap().is_empty());
+    crate::write_report(&r1, &ev, "cnn", None).unwrap();
     let mut worse = ev.clone();
     worse.accuracy = 0.33;
     let r2 = d.path().join("r2");
     crate::write_report(&r2, &worse, "cnn", None).unwrap();
-    let changes = crate::write_report(&r1, &ev, "cnn", Some(&r2.join("report.json"))).unwrap();
+    let changes = crate::report::changes_since(&r2.join("report.json"), &ev);
     assert!(changes[0].starts_with("accuracy 0.33 -> "), "{changes:?}");
+    let r3 = d.path().join("r3");
+    crate::write_report(&r3, &ev, "cnn", None).unwrap();
+    for f in ["report.md", "report.json", "confusion.png", "top2.csv"] {
+        assert_eq!(std::fs::read(r1.join(f)).unwrap(), std::fs::read(r3.join(f)).unwrap(), "{f} differs between two writes");
+    }
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(r1.join("report.json")).unwrap()).unwrap();
+    assert!(json["accuracy_ci95"]["low"].as_f64().unwrap() <= ev.accuracy);
+    assert!(json.get("leakage").is_none());
     for f in ["report.md", "report.json", "confusion.png", "top2.csv"] {
         assert!(r1.join(f).is_file(), "{f} missing");
     }
