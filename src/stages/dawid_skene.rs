@@ -590,9 +590,17 @@ mod tests {
             "loglik.csv",
             "report.md",
             "next_round.csv",
+            "summary.json",
         ] {
             assert!(out.join(f).is_file(), "{f}");
         }
+        // the default is auto: the chosen model and every candidate's score are recorded
+        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(s["method"], "auto");
+        assert_eq!(s["selection"]["chosen"], s["model"]);
+        assert_eq!(s["selection"]["candidates"].as_array().unwrap().len(), 9);
+        assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("## Model choice"));
+        assert!(o.metrics.contains_key("heldout_margin"));
         let mut rd = csv::Reader::from_path(out.join("labels.csv")).unwrap();
         assert_eq!(rd.headers().unwrap().iter().collect::<Vec<_>>(), vec!["item", "label", "image"]);
         let mut n = 0;
