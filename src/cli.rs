@@ -54,6 +54,15 @@ pub enum Command {
         set: Vec<String>,
         #[command(flatten)]
         remote: RemoteArgs,
+        /// As `run --only`: plan only this stage (repeatable).
+        #[arg(long)]
+        only: Vec<String>,
+        /// As `run --from`.
+        #[arg(long)]
+        from: Vec<String>,
+        /// As `run --force`.
+        #[arg(long)]
+        force: Vec<String>,
     },
     /// Print the pipeline graph.
     Dag {
@@ -372,11 +381,17 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Predict { model, images, k } => predict(&cli.cache, cli.wait, &model, &images, k as usize),
-        Command::Plan { file, explain, json, set, remote } => {
+        Command::Plan { file, explain, json, set, remote, only, from, force } => {
             let p = load(&file, &set)?;
+            for s in only.iter().chain(&from).chain(&force) {
+                if p.index(s).is_none() {
+                    bail!("no stage named `{s}` in {}", file.display());
+                }
+            }
             let cache = open_cache(&cli.cache, cli.wait)?;
             let remote = remote.open(Some(&p))?;
-            let plan = crate::plan::plan(&cache, &p, remote.as_ref().map(|h| h.0.as_ref()));
+            let flags = crate::plan::PlanFlags { only, from, force };
+            let plan = crate::plan::plan_with(&cache, &p, remote.as_ref().map(|h| h.0.as_ref()), &flags);
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {

@@ -15,17 +15,93 @@ use crate::cache::{Cache, KeyInputs};
 use crate::dag::{InputSource, Pipeline};
 use crate::engine::resolve_inputs;
 
+/// Why a stage reruns (or does not run), as cargo's `DirtyReason`: one variant per cause,
+/// worded by `Display`. `plan --json` gives each stage `reasons` (the sentences) and `why`
+/// (these, tagged by `reason`): a stable interface, fields named as below.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
+pub enum RerunReason {
+    /// No entry of this stage in this cache.
+    NeverRan,
+    /// Same key as the last run, but its output was removed (gc, verify).
+    OutputGone,
+    /// A hit on an older key than the last run's (reverting a change).
+    Restored { key: String },
+    /// Reads the outside world: runs every time.
+    Volatile,
+    /// `--force`.
+    Forced,
+    /// Not picked by `--only` / `--from`: only looked up.
+    NotSelected,
+    KeyFormat { old: u32, new: u32 },
+    Kind { old: String, new: String },
+    KindVersion { kind: String, old: u32, new: u32 },
+    /// A param changed, was added (`old` null) or removed (`new` null).
+    Param { path: String, old: Option<Value>, new: Option<Value> },
+    Input { name: String, source: Option<String>, old: String, new: String },
+    InputAdded { name: String },
+    InputRemoved { name: String },
+    ParamFile { name: String },
+    /// An upstream stage reruns; `root` is the first cause up the graph.
+    Upstream { input: String, stage: String, root: Option<String> },
+    HashFailed { message: String },
+    KeyChanged,
+    /// Not selected and not cached, so it cannot run: `run` skips it.
+    NotSelectedNotCached,
+    /// An upstream stage will be skipped, so this one is too.
+    Blocked { stage: String },
+}
+
+impl std::fmt::Display for RerunReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let short = |d: &str| d[..12.min(d.len())].to_string();
+        match self {
+            RerunReason::NeverRan => write!(f, "never ran in this cache"),
+            RerunReason::OutputGone => write!(f, "its output is no longer in the cache (removed by gc or verify)"),
+            RerunReason::Restored { key } => write!(f, "restored from an earlier run (key {})", short(key)),
+            RerunReason::Volatile => write!(f, "reads the outside world: runs every time; its dependents rerun only if its output changes"),
+            RerunReason::Forced => write!(f, "forced (--force)"),
+            RerunReason::NotSelected => write!(f, "not selected (--only / --from): only looked up in the cache"),
+            RerunReason::KeyFormat { old, new } => write!(f, "cache key format {old} -> {new}"),
+            RerunReason::Kind { old, new } => write!(f, "kind {old} -> {new}"),
+            RerunReason::KindVersion { kind, old, new } => write!(f, "implementation of {kind} changed (version {old} -> {new})"),
+            RerunReason::Param { path, old: Some(o), new: Some(n) } => write!(f, "{path} {} -> {}", show(o), show(n)),
+            RerunReason::Param { path, old: None, new: Some(n) } => write!(f, "{path} added: {}", show(n)),
+            RerunReason::Param { path, .. } => write!(f, "{path} removed"),
+            RerunReason::Input { name, source, old, new } => {
+                let src = source.as_ref().map(|s| format!(" ({s})")).unwrap_or_default();
+                write!(f, "input \"{name}\" changed{src}: {} -> {}", short(old), short(new))
+            }
+            RerunReason::InputAdded { name } => write!(f, "new input \"{name}\""),
+            RerunReason::InputRemoved { name } => write!(f, "input \"{name}\" removed"),
+            RerunReason::ParamFile { name } => write!(f, "file of param {name} changed"),
+            RerunReason::Upstream { input, stage, root } => {
+                let why = root.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+                write!(f, "input \"{input}\" changes because {stage} reruns{why}")
+            }
+            RerunReason::HashFailed { message } => write!(f, "cannot hash inputs: {message}"),
+            RerunReason::KeyChanged => write!(f, "key changed"),
+            RerunReason::NotSelectedNotCached => write!(f, "not selected and not in the cache: run it first, or drop --only"),
+            RerunReason::Blocked { stage } => write!(f, "upstream `{stage}` is skipped"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StagePlan {
     pub name: String,
-    /// `hit` or `miss`.
+    /// `hit`, `miss`, `not-selected` (`--only` / `--from` left it out; it is only looked up),
+    /// or `skipped` (it cannot run: not selected and not cached, or an upstream is skipped).
     pub status: &'static str,
     /// For a hit: `local`, or `remote` (the remote cache has it; `run` downloads it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<&'static str>,
     /// Known when every upstream output is known.
     pub key: Option<String>,
+    /// The reasons as sentences (what `plan --explain` prints).
     pub reasons: Vec<String>,
+    /// The same reasons, typed.
+    pub why: Vec<RerunReason>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -33,13 +109,29 @@ pub struct Plan {
     pub stages: Vec<StagePlan>,
 }
 
+/// The run flags `plan` honours exactly as `run` does.
+#[derive(Debug, Clone, Default)]
+pub struct PlanFlags {
+    pub only: Vec<String>,
+    pub from: Vec<String>,
+    pub force: Vec<String>,
+}
+
 pub fn plan(cache: &Cache, p: &Pipeline, remote: Option<&Remote>) -> Plan {
+    plan_with(cache, p, remote, &PlanFlags::default())
+}
+
+pub fn plan_with(cache: &Cache, p: &Pipeline, remote: Option<&Remote>, flags: &PlanFlags) -> Plan {
+    let opts = crate::engine::RunOptions { only: flags.only.clone(), from: flags.from.clone(), ..Default::default() };
+    let selected = crate::engine::selection(p, &opts);
     let mut outputs: BTreeMap<String, String> = BTreeMap::new();
     let mut first_reason: BTreeMap<String, String> = BTreeMap::new();
+    let mut skipped: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut stages = Vec::new();
     for &i in &p.order {
         let node = &p.stages[i];
-        let mut reasons = Vec::new();
+        let forced = flags.force.iter().any(|f| f == &node.name);
+        let mut why: Vec<RerunReason> = Vec::new();
         let last = cache.last(&p.name, &node.name).and_then(|k| cache.entry(&k).ok().flatten());
         let missing_up: Vec<(&String, &String)> = node
             .inputs
@@ -65,87 +157,127 @@ pub fn plan(cache: &Cache, p: &Pipeline, remote: Option<&Remote>) -> Plan {
                         hit = r.get_entry(&k).ok().flatten();
                         source = hit.as_ref().map(|_| "remote");
                     }
-                    if node.volatile {
-                        reasons.push("reads the outside world: runs every time; its dependents rerun only if its output changes".into());
+                    if node.volatile && selected[i] {
+                        why.push(RerunReason::Volatile);
                         // Predict downstream from the last output it produced.
                         if let Some(e) = hit.or(last.clone()) {
                             outputs.insert(node.name.clone(), e.output);
                         }
-                    } else if let Some(e) = hit {
-                        status = "hit";
-                        if last.as_ref().map(|l| l.key != k).unwrap_or(false) {
-                            reasons.push(format!("restored from an earlier run (key {})", k.short()));
+                    } else if let (Some(e), false) = (&hit, forced && selected[i]) {
+                        status = if selected[i] { "hit" } else { "not-selected" };
+                        if !selected[i] {
+                            why.push(RerunReason::NotSelected);
                         }
-                        outputs.insert(node.name.clone(), e.output);
+                        if last.as_ref().map(|l| l.key != k).unwrap_or(false) {
+                            why.push(RerunReason::Restored { key: k.0.clone() });
+                        }
+                        outputs.insert(node.name.clone(), e.output.clone());
+                    } else if forced && selected[i] {
+                        why.push(RerunReason::Forced);
+                        // It reruns; with the same inputs it gives the same output (early cutoff).
+                        if let Some(e) = hit {
+                            outputs.insert(node.name.clone(), e.output);
+                        }
+                    } else if !selected[i] {
+                        status = "skipped";
+                        why.push(RerunReason::NotSelectedNotCached);
+                        skipped.insert(node.name.clone());
                     } else {
                         match &last {
-                            None => reasons.push("never ran in this cache".into()),
-                            Some(l) if l.key == k => reasons.push("its output is no longer in the cache (removed by gc or verify)".into()),
-                            Some(l) => reasons.extend(diff_key(&l.key_inputs, &ki, &resolved.sources)),
+                            None => why.push(RerunReason::NeverRan),
+                            Some(l) if l.key == k => why.push(RerunReason::OutputGone),
+                            Some(l) => why.extend(diff_key(&l.key_inputs, &ki, &resolved.sources)),
                         }
-                        if reasons.is_empty() {
-                            reasons.push("key changed".into());
+                        if why.is_empty() {
+                            why.push(RerunReason::KeyChanged);
                         }
                     }
                 }
-                Err(e) => reasons.push(format!("cannot hash inputs: {e}")),
+                Err(e) => why.push(RerunReason::HashFailed { message: e }),
             }
+        } else if let Some((_, up)) = missing_up.iter().find(|(_, up)| skipped.contains(*up)) {
+            status = "skipped";
+            why.push(RerunReason::Blocked { stage: (*up).clone() });
+            skipped.insert(node.name.clone());
         } else {
+            if !selected[i] {
+                status = "not-selected";
+                why.push(RerunReason::NotSelected);
+            }
             for (input, up) in &missing_up {
                 // Name the root cause, not the whole chain of stages in between.
-                let why = first_reason.get(*up).map(|r| format!(" ({r})")).unwrap_or_default();
-                reasons.push(format!("input \"{input}\" changes because {up} reruns{why}"));
+                why.push(RerunReason::Upstream { input: (*input).clone(), stage: (*up).clone(), root: first_reason.get(*up).cloned() });
             }
             if let Some(l) = &last {
                 let mut now = KeyInputs::new(node.kind.kind(), node.kind.version(), &node.kind.key_params(&node.params));
                 now.inputs = l.key_inputs.inputs.clone();
                 now.param_files = l.key_inputs.param_files.clone();
-                reasons.extend(diff_key(&l.key_inputs, &now, &BTreeMap::new()));
+                why.extend(diff_key(&l.key_inputs, &now, &BTreeMap::new()));
             }
         }
         if status == "miss" {
             let inherited = missing_up.first().and_then(|(_, up)| first_reason.get(*up).cloned());
-            if let Some(r) = inherited.or_else(|| reasons.first().map(|r| format!("{}: {r}", node.name))) {
+            if let Some(r) = inherited.or_else(|| why.first().map(|r| format!("{}: {r}", node.name))) {
                 first_reason.insert(node.name.clone(), r);
             }
         }
         let source = if status == "hit" { source } else { None };
-        stages.push(StagePlan { name: node.name.clone(), status, source, key, reasons });
+        let reasons = why.iter().map(|r| r.to_string()).collect();
+        stages.push(StagePlan { name: node.name.clone(), status, source, key, reasons, why });
     }
     Plan { stages }
 }
 
-/// Every difference between the last key inputs and the new ones, as sentences.
-pub fn diff_key(old: &KeyInputs, new: &KeyInputs, sources: &BTreeMap<String, String>) -> Vec<String> {
+/// Every difference between the last key inputs and the new ones.
+pub fn diff_key(old: &KeyInputs, new: &KeyInputs, sources: &BTreeMap<String, String>) -> Vec<RerunReason> {
     let mut out = Vec::new();
     if old.format != new.format {
-        out.push(format!("cache key format {} -> {}", old.format, new.format));
+        out.push(RerunReason::KeyFormat { old: old.format, new: new.format });
     }
     if old.kind != new.kind {
-        out.push(format!("kind {} -> {}", old.kind, new.kind));
+        out.push(RerunReason::Kind { old: old.kind.clone(), new: new.kind.clone() });
     } else if old.kind_version != new.kind_version {
-        out.push(format!("implementation of {} changed (version {} -> {})", new.kind, old.kind_version, new.kind_version));
+        out.push(RerunReason::KindVersion { kind: new.kind.clone(), old: old.kind_version, new: new.kind_version });
     }
-    diff_json("params", &old.params, &new.params, &mut out);
+    let mut params = Vec::new();
+    diff_values("params", &old.params, &new.params, &mut params);
+    out.extend(params.into_iter().map(|(path, old, new)| RerunReason::Param { path, old, new }));
     for (name, d) in &new.inputs {
         match old.inputs.get(name) {
-            None => out.push(format!("new input \"{name}\"")),
-            Some(o) if o != d => {
-                let src = sources.get(name).map(|s| format!(" ({s})")).unwrap_or_default();
-                out.push(format!("input \"{name}\" changed{src}: {} -> {}", &o[..12.min(o.len())], &d[..12.min(d.len())]));
-            }
+            None => out.push(RerunReason::InputAdded { name: name.clone() }),
+            Some(o) if o != d => out.push(RerunReason::Input { name: name.clone(), source: sources.get(name).cloned(), old: o.clone(), new: d.clone() }),
             _ => {}
         }
     }
     for name in old.inputs.keys().filter(|n| !new.inputs.contains_key(*n)) {
-        out.push(format!("input \"{name}\" removed"));
+        out.push(RerunReason::InputRemoved { name: name.clone() });
     }
     for (name, d) in &new.param_files {
         if old.param_files.get(name) != Some(d) {
-            out.push(format!("file of param {name} changed"));
+            out.push(RerunReason::ParamFile { name: name.clone() });
         }
     }
     out
+}
+
+/// Differences between two JSON values as (path, old, new); `None` = absent.
+pub fn diff_values(path: &str, old: &Value, new: &Value, out: &mut Vec<(String, Option<Value>, Option<Value>)>) {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, bv) in b {
+                let p = format!("{path}.{k}");
+                match a.get(k) {
+                    Some(av) => diff_values(&p, av, bv, out),
+                    None => out.push((p, None, Some(bv.clone()))),
+                }
+            }
+            for (k, av) in a.iter().filter(|(k, _)| !b.contains_key(*k)) {
+                out.push((format!("{path}.{k}"), Some(av.clone()), None));
+            }
+        }
+        (a, b) if a != b => out.push((path.to_string(), Some(a.clone()), Some(b.clone()))),
+        _ => {}
+    }
 }
 
 fn show(v: &Value) -> String {
@@ -157,22 +289,9 @@ fn show(v: &Value) -> String {
 
 /// Differences between two JSON values as `path old -> new` lines.
 pub fn diff_json(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
-    match (old, new) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, bv) in b {
-                let p = format!("{path}.{k}");
-                match a.get(k) {
-                    Some(av) => diff_json(&p, av, bv, out),
-                    None => out.push(format!("{p} added: {}", show(bv))),
-                }
-            }
-            for k in a.keys().filter(|k| !b.contains_key(*k)) {
-                out.push(format!("{path}.{k} removed"));
-            }
-        }
-        (a, b) if a != b => out.push(format!("{path} {} -> {}", show(a), show(b))),
-        _ => {}
-    }
+    let mut d = Vec::new();
+    diff_values(path, old, new, &mut d);
+    out.extend(d.into_iter().map(|(path, old, new)| RerunReason::Param { path, old, new }.to_string()));
 }
 
 #[cfg(test)]

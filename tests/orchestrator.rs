@@ -372,3 +372,33 @@ fn read_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     assert!(!out.is_empty(), "{} is empty", dir.display());
     out
 }
+
+/// `plan` with `--only`, `--from` and `--force` says exactly what `run` then does.
+#[test]
+fn plan_honours_only_from_and_force_as_run_does() {
+    let s = Sandbox::new();
+    s.write(
+        "t.json",
+        r#"{"name":"t","stages":{
+        "a":{"kind":"command","params":{"cmd":"echo $P_n > $OUT/a","n":1}},
+        "b":{"kind":"command","inputs":{"x":"a"},"params":{"cmd":"cat $IN_x/a > $OUT/b"}},
+        "c":{"kind":"command","inputs":{"x":"b"},"params":{"cmd":"cat $IN_x/b > $OUT/c"}}}}"#,
+    );
+    assert!(s.run(&["run", "t.json"]).status.success());
+    let expect = |plan: &str| match plan {
+        "hit" => "cached",
+        "miss" => "ran",
+        "not-selected" => "not selected",
+        "skipped" => "skipped",
+        other => panic!("plan status {other}"),
+    };
+    for flags in [vec!["--force", "b"], vec!["--only", "b"], vec!["--from", "b"], vec!["--set", "a.n=2", "--from", "b"], vec!["--set", "a.n=3"]] {
+        let plan = s.plan("t.json", &flags);
+        let mut args = vec!["run", "t.json"];
+        args.extend_from_slice(&flags);
+        let o = s.run(&args);
+        let ran = s.statuses(&o);
+        let predicted: Vec<(String, String)> = plan.iter().map(|p| (p.0.clone(), expect(&p.1).to_string())).collect();
+        assert_eq!(predicted, ran, "{flags:?}: plan {plan:?}");
+    }
+}

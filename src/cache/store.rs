@@ -62,6 +62,20 @@ impl Manifest {
     pub fn size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
+    /// `Err(path)` for the first file path that is not a plain relative path (absolute, `..`,
+    /// `.`, empty parts, backslashes, NUL): such a manifest (from a damaged or hostile remote)
+    /// would write outside a view or an export directory.
+    pub fn check_paths(&self) -> Result<(), String> {
+        for f in &self.files {
+            let p = f.path.as_str();
+            let bad = p.is_empty() || p.starts_with('/') || p.contains('\\') || p.contains('\0') || p.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+            if bad {
+                return Err(p.to_string());
+            }
+        }
+        Ok(())
+    }
+
     /// The part of the manifest under `sub/`, paths relative to it.
     pub fn subtree(&self, sub: &str) -> Manifest {
         let prefix = format!("{}/", sub.trim_end_matches('/'));
@@ -528,6 +542,7 @@ impl Cache {
     pub fn view(&self, output: &str) -> Result<PathBuf, CacheError> {
         let dir = self.root.join("views").join(output);
         let m = self.manifest(output)?.ok_or_else(|| CacheError::NotFound(output.to_string()))?;
+        m.check_paths().map_err(|p| CacheError::Corrupt(output.to_string(), format!("manifest names the path {p:?}, which is not a plain relative path")))?;
         if dir.is_dir() {
             match self.view_problem(&dir, &m) {
                 None => return Ok(dir),
@@ -733,6 +748,7 @@ impl Cache {
     /// which must be empty or absent (or `force`), and outside the cache.
     pub fn export(&self, output: &str, dest: &Path, force: bool) -> Result<usize, CacheError> {
         let m = self.manifest(output)?.ok_or_else(|| CacheError::NotFound(output.to_string()))?;
+        m.check_paths().map_err(|p| CacheError::Corrupt(output.to_string(), format!("manifest names the path {p:?}, which is not a plain relative path")))?;
         let abs = absolute(dest);
         if abs.starts_with(&self.root) || self.root.starts_with(&abs) {
             return Err(CacheError::Refused(format!(

@@ -256,6 +256,9 @@ impl ArtifactStore for Remote {
         if m.digest() != digest || m.files.iter().any(|f| !is_hex64(&f.digest)) {
             return Err(self.damaged(&rel, "its content does not hash to its name"));
         }
+        if let Err(p) = m.check_paths() {
+            return Err(self.damaged(&rel, format!("names the path {p:?}, which is not a plain relative path")));
+        }
         Ok(Some(m))
     }
 
