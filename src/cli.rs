@@ -812,6 +812,9 @@ fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
             println!("removed {n} objects from {}, freed {}", remote_url(&remote), human_bytes(bytes));
         }
         CacheCmd::Push { what, all, remote } => {
+            if remote.remote_mode != RemoteMode::ReadWrite {
+                bail!("cache push writes to the remote: --remote-mode {:?} forbids it", remote.remote_mode);
+            }
             let remote = remote.require()?;
             let entries = pick_entries(cache, what.as_deref(), all)?;
             let (mut files, mut bytes) = (0, 0);

@@ -8,10 +8,25 @@ pub const MAX_MESSAGE: usize = 4096;
 /// Environment variables whose values are secrets wherever they appear.
 const SECRET_VARS: &[&str] = &["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECURITY_TOKEN"];
 
+static REGISTERED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// A secret read from somewhere else than the environment (a credentials file): redacted
+/// from every message from now on.
+pub fn register_secret(s: &str) {
+    if let Ok(mut r) = REGISTERED.lock() {
+        if !r.iter().any(|x| x == s) {
+            r.push(s.to_string());
+        }
+    }
+}
+
 /// The secret values known to this process (short values are ignored: redacting "a" would
 /// garble every message).
 fn secrets() -> Vec<String> {
-    SECRET_VARS.iter().filter_map(|v| std::env::var(v).ok()).filter(|s| s.len() >= 8).collect()
+    let mut v: Vec<String> = SECRET_VARS.iter().filter_map(|v| std::env::var(v).ok()).collect();
+    v.extend(REGISTERED.lock().map(|r| r.clone()).unwrap_or_default());
+    v.retain(|s| s.len() >= 8);
+    v
 }
 
 /// Replace every known secret value by `[redacted]`.

@@ -359,3 +359,58 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+// ---------- found by the hostile pass ----------
+
+#[test]
+fn a_cache_is_never_a_remote_and_remote_gc_deletes_only_its_own_objects() {
+    let a = Machine::new("", &[]);
+    a.s.ok(&["run", "t.json"]);
+    let cache = a.s.cache();
+    for url in [cache.display().to_string(), cache.join("tmp/r").display().to_string()] {
+        let o = a.s.run(&["cache", "gc", "--remote", &url, "--grace", "0"]);
+        assert_eq!(o.status.code(), Some(1), "{url}");
+        assert!(stderr(&o).contains("pipeline cache"), "{}", stderr(&o));
+    }
+    a.s.verify_clean();
+    let r = tempfile::tempdir().unwrap();
+    let victim = tempfile::tempdir().unwrap();
+    std::fs::write(victim.path().join("thesis.tex"), "years of work").unwrap();
+    let url = r.path().to_str().unwrap();
+    a.s.ok(&["cache", "push", "--all", "--remote", url]);
+    std::os::unix::fs::symlink(victim.path(), r.path().join("objects/zz")).unwrap();
+    std::fs::write(r.path().join("objects/README"), "keep").unwrap();
+    std::fs::write(r.path().join("manifests/NOTES.txt"), "keep").unwrap();
+    a.s.ok(&["cache", "gc", "--remote", url, "--grace", "0"]);
+    assert!(victim.path().join("thesis.tex").exists(), "gc followed a symlink out of the remote");
+    assert!(r.path().join("objects/README").exists() && r.path().join("manifests/NOTES.txt").exists());
+    remote_consistent(r.path());
+}
+
+#[test]
+fn a_lying_or_damaged_remote_entry_is_refused_and_replaced() {
+    let r = tempfile::tempdir().unwrap();
+    let url = r.path().to_str().unwrap();
+    Machine::new(url, &[]).ok(&["run", "t.json"]);
+    for e in std::fs::read_dir(r.path().join("entries")).unwrap().flatten() {
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+        v["key_inputs"]["params"]["cmd"] = serde_json::json!("LIES");
+        std::fs::write(e.path(), serde_json::to_vec(&v).unwrap()).unwrap();
+    }
+    let b = Machine::new(url, &[]);
+    let o = b.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&b, &o), ["ran", "ran", "ran"], "{}", stderr(&o));
+    assert!(stderr(&o).contains("do not hash to its key"), "{}", stderr(&o));
+    // b's uploads replaced the lying entries
+    let c = Machine::new(url, &[]);
+    let o = c.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&c, &o), ["cached", "cached", "cached"], "{}", stderr(&o));
+}
+
+#[test]
+fn credentials_in_an_s3_url_are_refused_without_echoing_them() {
+    let a = Machine::new("s3://AKIAURLKEY:UrlSecretXYZ@bucket/x", &[]);
+    let o = a.run(&["run", "t.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!stderr(&o).contains("UrlSecretXYZ") && stderr(&o).contains("credentials do not belong in the URL"), "{}", stderr(&o));
+}

@@ -66,10 +66,23 @@ impl Manifest {
     /// `.`, empty parts, backslashes, NUL): such a manifest (from a damaged or hostile remote)
     /// would write outside a view or an export directory.
     pub fn check_paths(&self) -> Result<(), String> {
-        for f in &self.files {
+        for (i, f) in self.files.iter().enumerate() {
             let p = f.path.as_str();
-            let bad = p.is_empty() || p.starts_with('/') || p.contains('\\') || p.contains('\0') || p.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+            let bad = p.is_empty()
+                || p.starts_with('/')
+                || p.contains('\\')
+                || p.chars().any(|c| c.is_control())
+                || p.split('/').any(|c| c.is_empty() || c == "." || c == "..");
             if bad {
+                return Err(p.to_string());
+            }
+            // Sorted, unique, and no file that is also a directory of another (`a` and `a/b`).
+            if let Some(next) = self.files.get(i + 1) {
+                if next.path.as_str() <= p || next.path.starts_with(&format!("{p}/")) {
+                    return Err(next.path.clone());
+                }
+            }
+            if self.files[i + 1..].iter().take_while(|n| n.path.starts_with(p)).any(|n| n.path.starts_with(&format!("{p}/"))) {
                 return Err(p.to_string());
             }
         }

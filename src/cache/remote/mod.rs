@@ -148,6 +148,17 @@ impl Remote {
         RemoteError::Damaged { remote: self.url.clone(), object: object.to_string(), message: message.into() }
     }
 
+    /// Remember an object as damaged: its next upload overwrites it.
+    pub fn mark_damaged(&self, object: &str) {
+        if let Ok(mut d) = self.damaged.lock() {
+            d.insert(object.to_string());
+        }
+    }
+
+    pub fn put_manifest_overwrite(&self, m: &Manifest) -> Result<(), RemoteError> {
+        self.put(&manifest_path(&m.digest()), serde_json::to_vec(m).unwrap_or_default(), true)
+    }
+
     fn known_damaged(&self, object: &str) -> bool {
         self.damaged.lock().map(|d| d.contains(object)).unwrap_or(false)
     }
@@ -240,13 +251,21 @@ impl ArtifactStore for Remote {
         if e.key != *key || !is_hex64(&e.output) {
             return Err(self.damaged(&rel, "names another key"));
         }
+        // Its key inputs must be what the key is the hash of.
+        if e.key_inputs.key() != *key {
+            return Err(self.damaged(&rel, "its key inputs do not hash to its key"));
+        }
         Ok(Some(e))
     }
 
     fn put_entry(&self, entry: &Entry) -> Result<(), RemoteError> {
         let rel = entry_path(&entry.key);
         let overwrite = self.known_damaged(&rel);
-        self.put(&rel, serde_json::to_vec(entry).unwrap_or_default(), overwrite)
+        self.put(&rel, serde_json::to_vec(entry).unwrap_or_default(), overwrite)?;
+        if let Ok(mut d) = self.damaged.lock() {
+            d.remove(&rel);
+        }
+        Ok(())
     }
 
     fn get_manifest(&self, digest: &str) -> Result<Option<Manifest>, RemoteError> {

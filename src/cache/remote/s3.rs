@@ -20,10 +20,22 @@ pub fn open(url: &str, rest: &str) -> Result<(Arc<dyn ObjectStore>, String), Rem
     if bucket.is_empty() {
         return Err(cfg("no bucket: use s3://bucket/prefix".into()));
     }
+    if bucket.contains(['@', ':']) {
+        // Never accept credentials in a URL: they would end up in messages and records.
+        return Err(RemoteError::Config {
+            url: "s3://[redacted]".into(),
+            message: "credentials do not belong in the URL: use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or ~/.aws/credentials".into(),
+        });
+    }
     let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
     let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
     if var("AWS_ACCESS_KEY_ID").is_none() {
         if let Ok(c) = pipeline_crowd::mturk::Credentials::from_env_or_profile(None) {
+            crate::text::register_secret(&c.access_key_id);
+            crate::text::register_secret(&c.secret_access_key);
+            if let Some(t) = &c.session_token {
+                crate::text::register_secret(t);
+            }
             b = b.with_access_key_id(c.access_key_id).with_secret_access_key(c.secret_access_key);
             if let Some(t) = c.session_token {
                 b = b.with_token(t);
@@ -36,14 +48,14 @@ pub fn open(url: &str, rest: &str) -> Result<(Arc<dyn ObjectStore>, String), Rem
         b = b.with_region(r);
     }
     let endpoint = var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL")).or_else(|| var("AWS_ENDPOINT"));
-    let mut client = ClientOptions::new().with_timeout(std::time::Duration::from_secs(60));
+    let mut client = ClientOptions::new().with_timeout(std::time::Duration::from_secs(30)).with_connect_timeout(std::time::Duration::from_secs(5));
     if let Some(ep) = &endpoint {
         b = b.with_endpoint(ep.clone()).with_virtual_hosted_style_request(false);
         if ep.starts_with("http://") {
             client = client.with_allow_http(true);
         }
     }
-    let retry = RetryConfig { max_retries: 6, retry_timeout: std::time::Duration::from_secs(120), ..Default::default() };
+    let retry = RetryConfig { max_retries: 5, retry_timeout: std::time::Duration::from_secs(45), ..Default::default() };
     let store = b
         .with_client_options(client)
         .with_retry(retry)

@@ -18,7 +18,22 @@ pub struct Moved {
 /// `Ok(None)`: the remote has no such entry. A damaged or missing object is an error naming
 /// it; nothing is committed.
 pub fn pull(cache: &Cache, remote: &Remote, key: &CacheKey) -> Result<Option<(Entry, Moved)>, RemoteError> {
-    let Some(entry) = remote.get_entry(key)? else { return Ok(None) };
+    let r = pull_inner(cache, remote, key);
+    if matches!(r, Err(RemoteError::Damaged { .. })) {
+        // The entry names something damaged: the next upload replaces the entry too.
+        remote.mark_damaged(&super::entry_path(key));
+    }
+    r
+}
+
+fn pull_inner(cache: &Cache, remote: &Remote, key: &CacheKey) -> Result<Option<(Entry, Moved)>, RemoteError> {
+    let Some(mut entry) = remote.get_entry(key)? else { return Ok(None) };
+    // What a remote says is printed and stored: clean it as our own stages' text.
+    entry.stage = crate::text::strip_controls(&entry.stage);
+    entry.pipeline = crate::text::strip_controls(&entry.pipeline);
+    for l in entry.outcome.summary.iter_mut() {
+        *l = crate::text::clean(l);
+    }
     let mrel = manifest_path(&entry.output);
     let manifest = remote.get_manifest(&entry.output)?.ok_or_else(|| remote.damaged(&mrel, "the entry's manifest is missing"))?;
     let mut moved = Moved::default();
@@ -82,6 +97,17 @@ pub fn push(cache: &Cache, remote: &Remote, entry: &Entry) -> Result<Moved, Remo
     }
     remote.put_manifest(&manifest)?;
     remote.put_entry(entry)?;
+    // A `gc --remote` that listed the entries before this one existed may have deleted an
+    // old blob or manifest this entry reuses: check, and upload again what is gone.
+    if remote.get_manifest(&entry.output)?.is_none() {
+        remote.put_manifest_overwrite(&manifest)?;
+    }
+    for f in &manifest.files {
+        if !remote.has_blob(&f.digest, f.size)? {
+            moved.bytes += remote.put_blob(&f.digest, &cache.blob_file(&f.digest))?;
+            moved.files += 1;
+        }
+    }
     Ok(moved)
 }
 
@@ -100,8 +126,16 @@ pub fn gc(remote: &Remote, grace_secs: u64) -> Result<(usize, u64), RemoteError>
         live_manifests.insert(manifest_path(&e.output));
     }
     let (mut n, mut bytes) = (0, 0);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    // Only names of the layout are ours to delete: anything else (a README, a symlinked
+    // directory's files) is left alone.
+    let ours = |rel: &str| match rel.split('/').collect::<Vec<_>>().as_slice() {
+        ["manifests", d] => hex(d, 64),
+        ["objects", a, b] => hex(a, 2) && hex(b, 62),
+        _ => false,
+    };
     for (rel, size, age) in remote.list("manifests")?.into_iter().chain(remote.list("objects")?) {
-        if age < grace_secs || live_manifests.contains(&rel) || live_blobs.contains(&rel) {
+        if age < grace_secs || !ours(&rel) || live_manifests.contains(&rel) || live_blobs.contains(&rel) {
             continue;
         }
         remote.delete(&rel)?;
