@@ -582,6 +582,23 @@ impl StageTask {
 
         if let (Some(entry), true) = (hit.as_ref(), may_reuse || !self.selected) {
             let _ = self.cache.set_last(&self.p.name, &node.name, &key);
+            // A local hit the remote lacks (its upload was interrupted, or it ran before the
+            // remote was configured): share it now.
+            if let (Some((remote, RemoteMode::ReadWrite)), None) = (self.remote.clone(), run.remote.as_ref()) {
+                let (cache, e) = (self.cache.clone(), entry.clone());
+                let pushed = tokio::task::spawn_blocking(move || match remote.has_entry(&e.key) {
+                    Ok(true) => None,
+                    Ok(false) => Some(match transfer::push(&cache, &remote, &e) {
+                        Ok(m) => RemoteActivity { pushed: Some(m), ..Default::default() },
+                        Err(err) => RemoteActivity { warning: Some(format!("upload failed: {}", crate::text::clean(&err.to_string()))), ..Default::default() },
+                    }),
+                    Err(err) => Some(RemoteActivity { warning: Some(crate::text::clean(&err.to_string())), ..Default::default() }),
+                })
+                .await
+                .ok()
+                .flatten();
+                run.remote = pushed;
+            }
             run.status = if self.selected { StageStatus::Cached } else { StageStatus::NotSelected };
             run.output = Some(entry.output.clone());
             run.outcome = entry.outcome.clone();

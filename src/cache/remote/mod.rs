@@ -148,6 +148,12 @@ impl Remote {
         RemoteError::Damaged { remote: self.url.clone(), object: object.to_string(), message: message.into() }
     }
 
+    /// Whether the remote has an entry for `key` (present and not known to be damaged).
+    pub fn has_entry(&self, key: &CacheKey) -> Result<bool, RemoteError> {
+        let rel = entry_path(key);
+        Ok(!self.known_damaged(&rel) && self.head(&rel)?.is_some())
+    }
+
     /// Remember an object as damaged: its next upload overwrites it.
     pub fn mark_damaged(&self, object: &str) {
         if let Ok(mut d) = self.damaged.lock() {
