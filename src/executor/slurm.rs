@@ -50,6 +50,8 @@ struct QueueState {
     interval: Duration,
     snapshot: BTreeMap<String, JobState>,
     last_error: Option<String>,
+    /// Since when every `squeue` call has failed (the controller down or unreachable).
+    failing_since: Option<Instant>,
     polls: u64,
 }
 
@@ -61,6 +63,8 @@ pub struct Queue {
 
 const MIN_POLL: Duration = Duration::from_millis(200);
 const MAX_POLL: Duration = Duration::from_secs(5);
+/// A controller unreachable this long fails the stage (instead of waiting forever).
+const SQUEUE_GIVE_UP: Duration = Duration::from_secs(300);
 
 impl Queue {
     pub fn new(run_id: u64) -> Self {
@@ -72,6 +76,7 @@ impl Queue {
                 interval: MIN_POLL,
                 snapshot: BTreeMap::new(),
                 last_error: None,
+                failing_since: None,
                 polls: 0,
             }),
         }
@@ -112,10 +117,12 @@ impl Queue {
                         s.interval = if snap == s.snapshot { (s.interval.mul_f32(1.5)).min(MAX_POLL) } else { MIN_POLL };
                         s.snapshot = snap;
                         s.last_error = None;
+                        s.failing_since = None;
                     }
                     Err(e) => {
                         s.interval = (s.interval * 2).min(MAX_POLL);
                         s.last_error = Some(e);
+                        s.failing_since.get_or_insert_with(Instant::now);
                     }
                 }
                 s.polls += 1;
@@ -123,6 +130,12 @@ impl Queue {
             s.last_poll = Some(Instant::now());
         }
         s.snapshot.get(id).cloned()
+    }
+
+    /// How long `squeue` has failed without a break, and its last error.
+    fn failing(&self) -> Option<(Duration, String)> {
+        let s = self.state.lock().unwrap();
+        s.failing_since.map(|t| (t.elapsed(), s.last_error.clone().unwrap_or_default()))
     }
 
     /// `squeue` calls made so far (all jobs of the run share each one).
@@ -325,6 +338,14 @@ impl SlurmStage {
                     progress.set_message(format!("slurm job {id} {}", s.state.to_lowercase()));
                     last_state = s.state.clone();
                 }
+            }
+            if let Some((for_, err)) = self.queue.failing().filter(|(d, _)| *d > SQUEUE_GIVE_UP) {
+                let _ = Command::new("scancel").arg(id).output();
+                return Ended::Failed(
+                    format!("Slurm job {id}: squeue has failed for {:.0} s ({err}); the job was scancel'ed if the controller still takes requests; nothing was committed", for_.as_secs_f64()),
+                    false,
+                    None,
+                );
             }
             let ended = match &st {
                 Some(s) => !active(&s.state),
