@@ -588,10 +588,7 @@ impl StageTask {
                 let (cache, e) = (self.cache.clone(), entry.clone());
                 let pushed = tokio::task::spawn_blocking(move || match remote.has_entry(&e.key) {
                     Ok(true) => None,
-                    Ok(false) => Some(match transfer::push(&cache, &remote, &e) {
-                        Ok(m) => RemoteActivity { pushed: Some(m), ..Default::default() },
-                        Err(err) => RemoteActivity { warning: Some(format!("upload failed: {}", crate::text::clean(&err.to_string()))), ..Default::default() },
-                    }),
+                    Ok(false) => Some(upload(&cache, &remote, &e)),
                     Err(err) => Some(RemoteActivity { warning: Some(crate::text::clean(&err.to_string())), ..Default::default() }),
                 })
                 .await
@@ -624,7 +621,7 @@ impl StageTask {
         let bar = self.bars.stage(&node.name);
         let progress = Progress::new(bar.clone());
         let (cache, cancel, pipeline, up) = (self.cache.clone(), self.cancel.clone(), self.p.clone(), self.upstream.clone());
-        let upload = self.remote.clone().filter(|(_, m)| *m == RemoteMode::ReadWrite).map(|(r, _)| r);
+        let upload_to = self.remote.clone().filter(|(_, m)| *m == RemoteMode::ReadWrite).map(|(r, _)| r);
         let (n3, key3, run_id) = (node.clone(), key.clone(), self.run_id);
         let exec_info: Arc<std::sync::Mutex<Option<ExecInfo>>> = Arc::default();
         let (executor, exec_slot) = (self.executor.clone(), exec_info.clone());
@@ -705,13 +702,7 @@ impl StageTask {
             drop(cleanup);
             // Share it: blobs, manifest, entry last. A failed upload is a warning; the result
             // is committed locally either way.
-            let pushed = upload.map(|remote| match transfer::push(&cache, &remote, &entry) {
-                Ok(moved) => RemoteActivity { pushed: Some(moved), ..Default::default() },
-                Err(e) => {
-                    tracing::warn!(stage = %entry.stage, "upload failed: {e}");
-                    RemoteActivity { warning: Some(format!("upload failed: {}", crate::text::clean(&e.to_string()))), ..Default::default() }
-                }
-            });
+            let pushed = upload_to.map(|remote| upload(&cache, &remote, &entry));
             Ok((entry, outcome, pushed))
         })
         .await;
@@ -740,6 +731,17 @@ impl StageTask {
                 bar.finish_and_clear();
                 fail(run, format!("panicked: {e}"))
             }
+        }
+    }
+}
+
+/// Upload a committed entry; a failure is a warning in the stage's record, never a failure.
+fn upload(cache: &Cache, remote: &Remote, entry: &Entry) -> RemoteActivity {
+    match transfer::push(cache, remote, entry) {
+        Ok(moved) => RemoteActivity { pushed: Some(moved), ..Default::default() },
+        Err(e) => {
+            tracing::warn!(stage = %entry.stage, "upload failed: {e}");
+            RemoteActivity { warning: Some(format!("upload failed: {}", crate::text::clean(&e.to_string()))), ..Default::default() }
         }
     }
 }

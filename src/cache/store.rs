@@ -163,16 +163,13 @@ impl Cache {
     pub fn open(root: &Path, wait: bool) -> Result<Self, CacheError> {
         // `--cache .` or `--cache ~` would empty the directory's `tmp/` and `views/`.
         if !["db", "objects", "index"].iter().any(|d| root.join(d).is_dir()) {
-            if let Ok(mut rd) = fs::read_dir(root) {
-                if rd.next().is_some() {
-                    let ok = fs::read_dir(root).map(|rd| rd.flatten().all(|d| d.file_name().to_string_lossy().starts_with('.'))).unwrap_or(false);
-                    if !ok {
-                        return Err(CacheError::Refused(format!(
-                            "{} is not a pipeline cache (it has no db/ nor objects/) and is not empty: refusing to use it as one; pass --cache with a new or empty directory",
-                            root.display()
-                        )));
-                    }
-                }
+            // Hidden files only (or nothing) count as empty.
+            let foreign = fs::read_dir(root).map(|rd| rd.flatten().any(|d| !d.file_name().to_string_lossy().starts_with('.'))).unwrap_or(false);
+            if foreign {
+                return Err(CacheError::Refused(format!(
+                    "{} is not a pipeline cache (it has no db/ nor objects/) and is not empty: refusing to use it as one; pass --cache with a new or empty directory",
+                    root.display()
+                )));
             }
         }
         for d in ["objects", "views", "tmp", "index"] {
@@ -190,13 +187,7 @@ impl Cache {
                         std::thread::sleep(Duration::from_millis(200));
                         continue;
                     }
-                    let info = fs::read_to_string(root.join("LOCK")).unwrap_or_default();
-                    let mut lines = info.lines();
-                    return Err(CacheError::Busy {
-                        root: root.to_path_buf(),
-                        pid: lines.next().unwrap_or("?").to_string(),
-                        command: lines.next().unwrap_or("unknown command").to_string(),
-                    });
+                    return Err(busy(root));
                 }
                 Err(source) => return Err(CacheError::DbDamaged { path: db_path, source }),
             }
@@ -260,13 +251,7 @@ impl Cache {
                 return Err(CacheError::Refused(format!("{}: the database opens fine: nothing to rebuild (`pipeline cache verify` checks the blobs)", db.display())));
             }
             Err(sled::Error::Io(e)) if is_lock_error(&e) => {
-                let info = fs::read_to_string(root.join("LOCK")).unwrap_or_default();
-                let mut lines = info.lines();
-                return Err(CacheError::Busy {
-                    root: root.to_path_buf(),
-                    pid: lines.next().unwrap_or("?").to_string(),
-                    command: lines.next().unwrap_or("unknown command").to_string(),
-                });
+                return Err(busy(root));
             }
             Err(_) => {}
         }
@@ -1112,6 +1097,17 @@ fn last_key(pipeline: &str, stage: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(stage.as_bytes());
     k
+}
+
+/// "in use by pid N (command)", from the holder's `LOCK` file.
+fn busy(root: &Path) -> CacheError {
+    let info = fs::read_to_string(root.join("LOCK")).unwrap_or_default();
+    let mut lines = info.lines();
+    CacheError::Busy {
+        root: root.to_path_buf(),
+        pid: lines.next().unwrap_or("?").to_string(),
+        command: lines.next().unwrap_or("unknown command").to_string(),
+    }
 }
 
 fn is_lock_error(e: &io::Error) -> bool {
