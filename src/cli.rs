@@ -10,7 +10,7 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Table};
 
 use crate::cache::Cache;
 use crate::dag::{self, Pipeline};
-use crate::cache::remote::{Remote, RemoteMode};
+use crate::cache::remote::{Remote, RemoteError, RemoteMode};
 use crate::engine::{Engine, RemoteHandle, RunOptions, RunRecord, RunStatus, StageStatus};
 use crate::stages::CancelFlag;
 
@@ -170,12 +170,21 @@ impl RemoteArgs {
             Some(p) if self.remote.is_none() && !url.contains("://") && !Path::new(&url).is_absolute() => p.base_dir.join(&url).display().to_string(),
             _ => url,
         };
-        Ok(Some(RemoteHandle(Arc::new(Remote::from_url(&url)?), self.remote_mode)))
+        match Remote::connect(&url) {
+            Ok(r) => Ok(Some(RemoteHandle(Arc::new(r), self.remote_mode))),
+            // Offline is not an error for a run: it goes on with the local cache alone.
+            Err(e @ RemoteError::Unreachable { .. }) => {
+                tracing::warn!("{e}: running without the remote cache");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
     fn require(&self) -> Result<Arc<Remote>> {
-        match self.open(None)? {
-            Some(h) => Ok(h.0),
-            None => bail!("no remote: pass --remote URL or set PIPELINE_REMOTE"),
+        let url = self.remote.clone().filter(|u| !u.is_empty());
+        match (self.remote_mode, url) {
+            (RemoteMode::Off, _) | (_, None) => bail!("no remote: pass --remote URL or set PIPELINE_REMOTE"),
+            (_, Some(url)) => Ok(Arc::new(Remote::connect(&url)?)),
         }
     }
 }

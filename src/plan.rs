@@ -45,6 +45,9 @@ pub enum RerunReason {
     /// An upstream stage reruns; `root` is the first cause up the graph.
     Upstream { input: String, stage: String, root: Option<String> },
     HashFailed { message: String },
+    /// The remote has an entry for the key, but a pull would refuse it (an object missing,
+    /// damaged or of the wrong size): the stage runs, and its upload repairs the remote.
+    RemoteIncomplete { message: String },
     KeyChanged,
     /// Not selected and not cached, so it cannot run: `run` skips it.
     NotSelectedNotCached,
@@ -80,6 +83,7 @@ impl std::fmt::Display for RerunReason {
                 write!(f, "input \"{input}\" changes because {stage} reruns{why}")
             }
             RerunReason::HashFailed { message } => write!(f, "cannot hash inputs: {message}"),
+            RerunReason::RemoteIncomplete { message } => write!(f, "the remote cache has an entry, but {message}"),
             RerunReason::KeyChanged => write!(f, "key changed"),
             RerunReason::NotSelectedNotCached => write!(f, "not selected and not in the cache: run it first, or drop --only"),
             RerunReason::Blocked { stage } => write!(f, "upstream `{stage}` is skipped"),
@@ -153,8 +157,14 @@ pub fn plan_with(cache: &Cache, p: &Pipeline, remote: Option<&Remote>, flags: &P
                     let mut hit = cache.usable_entry(&k).ok().flatten();
                     source = hit.as_ref().map(|_| "local");
                     if let (None, Some(r), false) = (&hit, remote, node.volatile) {
-                        // An entry on the remote is a hit there (the download verifies it).
-                        hit = r.get_entry(&k).ok().flatten();
+                        // A hit there only if every object a pull needs is there (the pull
+                        // still verifies their contents).
+                        match crate::cache::remote::transfer::probe_entry(cache, r, &k) {
+                            Ok(Some(Ok(()))) => hit = r.get_entry(&k).ok().flatten(),
+                            Ok(Some(Err(message))) => why.push(RerunReason::RemoteIncomplete { message }),
+                            Ok(None) => {}
+                            Err(e) => why.push(RerunReason::RemoteIncomplete { message: format!("it cannot be read ({e})") }),
+                        }
                         source = hit.as_ref().map(|_| "remote");
                     }
                     if node.volatile && selected[i] {

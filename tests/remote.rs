@@ -414,3 +414,80 @@ fn credentials_in_an_s3_url_are_refused_without_echoing_them() {
     assert_eq!(o.status.code(), Some(1));
     assert!(!stderr(&o).contains("UrlSecretXYZ") && stderr(&o).contains("credentials do not belong in the URL"), "{}", stderr(&o));
 }
+
+// ---------- errors that must be loud, big blobs ----------
+
+const BIG: &str = r#"{"name":"big","stages":{
+  "a":{"kind":"command","params":{"cmd":"head -c 41000000 /dev/urandom > $OUT/model.bin; echo x > $OUT/small"}},
+  "b":{"kind":"command","inputs":{"x":"a"},"params":{"cmd":"sha256sum < $IN_x/model.bin > $OUT/sum"}}}}"#;
+
+#[test]
+fn s3_a_missing_bucket_is_an_error_and_big_blobs_go_up_in_parts() {
+    let Some(server) = s3_server() else { return };
+    let env = s3_env(&server.endpoint);
+    // A bucket that does not exist is a configuration error, not "nothing cached".
+    let a = Machine::new("s3://no-such-bucket/lab", &env);
+    for mode in ["read-write", "read-only"] {
+        let o = a.run(&["run", "t.json", "--remote-mode", mode]);
+        assert_eq!(o.status.code(), Some(1), "{mode}: {}", stderr(&o));
+        assert!(stderr(&o).contains("s3://no-such-bucket/lab") && stderr(&o).contains("the bucket does not exist"), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("testing-secret-key"));
+    }
+    let o = a.run(&["cache", "pull", "--all"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // A 41 MB blob is uploaded in parts (above 16 MiB) and comes back identical.
+    let m1 = Machine::new("s3://pipeline-test/big", &env);
+    m1.s.write("big.json", BIG);
+    let o = m1.ok(&["run", "big.json"]);
+    assert!(stdout(&o).contains("uploaded to the remote cache: 2 stages"), "{}{}", stdout(&o), stderr(&o));
+    let m2 = Machine::new("s3://pipeline-test/big", &env);
+    m2.s.write("big.json", BIG);
+    let o = m2.ok(&["run", "big.json"]);
+    assert_eq!(statuses(&m2, &o), ["cached", "cached"], "{}", stderr(&o));
+    let (x, y) = (m1.exported("a"), m2.exported("a"));
+    assert_eq!(x.len(), 2);
+    assert!(x == y, "the multipart blob came back different");
+    m2.s.verify_clean();
+}
+
+#[test]
+fn an_unreachable_remote_is_a_warning_for_a_run_and_an_error_for_push() {
+    // Nothing listens on port 1; the second endpoint accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    for endpoint in ["http://127.0.0.1:1".to_string(), silent_url] {
+        let a = Machine::new("s3://pipeline-test/x", &s3_env(&endpoint));
+        let o = a.ok(&["run", "t.json"]);
+        assert_eq!(statuses(&a, &o), ["ran", "ran", "ran"]);
+        assert!(stderr(&o).contains("is unreachable") && stderr(&o).contains("running without the remote cache"), "{endpoint}: {}", stderr(&o));
+        let o = a.run(&["cache", "push", "--all"]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains("is unreachable"), "{}", stderr(&o));
+    }
+    drop(silent);
+}
+
+#[test]
+fn plan_does_not_promise_a_remote_hit_whose_blob_is_gone() {
+    let r = tempfile::tempdir().unwrap();
+    let url = r.path().to_str().unwrap();
+    Machine::new(url, &[]).ok(&["run", "t.json"]);
+    let b = Machine::new(url, &[]);
+    let o = b.ok(&["plan", "t.json", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["stages"].as_array().unwrap().iter().all(|s| s["status"] == "hit" && s["source"] == "remote"), "{v}");
+    std::fs::remove_file(big_blob(r.path())).unwrap();
+    let o = b.ok(&["plan", "t.json", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let a = &v["stages"][0];
+    assert_eq!(a["status"], "miss", "{v}");
+    assert_eq!(a["why"][0]["reason"], "remote-incomplete", "{v}");
+    assert!(a["why"][0]["message"].as_str().unwrap().contains("big"), "{v}");
+    // and the run then does what plan said, and repairs the remote
+    let o = b.ok(&["run", "t.json"]);
+    assert_eq!(b.s.status_of(&o, "a"), "ran");
+    let c = Machine::new(url, &[]);
+    let o = c.ok(&["plan", "t.json", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["stages"].as_array().unwrap().iter().all(|s| s["status"] == "hit"), "{v}");
+}

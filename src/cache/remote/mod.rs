@@ -44,9 +44,20 @@ pub enum RemoteError {
     Object { remote: String, object: String, message: String },
     #[error("remote {remote}: {object} is damaged ({message}); it is ignored, and replaced by the next upload")]
     Damaged { remote: String, object: String, message: String },
+    /// The remote did not answer in time, or refused the connection: a run goes on without
+    /// it (with a warning); `cache push/pull` fail.
+    #[error("remote {url} is unreachable ({message})")]
+    Unreachable { url: String, message: String },
     #[error(transparent)]
     Cache(#[from] super::store::CacheError),
 }
+
+/// Blobs above this size are uploaded in parts (S3's minimum part is 5 MiB), streamed from the
+/// file: a 2 GB model never sits in memory whole, and a failed part is retried alone.
+pub const MULTIPART_ABOVE: u64 = 16 << 20;
+const PART_SIZE: usize = 8 << 20;
+/// How long the reachability check of [`Remote::connect`] waits.
+const PROBE_SECS: u64 = 10;
 
 /// What a store of artifacts must do. Digests and keys are hex strings; a blob is one file.
 pub trait ArtifactStore: Send + Sync {
@@ -125,6 +136,42 @@ impl Remote {
         Ok(Remote::new(dir::open(url, Path::new(path))?, String::new(), url))
     }
 
+    /// [`Remote::from_url`], then one listing request under the prefix, so that a bucket that
+    /// does not exist or credentials the server refuses are a clear error at once (a lookup
+    /// would otherwise read them as "not cached", silently, on every stage), and an endpoint
+    /// that does not answer costs one short wait instead of a retry budget per request.
+    pub fn connect(url: &str) -> Result<Remote, RemoteError> {
+        let r = Remote::from_url(url)?;
+        r.probe()?;
+        Ok(r)
+    }
+
+    /// The reachability check of [`Remote::connect`].
+    pub fn probe(&self) -> Result<(), RemoteError> {
+        let p = if self.prefix.is_empty() { None } else { Some(ObjPath::from(self.prefix.as_str())) };
+        let res = on(async { tokio::time::timeout(std::time::Duration::from_secs(PROBE_SECS), self.store.list_with_delimiter(p.as_ref())).await });
+        let e = match res {
+            Ok(Ok(_)) => return Ok(()),
+            // A directory remote whose prefix is not there yet is empty, not broken.
+            Ok(Err(object_store::Error::NotFound { .. })) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => {
+                return Err(RemoteError::Unreachable { url: self.url.clone(), message: format!("no answer within {PROBE_SECS} s") });
+            }
+        };
+        let msg = crate::text::clean(&e.to_string());
+        let config = |why: &str| RemoteError::Config { url: self.url.clone(), message: format!("{why} ({})", crate::text::cap(&msg, 300)) };
+        Err(if msg.contains("NoSuchBucket") {
+            config("the bucket does not exist")
+        } else if ["AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403 Forbidden", "401 Unauthorized"].iter().any(|m| msg.contains(m)) {
+            config("the server refused the credentials")
+        } else if ["error sending request", "connect", "timed out", "Connection refused", "dns error"].iter().any(|m| msg.contains(m)) {
+            RemoteError::Unreachable { url: self.url.clone(), message: crate::text::cap(&msg, 300) }
+        } else {
+            config("listing failed")
+        })
+    }
+
     fn new(store: Arc<dyn ObjectStore>, prefix: String, url: &str) -> Remote {
         Remote { store, prefix: prefix.trim_matches('/').to_string(), url: url.to_string(), damaged: Default::default() }
     }
@@ -195,6 +242,39 @@ impl Remote {
             }
             Err(e) => Err(self.err(rel, e)),
         }
+    }
+
+    /// Upload a big file in parts, read [`PART_SIZE`] at a time (at most a few parts in memory).
+    /// A failure aborts the upload, so no half object is ever visible under the name.
+    fn put_multipart(&self, rel: &str, src: &Path, progress: &dyn Fn(u64)) -> Result<u64, RemoteError> {
+        use std::io::Read;
+        let p = self.path(rel);
+        let mut f = std::fs::File::open(src).map_err(|e| self.err(rel, format!("{}: {e}", src.display())))?;
+        on(async {
+            let upload = self.store.put_multipart(&p).await.map_err(|e| self.err(rel, e))?;
+            let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            let mut buf = vec![0u8; PART_SIZE];
+            let mut n = 0u64;
+            loop {
+                let got = match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(g) => g,
+                    Err(e) => {
+                        let _ = w.abort().await;
+                        return Err(self.err(rel, format!("{}: {e}", src.display())));
+                    }
+                };
+                if let Err(e) = w.wait_for_capacity(4).await {
+                    let _ = w.abort().await;
+                    return Err(self.err(rel, e));
+                }
+                w.write(&buf[..got]);
+                progress(got as u64);
+                n += got as u64;
+            }
+            w.finish().await.map_err(|e| self.err(rel, e))?;
+            Ok(n)
+        })
     }
 
     fn head(&self, rel: &str) -> Result<Option<u64>, RemoteError> {
@@ -303,6 +383,17 @@ impl ArtifactStore for Remote {
     }
 
     fn get_blob(&self, digest: &str, dst: &Path) -> Result<bool, RemoteError> {
+        self.get_blob_counted(digest, dst, &|_| {})
+    }
+
+    fn put_blob(&self, digest: &str, src: &Path) -> Result<u64, RemoteError> {
+        self.put_blob_counted(digest, src, &|_| {})
+    }
+}
+
+impl Remote {
+    /// [`ArtifactStore::get_blob`], calling `progress` with each chunk's size as it arrives.
+    pub fn get_blob_counted(&self, digest: &str, dst: &Path, progress: &dyn Fn(u64)) -> Result<bool, RemoteError> {
         use std::io::Write;
         let rel = blob_path(digest);
         let p = self.path(&rel);
@@ -316,18 +407,27 @@ impl ArtifactStore for Remote {
             let mut stream = got.into_stream();
             while let Some(chunk) = stream.try_next().await.map_err(|e| self.err(&rel, e))? {
                 f.write_all(&chunk).map_err(|e| self.err(&rel, format!("{}: {e}", dst.display())))?;
+                progress(chunk.len() as u64);
             }
             Ok(true)
         });
         res
     }
 
-    fn put_blob(&self, digest: &str, src: &Path) -> Result<u64, RemoteError> {
+    /// [`ArtifactStore::put_blob`], calling `progress` with the bytes of each part sent.
+    pub fn put_blob_counted(&self, digest: &str, src: &Path, progress: &dyn Fn(u64)) -> Result<u64, RemoteError> {
         let rel = blob_path(digest);
-        let bytes = std::fs::read(src).map_err(|e| self.err(&rel, format!("{}: {e}", src.display())))?;
-        let n = bytes.len() as u64;
+        let size = std::fs::metadata(src).map_err(|e| self.err(&rel, format!("{}: {e}", src.display())))?.len();
         // Overwrite: a blob is uploaded only when the remote lacks a good one.
-        self.put(&rel, bytes, true)?;
+        let n = if size > MULTIPART_ABOVE {
+            self.put_multipart(&rel, src, progress)?
+        } else {
+            let bytes = std::fs::read(src).map_err(|e| self.err(&rel, format!("{}: {e}", src.display())))?;
+            let n = bytes.len() as u64;
+            self.put(&rel, bytes, true)?;
+            progress(n);
+            n
+        };
         if let Ok(mut d) = self.damaged.lock() {
             d.remove(&rel);
         }

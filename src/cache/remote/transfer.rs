@@ -38,13 +38,13 @@ fn pull_inner(cache: &Cache, remote: &Remote, key: &CacheKey) -> Result<Option<(
     let manifest = remote.get_manifest(&entry.output)?.ok_or_else(|| remote.damaged(&mrel, "the entry's manifest is missing"))?;
     let mut moved = Moved::default();
     let mut seen = std::collections::HashSet::new();
-    for f in &manifest.files {
-        if !seen.insert(f.digest.clone()) || cache.has_good_blob(&f.digest, f.size) {
-            continue;
-        }
+    let wanted: Vec<_> = manifest.files.iter().filter(|f| seen.insert(f.digest.clone()) && !cache.has_good_blob(&f.digest, f.size)).collect();
+    let bar = crate::progress::transfer_bar(&entry.stage, wanted.iter().map(|f| f.size).sum());
+    bar.set_message("downloading");
+    for f in wanted {
         let staged = cache.staging_file();
         let brel = blob_path(&f.digest);
-        let got = remote.get_blob(&f.digest, &staged);
+        let got = remote.get_blob_counted(&f.digest, &staged, &|n| bar.inc(n));
         let check = match got {
             Ok(true) => {
                 let size = std::fs::metadata(&staged).map(|m| m.len()).unwrap_or(0);
@@ -66,11 +66,43 @@ fn pull_inner(cache: &Cache, remote: &Remote, key: &CacheKey) -> Result<Option<(
         moved.files += 1;
         moved.bytes += f.size;
     }
+    bar.finish_and_clear();
     let mut local = entry.clone();
     local.size = manifest.size();
     local.files = manifest.files.len();
     cache.commit(&local, &manifest)?;
     Ok(Some((local, moved)))
+}
+
+/// What a lookup on the remote would find for `key`, without downloading blobs: `Ok(None)`
+/// no entry; `Ok(Some(Err(why)))` an entry that a pull would refuse (its manifest or a blob
+/// the local cache lacks is missing, or a blob has the wrong size); `Ok(Some(Ok(())))` an
+/// entry whose objects are all there (their contents are still verified by the pull).
+/// This is what `plan` reports, so that it does not promise a remote hit that `run` then
+/// misses.
+pub fn probe_entry(cache: &Cache, remote: &Remote, key: &CacheKey) -> Result<Option<Result<(), String>>, RemoteError> {
+    let entry = match remote.get_entry(key) {
+        Ok(Some(e)) => e,
+        Ok(None) => return Ok(None),
+        Err(RemoteError::Damaged { message, .. }) => return Ok(Some(Err(format!("its entry is damaged ({message})")))),
+        Err(e) => return Err(e),
+    };
+    let manifest = match remote.get_manifest(&entry.output) {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(Some(Err(format!("its manifest {} is missing", &entry.output[..12])))),
+        Err(RemoteError::Damaged { message, .. }) => return Ok(Some(Err(format!("its manifest is damaged ({message})")))),
+        Err(e) => return Err(e),
+    };
+    let mut seen = std::collections::HashSet::new();
+    for f in &manifest.files {
+        if !seen.insert(f.digest.clone()) || cache.has_good_blob(&f.digest, f.size) {
+            continue;
+        }
+        if !remote.has_blob(&f.digest, f.size)? {
+            return Ok(Some(Err(format!("the blob of {} ({}) is missing or has the wrong size", f.path, &f.digest[..12]))));
+        }
+    }
+    Ok(Some(Ok(())))
 }
 
 /// Upload a committed local entry: the blobs the remote lacks, the manifest, then the entry
@@ -81,10 +113,15 @@ pub fn push(cache: &Cache, remote: &Remote, entry: &Entry) -> Result<Moved, Remo
         .ok_or_else(|| RemoteError::Cache(crate::cache::CacheError::NotFound(format!("manifest {}", &entry.output[..12]))))?;
     let mut moved = Moved::default();
     let mut seen = std::collections::HashSet::new();
+    let mut wanted = Vec::new();
     for f in &manifest.files {
-        if !seen.insert(f.digest.clone()) || remote.has_blob(&f.digest, f.size)? {
-            continue;
+        if seen.insert(f.digest.clone()) && !remote.has_blob(&f.digest, f.size)? {
+            wanted.push(f);
         }
+    }
+    let bar = crate::progress::transfer_bar(&entry.stage, wanted.iter().map(|f| f.size).sum());
+    bar.set_message("uploading");
+    for f in wanted {
         let path = cache.blob_file(&f.digest);
         if hash_file(&path)? != f.digest {
             return Err(RemoteError::Cache(crate::cache::CacheError::Corrupt(
@@ -92,9 +129,10 @@ pub fn push(cache: &Cache, remote: &Remote, entry: &Entry) -> Result<Moved, Remo
                 format!("local blob {} is damaged: run `pipeline cache verify`; nothing uploaded", &f.digest[..12]),
             )));
         }
-        moved.bytes += remote.put_blob(&f.digest, &path)?;
+        moved.bytes += remote.put_blob_counted(&f.digest, &path, &|n| bar.inc(n))?;
         moved.files += 1;
     }
+    bar.finish_and_clear();
     remote.put_manifest(&manifest)?;
     remote.put_entry(entry)?;
     // A `gc --remote` that listed the entries before this one existed may have deleted an
