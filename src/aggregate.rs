@@ -68,6 +68,10 @@ pub struct AggregateArgs {
     /// Spammer detection: only workers with at least this many answers.
     #[arg(long)]
     pub spammer_min_answers: Option<usize>,
+    /// Write into an `--out` directory that is not empty (only the files aggregate writes are
+    /// replaced; never when the input file is inside it).
+    #[arg(long)]
+    pub force: bool,
 }
 
 impl AggregateArgs {
@@ -88,6 +92,7 @@ impl AggregateArgs {
             diag_prior: None,
             statuses: vec!["Submitted".into(), "Approved".into()],
             spammer_min_answers: None,
+            force: false,
         }
     }
 
@@ -140,6 +145,7 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
         "drop" => OnUnknownLabel::Drop,
         _ => OnUnknownLabel::Error,
     };
+    check_out(&args.out, input, args.force)?;
     let t0 = std::time::Instant::now();
     let text = std::fs::read_to_string(input).with_context(|| format!("reading {name}"))?;
     let first = text.lines().next().unwrap_or("");
@@ -192,12 +198,19 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
     let t1 = std::time::Instant::now();
     let r = run_method(&answers, method, &opts).with_context(|| format!("{name}: {method}"))?;
     let t2 = std::time::Instant::now();
-    let out = &args.out;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    write_labels(&out.join("labels.csv"), &answers, &r)?;
-    write_posteriors(&out.join("posteriors.csv"), &answers, &r)?;
-    let t3 = std::time::Instant::now();
-    write_report(out, &answers, &r, &p.method, p.spammer_min_answers, "").map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Everything is written into a staging directory beside `--out`, then moved in: a failure
+    // or a kill leaves `--out` as it was, never half-written.
+    let staging = staging_dir(&args.out)?;
+    let written = (|| -> anyhow::Result<std::time::Instant> {
+        let out = staging.path();
+        write_labels(&out.join("labels.csv"), &answers, &r)?;
+        write_posteriors(&out.join("posteriors.csv"), &answers, &r)?;
+        let t3 = std::time::Instant::now();
+        write_report(out, &answers, &r, &p.method, p.spammer_min_answers, "").map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(t3)
+    })();
+    let t3 = written?;
+    install(staging, &args.out, input, args.force)?;
     tracing::info!(
         "aggregate {name}: read+parse {:.2} s, fit {:.2} s, labels+posteriors {:.2} s, report {:.2} s",
         (t1 - t0).as_secs_f64(),
@@ -210,6 +223,66 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
         answers: answers.n_answers(),
         method_line: crate::stages::dawid_skene::method_line(&p.method, &r),
     })
+}
+
+/// Refuse an `--out` that is a file, that holds the input, or (without `--force`) that is a
+/// directory with files in it: `aggregate` must never overwrite what is not its own.
+fn check_out(out: &Path, input: &Path, force: bool) -> anyhow::Result<()> {
+    let meta = match std::fs::symlink_metadata(out) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => bail!("--out {}: {e}", out.display()),
+    };
+    if !meta.is_dir() {
+        bail!("--out {} exists and is not a directory", out.display());
+    }
+    if let (Ok(o), Ok(i)) = (out.canonicalize(), input.canonicalize()) {
+        if i.starts_with(&o) {
+            bail!("--out {} contains the input file {}: choose another output directory", out.display(), input.display());
+        }
+    }
+    let non_empty = std::fs::read_dir(out).with_context(|| format!("--out {}", out.display()))?.next().is_some();
+    if non_empty && !force {
+        bail!("--out {} is not empty: choose a new directory, or pass --force to replace the files aggregate writes there", out.display());
+    }
+    Ok(())
+}
+
+/// A fresh directory beside `out` (same file system, so the final moves are renames).
+fn staging_dir(out: &Path) -> anyhow::Result<tempfile::TempDir> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    tempfile::Builder::new().prefix(".aggregate-").tempdir_in(&parent).with_context(|| format!("creating a staging directory in {}", parent.display()))
+}
+
+/// Move the staged files into `out`: the whole directory when `out` is new or empty, else (with
+/// `--force`) file by file, replacing only names aggregate writes. `out` is checked again here,
+/// since it may have changed during the fit.
+fn install(staging: tempfile::TempDir, out: &Path, input: &Path, force: bool) -> anyhow::Result<()> {
+    check_out(out, input, force)?;
+    let empty = match std::fs::read_dir(out) {
+        Ok(mut d) => d.next().is_none(),
+        Err(_) => {
+            let dir = staging.keep();
+            return std::fs::rename(&dir, out).with_context(|| format!("moving the results into {}", out.display()));
+        }
+    };
+    if empty {
+        std::fs::remove_dir(out).with_context(|| format!("replacing the empty {}", out.display()))?;
+        let dir = staging.keep();
+        return std::fs::rename(&dir, out).with_context(|| format!("moving the results into {}", out.display()));
+    }
+    for f in std::fs::read_dir(staging.path())?.flatten() {
+        let dst = out.join(f.file_name());
+        if std::fs::symlink_metadata(&dst).map(|m| m.is_dir()).unwrap_or(false) {
+            bail!("--out {}: {} is a directory, not replaced", out.display(), dst.display());
+        }
+        std::fs::rename(f.path(), &dst).with_context(|| format!("writing {}", dst.display()))?;
+    }
+    Ok(())
 }
 
 /// `aggregate` with the defaults and a method (kept for callers of the old signature).

@@ -650,3 +650,47 @@ fn executables_keep_their_mode_in_views_whatever_shares_their_content() {
     s.ok(&["run", "t.json"]);
     assert_eq!(std::fs::read_to_string(s.export("c").join("out")).unwrap(), "hi\n");
 }
+
+// ---------- pipeline aggregate --out ----------
+
+const CROWD_CSV: &str = "worker,task,label\nw1,t1,a\nw2,t1,a\nw3,t1,b\nw1,t2,b\nw2,t2,b\nw3,t2,b\nw1,t3,a\nw2,t3,b\nw3,t3,a\n";
+
+#[test]
+fn aggregate_never_overwrites_what_is_not_its_own() {
+    let s = Sandbox::new();
+    // The input inside --out, even with --force: refused, the input intact.
+    let inp = s.write("d/labels.csv", CROWD_CSV);
+    for extra in [&[][..], &["--force"][..]] {
+        let mut args = vec!["aggregate", inp.to_str().unwrap(), "--out", "d"];
+        args.extend_from_slice(extra);
+        let o = s.run(&args);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains("contains the input file"), "{}", stderr(&o));
+        assert_eq!(std::fs::read_to_string(&inp).unwrap(), CROWD_CSV);
+    }
+    // A non-empty directory: refused without --force; with it, only aggregate's files change.
+    s.write("o/thesis.tex", "years of work");
+    let o = s.run(&["aggregate", inp.to_str().unwrap(), "--out", "o"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is not empty") && stderr(&o).contains("--force"), "{}", stderr(&o));
+    assert!(!s.path().join("o/labels.csv").exists());
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "o", "--force"]);
+    assert_eq!(std::fs::read_to_string(s.path().join("o/thesis.tex")).unwrap(), "years of work");
+    assert!(s.path().join("o/labels.csv").is_file() && s.path().join("o/summary.json").is_file());
+    // A file as --out; a new directory; an empty directory.
+    s.write("f", "x");
+    let o = s.run(&["aggregate", inp.to_str().unwrap(), "--out", "f"]);
+    assert!(stderr(&o).contains("not a directory"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(s.path().join("f")).unwrap(), "x");
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "new/deep"]);
+    std::fs::create_dir(s.path().join("empty")).unwrap();
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "empty"]);
+    assert!(s.path().join("empty/labels.csv").is_file());
+    // A failure (bad input) leaves no output directory and no staging directory behind.
+    let bad = s.write("bad.csv", "worker,task,label\n");
+    let o = s.run(&["aggregate", bad.to_str().unwrap(), "--out", "nothing"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!s.path().join("nothing").exists());
+    let stray: Vec<_> = std::fs::read_dir(s.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".aggregate-")).collect();
+    assert!(stray.is_empty(), "staging left behind: {stray:?}");
+}
