@@ -19,4 +19,5 @@ pub mod schema;
 pub mod spec;
 pub mod stages;
 pub mod suggest;
+pub mod supervise;
 pub mod text;

@@ -201,6 +201,54 @@ fn a_background_process_of_a_finished_stage_is_killed_before_the_commit() {
     assert_eq!(std::fs::read_to_string(s.export("a").join("a.txt")).unwrap(), "clean\n");
 }
 
+/// `setsid` leaves the process group and `env -i` drops the token: only the supervisor
+/// (a child subreaper) still finds such a process, here one that holds an open file of $OUT.
+#[test]
+fn a_process_that_escapes_group_and_token_is_killed_before_the_commit() {
+    let s = Sandbox::new();
+    let pidfile = s.path().join("escaped.pid");
+    let cmd = format!(
+        "echo clean > $OUT/a.txt; exec 3>>$OUT/a.txt; env -i setsid sh -c 'echo $$ > {}; sleep 1; echo corrupt >&3; sleep 60' & sleep 0.3",
+        pidfile.display()
+    );
+    s.write("t.json", &one_stage(&cmd));
+    s.ok(&["run", "t.json"]);
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    assert!(!alive(pid), "the escaped process (pid {pid}) outlived its stage");
+    std::thread::sleep(Duration::from_millis(1500));
+    s.verify_clean();
+    assert_eq!(std::fs::read_to_string(s.export("a").join("a.txt")).unwrap(), "clean\n");
+    // Exit statuses pass through the supervisor unchanged.
+    s.write("f.json", &one_stage("exit 7"));
+    let o = s.run(&["run", "f.json"]);
+    assert!(stderr(&o).contains("exited with 7"), "{}", stderr(&o));
+    s.write("k.json", &one_stage("kill -9 $$"));
+    let o = s.run(&["run", "k.json"]);
+    assert!(stderr(&o).contains("killed by signal 9"), "{}", stderr(&o));
+}
+
+/// A cancelled run kills an escaped process too (the supervisor passes SIGTERM on).
+#[test]
+fn an_escaped_process_does_not_outlive_a_cancelled_run() {
+    let s = Sandbox::new();
+    let pidfile = s.path().join("escaped.pid");
+    s.write("t.json", &one_stage(&format!("env -i setsid sh -c 'echo $$ > {}; exec sleep 120' & wait", pidfile.display())));
+    let child = s.cmd(&["run", "t.json", "-q"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_file(&pidfile, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(200));
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let t0 = Instant::now();
+    while alive(pid) && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(pid), "the escaped process (pid {pid}) is still running after the run exited");
+}
+
 #[test]
 fn a_child_that_ignores_sigterm_does_not_outlive_a_cancelled_run() {
     let s = Sandbox::new();

@@ -67,7 +67,16 @@ impl Stage for Command {
             .prefix("cmd-")
             .tempdir_in(&scratch)
             .map_err(|e| StageError::io(&scratch, e))?;
-        let mut proc = Proc::new("sh");
+        // Under the supervisor when there is one: it reaps and kills what escapes both the
+        // process group and the token (`setsid` + `env -i`).
+        let mut proc = match crate::supervise::binary() {
+            Some(exe) => {
+                let mut p = Proc::new(exe);
+                p.arg(crate::supervise::ARG).arg("--").arg("sh");
+                p
+            }
+            None => Proc::new("sh"),
+        };
         proc.arg("-c")
             .arg(&p.cmd)
             .current_dir(work.path())
