@@ -8,6 +8,7 @@ pub mod cli;
 pub mod dag;
 pub mod engine;
 pub mod executor;
+pub mod fmt;
 #[cfg(feature = "ml")]
 pub mod predict;
 pub mod plan;
@@ -20,3 +21,4 @@ pub mod spec;
 pub mod stages;
 pub mod suggest;
 pub mod text;
+pub mod ui;
