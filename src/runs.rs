@@ -104,7 +104,12 @@ pub fn list(cache: &Cache, last: usize, metrics: Option<&str>) -> String {
         Some(m) => m.split(',').map(|s| s.to_string()).collect(),
         None => DEFAULT_METRICS.iter().map(|s| s.to_string()).collect(),
     };
-    list_records(cache.runs(), last, &specs, metrics.is_some())
+    let runs: Vec<RunRecord> = cache.runs();
+    // Runs recorded before `runs/<id>.json` existed: written once, for `pipeline ui`.
+    for r in runs.iter().filter(|r| !cache.root().join("runs").join(format!("{}.json", r.id)).exists()) {
+        let _ = cache.put_run(r.id, r);
+    }
+    list_records(runs, last, &specs, metrics.is_some())
 }
 
 fn get(cache: &Cache, id: u64) -> Result<RunRecord, RunsError> {

@@ -358,7 +358,14 @@ fn study_small() -> Sandbox {
 #[test]
 fn runs_table_has_metric_columns_and_compare_lines_runs_up() {
     let s = study();
+    // A run recorded before runs/<id>.json existed gets its file from the next `runs`.
+    let rec = s.cache().join("runs/1.json");
+    let json = |p: &std::path::Path| serde_json::from_slice::<serde_json::Value>(&std::fs::read(p).unwrap()).unwrap();
+    let was = json(&rec);
+    std::fs::remove_file(&rec).unwrap();
     let out = stdout(&s.ok(&["runs"]));
+    let now = json(&rec);
+    assert_eq!((&now["id"], &now["overrides"], now["stages"].as_array().unwrap().len()), (&was["id"], &was["overrides"], 4));
     let header = out.lines().nth(1).unwrap();
     for col in ["run", "started", "trigger", "status", "ran", "cached", "failed", "amt.agreement", "dawid-skene.agreement"] {
         assert!(header.contains(col), "{col}: {out}");
