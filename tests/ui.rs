@@ -180,6 +180,7 @@ fn every_page_kind_over_http() {
     assert!(plan1.contains("class=\"hit\"") && !plan1.contains("class=\"miss\""), "{plan1}");
 
     page(&ui, "/entries");
+    assert_eq!(get(&ui, "/favicon.ico").status, 204);
     // HEAD works, other methods do not.
     let mut c = TcpStream::connect(("127.0.0.1", ui.port)).unwrap();
     write!(c, "POST / HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", ui.port).unwrap();

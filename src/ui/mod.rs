@@ -68,6 +68,8 @@ pub fn router(files: Files, pipelines: Vec<PathBuf>, hosts: Option<Vec<String>>)
         .route("/compare", get(compare))
         .route("/plan", get(plan_list))
         .route("/plan/{n}", get(plan))
+        // Browsers ask for it on every page; "nothing" is an answer, a 404 is a console error.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .fallback(|| async { respond(Page::NotFound("no such page".into())) })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
