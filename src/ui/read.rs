@@ -143,7 +143,10 @@ impl Files {
         if cmdline.join(" ") != command {
             return None;
         }
-        let is_run = cmdline.iter().skip(1).any(|a| a == "run" || a == "schedule");
+        // The subcommand is the first argument that names one (`--cache run` is a directory).
+        const SUBCOMMANDS: [&str; 14] = ["run", "plan", "dag", "schema", "cache", "runs", "schedule", "aggregate", "predict", "exec-stage", "demo-data", "ui", "completions", "man"];
+        let sub = cmdline.iter().skip(1).enumerate().find(|(i, a)| SUBCOMMANDS.contains(&a.as_str()) && (*i == 0 || !["--cache", "--log-format"].contains(&cmdline[*i].as_str())));
+        let is_run = matches!(sub.map(|(_, a)| a.as_str()), Some("run" | "schedule"));
         let mut running = Vec::new();
         let mut ids = Vec::new();
         for d in fs::read_dir(self.root.join("tmp")).into_iter().flatten().flatten() {
@@ -201,6 +204,34 @@ mod tests {
         fs::write(outside.join(&digest[2..]), "x").unwrap();
         std::os::unix::fs::symlink(&outside, d.path().join("objects/ab")).unwrap();
         assert!(f.blob(&digest, 1).is_none());
+    }
+
+    #[test]
+    fn the_lock_holder_counts_only_while_alive_and_as_itself() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("index")).unwrap();
+        fs::create_dir_all(d.path().join("tmp/run7-train-x-1-2")).unwrap();
+        let f = Files::open(d.path()).unwrap();
+        let holder = |args: &[&str]| {
+            let c = std::process::Command::new("sh").args(args).spawn().unwrap();
+            fs::write(d.path().join("LOCK"), format!("{}\nsh {}\n", c.id(), args.join(" "))).unwrap();
+            c
+        };
+        let mut c = holder(&["-c", "sleep 5", "x", "run", "p.json"]);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let a = f.activity(&[]).expect("alive");
+        assert!(a.is_run && a.run_id == Some(1), "{a:?}");
+        c.kill().unwrap();
+        c.wait().unwrap();
+        assert!(f.activity(&[]).is_none(), "a dead holder is no holder");
+        let mut c = holder(&["-c", "sleep 5", "x", "--cache", "run", "runs"]);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!f.activity(&[]).expect("alive").is_run, "`--cache run` is a directory");
+        // Another command under that pid (reused) is not the holder.
+        fs::write(d.path().join("LOCK"), format!("{}\npipeline run p.json\n", c.id())).unwrap();
+        assert!(f.activity(&[]).is_none());
+        c.kill().unwrap();
+        c.wait().unwrap();
     }
 
     #[test]
