@@ -65,7 +65,7 @@ pub fn duration(r: &RunRecord) -> String {
 /// The newest `last` runs with the key metrics as columns. `specs` as [`metric_columns`];
 /// specs no shown run has are named below the table.
 pub fn list_records(mut runs: Vec<RunRecord>, last: usize, specs: &[String], explicit: bool) -> String {
-    runs.sort_by(|a, b| b.id.cmp(&a.id));
+    runs.sort_by_key(|r| std::cmp::Reverse(r.id));
     runs.truncate(last);
     let known: BTreeSet<String> = runs.iter().flat_map(|r| r.metrics().into_keys()).collect();
     let (cols, unmatched) = metric_columns(specs, &known);

@@ -83,7 +83,9 @@ async fn guard(State(st): St, req: Request, next: Next) -> Response {
             return (StatusCode::MISDIRECTED_REQUEST, "this view answers to its loopback address only\n").into_response();
         }
     }
+    let path = req.uri().path().to_string();
     let mut res = next.run(req).await;
+    tracing::debug!(path = %crate::text::cap(&path, 300), status = res.status().as_u16(), "ui request");
     let h = res.headers_mut();
     // No script runs on any page, and an artifact can never become one.
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"));

@@ -368,7 +368,7 @@ pub fn entry_page(f: &Files, key: &str, page: usize) -> Page {
         // Reports' figures first (they sit at the top level), then the rest, a few only.
         let mut shown: Vec<&&crate::cache::FileEntry> = images.iter().filter(|x| !x.path.contains('/')).collect();
         shown.extend(images.iter().filter(|x| x.path.contains('/')));
-        b.push_str(&format!("<h2>Images</h2><div class=\"gallery\">"));
+        b.push_str("<h2>Images</h2><div class=\"gallery\">");
         for x in shown.iter().take(24) {
             b.push_str(&format!("<a href=\"/entry/{k}/view/{p}\"><img src=\"/files/{k}/{p}\" alt=\"{a}\" title=\"{a}\"></a>", p = enc_path(&x.path), a = esc(&x.path)));
         }
@@ -379,7 +379,7 @@ pub fn entry_page(f: &Files, key: &str, page: usize) -> Page {
     }
     let pages = m.files.len().div_ceil(FILES_PER_PAGE).max(1);
     let page = page.min(pages - 1);
-    b.push_str(&format!("<h2>Files</h2><table><tr><th>path</th><th>size</th><th>digest</th><th></th></tr>"));
+    b.push_str("<h2>Files</h2><table><tr><th>path</th><th>size</th><th>digest</th><th></th></tr>");
     for x in m.files.iter().skip(page * FILES_PER_PAGE).take(FILES_PER_PAGE) {
         let p = enc_path(&x.path);
         b.push_str(&format!(

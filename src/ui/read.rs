@@ -72,7 +72,7 @@ impl Files {
             .filter(|f| f.file_name().to_str().map(|n| n.ends_with(".json")).unwrap_or(false))
             .filter_map(|f| serde_json::from_slice(&fs::read(f.path()).ok()?).ok())
             .collect();
-        runs.sort_by(|a, b| b.id.cmp(&a.id));
+        runs.sort_by_key(|r| std::cmp::Reverse(r.id));
         runs
     }
 
