@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Table};
+use comfy_table::Cell;
 
 use crate::cache::Cache;
 use crate::dag::{self, Pipeline};
@@ -75,13 +75,17 @@ pub enum Command {
     /// Inspect and maintain the cache.
     #[command(subcommand)]
     Cache(CacheCmd),
-    /// Run history: list, show one, or diff two runs.
+    /// Run history: list, show one, diff two, or compare several runs.
     Runs {
         #[command(subcommand)]
         cmd: Option<RunsCmd>,
         /// How many runs to list.
         #[arg(long, default_value_t = 20)]
         last: usize,
+        /// Metric columns, comma-separated: `accuracy` (that metric of every stage) or
+        /// `stage.metric` [default: accuracy,macro_f1,agreement].
+        #[arg(long, value_name = "A,B")]
+        metrics: Option<String>,
     },
     /// Run a pipeline at each tick of a cron expression (or print a systemd timer / crontab line).
     Schedule(ScheduleArgs),
@@ -99,6 +103,28 @@ pub enum Command {
         #[arg(short, long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
         k: u16,
     },
+    /// Serve a local, read-only web view of the runs and the cache (no authentication).
+    Ui {
+        /// Port (0: any free port; the address is printed).
+        #[arg(long, default_value_t = 8765)]
+        port: u16,
+        /// Address to listen on: loopback unless --allow-remote.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        /// Allow a --bind address other than loopback: anyone who can reach it reads every artifact.
+        #[arg(long)]
+        allow_remote: bool,
+        /// A pipeline file the plan page offers (repeatable; those of recorded runs are offered too).
+        #[arg(long = "pipeline", value_name = "FILE")]
+        pipelines: Vec<PathBuf>,
+    },
+    /// Print a shell completion script: `pipeline completions bash > /etc/bash_completion.d/pipeline`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `pipeline man > pipeline.1`.
+    Man,
     /// Run one stage from a job file (what an executor such as Slurm runs on a node).
     #[command(hide = true)]
     ExecStage { job: PathBuf },
@@ -286,6 +312,14 @@ pub enum RunsCmd {
     Show { id: u64 },
     /// What changed from run A to run B: params, inputs, flipped labels, metrics.
     Diff { a: u64, b: u64 },
+    /// Two or more runs side by side: the params and inputs that differ, and the metrics.
+    Compare {
+        #[arg(required = true, num_args = 2..)]
+        ids: Vec<u64>,
+        /// Machine-readable: {"runs","params","inputs","metrics","flipped"}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn init_logging(format: LogFormat, default: &str) {
@@ -428,13 +462,34 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             cache_cmd(&open_cache(&cli.cache, cli.wait)?, CacheCmd::Verify { rebuild: false })
         }
         Command::Cache(cmd) => cache_cmd(&open_cache(&cli.cache, cli.wait)?, cmd),
-        Command::Runs { cmd, last } => {
+        Command::Runs { cmd, last, metrics } => {
             let cache = open_cache(&cli.cache, cli.wait)?;
             match cmd {
-                None => print!("{}", crate::runs::list(&cache, last)),
+                None => print!("{}", crate::runs::list(&cache, last, metrics.as_deref())),
                 Some(RunsCmd::Show { id }) => print!("{}", crate::runs::show(&cache, id)?),
                 Some(RunsCmd::Diff { a, b }) => print!("{}", crate::runs::diff(&cache, a, b)?),
+                Some(RunsCmd::Compare { ids, json }) => {
+                    let c = crate::runs::compare(&cache, &ids)?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&c)?);
+                    } else {
+                        print!("{}", crate::runs::render_comparison(&c));
+                    }
+                }
             }
+            Ok(0)
+        }
+        Command::Ui { port, bind, allow_remote, pipelines } => {
+            let opts = crate::ui::UiOptions { cache: cli.cache.clone(), bind, port, allow_remote, pipelines };
+            crate::ui::serve(opts, wait_for_shutdown())?;
+            Ok(0)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "pipeline", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
             Ok(0)
         }
         Command::ExecStage { job } => crate::executor::exec_stage(&job),
@@ -627,22 +682,7 @@ pub async fn wait_for_shutdown() {
     }
 }
 
-pub fn table(headers: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(headers.iter().map(|h| Cell::new(h)).collect::<Vec<_>>());
-    t
-}
-
-pub fn fmt_ms(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms} ms")
-    } else if ms < 120_000 {
-        format!("{:.1} s", ms as f64 / 1000.0)
-    } else {
-        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
-    }
-}
+pub use crate::fmt::{fmt_ms, human_age, human_bytes, table};
 
 fn print_summary(r: &RunRecord) {
     let mut t = table(&["stage", "status", "time", "output"]);
@@ -923,29 +963,5 @@ fn pick_entries(cache: &Cache, what: Option<&str>, all: bool) -> Result<Vec<crat
         (_, true) => Ok(cache.entries()),
         (Some(w), false) => Ok(vec![resolve_noting_others(cache, w)?]),
         (None, false) => bail!("name an entry (STAGE, PIPELINE/STAGE or a key prefix), or pass --all"),
-    }
-}
-
-pub fn human_bytes(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < U.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
-}
-
-pub fn human_age(s: u64) -> String {
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m", s / 60),
-        3600..=86399 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86400),
     }
 }

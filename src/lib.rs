@@ -8,6 +8,7 @@ pub mod cli;
 pub mod dag;
 pub mod engine;
 pub mod executor;
+pub mod fmt;
 #[cfg(feature = "ml")]
 pub mod predict;
 pub mod plan;
@@ -21,3 +22,4 @@ pub mod stages;
 pub mod suggest;
 pub mod supervise;
 pub mod text;
+pub mod ui;

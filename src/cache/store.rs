@@ -820,8 +820,54 @@ impl Cache {
     }
 
     pub fn put_run<T: Serialize>(&self, id: u64, run: &T) -> Result<(), CacheError> {
-        self.runs.insert(id.to_be_bytes(), serde_json::to_vec(run).unwrap_or_default()).map_err(self.db_err())?;
+        let bytes = serde_json::to_vec(run).unwrap_or_default();
+        // Also as `runs/<id>.json` (tmp + rename, no fsync): readers that must not take the
+        // lock (`pipeline ui`) read the history from there, never from `db/`.
+        let dir = self.root.join("runs");
+        let tmp = self.staging_path();
+        if fs::create_dir_all(&dir).and_then(|_| fs::write(&tmp, &bytes)).and_then(|_| fs::rename(&tmp, dir.join(format!("{id}.json")))).is_err() {
+            let _ = fs::remove_file(&tmp);
+            tracing::warn!(run = id, "could not write runs/{id}.json (the web view will not list this run)");
+        }
+        self.runs.insert(id.to_be_bytes(), bytes).map_err(self.db_err())?;
         self.flush()
+    }
+
+    /// A stand-in for the cache built from the files every commit and run write (`index/`,
+    /// `runs/`) in a temporary database: `db/` is never opened, so a reader using it (the
+    /// web view's plan page) never waits for nor blocks the process holding the lock. Each
+    /// stage's current output is the key of the newest run that had one. For lookups and
+    /// `plan` only: nothing written to it reaches the cache, and `view` must not be asked.
+    pub fn snapshot(root: &Path) -> Result<Self, CacheError> {
+        let root = fs::canonicalize(root).map_err(io_err(root))?;
+        let tmp_err = |source| CacheError::Db { path: PathBuf::from("(temporary)"), source };
+        let db = sled::Config::new().temporary(true).flush_every_ms(None).open().map_err(tmp_err)?;
+        let tree = |n: &str| db.open_tree(n).map_err(tmp_err);
+        let c = Self { entries: tree("entries")?, manifests: tree("manifests")?, last: tree("last")?, runs: tree("runs")?, stat: tree("stat")?, root, db };
+        for f in fs::read_dir(c.root.join("index")).into_iter().flatten().flatten() {
+            if let Some(r) = fs::read(f.path()).ok().and_then(|b| serde_json::from_slice::<IndexRecord>(&b).ok()) {
+                let _ = c.manifests.insert(r.entry.output.as_bytes(), serde_json::to_vec(&r.manifest).unwrap_or_default());
+                let _ = c.entries.insert(r.entry.key.0.as_bytes(), serde_json::to_vec(&r.entry).unwrap_or_default());
+            }
+        }
+        let mut runs: Vec<(u64, serde_json::Value)> = fs::read_dir(c.root.join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|f| Some((f.file_name().to_str()?.strip_suffix(".json")?.parse().ok()?, serde_json::from_slice(&fs::read(f.path()).ok()?).ok()?)))
+            .collect();
+        runs.sort_by_key(|r| r.0);
+        for (id, r) in &runs {
+            let _ = c.runs.insert(id.to_be_bytes(), serde_json::to_vec(r).unwrap_or_default());
+            let pipeline = r["pipeline"].as_str().unwrap_or_default();
+            for s in r["stages"].as_array().into_iter().flatten() {
+                // A stage with an output was a hit or a commit: what set_last records.
+                if let (Some(stage), Some(key), true) = (s["name"].as_str(), s["key"].as_str(), s["output"].is_string()) {
+                    let _ = c.set_last(pipeline, stage, &CacheKey(key.to_string()));
+                }
+            }
+        }
+        Ok(c)
     }
 
     pub fn runs<T: for<'de> Deserialize<'de>>(&self) -> Vec<T> {

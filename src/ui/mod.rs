@@ -1,0 +1,226 @@
+//! `pipeline ui`: a local, read-only web view of the cache and its run history.
+//!
+//! axum on the tokio runtime the engine uses; HTML rendered here, no JavaScript, nothing
+//! fetched from elsewhere. It reads files only (see [`read`]): it never opens the sled
+//! database, so it neither blocks a run nor waits for one. No route writes anything.
+
+pub mod pages;
+pub mod read;
+pub mod svg;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, RawQuery, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use pages::Page;
+use read::Files;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UiError {
+    #[error("{}: not a pipeline cache ({why}); pass --cache DIR", path.display())]
+    NoCache { path: PathBuf, why: String },
+    #[error("--bind {0}: not a loopback address; the view has no authentication, so serving it to the network needs --allow-remote")]
+    NotLoopback(IpAddr),
+    #[error("listening on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct UiOptions {
+    pub cache: PathBuf,
+    pub bind: IpAddr,
+    pub port: u16,
+    pub allow_remote: bool,
+    /// Pipeline files the plan page offers besides those of recorded runs.
+    pub pipelines: Vec<PathBuf>,
+}
+
+struct AppState {
+    files: Files,
+    pipelines: Vec<PathBuf>,
+    /// Host headers accepted when bound to loopback (a page elsewhere must not read this
+    /// through DNS rebinding).
+    hosts: Option<Vec<String>>,
+}
+
+type St = State<Arc<AppState>>;
+
+pub fn router(files: Files, pipelines: Vec<PathBuf>, hosts: Option<Vec<String>>) -> Router {
+    let state = Arc::new(AppState { files, pipelines, hosts });
+    Router::new()
+        .route("/", get(runs))
+        .route("/runs", get(runs))
+        .route("/runs/{id}", get(run))
+        .route("/entries", get(entries))
+        .route("/entry/{key}", get(entry))
+        .route("/entry/{key}/view/{*path}", get(view))
+        .route("/files/{key}/{*path}", get(file))
+        .route("/compare", get(compare))
+        .route("/plan", get(plan_list))
+        .route("/plan/{n}", get(plan))
+        // Browsers ask for it on every page; "nothing" is an answer, a 404 is a console error.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .fallback(|| async { respond(Page::NotFound("no such page".into())) })
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+/// Refuses foreign Host headers on a loopback server; sets the headers every answer carries.
+async fn guard(State(st): St, req: Request, next: Next) -> Response {
+    if let Some(hosts) = &st.hosts {
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        if !hosts.iter().any(|h| h == host) {
+            return (StatusCode::MISDIRECTED_REQUEST, "this view answers to its loopback address only\n").into_response();
+        }
+    }
+    let path = req.uri().path().to_string();
+    let mut res = next.run(req).await;
+    tracing::debug!(path = %crate::text::cap(&path, 300), status = res.status().as_u16(), "ui request");
+    let h = res.headers_mut();
+    // No script runs on any page, and an artifact can never become one.
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+fn respond(p: Page) -> Response {
+    let html = |code, title: &str, msg: &str| (code, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], pages::layout(title, &format!("<h1>{title}</h1><p>{msg}</p>"), false)).into_response();
+    match p {
+        Page::Html(s) => ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], s).into_response(),
+        Page::NotFound(m) => html(StatusCode::NOT_FOUND, "Not found", &pages::esc(&m)),
+        Page::BadRequest(m) => html(StatusCode::BAD_REQUEST, "Bad request", &pages::esc(&m)),
+    }
+}
+
+/// Pages read files: off the async threads.
+async fn blocking(st: Arc<AppState>, f: impl FnOnce(&AppState) -> Page + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(move || f(&st)).await {
+        Ok(p) => respond(p),
+        Err(e) => {
+            tracing::error!("a page panicked: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+        }
+    }
+}
+
+fn page_of(q: &Option<String>) -> usize {
+    q.as_deref().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("page=")?.parse().ok()).unwrap_or(0).min(1 << 40)
+}
+
+async fn runs(State(st): St) -> Response {
+    blocking(st, |s| pages::runs_page(&s.files)).await
+}
+
+async fn run(State(st): St, UrlPath(id): UrlPath<String>) -> Response {
+    let Ok(id) = id.parse::<u64>() else { return respond(Page::NotFound(format!("not a run id: {}", crate::text::cap(&id, 40)))) };
+    blocking(st, move |s| pages::run_page(&s.files, id)).await
+}
+
+async fn entries(State(st): St) -> Response {
+    blocking(st, |s| pages::entries_page(&s.files)).await
+}
+
+async fn entry(State(st): St, UrlPath(key): UrlPath<String>, RawQuery(q): RawQuery) -> Response {
+    let page = page_of(&q);
+    blocking(st, move |s| pages::entry_page(&s.files, &key, page)).await
+}
+
+async fn view(State(st): St, UrlPath((key, path)): UrlPath<(String, String)>, RawQuery(q): RawQuery) -> Response {
+    let page = page_of(&q);
+    blocking(st, move |s| pages::view_page(&s.files, &key, &path, page)).await
+}
+
+async fn compare(State(st): St, RawQuery(q): RawQuery) -> Response {
+    match pages::parse_ids(q.as_deref()) {
+        Ok(ids) => blocking(st, move |s| pages::compare_page(&s.files, &ids)).await,
+        Err(e) => respond(Page::BadRequest(e)),
+    }
+}
+
+async fn plan_list(State(st): St) -> Response {
+    blocking(st, |s| pages::plan_list_page(&s.files, &s.pipelines)).await
+}
+
+async fn plan(State(st): St, UrlPath(n): UrlPath<String>) -> Response {
+    let Ok(n) = n.parse::<usize>() else { return respond(Page::NotFound("no such pipeline file".into())) };
+    blocking(st, move |s| pages::plan_page(&s.files, &s.pipelines, n)).await
+}
+
+/// A file of an entry, streamed from its blob.
+async fn file(State(st): St, UrlPath((key, path)): UrlPath<(String, String)>, RawQuery(q): RawQuery) -> Response {
+    let download = q.as_deref().unwrap_or("").split('&').any(|kv| kv == "download=1" || kv == "download");
+    let found = tokio::task::spawn_blocking(move || pages::entry_file(&st.files, &key, &path).map(|(_, fe, blob)| (fe, blob))).await.ok().flatten();
+    let Some((fe, blob)) = found else { return respond(Page::NotFound("no such file in that entry".into())) };
+    let Ok(f) = tokio::fs::File::open(&blob).await else { return respond(Page::NotFound("the blob is gone".into())) };
+    let stream = futures::stream::unfold(f, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 << 10];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    let name = fe.path.rsplit('/').next().unwrap_or("file");
+    let ascii: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || ".-_".contains(c) { c } else { '_' }).collect();
+    let mut res = Response::new(Body::from_stream(stream));
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(pages::content_type(&fe.path)));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(fe.size));
+    let disp = if download || pages::content_type(&fe.path) == "application/octet-stream" {
+        format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{}", pages::enc(name))
+    } else {
+        format!("inline; filename=\"{ascii}\"")
+    };
+    if let Ok(v) = HeaderValue::from_str(&disp) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    res
+}
+
+/// Serve until `shutdown` resolves. Prints the address on stdout once listening.
+pub fn serve(opts: UiOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), UiError> {
+    let files = Files::open(&opts.cache)?;
+    if !opts.bind.is_loopback() && !opts.allow_remote {
+        return Err(UiError::NotLoopback(opts.bind));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(16).enable_all().build().map_err(UiError::Serve)?;
+    rt.block_on(async move {
+        let addr = SocketAddr::new(opts.bind, opts.port);
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| UiError::Bind(addr, e))?;
+        let local = listener.local_addr().map_err(UiError::Serve)?;
+        let hosts = opts.bind.is_loopback().then(|| {
+            let p = local.port();
+            let mut h = vec![format!("localhost:{p}"), format!("127.0.0.1:{p}"), format!("[::1]:{p}")];
+            if p == 80 {
+                h.extend(["localhost".into(), "127.0.0.1".into(), "[::1]".into()]);
+            }
+            h
+        });
+        if !opts.bind.is_loopback() {
+            eprintln!("warning: serving the cache on {local} to anyone who can reach it: the view has no authentication (every artifact can be read and downloaded)");
+        }
+        let url = if local.is_ipv6() { format!("http://[{}]:{}/", local.ip(), local.port()) } else { format!("http://{local}/") };
+        println!("pipeline ui: serving {} read-only at {url}", files.root().display());
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        axum::serve(listener, router(files, opts.pipelines, hosts)).with_graceful_shutdown(shutdown).await.map_err(UiError::Serve)
+    })?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}

@@ -1,0 +1,409 @@
+//! End to end: `pipeline ui` on a cache filled by a small pipeline without ML (demo-data,
+//! amt, dawid-skene, command stages), every page kind fetched over HTTP, path escapes,
+//! a `pipeline run` while the view is up; and the `runs` table, `runs compare`,
+//! completions and the man page.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const STUDY: &str = r#"{"name":"study","stages":{
+ "demo-data":{"kind":"demo-data","params":{"seed":7,"per_class":2,"valid_per_class":1,"test_per_class":1}},
+ "amt":{"kind":"amt","inputs":{"batches":"demo-data/amt","images":"demo-data"},"params":{"image_url_prefix":"https://demo.invalid/emotion/"}},
+ "dawid-skene":{"kind":"dawid-skene","inputs":{"answers":"amt"}},
+ "notes":{"kind":"command","inputs":{"l":"dawid-skene"},"params":{"cmd":"cp $IN_l/labels.csv $OUT/labels.csv; seq 1 250 | sed 's/^/row,/' > $OUT/rows.csv; printf '# Notes <i>x</i>\n\n<script>alert(1)</script>\n\n![p](pooled.png)\n' > $OUT/notes.md; echo hi > \"$OUT/a b#?%.txt\"; echo evil > \"$OUT/<i>x&.txt\"; mkdir $OUT/sub; cp $IN_l/pooled.png $OUT/sub/p.png; echo notes done"}}
+}}"#;
+
+/// A running `pipeline ui`, killed when dropped.
+struct Ui {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Ui {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_ui(s: &Sandbox, extra: &[&str]) -> Ui {
+    let mut args = vec!["ui", "--port", "0"];
+    args.extend_from_slice(extra);
+    let mut child = s.cmd(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line.rsplit(':').next().and_then(|p| p.trim().trim_end_matches('/').parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
+    Ui { child, port }
+}
+
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> &str {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).unwrap_or("")
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+}
+
+/// A raw HTTP/1.1 GET: the path is sent exactly as given (no client normalises `..`).
+fn get_host(port: u16, path: &str, host: &str) -> Resp {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("no header end");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let nl = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let n = usize::from_str_radix(String::from_utf8_lossy(&rest[..nl]).trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[nl + 2..nl + 2 + n]);
+            rest = &rest[nl + 2 + n + 2..];
+        }
+        body = out;
+    }
+    Resp { status, headers, body }
+}
+
+fn get(ui: &Ui, path: &str) -> Resp {
+    get_host(ui.port, path, &format!("127.0.0.1:{}", ui.port))
+}
+
+/// 200, HTML, and the page as text.
+fn page(ui: &Ui, path: &str) -> String {
+    let r = get(ui, path);
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    assert_eq!(r.header("content-type"), "text/html; charset=utf-8", "{path}");
+    assert!(r.header("content-security-policy").contains("default-src 'none'"), "{path}");
+    r.text()
+}
+
+/// Two runs of the study: the second with a `--set` override.
+fn study() -> Sandbox {
+    let s = Sandbox::new();
+    s.write("p.json", STUDY);
+    s.ok(&["run", "-q", "p.json"]);
+    s.ok(&["run", "-q", "p.json", "--set", "dawid-skene.method=majority-vote"]);
+    s
+}
+
+fn entry_key(s: &Sandbox, stage: &str) -> String {
+    let o = s.ok(&["cache", "show", stage]);
+    stdout(&o).lines().find_map(|l| l.strip_prefix("key")).unwrap().trim().to_string()
+}
+
+#[test]
+fn every_page_kind_over_http() {
+    let s = study();
+    // A changed param, for the plan page's miss and its typed reason.
+    s.write("p2.json", &STUDY.replace(r#""seed":7"#, r#""seed":8"#));
+    let ui = start_ui(&s, &["--pipeline", "p2.json"]);
+
+    let runs = page(&ui, "/");
+    assert!(runs.contains("href=\"/runs/1\"") && runs.contains("href=\"/runs/2\""), "{runs}");
+    assert!(runs.find("href=\"/runs/2\"").unwrap() < runs.find("href=\"/runs/1\"").unwrap(), "newest first");
+    assert!(runs.contains("<th>dawid-skene.agreement</th>") && runs.contains("<svg class=\"chart\""), "{runs}");
+    assert!(!runs.contains("in progress"));
+
+    let run = page(&ui, "/runs/2");
+    assert!(run.contains("<svg class=\"dag\""), "{run}");
+    assert_eq!(run.matches("<g class=\"stage ").count(), 4, "{run}");
+    assert!(run.contains("--set dawid-skene.method=majority-vote"), "{run}");
+    assert!(run.contains("notes done"), "the summary lines: {run}");
+    assert_eq!(run.matches("marker-end").count(), 3, "demo-data -> amt -> dawid-skene -> notes: {run}");
+
+    let ds = entry_key(&s, "dawid-skene");
+    let entry = page(&ui, &format!("/entry/{ds}"));
+    assert!(entry.contains(&ds) && entry.contains("Key inputs") && entry.contains("labels.csv") && entry.contains("report.md"), "{entry}");
+    assert!(entry.contains(&format!("<img src=\"/files/{ds}/pooled.png\"")), "{entry}");
+    // A unique prefix finds it too.
+    assert!(page(&ui, &format!("/entry/{}", &ds[..12])).contains(&ds));
+
+    let png = get(&ui, &format!("/files/{ds}/pooled.png"));
+    assert_eq!((png.status, png.header("content-type")), (200, "image/png"));
+    assert_eq!(&png.body[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(png.header("content-length"), png.body.len().to_string());
+    let dl = get(&ui, &format!("/files/{ds}/labels.csv?download=1"));
+    assert!(dl.header("content-disposition").starts_with("attachment"), "{:?}", dl.headers);
+    assert_eq!(dl.body, std::fs::read(s.export("dawid-skene").join("labels.csv")).unwrap());
+
+    let md = page(&ui, &format!("/entry/{ds}/view/report.md"));
+    assert!(md.contains("<h1>") && md.contains("<img src=\"/files/"), "{md}");
+
+    let notes = entry_key(&s, "notes");
+    let n = page(&ui, &format!("/entry/{notes}/view/notes.md"));
+    assert!(n.contains("&lt;script&gt;") && !n.contains("<script>"), "raw HTML is text: {n}");
+    assert!(n.contains(&format!("src=\"/files/{notes}/pooled.png\"")), "{n}");
+    let e = page(&ui, &format!("/entry/{notes}"));
+    assert!(e.contains("a%20b%23%3F%25.txt") && e.contains("&lt;i&gt;x&amp;.txt") && !e.contains("<i>x"), "{e}");
+    assert_eq!(get(&ui, &format!("/files/{notes}/a%20b%23%3F%25.txt")).body, b"hi\n");
+    assert_eq!(get(&ui, &format!("/files/{notes}/sub/p.png")).status, 200);
+    let csv = page(&ui, &format!("/entry/{notes}/view/rows.csv"));
+    assert!(csv.contains("<td>row</td><td>99</td>") && !csv.contains("<td>150</td>") && csv.contains("page=1"), "paged: {csv}");
+    let csv2 = page(&ui, &format!("/entry/{notes}/view/rows.csv?page=1"));
+    assert!(csv2.contains("<td>150</td>") && !csv2.contains("<td>99</td>"), "{csv2}");
+
+    let cmp = page(&ui, "/compare?run=1&run=2");
+    assert!(cmp.contains("dawid-skene.method") && cmp.contains("majority-vote") && cmp.contains("labels flipped"), "{cmp}");
+    assert!(cmp.contains("run 1 -&gt; run 2"), "{cmp}");
+    assert_eq!(get(&ui, "/compare?run=1").status, 400);
+    assert_eq!(get(&ui, "/compare?run=1&run=77").status, 404);
+
+    let plans = page(&ui, "/plan");
+    assert!(plans.contains("p2.json") && plans.contains("p.json"), "{plans}");
+    let plan = page(&ui, "/plan/0");
+    assert!(plan.contains("class=\"miss\"") && plan.contains("params.seed 7 -&gt; 8") && plan.contains("<code class=\"reason\">param</code>"), "{plan}");
+    assert!(plan.contains("<code class=\"reason\">upstream</code>"), "{plan}");
+    let plan1 = page(&ui, "/plan/1");
+    assert!(plan1.contains("class=\"hit\"") && !plan1.contains("class=\"miss\""), "{plan1}");
+
+    page(&ui, "/entries");
+    assert_eq!(get(&ui, "/favicon.ico").status, 204);
+    // HEAD works, other methods do not.
+    let mut c = TcpStream::connect(("127.0.0.1", ui.port)).unwrap();
+    write!(c, "POST / HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", ui.port).unwrap();
+    let mut r = String::new();
+    c.read_to_string(&mut r).unwrap();
+    assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+}
+
+#[test]
+fn paths_in_urls_cannot_escape_the_cache() {
+    let s = study();
+    let ds = entry_key(&s, "dawid-skene");
+    let ui = start_ui(&s, &[]);
+    let tries = [
+        "/files/../../etc/passwd".to_string(),
+        "/files/%2e%2e/%2e%2e/etc/passwd".into(),
+        "/files/%2e%2e%2f%2e%2e%2fetc%2fpasswd".into(),
+        format!("/files/{ds}/../../../../etc/passwd"),
+        format!("/files/{ds}/%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2fetc%2fpasswd"),
+        format!("/files/{ds}/%252e%252e%252f%252e%252e%252fetc%252fpasswd"),
+        format!("/files/{ds}//etc/passwd"),
+        format!("/files/{ds}/%2Fetc%2Fpasswd"),
+        format!("/files/{ds}/..%5c..%5cetc%5cpasswd"),
+        format!("/entry/{ds}/view/..%2f..%2f..%2f..%2fetc%2fpasswd"),
+        "/files//etc/passwd/x".into(),
+        "/entry/..%2f..%2fetc%2fpasswd".into(),
+        "/entry/../../../etc/passwd".into(),
+        format!("/files/{}/labels.csv", "0".repeat(64)),
+        format!("/files/{}/x", "../".repeat(30)),
+    ];
+    for t in &tries {
+        let r = get(&ui, t);
+        assert!(r.status == 404 || r.status == 400, "{t}: {} {}", r.status, r.text());
+        assert!(!r.text().contains("root:"), "{t}");
+    }
+    // A blob replaced by a link out of the cache is not followed.
+    let labels = std::fs::read(s.export("dawid-skene").join("labels.csv")).unwrap();
+    let blob = blob_with(&s.cache(), &labels);
+    std::fs::remove_file(&blob).unwrap();
+    let secret = s.write("secret.txt", &"S".repeat(labels.len()));
+    std::os::unix::fs::symlink(&secret, &blob).unwrap();
+    let r = get(&ui, &format!("/files/{ds}/labels.csv"));
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(!r.text().contains("SSSS"));
+    // A foreign Host (DNS rebinding) is refused.
+    assert_eq!(get_host(ui.port, "/", "evil.example:80").status, 421);
+}
+
+#[test]
+fn a_run_on_the_same_cache_succeeds_while_the_ui_is_up_and_shows_in_progress() {
+    let s = Sandbox::new();
+    let flag = s.path().join("started");
+    s.write(
+        "slow.json",
+        &format!(r#"{{"name":"slow","stages":{{"fast":{{"kind":"command","params":{{"cmd":"echo f > $OUT/f"}}}},"slow":{{"kind":"command","inputs":{{"x":"fast"}},"params":{{"cmd":"touch {}; sleep 2; echo s > $OUT/s"}}}}}}}}"#, flag.display()),
+    );
+    s.ok(&["run", "-q", "slow.json", "--only", "fast"]);
+    let ui = start_ui(&s, &[]);
+    // Requests all through the run: none may block it, none may wait for it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = ui.port;
+    let hammer: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let t0 = Instant::now();
+                    let r = get_host(port, "/", &format!("127.0.0.1:{port}"));
+                    assert_eq!(r.status, 200);
+                    assert!(t0.elapsed() < Duration::from_secs(2), "a page took {:?} during a run", t0.elapsed());
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let run = s.cmd(&["run", "-q", "slow.json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_file(&flag, Duration::from_secs(20));
+    let during = page(&ui, "/");
+    assert!(during.contains("in progress") && during.contains("running now: <b>slow</b>"), "{during}");
+    assert!(during.contains("http-equiv=\"refresh\""));
+    assert!(page(&ui, "/runs/2").contains("in progress"));
+    let o = run.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let served: usize = hammer.into_iter().map(|h| h.join().unwrap()).sum();
+    assert!(served >= 4, "{served}");
+    let after = page(&ui, "/");
+    assert!(after.contains("href=\"/runs/2\"") && !after.contains("in progress"), "{after}");
+    assert!(page(&ui, "/runs/2").contains("class=\"stage ran\""));
+    // And the CLI still opens the cache: the view holds nothing.
+    s.ok(&["runs"]);
+}
+
+#[test]
+fn hostile_requests_huge_files_bad_names_and_concurrency() {
+    let s = Sandbox::new();
+    s.write(
+        "h.json",
+        r#"{"name":"h","stages":{"big":{"kind":"command","params":{"cmd":"head -c 40000000 /dev/zero | tr '\\0' 'a' > $OUT/big.txt; head -c 3000000 /dev/urandom > $OUT/bin.dat"}},
+        "bad":{"kind":"command","params":{"cmd":"touch \"$OUT/$(printf 'bad\\377name')\"; echo '<img src=x onerror=alert(1)>' >&2; exit 0"}}}}"#,
+    );
+    let o = s.run(&["run", "-q", "h.json"]);
+    assert_eq!(o.status.code(), Some(1), "the non-UTF-8 name fails its stage: {}", stderr(&o));
+    let big = entry_key(&s, "big");
+    let before = tree(&s.cache());
+    let ui = start_ui(&s, &[]);
+    let r = get(&ui, &format!("/files/{big}/big.txt"));
+    assert_eq!((r.status, r.body.len()), (200, 40_000_000));
+    assert!(r.header("content-type").starts_with("text/plain"));
+    let v = page(&ui, &format!("/entry/{big}/view/big.txt"));
+    assert!(v.contains("first 512.0 KiB shown") && v.len() < 700_000, "{}", v.len());
+    let b = page(&ui, &format!("/entry/{big}/view/bin.dat"));
+    assert!(b.contains("Binary file"));
+    assert_eq!(get(&ui, &format!("/files/{big}/bin.dat")).header("content-type"), "application/octet-stream");
+    let run = page(&ui, "/runs/1");
+    assert!(run.contains("class=\"stage failed\"") && run.contains("class=\"failed\""), "{run}");
+    for bad in ["/runs/abc", "/runs/-1", "/runs/99999999999999999999999", "/runs/0", "/entry/zz", &format!("/entry/{}", "0".repeat(64)), "/entry/0000", "/plan/5", "/plan/x", "/compare?run=x&run=1"] {
+        let r = get(&ui, bad);
+        assert!(r.status == 404 || r.status == 400, "{bad}: {}", r.status);
+        assert!(r.header("content-type").starts_with("text/html"));
+    }
+    let long = format!("/entry/{}", "a".repeat(10_000));
+    assert!(get(&ui, &long).status >= 400);
+    // Concurrent requests of every kind.
+    let port = ui.port;
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let big = big.clone();
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    let p = match i % 4 {
+                        0 => "/".to_string(),
+                        1 => "/runs/1".into(),
+                        2 => format!("/entry/{big}"),
+                        _ => format!("/entry/{big}/view/big.txt"),
+                    };
+                    assert_eq!(get_host(port, &p, &format!("127.0.0.1:{port}")).status, 200, "{p}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Nothing in the cache changed: no view built, no database opened, no LOCK written.
+    assert!(tree(&s.cache()) == before, "the view changed the cache");
+}
+
+#[test]
+fn binding_beyond_loopback_needs_a_flag_and_warns() {
+    let s = study_small();
+    let o = s.run(&["ui", "--port", "0", "--bind", "0.0.0.0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--allow-remote"), "{}", stderr(&o));
+    let mut c = s.cmd(&["ui", "--port", "0", "--bind", "0.0.0.0", "--allow-remote"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(c.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    let _ = c.kill();
+    let _ = c.wait();
+    assert!(line.contains("warning") && line.contains("no authentication"), "{line}");
+    // No cache, no view (and none is created).
+    let o = s.cmd(&["ui", "--port", "0"]).env("PIPELINE_CACHE", s.path().join("nope")).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!s.path().join("nope").exists());
+}
+
+fn study_small() -> Sandbox {
+    let s = Sandbox::new();
+    s.write("t.json", r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"echo a > $OUT/a"}}}}"#);
+    s.ok(&["run", "-q", "t.json"]);
+    s
+}
+
+#[test]
+fn runs_table_has_metric_columns_and_compare_lines_runs_up() {
+    let s = study();
+    // A run recorded before runs/<id>.json existed gets its file from the next `runs`.
+    let rec = s.cache().join("runs/1.json");
+    let json = |p: &std::path::Path| serde_json::from_slice::<serde_json::Value>(&std::fs::read(p).unwrap()).unwrap();
+    let was = json(&rec);
+    std::fs::remove_file(&rec).unwrap();
+    let out = stdout(&s.ok(&["runs"]));
+    let now = json(&rec);
+    assert_eq!((&now["id"], &now["overrides"], now["stages"].as_array().unwrap().len()), (&was["id"], &was["overrides"], 4));
+    let header = out.lines().nth(1).unwrap();
+    for col in ["run", "started", "trigger", "status", "ran", "cached", "failed", "amt.agreement", "dawid-skene.agreement"] {
+        assert!(header.contains(col), "{col}: {out}");
+    }
+    assert!(!header.contains("answers") && !out.contains(".000"), "{out}");
+    let out = stdout(&s.ok(&["runs", "--metrics", "answers,dawid-skene.iterations"]));
+    assert!(out.lines().nth(1).unwrap().contains("amt.answers"), "{out}");
+    let answers: Vec<&str> = out.lines().filter(|l| l.contains("study")).map(|l| l.split(['│', '┆']).map(str::trim).filter(|c| !c.is_empty()).nth(9).unwrap()).collect();
+    assert_eq!(answers.len(), 2);
+    assert!(answers.iter().all(|a| a.parse::<u64>().is_ok()), "integers: {answers:?}");
+    let out = stdout(&s.ok(&["runs", "--metrics", "no_such"]));
+    assert!(out.contains("no listed run has the metric no_such"), "{out}");
+    // runs show keeps every metric.
+    let show = stdout(&s.ok(&["runs", "show", "1"]));
+    assert!(show.contains("answers=") && show.contains("mean_max_posterior="), "{show}");
+
+    let cmp = stdout(&s.ok(&["runs", "compare", "1", "2"]));
+    assert!(cmp.contains("dawid-skene.method") && cmp.contains("majority-vote") && cmp.contains("amt.answers"), "{cmp}");
+    assert!(!cmp.contains("demo-data.seed"), "only params that differ: {cmp}");
+    let j: serde_json::Value = serde_json::from_slice(&s.ok(&["runs", "compare", "1", "2", "1", "--json"]).stdout).unwrap();
+    assert_eq!(j["runs"].as_array().unwrap().len(), 3);
+    assert_eq!(j["params"][0]["name"], "dawid-skene.method");
+    assert_eq!(j["params"][0]["values"], serde_json::json!(["auto", "majority-vote", "auto"]));
+    assert!(j["metrics"].as_array().unwrap().iter().any(|m| m["name"] == "amt.answers"));
+    let o = s.run(&["runs", "compare", "1", "9"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no run 9"), "{}", stderr(&o));
+    assert_eq!(s.run(&["runs", "compare", "1"]).status.code(), Some(2));
+}
+
+#[test]
+fn completions_and_man_page() {
+    let s = Sandbox::new();
+    for (shell, mark) in [("bash", "_pipeline()"), ("zsh", "#compdef pipeline"), ("fish", "complete -c pipeline")] {
+        let out = stdout(&s.ok(&["completions", shell]));
+        assert!(out.contains(mark) && out.contains("compare"), "{shell}: {}", &out[..200.min(out.len())]);
+    }
+    let man = stdout(&s.ok(&["man"]));
+    assert!(man.contains(".TH pipeline 1") && man.contains("completions"), "{}", &man[..300.min(man.len())]);
+}
