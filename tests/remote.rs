@@ -460,6 +460,8 @@ fn an_unreachable_remote_is_a_warning_for_a_run_and_an_error_for_push() {
         let o = a.ok(&["run", "t.json"]);
         assert_eq!(statuses(&a, &o), ["ran", "ran", "ran"]);
         assert!(stderr(&o).contains("is unreachable") && stderr(&o).contains("running without the remote cache"), "{endpoint}: {}", stderr(&o));
+        // stderr is a pipe here, as in CI: no colour escapes in the warning.
+        assert!(!stderr(&o).contains('\x1b'), "escape sequences in a log: {:?}", stderr(&o));
         let o = a.run(&["cache", "push", "--all"]);
         assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
         assert!(stderr(&o).contains("is unreachable"), "{}", stderr(&o));
@@ -490,4 +492,73 @@ fn plan_does_not_promise_a_remote_hit_whose_blob_is_gone() {
     let o = c.ok(&["plan", "t.json", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["stages"].as_array().unwrap().iter().all(|s| s["status"] == "hit"), "{v}");
+}
+
+// ---------- hostile remote URLs and layouts ----------
+
+#[test]
+fn an_s3_prefix_is_listed_as_it_is_stored_and_dot_segments_are_refused() {
+    let Some(server) = s3_server() else { return };
+    let env = s3_env(&server.endpoint);
+    // object_store stores `café~1` percent-encoded: pull --all and gc must still find it.
+    let url = "s3://pipeline-test/café~1/lab";
+    Machine::new(url, &env).ok(&["run", "t.json"]);
+    let b = Machine::new(url, &env);
+    let o = b.ok(&["cache", "pull", "--all"]);
+    assert!(stdout(&o).contains("pulled 3 entries"), "{}{}", stdout(&o), stderr(&o));
+    b.s.verify_clean();
+    // gc under it keeps what its entries need.
+    b.ok(&["cache", "gc", "--remote", url, "--grace", "0"]);
+    let c = Machine::new(url, &env);
+    assert!(stdout(&c.ok(&["cache", "pull", "--all"])).contains("pulled 3 entries"));
+    for bad in ["s3://pipeline-test/x/../y", "s3://pipeline-test/a//b", "s3://pipeline-test/./a"] {
+        let o = Machine::new(bad, &env).run(&["run", "t.json"]);
+        assert_eq!(o.status.code(), Some(1), "{bad}: {}", stderr(&o));
+        assert!(stderr(&o).contains(bad) && stderr(&o).contains("segment"), "{bad}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn remote_gc_never_deletes_through_a_symlinked_layout_directory() {
+    // A remote whose objects/ is a link to a local cache's objects/: every local blob looks
+    // like an orphan of the remote.
+    let a = Machine::new("", &[]);
+    a.s.ok(&["run", "t.json"]);
+    let r = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(a.s.cache().join("objects"), r.path().join("objects")).unwrap();
+    let n = blobs(&a.s.cache()).len();
+    let o = a.s.run(&["cache", "gc", "--remote", r.path().to_str().unwrap(), "--grace", "0"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("objects") && stderr(&o).contains("symbolic link"), "{}", stderr(&o));
+    assert_eq!(blobs(&a.s.cache()).len(), n, "gc --remote deleted local blobs through a link");
+    a.s.verify_clean();
+}
+
+#[test]
+fn a_relative_file_url_or_a_file_as_the_remote_is_refused() {
+    let a = Machine::new("", &[]);
+    a.s.write("f", "not a dir");
+    for (url, why) in [("file://shared", "absolute path"), ("file://", "absolute path"), ("f", "is not a directory")] {
+        let o = a.s.run(&["run", "t.json", "--remote", url]);
+        assert_eq!(o.status.code(), Some(1), "{url}: {}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{url}: {}", stderr(&o));
+    }
+    for junk in ["entries", "objects", "manifests", "shared"] {
+        assert!(!a.s.path().join(junk).exists(), "{junk} written into the current directory");
+    }
+    assert_eq!(std::fs::read_to_string(a.s.path().join("f")).unwrap(), "not a dir");
+}
+
+#[test]
+fn a_remote_blob_of_the_wrong_size_is_not_downloaded() {
+    let r = tempfile::tempdir().unwrap();
+    let url = r.path().to_str().unwrap();
+    Machine::new(url, &[]).ok(&["run", "t.json"]);
+    // 4 MB where the manifest says 200000 bytes.
+    std::fs::write(big_blob(r.path()), vec![b'x'; 4_000_000]).unwrap();
+    let b = Machine::new(url, &[]);
+    let o = b.run(&["cache", "pull", "--all"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("4000000 bytes, expected 200000; not downloaded"), "{}", stderr(&o));
+    b.s.verify_clean();
 }

@@ -95,6 +95,8 @@ pub struct Remote {
     url: String,
     /// Objects found damaged in this process: their next upload overwrites them.
     damaged: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// A directory remote's directory (canonical).
+    root: Option<std::path::PathBuf>,
 }
 
 /// The runtime remote I/O runs on: one per process, never dropped (a runtime may not be
@@ -133,7 +135,17 @@ impl Remote {
             });
         }
         let path = url.strip_prefix("file://").unwrap_or(url);
-        Ok(Remote::new(dir::open(url, Path::new(path))?, String::new(), url))
+        if url.starts_with("file://") && !Path::new(path).is_absolute() {
+            // `file://shared` would be a directory of the current one (not of the pipeline
+            // file, as a plain relative directory is), and `file://` the current one itself.
+            return Err(RemoteError::Config {
+                url: url.into(),
+                message: "a file:// URL needs an absolute path (file:///path); give a relative directory without file://".into(),
+            });
+        }
+        let mut r = Remote::new(dir::open(url, Path::new(path))?, String::new(), url);
+        r.root = Some(crate::cache::store::absolute(Path::new(path)));
+        Ok(r)
     }
 
     /// [`Remote::from_url`], then one listing request under the prefix, so that a bucket that
@@ -173,7 +185,7 @@ impl Remote {
     }
 
     fn new(store: Arc<dyn ObjectStore>, prefix: String, url: &str) -> Remote {
-        Remote { store, prefix: prefix.trim_matches('/').to_string(), url: url.to_string(), damaged: Default::default() }
+        Remote { store, prefix: prefix.trim_matches('/').to_string(), url: url.to_string(), damaged: Default::default(), root: None }
     }
 
     fn path(&self, rel: &str) -> ObjPath {
@@ -291,7 +303,9 @@ impl Remote {
         let p = self.path(rel);
         let metas: Vec<object_store::ObjectMeta> = on(self.store.list(Some(&p)).try_collect()).map_err(|e| self.err(rel, e))?;
         let now = chrono::Utc::now();
-        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        // As the store spells the prefix (object_store percent-encodes non-ASCII and some
+        // ASCII characters, and drops empty segments): else nothing listed would match it.
+        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", ObjPath::from(self.prefix.as_str())) };
         Ok(metas
             .into_iter()
             .map(|m| {
@@ -300,6 +314,15 @@ impl Remote {
                 (rel, m.size, (now - m.last_modified).num_seconds().max(0) as u64)
             })
             .collect())
+    }
+
+    /// On a directory remote, the first directory of `rel` (below the remote's directory) that
+    /// is a symbolic link: listings follow links, so what is found through one may belong to
+    /// something else (a local cache's `objects/`).
+    pub fn link_in(&self, rel: &str) -> Option<String> {
+        let root = self.root.as_ref()?;
+        let parts: Vec<&str> = rel.split('/').collect();
+        (1..parts.len()).map(|n| parts[..n].join("/")).find(|d| std::fs::symlink_metadata(root.join(d)).map(|m| m.file_type().is_symlink()).unwrap_or(false))
     }
 
     pub fn delete(&self, rel: &str) -> Result<(), RemoteError> {
@@ -383,7 +406,7 @@ impl ArtifactStore for Remote {
     }
 
     fn get_blob(&self, digest: &str, dst: &Path) -> Result<bool, RemoteError> {
-        self.get_blob_counted(digest, dst, &|_| {})
+        self.get_blob_counted(digest, dst, None, &|_| {})
     }
 
     fn put_blob(&self, digest: &str, src: &Path) -> Result<u64, RemoteError> {
@@ -393,7 +416,9 @@ impl ArtifactStore for Remote {
 
 impl Remote {
     /// [`ArtifactStore::get_blob`], calling `progress` with each chunk's size as it arrives.
-    pub fn get_blob_counted(&self, digest: &str, dst: &Path, progress: &dyn Fn(u64)) -> Result<bool, RemoteError> {
+    /// With `expect`, an object of another size is refused before its bytes are read (a blob
+    /// that is far bigger than its manifest says never fills the disk).
+    pub fn get_blob_counted(&self, digest: &str, dst: &Path, expect: Option<u64>, progress: &dyn Fn(u64)) -> Result<bool, RemoteError> {
         use std::io::Write;
         let rel = blob_path(digest);
         let p = self.path(&rel);
@@ -404,6 +429,9 @@ impl Remote {
                 Err(object_store::Error::NotFound { .. }) => return Ok(false),
                 Err(e) => return Err(self.err(&rel, e)),
             };
+            if let Some(want) = expect.filter(|w| *w != got.meta.size) {
+                return Err(self.damaged(&rel, format!("{} bytes, expected {want}; not downloaded", got.meta.size)));
+            }
             let mut stream = got.into_stream();
             while let Some(chunk) = stream.try_next().await.map_err(|e| self.err(&rel, e))? {
                 f.write_all(&chunk).map_err(|e| self.err(&rel, format!("{}: {e}", dst.display())))?;

@@ -44,7 +44,7 @@ fn pull_inner(cache: &Cache, remote: &Remote, key: &CacheKey) -> Result<Option<(
     for f in wanted {
         let staged = cache.staging_file();
         let brel = blob_path(&f.digest);
-        let got = remote.get_blob_counted(&f.digest, &staged, &|n| bar.inc(n));
+        let got = remote.get_blob_counted(&f.digest, &staged, Some(f.size), &|n| bar.inc(n));
         let check = match got {
             Ok(true) => {
                 let size = std::fs::metadata(&staged).map(|m| m.len()).unwrap_or(0);
@@ -175,6 +175,12 @@ pub fn gc(remote: &Remote, grace_secs: u64) -> Result<(usize, u64), RemoteError>
     for (rel, size, age) in remote.list("manifests")?.into_iter().chain(remote.list("objects")?) {
         if age < grace_secs || !ours(&rel) || live_manifests.contains(&rel) || live_blobs.contains(&rel) {
             continue;
+        }
+        if let Some(link) = remote.link_in(&rel) {
+            return Err(RemoteError::Config {
+                url: remote.describe(),
+                message: format!("{link} is a symbolic link: gc --remote deletes nothing found through a link (it may be another cache's); {n} objects deleted before it"),
+            });
         }
         remote.delete(&rel)?;
         n += 1;
