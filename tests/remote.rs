@@ -562,3 +562,13 @@ fn a_remote_blob_of_the_wrong_size_is_not_downloaded() {
     assert!(stderr(&o).contains("4000000 bytes, expected 200000; not downloaded"), "{}", stderr(&o));
     b.s.verify_clean();
 }
+
+#[test]
+fn read_only_mode_does_not_create_a_missing_remote_directory() {
+    let a = Machine::new("", &[]);
+    let missing = a.s.path().join("not-mounted/lab-cache");
+    let o = a.s.run(&["run", "t.json", "--remote", missing.to_str().unwrap(), "--remote-mode", "read-only"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no such directory") && stderr(&o).contains("not-mounted/lab-cache"), "{}", stderr(&o));
+    assert!(!a.s.path().join("not-mounted").exists(), "read-only mode created the remote directory");
+}
