@@ -268,6 +268,12 @@ fn s3_remote_two_caches_share_one_bucket_and_retries_survive_a_flaky_server() {
 
 /// An HTTP proxy in front of `upstream` that answers every third request with 503.
 fn flaky_proxy(upstream: &str) -> String {
+    fault_proxy(upstream, |n, _| (n % 3 == 2).then_some("503 Service Unavailable"))
+}
+
+/// An HTTP proxy in front of `upstream` that answers a request with the status `rule` gives
+/// (from the request count and its head), else forwards it.
+fn fault_proxy(upstream: &str, rule: fn(usize, &str) -> Option<&'static str>) -> String {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     let up = upstream.trim_start_matches("http://").to_string();
@@ -298,8 +304,8 @@ fn flaky_proxy(upstream: &str) -> String {
                     if client.read_exact(&mut body).is_err() {
                         return;
                     }
-                    if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 3 == 2 {
-                        let _ = client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+                    if let Some(status) = rule(count.fetch_add(1, std::sync::atomic::Ordering::SeqCst), &text) {
+                        let _ = client.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes());
                         continue;
                     }
                     // Forward on a fresh connection that closes after the response.
@@ -571,4 +577,37 @@ fn read_only_mode_does_not_create_a_missing_remote_directory() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("no such directory") && stderr(&o).contains("not-mounted/lab-cache"), "{}", stderr(&o));
     assert!(!a.s.path().join("not-mounted").exists(), "read-only mode created the remote directory");
+}
+
+#[test]
+fn a_huge_remote_entry_is_refused_unread_and_replaced() {
+    let r = tempfile::tempdir().unwrap();
+    let url = r.path().to_str().unwrap();
+    Machine::new(url, &[]).ok(&["run", "t.json"]);
+    for e in std::fs::read_dir(r.path().join("entries")).unwrap().flatten() {
+        std::fs::File::create(e.path()).unwrap().set_len(100 << 20).unwrap();
+    }
+    let b = Machine::new(url, &[]);
+    let o = b.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&b, &o), ["ran", "ran", "ran"], "{}", stderr(&o));
+    assert!(stderr(&o).contains("104857600 bytes, more than an entry can be"), "{}", stderr(&o));
+    let c = Machine::new(url, &[]);
+    let o = c.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&c, &o), ["cached", "cached", "cached"], "not replaced: {}", stderr(&o));
+}
+
+#[test]
+fn remote_gc_that_cannot_read_a_manifest_deletes_nothing() {
+    let Some(server) = s3_server() else { return };
+    let url = "s3://pipeline-test/gc-read-error";
+    Machine::new(url, &s3_env(&server.endpoint)).ok(&["run", "t.json"]);
+    // Every manifest read fails (not "missing", not "damaged"): its blobs are not orphans.
+    let proxy = fault_proxy(&server.endpoint, |_, head| (head.starts_with("GET ") && head.contains("/manifests/")).then_some("403 Forbidden"));
+    let g = Machine::new(url, &s3_env(&proxy));
+    let o = g.run(&["cache", "gc", "--remote", url, "--grace", "0"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("manifests/"), "{}", stderr(&o));
+    let c = Machine::new(url, &s3_env(&server.endpoint));
+    let o = c.ok(&["cache", "pull", "--all"]);
+    assert!(stdout(&o).contains("pulled 3 entries"), "gc deleted live objects: {}{}", stdout(&o), stderr(&o));
 }

@@ -56,6 +56,9 @@ pub enum RemoteError {
 /// file: a 2 GB model never sits in memory whole, and a failed part is retried alone.
 pub const MULTIPART_ABOVE: u64 = 16 << 20;
 const PART_SIZE: usize = 8 << 20;
+/// An entry is a few kB (its key inputs and outcome): a bigger object under `entries/` is
+/// refused unread, not loaded into memory.
+const ENTRY_MAX: u64 = 64 << 20;
 /// How long the reachability check of [`Remote::connect`] waits.
 const PROBE_SECS: u64 = 10;
 
@@ -229,9 +232,22 @@ impl Remote {
     }
 
     fn get(&self, rel: &str) -> Result<Option<bytes::Bytes>, RemoteError> {
+        self.get_capped(rel, u64::MAX)
+    }
+
+    /// [`Remote::get`], refusing (as damaged, before reading it) an object above `cap` bytes.
+    fn get_capped(&self, rel: &str, cap: u64) -> Result<Option<bytes::Bytes>, RemoteError> {
         let p = self.path(rel);
-        match on(async { self.store.get(&p).await?.bytes().await }) {
-            Ok(b) => Ok(Some(b)),
+        let got = on(async {
+            let g = self.store.get(&p).await?;
+            if g.meta.size > cap {
+                return Ok(Err(g.meta.size));
+            }
+            g.bytes().await.map(Ok)
+        });
+        match got {
+            Ok(Err(size)) => Err(self.damaged(rel, format!("{size} bytes, more than an entry can be ({cap}); not read"))),
+            Ok(Ok(b)) => Ok(Some(b)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(rel, e)),
         }
@@ -355,7 +371,7 @@ impl ArtifactStore for Remote {
 
     fn get_entry(&self, key: &CacheKey) -> Result<Option<Entry>, RemoteError> {
         let rel = entry_path(key);
-        let Some(b) = self.get(&rel)? else { return Ok(None) };
+        let Some(b) = self.get_capped(&rel, ENTRY_MAX)? else { return Ok(None) };
         let e: Entry = serde_json::from_slice(&b).map_err(|e| self.damaged(&rel, format!("not an entry: {e}")))?;
         if e.key != *key || !is_hex64(&e.output) {
             return Err(self.damaged(&rel, "names another key"));
