@@ -611,3 +611,27 @@ fn remote_gc_that_cannot_read_a_manifest_deletes_nothing() {
     let o = c.ok(&["cache", "pull", "--all"]);
     assert!(stdout(&o).contains("pulled 3 entries"), "gc deleted live objects: {}{}", stdout(&o), stderr(&o));
 }
+
+#[test]
+fn a_fifo_on_a_directory_remote_is_damaged_not_a_hang() {
+    let r = tempfile::tempdir().unwrap();
+    let url = r.path().to_str().unwrap();
+    Machine::new(url, &[]).ok(&["run", "t.json"]);
+    let entry = std::fs::read_dir(r.path().join("entries")).unwrap().flatten().next().unwrap().path();
+    std::fs::remove_file(&entry).unwrap();
+    let fifo = std::ffi::CString::new(entry.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let b = Machine::new(url, &[]);
+    let mut child = b.cmd(&["run", "t.json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("run hung on a FIFO in the remote");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+}

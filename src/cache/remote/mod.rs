@@ -237,6 +237,7 @@ impl Remote {
 
     /// [`Remote::get`], refusing (as damaged, before reading it) an object above `cap` bytes.
     fn get_capped(&self, rel: &str, cap: u64) -> Result<Option<bytes::Bytes>, RemoteError> {
+        self.check_special(rel)?;
         let p = self.path(rel);
         let got = on(async {
             let g = self.store.get(&p).await?;
@@ -341,6 +342,16 @@ impl Remote {
         (1..parts.len()).map(|n| parts[..n].join("/")).find(|d| std::fs::symlink_metadata(root.join(d)).map(|m| m.file_type().is_symlink()).unwrap_or(false))
     }
 
+    /// On a directory remote, a FIFO, socket or device under an object's name is damaged: opening
+    /// it would block (a FIFO without a writer) or read something that is not an object.
+    fn check_special(&self, rel: &str) -> Result<(), RemoteError> {
+        let Some(root) = &self.root else { return Ok(()) };
+        match std::fs::metadata(root.join(rel)) {
+            Ok(m) if !m.is_file() && !m.is_dir() => Err(self.damaged(rel, "not a regular file; not read")),
+            _ => Ok(()),
+        }
+    }
+
     pub fn delete(&self, rel: &str) -> Result<(), RemoteError> {
         let p = self.path(rel);
         match on(self.store.delete(&p)) {
@@ -437,6 +448,7 @@ impl Remote {
     pub fn get_blob_counted(&self, digest: &str, dst: &Path, expect: Option<u64>, progress: &dyn Fn(u64)) -> Result<bool, RemoteError> {
         use std::io::Write;
         let rel = blob_path(digest);
+        self.check_special(&rel)?;
         let p = self.path(&rel);
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(dst).map_err(|e| self.err(&rel, format!("{}: {e}", dst.display())))?;
         let res: Result<bool, RemoteError> = on(async {
