@@ -236,6 +236,9 @@ fn check_out(out: &Path, input: &Path, force: bool) -> anyhow::Result<()> {
     if !meta.is_dir() {
         bail!("--out {} exists and is not a directory", out.display());
     }
+    if meta.permissions().readonly() {
+        bail!("--out {} is not writable", out.display());
+    }
     if let (Ok(o), Ok(i)) = (out.canonicalize(), input.canonicalize()) {
         if i.starts_with(&o) {
             bail!("--out {} contains the input file {}: choose another output directory", out.display(), input.display());
@@ -250,10 +253,8 @@ fn check_out(out: &Path, input: &Path, force: bool) -> anyhow::Result<()> {
 
 /// A fresh directory beside `out` (same file system, so the final moves are renames).
 fn staging_dir(out: &Path) -> anyhow::Result<tempfile::TempDir> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    // The parent of the absolute path: `--out .` or `--out x/..` must not stage inside itself.
+    let parent = crate::cache::store::absolute(out).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
     std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
     tempfile::Builder::new().prefix(".aggregate-").tempdir_in(&parent).with_context(|| format!("creating a staging directory in {}", parent.display()))
 }
@@ -270,16 +271,24 @@ fn install(staging: tempfile::TempDir, out: &Path, input: &Path, force: bool) ->
             return std::fs::rename(&dir, out).with_context(|| format!("moving the results into {}", out.display()));
         }
     };
-    if empty {
+    // The current directory (`--out .`) is not swapped for another: the shell would be left
+    // in a deleted directory. Its files are moved in one by one instead.
+    let holds_cwd = std::env::current_dir().ok().is_some_and(|c| c.starts_with(crate::cache::store::absolute(out)));
+    if empty && !holds_cwd {
         std::fs::remove_dir(out).with_context(|| format!("replacing the empty {}", out.display()))?;
         let dir = staging.keep();
         return std::fs::rename(&dir, out).with_context(|| format!("moving the results into {}", out.display()));
     }
-    for f in std::fs::read_dir(staging.path())?.flatten() {
+    // Every name is checked before the first is moved: a refusal changes nothing.
+    let files: Vec<_> = std::fs::read_dir(staging.path())?.flatten().collect();
+    for f in &files {
         let dst = out.join(f.file_name());
         if std::fs::symlink_metadata(&dst).map(|m| m.is_dir()).unwrap_or(false) {
-            bail!("--out {}: {} is a directory, not replaced", out.display(), dst.display());
+            bail!("--out {}: {} is a directory, not replaced (nothing was written)", out.display(), dst.display());
         }
+    }
+    for f in &files {
+        let dst = out.join(f.file_name());
         std::fs::rename(f.path(), &dst).with_context(|| format!("writing {}", dst.display()))?;
     }
     Ok(())

@@ -196,6 +196,14 @@ impl RemoteArgs {
             Some(p) if self.remote.is_none() && !url.contains("://") && !Path::new(&url).is_absolute() => p.base_dir.join(&url).display().to_string(),
             _ => url,
         };
+        // Read-only writes nothing, not even the directory: one that is not there is a wrong
+        // path or a missing mount, not an empty remote (every stage would rerun, silently).
+        if self.remote_mode == RemoteMode::ReadOnly && !url.starts_with("s3://") {
+            let dir = url.strip_prefix("file://").unwrap_or(&url);
+            if !Path::new(dir).exists() {
+                bail!("remote {url}: no such directory (--remote-mode read-only creates nothing: check the path, or whether it is mounted)");
+            }
+        }
         match Remote::connect(&url) {
             Ok(r) => Ok(Some(RemoteHandle(Arc::new(r), self.remote_mode))),
             // Offline is not an error for a run: it goes on with the local cache alone.
@@ -325,7 +333,9 @@ pub enum RunsCmd {
 pub fn init_logging(format: LogFormat, default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PIPELINE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: a CI log or a file gets no escape sequences.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => b.try_init(),
         LogFormat::Json => b.json().try_init(),

@@ -268,6 +268,12 @@ fn s3_remote_two_caches_share_one_bucket_and_retries_survive_a_flaky_server() {
 
 /// An HTTP proxy in front of `upstream` that answers every third request with 503.
 fn flaky_proxy(upstream: &str) -> String {
+    fault_proxy(upstream, |n, _| (n % 3 == 2).then_some("503 Service Unavailable"))
+}
+
+/// An HTTP proxy in front of `upstream` that answers a request with the status `rule` gives
+/// (from the request count and its head), else forwards it.
+fn fault_proxy(upstream: &str, rule: fn(usize, &str) -> Option<&'static str>) -> String {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     let up = upstream.trim_start_matches("http://").to_string();
@@ -298,8 +304,8 @@ fn flaky_proxy(upstream: &str) -> String {
                     if client.read_exact(&mut body).is_err() {
                         return;
                     }
-                    if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 3 == 2 {
-                        let _ = client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+                    if let Some(status) = rule(count.fetch_add(1, std::sync::atomic::Ordering::SeqCst), &text) {
+                        let _ = client.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes());
                         continue;
                     }
                     // Forward on a fresh connection that closes after the response.
@@ -460,6 +466,8 @@ fn an_unreachable_remote_is_a_warning_for_a_run_and_an_error_for_push() {
         let o = a.ok(&["run", "t.json"]);
         assert_eq!(statuses(&a, &o), ["ran", "ran", "ran"]);
         assert!(stderr(&o).contains("is unreachable") && stderr(&o).contains("running without the remote cache"), "{endpoint}: {}", stderr(&o));
+        // stderr is a pipe here, as in CI: no colour escapes in the warning.
+        assert!(!stderr(&o).contains('\x1b'), "escape sequences in a log: {:?}", stderr(&o));
         let o = a.run(&["cache", "push", "--all"]);
         assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
         assert!(stderr(&o).contains("is unreachable"), "{}", stderr(&o));
@@ -490,4 +498,140 @@ fn plan_does_not_promise_a_remote_hit_whose_blob_is_gone() {
     let o = c.ok(&["plan", "t.json", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["stages"].as_array().unwrap().iter().all(|s| s["status"] == "hit"), "{v}");
+}
+
+// ---------- hostile remote URLs and layouts ----------
+
+#[test]
+fn an_s3_prefix_is_listed_as_it_is_stored_and_dot_segments_are_refused() {
+    let Some(server) = s3_server() else { return };
+    let env = s3_env(&server.endpoint);
+    // object_store stores `café~1` percent-encoded: pull --all and gc must still find it.
+    let url = "s3://pipeline-test/café~1/lab";
+    Machine::new(url, &env).ok(&["run", "t.json"]);
+    let b = Machine::new(url, &env);
+    let o = b.ok(&["cache", "pull", "--all"]);
+    assert!(stdout(&o).contains("pulled 3 entries"), "{}{}", stdout(&o), stderr(&o));
+    b.s.verify_clean();
+    // gc under it keeps what its entries need.
+    b.ok(&["cache", "gc", "--remote", url, "--grace", "0"]);
+    let c = Machine::new(url, &env);
+    assert!(stdout(&c.ok(&["cache", "pull", "--all"])).contains("pulled 3 entries"));
+    for bad in ["s3://pipeline-test/x/../y", "s3://pipeline-test/a//b", "s3://pipeline-test/./a"] {
+        let o = Machine::new(bad, &env).run(&["run", "t.json"]);
+        assert_eq!(o.status.code(), Some(1), "{bad}: {}", stderr(&o));
+        assert!(stderr(&o).contains(bad) && stderr(&o).contains("segment"), "{bad}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn remote_gc_never_deletes_through_a_symlinked_layout_directory() {
+    // A remote whose objects/ is a link to a local cache's objects/: every local blob looks
+    // like an orphan of the remote.
+    let a = Machine::new("", &[]);
+    a.s.ok(&["run", "t.json"]);
+    let r = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(a.s.cache().join("objects"), r.path().join("objects")).unwrap();
+    let n = blobs(&a.s.cache()).len();
+    let o = a.s.run(&["cache", "gc", "--remote", r.path().to_str().unwrap(), "--grace", "0"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("objects") && stderr(&o).contains("symbolic link"), "{}", stderr(&o));
+    assert_eq!(blobs(&a.s.cache()).len(), n, "gc --remote deleted local blobs through a link");
+    a.s.verify_clean();
+}
+
+#[test]
+fn a_relative_file_url_or_a_file_as_the_remote_is_refused() {
+    let a = Machine::new("", &[]);
+    a.s.write("f", "not a dir");
+    for (url, why) in [("file://shared", "absolute path"), ("file://", "absolute path"), ("f", "is not a directory")] {
+        let o = a.s.run(&["run", "t.json", "--remote", url]);
+        assert_eq!(o.status.code(), Some(1), "{url}: {}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{url}: {}", stderr(&o));
+    }
+    for junk in ["entries", "objects", "manifests", "shared"] {
+        assert!(!a.s.path().join(junk).exists(), "{junk} written into the current directory");
+    }
+    assert_eq!(std::fs::read_to_string(a.s.path().join("f")).unwrap(), "not a dir");
+}
+
+#[test]
+fn a_remote_blob_of_the_wrong_size_is_not_downloaded() {
+    let r = tempfile::tempdir().unwrap();
+    let url = r.path().to_str().unwrap();
+    Machine::new(url, &[]).ok(&["run", "t.json"]);
+    // 4 MB where the manifest says 200000 bytes.
+    std::fs::write(big_blob(r.path()), vec![b'x'; 4_000_000]).unwrap();
+    let b = Machine::new(url, &[]);
+    let o = b.run(&["cache", "pull", "--all"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("4000000 bytes, expected 200000; not downloaded"), "{}", stderr(&o));
+    b.s.verify_clean();
+}
+
+#[test]
+fn read_only_mode_does_not_create_a_missing_remote_directory() {
+    let a = Machine::new("", &[]);
+    let missing = a.s.path().join("not-mounted/lab-cache");
+    let o = a.s.run(&["run", "t.json", "--remote", missing.to_str().unwrap(), "--remote-mode", "read-only"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no such directory") && stderr(&o).contains("not-mounted/lab-cache"), "{}", stderr(&o));
+    assert!(!a.s.path().join("not-mounted").exists(), "read-only mode created the remote directory");
+}
+
+#[test]
+fn a_huge_remote_entry_is_refused_unread_and_replaced() {
+    let r = tempfile::tempdir().unwrap();
+    let url = r.path().to_str().unwrap();
+    Machine::new(url, &[]).ok(&["run", "t.json"]);
+    for e in std::fs::read_dir(r.path().join("entries")).unwrap().flatten() {
+        std::fs::File::create(e.path()).unwrap().set_len(100 << 20).unwrap();
+    }
+    let b = Machine::new(url, &[]);
+    let o = b.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&b, &o), ["ran", "ran", "ran"], "{}", stderr(&o));
+    assert!(stderr(&o).contains("104857600 bytes, more than an entry can be"), "{}", stderr(&o));
+    let c = Machine::new(url, &[]);
+    let o = c.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&c, &o), ["cached", "cached", "cached"], "not replaced: {}", stderr(&o));
+}
+
+#[test]
+fn remote_gc_that_cannot_read_a_manifest_deletes_nothing() {
+    let Some(server) = s3_server() else { return };
+    let url = "s3://pipeline-test/gc-read-error";
+    Machine::new(url, &s3_env(&server.endpoint)).ok(&["run", "t.json"]);
+    // Every manifest read fails (not "missing", not "damaged"): its blobs are not orphans.
+    let proxy = fault_proxy(&server.endpoint, |_, head| (head.starts_with("GET ") && head.contains("/manifests/")).then_some("403 Forbidden"));
+    let g = Machine::new(url, &s3_env(&proxy));
+    let o = g.run(&["cache", "gc", "--remote", url, "--grace", "0"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("manifests/"), "{}", stderr(&o));
+    let c = Machine::new(url, &s3_env(&server.endpoint));
+    let o = c.ok(&["cache", "pull", "--all"]);
+    assert!(stdout(&o).contains("pulled 3 entries"), "gc deleted live objects: {}{}", stdout(&o), stderr(&o));
+}
+
+#[test]
+fn a_fifo_on_a_directory_remote_is_damaged_not_a_hang() {
+    let r = tempfile::tempdir().unwrap();
+    let url = r.path().to_str().unwrap();
+    Machine::new(url, &[]).ok(&["run", "t.json"]);
+    let entry = std::fs::read_dir(r.path().join("entries")).unwrap().flatten().next().unwrap().path();
+    std::fs::remove_file(&entry).unwrap();
+    let fifo = std::ffi::CString::new(entry.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let b = Machine::new(url, &[]);
+    let mut child = b.cmd(&["run", "t.json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("run hung on a FIFO in the remote");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
 }

@@ -742,3 +742,39 @@ fn aggregate_never_overwrites_what_is_not_its_own() {
     let stray: Vec<_> = std::fs::read_dir(s.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".aggregate-")).collect();
     assert!(stray.is_empty(), "staging left behind: {stray:?}");
 }
+
+#[test]
+fn aggregate_out_dot_a_directory_in_the_way_and_a_read_only_out() {
+    let s = Sandbox::new();
+    let inp = s.write("in.csv", CROWD_CSV);
+    // `--out .` in an empty directory: written there, nothing staged inside it, the directory
+    // itself kept (a shell in it is not left in a deleted directory).
+    let here = s.path().join("here");
+    std::fs::create_dir(&here).unwrap();
+    let o = s.cmd(&["aggregate", inp.to_str().unwrap(), "--out", "."]).current_dir(&here).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(here.join("labels.csv").is_file());
+    let stray = |d: &std::path::Path| std::fs::read_dir(d).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".aggregate-")).count();
+    assert_eq!(stray(&here) + stray(s.path()), 0);
+    // A directory where aggregate would write a file: refused before any file is replaced.
+    s.write("o/labels.csv", "old");
+    s.write("o/posteriors.csv", "old");
+    std::fs::create_dir(s.path().join("o/summary.json")).unwrap();
+    let o = s.run(&["aggregate", inp.to_str().unwrap(), "--out", "o", "--force"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("summary.json is a directory"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(s.path().join("o/labels.csv")).unwrap(), "old");
+    assert_eq!(std::fs::read_to_string(s.path().join("o/posteriors.csv")).unwrap(), "old");
+    assert!(!s.path().join("o/report.md").exists());
+    // A read-only (empty) --out is refused, not swapped for a writable one.
+    use std::os::unix::fs::PermissionsExt;
+    let ro = s.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let o = s.run(&["aggregate", inp.to_str().unwrap(), "--out", "ro"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--out ro is not writable"), "{}", stderr(&o));
+    assert_eq!(std::fs::metadata(&ro).unwrap().permissions().mode() & 0o777, 0o555);
+    assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0);
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+}

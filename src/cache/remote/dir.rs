@@ -13,6 +13,9 @@ use super::RemoteError;
 pub fn open(url: &str, dir: &Path) -> Result<Arc<dyn ObjectStore>, RemoteError> {
     let cfg = |message: String| RemoteError::Config { url: url.to_string(), message };
     let abs = crate::cache::store::absolute(dir);
+    if abs.exists() && !abs.is_dir() {
+        return Err(cfg(format!("{} is not a directory", abs.display())));
+    }
     std::fs::create_dir_all(&abs).map_err(|e| cfg(format!("creating {}: {e}", abs.display())))?;
     if !abs.is_dir() {
         return Err(cfg(format!("{} is not a directory", abs.display())));

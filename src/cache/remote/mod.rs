@@ -56,6 +56,9 @@ pub enum RemoteError {
 /// file: a 2 GB model never sits in memory whole, and a failed part is retried alone.
 pub const MULTIPART_ABOVE: u64 = 16 << 20;
 const PART_SIZE: usize = 8 << 20;
+/// An entry is a few kB (its key inputs and outcome): a bigger object under `entries/` is
+/// refused unread, not loaded into memory.
+const ENTRY_MAX: u64 = 64 << 20;
 /// How long the reachability check of [`Remote::connect`] waits.
 const PROBE_SECS: u64 = 10;
 
@@ -95,6 +98,8 @@ pub struct Remote {
     url: String,
     /// Objects found damaged in this process: their next upload overwrites them.
     damaged: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// A directory remote's directory (canonical).
+    root: Option<std::path::PathBuf>,
 }
 
 /// The runtime remote I/O runs on: one per process, never dropped (a runtime may not be
@@ -133,7 +138,17 @@ impl Remote {
             });
         }
         let path = url.strip_prefix("file://").unwrap_or(url);
-        Ok(Remote::new(dir::open(url, Path::new(path))?, String::new(), url))
+        if url.starts_with("file://") && !Path::new(path).is_absolute() {
+            // `file://shared` would be a directory of the current one (not of the pipeline
+            // file, as a plain relative directory is), and `file://` the current one itself.
+            return Err(RemoteError::Config {
+                url: url.into(),
+                message: "a file:// URL needs an absolute path (file:///path); give a relative directory without file://".into(),
+            });
+        }
+        let mut r = Remote::new(dir::open(url, Path::new(path))?, String::new(), url);
+        r.root = Some(crate::cache::store::absolute(Path::new(path)));
+        Ok(r)
     }
 
     /// [`Remote::from_url`], then one listing request under the prefix, so that a bucket that
@@ -173,7 +188,7 @@ impl Remote {
     }
 
     fn new(store: Arc<dyn ObjectStore>, prefix: String, url: &str) -> Remote {
-        Remote { store, prefix: prefix.trim_matches('/').to_string(), url: url.to_string(), damaged: Default::default() }
+        Remote { store, prefix: prefix.trim_matches('/').to_string(), url: url.to_string(), damaged: Default::default(), root: None }
     }
 
     fn path(&self, rel: &str) -> ObjPath {
@@ -217,9 +232,23 @@ impl Remote {
     }
 
     fn get(&self, rel: &str) -> Result<Option<bytes::Bytes>, RemoteError> {
+        self.get_capped(rel, u64::MAX)
+    }
+
+    /// [`Remote::get`], refusing (as damaged, before reading it) an object above `cap` bytes.
+    fn get_capped(&self, rel: &str, cap: u64) -> Result<Option<bytes::Bytes>, RemoteError> {
+        self.check_special(rel)?;
         let p = self.path(rel);
-        match on(async { self.store.get(&p).await?.bytes().await }) {
-            Ok(b) => Ok(Some(b)),
+        let got = on(async {
+            let g = self.store.get(&p).await?;
+            if g.meta.size > cap {
+                return Ok(Err(g.meta.size));
+            }
+            g.bytes().await.map(Ok)
+        });
+        match got {
+            Ok(Err(size)) => Err(self.damaged(rel, format!("{size} bytes, more than an entry can be ({cap}); not read"))),
+            Ok(Ok(b)) => Ok(Some(b)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(rel, e)),
         }
@@ -291,7 +320,9 @@ impl Remote {
         let p = self.path(rel);
         let metas: Vec<object_store::ObjectMeta> = on(self.store.list(Some(&p)).try_collect()).map_err(|e| self.err(rel, e))?;
         let now = chrono::Utc::now();
-        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        // As the store spells the prefix (object_store percent-encodes non-ASCII and some
+        // ASCII characters, and drops empty segments): else nothing listed would match it.
+        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", ObjPath::from(self.prefix.as_str())) };
         Ok(metas
             .into_iter()
             .map(|m| {
@@ -300,6 +331,25 @@ impl Remote {
                 (rel, m.size, (now - m.last_modified).num_seconds().max(0) as u64)
             })
             .collect())
+    }
+
+    /// On a directory remote, the first directory of `rel` (below the remote's directory) that
+    /// is a symbolic link: listings follow links, so what is found through one may belong to
+    /// something else (a local cache's `objects/`).
+    pub fn link_in(&self, rel: &str) -> Option<String> {
+        let root = self.root.as_ref()?;
+        let parts: Vec<&str> = rel.split('/').collect();
+        (1..parts.len()).map(|n| parts[..n].join("/")).find(|d| std::fs::symlink_metadata(root.join(d)).map(|m| m.file_type().is_symlink()).unwrap_or(false))
+    }
+
+    /// On a directory remote, a FIFO, socket or device under an object's name is damaged: opening
+    /// it would block (a FIFO without a writer) or read something that is not an object.
+    fn check_special(&self, rel: &str) -> Result<(), RemoteError> {
+        let Some(root) = &self.root else { return Ok(()) };
+        match std::fs::metadata(root.join(rel)) {
+            Ok(m) if !m.is_file() && !m.is_dir() => Err(self.damaged(rel, "not a regular file; not read")),
+            _ => Ok(()),
+        }
     }
 
     pub fn delete(&self, rel: &str) -> Result<(), RemoteError> {
@@ -332,7 +382,7 @@ impl ArtifactStore for Remote {
 
     fn get_entry(&self, key: &CacheKey) -> Result<Option<Entry>, RemoteError> {
         let rel = entry_path(key);
-        let Some(b) = self.get(&rel)? else { return Ok(None) };
+        let Some(b) = self.get_capped(&rel, ENTRY_MAX)? else { return Ok(None) };
         let e: Entry = serde_json::from_slice(&b).map_err(|e| self.damaged(&rel, format!("not an entry: {e}")))?;
         if e.key != *key || !is_hex64(&e.output) {
             return Err(self.damaged(&rel, "names another key"));
@@ -383,7 +433,7 @@ impl ArtifactStore for Remote {
     }
 
     fn get_blob(&self, digest: &str, dst: &Path) -> Result<bool, RemoteError> {
-        self.get_blob_counted(digest, dst, &|_| {})
+        self.get_blob_counted(digest, dst, None, &|_| {})
     }
 
     fn put_blob(&self, digest: &str, src: &Path) -> Result<u64, RemoteError> {
@@ -393,9 +443,12 @@ impl ArtifactStore for Remote {
 
 impl Remote {
     /// [`ArtifactStore::get_blob`], calling `progress` with each chunk's size as it arrives.
-    pub fn get_blob_counted(&self, digest: &str, dst: &Path, progress: &dyn Fn(u64)) -> Result<bool, RemoteError> {
+    /// With `expect`, an object of another size is refused before its bytes are read (a blob
+    /// that is far bigger than its manifest says never fills the disk).
+    pub fn get_blob_counted(&self, digest: &str, dst: &Path, expect: Option<u64>, progress: &dyn Fn(u64)) -> Result<bool, RemoteError> {
         use std::io::Write;
         let rel = blob_path(digest);
+        self.check_special(&rel)?;
         let p = self.path(&rel);
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(dst).map_err(|e| self.err(&rel, format!("{}: {e}", dst.display())))?;
         let res: Result<bool, RemoteError> = on(async {
@@ -404,6 +457,9 @@ impl Remote {
                 Err(object_store::Error::NotFound { .. }) => return Ok(false),
                 Err(e) => return Err(self.err(&rel, e)),
             };
+            if let Some(want) = expect.filter(|w| *w != got.meta.size) {
+                return Err(self.damaged(&rel, format!("{} bytes, expected {want}; not downloaded", got.meta.size)));
+            }
             let mut stream = got.into_stream();
             while let Some(chunk) = stream.try_next().await.map_err(|e| self.err(&rel, e))? {
                 f.write_all(&chunk).map_err(|e| self.err(&rel, format!("{}: {e}", dst.display())))?;

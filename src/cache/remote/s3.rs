@@ -27,6 +27,11 @@ pub fn open(url: &str, rest: &str) -> Result<(Arc<dyn ObjectStore>, String), Rem
             message: "credentials do not belong in the URL: use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or ~/.aws/credentials".into(),
         });
     }
+    // `a/../b`, `a/./b` and `a//b` would be stored under other names than they read as
+    // (object_store encodes `..` as `%2E%2E` and drops empty segments): refuse them.
+    if prefix.trim_matches('/').split('/').any(|s| s == "." || s == "..") || prefix.trim_matches('/').contains("//") {
+        return Err(cfg(format!("the prefix {prefix:?} has an empty, `.` or `..` segment: name the prefix as its objects are stored (a/b)")));
+    }
     let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
     let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
     if var("AWS_ACCESS_KEY_ID").is_none() {

@@ -44,7 +44,7 @@ fn pull_inner(cache: &Cache, remote: &Remote, key: &CacheKey) -> Result<Option<(
     for f in wanted {
         let staged = cache.staging_file();
         let brel = blob_path(&f.digest);
-        let got = remote.get_blob_counted(&f.digest, &staged, &|n| bar.inc(n));
+        let got = remote.get_blob_counted(&f.digest, &staged, Some(f.size), &|n| bar.inc(n));
         let check = match got {
             Ok(true) => {
                 let size = std::fs::metadata(&staged).map(|m| m.len()).unwrap_or(0);
@@ -157,11 +157,20 @@ pub fn gc(remote: &Remote, grace_secs: u64) -> Result<(usize, u64), RemoteError>
     let mut live_blobs = std::collections::HashSet::new();
     for (rel, _, _) in remote.list("entries")? {
         let Some(key) = rel.strip_prefix("entries/") else { continue };
-        let Ok(Some(e)) = remote.get_entry(&CacheKey(key.to_string())) else { continue };
-        if let Ok(Some(m)) = remote.get_manifest(&e.output) {
-            live_blobs.extend(m.files.iter().map(|f| blob_path(&f.digest)));
-        }
+        // Only a missing or damaged entry (or manifest) frees what it names: an entry that
+        // cannot be read now (a network error, a refused request) stops the collection, or
+        // its live blobs would be deleted as orphans.
+        let e = match remote.get_entry(&CacheKey(key.to_string())) {
+            Ok(Some(e)) => e,
+            Ok(None) | Err(RemoteError::Damaged { .. }) => continue,
+            Err(e) => return Err(e),
+        };
         live_manifests.insert(manifest_path(&e.output));
+        match remote.get_manifest(&e.output) {
+            Ok(Some(m)) => live_blobs.extend(m.files.iter().map(|f| blob_path(&f.digest))),
+            Ok(None) | Err(RemoteError::Damaged { .. }) => {}
+            Err(e) => return Err(e),
+        }
     }
     let (mut n, mut bytes) = (0, 0);
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
@@ -175,6 +184,12 @@ pub fn gc(remote: &Remote, grace_secs: u64) -> Result<(usize, u64), RemoteError>
     for (rel, size, age) in remote.list("manifests")?.into_iter().chain(remote.list("objects")?) {
         if age < grace_secs || !ours(&rel) || live_manifests.contains(&rel) || live_blobs.contains(&rel) {
             continue;
+        }
+        if let Some(link) = remote.link_in(&rel) {
+            return Err(RemoteError::Config {
+                url: remote.describe(),
+                message: format!("{link} is a symbolic link: gc --remote deletes nothing found through a link (it may be another cache's); {n} objects deleted before it"),
+            });
         }
         remote.delete(&rel)?;
         n += 1;
