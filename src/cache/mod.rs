@@ -17,8 +17,10 @@
 
 pub mod ingest;
 pub mod key;
+pub mod outcome;
 pub mod remote;
 pub mod store;
 
 pub use key::{CacheKey, KeyInputs};
+pub use outcome::StageOutcome;
 pub use store::{Cache, CacheError, Entry, FileEntry, Manifest, VerifyReport, ViewSnapshot};

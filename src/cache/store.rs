@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::key::{canonical_json, CacheKey, KeyInputs};
-use crate::stages::StageOutcome;
+use super::outcome::StageOutcome;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
