@@ -45,7 +45,7 @@ pub enum RemoteError {
     #[error("remote {remote}: {object} is damaged ({message}); it is ignored, and replaced by the next upload")]
     Damaged { remote: String, object: String, message: String },
     #[error(transparent)]
-    Cache(#[from] super::store::CacheError),
+    Cache(#[from] super::error::CacheError),
 }
 
 /// What a store of artifacts must do. Digests and keys are hex strings; a blob is one file.
