@@ -52,7 +52,7 @@ pub struct StageNode {
     /// Files named by params (weights...), hashed into the key.
     pub param_files: Vec<(String, PathBuf)>,
     /// Where it runs (`executor` of the stage over the pipeline's): provenance, not in the key.
-    pub executor: crate::executor::ExecutorConfig,
+    pub executor: crate::executor::config::ExecutorConfig,
 }
 
 impl StageNode {
@@ -247,7 +247,7 @@ pub fn build(file: &Path, loaded: spec::Loaded) -> Result<Pipeline, SpecError> {
                 issues.push(issue(&format!("{at}.params.{n}"), format!("file {} does not exist", p.display()), None));
             }
         }
-        let executor = match crate::executor::ExecutorConfig::resolve(raw.executor.as_ref(), rs.executor.as_ref()) {
+        let executor = match crate::executor::config::ExecutorConfig::resolve(raw.executor.as_ref(), rs.executor.as_ref()) {
             Ok(c) => c,
             Err((p, m)) => {
                 let base = if rs.executor.is_some() { format!("{at}.executor") } else { "executor".to_string() };

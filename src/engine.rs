@@ -167,6 +167,12 @@ impl RunRecord {
     }
 }
 
+impl crate::executor::Placements for RunRecord {
+    fn placements(&self) -> Vec<(&str, Option<&ExecInfo>)> {
+        self.stages.iter().map(|s| (s.name.as_str(), s.executor.as_ref())).collect()
+    }
+}
+
 /// The inputs of a stage as the key sees them.
 #[derive(Debug, Clone, Default)]
 pub struct ResolvedInputs {
