@@ -15,6 +15,8 @@ use crate::spec::{self, Promote, RawStage, SpecError, SpecIssue};
 use crate::stages::{self, DynStage};
 use crate::suggest::closest;
 
+pub mod inputs;
+
 /// Where one named input of a stage comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputSource {
@@ -91,6 +93,28 @@ impl Pipeline {
             .neighbors_directed(NodeIndex::new(idx), petgraph::Direction::Outgoing)
             .map(|n| self.graph[n])
             .collect()
+    }
+    /// Which stages run (true) or are only looked up in the cache (false), for `--only` and
+    /// `--from` (both empty: all run). One rule for `run` and `plan`.
+    pub fn selection(&self, only: &[String], from: &[String]) -> Vec<bool> {
+        let n = self.stages.len();
+        if only.is_empty() && from.is_empty() {
+            return vec![true; n];
+        }
+        let mut sel = vec![false; n];
+        for s in only {
+            if let Some(i) = self.index(s) {
+                sel[i] = true;
+            }
+        }
+        for s in from {
+            if let Some(i) = self.index(s) {
+                for j in self.downstream_closure(i) {
+                    sel[j] = true;
+                }
+            }
+        }
+        sel
     }
     /// `idx` and everything downstream of it.
     pub fn downstream_closure(&self, idx: usize) -> Vec<usize> {
