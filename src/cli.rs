@@ -575,7 +575,7 @@ fn schedule(cache_dir: &Path, args: ScheduleArgs) -> Result<i32> {
                 }
             }
         };
-        sch::run_schedule(&opts, run_once, shutdown).await
+        Ok::<_, anyhow::Error>(sch::run_schedule(&opts, run_once, shutdown).await?)
     });
     rt.shutdown_background();
     crate::stages::command::kill_all_running();

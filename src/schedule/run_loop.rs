@@ -181,22 +181,25 @@ fn describe_wait(t: DateTime<FixedOffset>) -> String {
     }
 }
 
-enum Outcome {
+enum Outcome<E> {
     Succeeded,
-    Failed(anyhow::Error),
+    Failed(E),
     /// Cancelled via the flag, or a shutdown arrived during a retry delay.
     Stopped,
 }
 
 /// Runs `run_once` at each tick until a shutdown request; see [`run_schedule_stats`].
-pub async fn run_schedule<F, Fut>(
+/// A failed run is logged with `{e:#}` (an `anyhow::Error` shows its chain) and retried; it
+/// never ends the schedule, so `E` needs only `Display`.
+pub async fn run_schedule<F, Fut, E>(
     opts: &ScheduleOptions,
     run_once: F,
     shutdown: Shutdown,
-) -> anyhow::Result<()>
+) -> Result<(), ScheduleError>
 where
     F: FnMut(CancelFlag) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     run_schedule_stats(opts, run_once, shutdown)
         .await
@@ -214,14 +217,15 @@ where
 ///   retry starts, and we return once `run_once` has returned.
 ///
 /// Errors only for a bad cron expression or time zone, or one that never fires.
-pub async fn run_schedule_stats<F, Fut>(
+pub async fn run_schedule_stats<F, Fut, E>(
     opts: &ScheduleOptions,
     mut run_once: F,
     shutdown: Shutdown,
-) -> anyhow::Result<ScheduleStats>
+) -> Result<ScheduleStats, ScheduleError>
 where
     F: FnMut(CancelFlag) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let sched = CronSchedule::parse(&opts.cron, opts.tz.as_deref())?;
     let zone = opts.tz.as_deref().unwrap_or("local time");
@@ -236,8 +240,7 @@ where
                 return Err(ScheduleError::NoNextTick {
                     expr: sched.expr().to_string(),
                     after: from.to_rfc3339(),
-                }
-                .into());
+                });
             }
             tracing::info!(cron = %sched.expr(), "no further ticks; scheduler exits");
             return Ok(stats);
@@ -392,7 +395,7 @@ mod tests {
                     } else {
                         shutdown.request();
                     }
-                    Ok(())
+                    Ok::<(), anyhow::Error>(())
                 }
             },
             shutdown.clone(),
@@ -541,7 +544,7 @@ mod tests {
         });
         let started = Instant::now();
         // Once a year: only the shutdown can end this wait.
-        let stats = run_schedule_stats(&fast_opts("0 0 1 1 *"), |_c| async { Ok(()) }, shutdown)
+        let stats = run_schedule_stats(&fast_opts("0 0 1 1 *"), |_c| async { Ok::<(), anyhow::Error>(()) }, shutdown)
             .await
             .unwrap();
         assert_eq!(stats, ScheduleStats::default());
@@ -552,7 +555,7 @@ mod tests {
     async fn bad_cron_or_tz_is_an_error_before_any_run() {
         let err = run_schedule(
             &fast_opts("0 99 * * *"),
-            |_c| async { Ok(()) },
+            |_c| async { Ok::<(), anyhow::Error>(()) },
             Shutdown::new(),
         )
         .await
@@ -560,7 +563,7 @@ mod tests {
         assert!(err.to_string().contains("hour field"), "{err}");
         let mut opts = fast_opts("0 3 * * *");
         opts.tz = Some("Mars/Olympus".into());
-        let err = run_schedule(&opts, |_c| async { Ok(()) }, Shutdown::new())
+        let err = run_schedule(&opts, |_c| async { Ok::<(), anyhow::Error>(()) }, Shutdown::new())
             .await
             .unwrap_err();
         assert!(
