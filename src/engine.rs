@@ -472,7 +472,7 @@ impl StageTask {
         let (cache, up, n2, remote) = (self.cache.clone(), self.upstream.clone(), node.clone(), self.remote.clone());
         let ask_remote = may_reuse || !self.selected;
         let looked = tokio::task::spawn_blocking(move || {
-            let resolved = resolve_inputs(&cache, &n2, &|s| up.get(s).cloned())?;
+            let resolved = resolve_inputs(&cache, &n2, &|s| up.get(s).cloned()).map_err(|e| e.to_string())?;
             let key = resolved.key_inputs(&n2).key();
             let mut hit = cache.usable_entry(&key).map_err(|e| e.to_string())?;
             let mut activity = None;

@@ -192,7 +192,7 @@ pub fn plan_with(cache: &Cache, p: &Pipeline, remote: Option<&Remote>, flags: &P
                         }
                     }
                 }
-                Err(e) => why.push(RerunReason::HashFailed { message: e }),
+                Err(e) => why.push(RerunReason::HashFailed { message: e.to_string() }),
             }
         } else if let Some((_, up)) = missing_up.iter().find(|(_, up)| skipped.contains(*up)) {
             status = "skipped";

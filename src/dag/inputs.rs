@@ -2,9 +2,28 @@
 //! and the engine (which then runs), so `plan` does not depend on the engine.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-use crate::cache::{Cache, FileEntry, KeyInputs, Manifest};
+use crate::cache::{Cache, CacheError, FileEntry, KeyInputs, Manifest};
 use super::{InputSource, StageNode};
+
+/// Why a stage's inputs cannot be hashed; worded as the run record and `plan` show it.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("input `{input}`: stage `{stage}` has no output")]
+    NoOutput { input: String, stage: String },
+    #[error("input `{input}`: the output of stage `{stage}` has nothing at `{subpath}`")]
+    EmptySubpath { input: String, stage: String, subpath: String },
+    /// A directory holding the cache would change with every run it feeds.
+    #[error("input `{input}`: directory {} contains the cache {}: name a directory that does not", dir.display(), cache.display())]
+    ContainsCache { input: String, dir: PathBuf, cache: PathBuf },
+    #[error("input `{input}`: {source}")]
+    Input { input: String, source: CacheError },
+    #[error("param `{param}`: {source}")]
+    ParamFile { param: String, source: CacheError },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
 
 /// The inputs of a stage as the key sees them.
 #[derive(Debug, Clone, Default)]
@@ -28,36 +47,35 @@ pub fn resolve_inputs(
     cache: &Cache,
     node: &StageNode,
     upstream: &dyn Fn(&str) -> Option<String>,
-) -> Result<ResolvedInputs, String> {
+) -> Result<ResolvedInputs, InputError> {
     let mut r = ResolvedInputs::default();
     for (name, src) in &node.inputs {
         let digest = match src {
             InputSource::Stage { stage, subpath } => {
-                let out = upstream(stage).ok_or_else(|| format!("input `{name}`: stage `{stage}` has no output"))?;
+                let out = upstream(stage).ok_or_else(|| InputError::NoOutput { input: name.clone(), stage: stage.clone() })?;
                 match subpath {
                     None => out,
                     Some(sub) => {
-                        let m = cache.manifest(&out).map_err(|e| e.to_string())?.unwrap_or_default();
+                        let m = cache.manifest(&out)?.unwrap_or_default();
                         let part = m.subtree(sub);
                         if part.files.is_empty() {
-                            return Err(format!("input `{name}`: the output of stage `{stage}` has nothing at `{sub}`"));
+                            return Err(InputError::EmptySubpath { input: name.clone(), stage: stage.clone(), subpath: sub.clone() });
                         }
                         part.digest()
                     }
                 }
             }
-            InputSource::File(p) => cache.digest_file(p).map_err(|e| format!("input `{name}`: {e}"))?,
+            InputSource::File(p) => cache.digest_file(p).map_err(|source| InputError::Input { input: name.clone(), source })?,
             InputSource::Dir(p) => {
-                // A directory holding the cache would change with every run it feeds.
                 if std::fs::canonicalize(p).map(|c| cache.root().starts_with(&c)).unwrap_or(false) {
-                    return Err(format!("input `{name}`: directory {} contains the cache {}: name a directory that does not", p.display(), cache.root().display()));
+                    return Err(InputError::ContainsCache { input: name.clone(), dir: p.clone(), cache: cache.root().to_path_buf() });
                 }
-                cache.digest_dir(p).map_err(|e| format!("input `{name}`: {e}"))?.digest()
+                cache.digest_dir(p).map_err(|source| InputError::Input { input: name.clone(), source })?.digest()
             }
             InputSource::Glob { matches, .. } => {
                 let mut m = Manifest::default();
                 for p in matches {
-                    let d = cache.digest_file(p).map_err(|e| format!("input `{name}`: {e}"))?;
+                    let d = cache.digest_file(p).map_err(|source| InputError::Input { input: name.clone(), source })?;
                     let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
                     let fname = p.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
                     m.files.push(FileEntry { path: fname, digest: d, size, executable: false });
@@ -69,7 +87,7 @@ pub fn resolve_inputs(
         r.sources.insert(name.clone(), src.describe());
     }
     for (name, p) in &node.param_files {
-        r.param_files.insert(name.clone(), cache.digest_file(p).map_err(|e| format!("param `{name}`: {e}"))?);
+        r.param_files.insert(name.clone(), cache.digest_file(p).map_err(|source| InputError::ParamFile { param: name.clone(), source })?);
     }
     Ok(r)
 }
