@@ -1,6 +1,5 @@
 //! Command-line interface: argument parsing and printing. The work happens in the library.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,8 +10,17 @@ use comfy_table::Cell;
 use crate::cache::Cache;
 use crate::dag::{self, Pipeline};
 use crate::cache::remote::{Remote, RemoteError, RemoteMode};
-use crate::engine::{Engine, RemoteHandle, RunOptions, RunRecord, RunStatus, StageStatus};
+use crate::engine::{RemoteHandle, RunOptions, RunRecord, RunStatus, StageStatus};
 use crate::stages::CancelFlag;
+
+// Whole commands in files of their own (private: parts of this module).
+mod cache_cmd;
+mod dag_render;
+mod run_promote;
+
+use cache_cmd::cache_cmd;
+use dag_render::render_dag;
+pub use run_promote::run_and_promote;
 
 #[derive(Parser, Debug)]
 #[command(name = "pipeline", version, about = "Declarative, content-cached pipelines: AMT labels -> Dawid-Skene -> augment -> train -> evaluate")]
@@ -582,26 +590,6 @@ pub fn run_pipeline(cache: Arc<Cache>, p: Arc<Pipeline>, opts: &RunOptions) -> R
     Ok(record)
 }
 
-/// One run, then the pipeline's `promote` section if any; the decision is recorded in the run.
-pub async fn run_and_promote(cache: &Arc<Cache>, p: &Arc<Pipeline>, opts: &RunOptions, cancel: CancelFlag) -> Result<RunRecord> {
-    // A promotion target that would replace someone's data fails the run before it starts.
-    if let Some(cfg) = &p.promote {
-        crate::promote::check_target(cache.root(), &p.base_dir, &cfg.to).with_context(|| format!("{}", p.file.display()))?;
-    }
-    let mut record = Engine::new(cache.clone(), cancel).run(p.clone(), opts).await?;
-    if let (Some(cfg), RunStatus::Ok) = (&p.promote, record.status) {
-        let d = crate::promote::promote(cache, &p.base_dir, cfg, &record)?;
-        if d.promoted {
-            tracing::info!(to = %d.to, reason = %d.reason, "promoted");
-        } else {
-            tracing::info!(reason = %d.reason, "not promoted");
-        }
-        record.promotion = Some(serde_json::to_value(&d)?);
-        cache.put_run(record.id, &record)?;
-    }
-    Ok(record)
-}
-
 fn schedule(cache_dir: &Path, args: ScheduleArgs) -> Result<i32> {
     use crate::schedule::{self as sch, OnShutdown, ScheduleOptions, Shutdown};
     let bin = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("pipeline"));
@@ -661,7 +649,7 @@ fn schedule(cache_dir: &Path, args: ScheduleArgs) -> Result<i32> {
                 }
             }
         };
-        sch::run_schedule(&opts, run_once, shutdown).await
+        Ok::<_, anyhow::Error>(sch::run_schedule(&opts, run_once, shutdown).await?)
     });
     rt.shutdown_background();
     crate::stages::command::kill_all_running();
@@ -741,237 +729,5 @@ fn print_summary(r: &RunRecord) {
                 eprintln!("error: run {} incomplete: some stages were skipped", r.id);
             }
         }
-    }
-}
-
-fn render_dag(p: &Pipeline, format: DagFormat) -> String {
-    let mut out = String::new();
-    let edges: Vec<(String, String, String)> = p
-        .order
-        .iter()
-        .flat_map(|&i| {
-            let n = &p.stages[i];
-            n.inputs.iter().filter_map(move |(input, src)| match src {
-                crate::dag::InputSource::Stage { stage, .. } => Some((stage.clone(), n.name.clone(), input.clone())),
-                _ => None,
-            })
-        })
-        .collect();
-    match format {
-        DagFormat::Text => {
-            for &i in &p.order {
-                let n = &p.stages[i];
-                let ins: Vec<String> = n.inputs.iter().map(|(k, v)| format!("{k} <- {}", v.describe())).collect();
-                out.push_str(&format!("{} [{}]{}\n", n.name, n.kind.kind(), if ins.is_empty() { String::new() } else { format!("  ({})", ins.join(", ")) }));
-            }
-        }
-        DagFormat::Dot => {
-            // DOT string literals: backslash and double quote escaped.
-            let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
-            out.push_str(&format!("digraph {} {{\n  rankdir=LR;\n", q(&p.name)));
-            for &i in &p.order {
-                let n = &p.stages[i];
-                let label = format!("{}\n({})", n.name, n.kind.kind());
-                out.push_str(&format!("  {} [label={}, shape=box];\n", q(&n.name), q(&label).replace('\n', "\\n")));
-            }
-            for (a, b, l) in &edges {
-                out.push_str(&format!("  {} -> {} [label={}];\n", q(a), q(b), q(l)));
-            }
-            out.push_str("}\n");
-        }
-        DagFormat::Mermaid => {
-            out.push_str("flowchart LR\n");
-            // Ids are names with other characters as `_`, plus the stage's position where two
-            // names would meet (`a.b` and `a-b`).
-            let clean = |s: &str| s.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
-            let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-            for n in &p.stages {
-                *seen.entry(clean(&n.name)).or_default() += 1;
-            }
-            let pos: std::collections::HashMap<&str, usize> = p.stages.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
-            let id = |s: &str| {
-                let c = clean(s);
-                if seen.get(&c).copied().unwrap_or(0) > 1 || c != s && pos.keys().any(|k| *k == c) {
-                    format!("{c}_{}", pos.get(s).copied().unwrap_or(0))
-                } else {
-                    c
-                }
-            };
-            // Mermaid labels: quotes as entity codes.
-            let esc = |s: &str| s.replace('"', "#quot;");
-            for &i in &p.order {
-                let n = &p.stages[i];
-                out.push_str(&format!("  {}[\"{} ({})\"]\n", id(&n.name), esc(&n.name), n.kind.kind()));
-            }
-            for (a, b, l) in &edges {
-                out.push_str(&format!("  {} -->|{}| {}\n", id(a), esc(l), id(b)));
-            }
-        }
-    }
-    out
-}
-
-fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
-    match cmd {
-        CacheCmd::Ls => {
-            let mut entries = cache.entries();
-            entries.sort_by(|a, b| b.created.cmp(&a.created));
-            let now = crate::cache::store::now_secs();
-            let mut t = table(&["stage", "kind", "key", "files", "size", "age", "run"]);
-            for e in &entries {
-                t.add_row(vec![
-                    Cell::new(&e.stage),
-                    Cell::new(&e.key_inputs.kind),
-                    Cell::new(e.key.short()),
-                    Cell::new(e.files),
-                    Cell::new(human_bytes(e.size)),
-                    Cell::new(human_age(now.saturating_sub(e.created))),
-                    Cell::new(e.run_id),
-                ]);
-            }
-            println!("{t}");
-            println!("{} entries", entries.len());
-        }
-        CacheCmd::Show { what } => {
-            let e = resolve_noting_others(&cache, &what)?;
-            println!("key       {}", e.key);
-            println!("stage     {} ({} v{}) in pipeline {}", e.stage, e.key_inputs.kind, e.key_inputs.kind_version, e.pipeline);
-            println!("output    {} ({} files, {})", e.output, e.files, human_bytes(e.size));
-            println!("created   {} s ago by run {}, took {}", crate::cache::store::now_secs().saturating_sub(e.created), e.run_id, fmt_ms(e.duration_ms));
-            println!("params    {}", serde_json::to_string(&e.key_inputs.params)?);
-            for (name, d) in &e.key_inputs.inputs {
-                println!("input     {name} = {} ({})", &d[..12], e.input_sources.get(name).map(|s| s.as_str()).unwrap_or(""));
-            }
-            for (name, d) in &e.key_inputs.param_files {
-                println!("file      {name} = {}", &d[..12]);
-            }
-            for (k, v) in &e.outcome.provenance {
-                println!("provenance {k} = {v}");
-            }
-            for (k, v) in &e.outcome.metrics {
-                println!("metric    {k} = {v:.4}");
-            }
-            if let Some(m) = cache.manifest(&e.output)? {
-                println!("files:");
-                for f in &m.files {
-                    println!("  {:<48} {:>10}  {}", crate::text::strip_controls(&f.path), human_bytes(f.size), &f.digest[..12]);
-                }
-            }
-            println!("view      {}", cache.view(&e.output)?.display());
-        }
-        CacheCmd::Export { what, dir, force } => {
-            let e = resolve_noting_others(&cache, &what)?;
-            let n = cache.export(&e.output, &dir, force)?;
-            println!("exported {n} files of {} ({}) to {}", e.stage, e.key.short(), dir.display());
-        }
-        CacheCmd::Gc { remote: Some(url), grace, .. } => {
-            let url = Some(url).filter(|u| !u.is_empty()).or_else(|| std::env::var("PIPELINE_REMOTE").ok());
-            let remote = RemoteArgs { remote: url, remote_mode: RemoteMode::ReadWrite }.require()?;
-            let (n, bytes) = crate::cache::remote::transfer::gc(&remote, grace)?;
-            println!("removed {n} objects from {}, freed {}", remote_url(&remote), human_bytes(bytes));
-        }
-        CacheCmd::Push { what, all, remote } => {
-            if remote.remote_mode != RemoteMode::ReadWrite {
-                bail!("cache push writes to the remote: --remote-mode {:?} forbids it", remote.remote_mode);
-            }
-            let remote = remote.require()?;
-            let entries = pick_entries(cache, what.as_deref(), all)?;
-            let (mut files, mut bytes) = (0, 0);
-            for e in &entries {
-                let m = crate::cache::remote::transfer::push(cache, &remote, e)?;
-                files += m.files;
-                bytes += m.bytes;
-            }
-            println!("pushed {} entries to {} ({files} blobs uploaded, {})", entries.len(), remote_url(&remote), human_bytes(bytes));
-        }
-        CacheCmd::Pull { what, all, remote } => {
-            let remote = remote.require()?;
-            if what.is_none() && !all {
-                bail!("cache pull: name a key prefix or stage, or pass --all");
-            }
-            let mut keys = Vec::new();
-            for (rel, _, _) in remote.list("entries")? {
-                let Some(k) = rel.strip_prefix("entries/") else { continue };
-                let key = crate::cache::CacheKey(k.to_string());
-                let wanted = match &what {
-                    None => true,
-                    Some(w) => k.starts_with(w.as_str()) || remote_entry_stage(&remote, &key).as_deref() == Some(w.as_str()),
-                };
-                if wanted {
-                    keys.push(key);
-                }
-            }
-            if keys.is_empty() {
-                bail!("cache pull: the remote {} has no entry matching {}", remote_url(&remote), what.as_deref().unwrap_or("anything"));
-            }
-            let (mut n, mut files, mut bytes, mut failed) = (0, 0, 0, 0);
-            for k in &keys {
-                if cache.usable_entry(k)?.is_some() {
-                    continue;
-                }
-                match crate::cache::remote::transfer::pull(cache, &remote, k) {
-                    Ok(Some((_, m))) => {
-                        n += 1;
-                        files += m.files;
-                        bytes += m.bytes;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("warning: {}", crate::text::clean(&e.to_string()));
-                    }
-                }
-            }
-            println!("pulled {n} entries from {} ({files} blobs, {})", remote_url(&remote), human_bytes(bytes));
-            if failed > 0 {
-                eprintln!("error: {failed} entries could not be pulled (damaged or missing objects, named above)");
-                return Ok(1);
-            }
-        }
-        CacheCmd::Gc { keep_last, .. } => {
-            let keep = keep_last.map(|n| {
-                let mut runs: Vec<RunRecord> = cache.runs();
-                runs.sort_by(|a, b| b.id.cmp(&a.id));
-                runs.iter().take(n).flat_map(|r| r.stages.iter().filter_map(|s| s.key.clone())).collect::<HashSet<String>>()
-            });
-            let (entries, bytes) = cache.gc(keep.as_ref())?;
-            println!("removed {entries} entries, freed {}", human_bytes(bytes));
-        }
-        CacheCmd::Verify { .. } => {
-            let r = cache.verify()?;
-            println!("checked {} blobs: {} damaged", r.checked, r.bad_blobs.len());
-            for e in &r.dropped {
-                println!("dropped entry {} of stage {} (its files were damaged or missing)", e.key.short(), e.stage);
-            }
-            for (v, why) in &r.bad_views {
-                println!("removed view {} ({why}); it is rebuilt from the blobs when next needed", &v[..12.min(v.len())]);
-            }
-            for j in &r.junk {
-                println!("not a blob, left alone: {}", j.display());
-            }
-            if !r.is_clean() {
-                return Ok(1);
-            }
-        }
-    }
-    Ok(0)
-}
-
-fn remote_url(r: &Remote) -> String {
-    use crate::cache::remote::ArtifactStore;
-    r.describe()
-}
-
-fn remote_entry_stage(r: &Remote, key: &crate::cache::CacheKey) -> Option<String> {
-    use crate::cache::remote::ArtifactStore;
-    r.get_entry(key).ok().flatten().map(|e| e.stage)
-}
-
-/// Local entries named by a key prefix, STAGE or PIPELINE/STAGE (its current output), or all.
-fn pick_entries(cache: &Cache, what: Option<&str>, all: bool) -> Result<Vec<crate::cache::store::Entry>> {
-    match (what, all) {
-        (_, true) => Ok(cache.entries()),
-        (Some(w), false) => Ok(vec![resolve_noting_others(cache, w)?]),
-        (None, false) => bail!("name an entry (STAGE, PIPELINE/STAGE or a key prefix), or pass --all"),
     }
 }

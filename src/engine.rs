@@ -15,7 +15,8 @@ use tokio::task::JoinSet;
 use crate::cache::store::{now_millis, now_secs};
 use crate::cache::remote::transfer::{self, Moved};
 use crate::cache::remote::{Remote, RemoteMode};
-use crate::cache::{Cache, CacheError, Entry, KeyInputs, Manifest};
+use crate::cache::{Cache, CacheError, Entry};
+use crate::dag::inputs::resolve_inputs;
 use crate::dag::{InputSource, Pipeline, StageNode};
 use crate::executor::{ExecInfo, Executor, Job, RunExecutors};
 use crate::progress::Bars;
@@ -167,72 +168,10 @@ impl RunRecord {
     }
 }
 
-/// The inputs of a stage as the key sees them.
-#[derive(Debug, Clone, Default)]
-pub struct ResolvedInputs {
-    pub digests: BTreeMap<String, String>,
-    pub param_files: BTreeMap<String, String>,
-    pub sources: BTreeMap<String, String>,
-}
-
-impl ResolvedInputs {
-    pub fn key_inputs(&self, node: &StageNode) -> KeyInputs {
-        let mut k = KeyInputs::new(node.kind.kind(), node.kind.version(), &node.kind.key_params(&node.params));
-        k.inputs = self.digests.clone();
-        k.param_files = self.param_files.clone();
-        k
+impl crate::executor::Placements for RunRecord {
+    fn placements(&self) -> Vec<(&str, Option<&ExecInfo>)> {
+        self.stages.iter().map(|s| (s.name.as_str(), s.executor.as_ref())).collect()
     }
-}
-
-/// Hash a stage's inputs. `upstream(name)` gives the output digest of an upstream stage.
-pub fn resolve_inputs(
-    cache: &Cache,
-    node: &StageNode,
-    upstream: &dyn Fn(&str) -> Option<String>,
-) -> Result<ResolvedInputs, String> {
-    let mut r = ResolvedInputs::default();
-    for (name, src) in &node.inputs {
-        let digest = match src {
-            InputSource::Stage { stage, subpath } => {
-                let out = upstream(stage).ok_or_else(|| format!("input `{name}`: stage `{stage}` has no output"))?;
-                match subpath {
-                    None => out,
-                    Some(sub) => {
-                        let m = cache.manifest(&out).map_err(|e| e.to_string())?.unwrap_or_default();
-                        let part = m.subtree(sub);
-                        if part.files.is_empty() {
-                            return Err(format!("input `{name}`: the output of stage `{stage}` has nothing at `{sub}`"));
-                        }
-                        part.digest()
-                    }
-                }
-            }
-            InputSource::File(p) => cache.digest_file(p).map_err(|e| format!("input `{name}`: {e}"))?,
-            InputSource::Dir(p) => {
-                // A directory holding the cache would change with every run it feeds.
-                if std::fs::canonicalize(p).map(|c| cache.root().starts_with(&c)).unwrap_or(false) {
-                    return Err(format!("input `{name}`: directory {} contains the cache {}: name a directory that does not", p.display(), cache.root().display()));
-                }
-                cache.digest_dir(p).map_err(|e| format!("input `{name}`: {e}"))?.digest()
-            }
-            InputSource::Glob { matches, .. } => {
-                let mut m = Manifest::default();
-                for p in matches {
-                    let d = cache.digest_file(p).map_err(|e| format!("input `{name}`: {e}"))?;
-                    let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-                    let fname = p.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-                    m.files.push(crate::cache::FileEntry { path: fname, digest: d, size, executable: false });
-                }
-                m.digest()
-            }
-        };
-        r.digests.insert(name.clone(), digest);
-        r.sources.insert(name.clone(), src.describe());
-    }
-    for (name, p) in &node.param_files {
-        r.param_files.insert(name.clone(), cache.digest_file(p).map_err(|e| format!("param `{name}`: {e}"))?);
-    }
-    Ok(r)
 }
 
 /// The path a stage sees for each input (views of upstream outputs, files in place), and
@@ -498,24 +437,7 @@ fn skipped(node: &StageNode, status: StageStatus, why: Option<String>) -> StageR
 
 /// Which stages run (true) or are only looked up in the cache (false).
 pub fn selection(p: &Pipeline, opts: &RunOptions) -> Vec<bool> {
-    let n = p.stages.len();
-    if opts.only.is_empty() && opts.from.is_empty() {
-        return vec![true; n];
-    }
-    let mut sel = vec![false; n];
-    for s in &opts.only {
-        if let Some(i) = p.index(s) {
-            sel[i] = true;
-        }
-    }
-    for s in &opts.from {
-        if let Some(i) = p.index(s) {
-            for j in p.downstream_closure(i) {
-                sel[j] = true;
-            }
-        }
-    }
-    sel
+    p.selection(&opts.only, &opts.from)
 }
 
 struct StageTask {
@@ -550,7 +472,7 @@ impl StageTask {
         let (cache, up, n2, remote) = (self.cache.clone(), self.upstream.clone(), node.clone(), self.remote.clone());
         let ask_remote = may_reuse || !self.selected;
         let looked = tokio::task::spawn_blocking(move || {
-            let resolved = resolve_inputs(&cache, &n2, &|s| up.get(s).cloned())?;
+            let resolved = resolve_inputs(&cache, &n2, &|s| up.get(s).cloned()).map_err(|e| e.to_string())?;
             let key = resolved.key_inputs(&n2).key();
             let mut hit = cache.usable_entry(&key).map_err(|e| e.to_string())?;
             let mut activity = None;

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::cache::remote::{ArtifactStore, Remote};
 use crate::cache::{Cache, KeyInputs};
 use crate::dag::{InputSource, Pipeline};
-use crate::engine::resolve_inputs;
+use crate::dag::inputs::resolve_inputs;
 
 /// Why a stage reruns (or does not run), as cargo's `DirtyReason`: one variant per cause,
 /// worded by `Display`. `plan --json` gives each stage `reasons` (the sentences) and `why`
@@ -126,8 +126,7 @@ pub fn plan(cache: &Cache, p: &Pipeline, remote: Option<&Remote>) -> Plan {
 }
 
 pub fn plan_with(cache: &Cache, p: &Pipeline, remote: Option<&Remote>, flags: &PlanFlags) -> Plan {
-    let opts = crate::engine::RunOptions { only: flags.only.clone(), from: flags.from.clone(), ..Default::default() };
-    let selected = crate::engine::selection(p, &opts);
+    let selected = p.selection(&flags.only, &flags.from);
     let mut outputs: BTreeMap<String, String> = BTreeMap::new();
     let mut first_reason: BTreeMap<String, String> = BTreeMap::new();
     let mut skipped: std::collections::HashSet<String> = std::collections::HashSet::new();
@@ -203,7 +202,7 @@ pub fn plan_with(cache: &Cache, p: &Pipeline, remote: Option<&Remote>, flags: &P
                         }
                     }
                 }
-                Err(e) => why.push(RerunReason::HashFailed { message: e }),
+                Err(e) => why.push(RerunReason::HashFailed { message: e.to_string() }),
             }
         } else if let Some((_, up)) = missing_up.iter().find(|(_, up)| skipped.contains(*up)) {
             status = "skipped";

@@ -13,7 +13,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::store::CacheError;
+use super::error::CacheError;
 
 /// Where a file of the output comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,10 +15,14 @@
 //! is written and flushed, so a crash leaves at worst an orphan blob (`cache gc` removes
 //! it), never an entry pointing at a partial blob.
 
+pub mod error;
 pub mod ingest;
 pub mod key;
+pub mod outcome;
 pub mod remote;
 pub mod store;
 
 pub use key::{CacheKey, KeyInputs};
-pub use store::{Cache, CacheError, Entry, FileEntry, Manifest, VerifyReport, ViewSnapshot};
+pub use outcome::StageOutcome;
+pub use error::CacheError;
+pub use store::{Cache, Entry, FileEntry, Manifest, VerifyReport, ViewSnapshot};

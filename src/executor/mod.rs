@@ -21,79 +21,13 @@ use serde_json::Value;
 
 use crate::stages::{CancelFlag, DynStage, Progress, StageContext, StageError, StageOutcome};
 
+pub mod config;
 pub mod local;
 pub mod slurm;
 
-/// `"executor": {...}` of a stage, or of the pipeline (the default for every stage). A
-/// stage's fields override the pipeline's one by one.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ExecutorConfig {
-    /// `local` (default) or `slurm`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    /// `sbatch --partition`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partition: Option<String>,
-    /// `sbatch --time`, Slurm's format (`2:00:00`, `30`, `1-00:00:00`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time: Option<String>,
-    /// `sbatch --mem` (`16G`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mem: Option<String>,
-    /// `sbatch --cpus-per-task`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpus: Option<u32>,
-    /// `sbatch --gpus`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpus: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub account: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub qos: Option<String>,
-    /// More `sbatch` arguments, passed as they are.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub extra_args: Vec<String>,
-    /// Work directory on a file system the nodes share (job files, status files, logs);
-    /// default `<cache>/slurm`. Relative paths resolve against the pipeline file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workdir: Option<PathBuf>,
-    /// Resubmissions after NODE_FAIL, PREEMPTED or BOOT_FAIL (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retries: Option<u32>,
-}
-
-pub const KINDS: &[&str] = &["local", "slurm"];
-
-impl ExecutorConfig {
-    /// The stage's settings over the pipeline's; `Err` = (JSON path below `executor`, message).
-    pub fn resolve(top: Option<&Value>, stage: Option<&Value>) -> Result<ExecutorConfig, (String, String)> {
-        let mut merged = serde_json::Map::new();
-        for v in [top, stage].into_iter().flatten() {
-            match v {
-                Value::Object(m) => merged.extend(m.clone()),
-                Value::Null => {}
-                _ => return Err((String::new(), "an executor is an object: {\"kind\": \"slurm\", ...}".into())),
-            }
-        }
-        let cfg: ExecutorConfig = serde_json::from_value(Value::Object(merged)).map_err(|e| (String::new(), e.to_string()))?;
-        if let Some(k) = &cfg.kind {
-            if !KINDS.contains(&k.as_str()) {
-                return Err(("kind".into(), format!("unknown executor `{k}` (known: {})", KINDS.join(", "))));
-            }
-        }
-        if let Some(t) = &cfg.time {
-            if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit() || c == ':' || c == '-') {
-                return Err(("time".into(), format!("`{t}` is not a Slurm time limit (`2:00:00`, `30`, `1-00:00:00`)")));
-            }
-        }
-        Ok(cfg)
-    }
-
-    pub fn kind(&self) -> &str {
-        self.kind.as_deref().unwrap_or("local")
-    }
-}
+// The settings are plain data in their own file: `dag` reads them without importing the
+// executors (which import the engine, which imports `dag`).
+pub use config::{ExecutorConfig, KINDS};
 
 /// One stage's execute step, serialisable: what `pipeline exec-stage JOB.json` reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -219,15 +153,21 @@ pub fn exit_code_of(e: &StageError) -> i32 {
     }
 }
 
+/// A run's stages, each with where it ran: what [`describe_jobs`] reads. The engine's run
+/// record implements it, so this layer does not import the engine.
+pub trait Placements {
+    fn placements(&self) -> Vec<(&str, Option<&ExecInfo>)>;
+}
+
 /// `runs show`: per stage that ran as a job, where and how long (empty when all ran locally).
-pub fn describe_jobs(r: &crate::engine::RunRecord) -> String {
+pub fn describe_jobs(r: &impl Placements) -> String {
     let secs = |ms: Option<u64>| ms.map(|m| format!("{:.1} s", m as f64 / 1000.0)).unwrap_or_else(|| "-".into());
     let mut out = String::new();
-    for s in &r.stages {
-        let Some(e) = s.executor.as_ref().filter(|e| e.executor != "local") else { continue };
+    for (name, e) in r.placements() {
+        let Some(e) = e.filter(|e| e.executor != "local") else { continue };
         out.push_str(&format!(
             "{}: {} job {} on {}, queue wait {}, run time {}{}{}\n",
-            s.name,
+            name,
             e.executor,
             e.job_id.as_deref().unwrap_or("-"),
             e.node.as_deref().unwrap_or("-"),

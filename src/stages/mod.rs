@@ -133,19 +133,8 @@ impl StageContext<'_> {
     }
 }
 
-/// What a finished stage tells the engine besides its files.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct StageOutcome {
-    /// Numbers worth tracking across runs (`accuracy`, `macro_f1`, `agreement`...).
-    #[serde(default)]
-    pub metrics: BTreeMap<String, f64>,
-    /// How it ran, not what it computed (backend, device, threads): never part of the key.
-    #[serde(default)]
-    pub provenance: BTreeMap<String, Value>,
-    /// Lines printed after the run summary (an evaluation table, where the report is).
-    #[serde(default)]
-    pub summary: Vec<String>,
-}
+// Defined in `cache` (entries store it), so the cache does not import the stage layer.
+pub use crate::cache::StageOutcome;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {

@@ -4,6 +4,7 @@
 //! fetched from elsewhere. It reads files only (see [`read`]): it never opens the sled
 //! database, so it neither blocks a run nor waits for one. No route writes anything.
 
+pub mod html;
 pub mod pages;
 pub mod read;
 pub mod svg;

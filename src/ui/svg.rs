@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::pages::esc;
+use super::html::esc;
 
 /// One box of the DAG.
 pub struct Node {

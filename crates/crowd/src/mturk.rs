@@ -15,6 +15,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
+use quick_xml::events::Event;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -395,11 +396,57 @@ impl Client {
     }
 }
 
+/// The image URL of a HIT's Question: the `src` of the crowd element in its HTMLContent
+/// (CDATA or escaped text, read as XML), else the first `src="..."` anywhere in it.
 fn image_src(question: &str) -> Option<String> {
-    let i = question.find("src=\"")? + 5;
-    let rest = &question[i..];
+    let html = xml_element_text(question, b"HTMLContent");
+    let text = html.as_deref().unwrap_or(question);
+    let i = text.find("src=\"")? + 5;
+    let rest = &text[i..];
     let j = rest.find('"')?;
+    // HTML attribute: its entities are HTML's, decoded here.
     Some(unescape(&rest[..j]))
+}
+
+/// The text (CDATA, entities resolved) of the first element named `local` (any namespace);
+/// `None` when the document is not XML or has no such element.
+fn xml_element_text(xml: &str, local: &[u8]) -> Option<String> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut inside = 0usize;
+    let mut text = String::new();
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(e) if inside > 0 || e.local_name().as_ref() == local => inside += 1,
+            Event::End(_) if inside > 0 => {
+                inside -= 1;
+                if inside == 0 {
+                    return Some(text);
+                }
+            }
+            Event::Text(t) if inside > 0 => text.push_str(&t.decode().ok()?),
+            Event::CData(c) if inside > 0 => text.push_str(&c.decode().ok()?),
+            Event::GeneralRef(r) if inside > 0 => push_ref(&mut text, &r).ok()?,
+            Event::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
+/// Appends what an entity or character reference stands for; XML's five predefined entities
+/// only (MTurk's documents declare no others).
+fn push_ref(out: &mut String, r: &quick_xml::events::BytesRef<'_>) -> std::result::Result<(), String> {
+    if let Some(c) = r.resolve_char_ref().map_err(|e| e.to_string())? {
+        out.push(c);
+        return Ok(());
+    }
+    let name = r.decode().map_err(|e| e.to_string())?;
+    match quick_xml::escape::resolve_predefined_entity(&name) {
+        Some(s) => {
+            out.push_str(s);
+            Ok(())
+        }
+        None => Err(format!("unknown entity &{name};")),
+    }
 }
 
 /// The label of an answer: a `*.label` field, else a `taskAnswers` (or any) field holding
@@ -452,36 +499,94 @@ fn unescape(s: &str) -> String {
     out
 }
 
-fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
-    let i = s.find(open)? + open.len();
-    let j = s[i..].find(close)? + i;
-    Some(&s[i..j])
-}
-
 /// `(QuestionIdentifier, FreeText)` pairs of a QuestionFormAnswers document. Answers with
-/// a selection instead of free text give the `SelectionIdentifier`.
+/// a selection instead of free text give the `SelectionIdentifier`; an answer with neither
+/// gives "". Read as XML: elements by local name (any namespace prefix), entities, character
+/// references and CDATA decoded.
 pub fn parse_question_form_answers(xml: &str) -> Result<Vec<(String, String)>> {
     if xml.trim().is_empty() {
         return Ok(Vec::new());
     }
-    if !xml.contains("QuestionFormAnswers") {
+    let bad = |m: String| CrowdError::Api(format!("QuestionFormAnswers is not well-formed XML: {m}"));
+    let mut reader = quick_xml::Reader::from_str(xml);
+    // Local names of the open elements, outermost first.
+    let mut open: Vec<Vec<u8>> = Vec::new();
+    let mut out = Vec::new();
+    // The answer being read: identifier, free text, selection.
+    let mut answer: Option<(Option<String>, Option<String>, Option<String>)> = None;
+    let mut text = String::new();
+    let mut root = false;
+    loop {
+        let event = reader.read_event().map_err(|e| bad(e.to_string()))?;
+        let (name, empty) = match &event {
+            Event::Start(e) => (e.local_name().as_ref().to_vec(), false),
+            Event::Empty(e) => (e.local_name().as_ref().to_vec(), true),
+            Event::End(_) => {
+                let name = open.pop().unwrap_or_default();
+                close_element(&name, &mut answer, &mut text, &mut out)?;
+                continue;
+            }
+            Event::Text(t) => {
+                text.push_str(&t.decode().map_err(|e| bad(e.to_string()))?);
+                continue;
+            }
+            Event::CData(c) => {
+                text.push_str(&c.decode().map_err(|e| bad(e.to_string()))?);
+                continue;
+            }
+            Event::GeneralRef(r) => {
+                push_ref(&mut text, r).map_err(bad)?;
+                continue;
+            }
+            Event::Eof => break,
+            _ => continue,
+        };
+        if open.is_empty() {
+            if name != b"QuestionFormAnswers" {
+                return Err(CrowdError::Api("answer is not a QuestionFormAnswers document".into()));
+            }
+            root = true;
+        }
+        if name == b"Answer" {
+            answer = Some((None, None, None));
+        }
+        text.clear();
+        if empty {
+            close_element(&name, &mut answer, &mut text, &mut out)?;
+        } else {
+            open.push(name);
+        }
+    }
+    if !root {
         return Err(CrowdError::Api("answer is not a QuestionFormAnswers document".into()));
     }
-    let mut out = Vec::new();
-    let mut rest = xml;
-    while let Some(i) = rest.find("<Answer>") {
-        let after = &rest[i + 8..];
-        let end = after.find("</Answer>").ok_or_else(|| CrowdError::Api("unterminated <Answer> in QuestionFormAnswers".into()))?;
-        let block = &after[..end];
-        let id = between(block, "<QuestionIdentifier>", "</QuestionIdentifier>")
-            .ok_or_else(|| CrowdError::Api("<Answer> without <QuestionIdentifier>".into()))?;
-        let text = between(block, "<FreeText>", "</FreeText>")
-            .or_else(|| between(block, "<SelectionIdentifier>", "</SelectionIdentifier>"))
-            .unwrap_or(if block.contains("<FreeText/>") { "" } else { "" });
-        out.push((unescape(id.trim()), unescape(text)));
-        rest = &after[end + 9..];
+    if !open.is_empty() {
+        let what = String::from_utf8_lossy(open.last().map(Vec::as_slice).unwrap_or_default()).to_string();
+        return Err(CrowdError::Api(format!("unterminated <{what}> in QuestionFormAnswers")));
     }
     Ok(out)
+}
+
+/// The end of element `name` (or an empty element) inside a QuestionFormAnswers document.
+fn close_element(
+    name: &[u8],
+    answer: &mut Option<(Option<String>, Option<String>, Option<String>)>,
+    text: &mut String,
+    out: &mut Vec<(String, String)>,
+) -> Result<()> {
+    let t = std::mem::take(text);
+    match (name, answer.as_mut()) {
+        (b"QuestionIdentifier", Some(a)) => a.0 = Some(t.trim().to_string()),
+        (b"FreeText", Some(a)) => a.1 = Some(t),
+        (b"SelectionIdentifier", Some(a)) => a.2 = Some(t),
+        (b"Answer", _) => {
+            let (id, free, selection) = answer.take().unwrap_or_default();
+            let id = id.ok_or_else(|| CrowdError::Api("<Answer> without <QuestionIdentifier>".into()))?;
+            out.push((id, free.or(selection).unwrap_or_default()));
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -538,6 +643,54 @@ mod tests {
     }
 
     /// A local server speaking the JSON 1.1 protocol; checks the signature of every request.
+    #[test]
+    fn question_form_answers_entities_cdata_and_character_references() {
+        let x = "<QuestionFormAnswers><Answer><QuestionIdentifier> q1 </QuestionIdentifier>\
+                 <FreeText>caf&#233; &#x41; &lt;b&gt; &apos;x&apos;</FreeText></Answer>\
+                 <Answer><QuestionIdentifier>q2</QuestionIdentifier><FreeText><![CDATA[a <raw> & b]]></FreeText></Answer>\
+                 </QuestionFormAnswers>";
+        let a = parse_question_form_answers(x).unwrap();
+        assert_eq!(a, vec![("q1".into(), "café A <b> 'x'".into()), ("q2".into(), "a <raw> & b".into())]);
+    }
+
+    #[test]
+    fn question_form_answers_namespace_prefixes_and_selections() {
+        let x = r#"<?xml version="1.0"?><q:QuestionFormAnswers xmlns:q="http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2005-10-01/QuestionFormAnswers.xsd"><q:Answer><q:QuestionIdentifier>pick</q:QuestionIdentifier><q:SelectionIdentifier>happy</q:SelectionIdentifier></q:Answer></q:QuestionFormAnswers>"#;
+        assert_eq!(parse_question_form_answers(x).unwrap(), vec![("pick".into(), "happy".into())]);
+        // A tag whose name merely contains "Answer" is not an answer.
+        let y = "<QuestionFormAnswers><AnswerHint>x</AnswerHint></QuestionFormAnswers>";
+        assert!(parse_question_form_answers(y).unwrap().is_empty());
+    }
+
+    #[test]
+    fn question_form_answers_missing_fields_and_bad_documents() {
+        // No FreeText (or an empty one): an empty answer, not an error.
+        let x = "<QuestionFormAnswers><Answer><QuestionIdentifier>a</QuestionIdentifier></Answer>\
+                 <Answer><QuestionIdentifier>b</QuestionIdentifier><FreeText/></Answer></QuestionFormAnswers>";
+        assert_eq!(parse_question_form_answers(x).unwrap(), vec![("a".into(), String::new()), ("b".into(), String::new())]);
+        let no_id = "<QuestionFormAnswers><Answer><FreeText>x</FreeText></Answer></QuestionFormAnswers>";
+        assert!(parse_question_form_answers(no_id).unwrap_err().to_string().contains("without <QuestionIdentifier>"));
+        let cut = "<QuestionFormAnswers><Answer><QuestionIdentifier>a</QuestionIdentifier>";
+        assert!(parse_question_form_answers(cut).unwrap_err().to_string().contains("unterminated <Answer>"));
+        let other = "<HTMLQuestion><FreeText>QuestionFormAnswers</FreeText></HTMLQuestion>";
+        assert!(parse_question_form_answers(other).unwrap_err().to_string().contains("not a QuestionFormAnswers document"));
+        let mismatched = "<QuestionFormAnswers><Answer></FreeText></QuestionFormAnswers>";
+        assert!(parse_question_form_answers(mismatched).is_err());
+        let entity = "<QuestionFormAnswers><Answer><QuestionIdentifier>a</QuestionIdentifier><FreeText>&nbsp;</FreeText></Answer></QuestionFormAnswers>";
+        assert!(parse_question_form_answers(entity).unwrap_err().to_string().contains("unknown entity &nbsp;"));
+        assert!(parse_question_form_answers("  ").unwrap().is_empty());
+    }
+
+    #[test]
+    fn image_src_from_cdata_or_escaped_html_content() {
+        let cdata = r#"<HTMLQuestion xmlns="x"><HTMLContent><![CDATA[<crowd-image-classifier src="https://x/a.jpg?s=1&amp;t=2">]]></HTMLContent></HTMLQuestion>"#;
+        assert_eq!(image_src(cdata).as_deref(), Some("https://x/a.jpg?s=1&t=2"));
+        let escaped = r#"<HTMLQuestion><HTMLContent>&lt;img src="https://x/b.jpg"&gt;</HTMLContent></HTMLQuestion>"#;
+        assert_eq!(image_src(escaped).as_deref(), Some("https://x/b.jpg"));
+        assert_eq!(image_src(r#"not xml src="https://x/c.jpg""#).as_deref(), Some("https://x/c.jpg"));
+        assert_eq!(image_src("<HTMLQuestion><HTMLContent>no image</HTMLContent></HTMLQuestion>"), None);
+    }
+
     fn serve(calls: Arc<Mutex<Vec<String>>>) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();

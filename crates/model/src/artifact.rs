@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::net::{ModelConfig, Net};
-use crate::train::TrainConfig;
+use crate::config::TrainConfig;
 
 pub const ARTIFACT_FORMAT: &str = "pipeline-model/1";
 pub const ARTIFACT_RECORD: &str = "model.mpk";

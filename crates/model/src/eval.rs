@@ -7,7 +7,25 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::predict::ImagePrediction;
+/// One image's guesses, most probable first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImagePrediction {
+    /// How reports name the image (file name, or a relative path when names repeat).
+    pub file: String,
+    /// True class, when known (evaluation).
+    #[serde(default)]
+    pub truth: Option<String>,
+    /// `(class, probability)`, descending.
+    pub top: Vec<(String, f32)>,
+}
+
+impl ImagePrediction {
+    /// `fear_00.jpg: surprise 0.96, fear 0.04`
+    pub fn line(&self) -> String {
+        let guesses: Vec<String> = self.top.iter().map(|(c, p)| format!("{c} {p:.2}")).collect();
+        format!("{}: {}", self.file, guesses.join(", "))
+    }
+}
 
 /// Name of the confusion matrix's row axis.
 pub const CONFUSION_ROWS: &str = "predicted";

@@ -126,22 +126,26 @@ pub fn read_training_images(model_dir: &Path) -> Result<Option<Vec<HashedImage>>
     if !path.is_file() {
         return Ok(None);
     }
+    /// One row as [`write_training_images`] writes it (columns by name).
+    #[derive(Deserialize)]
+    struct Row {
+        image: String,
+        role: String,
+        label: String,
+        exact: String,
+        phash: String,
+        phash_flip: String,
+    }
     let mut rdr = csv::Reader::from_path(&path).map_err(|e| ModelError::bad_file(&path, e))?;
     let mut out = Vec::new();
-    for (n, rec) in rdr.records().enumerate() {
-        let rec = rec.map_err(|e| ModelError::bad_file(&path, e))?;
+    for (n, row) in rdr.deserialize::<Row>().enumerate() {
+        let row = row.map_err(|e| ModelError::bad_file(&path, e))?;
         let bad = || ModelError::bad_file(&path, format!("line {}: not image,role,label,exact,phash,phash_flip", n + 2));
-        let get = |i: usize| rec.get(i).ok_or_else(bad);
-        let role = Role::parse(get(1)?).ok_or_else(bad)?;
-        let exact = ImageHash::parse_exact(get(3)?).ok_or_else(bad)?;
-        let phash = parse_phash(get(4)?).ok_or_else(bad)?;
-        let phash_flip = parse_phash(get(5)?).ok_or_else(bad)?;
-        out.push(HashedImage {
-            name: get(0)?.to_string(),
-            role,
-            label: get(2)?.to_string(),
-            hash: ImageHash { exact, phash, phash_flip },
-        });
+        let role = Role::parse(&row.role).ok_or_else(bad)?;
+        let exact = ImageHash::parse_exact(&row.exact).ok_or_else(bad)?;
+        let phash = parse_phash(&row.phash).ok_or_else(bad)?;
+        let phash_flip = parse_phash(&row.phash_flip).ok_or_else(bad)?;
+        out.push(HashedImage { name: row.image, role, label: row.label, hash: ImageHash { exact, phash, phash_flip } });
     }
     Ok(Some(out))
 }

@@ -5,7 +5,8 @@
 //! - [`net`]: the models (`cnn`, the default small net; `vgg16`, the study's network) and
 //!   pretrained conv weights from safetensors / PyTorch `.pth` in torchvision naming.
 //! - [`train`]: our own training loop (soft or hard targets, Adam / SGD+momentum, early
-//!   stopping with best-checkpoint restore, per-epoch callback, metrics CSV + curves PNG).
+//!   stopping with best-checkpoint restore, per-epoch callback, metrics CSV + curves PNG);
+//!   its hyper-parameters in [`config`], which [`artifact`] stores beside the record.
 //! - [`eval`]: pure metrics (confusion matrix with named axes, per-class P/R/F1, macro-F1,
 //!   top-k) and [`report`]: Markdown / JSON / heatmap PNG / top-2 CSV, change since last run.
 //! - [`leakage`]: hashes of a model's training images (kept in its artifact) and the check of
@@ -15,6 +16,7 @@
 
 pub mod artifact;
 pub mod backend;
+pub mod config;
 pub mod conv;
 pub mod data;
 pub mod error;

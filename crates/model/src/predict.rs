@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{Tensor, TensorData};
-use serde::{Deserialize, Serialize};
 
 use crate::artifact::{load_artifact, ModelArtifact};
 use crate::backend::{run_infer, BackendChoice, InferTask};
@@ -13,25 +12,8 @@ use crate::error::{ModelError, Result};
 use crate::eval::{evaluate_predictions, Evaluation};
 use crate::net::Net;
 
-/// One image's guesses, most probable first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ImagePrediction {
-    /// How reports name the image (file name, or a relative path when names repeat).
-    pub file: String,
-    /// True class, when known (evaluation).
-    #[serde(default)]
-    pub truth: Option<String>,
-    /// `(class, probability)`, descending.
-    pub top: Vec<(String, f32)>,
-}
-
-impl ImagePrediction {
-    /// `fear_00.jpg: surprise 0.96, fear 0.04`
-    pub fn line(&self) -> String {
-        let guesses: Vec<String> = self.top.iter().map(|(c, p)| format!("{c} {p:.2}")).collect();
-        format!("{}: {}", self.file, guesses.join(", "))
-    }
-}
+// Defined beside the metrics that consume it, so `eval` does not import this module.
+pub use crate::eval::ImagePrediction;
 
 /// Softmax probabilities `[n, classes]` for `n` decoded images, in batches.
 pub fn probabilities<B: crate::ModelBackend>(net: &Net<B>, pixels: &[f32], device: &B::Device) -> Vec<f32> {

@@ -81,12 +81,10 @@ pub fn changes_since(previous_report: &Path, ev: &Evaluation) -> Vec<String> {
     out
 }
 
+/// The one Markdown table writer (`pipeline_report`), which escapes `|` in cells.
 fn md_table(headers: &[String], rows: &[Vec<String>]) -> String {
-    let mut s = format!("| {} |\n|{}\n", headers.join(" | "), " --- |".repeat(headers.len()));
-    for r in rows {
-        s += &format!("| {} |\n", r.join(" | "));
-    }
-    s
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    pipeline_report::markdown_table(&headers, rows)
 }
 
 fn markdown(ev: &Evaluation, model: &str, leakage: Option<&Leakage>) -> String {
@@ -216,4 +214,15 @@ pub fn write_report(out_dir: &Path, ev: &Evaluation, model: &str, leakage: Optio
     )
     .map_err(|e| ModelError::bad_file(&png, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn md_table_escapes_pipes_in_cells() {
+        let t = md_table(&["class".into(), "f1".into()], &[vec!["a|b".into(), "0.50".into()]]);
+        assert_eq!(t, "| class | f1 |\n| --- | --- |\n| a\\|b | 0.50 |\n");
+    }
 }

@@ -24,80 +24,9 @@ use crate::data::{Dataset, IMAGE_SIZE, PIXELS};
 use crate::error::{ModelError, Result};
 use crate::net::{ModelConfig, Net};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TargetKind {
-    /// Dawid-Skene posteriors as soft labels: loss `-sum_k q_k log p_k`.
-    #[default]
-    Soft,
-    /// One-hot of the hard label (same loss, q one-hot).
-    Hard,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    #[default]
-    Adam,
-    /// SGD with (heavy-ball) momentum.
-    Sgd,
-}
-
-/// Training hyper-parameters; saved in `config.json` next to the record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrainConfig {
-    pub targets: TargetKind,
-    pub optimizer: OptimizerKind,
-    pub lr: f64,
-    /// SGD only.
-    pub momentum: f64,
-    pub batch_size: usize,
-    pub epochs: usize,
-    /// L2 penalty added to the gradients (0 = off).
-    pub weight_decay: f64,
-    /// Stop after this many epochs without a lower validation loss (0 = never stop early);
-    /// the best epoch's weights are restored either way.
-    pub patience: usize,
-    pub seed: u64,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            targets: TargetKind::Soft,
-            optimizer: OptimizerKind::Adam,
-            lr: 1e-3,
-            momentum: 0.9,
-            batch_size: 32,
-            epochs: 15,
-            weight_decay: 0.0,
-            patience: 5,
-            seed: 42,
-        }
-    }
-}
-
-impl TrainConfig {
-    pub fn validate(&self) -> Result<()> {
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(ModelError::config("lr", "must be a positive number"));
-        }
-        if !(0.0..1.0).contains(&self.momentum) {
-            return Err(ModelError::config("momentum", "must be in [0, 1)"));
-        }
-        if self.batch_size == 0 || self.batch_size > 4096 {
-            return Err(ModelError::config("batch_size", "must be in 1..=4096"));
-        }
-        if self.epochs == 0 {
-            return Err(ModelError::config("epochs", "must be at least 1"));
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(ModelError::config("weight_decay", "must be >= 0"));
-        }
-        Ok(())
-    }
-}
+// The hyper-parameters live in `config` so `artifact` (which stores them) does not import
+// this module; re-exported here, where users look for them.
+pub use crate::config::{OptimizerKind, TargetKind, TrainConfig};
 
 /// One row of `metrics.csv`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

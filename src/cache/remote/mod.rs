@@ -49,7 +49,7 @@ pub enum RemoteError {
     #[error("remote {url} is unreachable ({message})")]
     Unreachable { url: String, message: String },
     #[error(transparent)]
-    Cache(#[from] super::store::CacheError),
+    Cache(#[from] super::error::CacheError),
 }
 
 /// Blobs above this size are uploaded in parts (S3's minimum part is 5 MiB), streamed from the

@@ -15,6 +15,8 @@ use crate::spec::{self, Promote, RawStage, SpecError, SpecIssue};
 use crate::stages::{self, DynStage};
 use crate::suggest::closest;
 
+pub mod inputs;
+
 /// Where one named input of a stage comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputSource {
@@ -52,7 +54,7 @@ pub struct StageNode {
     /// Files named by params (weights...), hashed into the key.
     pub param_files: Vec<(String, PathBuf)>,
     /// Where it runs (`executor` of the stage over the pipeline's): provenance, not in the key.
-    pub executor: crate::executor::ExecutorConfig,
+    pub executor: crate::executor::config::ExecutorConfig,
 }
 
 impl StageNode {
@@ -91,6 +93,28 @@ impl Pipeline {
             .neighbors_directed(NodeIndex::new(idx), petgraph::Direction::Outgoing)
             .map(|n| self.graph[n])
             .collect()
+    }
+    /// Which stages run (true) or are only looked up in the cache (false), for `--only` and
+    /// `--from` (both empty: all run). One rule for `run` and `plan`.
+    pub fn selection(&self, only: &[String], from: &[String]) -> Vec<bool> {
+        let n = self.stages.len();
+        if only.is_empty() && from.is_empty() {
+            return vec![true; n];
+        }
+        let mut sel = vec![false; n];
+        for s in only {
+            if let Some(i) = self.index(s) {
+                sel[i] = true;
+            }
+        }
+        for s in from {
+            if let Some(i) = self.index(s) {
+                for j in self.downstream_closure(i) {
+                    sel[j] = true;
+                }
+            }
+        }
+        sel
     }
     /// `idx` and everything downstream of it.
     pub fn downstream_closure(&self, idx: usize) -> Vec<usize> {
@@ -247,7 +271,7 @@ pub fn build(file: &Path, loaded: spec::Loaded) -> Result<Pipeline, SpecError> {
                 issues.push(issue(&format!("{at}.params.{n}"), format!("file {} does not exist", p.display()), None));
             }
         }
-        let executor = match crate::executor::ExecutorConfig::resolve(raw.executor.as_ref(), rs.executor.as_ref()) {
+        let executor = match crate::executor::config::ExecutorConfig::resolve(raw.executor.as_ref(), rs.executor.as_ref()) {
             Ok(c) => c,
             Err((p, m)) => {
                 let base = if rs.executor.is_some() { format!("{at}.executor") } else { "executor".to_string() };

@@ -1,0 +1,72 @@
+//! The one GitHub-flavoured Markdown table writer every report uses.
+
+/// One cell: `|` escaped so it does not end the cell, line breaks as `<br>` so they do
+/// not end the row.
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|")
+        .replace("\r\n", "<br>")
+        .replace(['\n', '\r'], "<br>")
+}
+
+/// A GitHub-flavoured Markdown table.
+///
+/// Rows shorter than the header are padded with empty cells; a row longer than the header
+/// widens the table with unnamed columns (GFM would silently drop the extra cells).
+/// Returns an empty string when there are neither headers nor rows.
+pub fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let n = rows
+        .iter()
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0)
+        .max(headers.len());
+    if n == 0 {
+        return String::new();
+    }
+    let line = |cells: &mut dyn Iterator<Item = String>| -> String {
+        let mut out = String::from("|");
+        for c in cells {
+            out.push(' ');
+            out.push_str(&c);
+            out.push_str(" |");
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(&mut (0..n).map(|i| headers.get(i).map(|h| md_cell(h)).unwrap_or_default()));
+    out += &line(&mut (0..n).map(|_| "---".to_string()));
+    for r in rows {
+        out += &line(&mut (0..n).map(|i| r.get(i).map(|c| md_cell(c)).unwrap_or_default()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_table_exact() {
+        let rows = vec![
+            vec!["cat".to_string(), "0.91".to_string()],
+            vec!["a|b".to_string(), "line1\nline2".to_string()],
+        ];
+        assert_eq!(
+            markdown_table(&["class", "accuracy"], &rows),
+            "| class | accuracy |\n| --- | --- |\n| cat | 0.91 |\n| a\\|b | line1<br>line2 |\n"
+        );
+    }
+
+    #[test]
+    fn markdown_table_pads_and_widens_ragged_rows() {
+        let rows = vec![
+            vec!["1".to_string()],
+            vec!["1".to_string(), "2".to_string(), "3".to_string()],
+        ];
+        assert_eq!(
+            markdown_table(&["a", "b"], &rows),
+            "| a | b |  |\n| --- | --- | --- |\n| 1 |  |  |\n| 1 | 2 | 3 |\n"
+        );
+        assert_eq!(markdown_table(&[], &[]), "");
+    }
+}

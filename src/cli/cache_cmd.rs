@@ -1,0 +1,177 @@
+//! `pipeline cache ...`: ls, show, export, gc, push, pull, verify.
+
+use std::collections::HashSet;
+
+use anyhow::{bail, Result};
+use comfy_table::Cell;
+
+use super::{fmt_ms, human_age, human_bytes, resolve_noting_others, table, CacheCmd, RemoteArgs};
+use crate::cache::remote::RemoteMode;
+use crate::cache::remote::Remote;
+use crate::cache::Cache;
+use crate::engine::RunRecord;
+
+pub(super) fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
+    match cmd {
+        CacheCmd::Ls => {
+            let mut entries = cache.entries();
+            entries.sort_by(|a, b| b.created.cmp(&a.created));
+            let now = crate::cache::store::now_secs();
+            let mut t = table(&["stage", "kind", "key", "files", "size", "age", "run"]);
+            for e in &entries {
+                t.add_row(vec![
+                    Cell::new(&e.stage),
+                    Cell::new(&e.key_inputs.kind),
+                    Cell::new(e.key.short()),
+                    Cell::new(e.files),
+                    Cell::new(human_bytes(e.size)),
+                    Cell::new(human_age(now.saturating_sub(e.created))),
+                    Cell::new(e.run_id),
+                ]);
+            }
+            println!("{t}");
+            println!("{} entries", entries.len());
+        }
+        CacheCmd::Show { what } => {
+            let e = resolve_noting_others(&cache, &what)?;
+            println!("key       {}", e.key);
+            println!("stage     {} ({} v{}) in pipeline {}", e.stage, e.key_inputs.kind, e.key_inputs.kind_version, e.pipeline);
+            println!("output    {} ({} files, {})", e.output, e.files, human_bytes(e.size));
+            println!("created   {} s ago by run {}, took {}", crate::cache::store::now_secs().saturating_sub(e.created), e.run_id, fmt_ms(e.duration_ms));
+            println!("params    {}", serde_json::to_string(&e.key_inputs.params)?);
+            for (name, d) in &e.key_inputs.inputs {
+                println!("input     {name} = {} ({})", &d[..12], e.input_sources.get(name).map(|s| s.as_str()).unwrap_or(""));
+            }
+            for (name, d) in &e.key_inputs.param_files {
+                println!("file      {name} = {}", &d[..12]);
+            }
+            for (k, v) in &e.outcome.provenance {
+                println!("provenance {k} = {v}");
+            }
+            for (k, v) in &e.outcome.metrics {
+                println!("metric    {k} = {v:.4}");
+            }
+            if let Some(m) = cache.manifest(&e.output)? {
+                println!("files:");
+                for f in &m.files {
+                    println!("  {:<48} {:>10}  {}", crate::text::strip_controls(&f.path), human_bytes(f.size), &f.digest[..12]);
+                }
+            }
+            println!("view      {}", cache.view(&e.output)?.display());
+        }
+        CacheCmd::Export { what, dir, force } => {
+            let e = resolve_noting_others(&cache, &what)?;
+            let n = cache.export(&e.output, &dir, force)?;
+            println!("exported {n} files of {} ({}) to {}", e.stage, e.key.short(), dir.display());
+        }
+        CacheCmd::Gc { remote: Some(url), grace, .. } => {
+            let url = Some(url).filter(|u| !u.is_empty()).or_else(|| std::env::var("PIPELINE_REMOTE").ok());
+            let remote = RemoteArgs { remote: url, remote_mode: RemoteMode::ReadWrite }.require()?;
+            let (n, bytes) = crate::cache::remote::transfer::gc(&remote, grace)?;
+            println!("removed {n} objects from {}, freed {}", remote_url(&remote), human_bytes(bytes));
+        }
+        CacheCmd::Push { what, all, remote } => {
+            if remote.remote_mode != RemoteMode::ReadWrite {
+                bail!("cache push writes to the remote: --remote-mode {:?} forbids it", remote.remote_mode);
+            }
+            let remote = remote.require()?;
+            let entries = pick_entries(cache, what.as_deref(), all)?;
+            let (mut files, mut bytes) = (0, 0);
+            for e in &entries {
+                let m = crate::cache::remote::transfer::push(cache, &remote, e)?;
+                files += m.files;
+                bytes += m.bytes;
+            }
+            println!("pushed {} entries to {} ({files} blobs uploaded, {})", entries.len(), remote_url(&remote), human_bytes(bytes));
+        }
+        CacheCmd::Pull { what, all, remote } => {
+            let remote = remote.require()?;
+            if what.is_none() && !all {
+                bail!("cache pull: name a key prefix or stage, or pass --all");
+            }
+            let mut keys = Vec::new();
+            for (rel, _, _) in remote.list("entries")? {
+                let Some(k) = rel.strip_prefix("entries/") else { continue };
+                let key = crate::cache::CacheKey(k.to_string());
+                let wanted = match &what {
+                    None => true,
+                    Some(w) => k.starts_with(w.as_str()) || remote_entry_stage(&remote, &key).as_deref() == Some(w.as_str()),
+                };
+                if wanted {
+                    keys.push(key);
+                }
+            }
+            if keys.is_empty() {
+                bail!("cache pull: the remote {} has no entry matching {}", remote_url(&remote), what.as_deref().unwrap_or("anything"));
+            }
+            let (mut n, mut files, mut bytes, mut failed) = (0, 0, 0, 0);
+            for k in &keys {
+                if cache.usable_entry(k)?.is_some() {
+                    continue;
+                }
+                match crate::cache::remote::transfer::pull(cache, &remote, k) {
+                    Ok(Some((_, m))) => {
+                        n += 1;
+                        files += m.files;
+                        bytes += m.bytes;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("warning: {}", crate::text::clean(&e.to_string()));
+                    }
+                }
+            }
+            println!("pulled {n} entries from {} ({files} blobs, {})", remote_url(&remote), human_bytes(bytes));
+            if failed > 0 {
+                eprintln!("error: {failed} entries could not be pulled (damaged or missing objects, named above)");
+                return Ok(1);
+            }
+        }
+        CacheCmd::Gc { keep_last, .. } => {
+            let keep = keep_last.map(|n| {
+                let mut runs: Vec<RunRecord> = cache.runs();
+                runs.sort_by(|a, b| b.id.cmp(&a.id));
+                runs.iter().take(n).flat_map(|r| r.stages.iter().filter_map(|s| s.key.clone())).collect::<HashSet<String>>()
+            });
+            let (entries, bytes) = cache.gc(keep.as_ref())?;
+            println!("removed {entries} entries, freed {}", human_bytes(bytes));
+        }
+        CacheCmd::Verify { .. } => {
+            let r = cache.verify()?;
+            println!("checked {} blobs: {} damaged", r.checked, r.bad_blobs.len());
+            for e in &r.dropped {
+                println!("dropped entry {} of stage {} (its files were damaged or missing)", e.key.short(), e.stage);
+            }
+            for (v, why) in &r.bad_views {
+                println!("removed view {} ({why}); it is rebuilt from the blobs when next needed", &v[..12.min(v.len())]);
+            }
+            for j in &r.junk {
+                println!("not a blob, left alone: {}", j.display());
+            }
+            if !r.is_clean() {
+                return Ok(1);
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn remote_url(r: &Remote) -> String {
+    use crate::cache::remote::ArtifactStore;
+    r.describe()
+}
+
+fn remote_entry_stage(r: &Remote, key: &crate::cache::CacheKey) -> Option<String> {
+    use crate::cache::remote::ArtifactStore;
+    r.get_entry(key).ok().flatten().map(|e| e.stage)
+}
+
+/// Local entries named by a key prefix, STAGE or PIPELINE/STAGE (its current output), or all.
+fn pick_entries(cache: &Cache, what: Option<&str>, all: bool) -> Result<Vec<crate::cache::store::Entry>> {
+    match (what, all) {
+        (_, true) => Ok(cache.entries()),
+        (Some(w), false) => Ok(vec![resolve_noting_others(cache, w)?]),
+        (None, false) => bail!("name an entry (STAGE, PIPELINE/STAGE or a key prefix), or pass --all"),
+    }
+}

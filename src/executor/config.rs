@@ -1,0 +1,77 @@
+//! `"executor": {...}` in a pipeline file: which executor a stage runs on, with its settings.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `"executor": {...}` of a stage, or of the pipeline (the default for every stage). A
+/// stage's fields override the pipeline's one by one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorConfig {
+    /// `local` (default) or `slurm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `sbatch --partition`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// `sbatch --time`, Slurm's format (`2:00:00`, `30`, `1-00:00:00`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// `sbatch --mem` (`16G`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<String>,
+    /// `sbatch --cpus-per-task`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// `sbatch --gpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<String>,
+    /// More `sbatch` arguments, passed as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<String>,
+    /// Work directory on a file system the nodes share (job files, status files, logs);
+    /// default `<cache>/slurm`. Relative paths resolve against the pipeline file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<PathBuf>,
+    /// Resubmissions after NODE_FAIL, PREEMPTED or BOOT_FAIL (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+}
+
+pub const KINDS: &[&str] = &["local", "slurm"];
+
+impl ExecutorConfig {
+    /// The stage's settings over the pipeline's; `Err` = (JSON path below `executor`, message).
+    pub fn resolve(top: Option<&Value>, stage: Option<&Value>) -> Result<ExecutorConfig, (String, String)> {
+        let mut merged = serde_json::Map::new();
+        for v in [top, stage].into_iter().flatten() {
+            match v {
+                Value::Object(m) => merged.extend(m.clone()),
+                Value::Null => {}
+                _ => return Err((String::new(), "an executor is an object: {\"kind\": \"slurm\", ...}".into())),
+            }
+        }
+        let cfg: ExecutorConfig = serde_json::from_value(Value::Object(merged)).map_err(|e| (String::new(), e.to_string()))?;
+        if let Some(k) = &cfg.kind {
+            if !KINDS.contains(&k.as_str()) {
+                return Err(("kind".into(), format!("unknown executor `{k}` (known: {})", KINDS.join(", "))));
+            }
+        }
+        if let Some(t) = &cfg.time {
+            if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit() || c == ':' || c == '-') {
+                return Err(("time".into(), format!("`{t}` is not a Slurm time limit (`2:00:00`, `30`, `1-00:00:00`)")));
+            }
+        }
+        Ok(cfg)
+    }
+
+    pub fn kind(&self) -> &str {
+        self.kind.as_deref().unwrap_or("local")
+    }
+}
