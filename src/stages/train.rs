@@ -315,7 +315,9 @@ impl Stage for Train {
     type Params = TrainParams;
     const KIND: &'static str = "train";
     // 2: held-out validation without `valid`, leakage guard, training_images.csv.
-    const VERSION: u32 = 2;
+    // 3: byte-reproducible outputs (sequential param ids in model.mpk, no wall-clock columns
+    //    in metrics.csv).
+    const VERSION: u32 = 3;
     const DESCRIPTION: &'static str =
         "Train the CNN (or VGG16) on augmented crowd-labelled images with soft or hard targets; early stopping on held-out items (or an ImageFolder), checked for train/validation leakage";
     const INPUTS: &'static [InputDecl] = &[

@@ -83,7 +83,14 @@ fn trains_saves_reloads_predicts_and_evaluates() {
     }
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 13);
-    assert!(csv.starts_with("epoch,train_loss,train_accuracy,val_loss,val_accuracy"));
+    assert!(csv.starts_with("epoch,train_loss,train_accuracy,val_loss,val_accuracy\n"));
+
+    // The same request trains to the same bytes (a cache key must determine its output).
+    let again = d.path().join("again");
+    train(&again, &tr, &va, tiny_model(), tiny_train(), None);
+    for f in ["model.mpk", "config.json", "classes.txt", "metrics.csv", "curves.png"] {
+        assert!(std::fs::read(out.join(f)).unwrap() == std::fs::read(again.join(f)).unwrap(), "{f} differs between two trainings of one request");
+    }
 
     // Reload and predict; any size / channel count decodes.
     let rgb = d.path().join("big.png");

@@ -337,7 +337,36 @@ where
     Ok((best_net, summary))
 }
 
+/// burn draws each parameter's id at random when a net is built, and the record stores them:
+/// two trainings of the same key would save different bytes for the same weights (and every
+/// stage downstream would miss the cache). Number them in module order instead, so the saved
+/// model depends on its weights alone.
+struct SequentialIds(u64);
+
+impl SequentialIds {
+    fn next(&mut self) -> burn::module::ParamId {
+        self.0 += 1;
+        burn::module::ParamId::from(self.0)
+    }
+}
+
+impl<B: Backend> burn::module::ModuleMapper<B> for SequentialIds {
+    fn map_float<const D: usize>(&mut self, param: burn::module::Param<Tensor<B, D>>) -> burn::module::Param<Tensor<B, D>> {
+        let (_, value, mapper) = param.consume();
+        burn::module::Param::from_mapped_value(self.next(), value, mapper)
+    }
+    fn map_int<const D: usize>(&mut self, param: burn::module::Param<Tensor<B, D, burn::tensor::Int>>) -> burn::module::Param<Tensor<B, D, burn::tensor::Int>> {
+        let (_, value, mapper) = param.consume();
+        burn::module::Param::from_mapped_value(self.next(), value, mapper)
+    }
+    fn map_bool<const D: usize>(&mut self, param: burn::module::Param<Tensor<B, D, burn::tensor::Bool>>) -> burn::module::Param<Tensor<B, D, burn::tensor::Bool>> {
+        let (_, value, mapper) = param.consume();
+        burn::module::Param::from_mapped_value(self.next(), value, mapper)
+    }
+}
+
 fn save_artifact<B: Backend>(net: Net<B>, req: &TrainRequest<'_>, summary: &TrainSummary, out_dir: &Path) -> Result<()> {
+    let net = net.map(&mut SequentialIds(0));
     let record = out_dir.join(ARTIFACT_RECORD);
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     // burn appends the recorder's extension itself: give it the stem.
@@ -365,18 +394,18 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.6}")).unwrap_or_default()
 }
 
+/// Only what the key determines: wall-clock columns (throughput, seconds) would make two runs
+/// of one key differ, so they go to the stage's record (`images_per_sec`) and log instead.
 pub fn write_metrics_csv(path: &Path, history: &[EpochMetrics]) -> Result<()> {
-    let mut s = String::from("epoch,train_loss,train_accuracy,val_loss,val_accuracy,images_per_sec,seconds\n");
+    let mut s = String::from("epoch,train_loss,train_accuracy,val_loss,val_accuracy\n");
     for m in history {
         s += &format!(
-            "{},{:.6},{:.6},{},{},{:.1},{:.3}\n",
+            "{},{:.6},{:.6},{},{}\n",
             m.epoch,
             m.train_loss,
             m.train_accuracy,
             fmt_opt(m.val_loss),
             fmt_opt(m.val_accuracy),
-            m.images_per_sec,
-            m.seconds
         );
     }
     std::fs::write(path, s).map_err(|e| ModelError::io(path, e))
