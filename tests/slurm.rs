@@ -308,3 +308,36 @@ fn set_overrides_executor_settings_without_changing_the_key() {
     assert!(!o.status.success());
     assert!(text(&o).contains("sbatch"), "{}", text(&o));
 }
+
+/// The embedded study (reduced) with every stage, `train` and `evaluate` among them, as Slurm
+/// jobs: the same outputs, byte for byte, as on the local executor, so the same report.
+#[cfg(feature = "ml")]
+#[test]
+fn the_embedded_study_on_slurm_trains_and_evaluates_as_it_does_locally() {
+    let Some(conf) = cluster() else { return };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let study = repo.join("pipelines/emotion.json");
+    let reduced = [
+        "--set", "demo-data.per_class=20", "--set", "demo-data.valid_per_class=4", "--set", "demo-data.test_per_class=6",
+        "--set", "augment.per_class=60", "--set", "train.epochs=3",
+    ];
+    let (slurm, local) = (Sandbox::new(&conf), Sandbox::new(&conf));
+    for (s, executor) in [(&slurm, "slurm"), (&local, "local")] {
+        let mut args = vec!["run", study.to_str().unwrap(), "-q", "--executor", executor];
+        args.extend_from_slice(&reduced);
+        let o = s.run(&args);
+        assert!(o.status.success(), "{executor}: {}", text(&o));
+    }
+    let show = text(&slurm.run(&["runs", "show", "1"]));
+    for stage in ["train", "evaluate"] {
+        assert!(show.lines().any(|l| l.starts_with(&format!("{stage}: slurm job "))), "{stage} did not run as a job:\n{show}");
+        let a = tree(&slurm.export(stage, &format!("out-{stage}")));
+        let b = tree(&local.export(stage, &format!("out-{stage}")));
+        assert!(a.iter().any(|(p, _)| p == "report.md" || p == "model.mpk"), "{stage}: {:?}", a.iter().map(|f| &f.0).collect::<Vec<_>>());
+        for ((pa, ba), (pb, bb)) in a.iter().zip(b.iter()) {
+            assert_eq!(pa, pb);
+            assert!(ba == bb, "{stage}: {pa} differs between Slurm and local");
+        }
+        assert_eq!(a.len(), b.len());
+    }
+}

@@ -407,3 +407,19 @@ fn completions_and_man_page() {
     let man = stdout(&s.ok(&["man"]));
     assert!(man.contains(".TH pipeline 1") && man.contains("completions"), "{}", &man[..300.min(man.len())]);
 }
+
+/// The view in a real browser: `.ci/chromium-check` (headless Chromium over the DevTools
+/// protocol: no console or load errors, the DAG SVG and the PNGs rendered, screenshots in
+/// `target/ui-check/`) against this build. It installs Debian's `chromium` when missing and
+/// skips with its message only where that cannot be done (`PIPELINE_REQUIRE_CHROMIUM=1`: fail).
+#[test]
+fn a_real_browser_renders_the_run_and_entry_pages_without_errors() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/chromium-check");
+    let o = std::process::Command::new(&script).env("PIPELINE_BIN", env!("CARGO_BIN_EXE_pipeline")).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    if err.contains("chromium-check: SKIP") {
+        eprintln!("SKIPPED: {}", err.lines().find(|l| l.contains("SKIP")).unwrap_or(""));
+        return;
+    }
+    assert!(o.status.success(), "chromium-check failed:\n{err}");
+}
