@@ -124,32 +124,47 @@ fn signal_all(root: i32, sig: i32) {
     }
 }
 
-/// The live (not zombie) descendants of `root`, children before grandchildren.
-pub fn descendants(root: i32) -> Vec<i32> {
-    let mut parent_of: Vec<(i32, i32)> = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+/// One live (not zombie) process, as /proc lists it.
+pub struct ProcInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgrp: i32,
+}
+
+/// Every live (not zombie) process, from /proc (empty where there is no /proc). A killed
+/// process stays a zombie until its parent reaps it, and `kill(pid, 0)` counts zombies: this
+/// does not.
+pub fn live_processes() -> Vec<ProcInfo> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
     for d in rd.flatten() {
         let name = d.file_name();
         let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())).and_then(|n| n.parse::<i32>().ok()) else { continue };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // pid (comm) state ppid ...; comm may hold spaces and parentheses.
+        // pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
         let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
         let mut f = rest.split_whitespace();
         let state = f.next().unwrap_or("");
         if state == "Z" || state == "X" {
             continue;
         }
-        if let Some(ppid) = f.next().and_then(|x| x.parse::<i32>().ok()) {
-            parent_of.push((pid, ppid));
-        }
+        let Some(ppid) = f.next().and_then(|x| x.parse::<i32>().ok()) else { continue };
+        let pgrp = f.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+        out.push(ProcInfo { pid, ppid, pgrp });
     }
+    out
+}
+
+/// The live (not zombie) descendants of `root`, children before grandchildren.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let procs = live_processes();
     let mut out = Vec::new();
     let mut frontier = vec![root];
     while let Some(p) = frontier.pop() {
-        for &(c, pp) in &parent_of {
-            if pp == p && c != root && !out.contains(&c) {
-                out.push(c);
-                frontier.push(c);
+        for c in &procs {
+            if c.ppid == p && c.pid != root && !out.contains(&c.pid) {
+                out.push(c.pid);
+                frontier.push(c.pid);
             }
         }
     }

@@ -317,34 +317,16 @@ fn live_members(pgid: i32, token: &str) -> Vec<i32> {
     {
         let me = std::process::id() as i32;
         let needle = format!("{TOKEN_VAR}={token}");
-        let mut out = Vec::new();
-        let Ok(rd) = std::fs::read_dir("/proc") else { return out };
-        for d in rd.flatten() {
-            let name = d.file_name();
-            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())).and_then(|n| n.parse::<i32>().ok()) else { continue };
-            if pid == me {
-                continue;
-            }
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-            // pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
-            let mut f = rest.split_whitespace();
-            let state = f.next().unwrap_or("");
-            if state == "Z" || state == "X" {
-                continue;
-            }
-            let _ppid = f.next();
-            let pgrp: i32 = f.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-            let marked = || {
-                std::fs::read(format!("/proc/{pid}/environ"))
-                    .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
-                    .unwrap_or(false)
-            };
-            if pgrp == pgid || marked() {
-                out.push(pid);
-            }
-        }
-        out
+        let marked = |pid: i32| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+                .unwrap_or(false)
+        };
+        crate::supervise::live_processes()
+            .into_iter()
+            .filter(|p| p.pid != me && (p.pgrp == pgid || marked(p.pid)))
+            .map(|p| p.pid)
+            .collect()
     }
     #[cfg(not(target_os = "linux"))]
     {
