@@ -1100,34 +1100,44 @@ fn ln_gamma(x: f64) -> f64 {
 /// 4096. Per class because workers agree on some classes (happy) far more than on others
 /// (fear vs surprise): one shared strength over-shrinks the first or under-shrinks the second.
 fn estimate_concentrations(counts: &[f64], center: &[f64], k: usize) -> Vec<f64> {
+    let mut grid = Vec::new();
+    let mut s = 0.25f64;
+    while s <= 4096.0 {
+        grid.push(s);
+        s *= 2f64.sqrt();
+    }
+    // Every (class, strength) score on its own, in parallel; the ln Gamma terms that do not
+    // depend on the worker are computed once per score (the same values, summed in the same
+    // order, as computing them per worker).
+    let score = |j: usize, s: f64| -> f64 {
+        let lg_s = ln_gamma(s);
+        let lg_a: Vec<f64> = (0..k).map(|l| ln_gamma(s * center[l * k + j])).collect();
+        let mut ll = 0.0;
+        for c in counts.chunks(k * k) {
+            let n: f64 = (0..k).map(|l| c[l * k + j]).sum();
+            if n < 1e-9 {
+                continue;
+            }
+            ll += lg_s - ln_gamma(n + s);
+            for l in 0..k {
+                let a = s * center[l * k + j];
+                ll += ln_gamma(c[l * k + j] + a) - lg_a[l];
+            }
+        }
+        ll
+    };
+    let g = grid.len();
+    let scores: Vec<f64> = (0..k * g).into_par_iter().map(|x| score(x / g, grid[x % g])).collect();
     (0..k)
         .map(|j| {
-            let score = |s: f64| -> f64 {
-                let mut ll = 0.0;
-                for c in counts.chunks(k * k) {
-                    let n: f64 = (0..k).map(|l| c[l * k + j]).sum();
-                    if n < 1e-9 {
-                        continue;
-                    }
-                    ll += ln_gamma(s) - ln_gamma(n + s);
-                    for l in 0..k {
-                        let a = s * center[l * k + j];
-                        ll += ln_gamma(c[l * k + j] + a) - ln_gamma(a);
-                    }
-                }
-                ll
-            };
             let mut best = (f64::NEG_INFINITY, 1.0);
-            let mut s = 0.25f64;
-            while s <= 4096.0 {
-                let v = score(s);
+            for (&s, &v) in grid.iter().zip(&scores[j * g..(j + 1) * g]) {
                 // A larger strength must win by more than rounding: where the likelihood
                 // is flat (few answers), rounding alone would pick the point, and a mere
                 // reordering of the items could change it.
                 if best.0 == f64::NEG_INFINITY || v > best.0 + 1e-9 * best.0.abs() {
                     best = (v, s);
                 }
-                s *= 2f64.sqrt();
             }
             best.1
         })
