@@ -9,19 +9,19 @@
 //!
 //! Built for large files: the CSV is read once into memory and split without per-row
 //! allocation (see `parse_crowdkit_csv_with`), and the two CSV outputs are formatted in
-//! parallel into buffers and written with one `write` per chunk.
+//! parallel into buffers and written with one `write` per chunk (`pipeline_crowd::report`,
+//! the writer the `dawid-skene` stage uses too).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use pipeline_crowd::aggregate::{aggregate as run_method, Aggregation, Method};
+use pipeline_crowd::aggregate::{aggregate as run_method, Method};
 use pipeline_crowd::amt::{parse_crowdkit_csv_with, OnUnknownLabel};
-use pipeline_crowd::{parse_amt_batch, AmtOptions, Answers};
-use rayon::prelude::*;
+use pipeline_crowd::report::{method_line, write_labels, write_posteriors, write_report};
+use pipeline_crowd::{parse_amt_batch, AmtOptions};
 
-use crate::stages::dawid_skene::{em_options, write_report, DawidSkeneParams, PriorParam};
+use crate::stages::dawid_skene::{em_options, DawidSkeneParams, PriorParam};
 
 /// Options of `pipeline aggregate` (defaults = the `dawid-skene` and `amt` stages' defaults).
 #[derive(Args, Debug, Clone)]
@@ -204,9 +204,12 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
     let written = (|| -> anyhow::Result<std::time::Instant> {
         let out = staging.path();
         write_labels(&out.join("labels.csv"), &answers, &r)?;
-        write_posteriors(&out.join("posteriors.csv"), &answers, &r)?;
+        write_posteriors(&out.join("posteriors.csv"), "task", &answers, &r)?;
         let t3 = std::time::Instant::now();
-        write_report(out, &answers, &r, &p.method, p.spammer_min_answers, "").map_err(|e| anyhow::anyhow!("{e}"))?;
+        let rep = write_report(out, &answers, &r, &p.method, p.spammer_min_answers, "")?;
+        for e in &rep.plot_errors {
+            tracing::warn!("dawid-skene report: {e}");
+        }
         Ok(t3)
     })();
     let t3 = written?;
@@ -221,7 +224,7 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
     Ok(Done {
         items: answers.n_items(),
         answers: answers.n_answers(),
-        method_line: crate::stages::dawid_skene::method_line(&p.method, &r),
+        method_line: method_line(&p.method, &r),
     })
 }
 
@@ -298,97 +301,6 @@ fn install(staging: tempfile::TempDir, out: &Path, input: &Path, force: bool) ->
 pub fn aggregate(input: &Path, method: &str, out_dir: &Path) -> anyhow::Result<()> {
     let args = AggregateArgs { method: method.to_string(), ..AggregateArgs::new(input, out_dir) };
     aggregate_file(&args).map(|_| ())
-}
-
-/// A CSV field: as is, or quoted when it holds a comma, quote or line break.
-fn push_field(buf: &mut Vec<u8>, s: &str) {
-    if s.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
-        buf.push(b'"');
-        for b in s.bytes() {
-            if b == b'"' {
-                buf.push(b'"');
-            }
-            buf.push(b);
-        }
-        buf.push(b'"');
-    } else {
-        buf.extend_from_slice(s.as_bytes());
-    }
-}
-
-/// `x` in [0, 1] with 6 decimals, the same text as `format!("{x:.6}")`.
-fn push_prob(buf: &mut Vec<u8>, x: f64) {
-    let v = x * 1e6;
-    let r = v.round();
-    // exact halves (and anything odd) go through the formatter, which rounds the exact value
-    if !(0.0..=1e6).contains(&r) || ((v - v.floor()) - 0.5).abs() < 1e-6 {
-        let _ = write!(buf, "{x:.6}");
-        return;
-    }
-    let n = r as u32;
-    let (int, frac) = (n / 1_000_000, n % 1_000_000);
-    buf.push(b'0' + int as u8);
-    buf.push(b'.');
-    let mut d = [b'0'; 6];
-    let mut f = frac;
-    for i in (0..6).rev() {
-        d[i] = b'0' + (f % 10) as u8;
-        f /= 10;
-    }
-    buf.extend_from_slice(&d);
-}
-
-/// Rows `0..n` formatted by `row` in parallel chunks, written in order.
-fn write_rows(path: &Path, header: &[u8], n: usize, row: impl Fn(usize, &mut Vec<u8>) + Sync) -> anyhow::Result<()> {
-    let f = std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-    w.write_all(header).with_context(|| format!("writing {}", path.display()))?;
-    const CHUNK: usize = 16_384;
-    let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
-    // a bounded window of chunks at a time keeps the buffers small
-    for window in chunks.chunks(rayon::current_num_threads().max(1) * 4) {
-        let bufs: Vec<Vec<u8>> = window
-            .par_iter()
-            .map(|&c| {
-                let mut b = Vec::with_capacity(CHUNK * 48);
-                for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
-                    row(i, &mut b);
-                }
-                b
-            })
-            .collect();
-        for b in bufs {
-            w.write_all(&b).with_context(|| format!("writing {}", path.display()))?;
-        }
-    }
-    w.flush().with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
-fn write_labels(path: &Path, a: &Answers, r: &Aggregation) -> anyhow::Result<()> {
-    write_rows(path, b"task,label\n", a.n_items(), |i, b| {
-        push_field(b, &a.items[i]);
-        b.push(b',');
-        push_field(b, &a.classes[r.labels[i]]);
-        b.push(b'\n');
-    })
-}
-
-fn write_posteriors(path: &Path, a: &Answers, r: &Aggregation) -> anyhow::Result<()> {
-    let mut h = b"task".to_vec();
-    for c in &a.classes {
-        h.push(b',');
-        push_field(&mut h, c);
-    }
-    h.push(b'\n');
-    write_rows(path, &h, a.n_items(), |i, b| {
-        push_field(b, &a.items[i]);
-        for &x in r.posterior(i) {
-            b.push(b',');
-            push_prob(b, x);
-        }
-        b.push(b'\n');
-    })
 }
 
 #[cfg(test)]
@@ -518,17 +430,5 @@ mod tests {
         std::fs::write(&ck, "worker,task,label\n").unwrap();
         let e = aggregate_file(&AggregateArgs::new(&ck, &tmp.path().join("o"))).unwrap_err().to_string();
         assert!(e.contains("empty.csv") && e.contains("no usable answers"), "{e}");
-    }
-
-    #[test]
-    fn fast_writer_matches_the_formatter() {
-        for x in [0.0, 1.0, 0.5, 1.0 / 3.0, 2.0 / 3.0, 1e-7, 0.9999995, 0.0000005, 0.1234565, 0.999_999_4] {
-            let mut b = Vec::new();
-            push_prob(&mut b, x);
-            assert_eq!(String::from_utf8(b).unwrap(), format!("{x:.6}"), "{x}");
-        }
-        let mut b = Vec::new();
-        push_field(&mut b, "a,\"b\"");
-        assert_eq!(b, b"\"a,\"\"b\"\"\"");
     }
 }

@@ -16,8 +16,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use pipeline_crowd::aggregate::{aggregate, Aggregation, ClassPrior, EmOptions, Method};
-use pipeline_crowd::{Answers, AnswersBuilder, SpamKind};
+use pipeline_crowd::aggregate::{aggregate, ClassPrior, EmOptions, Method};
+use pipeline_crowd::report::{self, ReportError};
+use pipeline_crowd::AnswersBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::{InputDecl, Stage, StageContext, StageError, StageOutcome};
@@ -107,18 +108,10 @@ fn csv_err(path: &Path, e: impl std::fmt::Display) -> StageError {
     StageError::bad_file(path, e)
 }
 
-fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    pipeline_report::markdown_table(headers, rows)
-}
-
-/// Draw a plot; a plot that fails is reported and left out, the labels still count.
-fn try_plot(f: impl FnOnce() -> Result<(), pipeline_report::ReportError>) -> bool {
-    match f() {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!("dawid-skene report: {e}");
-            false
-        }
+fn report_err(e: ReportError) -> StageError {
+    match e {
+        ReportError::Io { path, source } => StageError::io(path, source),
+        ReportError::Csv { path, source } => StageError::bad_file(path, source),
     }
 }
 
@@ -229,17 +222,7 @@ impl Stage for DawidSkene {
             w.write_record([item.as_str(), classes[r.labels[i]].as_str(), img.as_str()]).map_err(|e| csv_err(&lp, e))?;
         }
         w.flush().map_err(|e| StageError::io(&lp, e))?;
-        let pp = out.join("posteriors.csv");
-        let mut w = csv::Writer::from_path(&pp).map_err(|e| csv_err(&pp, e))?;
-        let mut h = vec!["item".to_string()];
-        h.extend(classes.iter().cloned());
-        w.write_record(&h).map_err(|e| csv_err(&pp, e))?;
-        for (i, item) in answers.items.iter().enumerate() {
-            let mut row = vec![item.clone()];
-            row.extend(r.posterior(i).iter().map(|x| format!("{x:.6}")));
-            w.write_record(&row).map_err(|e| csv_err(&pp, e))?;
-        }
-        w.flush().map_err(|e| StageError::io(&pp, e))?;
+        report::write_posteriors(&out.join("posteriors.csv"), "item", &answers, &r).map_err(report_err)?;
 
         // next_round.csv: least certain first
         let mut order: Vec<usize> = (0..answers.n_items()).collect();
@@ -267,7 +250,10 @@ impl Stage for DawidSkene {
             order.len(),
             p.hint_column
         );
-        let rep = write_report(out, &answers, &r, &p.method, p.spammer_min_answers, &next_md)?;
+        let rep = report::write_report(out, &answers, &r, &p.method, p.spammer_min_answers, &next_md).map_err(report_err)?;
+        for e in &rep.plot_errors {
+            tracing::warn!("dawid-skene report: {e}");
+        }
         let (agreement, mmp, spammers) = (rep.agreement, rep.mean_max_posterior, rep.spammers);
         let mut o = StageOutcome::default();
         o.metrics.insert("agreement".into(), agreement);
@@ -280,257 +266,12 @@ impl Stage for DawidSkene {
         }
         o.summary.push(format!(
             "{}: {} items, mean max posterior {mmp:.3}, agreement {agreement:.3}, {spammers} spammer(s); report: {}",
-            method_line(&p.method, &r),
+            report::method_line(&p.method, &r),
             answers.n_items(),
             ctx.out_dir.join("report.md").display()
         ));
         Ok(o)
     }
-}
-
-/// What `write_report` measured.
-pub struct ReportSummary {
-    pub agreement: f64,
-    pub mean_max_posterior: f64,
-    pub spammers: usize,
-}
-
-/// `auto -> shrunk` when the model was chosen, else the method's name.
-pub fn method_line(requested: &str, r: &Aggregation) -> String {
-    match &r.selection {
-        Some(s) => format!("{requested} -> {}", s.chosen),
-        None => r.method.to_string(),
-    }
-}
-
-/// The model-choice section of report.md (empty when no choice was made).
-fn selection_md(r: &Aggregation) -> String {
-    let Some(s) = &r.selection else { return String::new() };
-    let best = s.candidates[0].heldout_loglik;
-    let mut md = format!(
-        "## Model choice\n\n`auto` fitted every model and kept **{}**: it predicts answers it was not fitted on best \
-         ({}; {} answers scored). Margin over the runner-up ({}): {:.1} nats in all, {:.4} per answer.\n\n",
-        s.chosen,
-        s.criterion,
-        s.scored_answers,
-        s.runner_up().map(|m| m.to_string()).unwrap_or_else(|| "none".into()),
-        s.margin(),
-        if s.scored_answers > 0 { s.margin() / s.scored_answers as f64 } else { 0.0 },
-    );
-    let rows: Vec<Vec<String>> = s
-        .candidates
-        .iter()
-        .map(|c| {
-            vec![
-                c.method.to_string(),
-                c.class_prior.clone(),
-                format!("{:.1}", c.heldout_loglik),
-                format!("{:.4}", c.per_answer),
-                format!("{:.1}", c.heldout_loglik - best),
-            ]
-        })
-        .collect();
-    md.push_str(&markdown_table(&["model", "class prior", "held-out log-lik", "per answer", "vs chosen"], &rows));
-    md.push('\n');
-    md
-}
-
-/// The report files shared by the stage and `pipeline aggregate`: `workers.csv`,
-/// `worker_matrices.json`, `prior.json`, `loglik.csv`, `report.md` (with its PNGs; `extra_md`
-/// appended) and `summary.json` (method asked for, model used, how it was chosen, metrics).
-pub fn write_report(
-    out: &Path,
-    answers: &Answers,
-    r: &Aggregation,
-    requested: &str,
-    spammer_min_answers: usize,
-    extra_md: &str,
-) -> Result<ReportSummary, StageError> {
-    let classes = &answers.classes;
-    let k = classes.len();
-    // workers.csv, spammers
-    let spammers = pipeline_crowd::detect_spammers(&answers, &r, spammer_min_answers);
-    let kappa = pipeline_crowd::spam::peer_kappa(&answers);
-    let counts = answers.worker_label_counts();
-    let wp = out.join("workers.csv");
-    let mut w = csv::Writer::from_path(&wp).map_err(|e| csv_err(&wp, e))?;
-    w.write_record(["worker", "answers", "quality", "peer_kappa", "spammer"]).map_err(|e| csv_err(&wp, e))?;
-    let spam_of = |wk: usize| -> String {
-        spammers
-            .iter()
-            .find(|s| s.worker == wk)
-            .map(|s| match &s.kind {
-                SpamKind::SameAnswer { label } => format!("always {}", classes[*label]),
-                SpamKind::Random => "random".to_string(),
-            })
-            .unwrap_or_default()
-    };
-    for (wk, name) in answers.workers.iter().enumerate() {
-        w.write_record([
-            name.clone(),
-            counts[wk].iter().sum::<usize>().to_string(),
-            format!("{:.4}", r.worker_quality[wk]),
-            if kappa[wk].is_finite() { format!("{:.4}", kappa[wk]) } else { String::new() },
-            spam_of(wk),
-        ])
-        .map_err(|e| csv_err(&wp, e))?;
-    }
-    w.flush().map_err(|e| StageError::io(&wp, e))?;
-
-    let mat = |m: &[f64]| -> Vec<Vec<f64>> { (0..k).map(|l| m[l * k..(l + 1) * k].to_vec()).collect() };
-    let workers_json: serde_json::Map<String, serde_json::Value> =
-        answers.workers.iter().enumerate().map(|(wk, n)| (n.clone(), serde_json::json!(mat(r.worker_matrix(wk))))).collect();
-    let wm = serde_json::json!({
-        "classes": classes,
-        "layout": "m[answer][true] = P(worker answers `answer` | true class `true`); columns sum to 1",
-        "pooled": mat(&r.pooled_matrix),
-        "workers": workers_json,
-    });
-    let write = |name: &str, text: String| -> Result<(), StageError> {
-        let p = out.join(name);
-        std::fs::write(&p, text).map_err(|e| StageError::io(&p, e))
-    };
-    write("worker_matrices.json", serde_json::to_string_pretty(&wm).unwrap_or_default())?;
-    let prior: serde_json::Map<String, serde_json::Value> =
-        classes.iter().cloned().zip(r.class_prior.iter().map(|x| serde_json::json!(x))).collect();
-    write("prior.json", serde_json::to_string_pretty(&prior).unwrap_or_default())?;
-    let mut ll = String::from("iteration,objective\n");
-    for (i, v) in r.objective.iter().enumerate() {
-        ll.push_str(&format!("{},{v}\n", i + 1));
-    }
-    write("loglik.csv", ll)?;
-
-    // report.md with heatmaps
-    let names: Vec<String> = classes.clone();
-    let pooled = mat(&r.pooled_matrix);
-    let path = out.join("pooled.png");
-    let pooled_ok = {
-        let (n, m, pth) = (names.clone(), pooled.clone(), path.clone());
-        try_plot(move || pipeline_report::heatmap_png(&pth, "Pooled confusion matrix", &m, &n, &n, "answer", "true class"))
-    };
-    let mut worst: Vec<usize> = (0..answers.n_workers()).collect();
-    worst.sort_by(|&a, &b| r.worker_quality[a].partial_cmp(&r.worker_quality[b]).unwrap_or(std::cmp::Ordering::Equal));
-    worst.truncate(5);
-    let mut worker_pngs = Vec::new();
-    for (n, &wk) in worst.iter().enumerate() {
-        let file = format!("worker_{}.png", n + 1);
-        let (nm, m, pth) = (names.clone(), mat(r.worker_matrix(wk)), out.join(&file));
-        let title = format!("Worker {} (quality {:.2})", answers.workers[wk], r.worker_quality[wk]);
-        let ok = try_plot(move || pipeline_report::heatmap_png(&pth, &title, &m, &nm, &nm, "answer", "true class"));
-        worker_pngs.push((wk, file, ok));
-    }
-    let series = vec![pipeline_report::Series {
-        name: "objective".into(),
-        points: r.objective.iter().enumerate().map(|(i, v)| ((i + 1) as f64, *v)).collect(),
-    }];
-    let ll_ok = !r.objective.is_empty() && {
-        let pth = out.join("loglik.png");
-        try_plot(move || {
-            pipeline_report::line_chart_png(&pth, "EM objective", "iteration", "log-likelihood + log-prior", &series)
-        })
-    };
-    let agreement = answers.pairwise_agreement();
-    let mmp = r.mean_max_posterior();
-    let mut md = format!(
-        "# Crowd labels: {}\n\n{} answers on {} items by {} workers; pairwise agreement {agreement:.3}; \
-             mean max posterior {mmp:.3}; {} EM iterations{}{}.\n\n{}## Classes\n\n",
-        method_line(requested, r),
-        answers.n_answers(),
-        answers.n_items(),
-        answers.n_workers(),
-        r.objective.len(),
-        if r.converged { " (converged)" } else { "" },
-        r.shrink_strength
-            .as_ref()
-            .map(|s| format!(
-                "; shrink strength per class {}",
-                s.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", ")
-            ))
-            .unwrap_or_default(),
-        selection_md(r),
-    );
-    let label_counts = answers.label_counts();
-    let rows: Vec<Vec<String>> = (0..k)
-        .map(|j| {
-            vec![
-                classes[j].clone(),
-                label_counts[j].to_string(),
-                r.labels.iter().filter(|&&l| l == j).count().to_string(),
-                format!("{:.3}", r.class_prior[j]),
-            ]
-        })
-        .collect();
-    md.push_str(&markdown_table(&["class", "answers", "items labelled", "prior"], &rows));
-    md.push_str("\n## Pooled confusion matrix (rows = answer, columns = true class)\n\n");
-    let mut hdr: Vec<&str> = vec!["answer \\ true"];
-    hdr.extend(classes.iter().map(|s| s.as_str()));
-    let rows: Vec<Vec<String>> = (0..k)
-        .map(|l| {
-            let mut v = vec![classes[l].clone()];
-            v.extend((0..k).map(|j| format!("{:.2}", pooled[l][j])));
-            v
-        })
-        .collect();
-    md.push_str(&markdown_table(&hdr, &rows));
-    if pooled_ok {
-        md.push_str("\n![pooled](pooled.png)\n");
-    }
-    md.push_str("\n## Least reliable workers\n\n");
-    let rows: Vec<Vec<String>> = worker_pngs
-        .iter()
-        .map(|(wk, file, ok)| {
-            vec![
-                answers.workers[*wk].clone(),
-                counts[*wk].iter().sum::<usize>().to_string(),
-                format!("{:.3}", r.worker_quality[*wk]),
-                spam_of(*wk),
-                if *ok { format!("![]({file})") } else { String::new() },
-            ]
-        })
-        .collect();
-    md.push_str(&markdown_table(&["worker", "answers", "quality", "spammer", "matrix"], &rows));
-    md.push_str(&format!("\n## Spammers ({})\n\n", spammers.len()));
-    if spammers.is_empty() {
-        md.push_str("None found (same answer >= 90 % of the time, or agreement with peers at chance level).\n");
-    } else {
-        let rows: Vec<Vec<String>> = spammers
-            .iter()
-            .map(|s| vec![answers.workers[s.worker].clone(), s.answers.to_string(), spam_of(s.worker), format!("{:.3}", s.score)])
-            .collect();
-        md.push_str(&markdown_table(&["worker", "answers", "kind", "score"], &rows));
-    }
-    if ll_ok {
-        md.push_str("\n## EM objective\n\n![objective](loglik.png)\n");
-    }
-    md.push_str(extra_md);
-    write("report.md", md)?;
-
-    let summary = serde_json::json!({
-        "method": requested,
-        "model": r.method.name(),
-        "class_prior": r.class_prior,
-        "classes": classes,
-        "answers": answers.n_answers(),
-        "items": answers.n_items(),
-        "workers": answers.n_workers(),
-        "iterations": r.objective.len(),
-        "converged": r.converged,
-        "agreement": agreement,
-        "mean_max_posterior": mmp,
-        "spammers": spammers.len(),
-        "shrink_strength": r.shrink_strength,
-        "selection": r.selection.as_ref().map(|s| serde_json::json!({
-            "chosen": s.chosen.name(),
-            "criterion": s.criterion,
-            "scored_answers": s.scored_answers,
-            "margin_nats": s.margin(),
-            "margin_per_answer": if s.scored_answers > 0 { s.margin() / s.scored_answers as f64 } else { 0.0 },
-            "runner_up": s.runner_up().map(|m| m.name()),
-            "candidates": s.candidates,
-        })),
-    });
-    write("summary.json", serde_json::to_string_pretty(&summary).unwrap_or_default())?;
-    Ok(ReportSummary { agreement, mean_max_posterior: mmp, spammers: spammers.len() })
 }
 
 #[cfg(test)]

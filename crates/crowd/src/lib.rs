@@ -4,7 +4,8 @@
 //! (majority vote, Dawid-Skene, one-coin, pooled and shrunk Dawid-Skene), [`spam`],
 //! [`sim`] (simulated workers and AMT batch files), [`amt`] (parsing AMT batch-results
 //! and crowd-kit CSV text). The MTurk API client (network I/O) lives in [`mturk`], behind
-//! the default `mturk` feature.
+//! the default `mturk` feature, and writing the report files into a directory in [`report`],
+//! behind the default `report` feature.
 //!
 //! Confusion matrices are stored `[answer][true]` (columns = true class), the layout of the
 //! study's tables in SEED-FACTS: `m[l * k + j] = P(answer l | true class j)`.
@@ -18,6 +19,8 @@ pub mod spam;
 
 #[cfg(feature = "mturk")]
 pub mod mturk;
+#[cfg(feature = "report")]
+pub mod report;
 
 pub use aggregate::{aggregate, Aggregation, CandidateScore, ClassPrior, EmOptions, Method, Selection};
 pub use amt::{parse_amt_batch, parse_crowdkit_csv, AmtBatch, AmtOptions, AmtRecord, OnUnknownLabel};

@@ -1,0 +1,406 @@
+//! The report files of an aggregation, shared by the `dawid-skene` stage and `pipeline
+//! aggregate`: `posteriors.csv` (and the CLI's `labels.csv`), `workers.csv`,
+//! `worker_matrices.json`, `prior.json`, `loglik.csv`, `report.md` with its plots and
+//! `summary.json`. Plain functions writing into a directory; one writer for both callers, so
+//! the two write the same bytes.
+//!
+//! The two large CSV files are formatted in parallel chunks and written with one `write` per
+//! chunk (a million items: well under a second).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::aggregate::Aggregation;
+use crate::data::Answers;
+use crate::SpamKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    Csv { path: PathBuf, source: csv::Error },
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> ReportError {
+    ReportError::Io { path: path.to_path_buf(), source }
+}
+
+fn csv_err(path: &Path, source: csv::Error) -> ReportError {
+    ReportError::Csv { path: path.to_path_buf(), source }
+}
+
+fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    pipeline_report::markdown_table(headers, rows)
+}
+
+/// A CSV field: as is, or quoted when it holds a comma, quote or line break.
+pub fn push_field(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+        buf.push(b'"');
+        for b in s.bytes() {
+            if b == b'"' {
+                buf.push(b'"');
+            }
+            buf.push(b);
+        }
+        buf.push(b'"');
+    } else {
+        buf.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// `x` in [0, 1] with 6 decimals, the same text as `format!("{x:.6}")`.
+pub fn push_prob(buf: &mut Vec<u8>, x: f64) {
+    let v = x * 1e6;
+    let r = v.round();
+    // exact halves (and anything odd) go through the formatter, which rounds the exact value
+    if !(0.0..=1e6).contains(&r) || ((v - v.floor()) - 0.5).abs() < 1e-6 {
+        let _ = write!(buf, "{x:.6}");
+        return;
+    }
+    let n = r as u32;
+    let (int, frac) = (n / 1_000_000, n % 1_000_000);
+    buf.push(b'0' + int as u8);
+    buf.push(b'.');
+    let mut d = [b'0'; 6];
+    let mut f = frac;
+    for i in (0..6).rev() {
+        d[i] = b'0' + (f % 10) as u8;
+        f /= 10;
+    }
+    buf.extend_from_slice(&d);
+}
+
+/// Rows `0..n` formatted by `row` in parallel chunks, written in order.
+fn write_rows(path: &Path, header: &[u8], n: usize, row: impl Fn(usize, &mut Vec<u8>) + Sync) -> Result<(), ReportError> {
+    let f = std::fs::File::create(path).map_err(|e| io_err(path, e))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    w.write_all(header).map_err(|e| io_err(path, e))?;
+    const CHUNK: usize = 16_384;
+    let chunks: Vec<usize> = (0..n.div_ceil(CHUNK)).collect();
+    // a bounded window of chunks at a time keeps the buffers small
+    for window in chunks.chunks(rayon::current_num_threads().max(1) * 4) {
+        let bufs: Vec<Vec<u8>> = window
+            .par_iter()
+            .map(|&c| {
+                let mut b = Vec::with_capacity(CHUNK * 48);
+                for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
+                    row(i, &mut b);
+                }
+                b
+            })
+            .collect();
+        for b in bufs {
+            w.write_all(&b).map_err(|e| io_err(path, e))?;
+        }
+    }
+    w.flush().map_err(|e| io_err(path, e))?;
+    Ok(())
+}
+
+/// `labels.csv` of `pipeline aggregate`: `task,label`, one row per item.
+pub fn write_labels(path: &Path, a: &Answers, r: &Aggregation) -> Result<(), ReportError> {
+    write_rows(path, b"task,label\n", a.n_items(), |i, b| {
+        push_field(b, &a.items[i]);
+        b.push(b',');
+        push_field(b, &a.classes[r.labels[i]]);
+        b.push(b'\n');
+    })
+}
+
+/// `posteriors.csv`: `<id_column>,<class>...`, one row per item, 6 decimals (the text of
+/// `format!("{x:.6}")`; fields quoted as the csv crate quotes them).
+pub fn write_posteriors(path: &Path, id_column: &str, a: &Answers, r: &Aggregation) -> Result<(), ReportError> {
+    let mut h = Vec::new();
+    push_field(&mut h, id_column);
+    for c in &a.classes {
+        h.push(b',');
+        push_field(&mut h, c);
+    }
+    h.push(b'\n');
+    write_rows(path, &h, a.n_items(), |i, b| {
+        push_field(b, &a.items[i]);
+        for &x in r.posterior(i) {
+            b.push(b',');
+            push_prob(b, x);
+        }
+        b.push(b'\n');
+    })
+}
+
+/// What `write_report` measured.
+#[derive(Debug, Clone)]
+pub struct ReportSummary {
+    pub agreement: f64,
+    pub mean_max_posterior: f64,
+    pub spammers: usize,
+    /// Plots that could not be drawn (left out of report.md; the caller logs them).
+    pub plot_errors: Vec<String>,
+}
+
+/// `auto -> shrunk` when the model was chosen, else the method's name.
+pub fn method_line(requested: &str, r: &Aggregation) -> String {
+    match &r.selection {
+        Some(s) => format!("{requested} -> {}", s.chosen),
+        None => r.method.to_string(),
+    }
+}
+
+/// The model-choice section of report.md (empty when no choice was made).
+fn selection_md(r: &Aggregation) -> String {
+    let Some(s) = &r.selection else { return String::new() };
+    let best = s.candidates[0].heldout_loglik;
+    let mut md = format!(
+        "## Model choice\n\n`auto` fitted every model and kept **{}**: it predicts answers it was not fitted on best \
+         ({}; {} answers scored). Margin over the runner-up ({}): {:.1} nats in all, {:.4} per answer.\n\n",
+        s.chosen,
+        s.criterion,
+        s.scored_answers,
+        s.runner_up().map(|m| m.to_string()).unwrap_or_else(|| "none".into()),
+        s.margin(),
+        if s.scored_answers > 0 { s.margin() / s.scored_answers as f64 } else { 0.0 },
+    );
+    let rows: Vec<Vec<String>> = s
+        .candidates
+        .iter()
+        .map(|c| {
+            vec![
+                c.method.to_string(),
+                c.class_prior.clone(),
+                format!("{:.1}", c.heldout_loglik),
+                format!("{:.4}", c.per_answer),
+                format!("{:.1}", c.heldout_loglik - best),
+            ]
+        })
+        .collect();
+    md.push_str(&markdown_table(&["model", "class prior", "held-out log-lik", "per answer", "vs chosen"], &rows));
+    md.push('\n');
+    md
+}
+
+/// The report files shared by the stage and `pipeline aggregate`: `workers.csv`,
+/// `worker_matrices.json`, `prior.json`, `loglik.csv`, `report.md` (with its PNGs; `extra_md`
+/// appended) and `summary.json` (method asked for, model used, how it was chosen, metrics).
+pub fn write_report(
+    out: &Path,
+    answers: &Answers,
+    r: &Aggregation,
+    requested: &str,
+    spammer_min_answers: usize,
+    extra_md: &str,
+) -> Result<ReportSummary, ReportError> {
+    let classes = &answers.classes;
+    let k = classes.len();
+    // Draw a plot; a plot that fails is recorded and left out, the labels still count.
+    let plot_errors = std::cell::RefCell::new(Vec::new());
+    let try_plot = |f: &dyn Fn() -> Result<(), pipeline_report::ReportError>| -> bool {
+        match f() {
+            Ok(()) => true,
+            Err(e) => {
+                plot_errors.borrow_mut().push(e.to_string());
+                false
+            }
+        }
+    };
+    // workers.csv, spammers
+    let spammers = crate::detect_spammers(&answers, &r, spammer_min_answers);
+    let kappa = crate::spam::peer_kappa(&answers);
+    let counts = answers.worker_label_counts();
+    let wp = out.join("workers.csv");
+    let mut w = csv::Writer::from_path(&wp).map_err(|e| csv_err(&wp, e))?;
+    w.write_record(["worker", "answers", "quality", "peer_kappa", "spammer"]).map_err(|e| csv_err(&wp, e))?;
+    let spam_of = |wk: usize| -> String {
+        spammers
+            .iter()
+            .find(|s| s.worker == wk)
+            .map(|s| match &s.kind {
+                SpamKind::SameAnswer { label } => format!("always {}", classes[*label]),
+                SpamKind::Random => "random".to_string(),
+            })
+            .unwrap_or_default()
+    };
+    for (wk, name) in answers.workers.iter().enumerate() {
+        w.write_record([
+            name.clone(),
+            counts[wk].iter().sum::<usize>().to_string(),
+            format!("{:.4}", r.worker_quality[wk]),
+            if kappa[wk].is_finite() { format!("{:.4}", kappa[wk]) } else { String::new() },
+            spam_of(wk),
+        ])
+        .map_err(|e| csv_err(&wp, e))?;
+    }
+    w.flush().map_err(|e| io_err(&wp, e))?;
+
+    let mat = |m: &[f64]| -> Vec<Vec<f64>> { (0..k).map(|l| m[l * k..(l + 1) * k].to_vec()).collect() };
+    let workers_json: serde_json::Map<String, serde_json::Value> =
+        answers.workers.iter().enumerate().map(|(wk, n)| (n.clone(), serde_json::json!(mat(r.worker_matrix(wk))))).collect();
+    let wm = serde_json::json!({
+        "classes": classes,
+        "layout": "m[answer][true] = P(worker answers `answer` | true class `true`); columns sum to 1",
+        "pooled": mat(&r.pooled_matrix),
+        "workers": workers_json,
+    });
+    let write = |name: &str, text: String| -> Result<(), ReportError> {
+        let p = out.join(name);
+        std::fs::write(&p, text).map_err(|e| io_err(&p, e))
+    };
+    write("worker_matrices.json", serde_json::to_string_pretty(&wm).unwrap_or_default())?;
+    let prior: serde_json::Map<String, serde_json::Value> =
+        classes.iter().cloned().zip(r.class_prior.iter().map(|x| serde_json::json!(x))).collect();
+    write("prior.json", serde_json::to_string_pretty(&prior).unwrap_or_default())?;
+    let mut ll = String::from("iteration,objective\n");
+    for (i, v) in r.objective.iter().enumerate() {
+        ll.push_str(&format!("{},{v}\n", i + 1));
+    }
+    write("loglik.csv", ll)?;
+
+    // report.md with heatmaps
+    let names: Vec<String> = classes.clone();
+    let pooled = mat(&r.pooled_matrix);
+    let path = out.join("pooled.png");
+    let pooled_ok = {
+        let (n, m, pth) = (names.clone(), pooled.clone(), path.clone());
+        try_plot(&|| pipeline_report::heatmap_png(&pth, "Pooled confusion matrix", &m, &n, &n, "answer", "true class"))
+    };
+    let mut worst: Vec<usize> = (0..answers.n_workers()).collect();
+    worst.sort_by(|&a, &b| r.worker_quality[a].partial_cmp(&r.worker_quality[b]).unwrap_or(std::cmp::Ordering::Equal));
+    worst.truncate(5);
+    let mut worker_pngs = Vec::new();
+    for (n, &wk) in worst.iter().enumerate() {
+        let file = format!("worker_{}.png", n + 1);
+        let (nm, m, pth) = (names.clone(), mat(r.worker_matrix(wk)), out.join(&file));
+        let title = format!("Worker {} (quality {:.2})", answers.workers[wk], r.worker_quality[wk]);
+        let ok = try_plot(&|| pipeline_report::heatmap_png(&pth, &title, &m, &nm, &nm, "answer", "true class"));
+        worker_pngs.push((wk, file, ok));
+    }
+    let series = vec![pipeline_report::Series {
+        name: "objective".into(),
+        points: r.objective.iter().enumerate().map(|(i, v)| ((i + 1) as f64, *v)).collect(),
+    }];
+    let ll_ok = !r.objective.is_empty() && {
+        let pth = out.join("loglik.png");
+        try_plot(&|| pipeline_report::line_chart_png(&pth, "EM objective", "iteration", "log-likelihood + log-prior", &series))
+    };
+    let agreement = answers.pairwise_agreement();
+    let mmp = r.mean_max_posterior();
+    let mut md = format!(
+        "# Crowd labels: {}\n\n{} answers on {} items by {} workers; pairwise agreement {agreement:.3}; \
+             mean max posterior {mmp:.3}; {} EM iterations{}{}.\n\n{}## Classes\n\n",
+        method_line(requested, r),
+        answers.n_answers(),
+        answers.n_items(),
+        answers.n_workers(),
+        r.objective.len(),
+        if r.converged { " (converged)" } else { "" },
+        r.shrink_strength
+            .as_ref()
+            .map(|s| format!(
+                "; shrink strength per class {}",
+                s.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", ")
+            ))
+            .unwrap_or_default(),
+        selection_md(r),
+    );
+    let label_counts = answers.label_counts();
+    let rows: Vec<Vec<String>> = (0..k)
+        .map(|j| {
+            vec![
+                classes[j].clone(),
+                label_counts[j].to_string(),
+                r.labels.iter().filter(|&&l| l == j).count().to_string(),
+                format!("{:.3}", r.class_prior[j]),
+            ]
+        })
+        .collect();
+    md.push_str(&markdown_table(&["class", "answers", "items labelled", "prior"], &rows));
+    md.push_str("\n## Pooled confusion matrix (rows = answer, columns = true class)\n\n");
+    let mut hdr: Vec<&str> = vec!["answer \\ true"];
+    hdr.extend(classes.iter().map(|s| s.as_str()));
+    let rows: Vec<Vec<String>> = (0..k)
+        .map(|l| {
+            let mut v = vec![classes[l].clone()];
+            v.extend((0..k).map(|j| format!("{:.2}", pooled[l][j])));
+            v
+        })
+        .collect();
+    md.push_str(&markdown_table(&hdr, &rows));
+    if pooled_ok {
+        md.push_str("\n![pooled](pooled.png)\n");
+    }
+    md.push_str("\n## Least reliable workers\n\n");
+    let rows: Vec<Vec<String>> = worker_pngs
+        .iter()
+        .map(|(wk, file, ok)| {
+            vec![
+                answers.workers[*wk].clone(),
+                counts[*wk].iter().sum::<usize>().to_string(),
+                format!("{:.3}", r.worker_quality[*wk]),
+                spam_of(*wk),
+                if *ok { format!("![]({file})") } else { String::new() },
+            ]
+        })
+        .collect();
+    md.push_str(&markdown_table(&["worker", "answers", "quality", "spammer", "matrix"], &rows));
+    md.push_str(&format!("\n## Spammers ({})\n\n", spammers.len()));
+    if spammers.is_empty() {
+        md.push_str("None found (same answer >= 90 % of the time, or agreement with peers at chance level).\n");
+    } else {
+        let rows: Vec<Vec<String>> = spammers
+            .iter()
+            .map(|s| vec![answers.workers[s.worker].clone(), s.answers.to_string(), spam_of(s.worker), format!("{:.3}", s.score)])
+            .collect();
+        md.push_str(&markdown_table(&["worker", "answers", "kind", "score"], &rows));
+    }
+    if ll_ok {
+        md.push_str("\n## EM objective\n\n![objective](loglik.png)\n");
+    }
+    md.push_str(extra_md);
+    write("report.md", md)?;
+
+    let summary = serde_json::json!({
+        "method": requested,
+        "model": r.method.name(),
+        "class_prior": r.class_prior,
+        "classes": classes,
+        "answers": answers.n_answers(),
+        "items": answers.n_items(),
+        "workers": answers.n_workers(),
+        "iterations": r.objective.len(),
+        "converged": r.converged,
+        "agreement": agreement,
+        "mean_max_posterior": mmp,
+        "spammers": spammers.len(),
+        "shrink_strength": r.shrink_strength,
+        "selection": r.selection.as_ref().map(|s| serde_json::json!({
+            "chosen": s.chosen.name(),
+            "criterion": s.criterion,
+            "scored_answers": s.scored_answers,
+            "margin_nats": s.margin(),
+            "margin_per_answer": if s.scored_answers > 0 { s.margin() / s.scored_answers as f64 } else { 0.0 },
+            "runner_up": s.runner_up().map(|m| m.name()),
+            "candidates": s.candidates,
+        })),
+    });
+    write("summary.json", serde_json::to_string_pretty(&summary).unwrap_or_default())?;
+    Ok(ReportSummary { agreement, mean_max_posterior: mmp, spammers: spammers.len(), plot_errors: plot_errors.into_inner() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_writer_matches_the_formatter() {
+        for x in [0.0, 1.0, 0.5, 1.0 / 3.0, 2.0 / 3.0, 1e-7, 0.9999995, 0.0000005, 0.1234565, 0.999_999_4] {
+            let mut b = Vec::new();
+            push_prob(&mut b, x);
+            assert_eq!(String::from_utf8(b).unwrap(), format!("{x:.6}"), "{x}");
+        }
+        let mut b = Vec::new();
+        push_field(&mut b, "a,\"b\"");
+        assert_eq!(b, b"\"a,\"\"b\"\"\"");
+    }
+}
