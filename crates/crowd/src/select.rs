@@ -32,7 +32,9 @@
 
 use rayon::prelude::*;
 
-use crate::aggregate::{aggregate, class_totals, counts_from_posteriors, Aggregation, CandidateScore, ClassPrior, EmOptions, Method, Selection};
+use crate::aggregate::fit::fit as aggregate;
+use crate::aggregate::mstep::{class_totals, counts_from_posteriors};
+use crate::aggregate::types::{Aggregation, CandidateScore, ClassPrior, EmOptions, Method, Selection};
 use crate::data::Answers;
 use crate::{hash_str, mix64, Result};
 
