@@ -114,16 +114,22 @@ fn choose(a: &Answers, o: &EmOptions) -> Result<Aggregation> {
     let scored: Vec<usize> = (0..a.n_items()).filter(|&i| !a.item_codes(i).is_empty()).collect();
     let n_scored: usize = a.n_answers();
     let uniform = vec![1.0 / k as f64; k];
-    // Fit, score, keep only the best fit so far (a fit's posteriors are n x k).
-    let mut best: Option<(f64, Aggregation, String)> = None;
-    let mut scores: Vec<(usize, f64, Method, String)> = Vec::new();
-    let mut order = 0usize;
+    // The candidates, in a fixed order (simpler first: ties go to the earlier one).
+    let mut specs: Vec<(Method, &ClassPrior, &str)> = Vec::new();
     for &m in Method::ALL.iter() {
         for (prior, pname) in &priors {
             // majority vote has no class prior: one candidate
             if m == Method::MajorityVote && pname != &priors[0].1 {
                 continue;
             }
+            specs.push((m, prior, pname));
+        }
+    }
+    // Fitted and scored in parallel (each fit is deterministic on its own); the choice is
+    // then made in the fixed order above, so it does not depend on scheduling.
+    let fits: Vec<(Aggregation, f64, String)> = specs
+        .par_iter()
+        .map(|&(m, prior, pname)| -> Result<(Aggregation, f64, String)> {
             let om = EmOptions { class_prior: prior.clone(), ..o.clone() };
             let r = aggregate(a, m, &om)?;
             let held = |p: &[f64]| -> Option<Vec<f64>> {
@@ -148,16 +154,20 @@ fn choose(a: &Answers, o: &EmOptions) -> Result<Aggregation> {
                 Method::Auto => unreachable!("not a candidate"),
             };
             let ll = heldout_loglik(a, &fam, &r.posteriors, fixed_prior.as_deref(), &om, &scored);
-            scores.push((order, ll, m, pname.clone()));
-            // a later (more complex) candidate must win by more than rounding
-            let better = match &best {
-                None => true,
-                Some((b, _, _)) => ll > *b + 1e-9 * b.abs(),
-            };
-            if better {
-                best = Some((ll, r, pname));
-            }
-            order += 1;
+            Ok((r, ll, pname))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut best: Option<(f64, Aggregation, String)> = None;
+    let mut scores: Vec<(usize, f64, Method, String)> = Vec::new();
+    for (order, (r, ll, pname)) in fits.into_iter().enumerate() {
+        scores.push((order, ll, r.method, pname.clone()));
+        // a later (more complex) candidate must win by more than rounding
+        let better = match &best {
+            None => true,
+            Some((b, _, _)) => ll > *b + 1e-9 * b.abs(),
+        };
+        if better {
+            best = Some((ll, r, pname));
         }
     }
     let (_, mut r, _) = best.expect("at least one candidate");
@@ -321,6 +331,9 @@ fn heldout_loglik(a: &Answers, fam: &Family, q: &[f64], prior_fixed: Option<&[f6
         // one thread, fixed order: the sum (and so the choice) does not depend on scheduling
         items.iter().map(|&i| score_item(i)).sum()
     } else {
-        items.par_iter().with_min_len(1024).map(|&i| score_item(i)).sum()
+        // Fixed chunks summed in order: the same total whatever the threads did (a plain
+        // parallel sum's order depends on scheduling, and so did summary.json's scores).
+        let parts: Vec<f64> = items.par_chunks(4096).map(|ch| ch.iter().map(|&i| score_item(i)).sum::<f64>()).collect();
+        parts.iter().sum()
     }
 }
