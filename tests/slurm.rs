@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pipeline");
@@ -43,6 +43,16 @@ fn cluster() -> Option<String> {
             None
         }
     }
+}
+
+/// The tests that take the (single) node down hold this exclusively; every other test holds it
+/// shared, so none of them loses its jobs to another's node failure.
+static NODE: RwLock<()> = RwLock::new(());
+fn shared() -> RwLockReadGuard<'static, ()> {
+    NODE.read().unwrap_or_else(|e| e.into_inner())
+}
+fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    NODE.write().unwrap_or_else(|e| e.into_inner())
 }
 
 fn sinfo_ok(conf: &str) -> bool {
@@ -105,6 +115,47 @@ impl Sandbox {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    fn scontrol(&self, args: &[&str]) -> Output {
+        Command::new("scontrol").args(args).env("SLURM_CONF", &self.conf).output().unwrap()
+    }
+    /// The state `squeue` shows for job `id` (empty once forgotten).
+    fn job_state(&self, id: &str) -> String {
+        self.squeue(&["-h", "--states=all", "-j", id, "-o", "%T"]).trim().to_string()
+    }
+    /// The job id `runs show ID` gives for `stage`, and its whole line.
+    fn job_line(&self, run: &str, stage: &str) -> (String, String) {
+        let show = text(&self.run(&["runs", "show", run]));
+        let prefix = format!("{stage}: slurm job ");
+        let line = show.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no job line for {stage}:\n{show}")).to_string();
+        let id: String = line[prefix.len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        (id, line)
+    }
+    /// Force the node of running job `id` down (as a node failure looks to the controller),
+    /// wait until Slurm shows the job NODE_FAIL, then return the node to service.
+    fn fail_node_under(&self, id: &str) {
+        let node = self.squeue(&["-h", "-j", id, "-o", "%N"]).trim().to_string();
+        assert!(!node.is_empty(), "job {id} has no node");
+        let o = self.scontrol(&["update", &format!("nodename={node}"), "state=down", "reason=pipeline-test"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let t0 = Instant::now();
+        while self.job_state(id) != "NODE_FAIL" {
+            assert!(t0.elapsed() < Duration::from_secs(20), "job {id} is {:?}, not NODE_FAIL, 20 s after its node went down", self.job_state(id));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // With ReturnToService=2 the node may be back already (slurmd re-registers); `resume`
+        // is refused then.
+        let t0 = Instant::now();
+        loop {
+            let st = Command::new("sinfo").args(["-h", "-n", &node, "-o", "%T"]).env("SLURM_CONF", &self.conf).output().unwrap();
+            let st = String::from_utf8_lossy(&st.stdout).trim().to_string();
+            if st.starts_with("idle") || st.starts_with("mix") || st.starts_with("alloc") {
+                break;
+            }
+            let _ = self.scontrol(&["update", &format!("nodename={node}"), "state=resume"]);
+            assert!(t0.elapsed() < Duration::from_secs(30), "node {node} is {st:?} 30 s after resume");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     fn export(&self, stage: &str, to: &str) -> PathBuf {
         let dst = self.path().join(to);
         let o = self.run(&["cache", "export", stage, dst.to_str().unwrap()]);
@@ -148,6 +199,7 @@ const THREE: &str = r#"{"name": "three", "executor": {"kind": "slurm", "time": "
 #[test]
 fn a_pipeline_on_slurm_runs_every_stage_as_a_job_with_the_local_outputs_and_reruns_as_hits() {
     let Some(conf) = cluster() else { return };
+    let _node = shared();
     let slurm = Sandbox::new(&conf);
     slurm.write("p.json", THREE);
     let o = slurm.run(&["run", "p.json", "-q"]);
@@ -187,6 +239,7 @@ fn a_pipeline_on_slurm_runs_every_stage_as_a_job_with_the_local_outputs_and_reru
 #[test]
 fn a_failing_command_on_slurm_says_failed_exit_3_with_the_log_tail() {
     let Some(conf) = cluster() else { return };
+    let _node = shared();
     let s = Sandbox::new(&conf);
     s.write(
         "p.json",
@@ -207,6 +260,7 @@ fn a_failing_command_on_slurm_says_failed_exit_3_with_the_log_tail() {
 #[test]
 fn a_stage_over_its_time_limit_gives_timeout() {
     let Some(conf) = cluster() else { return };
+    let _node = shared();
     let s = Sandbox::new(&conf);
     s.write(
         "p.json",
@@ -225,6 +279,7 @@ fn a_stage_over_its_time_limit_gives_timeout() {
 #[test]
 fn cancelling_the_run_cancels_its_jobs() {
     let Some(conf) = cluster() else { return };
+    let _node = shared();
     let s = Sandbox::new(&conf);
     s.write(
         "p.json",
@@ -249,6 +304,7 @@ fn cancelling_the_run_cancels_its_jobs() {
 #[test]
 fn a_job_cancelled_from_outside_fails_its_stage_and_commits_nothing() {
     let Some(conf) = cluster() else { return };
+    let _node = shared();
     let s = Sandbox::new(&conf);
     s.write(
         "p.json",
@@ -274,9 +330,85 @@ fn a_job_cancelled_from_outside_fails_its_stage_and_commits_nothing() {
     assert!(v.status.success(), "{}", text(&v));
 }
 
+/// Memory is enforced on the test cluster by jobacct_gather/linux with OverMemoryKill (no
+/// cgroups in this container): Slurm kills the job and reports it FAILED (reason
+/// JobLaunchFailure, exit 0:9), and slurmstepd writes `exceeded memory limit` into its log.
+#[test]
+fn a_stage_over_its_memory_is_killed_and_named_out_of_memory() {
+    let Some(conf) = cluster() else { return };
+    let _node = shared();
+    let s = Sandbox::new(&conf);
+    s.write(
+        "p.json",
+        r#"{"name": "m", "executor": {"kind": "slurm", "mem": "50M"}, "stages": {
+            "hog": {"kind": "command", "params": {"cmd": "echo partial > $OUT/partial; v=$(head -c 300M /dev/zero | tr '\\0' a); sleep 30; echo ${#v} > $OUT/len"}},
+            "light": {"kind": "command", "params": {"cmd": "echo ok > $OUT/ok"}}}}"#,
+    );
+    let t0 = Instant::now();
+    let o = s.run(&["run", "p.json", "-q", "-j", "2"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t0.elapsed() < Duration::from_secs(28), "the job was not killed: took {:?}\n{t}", t0.elapsed());
+    let (id, line) = s.job_line("1", "hog");
+    assert!(t.contains(&format!("Slurm job {id} OUT_OF_MEMORY (mem 50M) on ")), "{t}");
+    assert!(t.contains("exceeding its memory limit") && t.contains(&format!("slurm-{id}.log")), "{t}");
+    assert!(line.contains(&format!("slurm-{id}.log")), "{line}");
+    assert!(!s.run(&["cache", "show", "hog"]).status.success(), "an out-of-memory stage was committed");
+    // the same limit is no obstacle to a stage that stays under it
+    assert!(s.run(&["cache", "show", "light"]).status.success(), "{t}");
+}
+
+/// A node failure under a running job: Slurm ends the job NODE_FAIL (the batch job is not
+/// requeued: `--no-requeue`), and with `retries: 1` the stage is submitted again.
+#[test]
+fn a_node_failure_is_resubmitted_and_the_second_attempt_is_committed() {
+    let Some(conf) = cluster() else { return };
+    let _node = exclusive();
+    let s = Sandbox::new(&conf);
+    s.write(
+        "p.json",
+        r#"{"name": "n", "stages": {"fragile": {"kind": "command", "executor": {"kind": "slurm", "retries": 1},
+            "params": {"cmd": "echo started > $OUT/started; sleep 4; echo ok > $OUT/ok"}}}}"#,
+    );
+    let child = s.cmd(&["run", "p.json", "-q"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let first = s.wait_running("fragile", Duration::from_secs(30));
+    s.fail_node_under(&first);
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let (second, line) = s.job_line("1", "fragile");
+    assert_ne!(second, first, "{line}");
+    assert!(line.contains(&format!("2 attempts (earlier: job {first} NODE_FAIL)")), "{line}");
+    assert_eq!(s.job_state(&second), "COMPLETED");
+    let out = tree(&s.export("fragile", "out"));
+    assert_eq!(out, vec![("ok".to_string(), b"ok\n".to_vec()), ("started".to_string(), b"started\n".to_vec())]);
+}
+
+#[test]
+fn a_node_failure_without_retries_fails_the_stage_naming_node_fail() {
+    let Some(conf) = cluster() else { return };
+    let _node = exclusive();
+    let s = Sandbox::new(&conf);
+    s.write(
+        "p.json",
+        r#"{"name": "n", "stages": {"fragile": {"kind": "command", "executor": {"kind": "slurm", "retries": 0},
+            "params": {"cmd": "echo started > $OUT/started; sleep 4; echo ok > $OUT/ok"}}}}"#,
+    );
+    let child = s.cmd(&["run", "p.json", "-q"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let id = s.wait_running("fragile", Duration::from_secs(30));
+    s.fail_node_under(&id);
+    let o = child.wait_with_output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains(&format!("Slurm job {id} NODE_FAIL")) && t.contains(&format!("slurm-{id}.log")), "{t}");
+    let (again, line) = s.job_line("1", "fragile");
+    assert_eq!(again, id, "resubmitted with retries 0: {line}");
+    assert!(!s.run(&["cache", "show", "fragile"]).status.success(), "a stage whose node failed was committed");
+}
+
 #[test]
 fn an_unwritable_work_directory_is_named() {
     let Some(conf) = cluster() else { return };
+    let _node = shared();
     let s = Sandbox::new(&conf);
     std::fs::write(s.path().join("not-a-dir"), "x").unwrap();
     s.write(
@@ -291,6 +423,7 @@ fn an_unwritable_work_directory_is_named() {
 #[test]
 fn set_overrides_executor_settings_without_changing_the_key() {
     let Some(conf) = cluster() else { return };
+    let _node = shared();
     let s = Sandbox::new(&conf);
     s.write("p.json", THREE);
     let plan = |extra: &[&str]| {
@@ -315,6 +448,7 @@ fn set_overrides_executor_settings_without_changing_the_key() {
 #[test]
 fn the_embedded_study_on_slurm_trains_and_evaluates_as_it_does_locally() {
     let Some(conf) = cluster() else { return };
+    let _node = shared();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let study = repo.join("pipelines/emotion.json");
     let reduced = [

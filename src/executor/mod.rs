@@ -79,6 +79,9 @@ pub struct ExecInfo {
     /// Submissions (more than 1 after node failures).
     #[serde(default)]
     pub attempts: u32,
+    /// The attempts before the last one, each `<job id> <state>` (`12 NODE_FAIL`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<String>,
 }
 
 /// The result of the execute step, with how it ran (also when it failed: job id, log).
@@ -173,7 +176,11 @@ pub fn describe_jobs(r: &impl Placements) -> String {
             e.node.as_deref().unwrap_or("-"),
             secs(e.queue_wait_ms),
             secs(e.run_ms),
-            if e.attempts > 1 { format!(", {} attempts", e.attempts) } else { String::new() },
+            match (e.attempts > 1, e.earlier.is_empty()) {
+                (false, _) => String::new(),
+                (true, true) => format!(", {} attempts", e.attempts),
+                (true, false) => format!(", {} attempts (earlier: job {})", e.attempts, e.earlier.join(", job ")),
+            },
             e.log.as_deref().map(|l| format!(", log {l}")).unwrap_or_default(),
         ));
     }

@@ -391,6 +391,17 @@ impl SlurmStage {
                 let mem = self.cfg.mem.as_deref().map(|m| format!(" (mem {m})")).unwrap_or_default();
                 Ended::Failed(with_log(format!("Slurm job {id} OUT_OF_MEMORY{mem}{}", on(&status))), false, status)
             }
+            // Without cgroups (jobacct_gather's OverMemoryKill) Slurm kills a job over its
+            // --mem but reports FAILED; slurmstepd says why in the job's log.
+            (s, _) if s != "CANCELLED" && killed_for_memory(log) => {
+                let mem = self.cfg.mem.as_deref().map(|m| format!(" (mem {m})")).unwrap_or_default();
+                let reported = if s.is_empty() { String::new() } else { format!("; Slurm reports {s}") };
+                Ended::Failed(
+                    with_log(format!("Slurm job {id} OUT_OF_MEMORY{mem}{}: killed for exceeding its memory limit{reported}", on(&status))),
+                    false,
+                    status,
+                )
+            }
             ("CANCELLED", _) => Ended::Failed(
                 with_log(format!("Slurm job {id} CANCELLED{} (scancel from outside this run, or an administrator); nothing was committed", on(&status))),
                 false,
@@ -409,6 +420,19 @@ impl SlurmStage {
             (s, _) => Ended::Failed(with_log(format!("Slurm job {id} {s}{} without a status file", on(&status))), false, status),
         }
     }
+}
+
+/// Whether slurmstepd wrote into the job's log that it killed the job for its memory:
+/// `error: StepId=12.batch exceeded memory limit (489603072 > 52428800), being killed` and
+/// `error: Exceeded job memory limit` (jobacct_gather with OverMemoryKill), or the cgroup
+/// plugin's `Detected 1 oom-kill event(s)` / `oom_kill event`.
+fn killed_for_memory(log: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(log) else { return false };
+    let start = bytes.len().saturating_sub(64 << 10);
+    String::from_utf8_lossy(&bytes[start..]).lines().any(|l| {
+        l.starts_with("slurmstepd")
+            && (l.contains("exceeded memory limit") || l.contains("Exceeded job memory limit") || l.contains("oom-kill event") || l.contains("oom_kill event"))
+    })
 }
 
 fn read_status(p: &Path) -> Option<JobStatus> {
@@ -467,6 +491,8 @@ impl Executor for SlurmStage {
                         fill(&mut info, s);
                     }
                     if retry && attempt <= retries && !cancel.is_cancelled() {
+                        let state = msg.strip_prefix(&format!("Slurm job {id} ")).and_then(|r| r.split_whitespace().next()).unwrap_or("failed");
+                        info.earlier.push(format!("{id} {state}"));
                         tracing::warn!(job = %id, "{msg}; resubmitting (attempt {} of {})", attempt + 1, retries + 1);
                         continue;
                     }
@@ -537,6 +563,21 @@ mod tests {
         assert!(msg(s.settle("5", js("OUT_OF_MEMORY"), None, log)).starts_with("Slurm job 5 OUT_OF_MEMORY (mem 1G)"));
         // a job cancelled from outside fails even if it wrote a (cancelled) status
         assert!(msg(s.settle("5", js("CANCELLED"), status(143, Some("cancelled")), log)).contains("CANCELLED"));
+        // memory enforced by jobacct_gather: Slurm says FAILED, slurmstepd's lines say why
+        let dir = tempfile::tempdir().unwrap();
+        let oom_log = dir.path().join("slurm-6.log");
+        std::fs::write(
+            &oom_log,
+            "started\nslurmstepd-n1: error: StepId=6.batch exceeded memory limit (489603072 > 52428800), being killed\nslurmstepd-n1: error: Exceeded job memory limit\n",
+        )
+        .unwrap();
+        let m = msg(s.settle("6", js("FAILED"), status(137, Some("command killed by signal 9")), &oom_log));
+        assert!(m.starts_with("Slurm job 6 OUT_OF_MEMORY (mem 1G) on n1: killed for exceeding its memory limit; Slurm reports FAILED; log "), "{m}");
+        let m = msg(s.settle("6", None, None, &oom_log));
+        assert!(m.starts_with("Slurm job 6 OUT_OF_MEMORY (mem 1G): killed for exceeding its memory limit; log "), "{m}");
+        // a command that prints such words itself is not taken for a memory kill
+        std::fs::write(&oom_log, "Exceeded job memory limit\n").unwrap();
+        assert!(msg(s.settle("6", js("FAILED"), status(3, Some("command exited with 3")), &oom_log)).contains("FAILED (exit 3)"));
         assert!(matches!(s.settle("5", js("NODE_FAIL"), None, log), Ended::Failed(_, true, _)));
         assert!(matches!(s.settle("5", js("PREEMPTED"), None, log), Ended::Failed(_, true, _)));
         assert!(msg(s.settle("5", None, None, log)).contains("without writing its status file"));
