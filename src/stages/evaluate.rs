@@ -172,7 +172,7 @@ mod tests {
     use crate::stages::train::{Train, TrainParams};
     use crate::stages::{CancelFlag, Progress};
 
-    const CLASSES: [&str; 7] = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"];
+    use pipeline_vision::CLASSES;
 
     fn face(class: usize, seed: u64) -> image::GrayImage {
         pipeline_vision::render_face(class, seed, 48)
