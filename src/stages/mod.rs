@@ -354,6 +354,38 @@ mod tests {
         assert_eq!(e.path, "epochs");
     }
 
+    /// What a kind's params put into its cache key: pinned, so a refactor of a params
+    /// struct (say, embedding its crate's config) cannot move a key by accident.
+    fn pinned(kind: &str, raw: serde_json::Value) -> String {
+        let k = find(kind).unwrap();
+        serde_json::to_string(&k.key_params(&k.normalize(&raw).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn key_params_of_augment_are_pinned() {
+        let study = serde_json::json!({
+            "per_class": 300, "size": 48, "channels": 1, "seed": 1,
+            "rotation_range": 15, "width_shift_range": 0.1, "height_shift_range": 0.1,
+            "shear_range": 5, "zoom_range": 0.1, "horizontal_flip": true, "fill_mode": "nearest"
+        });
+        assert_eq!(pinned("augment", serde_json::json!({})), r#"{"per_class":300,"mode":"keep","size":48,"channels":1,"seed":0,"rotation_range":15.0,"width_shift_range":0.1,"height_shift_range":0.1,"shear_range":0.0,"zoom_range":0.1,"horizontal_flip":true,"vertical_flip":false,"channel_shift_range":0.0,"brightness_range":null,"fill_mode":"nearest","cval":0.0,"contrast_range":null,"random_crop_scale":null,"random_crop_ratio":[0.75,1.3333333333333333],"random_erasing":0.0,"random_erasing_scale":[0.02,0.33],"random_erasing_ratio":[0.3,3.3],"random_erasing_value":0.0,"preview_per_class":8}"#);
+        assert_eq!(pinned("augment", study), r#"{"per_class":300,"mode":"keep","size":48,"channels":1,"seed":1,"rotation_range":15.0,"width_shift_range":0.1,"height_shift_range":0.1,"shear_range":5.0,"zoom_range":0.1,"horizontal_flip":true,"vertical_flip":false,"channel_shift_range":0.0,"brightness_range":null,"fill_mode":"nearest","cval":0.0,"contrast_range":null,"random_crop_scale":null,"random_crop_ratio":[0.75,1.3333333333333333],"random_erasing":0.0,"random_erasing_scale":[0.02,0.33],"random_erasing_ratio":[0.3,3.3],"random_erasing_value":0.0,"preview_per_class":8}"#);
+        let other = serde_json::json!({"zoom_range": [0.8, 1.3], "mode": "sample_down", "fill_mode": "constant", "cval": 3,
+            "random_crop_scale": [0.5, 1.0], "random_erasing": 0.5, "brightness_range": [0.9, 1.1]});
+        assert_eq!(pinned("augment", other), r#"{"per_class":300,"mode":"sample_down","size":48,"channels":1,"seed":0,"rotation_range":15.0,"width_shift_range":0.1,"height_shift_range":0.1,"shear_range":0.0,"zoom_range":[0.8,1.3],"horizontal_flip":true,"vertical_flip":false,"channel_shift_range":0.0,"brightness_range":[0.9,1.1],"fill_mode":"constant","cval":3.0,"contrast_range":null,"random_crop_scale":[0.5,1.0],"random_crop_ratio":[0.75,1.3333333333333333],"random_erasing":0.5,"random_erasing_scale":[0.02,0.33],"random_erasing_ratio":[0.3,3.3],"random_erasing_value":0.0,"preview_per_class":8}"#);
+    }
+
+    #[cfg(feature = "ml")]
+    #[test]
+    fn key_params_of_train_are_pinned() {
+        let study = serde_json::json!({"model": "cnn", "targets": "soft", "optimizer": "adam", "lr": 0.001, "epochs": 30, "patience": 10, "seed": 1});
+        assert_eq!(pinned("train", serde_json::json!({})), "DEFAULT");
+        assert_eq!(pinned("train", study), "STUDY");
+        let other = serde_json::json!({"model": "vgg16", "weights": "w.safetensors", "freeze": true, "targets": "hard",
+            "optimizer": "sgd", "momentum": 0.5, "batch_size": 8, "weight_decay": 1e-4, "backend": "cpu", "leakage": "warn"});
+        assert_eq!(pinned("train", other), "OTHER");
+    }
+
     #[test]
     fn provenance_params_stay_out_of_the_key() {
         let k = wrap::<K>();
