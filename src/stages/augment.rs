@@ -21,159 +21,15 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use pipeline_vision::{
-    augment::{apply_transform, copy_rng, CropConfig, ErasingConfig},
-    load_image, plan_balance, AugmentConfig, BalanceMode, FillMode, Image, TransformParams, CLASSES,
+    augment::{apply_transform, copy_rng},
+    load_image, plan_balance, Image, TransformParams, CLASSES,
 };
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use super::{InputDecl, Stage, StageContext, StageError, StageOutcome};
 
-/// What to do with a class that already has more than `per_class` images.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Keep every original (the class ends above `per_class`).
-    Keep,
-    /// Keep a seeded random subset of exactly `per_class` originals.
-    SampleDown,
-}
-
-/// Keras `fill_mode`: how points outside the image are filled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Fill {
-    Nearest,
-    Constant,
-    Reflect,
-    Wrap,
-}
-
-/// Keras `zoom_range`: a float `z` means `[1 - z, 1 + z]`, or an explicit `[lo, hi]`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(untagged)]
-pub enum Zoom {
-    Symmetric(f64),
-    Range([f64; 2]),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct AugmentParams {
-    /// Images per class after balancing: originals plus transformed copies (the study: 300).
-    pub per_class: usize,
-    /// Classes already above `per_class`: `keep` all originals or `sample_down` to exactly N.
-    pub mode: Mode,
-    /// Output side in pixels (images are decoded and resized to size x size).
-    pub size: u32,
-    /// Output channels: 1 (grayscale) or 3 (RGB).
-    pub channels: u8,
-    /// Seed of every random draw; same inputs, params and seed give byte-identical output.
-    pub seed: u64,
-    /// Keras: rotation in degrees, uniform in [-r, r].
-    pub rotation_range: f64,
-    /// Keras: horizontal shift; below 1 a fraction of the width, from 1 up pixels.
-    pub width_shift_range: f64,
-    /// Keras: vertical shift; below 1 a fraction of the height, from 1 up pixels.
-    pub height_shift_range: f64,
-    /// Keras: shear angle in degrees, uniform in [-s, s].
-    pub shear_range: f64,
-    /// Keras: zoom factors zx, zy drawn independently; `z` means [1-z, 1+z]; above 1 shrinks.
-    pub zoom_range: Zoom,
-    /// Keras: flip left-right with probability 0.5.
-    pub horizontal_flip: bool,
-    /// Keras: flip upside down with probability 0.5.
-    pub vertical_flip: bool,
-    /// Keras: add a uniform value in [-c, c] to all channels (clipped to the image's range).
-    pub channel_shift_range: f64,
-    /// Keras: brightness factor range [lo, hi] (1 = unchanged); null = off.
-    pub brightness_range: Option<[f64; 2]>,
-    /// Keras: fill for points outside the image: nearest, constant (with `cval`), reflect, wrap.
-    pub fill_mode: Fill,
-    /// Keras: value for `fill_mode: constant` (0..255).
-    pub cval: f64,
-    /// torchvision ColorJitter: contrast factor range [lo, hi]; null = off.
-    pub contrast_range: Option<[f64; 2]>,
-    /// torchvision RandomResizedCrop: area fraction range [lo, hi]; null = off.
-    pub random_crop_scale: Option<[f64; 2]>,
-    /// torchvision RandomResizedCrop: aspect ratio range (width / height).
-    pub random_crop_ratio: [f64; 2],
-    /// torchvision RandomErasing: probability of erasing a rectangle (0 = off).
-    pub random_erasing: f64,
-    /// torchvision RandomErasing: area fraction range of the rectangle.
-    pub random_erasing_scale: [f64; 2],
-    /// torchvision RandomErasing: aspect ratio range of the rectangle.
-    pub random_erasing_ratio: [f64; 2],
-    /// torchvision RandomErasing: value written into the rectangle (0..255).
-    pub random_erasing_value: f64,
-    /// Images per class shown in preview.png.
-    pub preview_per_class: usize,
-}
-
-impl Default for AugmentParams {
-    fn default() -> Self {
-        Self {
-            per_class: 300,
-            mode: Mode::Keep,
-            size: 48,
-            channels: 1,
-            seed: 0,
-            rotation_range: 15.0,
-            width_shift_range: 0.1,
-            height_shift_range: 0.1,
-            shear_range: 0.0,
-            zoom_range: Zoom::Symmetric(0.1),
-            horizontal_flip: true,
-            vertical_flip: false,
-            channel_shift_range: 0.0,
-            brightness_range: None,
-            fill_mode: Fill::Nearest,
-            cval: 0.0,
-            contrast_range: None,
-            random_crop_scale: None,
-            random_crop_ratio: [0.75, 4.0 / 3.0],
-            random_erasing: 0.0,
-            random_erasing_scale: [0.02, 0.33],
-            random_erasing_ratio: [0.3, 3.3],
-            random_erasing_value: 0.0,
-            preview_per_class: 8,
-        }
-    }
-}
-
-impl AugmentParams {
-    pub fn to_config(&self) -> AugmentConfig {
-        AugmentConfig {
-            rotation_range: self.rotation_range,
-            width_shift_range: self.width_shift_range,
-            height_shift_range: self.height_shift_range,
-            shear_range: self.shear_range,
-            zoom_range: match self.zoom_range {
-                Zoom::Symmetric(z) => AugmentConfig::zoom(z),
-                Zoom::Range(r) => r,
-            },
-            horizontal_flip: self.horizontal_flip,
-            vertical_flip: self.vertical_flip,
-            channel_shift_range: self.channel_shift_range,
-            brightness_range: self.brightness_range,
-            fill_mode: match self.fill_mode {
-                Fill::Nearest => FillMode::Nearest,
-                Fill::Constant => FillMode::Constant,
-                Fill::Reflect => FillMode::Reflect,
-                Fill::Wrap => FillMode::Wrap,
-            },
-            cval: self.cval,
-            contrast_range: self.contrast_range,
-            random_crop: self.random_crop_scale.map(|scale| CropConfig { scale, ratio: self.random_crop_ratio }),
-            random_erasing: (self.random_erasing > 0.0).then_some(ErasingConfig {
-                p: self.random_erasing,
-                scale: self.random_erasing_scale,
-                ratio: self.random_erasing_ratio,
-                value: self.random_erasing_value,
-            }),
-        }
-    }
-}
+// The params are the vision crate's: one definition, with the docs `pipeline schema` shows.
+pub use pipeline_vision::params::AugmentParams;
 
 pub struct Augment;
 
@@ -310,29 +166,8 @@ impl Stage for Augment {
     }];
 
     fn check_params(p: &AugmentParams) -> Result<(), StageError> {
-        if p.per_class == 0 {
-            return Err(StageError::bad_param("per_class", "must be at least 1"));
-        }
-        if !(8..=1024).contains(&p.size) {
-            return Err(StageError::bad_param("size", "between 8 and 1024 pixels"));
-        }
-        if !matches!(p.channels, 1 | 3) {
-            return Err(StageError::bad_param("channels", "1 (grayscale) or 3 (RGB)"));
-        }
-        p.to_config().validate().map_err(|e| match e {
-            pipeline_vision::VisionError::BadParam { param, message } => {
-                // Our names for the torchvision knobs are flat.
-                let param = match param {
-                    "random_crop.scale" => "random_crop_scale",
-                    "random_crop.ratio" => "random_crop_ratio",
-                    "random_erasing.p" => "random_erasing",
-                    "random_erasing.scale" => "random_erasing_scale",
-                    "random_erasing.ratio" => "random_erasing_ratio",
-                    "random_erasing.value" => "random_erasing_value",
-                    other => other,
-                };
-                StageError::bad_param(param, message)
-            }
+        p.validate().map_err(|e| match e {
+            pipeline_vision::VisionError::BadParam { param, message } => StageError::bad_param(param, message),
             other => StageError::Failed(other.to_string()),
         })
     }
@@ -346,11 +181,7 @@ impl Stage for Augment {
             return Err(StageError::bad_file(dir.join("labels.csv"), "no items"));
         }
         let labels: Vec<usize> = items.iter().map(|i| i.label).collect();
-        let mode = match p.mode {
-            Mode::Keep => BalanceMode::Keep,
-            Mode::SampleDown => BalanceMode::SampleDown,
-        };
-        let plan = plan_balance(&labels, CLASSES.len(), p.per_class, mode, p.seed).map_err(|e| match e {
+        let plan = plan_balance(&labels, CLASSES.len(), p.per_class, p.mode, p.seed).map_err(|e| match e {
             pipeline_vision::VisionError::EmptyClass { class, .. } => StageError::bad_file(
                 dir.join("labels.csv"),
                 format!("no item is labelled {}, so that class cannot be filled to {}", CLASSES[class], p.per_class),
@@ -590,7 +421,7 @@ mod tests {
         assert_ne!(files(&tmp.path().join("a")), files(&tmp.path().join("c")));
 
         // sample_down caps the big class; channels = 3 gives RGB.
-        let p3 = AugmentParams { mode: Mode::SampleDown, channels: 3, size: 32, ..p.clone() };
+        let p3 = AugmentParams { mode: pipeline_vision::BalanceMode::SampleDown, channels: 3, size: 32, ..p.clone() };
         let o = run(&p3, &input, &tmp.path().join("d")).unwrap();
         assert_eq!(o.metrics["images"], 70.0);
         assert_eq!(load_image(&tmp.path().join("d/images/angry/angry_00.png"), 32, 3).unwrap().data.len(), 32 * 32 * 3);
@@ -612,13 +443,7 @@ mod tests {
     }
 
     #[test]
-    fn params_schema_and_validation() {
-        let p: AugmentParams = serde_json::from_value(serde_json::json!({"zoom_range": [0.8, 1.3], "fill_mode": "reflect"})).unwrap();
-        assert_eq!(p.to_config().zoom_range, [0.8, 1.3]);
-        assert_eq!(p.to_config().fill_mode, FillMode::Reflect);
-        let p: AugmentParams = serde_json::from_value(serde_json::json!({"zoom_range": 0.2})).unwrap();
-        assert_eq!(p.to_config().zoom_range, [0.8, 1.2]);
-        assert!(serde_json::from_value::<AugmentParams>(serde_json::json!({"rotaton_range": 3})).is_err());
+    fn params_validation_names_the_param() {
         let e = Augment::check_params(&AugmentParams { random_erasing: 2.0, ..Default::default() }).unwrap_err();
         assert!(e.to_string().contains("random_erasing"), "{e}");
         let e = Augment::check_params(&AugmentParams { channels: 2, ..Default::default() }).unwrap_err();
