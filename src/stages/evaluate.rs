@@ -230,7 +230,13 @@ mod tests {
     }
 
     fn tiny_train() -> TrainParams {
-        TrainParams { cnn_channels: vec![4, 8], cnn_dense: 16, epochs: 2, batch_size: 8, valid_fraction: 0.25, ..Default::default() }
+        TrainParams {
+            cnn_channels: vec![4, 8],
+            cnn_dense: 16,
+            train: pipeline_model::TrainConfig { epochs: 2, batch_size: 8, ..Default::default() },
+            valid_fraction: 0.25,
+            ..Default::default()
+        }
     }
 
     fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
