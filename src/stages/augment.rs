@@ -3,13 +3,15 @@
 //! Input `labels`: the output directory of `dawid-skene`, holding
 //! - `labels.csv`: `item,label,image` (label = class name or index; image = path relative
 //!   to that directory, e.g. `images/angry_00.jpg`);
-//! - `posteriors.csv`: `item,angry,...,surprise` (optional: without it, soft labels are
-//!   one-hot of the hard label).
+//! - `posteriors.csv`: `item,<class>...` (optional: without it, soft labels are one-hot of
+//!   the hard label);
+//! - `summary.json` (optional): its `classes`, in order, are the classes; without it, the
+//!   study's seven (`pipeline_vision::CLASSES`).
 //!
 //! Output:
 //! - `images/<class>/<name>.png`: every original kept (or a sampled subset with
 //!   `mode: sample_down`), then copies `<name>_aug<k>.png` until each class has `per_class`;
-//! - `manifest.csv`: `file,source,label,<7 soft-label columns>,copy,<transform params>`;
+//! - `manifest.csv`: `file,source,label,<one soft-label column per class>,copy,<transform params>`;
 //!   the soft label of a copy is its source's posterior;
 //! - `preview.png`: one row per class, the first `preview_per_class` images of it.
 //!
@@ -21,8 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use pipeline_vision::{
-    augment::{apply_transform, copy_rng},
-    load_image, plan_balance, Image, TransformParams, CLASSES,
+    augment_copy, contact_sheet, load_image, plan_balance, Image, TransformParams, CLASSES,
 };
 use rayon::prelude::*;
 
@@ -39,12 +40,30 @@ struct Item {
     id: String,
     label: usize,
     image: PathBuf,
-    soft: [f64; 7],
+    soft: Vec<f64>,
 }
 
-fn class_index(s: &str) -> Option<usize> {
+/// The classes of the input: `summary.json`'s (what dawid-skene writes), else the study's.
+fn read_classes(dir: &Path) -> Result<Vec<String>, StageError> {
+    let path = dir.join("summary.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CLASSES.iter().map(|c| c.to_string()).collect()),
+        Err(e) => return Err(StageError::io(&path, e)),
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| StageError::bad_file(&path, e))?;
+    match v.get("classes") {
+        None => Ok(CLASSES.iter().map(|c| c.to_string()).collect()),
+        Some(c) => match serde_json::from_value::<Vec<String>>(c.clone()) {
+            Ok(c) if !c.is_empty() => Ok(c),
+            _ => Err(StageError::bad_file(&path, "\"classes\" is not a list of class names")),
+        },
+    }
+}
+
+fn class_index(s: &str, classes: &[String]) -> Option<usize> {
     let s = s.trim();
-    CLASSES.iter().position(|c| c.eq_ignore_ascii_case(s)).or_else(|| s.parse::<usize>().ok().filter(|&i| i < 7))
+    classes.iter().position(|c| c.eq_ignore_ascii_case(s)).or_else(|| s.parse::<usize>().ok().filter(|&i| i < classes.len()))
 }
 
 fn csv_reader(path: &Path) -> Result<csv::Reader<std::fs::File>, StageError> {
@@ -59,7 +78,7 @@ fn column(headers: &csv::StringRecord, name: &str, path: &Path) -> Result<usize,
         .ok_or_else(|| StageError::bad_file(path, format!("no column \"{name}\" (columns: {})", headers.iter().collect::<Vec<_>>().join(","))))
 }
 
-fn read_items(dir: &Path) -> Result<Vec<Item>, StageError> {
+fn read_items(dir: &Path, classes: &[String]) -> Result<Vec<Item>, StageError> {
     let path = dir.join("labels.csv");
     let mut rd = csv_reader(&path)?;
     let headers = rd.headers().map_err(|e| StageError::bad_file(&path, e))?.clone();
@@ -74,14 +93,14 @@ fn read_items(dir: &Path) -> Result<Vec<Item>, StageError> {
         if !seen.insert(id.clone()) {
             return Err(StageError::bad_file(&path, format!("line {line}: item \"{id}\" appears twice")));
         }
-        let label = class_index(get(cl)).ok_or_else(|| {
-            StageError::bad_file(&path, format!("line {line}: label \"{}\" is not one of {}", get(cl), CLASSES.join(", ")))
+        let label = class_index(get(cl), classes).ok_or_else(|| {
+            StageError::bad_file(&path, format!("line {line}: label \"{}\" is not one of {}", get(cl), classes.join(", ")))
         })?;
         let image = get(cm);
         if image.is_empty() {
             return Err(StageError::bad_file(&path, format!("line {line}: item \"{id}\" has no image")));
         }
-        let mut soft = [0.0; 7];
+        let mut soft = vec![0.0; classes.len()];
         soft[label] = 1.0;
         items.push(Item { id, label, image: dir.join(image), soft });
     }
@@ -90,22 +109,22 @@ fn read_items(dir: &Path) -> Result<Vec<Item>, StageError> {
         let mut rd = csv_reader(&ppath)?;
         let headers = rd.headers().map_err(|e| StageError::bad_file(&ppath, e))?.clone();
         let ci = column(&headers, "item", &ppath)?;
-        let cols: Vec<usize> = CLASSES.iter().map(|c| column(&headers, c, &ppath)).collect::<Result<_, _>>()?;
-        let mut post: HashMap<String, [f64; 7]> = HashMap::new();
+        let cols: Vec<usize> = classes.iter().map(|c| column(&headers, c, &ppath)).collect::<Result<_, _>>()?;
+        let mut post: HashMap<String, Vec<f64>> = HashMap::new();
         for (n, rec) in rd.records().enumerate() {
             let line = n + 2;
             let rec = rec.map_err(|e| StageError::bad_file(&ppath, format!("line {line}: {e}")))?;
-            let mut p = [0.0; 7];
+            let mut p = vec![0.0; classes.len()];
             for (k, &c) in cols.iter().enumerate() {
                 let v = rec.get(c).unwrap_or("");
                 p[k] = v.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0).ok_or_else(|| {
-                    StageError::bad_file(&ppath, format!("line {line}: {} = \"{v}\" is not a probability", CLASSES[k]))
+                    StageError::bad_file(&ppath, format!("line {line}: {} = \"{v}\" is not a probability", classes[k]))
                 })?;
             }
             post.insert(rec.get(ci).unwrap_or("").to_string(), p);
         }
         for it in &mut items {
-            it.soft = *post.get(&it.id).ok_or_else(|| {
+            it.soft = post.get(&it.id).cloned().ok_or_else(|| {
                 StageError::bad_file(&ppath, format!("no row for item \"{}\" of labels.csv", it.id))
             })?;
         }
@@ -133,24 +152,9 @@ fn fmt_opt4(v: Option<[u32; 4]>) -> String {
 }
 
 fn write_preview(path: &Path, rows: &[Vec<&Image>], size: u32, channels: u8, cols: usize) -> Result<(), StageError> {
+    // Small images drawn twice as large, so the preview is readable.
     let zoom = if size <= 64 { 2 } else { 1 };
-    let cell = size * zoom;
-    let (w, h) = (cell * cols.max(1) as u32, cell * rows.len() as u32);
-    let ch = channels as usize;
-    let mut data = vec![0u8; (w * h) as usize * ch];
-    for (r, row) in rows.iter().enumerate() {
-        for (c, img) in row.iter().enumerate().take(cols) {
-            for y in 0..cell {
-                for x in 0..cell {
-                    let src = (((y / zoom) * size + x / zoom) as usize) * ch;
-                    let dst = (((r as u32 * cell + y) * w + c as u32 * cell + x) as usize) * ch;
-                    data[dst..dst + ch].copy_from_slice(&img.data[src..src + ch]);
-                }
-            }
-        }
-    }
-    let img = Image::from_raw(w, h, channels, data).ok_or_else(|| StageError::Failed("preview size mismatch".into()))?;
-    img.save_png(path).map_err(|e| StageError::bad_file(path, e))
+    contact_sheet(rows, cols, size, channels, zoom).save_png(path).map_err(|e| StageError::bad_file(path, e))
 }
 
 impl Stage for Augment {
@@ -176,15 +180,16 @@ impl Stage for Augment {
         Self::check_params(p)?;
         let cfg = p.to_config();
         let dir = ctx.input("labels")?;
-        let items = read_items(dir)?;
+        let classes = read_classes(dir)?;
+        let items = read_items(dir, &classes)?;
         if items.is_empty() {
             return Err(StageError::bad_file(dir.join("labels.csv"), "no items"));
         }
         let labels: Vec<usize> = items.iter().map(|i| i.label).collect();
-        let plan = plan_balance(&labels, CLASSES.len(), p.per_class, p.mode, p.seed).map_err(|e| match e {
+        let plan = plan_balance(&labels, classes.len(), p.per_class, p.mode, p.seed).map_err(|e| match e {
             pipeline_vision::VisionError::EmptyClass { class, .. } => StageError::bad_file(
                 dir.join("labels.csv"),
-                format!("no item is labelled {}, so that class cannot be filled to {}", CLASSES[class], p.per_class),
+                format!("no item is labelled {}, so that class cannot be filled to {}", classes[class], p.per_class),
             ),
             other => StageError::Failed(other.to_string()),
         })?;
@@ -226,14 +231,14 @@ impl Stage for Augment {
             }
             base_name.push(name);
         }
-        for class in CLASSES {
+        for class in &classes {
             let d = ctx.out_dir.join("images").join(class);
             std::fs::create_dir_all(&d).map_err(|e| StageError::io(&d, e))?;
         }
 
         ctx.progress.set_message("augmenting");
         let mut rows: Vec<(String, usize, Option<u32>, Option<TransformParams>)> = Vec::with_capacity(plan.len());
-        let mut preview: Vec<Vec<Image>> = vec![Vec::new(); CLASSES.len()];
+        let mut preview: Vec<Vec<Image>> = vec![Vec::new(); classes.len()];
         for chunk in plan.chunks(CHUNK) {
             ctx.cancel.check()?;
             let made: Vec<(String, Option<TransformParams>, Image)> = chunk
@@ -244,12 +249,11 @@ impl Stage for Augment {
                     let (img, params, name) = match pi.copy {
                         None => (src.clone(), None, format!("{}.png", base_name[pi.source])),
                         Some(k) => {
-                            let mut rng = copy_rng(p.seed, &it.id, k);
-                            let tp = cfg.sample(&mut rng, src.height, src.width);
-                            (apply_transform(src, &tp, &cfg), Some(tp), format!("{}_aug{k}.png", base_name[pi.source]))
+                            let (img, tp) = augment_copy(src, &cfg, p.seed, &it.id, k);
+                            (img, Some(tp), format!("{}_aug{k}.png", base_name[pi.source]))
                         }
                     };
-                    let rel = format!("images/{}/{name}", CLASSES[pi.class]);
+                    let rel = format!("images/{}/{name}", classes[pi.class]);
                     let path = ctx.out_dir.join(&rel);
                     img.save_png(&path).map_err(|e| StageError::bad_file(&path, e))?;
                     Ok((rel, params, img))
@@ -268,7 +272,7 @@ impl Stage for Augment {
         let f = std::fs::File::create(&mpath).map_err(|e| StageError::io(&mpath, e))?;
         let mut wr = csv::Writer::from_writer(std::io::BufWriter::new(f));
         let mut header: Vec<&str> = vec!["file", "source", "label"];
-        header.extend(CLASSES);
+        header.extend(classes.iter().map(|c| c.as_str()));
         header.extend([
             "copy", "theta", "tx", "ty", "shear", "zx", "zy", "flip_horizontal", "flip_vertical", "channel_shift",
             "brightness", "contrast", "crop", "erase",
@@ -277,7 +281,7 @@ impl Stage for Augment {
         wr.write_record(&header).map_err(werr)?;
         for (rel, source, copy, params) in &rows {
             let it = &items[*source];
-            let mut rec: Vec<String> = vec![rel.clone(), it.id.clone(), CLASSES[it.label].to_string()];
+            let mut rec: Vec<String> = vec![rel.clone(), it.id.clone(), classes[it.label].clone()];
             rec.extend(it.soft.iter().map(|v| v.to_string()));
             match (copy, params) {
                 (Some(k), Some(t)) => rec.extend([
@@ -308,7 +312,7 @@ impl Stage for Augment {
         }
 
         let generated = rows.iter().filter(|r| r.2.is_some()).count();
-        let mut per_class = [0usize; 7];
+        let mut per_class = vec![0usize; classes.len()];
         rows.iter().for_each(|r| per_class[items[r.1].label] += 1);
         let mut o = StageOutcome::default();
         o.metrics.insert("images".into(), rows.len() as f64);
@@ -319,7 +323,7 @@ impl Stage for Augment {
             rows.len(),
             generated,
             items.len(),
-            CLASSES.iter().zip(per_class).map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", ")
+            classes.iter().zip(per_class).map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", ")
         ));
         Ok(o)
     }
@@ -425,6 +429,27 @@ mod tests {
         let o = run(&p3, &input, &tmp.path().join("d")).unwrap();
         assert_eq!(o.metrics["images"], 70.0);
         assert_eq!(load_image(&tmp.path().join("d/images/angry/angry_00.png"), 32, 3).unwrap().data.len(), 32 * 32 * 3);
+    }
+
+    #[test]
+    fn classes_come_from_the_input() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("ds");
+        std::fs::create_dir_all(input.join("images")).unwrap();
+        let mut labels = String::from("item,label,image\n");
+        for (c, class) in ["cat", "dog"].iter().enumerate() {
+            for i in 0..2 {
+                pipeline_vision::render_face(c, i, 48).save(input.join(format!("images/{class}{i}.png"))).unwrap();
+                labels.push_str(&format!("{class}{i},{class},images/{class}{i}.png\n"));
+            }
+        }
+        std::fs::write(input.join("labels.csv"), labels).unwrap();
+        std::fs::write(input.join("summary.json"), r#"{"classes": ["cat", "dog"]}"#).unwrap();
+        let o = run(&AugmentParams { per_class: 3, ..Default::default() }, &input, &tmp.path().join("o")).unwrap();
+        assert_eq!(o.metrics["images"], 6.0);
+        let manifest = std::fs::read_to_string(tmp.path().join("o/manifest.csv")).unwrap();
+        assert!(manifest.starts_with("file,source,label,cat,dog,copy,"), "{manifest}");
+        assert!(tmp.path().join("o/images/dog/dog0_aug0.png").exists());
     }
 
     #[test]
