@@ -332,7 +332,6 @@ impl Stage for Augment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::{CancelFlag, Progress};
     use std::collections::BTreeMap;
 
     /// A dawid-skene-shaped fixture: `n[c]` items of class c, PNG faces, posteriors.
@@ -363,18 +362,7 @@ mod tests {
     fn run(p: &AugmentParams, input: &Path, out: &Path) -> Result<StageOutcome, StageError> {
         std::fs::create_dir_all(out).unwrap();
         let inputs: BTreeMap<String, PathBuf> = [("labels".to_string(), input.to_path_buf())].into();
-        let progress = Progress::hidden();
-        let cancel = CancelFlag::new();
-        let ctx = StageContext {
-            name: "augment",
-            inputs: &inputs,
-            out_dir: out,
-            base_dir: input,
-            previous_output: None,
-            progress: &progress,
-            cancel: &cancel,
-        };
-        Augment::run(p, &ctx)
+        crate::stages::test_run::<Augment>(p, &inputs, out, input, None)
     }
 
     fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {

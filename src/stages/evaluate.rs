@@ -170,7 +170,6 @@ mod tests {
 
     use super::*;
     use crate::stages::train::{Train, TrainParams};
-    use crate::stages::{CancelFlag, Progress};
 
     use pipeline_vision::CLASSES;
 
@@ -216,17 +215,7 @@ mod tests {
     fn run<S: Stage>(p: &S::Params, inputs: &[(&str, &Path)], out: &Path, previous: Option<&Path>) -> Result<StageOutcome, StageError> {
         let inputs: BTreeMap<String, PathBuf> = inputs.iter().map(|(k, v)| (k.to_string(), v.to_path_buf())).collect();
         std::fs::create_dir_all(out).unwrap();
-        let (progress, cancel) = (Progress::hidden(), CancelFlag::new());
-        let ctx = StageContext {
-            name: S::KIND,
-            inputs: &inputs,
-            out_dir: out,
-            base_dir: out,
-            previous_output: previous,
-            progress: &progress,
-            cancel: &cancel,
-        };
-        S::run(p, &ctx)
+        crate::stages::test_run::<S>(p, &inputs, out, out, previous)
     }
 
     fn tiny_train() -> TrainParams {

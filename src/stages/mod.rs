@@ -341,6 +341,21 @@ pub fn find(kind: &str) -> Option<Box<dyn DynStage>> {
     registry().into_iter().find(|s| s.kind() == kind)
 }
 
+/// Runs a stage kind outside the engine, for the kinds' unit tests: a hidden progress bar,
+/// no cancellation, no previous output unless given.
+#[cfg(test)]
+pub(crate) fn test_run<S: Stage>(
+    params: &S::Params,
+    inputs: &BTreeMap<String, PathBuf>,
+    out_dir: &Path,
+    base_dir: &Path,
+    previous_output: Option<&Path>,
+) -> Result<StageOutcome, StageError> {
+    let (progress, cancel) = (Progress::hidden(), CancelFlag::new());
+    let ctx = StageContext { name: S::KIND, inputs, out_dir, base_dir, previous_output, progress: &progress, cancel: &cancel };
+    S::run(params, &ctx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
