@@ -1,79 +1,13 @@
 //! End-to-end tests of the orchestrator through the CLI, with `command` stages only.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::*;
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_pipeline");
-
-struct Sandbox {
-    dir: tempfile::TempDir,
-}
-
-impl Sandbox {
-    fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap() }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path().join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args).current_dir(self.path()).env("PIPELINE_CACHE", self.path().join("cache")).env_remove("PIPELINE_LOG");
-        c
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-    fn plan(&self, file: &str, extra: &[&str]) -> Vec<(String, String, Vec<String>)> {
-        let mut args = vec!["plan", file, "--json"];
-        args.extend_from_slice(extra);
-        let out = self.run(&args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                (
-                    s["name"].as_str().unwrap().to_string(),
-                    s["status"].as_str().unwrap().to_string(),
-                    s["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect(),
-                )
-            })
-            .collect()
-    }
-    /// Stage name -> status of the newest run, read back through `runs show`.
-    fn statuses(&self, out: &Output) -> Vec<(String, String)> {
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        text.lines()
-            .filter_map(|l| {
-                let cells: Vec<&str> = l.split(['┆', '│']).map(str::trim).filter(|c| !c.is_empty()).collect();
-                if cells.len() >= 2 && ["ran", "cached", "failed", "skipped", "not selected"].contains(&cells[1]) {
-                    Some((cells[0].to_string(), cells[1].to_string()))
-                } else {
-                    None
-                }
-            })
-            .collect()
-    }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
 
 const README_EXAMPLE: &str = r#"{"name": "t", "stages": {
   "a": {"kind": "command", "params": {"cmd": "echo $P_n > $OUT/a.txt", "n": 1}},
@@ -252,14 +186,6 @@ fn schema_and_dag_print() {
     assert!(mer.contains("a -->|x| b"), "{mer}");
 }
 
-fn wait_for_file(p: &Path, timeout: Duration) {
-    let t0 = Instant::now();
-    while !p.exists() {
-        assert!(t0.elapsed() < timeout, "{} never appeared", p.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn second_process_is_told_who_holds_the_cache_and_can_wait() {
     let s = Sandbox::new();
@@ -357,18 +283,7 @@ fn killed_runs_never_corrupt_the_cache() {
 }
 
 fn read_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push((e.path().strip_prefix(dir).unwrap().display().to_string(), std::fs::read(e.path()).unwrap()));
-            }
-        }
-    }
-    out.sort();
+    let out = tree(dir);
     assert!(!out.is_empty(), "{} is empty", dir.display());
     out
 }

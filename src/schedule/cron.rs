@@ -22,15 +22,7 @@ pub struct CronSchedule {
     zone: Zone,
 }
 
-const FIELDS_5: [&str; 5] = ["minute", "hour", "day-of-month", "month", "day-of-week"];
-const FIELDS_6: [&str; 6] = [
-    "second",
-    "minute",
-    "hour",
-    "day-of-month",
-    "month",
-    "day-of-week",
-];
+/// Every field a 7-field expression has; 6 fields drop `year`, 5 also `second`.
 pub(super) const FIELDS_7: [&str; 7] = [
     "second",
     "minute",
@@ -51,8 +43,8 @@ const NICKNAMES: [&str; 6] = [
 
 fn field_names(n: usize) -> Option<&'static [&'static str]> {
     match n {
-        5 => Some(&FIELDS_5),
-        6 => Some(&FIELDS_6),
+        5 => Some(&FIELDS_7[1..6]),
+        6 => Some(&FIELDS_7[..6]),
         7 => Some(&FIELDS_7),
         _ => None,
     }

@@ -354,21 +354,9 @@ fn contained_path(root: &std::path::Path, rel: &str) -> Result<std::path::PathBu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::{CancelFlag, Progress};
 
     fn run_stage(p: &AmtParams, inputs: BTreeMap<String, PathBuf>, out: &Path) -> Result<StageOutcome, StageError> {
-        let progress = Progress::hidden();
-        let cancel = CancelFlag::new();
-        let ctx = StageContext {
-            name: "amt",
-            inputs: &inputs,
-            out_dir: out,
-            base_dir: out,
-            previous_output: None,
-            progress: &progress,
-            cancel: &cancel,
-        };
-        Amt::run(p, &ctx)
+        crate::stages::test_run::<Amt>(p, &inputs, out, out, None)
     }
 
     fn sim_batch(dir: &Path) -> (PathBuf, PathBuf) {

@@ -3,13 +3,15 @@
 //! Input `labels`: the output directory of `dawid-skene`, holding
 //! - `labels.csv`: `item,label,image` (label = class name or index; image = path relative
 //!   to that directory, e.g. `images/angry_00.jpg`);
-//! - `posteriors.csv`: `item,angry,...,surprise` (optional: without it, soft labels are
-//!   one-hot of the hard label).
+//! - `posteriors.csv`: `item,<class>...` (optional: without it, soft labels are one-hot of
+//!   the hard label);
+//! - `summary.json` (optional): its `classes`, in order, are the classes; without it, the
+//!   study's seven (`pipeline_vision::CLASSES`).
 //!
 //! Output:
 //! - `images/<class>/<name>.png`: every original kept (or a sampled subset with
 //!   `mode: sample_down`), then copies `<name>_aug<k>.png` until each class has `per_class`;
-//! - `manifest.csv`: `file,source,label,<7 soft-label columns>,copy,<transform params>`;
+//! - `manifest.csv`: `file,source,label,<one soft-label column per class>,copy,<transform params>`;
 //!   the soft label of a copy is its source's posterior;
 //! - `preview.png`: one row per class, the first `preview_per_class` images of it.
 //!
@@ -21,159 +23,14 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use pipeline_vision::{
-    augment::{apply_transform, copy_rng, CropConfig, ErasingConfig},
-    load_image, plan_balance, AugmentConfig, BalanceMode, FillMode, Image, TransformParams, CLASSES,
+    augment_copy, contact_sheet, load_image, plan_balance, Image, TransformParams, CLASSES,
 };
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use super::{InputDecl, Stage, StageContext, StageError, StageOutcome};
 
-/// What to do with a class that already has more than `per_class` images.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Keep every original (the class ends above `per_class`).
-    Keep,
-    /// Keep a seeded random subset of exactly `per_class` originals.
-    SampleDown,
-}
-
-/// Keras `fill_mode`: how points outside the image are filled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Fill {
-    Nearest,
-    Constant,
-    Reflect,
-    Wrap,
-}
-
-/// Keras `zoom_range`: a float `z` means `[1 - z, 1 + z]`, or an explicit `[lo, hi]`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(untagged)]
-pub enum Zoom {
-    Symmetric(f64),
-    Range([f64; 2]),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct AugmentParams {
-    /// Images per class after balancing: originals plus transformed copies (the study: 300).
-    pub per_class: usize,
-    /// Classes already above `per_class`: `keep` all originals or `sample_down` to exactly N.
-    pub mode: Mode,
-    /// Output side in pixels (images are decoded and resized to size x size).
-    pub size: u32,
-    /// Output channels: 1 (grayscale) or 3 (RGB).
-    pub channels: u8,
-    /// Seed of every random draw; same inputs, params and seed give byte-identical output.
-    pub seed: u64,
-    /// Keras: rotation in degrees, uniform in [-r, r].
-    pub rotation_range: f64,
-    /// Keras: horizontal shift; below 1 a fraction of the width, from 1 up pixels.
-    pub width_shift_range: f64,
-    /// Keras: vertical shift; below 1 a fraction of the height, from 1 up pixels.
-    pub height_shift_range: f64,
-    /// Keras: shear angle in degrees, uniform in [-s, s].
-    pub shear_range: f64,
-    /// Keras: zoom factors zx, zy drawn independently; `z` means [1-z, 1+z]; above 1 shrinks.
-    pub zoom_range: Zoom,
-    /// Keras: flip left-right with probability 0.5.
-    pub horizontal_flip: bool,
-    /// Keras: flip upside down with probability 0.5.
-    pub vertical_flip: bool,
-    /// Keras: add a uniform value in [-c, c] to all channels (clipped to the image's range).
-    pub channel_shift_range: f64,
-    /// Keras: brightness factor range [lo, hi] (1 = unchanged); null = off.
-    pub brightness_range: Option<[f64; 2]>,
-    /// Keras: fill for points outside the image: nearest, constant (with `cval`), reflect, wrap.
-    pub fill_mode: Fill,
-    /// Keras: value for `fill_mode: constant` (0..255).
-    pub cval: f64,
-    /// torchvision ColorJitter: contrast factor range [lo, hi]; null = off.
-    pub contrast_range: Option<[f64; 2]>,
-    /// torchvision RandomResizedCrop: area fraction range [lo, hi]; null = off.
-    pub random_crop_scale: Option<[f64; 2]>,
-    /// torchvision RandomResizedCrop: aspect ratio range (width / height).
-    pub random_crop_ratio: [f64; 2],
-    /// torchvision RandomErasing: probability of erasing a rectangle (0 = off).
-    pub random_erasing: f64,
-    /// torchvision RandomErasing: area fraction range of the rectangle.
-    pub random_erasing_scale: [f64; 2],
-    /// torchvision RandomErasing: aspect ratio range of the rectangle.
-    pub random_erasing_ratio: [f64; 2],
-    /// torchvision RandomErasing: value written into the rectangle (0..255).
-    pub random_erasing_value: f64,
-    /// Images per class shown in preview.png.
-    pub preview_per_class: usize,
-}
-
-impl Default for AugmentParams {
-    fn default() -> Self {
-        Self {
-            per_class: 300,
-            mode: Mode::Keep,
-            size: 48,
-            channels: 1,
-            seed: 0,
-            rotation_range: 15.0,
-            width_shift_range: 0.1,
-            height_shift_range: 0.1,
-            shear_range: 0.0,
-            zoom_range: Zoom::Symmetric(0.1),
-            horizontal_flip: true,
-            vertical_flip: false,
-            channel_shift_range: 0.0,
-            brightness_range: None,
-            fill_mode: Fill::Nearest,
-            cval: 0.0,
-            contrast_range: None,
-            random_crop_scale: None,
-            random_crop_ratio: [0.75, 4.0 / 3.0],
-            random_erasing: 0.0,
-            random_erasing_scale: [0.02, 0.33],
-            random_erasing_ratio: [0.3, 3.3],
-            random_erasing_value: 0.0,
-            preview_per_class: 8,
-        }
-    }
-}
-
-impl AugmentParams {
-    pub fn to_config(&self) -> AugmentConfig {
-        AugmentConfig {
-            rotation_range: self.rotation_range,
-            width_shift_range: self.width_shift_range,
-            height_shift_range: self.height_shift_range,
-            shear_range: self.shear_range,
-            zoom_range: match self.zoom_range {
-                Zoom::Symmetric(z) => AugmentConfig::zoom(z),
-                Zoom::Range(r) => r,
-            },
-            horizontal_flip: self.horizontal_flip,
-            vertical_flip: self.vertical_flip,
-            channel_shift_range: self.channel_shift_range,
-            brightness_range: self.brightness_range,
-            fill_mode: match self.fill_mode {
-                Fill::Nearest => FillMode::Nearest,
-                Fill::Constant => FillMode::Constant,
-                Fill::Reflect => FillMode::Reflect,
-                Fill::Wrap => FillMode::Wrap,
-            },
-            cval: self.cval,
-            contrast_range: self.contrast_range,
-            random_crop: self.random_crop_scale.map(|scale| CropConfig { scale, ratio: self.random_crop_ratio }),
-            random_erasing: (self.random_erasing > 0.0).then_some(ErasingConfig {
-                p: self.random_erasing,
-                scale: self.random_erasing_scale,
-                ratio: self.random_erasing_ratio,
-                value: self.random_erasing_value,
-            }),
-        }
-    }
-}
+// The params are the vision crate's: one definition, with the docs `pipeline schema` shows.
+pub use pipeline_vision::params::AugmentParams;
 
 pub struct Augment;
 
@@ -183,12 +40,30 @@ struct Item {
     id: String,
     label: usize,
     image: PathBuf,
-    soft: [f64; 7],
+    soft: Vec<f64>,
 }
 
-fn class_index(s: &str) -> Option<usize> {
+/// The classes of the input: `summary.json`'s (what dawid-skene writes), else the study's.
+fn read_classes(dir: &Path) -> Result<Vec<String>, StageError> {
+    let path = dir.join("summary.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CLASSES.iter().map(|c| c.to_string()).collect()),
+        Err(e) => return Err(StageError::io(&path, e)),
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| StageError::bad_file(&path, e))?;
+    match v.get("classes") {
+        None => Ok(CLASSES.iter().map(|c| c.to_string()).collect()),
+        Some(c) => match serde_json::from_value::<Vec<String>>(c.clone()) {
+            Ok(c) if !c.is_empty() => Ok(c),
+            _ => Err(StageError::bad_file(&path, "\"classes\" is not a list of class names")),
+        },
+    }
+}
+
+fn class_index(s: &str, classes: &[String]) -> Option<usize> {
     let s = s.trim();
-    CLASSES.iter().position(|c| c.eq_ignore_ascii_case(s)).or_else(|| s.parse::<usize>().ok().filter(|&i| i < 7))
+    classes.iter().position(|c| c.eq_ignore_ascii_case(s)).or_else(|| s.parse::<usize>().ok().filter(|&i| i < classes.len()))
 }
 
 fn csv_reader(path: &Path) -> Result<csv::Reader<std::fs::File>, StageError> {
@@ -203,7 +78,7 @@ fn column(headers: &csv::StringRecord, name: &str, path: &Path) -> Result<usize,
         .ok_or_else(|| StageError::bad_file(path, format!("no column \"{name}\" (columns: {})", headers.iter().collect::<Vec<_>>().join(","))))
 }
 
-fn read_items(dir: &Path) -> Result<Vec<Item>, StageError> {
+fn read_items(dir: &Path, classes: &[String]) -> Result<Vec<Item>, StageError> {
     let path = dir.join("labels.csv");
     let mut rd = csv_reader(&path)?;
     let headers = rd.headers().map_err(|e| StageError::bad_file(&path, e))?.clone();
@@ -218,14 +93,14 @@ fn read_items(dir: &Path) -> Result<Vec<Item>, StageError> {
         if !seen.insert(id.clone()) {
             return Err(StageError::bad_file(&path, format!("line {line}: item \"{id}\" appears twice")));
         }
-        let label = class_index(get(cl)).ok_or_else(|| {
-            StageError::bad_file(&path, format!("line {line}: label \"{}\" is not one of {}", get(cl), CLASSES.join(", ")))
+        let label = class_index(get(cl), classes).ok_or_else(|| {
+            StageError::bad_file(&path, format!("line {line}: label \"{}\" is not one of {}", get(cl), classes.join(", ")))
         })?;
         let image = get(cm);
         if image.is_empty() {
             return Err(StageError::bad_file(&path, format!("line {line}: item \"{id}\" has no image")));
         }
-        let mut soft = [0.0; 7];
+        let mut soft = vec![0.0; classes.len()];
         soft[label] = 1.0;
         items.push(Item { id, label, image: dir.join(image), soft });
     }
@@ -234,22 +109,22 @@ fn read_items(dir: &Path) -> Result<Vec<Item>, StageError> {
         let mut rd = csv_reader(&ppath)?;
         let headers = rd.headers().map_err(|e| StageError::bad_file(&ppath, e))?.clone();
         let ci = column(&headers, "item", &ppath)?;
-        let cols: Vec<usize> = CLASSES.iter().map(|c| column(&headers, c, &ppath)).collect::<Result<_, _>>()?;
-        let mut post: HashMap<String, [f64; 7]> = HashMap::new();
+        let cols: Vec<usize> = classes.iter().map(|c| column(&headers, c, &ppath)).collect::<Result<_, _>>()?;
+        let mut post: HashMap<String, Vec<f64>> = HashMap::new();
         for (n, rec) in rd.records().enumerate() {
             let line = n + 2;
             let rec = rec.map_err(|e| StageError::bad_file(&ppath, format!("line {line}: {e}")))?;
-            let mut p = [0.0; 7];
+            let mut p = vec![0.0; classes.len()];
             for (k, &c) in cols.iter().enumerate() {
                 let v = rec.get(c).unwrap_or("");
                 p[k] = v.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0).ok_or_else(|| {
-                    StageError::bad_file(&ppath, format!("line {line}: {} = \"{v}\" is not a probability", CLASSES[k]))
+                    StageError::bad_file(&ppath, format!("line {line}: {} = \"{v}\" is not a probability", classes[k]))
                 })?;
             }
             post.insert(rec.get(ci).unwrap_or("").to_string(), p);
         }
         for it in &mut items {
-            it.soft = *post.get(&it.id).ok_or_else(|| {
+            it.soft = post.get(&it.id).cloned().ok_or_else(|| {
                 StageError::bad_file(&ppath, format!("no row for item \"{}\" of labels.csv", it.id))
             })?;
         }
@@ -277,24 +152,9 @@ fn fmt_opt4(v: Option<[u32; 4]>) -> String {
 }
 
 fn write_preview(path: &Path, rows: &[Vec<&Image>], size: u32, channels: u8, cols: usize) -> Result<(), StageError> {
+    // Small images drawn twice as large, so the preview is readable.
     let zoom = if size <= 64 { 2 } else { 1 };
-    let cell = size * zoom;
-    let (w, h) = (cell * cols.max(1) as u32, cell * rows.len() as u32);
-    let ch = channels as usize;
-    let mut data = vec![0u8; (w * h) as usize * ch];
-    for (r, row) in rows.iter().enumerate() {
-        for (c, img) in row.iter().enumerate().take(cols) {
-            for y in 0..cell {
-                for x in 0..cell {
-                    let src = (((y / zoom) * size + x / zoom) as usize) * ch;
-                    let dst = (((r as u32 * cell + y) * w + c as u32 * cell + x) as usize) * ch;
-                    data[dst..dst + ch].copy_from_slice(&img.data[src..src + ch]);
-                }
-            }
-        }
-    }
-    let img = Image::from_raw(w, h, channels, data).ok_or_else(|| StageError::Failed("preview size mismatch".into()))?;
-    img.save_png(path).map_err(|e| StageError::bad_file(path, e))
+    contact_sheet(rows, cols, size, channels, zoom).save_png(path).map_err(|e| StageError::bad_file(path, e))
 }
 
 impl Stage for Augment {
@@ -310,29 +170,8 @@ impl Stage for Augment {
     }];
 
     fn check_params(p: &AugmentParams) -> Result<(), StageError> {
-        if p.per_class == 0 {
-            return Err(StageError::bad_param("per_class", "must be at least 1"));
-        }
-        if !(8..=1024).contains(&p.size) {
-            return Err(StageError::bad_param("size", "between 8 and 1024 pixels"));
-        }
-        if !matches!(p.channels, 1 | 3) {
-            return Err(StageError::bad_param("channels", "1 (grayscale) or 3 (RGB)"));
-        }
-        p.to_config().validate().map_err(|e| match e {
-            pipeline_vision::VisionError::BadParam { param, message } => {
-                // Our names for the torchvision knobs are flat.
-                let param = match param {
-                    "random_crop.scale" => "random_crop_scale",
-                    "random_crop.ratio" => "random_crop_ratio",
-                    "random_erasing.p" => "random_erasing",
-                    "random_erasing.scale" => "random_erasing_scale",
-                    "random_erasing.ratio" => "random_erasing_ratio",
-                    "random_erasing.value" => "random_erasing_value",
-                    other => other,
-                };
-                StageError::bad_param(param, message)
-            }
+        p.validate().map_err(|e| match e {
+            pipeline_vision::VisionError::BadParam { param, message } => StageError::bad_param(param, message),
             other => StageError::Failed(other.to_string()),
         })
     }
@@ -341,19 +180,16 @@ impl Stage for Augment {
         Self::check_params(p)?;
         let cfg = p.to_config();
         let dir = ctx.input("labels")?;
-        let items = read_items(dir)?;
+        let classes = read_classes(dir)?;
+        let items = read_items(dir, &classes)?;
         if items.is_empty() {
             return Err(StageError::bad_file(dir.join("labels.csv"), "no items"));
         }
         let labels: Vec<usize> = items.iter().map(|i| i.label).collect();
-        let mode = match p.mode {
-            Mode::Keep => BalanceMode::Keep,
-            Mode::SampleDown => BalanceMode::SampleDown,
-        };
-        let plan = plan_balance(&labels, CLASSES.len(), p.per_class, mode, p.seed).map_err(|e| match e {
+        let plan = plan_balance(&labels, classes.len(), p.per_class, p.mode, p.seed).map_err(|e| match e {
             pipeline_vision::VisionError::EmptyClass { class, .. } => StageError::bad_file(
                 dir.join("labels.csv"),
-                format!("no item is labelled {}, so that class cannot be filled to {}", CLASSES[class], p.per_class),
+                format!("no item is labelled {}, so that class cannot be filled to {}", classes[class], p.per_class),
             ),
             other => StageError::Failed(other.to_string()),
         })?;
@@ -395,14 +231,14 @@ impl Stage for Augment {
             }
             base_name.push(name);
         }
-        for class in CLASSES {
+        for class in &classes {
             let d = ctx.out_dir.join("images").join(class);
             std::fs::create_dir_all(&d).map_err(|e| StageError::io(&d, e))?;
         }
 
         ctx.progress.set_message("augmenting");
         let mut rows: Vec<(String, usize, Option<u32>, Option<TransformParams>)> = Vec::with_capacity(plan.len());
-        let mut preview: Vec<Vec<Image>> = vec![Vec::new(); CLASSES.len()];
+        let mut preview: Vec<Vec<Image>> = vec![Vec::new(); classes.len()];
         for chunk in plan.chunks(CHUNK) {
             ctx.cancel.check()?;
             let made: Vec<(String, Option<TransformParams>, Image)> = chunk
@@ -413,12 +249,11 @@ impl Stage for Augment {
                     let (img, params, name) = match pi.copy {
                         None => (src.clone(), None, format!("{}.png", base_name[pi.source])),
                         Some(k) => {
-                            let mut rng = copy_rng(p.seed, &it.id, k);
-                            let tp = cfg.sample(&mut rng, src.height, src.width);
-                            (apply_transform(src, &tp, &cfg), Some(tp), format!("{}_aug{k}.png", base_name[pi.source]))
+                            let (img, tp) = augment_copy(src, &cfg, p.seed, &it.id, k);
+                            (img, Some(tp), format!("{}_aug{k}.png", base_name[pi.source]))
                         }
                     };
-                    let rel = format!("images/{}/{name}", CLASSES[pi.class]);
+                    let rel = format!("images/{}/{name}", classes[pi.class]);
                     let path = ctx.out_dir.join(&rel);
                     img.save_png(&path).map_err(|e| StageError::bad_file(&path, e))?;
                     Ok((rel, params, img))
@@ -437,7 +272,7 @@ impl Stage for Augment {
         let f = std::fs::File::create(&mpath).map_err(|e| StageError::io(&mpath, e))?;
         let mut wr = csv::Writer::from_writer(std::io::BufWriter::new(f));
         let mut header: Vec<&str> = vec!["file", "source", "label"];
-        header.extend(CLASSES);
+        header.extend(classes.iter().map(|c| c.as_str()));
         header.extend([
             "copy", "theta", "tx", "ty", "shear", "zx", "zy", "flip_horizontal", "flip_vertical", "channel_shift",
             "brightness", "contrast", "crop", "erase",
@@ -446,7 +281,7 @@ impl Stage for Augment {
         wr.write_record(&header).map_err(werr)?;
         for (rel, source, copy, params) in &rows {
             let it = &items[*source];
-            let mut rec: Vec<String> = vec![rel.clone(), it.id.clone(), CLASSES[it.label].to_string()];
+            let mut rec: Vec<String> = vec![rel.clone(), it.id.clone(), classes[it.label].clone()];
             rec.extend(it.soft.iter().map(|v| v.to_string()));
             match (copy, params) {
                 (Some(k), Some(t)) => rec.extend([
@@ -477,7 +312,7 @@ impl Stage for Augment {
         }
 
         let generated = rows.iter().filter(|r| r.2.is_some()).count();
-        let mut per_class = [0usize; 7];
+        let mut per_class = vec![0usize; classes.len()];
         rows.iter().for_each(|r| per_class[items[r.1].label] += 1);
         let mut o = StageOutcome::default();
         o.metrics.insert("images".into(), rows.len() as f64);
@@ -488,7 +323,7 @@ impl Stage for Augment {
             rows.len(),
             generated,
             items.len(),
-            CLASSES.iter().zip(per_class).map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", ")
+            classes.iter().zip(per_class).map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", ")
         ));
         Ok(o)
     }
@@ -497,7 +332,6 @@ impl Stage for Augment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::{CancelFlag, Progress};
     use std::collections::BTreeMap;
 
     /// A dawid-skene-shaped fixture: `n[c]` items of class c, PNG faces, posteriors.
@@ -528,18 +362,7 @@ mod tests {
     fn run(p: &AugmentParams, input: &Path, out: &Path) -> Result<StageOutcome, StageError> {
         std::fs::create_dir_all(out).unwrap();
         let inputs: BTreeMap<String, PathBuf> = [("labels".to_string(), input.to_path_buf())].into();
-        let progress = Progress::hidden();
-        let cancel = CancelFlag::new();
-        let ctx = StageContext {
-            name: "augment",
-            inputs: &inputs,
-            out_dir: out,
-            base_dir: input,
-            previous_output: None,
-            progress: &progress,
-            cancel: &cancel,
-        };
-        Augment::run(p, &ctx)
+        crate::stages::test_run::<Augment>(p, &inputs, out, input, None)
     }
 
     fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -590,10 +413,31 @@ mod tests {
         assert_ne!(files(&tmp.path().join("a")), files(&tmp.path().join("c")));
 
         // sample_down caps the big class; channels = 3 gives RGB.
-        let p3 = AugmentParams { mode: Mode::SampleDown, channels: 3, size: 32, ..p.clone() };
+        let p3 = AugmentParams { mode: pipeline_vision::BalanceMode::SampleDown, channels: 3, size: 32, ..p.clone() };
         let o = run(&p3, &input, &tmp.path().join("d")).unwrap();
         assert_eq!(o.metrics["images"], 70.0);
         assert_eq!(load_image(&tmp.path().join("d/images/angry/angry_00.png"), 32, 3).unwrap().data.len(), 32 * 32 * 3);
+    }
+
+    #[test]
+    fn classes_come_from_the_input() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("ds");
+        std::fs::create_dir_all(input.join("images")).unwrap();
+        let mut labels = String::from("item,label,image\n");
+        for (c, class) in ["cat", "dog"].iter().enumerate() {
+            for i in 0..2 {
+                pipeline_vision::render_face(c, i, 48).save(input.join(format!("images/{class}{i}.png"))).unwrap();
+                labels.push_str(&format!("{class}{i},{class},images/{class}{i}.png\n"));
+            }
+        }
+        std::fs::write(input.join("labels.csv"), labels).unwrap();
+        std::fs::write(input.join("summary.json"), r#"{"classes": ["cat", "dog"]}"#).unwrap();
+        let o = run(&AugmentParams { per_class: 3, ..Default::default() }, &input, &tmp.path().join("o")).unwrap();
+        assert_eq!(o.metrics["images"], 6.0);
+        let manifest = std::fs::read_to_string(tmp.path().join("o/manifest.csv")).unwrap();
+        assert!(manifest.starts_with("file,source,label,cat,dog,copy,"), "{manifest}");
+        assert!(tmp.path().join("o/images/dog/dog0_aug0.png").exists());
     }
 
     #[test]
@@ -612,13 +456,7 @@ mod tests {
     }
 
     #[test]
-    fn params_schema_and_validation() {
-        let p: AugmentParams = serde_json::from_value(serde_json::json!({"zoom_range": [0.8, 1.3], "fill_mode": "reflect"})).unwrap();
-        assert_eq!(p.to_config().zoom_range, [0.8, 1.3]);
-        assert_eq!(p.to_config().fill_mode, FillMode::Reflect);
-        let p: AugmentParams = serde_json::from_value(serde_json::json!({"zoom_range": 0.2})).unwrap();
-        assert_eq!(p.to_config().zoom_range, [0.8, 1.2]);
-        assert!(serde_json::from_value::<AugmentParams>(serde_json::json!({"rotaton_range": 3})).is_err());
+    fn params_validation_names_the_param() {
         let e = Augment::check_params(&AugmentParams { random_erasing: 2.0, ..Default::default() }).unwrap_err();
         assert!(e.to_string().contains("random_erasing"), "{e}");
         let e = Augment::check_params(&AugmentParams { channels: 2, ..Default::default() }).unwrap_err();

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{InputDecl, Stage, StageContext, StageError, StageOutcome};
 
-pub const CLASSES: [&str; 7] = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"];
+use pipeline_vision::CLASSES;
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]

@@ -170,9 +170,8 @@ mod tests {
 
     use super::*;
     use crate::stages::train::{Train, TrainParams};
-    use crate::stages::{CancelFlag, Progress};
 
-    const CLASSES: [&str; 7] = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"];
+    use pipeline_vision::CLASSES;
 
     fn face(class: usize, seed: u64) -> image::GrayImage {
         pipeline_vision::render_face(class, seed, 48)
@@ -216,21 +215,17 @@ mod tests {
     fn run<S: Stage>(p: &S::Params, inputs: &[(&str, &Path)], out: &Path, previous: Option<&Path>) -> Result<StageOutcome, StageError> {
         let inputs: BTreeMap<String, PathBuf> = inputs.iter().map(|(k, v)| (k.to_string(), v.to_path_buf())).collect();
         std::fs::create_dir_all(out).unwrap();
-        let (progress, cancel) = (Progress::hidden(), CancelFlag::new());
-        let ctx = StageContext {
-            name: S::KIND,
-            inputs: &inputs,
-            out_dir: out,
-            base_dir: out,
-            previous_output: previous,
-            progress: &progress,
-            cancel: &cancel,
-        };
-        S::run(p, &ctx)
+        crate::stages::test_run::<S>(p, &inputs, out, out, previous)
     }
 
     fn tiny_train() -> TrainParams {
-        TrainParams { cnn_channels: vec![4, 8], cnn_dense: 16, epochs: 2, batch_size: 8, valid_fraction: 0.25, ..Default::default() }
+        TrainParams {
+            cnn_channels: vec![4, 8],
+            cnn_dense: 16,
+            train: pipeline_model::TrainConfig { epochs: 2, batch_size: 8, ..Default::default() },
+            valid_fraction: 0.25,
+            ..Default::default()
+        }
     }
 
     fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {

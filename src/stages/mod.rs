@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 pub mod command;
@@ -229,16 +229,41 @@ pub struct ParamError {
 struct Wrap<S: Stage>(std::marker::PhantomData<S>);
 
 fn parse_params<S: Stage>(raw: &Value) -> Result<S::Params, ParamError> {
+    match deserialize_tracked::<S::Params>(raw) {
+        Err(e) if e.path.is_empty() => Err(locate_flattened::<S>(raw).unwrap_or(e)),
+        r => r,
+    }
+}
+
+fn deserialize_tracked<T: DeserializeOwned>(raw: &Value) -> Result<T, ParamError> {
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(raw, &mut track);
-    match S::Params::deserialize(de) {
-        Ok(p) => Ok(p),
-        Err(e) => {
-            let path = track.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            Err(ParamError { path, message: e.to_string() })
+    T::deserialize(de).map_err(|e| {
+        let path = track.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ParamError { path, message: e.to_string() }
+    })
+}
+
+/// Params that embed their crate's config with `#[serde(flatten)]` are deserialized from a
+/// buffered map, so an error in the embedded part has no path, and an unknown name no list
+/// of the known ones. Find the failing param by deserializing one param at a time, and
+/// take the known names from the schema, so messages read as for a plain struct.
+fn locate_flattened<S: Stage>(raw: &Value) -> Option<ParamError> {
+    let Value::Object(m) = raw else { return None };
+    m.iter().find_map(|(name, v)| {
+        let one = Value::Object([(name.clone(), v.clone())].into_iter().collect());
+        let mut e = deserialize_tracked::<S::Params>(&one).err()?;
+        if e.path.is_empty() {
+            e.path = name.clone();
         }
-    }
+        if e.message.starts_with("unknown field `") && !e.message.contains(", expected") {
+            let schema = serde_json::to_value(schemars::schema_for!(S::Params)).ok()?;
+            let known: Vec<String> = schema.get("properties")?.as_object()?.keys().map(|k| format!("`{k}`")).collect();
+            e.message = format!("{}, expected one of {}", e.message, known.join(", "));
+        }
+        Some(e)
+    })
 }
 
 impl<S: Stage> DynStage for Wrap<S> {
@@ -316,9 +341,25 @@ pub fn find(kind: &str) -> Option<Box<dyn DynStage>> {
     registry().into_iter().find(|s| s.kind() == kind)
 }
 
+/// Runs a stage kind outside the engine, for the kinds' unit tests: a hidden progress bar,
+/// no cancellation, no previous output unless given.
+#[cfg(test)]
+pub(crate) fn test_run<S: Stage>(
+    params: &S::Params,
+    inputs: &BTreeMap<String, PathBuf>,
+    out_dir: &Path,
+    base_dir: &Path,
+    previous_output: Option<&Path>,
+) -> Result<StageOutcome, StageError> {
+    let (progress, cancel) = (Progress::hidden(), CancelFlag::new());
+    let ctx = StageContext { name: S::KIND, inputs, out_dir, base_dir, previous_output, progress: &progress, cancel: &cancel };
+    S::run(params, &ctx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     #[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
     #[serde(deny_unknown_fields, default)]
@@ -344,6 +385,55 @@ mod tests {
         }
     }
 
+    /// A kind whose params embed a config, as `train` embeds `pipeline_model::TrainConfig`.
+    #[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields, default)]
+    struct Inner {
+        lr: f64,
+        sizes: [u32; 2],
+    }
+    impl Default for Inner {
+        fn default() -> Self {
+            Inner { lr: 0.1, sizes: [1, 2] }
+        }
+    }
+    #[derive(Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields, default)]
+    struct FlatP {
+        epochs: u32,
+        #[serde(flatten)]
+        inner: Inner,
+        backend: String,
+    }
+    struct Flat;
+    impl Stage for Flat {
+        type Params = FlatP;
+        const KIND: &'static str = "flat";
+        const VERSION: u32 = 1;
+        const DESCRIPTION: &'static str = "test kind";
+        const INPUTS: &'static [InputDecl] = &[];
+        fn run(_: &FlatP, _: &StageContext<'_>) -> Result<StageOutcome, StageError> {
+            Ok(StageOutcome::default())
+        }
+    }
+
+    #[test]
+    fn flattened_params_keep_their_paths_and_known_names() {
+        let k = wrap::<Flat>();
+        let v = k.normalize(&serde_json::json!({"lr": 1})).unwrap();
+        assert_eq!(serde_json::to_string(&v).unwrap(), r#"{"epochs":0,"lr":1.0,"sizes":[1,2],"backend":""}"#);
+        let e = k.normalize(&serde_json::json!({"epochs": 3, "lrr": 1})).unwrap_err();
+        assert_eq!((e.path.as_str(), e.message.as_str()), ("lrr", "unknown field `lrr`, expected one of `epochs`, `lr`, `sizes`, `backend`"));
+        let e = k.normalize(&serde_json::json!({"epochs": 3, "lr": "x"})).unwrap_err();
+        assert_eq!((e.path.as_str(), e.message.as_str()), ("lr", "invalid type: string \"x\", expected f64"));
+        // Inside an embedded field the path stops at the param.
+        let e = k.normalize(&serde_json::json!({"sizes": [1, "x"]})).unwrap_err();
+        assert_eq!(e.path, "sizes");
+        // Outside the embedded part serde's own path stands.
+        let e = k.normalize(&serde_json::json!({"epochs": "x"})).unwrap_err();
+        assert_eq!(e.path, "epochs");
+    }
+
     #[test]
     fn normalize_fills_defaults_and_names_unknown_params() {
         let k = wrap::<K>();
@@ -352,6 +442,53 @@ mod tests {
         assert!(e.message.contains("unknown field `epoch`"), "{}", e.message);
         let e = k.normalize(&serde_json::json!({"epochs": "many"})).unwrap_err();
         assert_eq!(e.path, "epochs");
+    }
+
+    /// What a kind's params put into its cache key: pinned, so a refactor of a params
+    /// struct (say, embedding its crate's config) cannot move a key by accident.
+    fn pinned(kind: &str, raw: serde_json::Value) -> String {
+        let k = find(kind).unwrap();
+        serde_json::to_string(&k.key_params(&k.normalize(&raw).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn key_params_of_augment_are_pinned() {
+        let study = serde_json::json!({
+            "per_class": 300, "size": 48, "channels": 1, "seed": 1,
+            "rotation_range": 15, "width_shift_range": 0.1, "height_shift_range": 0.1,
+            "shear_range": 5, "zoom_range": 0.1, "horizontal_flip": true, "fill_mode": "nearest"
+        });
+        assert_eq!(pinned("augment", serde_json::json!({})), r#"{"per_class":300,"mode":"keep","size":48,"channels":1,"seed":0,"rotation_range":15.0,"width_shift_range":0.1,"height_shift_range":0.1,"shear_range":0.0,"zoom_range":0.1,"horizontal_flip":true,"vertical_flip":false,"channel_shift_range":0.0,"brightness_range":null,"fill_mode":"nearest","cval":0.0,"contrast_range":null,"random_crop_scale":null,"random_crop_ratio":[0.75,1.3333333333333333],"random_erasing":0.0,"random_erasing_scale":[0.02,0.33],"random_erasing_ratio":[0.3,3.3],"random_erasing_value":0.0,"preview_per_class":8}"#);
+        assert_eq!(pinned("augment", study), r#"{"per_class":300,"mode":"keep","size":48,"channels":1,"seed":1,"rotation_range":15.0,"width_shift_range":0.1,"height_shift_range":0.1,"shear_range":5.0,"zoom_range":0.1,"horizontal_flip":true,"vertical_flip":false,"channel_shift_range":0.0,"brightness_range":null,"fill_mode":"nearest","cval":0.0,"contrast_range":null,"random_crop_scale":null,"random_crop_ratio":[0.75,1.3333333333333333],"random_erasing":0.0,"random_erasing_scale":[0.02,0.33],"random_erasing_ratio":[0.3,3.3],"random_erasing_value":0.0,"preview_per_class":8}"#);
+        let other = serde_json::json!({"zoom_range": [0.8, 1.3], "mode": "sample_down", "fill_mode": "constant", "cval": 3,
+            "random_crop_scale": [0.5, 1.0], "random_erasing": 0.5, "brightness_range": [0.9, 1.1]});
+        assert_eq!(pinned("augment", other), r#"{"per_class":300,"mode":"sample_down","size":48,"channels":1,"seed":0,"rotation_range":15.0,"width_shift_range":0.1,"height_shift_range":0.1,"shear_range":0.0,"zoom_range":[0.8,1.3],"horizontal_flip":true,"vertical_flip":false,"channel_shift_range":0.0,"brightness_range":[0.9,1.1],"fill_mode":"constant","cval":3.0,"contrast_range":null,"random_crop_scale":[0.5,1.0],"random_crop_ratio":[0.75,1.3333333333333333],"random_erasing":0.5,"random_erasing_scale":[0.02,0.33],"random_erasing_ratio":[0.3,3.3],"random_erasing_value":0.0,"preview_per_class":8}"#);
+    }
+
+    // Pinned after `TrainParams` embedded `TrainConfig` (flatten); the keys of these params
+    // (through `plan --json`) were the same before and after.
+    #[cfg(feature = "ml")]
+    #[test]
+    fn key_params_of_train_are_pinned() {
+        let study = serde_json::json!({"model": "cnn", "targets": "soft", "optimizer": "adam", "lr": 0.001, "epochs": 30, "patience": 10, "seed": 1});
+        let other = serde_json::json!({"model": "vgg16", "weights": "w.safetensors", "freeze": true, "targets": "hard",
+            "optimizer": "sgd", "momentum": 0.5, "batch_size": 8, "weight_decay": 1e-4, "backend": "cpu", "leakage": "warn"});
+        assert_eq!([pinned("train", serde_json::json!({})), pinned("train", study), pinned("train", other)], [
+            r#"{"model":"cnn","cnn_channels":[16,32,64],"cnn_dense":128,"targets":"soft","optimizer":"adam","lr":0.001,"momentum":0.9,"batch_size":32,"epochs":15,"weight_decay":0.0,"patience":5,"seed":42,"weights":null,"freeze":false,"leakage_distance":24,"valid_fraction":0.15,"leakage":"error"}"#,
+            r#"{"model":"cnn","cnn_channels":[16,32,64],"cnn_dense":128,"targets":"soft","optimizer":"adam","lr":0.001,"momentum":0.9,"batch_size":32,"epochs":30,"weight_decay":0.0,"patience":10,"seed":1,"weights":null,"freeze":false,"leakage_distance":24,"valid_fraction":0.15,"leakage":"error"}"#,
+            r#"{"model":"vgg16","cnn_channels":[16,32,64],"cnn_dense":128,"targets":"hard","optimizer":"sgd","lr":0.001,"momentum":0.5,"batch_size":8,"epochs":15,"weight_decay":0.0001,"patience":5,"seed":42,"weights":"w.safetensors","freeze":true,"leakage_distance":24,"valid_fraction":0.15,"leakage":"warn"}"#,
+        ]);
+    }
+
+    #[cfg(feature = "ml")]
+    #[test]
+    fn a_typo_in_trains_embedded_config_is_named() {
+        let k = find("train").unwrap();
+        let e = k.normalize(&serde_json::json!({"epoch": 3})).unwrap_err();
+        assert_eq!(e.path, "epoch");
+        assert!(e.message.starts_with("unknown field `epoch`, expected one of `model`, `cnn_channels`") && e.message.contains("`epochs`"), "{}", e.message);
+        let e = k.normalize(&serde_json::json!({"lr": "x"})).unwrap_err();
+        assert_eq!((e.path.as_str(), e.message.as_str()), ("lr", "invalid type: string \"x\", expected f64"));
     }
 
     #[test]

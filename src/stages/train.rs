@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use pipeline_model::data::{load_image_folder, load_manifest_rows, Dataset};
 use pipeline_model::leakage::{check_leakage, hash_rows, write_training_images, HashedImage, Leakage, Role};
 use pipeline_model::{
-    BackendChoice, EpochMetrics, ModelConfig, ModelError, ModelKind, OptimizerKind, TargetKind, TrainConfig,
+    BackendChoice, EpochMetrics, ModelConfig, ModelError, ModelKind, TargetKind, TrainConfig,
     TrainObserver, TrainRequest,
 };
 use serde::{Deserialize, Serialize};
@@ -38,23 +38,6 @@ pub enum ModelName {
     Cnn,
     /// VGG16's 13 conv layers + Dense 256 -> ReLU -> Dropout 0.5 -> Dense 7 (the study's net).
     Vgg16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Targets {
-    /// Dawid-Skene posteriors as soft labels (cross-entropy -sum q log p).
-    Soft,
-    /// The manifest's hard `label`.
-    Hard,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerName {
-    Adam,
-    /// SGD with momentum (`momentum`).
-    Sgd,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -78,6 +61,9 @@ pub enum LeakageMode {
     Off,
 }
 
+/// The `train` stage's params: the network, the training hyper-parameters (the model
+/// crate's `TrainConfig`, embedded flat), pretrained weights, where to run, held-out
+/// validation and the leakage guard.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainParams {
@@ -87,22 +73,11 @@ pub struct TrainParams {
     pub cnn_channels: Vec<usize>,
     /// `cnn`: width of the hidden dense layer.
     pub cnn_dense: usize,
-    /// `soft` (Dawid-Skene posteriors, default) or `hard` labels.
-    pub targets: Targets,
-    pub optimizer: OptimizerName,
-    /// Learning rate.
-    pub lr: f64,
-    /// SGD momentum.
-    pub momentum: f64,
-    pub batch_size: usize,
-    /// Maximum epochs.
-    pub epochs: usize,
-    /// L2 penalty (0 = off).
-    pub weight_decay: f64,
-    /// Early stopping: epochs without a lower validation loss (0 = off). The best epoch's
-    /// weights are kept either way.
-    pub patience: usize,
-    pub seed: u64,
+    /// The training hyper-parameters (targets, optimizer, lr, momentum, batch_size, epochs,
+    /// weight_decay, patience, seed): the model crate's config, embedded, so they and their
+    /// docs are defined once. Flat in pipeline files, as before.
+    #[serde(flatten)]
+    pub train: TrainConfig,
     /// Pretrained VGG16 conv weights: `.safetensors` or PyTorch `.pth` state dict in
     /// torchvision naming (`features.N.weight`). Relative to the pipeline file. Its content
     /// digest is part of the cache key.
@@ -124,22 +99,13 @@ pub struct TrainParams {
 
 impl Default for TrainParams {
     fn default() -> Self {
-        let t = TrainConfig::default();
         TrainParams {
             model: ModelName::Cnn,
             // 16-32-64 trains twice as fast as 32-64-128 on 2 CPU cores for the same accuracy
             // on the demo (about a minute for 8 epochs of 2,100 images).
             cnn_channels: vec![16, 32, 64],
             cnn_dense: 128,
-            targets: Targets::Soft,
-            optimizer: OptimizerName::Adam,
-            lr: t.lr,
-            momentum: t.momentum,
-            batch_size: t.batch_size,
-            epochs: t.epochs,
-            weight_decay: t.weight_decay,
-            patience: t.patience,
-            seed: t.seed,
+            train: TrainConfig::default(),
             weights: None,
             freeze: false,
             backend: BackendName::Auto,
@@ -161,25 +127,6 @@ impl TrainParams {
             cnn_channels: self.cnn_channels.clone(),
             cnn_dense: self.cnn_dense,
             ..ModelConfig::default()
-        }
-    }
-    fn train_config(&self) -> TrainConfig {
-        TrainConfig {
-            targets: match self.targets {
-                Targets::Soft => TargetKind::Soft,
-                Targets::Hard => TargetKind::Hard,
-            },
-            optimizer: match self.optimizer {
-                OptimizerName::Adam => OptimizerKind::Adam,
-                OptimizerName::Sgd => OptimizerKind::Sgd,
-            },
-            lr: self.lr,
-            momentum: self.momentum,
-            batch_size: self.batch_size,
-            epochs: self.epochs,
-            weight_decay: self.weight_decay,
-            patience: self.patience,
-            seed: self.seed,
         }
     }
 }
@@ -337,7 +284,7 @@ impl Stage for Train {
     }
 
     fn check_params(p: &TrainParams) -> Result<(), StageError> {
-        p.train_config().validate().map_err(model_error)?;
+        p.train.validate().map_err(model_error)?;
         if p.cnn_channels.is_empty() || p.cnn_channels.len() > 4 || p.cnn_channels.iter().any(|&c| c == 0 || c > 1024) {
             return Err(StageError::bad_param("cnn_channels", "1 to 4 blocks of 1..=1024 channels (48 px halves at each block)"));
         }
@@ -408,7 +355,7 @@ impl Stage for Train {
                 let item_hashes: Vec<_> = originals.iter().map(|r| hashes[r]).collect();
                 let groups = pipeline_vision::dedup::duplicate_groups(&item_hashes, Some(p.leakage_distance));
                 let labels: Vec<usize> = originals.iter().map(|&r| all.labels[r]).collect();
-                let is_valid = pipeline_model::split::holdout_items(&labels, &groups, p.valid_fraction, p.seed);
+                let is_valid = pipeline_model::split::holdout_items(&labels, &groups, p.valid_fraction, p.train.seed);
                 let dup_items = groups.iter().enumerate().filter(|&(i, &g)| g != i).count();
                 let (mut tr, mut va): (Vec<&Item>, Vec<&Item>) = (Vec::new(), Vec::new());
                 for (it, &v) in items.iter().zip(&is_valid) {
@@ -427,7 +374,7 @@ impl Stage for Train {
                 let train_rows: Vec<usize> = tr.iter().flat_map(|it| it.rows.iter().copied()).collect();
                 let valid_rows: Vec<usize> = va.iter().map(|it| it.original).collect();
                 let mut valid_set = all.subset(&valid_rows);
-                if p.targets == Targets::Hard {
+                if p.train.targets == TargetKind::Hard {
                     valid_set.to_hard_targets();
                 }
                 let train_set = all.subset(&train_rows);
@@ -436,7 +383,7 @@ impl Stage for Train {
                     va.len(),
                     items.len(),
                     p.valid_fraction,
-                    p.seed,
+                    p.train.seed,
                     if dup_items > 0 { format!("; {dup_items} duplicate items kept with theirs") } else { String::new() },
                 ));
                 let mut recorded = hashed(&tr, &all, &hashes, Role::Train);
@@ -473,13 +420,13 @@ impl Stage for Train {
         }
         let req = TrainRequest {
             model,
-            train: p.train_config(),
+            train: p.train.clone(),
             train_set: &train_set,
             valid_set: Some(&valid_set),
             weights,
             backend: backend_choice(p.backend),
         };
-        ctx.progress.set_length(p.epochs as u64);
+        ctx.progress.set_length(p.train.epochs as u64);
         let mut obs = Observer { progress: ctx.progress, cancel: ctx.cancel };
         let s = pipeline_model::train_to_dir(&req, ctx.out_dir, &mut obs).map_err(model_error)?;
         write_training_images(&ctx.out_dir.join(pipeline_model::TRAINING_IMAGES), &recorded).map_err(model_error)?;

@@ -42,6 +42,26 @@ impl Sandbox {
         assert!(o.status.success(), "{args:?}: {}{}", stdout(&o), stderr(&o));
         o
     }
+    /// `plan --json`: (stage, status, reasons) per stage.
+    pub fn plan(&self, file: &str, extra: &[&str]) -> Vec<(String, String, Vec<String>)> {
+        let mut args = vec!["plan", file, "--json"];
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_string(),
+                    s["status"].as_str().unwrap().to_string(),
+                    s["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect(),
+                )
+            })
+            .collect()
+    }
     /// Stage name -> status, from a run's summary table.
     pub fn statuses(&self, out: &Output) -> Vec<(String, String)> {
         stdout(out)

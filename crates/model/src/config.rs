@@ -1,44 +1,52 @@
 //! Training hyper-parameters: what `train` reads and what a model's `config.json` stores
-//! (see [`crate::artifact`]). Plain data, below both.
+//! (see [`crate::artifact`]). Plain data, below both. With the `schema` feature these derive
+//! `schemars::JsonSchema`: the `train` stage's params embed [`TrainConfig`], so the docs
+//! here are what `pipeline schema train` shows.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TargetKind {
     /// Dawid-Skene posteriors as soft labels: loss `-sum_k q_k log p_k`.
     #[default]
     Soft,
-    /// One-hot of the hard label (same loss, q one-hot).
+    /// One-hot of the manifest's hard `label` (same loss, q one-hot).
     Hard,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     #[default]
     Adam,
-    /// SGD with (heavy-ball) momentum.
+    /// SGD with (heavy-ball) momentum (`momentum`).
     Sgd,
 }
 
 /// Training hyper-parameters; saved in `config.json` next to the record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
+    /// `soft` (Dawid-Skene posteriors, default) or `hard` labels.
     pub targets: TargetKind,
     pub optimizer: OptimizerKind,
+    /// Learning rate.
     pub lr: f64,
-    /// SGD only.
+    /// SGD momentum (SGD only).
     pub momentum: f64,
     pub batch_size: usize,
+    /// Maximum epochs.
     pub epochs: usize,
     /// L2 penalty added to the gradients (0 = off).
     pub weight_decay: f64,
-    /// Stop after this many epochs without a lower validation loss (0 = never stop early);
-    /// the best epoch's weights are restored either way.
+    /// Early stopping: stop after this many epochs without a lower validation loss (0 =
+    /// never stop early); the best epoch's weights are kept either way.
     pub patience: usize,
     pub seed: u64,
 }

@@ -47,8 +47,8 @@ pub use train::{
     TrainSummary,
 };
 
-/// The study's classes, in the one order used everywhere.
-pub const CLASSES: [&str; 7] = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"];
+/// The study's classes, in the one order used everywhere (defined once, in the vision crate).
+pub use pipeline_vision::CLASSES;
 
 /// The classes as owned strings (what configs and reports store).
 pub fn default_classes() -> Vec<String> {

@@ -1,6 +1,6 @@
 //! Look at the transforms: row 0 = originals, rows 1.. = copies, one column per source.
 //! `cargo run --release -p pipeline-vision --example augment_preview -- <class dir> /tmp/aug.png`
-use pipeline_vision::{augment_copy, load_image, AugmentConfig, FillMode, Image};
+use pipeline_vision::{augment_copy, contact_sheet, load_image, AugmentConfig, FillMode, Image};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,18 +20,19 @@ fn main() {
         ..AugmentConfig::default()
     };
     let (size, rows) = (48u32, 6u32);
-    let mut sheet = Image::new(size * files.len() as u32, size * rows, 1);
-    for (c, f) in files.iter().enumerate() {
-        let src = load_image(f, size, 1).expect("decode");
-        for r in 0..rows {
-            let img = if r == 0 { src.clone() } else { augment_copy(&src, &cfg, 0, &f.display().to_string(), r).0 };
-            for y in 0..size {
-                for x in 0..size {
-                    sheet.data[((r * size + y) * sheet.width + c as u32 * size + x) as usize] = img.data[(y * size + x) as usize];
-                }
-            }
-        }
-    }
+    let sources: Vec<_> = files.iter().map(|f| load_image(f, size, 1).expect("decode")).collect();
+    // Row r: copy r of every source (row 0: the originals).
+    let grid: Vec<Vec<Image>> = (0..rows)
+        .map(|r| {
+            sources
+                .iter()
+                .zip(&files)
+                .map(|(src, f)| if r == 0 { src.clone() } else { augment_copy(src, &cfg, 0, &f.display().to_string(), r).0 })
+                .collect()
+        })
+        .collect();
+    let refs: Vec<Vec<&Image>> = grid.iter().map(|r| r.iter().collect()).collect();
+    let sheet = contact_sheet(&refs, files.len(), size, 1, 1);
     sheet.save_png(std::path::Path::new(out)).expect("write");
     println!("{out}");
 }

@@ -29,6 +29,7 @@ use crate::{Image, VisionError};
 
 /// How points outside the input are filled (Keras `fill_mode`, scipy `mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum FillMode {
     #[default]

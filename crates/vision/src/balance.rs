@@ -9,12 +9,13 @@ use crate::VisionError;
 
 /// What happens to a class that already has more than `per_class` items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BalanceMode {
-    /// Keep every original (the class ends above N).
+    /// Keep every original (the class ends above `per_class`).
     #[default]
     Keep,
-    /// Keep a seeded random subset of exactly N originals.
+    /// Keep a seeded random subset of exactly `per_class` originals.
     SampleDown,
 }
 

@@ -5,6 +5,9 @@
 //! - [`augment`]: Keras `ImageDataGenerator` transforms (plus a few torchvision ones),
 //!   deterministic per (seed, source, copy) and parallel over images.
 //! - [`balance`]: the per-class fill/sample-down plan.
+//! - [`params`]: the augment job as pipeline files write it (the `augment` stage's params);
+//!   with the `schema` feature it derives `JsonSchema`.
+//! - [`sheet`]: images laid out in a grid (the augment preview).
 //! - [`faces`]: a deterministic synthetic face generator for the demo dataset.
 //! - [`dedup`]: exact and near-duplicate images between two sets (the leakage guard).
 
@@ -13,6 +16,8 @@ pub mod balance;
 pub mod decode;
 pub mod dedup;
 pub mod faces;
+pub mod params;
+pub mod sheet;
 
 pub use augment::{
     affine_matrix, apply_transform, augment_copy, augment_many, copy_rng, AugmentConfig, CopyJob, CropConfig,
@@ -22,6 +27,8 @@ pub use augment::{
 pub use balance::{plan_balance, BalanceMode, PlanItem};
 pub use decode::{decode_image, load_image, truncated_jpeg, Image};
 pub use faces::render_face;
+pub use params::{AugmentParams, Zoom};
+pub use sheet::contact_sheet;
 
 /// The seven classes, in the order used everywhere (label index = position).
 pub const CLASSES: [&str; 7] = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"];
