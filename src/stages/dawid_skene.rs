@@ -278,23 +278,11 @@ impl Stage for DawidSkene {
 mod tests {
     use super::*;
     use crate::stages::amt::{Amt, AmtParams};
-    use crate::stages::{CancelFlag, Progress};
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
     fn ctx_run<S: Stage>(p: &S::Params, inputs: BTreeMap<String, PathBuf>, out: &Path) -> Result<StageOutcome, StageError> {
-        let progress = Progress::hidden();
-        let cancel = CancelFlag::new();
-        let ctx = StageContext {
-            name: S::KIND,
-            inputs: &inputs,
-            out_dir: out,
-            base_dir: out,
-            previous_output: None,
-            progress: &progress,
-            cancel: &cancel,
-        };
-        S::run(p, &ctx)
+        crate::stages::test_run::<S>(p, &inputs, out, out, None)
     }
 
     #[test]
