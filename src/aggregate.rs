@@ -147,7 +147,7 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
     };
     check_out(&args.out, input, args.force)?;
     let t0 = std::time::Instant::now();
-    let text = std::fs::read_to_string(input).with_context(|| format!("reading {name}"))?;
+    let text = read_input(input, &name)?;
     let first = text.lines().next().unwrap_or("");
     let answers = if first.contains("WorkerId") && first.contains("HITId") {
         // the amt stage's defaults: the study's classes unless given, an unknown label fails
@@ -230,6 +230,28 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
 
 /// Refuse an `--out` that is a file, that holds the input, or (without `--force`) that is a
 /// directory with files in it: `aggregate` must never overwrite what is not its own.
+/// The input's text. A device (`/dev/zero`, a terminal) or a socket is refused before it is
+/// read: its reading may never end (`/dev/zero` grew until memory ran out); files, symlinks
+/// to them and pipes are read as before. Invalid UTF-8 is reported with its line.
+fn read_input(input: &Path, name: &str) -> anyhow::Result<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if let Ok(m) = std::fs::metadata(input) {
+            let t = m.file_type();
+            if t.is_char_device() || t.is_block_device() || t.is_socket() {
+                bail!("reading {name}: not a file or a pipe (a device or a socket), refused: its reading may never end");
+            }
+        }
+    }
+    let bytes = std::fs::read(input).with_context(|| format!("reading {name}"))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        anyhow::anyhow!("reading {name}: line {line}: invalid UTF-8 (byte offset {at})")
+    })
+}
+
 fn check_out(out: &Path, input: &Path, force: bool) -> anyhow::Result<()> {
     let meta = match std::fs::symlink_metadata(out) {
         Ok(m) => m,
