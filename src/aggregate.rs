@@ -145,13 +145,14 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
         "drop" => OnUnknownLabel::Drop,
         _ => OnUnknownLabel::Error,
     };
+    let given_classes = args.classes.as_deref().map(check_classes).transpose()?;
     check_out(&args.out, input, args.force)?;
     let t0 = std::time::Instant::now();
-    let text = std::fs::read_to_string(input).with_context(|| format!("reading {name}"))?;
+    let text = read_input(input, &name)?;
     let first = text.lines().next().unwrap_or("");
     let answers = if first.contains("WorkerId") && first.contains("HITId") {
         // the amt stage's defaults: the study's classes unless given, an unknown label fails
-        let classes = args.classes.clone().unwrap_or_else(|| pipeline_crowd::EMOTIONS.iter().map(|s| s.to_string()).collect());
+        let classes = given_classes.clone().unwrap_or_else(|| pipeline_crowd::EMOTIONS.iter().map(|s| s.to_string()).collect());
         let o = AmtOptions { classes: classes.clone(), on_unknown_label: on_unknown, statuses: args.statuses.clone(), ..AmtOptions::default() };
         let batch = parse_amt_batch(&text, &name, &o)?;
         drop(text);
@@ -180,7 +181,7 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
         }
         batch.to_answers(&classes)?
     } else {
-        let classes = args.classes.clone().unwrap_or_default();
+        let classes = given_classes.clone().unwrap_or_default();
         let (answers, dropped) = parse_crowdkit_csv_with(&text, &name, &classes, on_unknown)?;
         drop(text);
         if answers.n_answers() == 0 {
@@ -230,6 +231,47 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
 
 /// Refuse an `--out` that is a file, that holds the input, or (without `--force`) that is a
 /// directory with files in it: `aggregate` must never overwrite what is not its own.
+/// `--classes` as given, each name trimmed (labels are read trimmed, so `--classes "a, b"`
+/// never matched " b"); an empty name, a name given twice (its second column was never
+/// used) or fewer than two classes is an error naming the option, before anything is read.
+fn check_classes(given: &[String]) -> anyhow::Result<Vec<String>> {
+    let c: Vec<String> = given.iter().map(|s| s.trim().to_string()).collect();
+    if c.iter().any(String::is_empty) {
+        bail!("--classes {}: an empty class name", given.join(","));
+    }
+    for (i, x) in c.iter().enumerate() {
+        if c[..i].contains(x) {
+            bail!("--classes {}: \"{x}\" given twice", given.join(","));
+        }
+    }
+    if c.len() < 2 {
+        bail!("--classes {}: at least 2 classes needed, got {}", given.join(","), c.len());
+    }
+    Ok(c)
+}
+
+/// The input's text. A device (`/dev/zero`, a terminal) or a socket is refused before it is
+/// read: its reading may never end (`/dev/zero` grew until memory ran out); files, symlinks
+/// to them and pipes are read as before. Invalid UTF-8 is reported with its line.
+fn read_input(input: &Path, name: &str) -> anyhow::Result<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if let Ok(m) = std::fs::metadata(input) {
+            let t = m.file_type();
+            if t.is_char_device() || t.is_block_device() || t.is_socket() {
+                bail!("reading {name}: not a file or a pipe (a device or a socket), refused: its reading may never end");
+            }
+        }
+    }
+    let bytes = std::fs::read(input).with_context(|| format!("reading {name}"))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        anyhow::anyhow!("reading {name}: line {line}: invalid UTF-8 (byte offset {at})")
+    })
+}
+
 fn check_out(out: &Path, input: &Path, force: bool) -> anyhow::Result<()> {
     let meta = match std::fs::symlink_metadata(out) {
         Ok(m) => m,
@@ -378,6 +420,27 @@ mod tests {
         assert!(aggregate_file(&bad).unwrap_err().to_string().contains("class-prior"));
         let bad = AggregateArgs { max_iter: Some(0), ..AggregateArgs::new(&ck, &out) };
         assert!(aggregate_file(&bad).unwrap_err().to_string().contains("max_iter"));
+    }
+
+    #[test]
+    fn classes_option_trimmed_and_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ck = tmp.path().join("ck.csv");
+        std::fs::write(&ck, "worker,task,label\n1,a,x\n2,a,y\n1,b,y\n").unwrap();
+        let v = |s: &str| Some(s.split(',').map(String::from).collect::<Vec<_>>());
+        // " y" was never matched (labels are trimmed): now the class "y"
+        let args = AggregateArgs { classes: v("x, y"), method: "majority-vote".into(), ..AggregateArgs::new(&ck, &tmp.path().join("o")) };
+        aggregate_file(&args).unwrap();
+        let p = std::fs::read_to_string(tmp.path().join("o/posteriors.csv")).unwrap();
+        assert!(p.starts_with("task,x,y\n"), "{p}");
+        // a class given twice was accepted (an always-empty column), an empty one and a single
+        // one failed with no word of the option
+        for (c, why) in [("x,x,y", "\"x\" given twice"), ("x,,y", "an empty class name"), ("x", "at least 2 classes")] {
+            let out = tmp.path().join("bad");
+            let e = aggregate_file(&AggregateArgs { classes: v(c), ..AggregateArgs::new(&ck, &out) }).unwrap_err().to_string();
+            assert!(e.contains("--classes") && e.contains(why), "{c}: {e}");
+            assert!(!out.exists());
+        }
     }
 
     #[test]

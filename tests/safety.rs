@@ -778,3 +778,29 @@ fn aggregate_out_dot_a_directory_in_the_way_and_a_read_only_out() {
     assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0);
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+#[test]
+fn aggregate_refuses_a_device_names_the_line_of_invalid_utf8_and_reads_past_a_bom() {
+    let s = Sandbox::new();
+    // /dev/zero never ends: it was read until memory ran out (old and new reader alike)
+    let o = s.run(&["aggregate", "/dev/zero", "--out", "z"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("reading /dev/zero: not a file or a pipe"), "{}", stderr(&o));
+    assert!(!s.path().join("z").exists());
+    // invalid UTF-8: the error names the line (it named only the file)
+    let bad = s.path().join("bad.csv");
+    std::fs::write(&bad, b"worker,task,label\nw1,t1,a\nw\xff2,t1,b\n").unwrap();
+    let o = s.run(&["aggregate", bad.to_str().unwrap(), "--out", "b"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bad.csv: line 3: invalid UTF-8"), "{}", stderr(&o));
+    // a UTF-8 byte order mark (Excel's CSV UTF-8): the same outputs as without it
+    let plain = s.write("plain.csv", CROWD_CSV);
+    let bom = s.write("bom.csv", &format!("\u{feff}{CROWD_CSV}"));
+    s.ok(&["aggregate", plain.to_str().unwrap(), "--out", "p"]);
+    s.ok(&["aggregate", bom.to_str().unwrap(), "--out", "q"]);
+    assert_eq!(tree(&s.path().join("p")), tree(&s.path().join("q")));
+    // a symlink to a file is still read
+    std::os::unix::fs::symlink(&plain, s.path().join("link.csv")).unwrap();
+    s.ok(&["aggregate", s.path().join("link.csv").to_str().unwrap(), "--out", "l"]);
+    assert_eq!(tree(&s.path().join("p")), tree(&s.path().join("l")));
+}

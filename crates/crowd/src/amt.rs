@@ -263,6 +263,8 @@ pub fn parse_crowdkit_csv_with(
     classes: &[String],
     on_unknown: OnUnknownLabel,
 ) -> Result<(Answers, usize)> {
+    // a UTF-8 byte order mark (Excel's "CSV UTF-8") is not part of the first column's name
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let fmt_err = |message: String| CrowdError::Format { source_name: source.into(), message };
     // quoted files: the rows' fields copied once (declared first: the maps borrow from it)
     let mut owned: Vec<(String, String, String)> = Vec::new();
@@ -788,5 +790,25 @@ H1,W1,Submitted,a.jpg,\"[{\"\"category\"\":{\"\"label\"\":\"\"happy\"\"}}]\"\n";
         assert!(e.to_string().contains("row 2") && e.to_string().contains("\"task\""), "{e}");
         let (z, _) = parse_crowdkit_csv_with("worker,task,label\n", "z.csv", &[], OnUnknownLabel::Error).unwrap();
         assert_eq!(z.n_answers(), 0);
+    }
+
+    #[test]
+    fn a_utf8_byte_order_mark_is_not_part_of_the_header() {
+        // Excel's "CSV UTF-8" starts with U+FEFF: it was read as part of "worker" (missing column)
+        let small = "worker,task,label\nw1,t1,a\nw2,t1,b\nw1,t2,b\n";
+        let quoted = "worker,\"task\",label\nw1,t1,a\nw2,t1,b\nw1,t2,b\n";
+        let mut large = String::from("worker,task,label\n");
+        for r in 0..90_000usize {
+            large.push_str(&format!("w{},item-{},{}\n", r % 13, r / 3, ["x", "y"][r % 2]));
+        }
+        assert!(large.len() > 1 << 20);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for text in [small, quoted, large.as_str()] {
+            let (a, _) = pool.install(|| parse_crowdkit_csv_with(text, "p.csv", &[], OnUnknownLabel::Error)).unwrap();
+            let bom = format!("\u{feff}{text}");
+            let (b, _) = pool.install(|| parse_crowdkit_csv_with(&bom, "p.csv", &[], OnUnknownLabel::Error)).unwrap();
+            assert_eq!((&a.items, &a.workers, &a.classes), (&b.items, &b.workers, &b.classes));
+            assert_eq!((&a.offsets, &a.codes), (&b.offsets, &b.codes));
+        }
     }
 }

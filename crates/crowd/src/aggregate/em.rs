@@ -136,6 +136,16 @@ impl Real for f64 {
 /// Below this many answers EM runs in `f64` on one thread; above, in `f32` on all threads.
 pub(crate) const SMALL_ANSWERS: usize = 50_000;
 
+/// Above `SMALL_ANSWERS`, items are split into parts of about this many answers, each with
+/// its own count buffers, merged in part order. The split depends on the data only, never on
+/// the thread count, so every machine computes the same bytes (an output must depend on its
+/// cache key alone: a 2-core laptop, a 64-core Slurm node and a remote-cache reader agree).
+const PART_ANSWERS: usize = 1 << 17;
+/// At most this many parts, and at most `PART_ROWS` buffer rows over all parts (each part
+/// holds one row per worker x label: a crowd of a million workers gets few parts).
+const MAX_PARTS: usize = 32;
+const PART_ROWS: usize = 1 << 23;
+
 /// One worker x answer row: its likelihood per true class and the expected counts the
 /// pass accumulates, side by side so each answer touches one cache line (f32, N = 8: 64 bytes).
 #[derive(Clone, Copy)]
@@ -329,9 +339,12 @@ pub(crate) fn run_em_in<T: Real, const N: usize>(
         Init::Votes => vote_counts(a),
         Init::Posteriors(p) => (counts_from_posteriors(a, p), class_totals(p, k)),
     };
-    // Contiguous item ranges, one per thread, balanced by answers.
-    let threads = rayon::current_num_threads().max(1);
-    let parts = if a.n_answers() < SMALL_ANSWERS { 1 } else { threads };
+    // Contiguous item ranges balanced by answers; how many depends on the data alone.
+    let parts = if a.n_answers() < SMALL_ANSWERS {
+        1
+    } else {
+        a.n_answers().div_ceil(PART_ANSWERS).min(MAX_PARTS).min((PART_ROWS / nc.max(1)).max(1)).max(1)
+    };
     let mut bounds = vec![0usize];
     for p in 1..parts {
         let target = a.n_answers() * p / parts;
@@ -362,14 +375,17 @@ pub(crate) fn run_em_in<T: Real, const N: usize>(
         for j in 0..k {
             prior_n[j] = T::from_f64(prior[j]);
         }
-        let ll: f64 = bufs
+        // Per-part sums collected, then added in part order (a parallel sum's order would
+        // follow the scheduling).
+        let lls: Vec<f64> = bufs
             .par_iter_mut()
             .enumerate()
             .map(|(pi, (cb, cl))| {
                 load_rows(cb, cl, &tab);
                 pass::<T, N>(a, bounds[pi], bounds[pi + 1], cb, &prior_n, cl, None)
             })
-            .sum();
+            .collect();
+        let ll: f64 = lls.iter().sum();
         counts.iter_mut().for_each(|x| *x = 0.0);
         class_counts.iter_mut().for_each(|x| *x = 0.0);
         for (cb, cl) in &bufs {
@@ -395,7 +411,7 @@ pub(crate) fn run_em_in<T: Real, const N: usize>(
         }
     }
     // Final posteriors under the last parameters (the ones the last objective scored).
-    // Same item ranges and threads as the iterations; each part writes its own rows.
+    // Same item ranges as the iterations; each part writes its own rows.
     let mut post = vec![0.0; n_items * k];
     let mut slices = Vec::with_capacity(parts);
     let mut rest = &mut post[..];
@@ -434,6 +450,27 @@ pub(crate) fn final_objective(o: &EmOut) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_fits_do_not_depend_on_the_thread_count() {
+        // Above SMALL_ANSWERS the EM runs in parts; the bytes must be the same on any machine.
+        let cfg = crate::sim::SimConfig { n_items: 100_000, n_workers: 300, worker_concentration: Some(20.0), ..crate::sim::SimConfig::sparse_round2(5) };
+        let sim = crate::sim::simulate(&cfg);
+        let classes: Vec<String> = (0..7).map(|c| format!("c{c}")).collect();
+        let a = Answers::from_triples(cfg.n_items, sim.n_workers, classes, &sim.answers).unwrap();
+        assert!(a.n_answers() > 2 * PART_ANSWERS, "the case must be split into several parts");
+        let fit = |threads: usize, m: crate::Method| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| crate::aggregate(&a, m, &crate::EmOptions::default()).unwrap())
+        };
+        for m in [crate::Method::DawidSkene, crate::Method::Shrunk, crate::Method::Auto] {
+            let (one, three) = (fit(1, m), fit(3, m));
+            let bits = |r: &crate::Aggregation| r.posteriors.iter().chain(&r.worker_matrices).chain(&r.objective).map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&one) == bits(&three), "{m}: 1 and 3 threads differ");
+            let sel = |r: &crate::Aggregation| r.selection.as_ref().map(|s| s.candidates.iter().map(|c| c.heldout_loglik.to_bits()).collect::<Vec<_>>());
+            assert_eq!(sel(&one), sel(&three), "{m}: selection scores differ");
+        }
+    }
 
     #[cfg(target_arch = "x86_64")]
     #[test]
