@@ -510,7 +510,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
             Ok(0)
         }
-        Command::ExecStage { job } => crate::executor::exec_stage(&job),
+        Command::ExecStage { job } => Ok(crate::executor::exec_stage(&job)?),
         Command::DemoData { dir, seed, per_class, force } => {
             if !force && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
                 bail!("{} is not empty: demo-data would replace files in it (gold.csv, amt/, results/...); choose a new directory or pass --force", dir.display());

@@ -6,9 +6,17 @@ use std::path::{Path, PathBuf};
 /// One line per image: `fear_00.jpg: surprise 0.96, fear 0.04`. An image that decodes only
 /// partly (a truncated JPEG: the `image` crate fills the missing part in without an error)
 /// is still predicted, with a warning on stderr naming it.
-pub fn predict_cli(model_dir: &Path, images: &[PathBuf], k: usize) -> anyhow::Result<String> {
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    #[error("no images given")]
+    NoImages,
+    #[error(transparent)]
+    Model(#[from] pipeline_model::ModelError),
+}
+
+pub fn predict_cli(model_dir: &Path, images: &[PathBuf], k: usize) -> Result<String, PredictError> {
     if images.is_empty() {
-        anyhow::bail!("no images given");
+        return Err(PredictError::NoImages);
     }
     for w in partial_decode_warnings(images) {
         eprintln!("{w}");

@@ -4,13 +4,21 @@ use serde_json::{json, Value};
 
 use crate::stages;
 
-pub fn schema(kind: Option<&str>) -> anyhow::Result<Value> {
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("unknown stage kind `{kind}`; known: {known}")]
+    UnknownKind { kind: String, known: String },
+    #[error("schema: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub fn schema(kind: Option<&str>) -> Result<Value, SchemaError> {
     let kinds = stages::registry();
     if let Some(k) = kind {
         let s = kinds
             .iter()
             .find(|s| s.kind() == k)
-            .ok_or_else(|| anyhow::anyhow!("unknown stage kind `{k}`; known: {}", kinds.iter().map(|s| s.kind()).collect::<Vec<_>>().join(", ")))?;
+            .ok_or_else(|| SchemaError::UnknownKind { kind: k.to_string(), known: kinds.iter().map(|s| s.kind()).collect::<Vec<_>>().join(", ") })?;
         return Ok(s.params_schema());
     }
     let variants: Vec<Value> = kinds

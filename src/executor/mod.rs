@@ -211,12 +211,26 @@ extern "C" fn on_term(_: libc::c_int) {
     TERM.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// Why `exec-stage` could not run its job or record the result (a failed stage is not
+/// one: it is written into the status file).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecStageError {
+    #[error("{}: {source}", path.display())]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{}: not a job file: {source}", path.display())]
+    NotAJob { path: std::path::PathBuf, source: serde_json::Error },
+}
+
 /// `pipeline exec-stage JOB.json`: run one stage from a job file, writing only into the
 /// job's `out_dir` and its status file. SIGTERM (scancel, a time limit) cancels the stage.
 /// Returns the process exit code.
-pub fn exec_stage(job_file: &Path) -> anyhow::Result<i32> {
-    let text = std::fs::read_to_string(job_file).map_err(|e| anyhow::anyhow!("{}: {e}", job_file.display()))?;
-    let job: Job = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a job file: {e}", job_file.display()))?;
+pub fn exec_stage(job_file: &Path) -> Result<i32, ExecStageError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| ExecStageError::Io { path: p, source: e }
+    };
+    let text = std::fs::read_to_string(job_file).map_err(io(job_file))?;
+    let job: Job = serde_json::from_str(&text).map_err(|e| ExecStageError::NotAJob { path: job_file.to_path_buf(), source: e })?;
     let started_ms = now_ms();
     let node = hostname();
     eprintln!("pipeline exec-stage: stage `{}` ({}) of run {} on {node}", job.stage, job.kind, job.run_id);
@@ -263,10 +277,12 @@ pub fn exec_stage(job_file: &Path) -> anyhow::Result<i32> {
     };
     if let Some(sf) = &job.status_file {
         let tmp = sf.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&status)?).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, sf).map_err(|e| anyhow::anyhow!("{}: {e}", sf.display()))?;
+        // JobStatus is plain data: serialising it cannot fail.
+        let bytes = serde_json::to_vec_pretty(&status).unwrap_or_default();
+        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, sf).map_err(io(sf))?;
     } else {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
     }
     Ok(exit_code)
 }

@@ -82,27 +82,34 @@ fn read_items(dir: &Path, classes: &[String]) -> Result<Vec<Item>, StageError> {
     let path = dir.join("labels.csv");
     let mut rd = csv_reader(&path)?;
     let headers = rd.headers().map_err(|e| StageError::bad_file(&path, e))?.clone();
-    let (ci, cl, cm) = (column(&headers, "item", &path)?, column(&headers, "label", &path)?, column(&headers, "image", &path)?);
+    // Checked up front for an error that lists the columns; the rows are then typed (by
+    // header name, extra columns ignored).
+    for name in ["item", "label", "image"] {
+        column(&headers, name, &path)?;
+    }
+    #[derive(serde::Deserialize)]
+    struct LabelRow {
+        item: String,
+        label: String,
+        image: String,
+    }
     let mut items = Vec::new();
     let mut seen = HashSet::new();
-    for (n, rec) in rd.records().enumerate() {
+    for (n, rec) in rd.deserialize::<LabelRow>().enumerate() {
         let line = n + 2;
-        let rec = rec.map_err(|e| StageError::bad_file(&path, format!("line {line}: {e}")))?;
-        let get = |i: usize| rec.get(i).unwrap_or("");
-        let id = get(ci).to_string();
+        let LabelRow { item: id, label, image } = rec.map_err(|e| StageError::bad_file(&path, format!("line {line}: {e}")))?;
         if !seen.insert(id.clone()) {
             return Err(StageError::bad_file(&path, format!("line {line}: item \"{id}\" appears twice")));
         }
-        let label = class_index(get(cl), classes).ok_or_else(|| {
-            StageError::bad_file(&path, format!("line {line}: label \"{}\" is not one of {}", get(cl), classes.join(", ")))
+        let label = class_index(&label, classes).ok_or_else(|| {
+            StageError::bad_file(&path, format!("line {line}: label \"{label}\" is not one of {}", classes.join(", ")))
         })?;
-        let image = get(cm);
         if image.is_empty() {
             return Err(StageError::bad_file(&path, format!("line {line}: item \"{id}\" has no image")));
         }
         let mut soft = vec![0.0; classes.len()];
         soft[label] = 1.0;
-        items.push(Item { id, label, image: dir.join(image), soft });
+        items.push(Item { id, label, image: dir.join(&image), soft });
     }
     let ppath = dir.join("posteriors.csv");
     if ppath.exists() {
@@ -333,6 +340,30 @@ impl Stage for Augment {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn labels_csv_rows_are_typed_and_bad_rows_name_file_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        let classes: Vec<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let read = |text: &str| {
+            std::fs::write(d.path().join("labels.csv"), text).unwrap();
+            read_items(d.path(), &classes).map_err(|e| e.to_string())
+        };
+        // extra columns and surrounding spaces are fine; columns found by name in any order
+        let items = read("image, extra ,item,label\nx.png,1, i1 ,b\n").unwrap();
+        assert_eq!((items[0].id.as_str(), items[0].label), ("i1", 1));
+        assert!(items[0].image.ends_with("x.png"));
+        let e = read("item,label\ni1,a\n").unwrap_err();
+        assert!(e.contains("labels.csv") && e.contains("no column \"image\" (columns: item,label)"), "{e}");
+        let e = read("item,label,image\ni1,a,x.png\ni2,c,y.png\n").unwrap_err();
+        assert!(e.contains("line 3: label \"c\" is not one of a, b"), "{e}");
+        let e = read("item,label,image\ni1,a,x.png\ni1,b,y.png\n").unwrap_err();
+        assert!(e.contains("line 3: item \"i1\" appears twice"), "{e}");
+        let e = read("item,label,image\ni1,a\n").unwrap_err();
+        assert!(e.contains("labels.csv") && e.contains("line 2"), "{e}");
+        let e = read("item,label,image\ni1,a,\n").unwrap_err();
+        assert!(e.contains("line 2: item \"i1\" has no image"), "{e}");
+    }
 
     /// A dawid-skene-shaped fixture: `n[c]` items of class c, PNG faces, posteriors.
     fn fixture(dir: &Path, n: [usize; 7]) {
