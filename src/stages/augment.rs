@@ -469,7 +469,27 @@ mod tests {
         let manifest = std::fs::read_to_string(tmp.path().join("o/manifest.csv")).unwrap();
         assert!(manifest.starts_with("file,source,label,cat,dog,copy,"), "{manifest}");
         assert!(tmp.path().join("o/images/dog/dog0_aug0.png").exists());
+        // train takes the classes from the manifest: a two-class model (was: the study's seven,
+        // and "label cat is not a class")
+        trains_with_the_manifest_classes(tmp.path(), &["cat", "dog"]);
     }
+
+    #[cfg(feature = "ml")]
+    fn trains_with_the_manifest_classes(tmp: &Path, classes: &[&str]) {
+        use crate::stages::train::{Train, TrainParams};
+        let mut tp = TrainParams::default();
+        tp.train.epochs = 1;
+        tp.valid_fraction = 0.5;
+        let inputs = BTreeMap::from([("images".to_string(), tmp.join("o"))]);
+        let t = tmp.join("t");
+        std::fs::create_dir_all(&t).unwrap();
+        crate::stages::test_run::<Train>(&tp, &inputs, &t, tmp, None).unwrap();
+        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(t.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["model"]["classes"], serde_json::json!(classes), "{cfg}");
+        assert_eq!(cfg["classes"], serde_json::json!(classes), "{cfg}");
+    }
+    #[cfg(not(feature = "ml"))]
+    fn trains_with_the_manifest_classes(_: &Path, _: &[&str]) {}
 
     #[test]
     fn bad_image_and_missing_class_are_named() {

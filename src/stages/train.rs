@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use pipeline_model::data::{load_image_folder, load_manifest_rows, Dataset};
+use pipeline_model::data::{load_image_folder, load_manifest_rows, manifest_classes, Dataset};
 use pipeline_model::leakage::{check_leakage, hash_rows, write_training_images, HashedImage, Leakage, Role};
 use pipeline_model::{
     BackendChoice, EpochMetrics, ModelConfig, ModelError, ModelKind, TargetKind, TrainConfig,
@@ -308,7 +308,12 @@ impl Stage for Train {
     }
 
     fn run(p: &TrainParams, ctx: &StageContext<'_>) -> Result<StageOutcome, StageError> {
-        let model = p.model_config();
+        let mut model = p.model_config();
+        // The classes are the data's (augment's soft-label columns), so a crowd with another
+        // class list trains; a hard-label-only manifest keeps the study's seven.
+        if let Some(c) = manifest_classes(ctx.input("images")?).map_err(model_error)? {
+            model.classes = c;
+        }
         let classes = model.classes.clone();
         ctx.progress.set_message("decoding images");
         let (all, rows) = load_manifest_rows(ctx.input("images")?, &classes).map_err(model_error)?;

@@ -183,6 +183,23 @@ pub fn load_manifest(dir: &Path, classes: &[String]) -> Result<Dataset> {
     load_manifest_rows(dir, classes).map(|(ds, _)| ds)
 }
 
+/// The classes an `augment` manifest was written for: its soft-label columns, the ones
+/// between `label` and `copy`, in order. `None` when the header has no such columns (a
+/// hand-made manifest with hard labels only).
+pub fn manifest_classes(dir: &Path) -> Result<Option<Vec<String>>> {
+    let path = dir.join("manifest.csv");
+    let mut rdr = csv::Reader::from_path(&path).map_err(|e| ModelError::bad_file(&path, e))?;
+    let headers: Vec<String> = rdr.headers().map_err(|e| ModelError::bad_file(&path, e))?.iter().map(|h| h.trim().to_string()).collect();
+    let (Some(l), Some(c)) = (headers.iter().position(|h| h == "label"), headers.iter().position(|h| h == "copy")) else {
+        return Ok(None);
+    };
+    if c <= l + 2 {
+        // none, or a single column: a class list needs two
+        return Ok(None);
+    }
+    Ok(Some(headers[l + 1..c].to_vec()))
+}
+
 /// Where a manifest row came from: its source item, and which augmented copy it is
 /// (`None`: the original).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -274,6 +291,20 @@ pub fn load_manifest_rows(dir: &Path, classes: &[String]) -> Result<(Dataset, Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manifest_classes_are_the_columns_between_label_and_copy() {
+        let d = tempfile::tempdir().unwrap();
+        let classes = |header: &str| {
+            std::fs::write(d.path().join("manifest.csv"), format!("{header}\n")).unwrap();
+            manifest_classes(d.path()).unwrap()
+        };
+        assert_eq!(classes("file,source,label,cat,dog,copy,theta"), Some(vec!["cat".to_string(), "dog".to_string()]));
+        assert_eq!(classes("file,label"), None);
+        assert_eq!(classes("file,source,label,copy"), None);
+        assert_eq!(classes("file,source,label,cat,copy"), None);
+        assert!(manifest_classes(&d.path().join("missing")).unwrap_err().to_string().contains("manifest.csv"));
+    }
 
     pub(crate) fn write_png(path: &Path, w: u32, h: u32, rgb: bool, seed: u8) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
