@@ -44,7 +44,7 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
 }
 
 /// The study's classes, in the order used everywhere.
-pub const EMOTIONS: [&str; 7] = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"];
+pub use pipeline_classes::CLASSES as EMOTIONS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CrowdError {

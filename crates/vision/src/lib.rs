@@ -31,7 +31,7 @@ pub use params::{AugmentParams, Zoom};
 pub use sheet::contact_sheet;
 
 /// The seven classes, in the order used everywhere (label index = position).
-pub const CLASSES: [&str; 7] = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"];
+pub use pipeline_classes::CLASSES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VisionError {
