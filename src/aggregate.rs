@@ -260,7 +260,8 @@ fn read_input(input: &Path, name: &str) -> anyhow::Result<String> {
         if let Ok(m) = std::fs::metadata(input) {
             let t = m.file_type();
             if t.is_char_device() || t.is_block_device() || t.is_socket() {
-                bail!("reading {name}: not a file or a pipe (a device or a socket), refused: its reading may never end");
+                let kind = crate::cache::ingest::special_kind(&t);
+                bail!("reading {name}: not a file or a pipe ({kind}), refused: its reading may never end");
             }
         }
     }

@@ -48,7 +48,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
     move |source| CacheError::Io { path: path.to_path_buf(), source }
 }
 
-fn special_kind(ft: &fs::FileType) -> &'static str {
+/// What a non-regular file is, for messages ("a FIFO", "a character device", ...).
+pub(crate) fn special_kind(ft: &fs::FileType) -> &'static str {
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileTypeExt;

@@ -16,14 +16,7 @@ use super::types::{Aggregation, EmOptions, Method, ClassPrior};
 pub fn fit(answers: &Answers, method: Method, opts: &EmOptions) -> Result<Aggregation> {
     let k = answers.n_classes();
     check(answers, opts)?;
-    let prior_fixed = match &opts.class_prior {
-        ClassPrior::Learned => None,
-        ClassPrior::Uniform => Some(vec![1.0 / k as f64; k]),
-        ClassPrior::Fixed(w) => {
-            let s: f64 = w.iter().sum();
-            Some(w.iter().map(|x| x / s).collect())
-        }
-    };
+    let prior_fixed = fixed_prior(opts, k);
     if method == Method::MajorityVote {
         let mv = soft_majority(answers);
         let labels = hard_labels(answers, &mv, opts.seed);
@@ -108,9 +101,33 @@ pub fn fit(answers: &Answers, method: Method, opts: &EmOptions) -> Result<Aggreg
             out
         }
     };
-    let labels = hard_labels(answers, &out.posteriors, opts.seed);
-    let quality = quality(&out.matrices, &out.prior, k);
-    Ok(Aggregation {
+    Ok(from_em(answers, method, out, opts.seed, shrink_strength, shrink_center))
+}
+
+/// The class prior held fixed by `opts` (normalised), or `None` when it is learned.
+pub(crate) fn fixed_prior(opts: &EmOptions, k: usize) -> Option<Vec<f64>> {
+    match &opts.class_prior {
+        ClassPrior::Learned => None,
+        ClassPrior::Uniform => Some(vec![1.0 / k as f64; k]),
+        ClassPrior::Fixed(w) => {
+            let s: f64 = w.iter().sum();
+            Some(w.iter().map(|x| x / s).collect())
+        }
+    }
+}
+
+/// The result of one EM fit: hard labels and worker quality derived from it.
+pub(crate) fn from_em(
+    answers: &Answers,
+    method: Method,
+    out: EmOut,
+    seed: u64,
+    shrink_strength: Option<Vec<f64>>,
+    shrink_center: Option<Vec<f64>>,
+) -> Aggregation {
+    let labels = hard_labels(answers, &out.posteriors, seed);
+    let quality = quality(&out.matrices, &out.prior, answers.n_classes());
+    Aggregation {
         method,
         classes: answers.classes.clone(),
         posteriors: out.posteriors,
@@ -124,7 +141,7 @@ pub fn fit(answers: &Answers, method: Method, opts: &EmOptions) -> Result<Aggreg
         shrink_strength,
         shrink_center,
         selection: None,
-    })
+    }
 }
 
 /// The options and the data every method needs: at least 2 classes, valid options, answers.

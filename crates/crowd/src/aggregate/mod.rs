@@ -30,7 +30,7 @@ use crate::{CrowdError, Result};
 
 use em::Init;
 use fit::check_options;
-use mstep::{quality, Model};
+use mstep::Model;
 
 /// Run `method` on `answers`.
 pub fn aggregate(answers: &Answers, method: Method, opts: &EmOptions) -> Result<Aggregation> {
@@ -49,14 +49,7 @@ pub fn aggregate_from(answers: &Answers, method: Method, opts: &EmOptions, init:
     if answers.n_answers() == 0 || init.len() != answers.n_items() * k {
         return Err(CrowdError::Data("no answers, or init of the wrong size".into()));
     }
-    let prior_fixed = match &opts.class_prior {
-        ClassPrior::Learned => None,
-        ClassPrior::Uniform => Some(vec![1.0 / k as f64; k]),
-        ClassPrior::Fixed(w) => {
-            let s: f64 = w.iter().sum();
-            Some(w.iter().map(|x| x / s).collect())
-        }
-    };
+    let prior_fixed = fit::fixed_prior(opts, k);
     let model = match method {
         Method::DawidSkene => Model::PerWorker,
         Method::OneCoin => Model::OneCoin,
@@ -65,23 +58,7 @@ pub fn aggregate_from(answers: &Answers, method: Method, opts: &EmOptions, init:
     };
     let init = Init::Posteriors(init);
     let out = em::run(answers, model, init, opts, prior_fixed.as_deref())?;
-    let labels = hard_labels(answers, &out.posteriors, opts.seed);
-    let quality = quality(&out.matrices, &out.prior, k);
-    Ok(Aggregation {
-        method,
-        classes: answers.classes.clone(),
-        posteriors: out.posteriors,
-        labels,
-        class_prior: out.prior,
-        worker_matrices: out.matrices,
-        pooled_matrix: out.pooled,
-        worker_quality: quality,
-        objective: out.objective,
-        converged: out.converged,
-        shrink_strength: None,
-        shrink_center: None,
-        selection: None,
-    })
+    Ok(fit::from_em(answers, method, out, opts.seed, None, None))
 }
 
 /// Accuracy of hard labels against gold (`None` entries skipped).
