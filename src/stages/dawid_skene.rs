@@ -133,7 +133,8 @@ impl Stage for DawidSkene {
     type Params = DawidSkeneParams;
     const KIND: &'static str = "dawid-skene";
     // 2: default method auto, learned class prior, summary.json, model choice in report.md
-    const VERSION: u32 = 2;
+    // 3: auto skips candidates whose classes do not read as the answer classes (dominance)
+    const VERSION: u32 = 3;
     const DESCRIPTION: &'static str =
         "Aggregate crowd answers (amt output) into posteriors, hard labels, worker matrices, a report and the next AMT batch";
     const INPUTS: &'static [InputDecl] =

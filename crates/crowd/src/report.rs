@@ -154,8 +154,9 @@ fn selection_md(r: &Aggregation) -> String {
     let Some(s) = &r.selection else { return String::new() };
     let best = s.candidates[0].heldout_loglik;
     let mut md = format!(
-        "## Model choice\n\n`auto` fitted every model and kept **{}**: it predicts answers it was not fitted on best \
-         ({}; {} answers scored). Margin over the runner-up ({}): {:.1} nats in all, {:.4} per answer.\n\n",
+        "## Model choice\n\n`auto` fitted every model and kept **{}**: of the models whose classes read as the answer \
+         classes, it predicts answers it was not fitted on best ({}; {} answers scored). Margin over the runner-up ({}): \
+         {:.1} nats in all, {:.4} per answer.\n\n",
         s.chosen,
         s.criterion,
         s.scored_answers,
@@ -173,10 +174,17 @@ fn selection_md(r: &Aggregation) -> String {
                 format!("{:.1}", c.heldout_loglik),
                 format!("{:.4}", c.per_answer),
                 format!("{:.1}", c.heldout_loglik - best),
+                match &c.rejected {
+                    None => "eligible".to_string(),
+                    Some(why) => format!("not eligible: {why}"),
+                },
             ]
         })
         .collect();
-    md.push_str(&markdown_table(&["model", "class prior", "held-out log-lik", "per answer", "vs chosen"], &rows));
+    md.push_str(&markdown_table(
+        &["model", "class prior", "held-out log-lik", "per answer", "vs chosen", "classes"],
+        &rows,
+    ));
     md.push('\n');
     md
 }

@@ -158,9 +158,14 @@ fn choose(a: &Answers, o: &EmOptions) -> Result<Aggregation> {
         })
         .collect::<Result<Vec<_>>>()?;
     let mut best: Option<(f64, Aggregation, String)> = None;
-    let mut scores: Vec<(usize, f64, Method, String)> = Vec::new();
+    let mut scores: Vec<(usize, f64, Method, String, Option<String>)> = Vec::new();
     for (order, (r, ll, pname)) in fits.into_iter().enumerate() {
-        scores.push((order, ll, r.method, pname.clone()));
+        // Majority vote has no latent classes to mislabel: always eligible (the fallback).
+        let rejected = if r.method == Method::MajorityVote { None } else { dominance_violation(&r) };
+        scores.push((order, ll, r.method, pname.clone(), rejected.clone()));
+        if rejected.is_some() {
+            continue;
+        }
         // a later (more complex) candidate must win by more than rounding
         let better = match &best {
             None => true,
@@ -170,15 +175,22 @@ fn choose(a: &Answers, o: &EmOptions) -> Result<Aggregation> {
             best = Some((ll, r, pname));
         }
     }
-    let (_, mut r, _) = best.expect("at least one candidate");
-    scores.sort_by(|x, y| y.1.partial_cmp(&x.1).unwrap_or(std::cmp::Ordering::Equal).then(x.0.cmp(&y.0)));
+    let (_, mut r, _) = best.expect("majority vote is always a candidate and always eligible");
+    // eligible first, then best first, then the fixed order
+    scores.sort_by(|x, y| {
+        x.4.is_some()
+            .cmp(&y.4.is_some())
+            .then(y.1.partial_cmp(&x.1).unwrap_or(std::cmp::Ordering::Equal))
+            .then(x.0.cmp(&y.0))
+    });
     let candidates = scores
         .iter()
-        .map(|(_, ll, m, p)| CandidateScore {
+        .map(|(_, ll, m, p, rej)| CandidateScore {
             method: *m,
             class_prior: p.clone(),
             heldout_loglik: *ll,
             per_answer: if n_scored > 0 { ll / n_scored as f64 } else { 0.0 },
+            rejected: rej.clone(),
         })
         .collect();
     r.selection = Some(Selection {
@@ -188,6 +200,35 @@ fn choose(a: &Answers, o: &EmOptions) -> Result<Aggregation> {
         candidates,
     });
     Ok(r)
+}
+
+/// Why a fitted model's latent classes cannot be read as the answer classes, if they cannot.
+///
+/// A latent-class model (Dawid-Skene and its relatives) only says which items go together; it
+/// names its class `t` after answer `t` on the assumption that, on items of class `t`, the
+/// crowd answers `t` more often than any other single class (the pooled confusion matrix is
+/// column-wise diagonally dominant: the usual identifiability assumption of Dawid-Skene).
+/// When a fit breaks it, the class was found from something else the answers share (items the
+/// crowd splits on, a block of workers who agree with each other), and the likelihood that
+/// rewards it does not reward right labels. No constant is involved: the check compares
+/// the fitted matrix's own entries.
+pub fn dominance_violation(r: &Aggregation) -> Option<String> {
+    let k = r.classes.len();
+    let m = &r.pooled_matrix; // [answer][true]
+    if m.len() != k * k {
+        return None;
+    }
+    for t in 0..k {
+        let diag = m[t * k + t];
+        let (j, top) = (0..k).map(|j| (j, m[j * k + t])).fold((t, diag), |b, x| if x.1 > b.1 { x } else { b });
+        if j != t {
+            return Some(format!(
+                "class `{}` is answered `{}` more often ({top:.2}) than `{}` ({diag:.2})",
+                r.classes[t], r.classes[j], r.classes[t]
+            ));
+        }
+    }
+    None
 }
 
 /// Items whose answers are scored: all, or about `SCORE_ANSWERS` answers' worth chosen by a

@@ -193,7 +193,12 @@ mod tests {
         assert_ne!(r.method, Method::Auto);
         // 5 models, 4 of them with a learned and a uniform prior
         assert_eq!(s.candidates.len(), 9);
-        assert!(s.candidates.windows(2).all(|w| w[0].heldout_loglik >= w[1].heldout_loglik));
+        // eligible first, each group best first; the winner is eligible
+        assert!(s.candidates[0].rejected.is_none());
+        assert!(s.candidates.windows(2).all(|w| {
+            (w[0].rejected.is_none() && w[1].rejected.is_some())
+                || (w[0].rejected.is_some() == w[1].rejected.is_some() && w[0].heldout_loglik >= w[1].heldout_loglik)
+        }));
         assert!(s.margin() >= 0.0 && s.scored_answers == a.n_answers());
         // the winner's labels are that model's own
         let prior = if s.candidates[0].class_prior == "uniform" { ClassPrior::Uniform } else { ClassPrior::Learned };
@@ -203,6 +208,21 @@ mod tests {
         let r = aggregate(&a, Method::Auto, &EmOptions { class_prior: ClassPrior::Uniform, ..EmOptions::default() }).unwrap();
         assert_eq!(r.selection.unwrap().candidates.len(), 5);
         assert!("auto".parse::<Method>().unwrap() == Method::Auto);
+    }
+
+    #[test]
+    fn a_model_whose_class_is_answered_as_another_is_not_eligible() {
+        let t: Vec<(usize, usize, usize)> = (0..40).flat_map(|i| [(i, 0, i % 2), (i, 1, i % 2)]).collect();
+        let a = Answers::from_triples(40, 2, vec!["a".into(), "b".into()], &t).unwrap();
+        let mut r = aggregate(&a, Method::Pooled, &EmOptions::default()).unwrap();
+        assert_eq!(crate::select::dominance_violation(&r), None, "{:?}", r.pooled_matrix);
+        // [answer][true]: on items of class b the crowd answers a (0.6) more than b (0.4)
+        r.pooled_matrix = vec![0.9, 0.6, 0.1, 0.4];
+        let why = crate::select::dominance_violation(&r).unwrap();
+        assert!(why.contains("class `b` is answered `a` more often (0.60) than `b` (0.40)"), "{why}");
+        // a tie is not a violation
+        r.pooled_matrix = vec![0.9, 0.5, 0.1, 0.5];
+        assert_eq!(crate::select::dominance_violation(&r), None);
     }
 
     #[test]

@@ -168,18 +168,23 @@ pub struct CandidateScore {
     pub heldout_loglik: f64,
     /// `heldout_loglik / scored_answers`.
     pub per_answer: f64,
+    /// Why the candidate could not be chosen however well it scored (see
+    /// [`crate::select::dominance_violation`]); `None`: eligible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
 }
 
 impl Selection {
-    /// Winner minus runner-up, total nats over the scored answers (0 with one candidate).
+    /// Winner minus the best other eligible candidate, total nats over the scored answers
+    /// (0 with one eligible candidate). Candidates are listed eligible first, best first.
     pub fn margin(&self) -> f64 {
         match self.candidates.as_slice() {
-            [a, b, ..] => a.heldout_loglik - b.heldout_loglik,
+            [a, b, ..] if b.rejected.is_none() => a.heldout_loglik - b.heldout_loglik,
             _ => 0.0,
         }
     }
     pub fn runner_up(&self) -> Option<Method> {
-        self.candidates.get(1).map(|c| c.method)
+        self.candidates.get(1).filter(|c| c.rejected.is_none()).map(|c| c.method)
     }
 }
 
