@@ -133,7 +133,7 @@ impl Stage for DawidSkene {
     type Params = DawidSkeneParams;
     const KIND: &'static str = "dawid-skene";
     // 2: default method auto, learned class prior, summary.json, model choice in report.md
-    // 3: auto skips candidates whose classes do not read as the answer classes (dominance)
+    // 3: auto skips candidates with a class answered as itself below chance
     const VERSION: u32 = 3;
     const DESCRIPTION: &'static str =
         "Aggregate crowd answers (amt output) into posteriors, hard labels, worker matrices, a report and the next AMT batch";
