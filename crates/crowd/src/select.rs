@@ -161,7 +161,7 @@ fn choose(a: &Answers, o: &EmOptions) -> Result<Aggregation> {
     let mut scores: Vec<(usize, f64, Method, String, Option<String>)> = Vec::new();
     for (order, (r, ll, pname)) in fits.into_iter().enumerate() {
         // Majority vote has no latent classes to mislabel: always eligible (the fallback).
-        let rejected = if r.method == Method::MajorityVote { None } else { dominance_violation(&r) };
+        let rejected = if r.method == Method::MajorityVote { None } else { below_chance_class(&r) };
         scores.push((order, ll, r.method, pname.clone(), rejected.clone()));
         if rejected.is_some() {
             continue;
@@ -212,7 +212,7 @@ fn choose(a: &Answers, o: &EmOptions) -> Result<Aggregation> {
 /// rewards it does not reward right labels. The bar is chance, not a tuned constant; the
 /// stricter "more often than any other single answer" would reject the study's own crowd,
 /// which answers true `disgust` as `neutral` twice as often as `disgust`.
-pub fn dominance_violation(r: &Aggregation) -> Option<String> {
+pub fn below_chance_class(r: &Aggregation) -> Option<String> {
     let k = r.classes.len();
     let m = &r.pooled_matrix; // [answer][true]
     if k < 2 || m.len() != k * k {

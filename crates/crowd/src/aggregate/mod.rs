@@ -211,18 +211,18 @@ mod tests {
     }
 
     #[test]
-    fn a_model_whose_class_is_answered_as_another_is_not_eligible() {
+    fn a_model_with_a_class_answered_as_itself_below_chance_is_not_eligible() {
         let t: Vec<(usize, usize, usize)> = (0..40).flat_map(|i| [(i, 0, i % 2), (i, 1, i % 2)]).collect();
         let a = Answers::from_triples(40, 2, vec!["a".into(), "b".into()], &t).unwrap();
         let mut r = aggregate(&a, Method::Pooled, &EmOptions::default()).unwrap();
-        assert_eq!(crate::select::dominance_violation(&r), None, "{:?}", r.pooled_matrix);
+        assert_eq!(crate::select::below_chance_class(&r), None, "{:?}", r.pooled_matrix);
         // [answer][true]: on items of class b the crowd answers b in 0.4 of its answers (chance 0.5)
         r.pooled_matrix = vec![0.9, 0.6, 0.1, 0.4];
-        let why = crate::select::dominance_violation(&r).unwrap();
+        let why = crate::select::below_chance_class(&r).unwrap();
         assert!(why.contains("class `b` is answered `b` in 0.40 of its answers, below chance (0.50); most often `a` (0.60)"), "{why}");
         // at chance is not a violation
         r.pooled_matrix = vec![0.9, 0.5, 0.1, 0.5];
-        assert_eq!(crate::select::dominance_violation(&r), None);
+        assert_eq!(crate::select::below_chance_class(&r), None);
     }
 
     #[test]

@@ -169,7 +169,7 @@ pub struct CandidateScore {
     /// `heldout_loglik / scored_answers`.
     pub per_answer: f64,
     /// Why the candidate could not be chosen however well it scored (see
-    /// [`crate::select::dominance_violation`]); `None`: eligible.
+    /// [`crate::select::below_chance_class`]); `None`: eligible.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<String>,
 }
