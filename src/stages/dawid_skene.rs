@@ -134,7 +134,8 @@ impl Stage for DawidSkene {
     const KIND: &'static str = "dawid-skene";
     // 2: default method auto, learned class prior, summary.json, model choice in report.md
     // 3: auto skips candidates with a class answered as itself below chance
-    const VERSION: u32 = 3;
+    // 4: auto keeps the simplest candidate within one standard error of the best
+    const VERSION: u32 = 4;
     const DESCRIPTION: &'static str =
         "Aggregate crowd answers (amt output) into posteriors, hard labels, worker matrices, a report and the next AMT batch";
     const INPUTS: &'static [InputDecl] =

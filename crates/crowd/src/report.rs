@@ -152,28 +152,53 @@ pub fn method_line(requested: &str, r: &Aggregation) -> String {
 /// The model-choice section of report.md (empty when no choice was made).
 fn selection_md(r: &Aggregation) -> String {
     let Some(s) = &r.selection else { return String::new() };
-    let best = s.candidates[0].heldout_loglik;
+    let Some(chosen) = s.candidates.first() else { return String::new() };
+    let prior = |p: &str| if p == "none" { String::new() } else { format!(", {p} prior") };
+    let best = s.candidates.iter().find(|c| Some(c.method) == s.best && c.class_prior == s.best_class_prior);
+    let why = match best {
+        Some(b) if !std::ptr::eq(b, chosen) => format!(
+            "the best held-out score is {}{}'s ({} parameters), but only by {:.1} nats, within one standard \
+             error of the difference ({:.1} nats over {} items), and {} has fewer parameters ({}): a more flexible \
+             model is kept only when it predicts held-out answers better by more than the noise of the comparison",
+            b.method,
+            prior(&b.class_prior),
+            b.parameters,
+            -chosen.vs_best,
+            chosen.se_vs_best,
+            s.scored_items,
+            s.chosen,
+            chosen.parameters,
+        ),
+        _ => format!(
+            "of the models whose classes read as the answer classes, it predicts answers it was not fitted on best, and \
+             no model with fewer parameters is within one standard error of it. Margin over the runner-up ({}): {:.1} \
+             nats in all, {:.4} per answer",
+            s.runner_up().map(|m| m.to_string()).unwrap_or_else(|| "none".into()),
+            s.margin(),
+            if s.scored_answers > 0 { s.margin() / s.scored_answers as f64 } else { 0.0 },
+        ),
+    };
     let mut md = format!(
-        "## Model choice\n\n`auto` fitted every model and kept **{}**: of the models whose classes read as the answer \
-         classes, it predicts answers it was not fitted on best ({}; {} answers scored). Margin over the runner-up ({}): \
-         {:.1} nats in all, {:.4} per answer.\n\n",
+        "## Model choice\n\n`auto` fitted every model and kept **{}**{}: {why}. Criterion: {}; {} answers \
+         scored.\n\n",
         s.chosen,
+        prior(&chosen.class_prior),
         s.criterion,
         s.scored_answers,
-        s.runner_up().map(|m| m.to_string()).unwrap_or_else(|| "none".into()),
-        s.margin(),
-        if s.scored_answers > 0 { s.margin() / s.scored_answers as f64 } else { 0.0 },
     );
     let rows: Vec<Vec<String>> = s
         .candidates
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(i, c)| {
             vec![
-                c.method.to_string(),
+                if i == 0 { format!("**{}**", c.method) } else { c.method.to_string() },
                 c.class_prior.clone(),
+                c.parameters.to_string(),
                 format!("{:.1}", c.heldout_loglik),
                 format!("{:.4}", c.per_answer),
-                format!("{:.1}", c.heldout_loglik - best),
+                format!("{:.1}", c.vs_best),
+                format!("{:.1}", c.se_vs_best),
                 match &c.rejected {
                     None => "eligible".to_string(),
                     Some(why) => format!("not eligible: {why}"),
@@ -182,7 +207,7 @@ fn selection_md(r: &Aggregation) -> String {
         })
         .collect();
     md.push_str(&markdown_table(
-        &["model", "class prior", "held-out log-lik", "per answer", "vs chosen", "classes"],
+        &["model", "class prior", "parameters", "held-out log-lik", "per answer", "vs best", "SE of difference", "classes"],
         &rows,
     ));
     md.push('\n');
@@ -389,6 +414,9 @@ pub fn write_report(
             "margin_nats": s.margin(),
             "margin_per_answer": if s.scored_answers > 0 { s.margin() / s.scored_answers as f64 } else { 0.0 },
             "runner_up": s.runner_up().map(|m| m.name()),
+            "best": s.best.map(|m| m.name()),
+            "best_class_prior": s.best_class_prior,
+            "scored_items": s.scored_items,
             "candidates": s.candidates,
         })),
     });

@@ -193,13 +193,26 @@ mod tests {
         assert_ne!(r.method, Method::Auto);
         // 5 models, 4 of them with a learned and a uniform prior
         assert_eq!(s.candidates.len(), 9);
-        // eligible first, each group best first; the winner is eligible
+        // the chosen first, then eligible best first, then the others; the chosen is eligible
         assert!(s.candidates[0].rejected.is_none());
-        assert!(s.candidates.windows(2).all(|w| {
+        let rest = &s.candidates[1..];
+        assert!(rest.windows(2).all(|w| {
             (w[0].rejected.is_none() && w[1].rejected.is_some())
                 || (w[0].rejected.is_some() == w[1].rejected.is_some() && w[0].heldout_loglik >= w[1].heldout_loglik)
         }));
-        assert!(s.margin() >= 0.0 && s.scored_answers == a.n_answers());
+        assert_eq!(s.scored_answers, a.n_answers());
+        // one-standard-error rule: the chosen is within one SE of the best, and no eligible
+        // candidate within one SE has fewer parameters
+        let c = &s.candidates[0];
+        assert!(c.vs_best <= 0.0 && -c.vs_best <= c.se_vs_best + 1e-9, "{c:?}");
+        let best = s.candidates.iter().find(|x| x.vs_best == 0.0 && x.rejected.is_none()).unwrap();
+        assert_eq!(Some(best.method), s.best);
+        for x in s.candidates.iter().filter(|x| x.rejected.is_none() && -x.vs_best <= x.se_vs_best) {
+            assert!(x.parameters >= c.parameters, "{x:?} is within one SE and simpler than {c:?}");
+        }
+        // classic DS never displaces shrunk for simplicity (on this crowd shrunk scores best
+        // and DS, 20 nats behind within one SE, labels 13 points worse)
+        assert!(!(s.best == Some(Method::Shrunk) && s.chosen == Method::DawidSkene), "{:?}", s.candidates);
         // the winner's labels are that model's own
         let prior = if s.candidates[0].class_prior == "uniform" { ClassPrior::Uniform } else { ClassPrior::Learned };
         let direct = aggregate(&a, r.method, &EmOptions { class_prior: prior, ..EmOptions::default() }).unwrap();
@@ -208,6 +221,52 @@ mod tests {
         let r = aggregate(&a, Method::Auto, &EmOptions { class_prior: ClassPrior::Uniform, ..EmOptions::default() }).unwrap();
         assert_eq!(r.selection.unwrap().candidates.len(), 5);
         assert!("auto".parse::<Method>().unwrap() == Method::Auto);
+    }
+
+    #[test]
+    fn a_flexible_model_must_beat_a_simpler_one_by_more_than_one_standard_error() {
+        use crate::select::n_params;
+        // parameters: majority vote < pooled < one-coin (many workers) < dawid-skene = shrunk
+        let (k, w) = (3, 40);
+        assert_eq!(n_params(Method::MajorityVote, true, k, w), 1);
+        assert_eq!(n_params(Method::Pooled, false, k, w), 6);
+        assert_eq!(n_params(Method::OneCoin, true, k, w), 42);
+        assert_eq!(n_params(Method::DawidSkene, false, k, w), 240);
+        assert_eq!(n_params(Method::Shrunk, false, k, w), n_params(Method::DawidSkene, false, k, w));
+        // the rule on its own: per-item scores of a simple and a flexible candidate
+        use crate::select::{one_se_rule, Cand};
+        let cand = |order, method, params, items: &[f64], rejected: Option<&str>| Cand {
+            order,
+            method,
+            prior: "uniform".into(),
+            params,
+            total: items.iter().sum(),
+            rejected: rejected.map(String::from),
+        };
+        let simple: Vec<f64> = (0..100).map(|i| -1.0 - 0.3 * ((i % 7) as f64)).collect();
+        // leads by 1 nat in all, per-item differences +-0.5: SE 5, so not enough
+        let close: Vec<f64> = simple.iter().enumerate().map(|(i, x)| x + 0.01 + if i % 2 == 0 { 0.5 } else { -0.5 }).collect();
+        // leads by 30 nats with the same noise: kept
+        let far: Vec<f64> = close.iter().map(|x| x + 0.29).collect();
+        let cs = [cand(0, Method::MajorityVote, 1, &simple, None), cand(1, Method::DawidSkene, 240, &close, None)];
+        let p = one_se_rule(&cs, &[&simple, &close]);
+        assert_eq!((p.best, p.chosen), (1, 0));
+        assert!((p.se[0] - 5.0).abs() < 0.1, "{:?}", p.se);
+        let cs = [cand(0, Method::MajorityVote, 1, &simple, None), cand(1, Method::DawidSkene, 240, &far, None)];
+        assert_eq!(one_se_rule(&cs, &[&simple, &far]).chosen, 1);
+        // equal parameters: the better score, not the earlier one
+        let cs = [cand(0, Method::OneCoin, 42, &simple, None), cand(1, Method::Pooled, 42, &close, None)];
+        let p = one_se_rule(&cs, &[&simple, &close]);
+        assert_eq!((p.best, p.chosen), (1, 1));
+        // a simpler one inside the rounding slack of the best, but scoring higher, is the best
+        let hair: Vec<f64> = simple.iter().map(|x| x + 1e-12).collect();
+        let cs = [cand(0, Method::DawidSkene, 240, &simple, None), cand(1, Method::MajorityVote, 1, &hair, None)];
+        let p = one_se_rule(&cs, &[&simple, &hair]);
+        assert_eq!((p.best, p.chosen), (1, 1));
+        assert_eq!(p.se[1], 0.0);
+        // a not-eligible candidate is never kept, however simple
+        let cs = [cand(0, Method::Pooled, 1, &simple, Some("below chance")), cand(1, Method::DawidSkene, 240, &close, None)];
+        assert_eq!(one_se_rule(&cs, &[&simple, &close]).chosen, 1);
     }
 
     #[test]

@@ -150,11 +150,21 @@ pub struct Aggregation {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Selection {
     pub chosen: Method,
-    /// What the scores are.
+    /// The eligible candidate with the best held-out score; `chosen` differs from it when a
+    /// model with fewer parameters is within one standard error of it. Absent in records
+    /// written before the rule (then read as `chosen`'s).
+    #[serde(default)]
+    pub best: Option<Method>,
+    #[serde(default)]
+    pub best_class_prior: String,
+    /// What the scores are and the rule that chose.
     pub criterion: String,
     /// Answers scored (all, or a hash-chosen subset of items on large data).
     pub scored_answers: usize,
-    /// Candidates best first.
+    /// Items scored: the folds of the cross-validation, over which standard errors are taken.
+    #[serde(default)]
+    pub scored_items: usize,
+    /// The chosen candidate first, then the other eligible ones best first, then the others.
     pub candidates: Vec<CandidateScore>,
 }
 
@@ -168,6 +178,16 @@ pub struct CandidateScore {
     pub heldout_loglik: f64,
     /// `heldout_loglik / scored_answers`.
     pub per_answer: f64,
+    /// Free parameters (see [`crate::select`]): the rule prefers fewer. Absent (0) in
+    /// records written before the rule.
+    #[serde(default)]
+    pub parameters: usize,
+    /// `heldout_loglik` minus the best eligible candidate's (0 for the best, else negative).
+    #[serde(default)]
+    pub vs_best: f64,
+    /// Standard error of that difference over the scored items (0 for the best).
+    #[serde(default)]
+    pub se_vs_best: f64,
     /// Why the candidate could not be chosen however well it scored (see
     /// [`crate::select::below_chance_class`]); `None`: eligible.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -175,14 +195,17 @@ pub struct CandidateScore {
 }
 
 impl Selection {
-    /// Winner minus the best other eligible candidate, total nats over the scored answers
-    /// (0 with one eligible candidate). Candidates are listed eligible first, best first.
+    /// The chosen candidate's score minus the best other eligible candidate's, total nats over
+    /// the scored answers (0 with one eligible candidate); negative when the one-standard-error
+    /// rule kept a simpler model than the best-scoring one (then the runner-up is the best).
     pub fn margin(&self) -> f64 {
-        match self.candidates.as_slice() {
-            [a, b, ..] if b.rejected.is_none() => a.heldout_loglik - b.heldout_loglik,
+        let Some(chosen) = self.candidates.first() else { return 0.0 };
+        match self.candidates.get(1) {
+            Some(b) if b.rejected.is_none() => chosen.heldout_loglik - b.heldout_loglik,
             _ => 0.0,
         }
     }
+    /// The best other eligible candidate.
     pub fn runner_up(&self) -> Option<Method> {
         self.candidates.get(1).filter(|c| c.rejected.is_none()).map(|c| c.method)
     }
