@@ -7,6 +7,11 @@
 //! out (stratified by label, seeded; an item, its augmented copies and its duplicates all
 //! on one side) and early stopping and the best epoch use only them.
 //!
+//! `ensemble: k` trains k models whose class probabilities are averaged at prediction. Without
+//! `valid` the items are dealt into k stratified folds and member m validates on fold m, so
+//! every item validates exactly one member; each member is a complete model directory under
+//! `members/<m>/`.
+//!
 //! Leakage guard (`leakage: error|warn|off`): before training, the validation images are
 //! compared with the training images (originals, before augmentation): exact copies (same
 //! decoded pixels) and near copies (pHash, mirrored too; `pipeline_vision::dedup`).
@@ -95,6 +100,12 @@ pub struct TrainParams {
     pub leakage: LeakageMode,
     /// Near duplicates: largest pHash Hamming distance (bits of 64) that counts.
     pub leakage_distance: u32,
+    /// Train this many models and predict with the mean of their class probabilities
+    /// (1 = one model). Without a `valid` input the labelled items are split into
+    /// `ensemble` folds (stratified, duplicates together) and member m early-stops on fold
+    /// m, trained on the others, so every item validates one member (`valid_fraction` is
+    /// not used); with `valid`, every member trains on all items with seed `seed + m`.
+    pub ensemble: usize,
 }
 
 impl Default for TrainParams {
@@ -112,6 +123,7 @@ impl Default for TrainParams {
             valid_fraction: 0.15,
             leakage: LeakageMode::Error,
             leakage_distance: pipeline_model::leakage::DEFAULT_NEAR_DISTANCE,
+            ensemble: 1,
         }
     }
 }
@@ -162,25 +174,29 @@ pub(crate) fn model_error(e: ModelError) -> StageError {
 struct Observer<'a> {
     progress: &'a Progress,
     cancel: &'a CancelFlag,
+    /// Epochs of the members trained before this one (the bar spans all members).
+    offset: u64,
+    /// `member 2/5: ` for an ensemble, empty otherwise.
+    prefix: String,
 }
 
 impl TrainObserver for Observer<'_> {
     fn epoch(&mut self, m: &EpochMetrics, total: usize) {
-        self.progress.set_position(m.epoch as u64);
+        self.progress.set_position(self.offset + m.epoch as u64);
         let val = match (m.val_loss, m.val_accuracy) {
             (Some(l), Some(a)) => format!(" val_loss {l:.3} val_acc {a:.3}"),
             _ => String::new(),
         };
         let line = format!(
-            "epoch {}/{total} loss {:.3} acc {:.3}{val} ({:.0} img/s)",
-            m.epoch, m.train_loss, m.train_accuracy, m.images_per_sec
+            "{}epoch {}/{total} loss {:.3} acc {:.3}{val} ({:.0} img/s)",
+            self.prefix, m.epoch, m.train_loss, m.train_accuracy, m.images_per_sec
         );
         self.progress.set_message(line.clone());
         tracing::info!(target: "train", "{line}");
     }
     fn batch(&mut self, epoch: usize, done: usize, total: usize) {
         if done == total || done % 512 < 64 {
-            self.progress.set_message(format!("epoch {epoch}: {done}/{total} images"));
+            self.progress.set_message(format!("{}epoch {epoch}: {done}/{total} images", self.prefix));
         }
     }
     fn cancelled(&self) -> bool {
@@ -244,6 +260,50 @@ fn items_of(rows: &[pipeline_model::data::ManifestRow]) -> Vec<Item> {
     items
 }
 
+/// `valid_of` value of an item that validates no member (one model's training items).
+const NOT_VALID: usize = usize::MAX;
+/// Most members `ensemble` accepts (each is a full training run).
+const MAX_ENSEMBLE: usize = 20;
+
+/// How validation images are chosen for every member.
+enum Split {
+    /// `inputs.valid`: every member trains on all items and validates on these.
+    Given { valid: Dataset },
+    /// Held-out items: member m validates on the items with `valid_of == m` (originals only)
+    /// and trains on every other item with all its copies.
+    Folds { valid_of: Vec<usize> },
+}
+
+/// Member `m`'s training and validation items under `valid_of`.
+fn member_items<'a>(items: &'a [Item], valid_of: &[usize], m: usize) -> (Vec<&'a Item>, Vec<&'a Item>) {
+    let (mut tr, mut va) = (Vec::new(), Vec::new());
+    for (it, &f) in items.iter().zip(valid_of) {
+        if f == m {
+            va.push(it)
+        } else {
+            tr.push(it)
+        }
+    }
+    (tr, va)
+}
+
+/// Member `m`'s model directory inside the ensemble's.
+fn member_dir(m: usize) -> String {
+    format!("members/{m}")
+}
+
+/// Counts added, examples kept up to the first list's length (at least 5).
+fn merge_leakage(mut a: Leakage, b: Leakage) -> Leakage {
+    a.checked += b.checked;
+    a.reference = a.reference.max(b.reference);
+    a.exact += b.exact;
+    a.near += b.near;
+    let keep = a.examples.len().max(5);
+    a.examples.extend(b.examples);
+    a.examples.truncate(keep);
+    a
+}
+
 fn hashed(items: &[&Item], all: &Dataset, hashes: &HashMap<usize, pipeline_vision::dedup::ImageHash>, role: Role) -> Vec<HashedImage> {
     items
         .iter()
@@ -304,6 +364,9 @@ impl Stage for Train {
         if p.leakage_distance > 32 {
             return Err(StageError::bad_param("leakage_distance", "at most 32 bits of 64 (8 is the measured default)"));
         }
+        if !(1..=MAX_ENSEMBLE).contains(&p.ensemble) {
+            return Err(StageError::bad_param("ensemble", format!("members to train: 1 (one model) to {MAX_ENSEMBLE}")));
+        }
         Ok(())
     }
 
@@ -325,7 +388,8 @@ impl Stage for Train {
             originals.iter().copied().zip(hash_rows(&all, &originals)).collect();
         let mut notes = Vec::new();
 
-        let (train_set, valid_set, recorded, leak) = match ctx.inputs.get("valid") {
+        let k = p.ensemble;
+        let (split, recorded, leak) = match ctx.inputs.get("valid") {
             Some(valid_root) => {
                 let valid_set = load_image_folder(valid_root, &classes).map_err(model_error)?;
                 let train_items: Vec<&Item> = items.iter().collect();
@@ -353,56 +417,83 @@ impl Stage for Train {
                     }
                 };
                 recorded.extend(valid_hashed);
-                (all, valid_set, recorded, leak)
+                if k > 1 {
+                    notes.push(format!(
+                        "ensemble: {k} members, each trained on all {} items with seeds {}..={} and early-stopped on `valid`",
+                        items.len(),
+                        p.train.seed,
+                        p.train.seed.wrapping_add(k as u64 - 1)
+                    ));
+                }
+                (Split::Given { valid: valid_set }, recorded, leak)
             }
             None => {
-                // Hold items out: duplicates grouped, stratified by label, seeded.
+                // Hold items out: duplicates grouped, stratified by label, seeded. One model:
+                // `valid_fraction` of the items; an ensemble: k folds, member m validates on
+                // fold m, so every item validates exactly one member.
                 let item_hashes: Vec<_> = originals.iter().map(|r| hashes[r]).collect();
                 let groups = pipeline_vision::dedup::duplicate_groups(&item_hashes, Some(p.leakage_distance));
                 let labels: Vec<usize> = originals.iter().map(|&r| all.labels[r]).collect();
-                let is_valid = pipeline_model::split::holdout_items(&labels, &groups, p.valid_fraction, p.train.seed);
-                let dup_items = groups.iter().enumerate().filter(|&(i, &g)| g != i).count();
-                let (mut tr, mut va): (Vec<&Item>, Vec<&Item>) = (Vec::new(), Vec::new());
-                for (it, &v) in items.iter().zip(&is_valid) {
-                    if v {
-                        va.push(it)
-                    } else {
-                        tr.push(it)
+                let valid_of: Vec<usize> = if k == 1 {
+                    pipeline_model::split::holdout_items(&labels, &groups, p.valid_fraction, p.train.seed)
+                        .into_iter()
+                        .map(|v| if v { 0 } else { NOT_VALID })
+                        .collect()
+                } else {
+                    let distinct = groups.iter().enumerate().filter(|&(i, &g)| g == i).count();
+                    if distinct < k {
+                        return Err(StageError::bad_param(
+                            "ensemble",
+                            format!("{k} members need {k} distinct items to validate on, one fold each; the manifest has {distinct}"),
+                        ));
                     }
-                }
-                if va.is_empty() {
-                    return Err(StageError::bad_param(
-                        "valid_fraction",
-                        format!("holds out no item of {} (every class needs 2 items or more), so there is nothing to validate on: give `inputs.valid`", items.len()),
-                    ));
-                }
-                let train_rows: Vec<usize> = tr.iter().flat_map(|it| it.rows.iter().copied()).collect();
-                let valid_rows: Vec<usize> = va.iter().map(|it| it.original).collect();
-                let mut valid_set = all.subset(&valid_rows);
-                if p.train.targets == TargetKind::Hard {
-                    valid_set.to_hard_targets();
-                }
-                let train_set = all.subset(&train_rows);
-                notes.push(format!(
-                    "validation: {} of {} items held out (valid_fraction {}, stratified by label, seed {}), with their augmented copies{}",
-                    va.len(),
-                    items.len(),
-                    p.valid_fraction,
-                    p.train.seed,
-                    if dup_items > 0 { format!("; {dup_items} duplicate items kept with theirs") } else { String::new() },
-                ));
-                let mut recorded = hashed(&tr, &all, &hashes, Role::Train);
-                let valid_hashed = hashed(&va, &all, &hashes, Role::Valid);
-                let leak = match p.leakage {
-                    LeakageMode::Off => None,
-                    mode => {
-                        let l = check_leakage(&recorded, &valid_hashed, near);
-                        leakage_verdict(mode, &l, "held-out", "training images", "This is a bug of the split: please report it")?;
-                        Some(l)
-                    }
+                    pipeline_model::split::kfold_items(&labels, &groups, k, p.train.seed)
                 };
-                recorded.extend(valid_hashed);
-                (train_set, valid_set, recorded, leak)
+                let dup_items = groups.iter().enumerate().filter(|&(i, &g)| g != i).count();
+                let mut leak: Option<Leakage> = None;
+                let mut fold_sizes = Vec::with_capacity(k);
+                for m in 0..k {
+                    let (tr, va) = member_items(&items, &valid_of, m);
+                    if va.is_empty() {
+                        return Err(StageError::bad_param(
+                            "valid_fraction",
+                            format!("holds out no item of {} (every class needs 2 items or more), so there is nothing to validate on: give `inputs.valid`", items.len()),
+                        ));
+                    }
+                    fold_sizes.push(va.len());
+                    if p.leakage != LeakageMode::Off {
+                        let l = check_leakage(&hashed(&tr, &all, &hashes, Role::Train), &hashed(&va, &all, &hashes, Role::Valid), near);
+                        leakage_verdict(p.leakage, &l, "held-out", "training images", "This is a bug of the split: please report it")?;
+                        leak = Some(match leak {
+                            None => l,
+                            Some(acc) => merge_leakage(acc, l),
+                        });
+                    }
+                }
+                let dup_note = if dup_items > 0 { format!("; {dup_items} duplicate items kept with theirs") } else { String::new() };
+                let recorded = if k == 1 {
+                    let (tr, va) = member_items(&items, &valid_of, 0);
+                    notes.push(format!(
+                        "validation: {} of {} items held out (valid_fraction {}, stratified by label, seed {}), with their augmented copies{dup_note}",
+                        va.len(),
+                        items.len(),
+                        p.valid_fraction,
+                        p.train.seed,
+                    ));
+                    let mut recorded = hashed(&tr, &all, &hashes, Role::Train);
+                    recorded.extend(hashed(&va, &all, &hashes, Role::Valid));
+                    recorded
+                } else {
+                    notes.push(format!(
+                        "ensemble: {k} members; the {} items dealt into {k} folds (stratified by label, seed {}; sizes {fold_sizes:?}){dup_note}; member m early-stops on fold m with its augmented copies held out and trains on the rest (seed {} + m)",
+                        items.len(),
+                        p.train.seed,
+                        p.train.seed,
+                    ));
+                    // Every item trains k - 1 members: all of them are training images.
+                    hashed(&items.iter().collect::<Vec<_>>(), &all, &hashes, Role::Train)
+                };
+                (Split::Folds { valid_of }, recorded, leak)
             }
         };
         if let Some(l) = &leak {
@@ -423,17 +514,52 @@ impl Stage for Train {
                 return Err(StageError::bad_file(w, "weights file not found (ImageNet weights cannot be downloaded here; pass your own)"));
             }
         }
-        let req = TrainRequest {
-            model,
-            train: p.train.clone(),
-            train_set: &train_set,
-            valid_set: Some(&valid_set),
-            weights,
-            backend: backend_choice(p.backend),
-        };
-        ctx.progress.set_length(p.train.epochs as u64);
-        let mut obs = Observer { progress: ctx.progress, cancel: ctx.cancel };
-        let s = pipeline_model::train_to_dir(&req, ctx.out_dir, &mut obs).map_err(model_error)?;
+        ctx.progress.set_length((p.train.epochs * k) as u64);
+        let mut summaries: Vec<(pipeline_model::TrainSummary, usize, usize)> = Vec::with_capacity(k);
+        for m in 0..k {
+            let (tr_owned, va_owned);
+            let (train_set, valid_set): (&Dataset, &Dataset) = match &split {
+                Split::Given { valid } => (&all, valid),
+                Split::Folds { valid_of } => {
+                    let (tr, va) = member_items(&items, &valid_of, m);
+                    let train_rows: Vec<usize> = tr.iter().flat_map(|it| it.rows.iter().copied()).collect();
+                    let valid_rows: Vec<usize> = va.iter().map(|it| it.original).collect();
+                    let mut v = all.subset(&valid_rows);
+                    if p.train.targets == TargetKind::Hard {
+                        v.to_hard_targets();
+                    }
+                    tr_owned = all.subset(&train_rows);
+                    va_owned = v;
+                    (&tr_owned, &va_owned)
+                }
+            };
+            let mut train = p.train.clone();
+            train.seed = p.train.seed.wrapping_add(m as u64);
+            let req = TrainRequest {
+                model: model.clone(),
+                train,
+                train_set,
+                valid_set: Some(valid_set),
+                weights: weights.clone(),
+                backend: backend_choice(p.backend),
+            };
+            let (dir, prefix) = if k == 1 {
+                (ctx.out_dir.to_path_buf(), String::new())
+            } else {
+                (ctx.out_dir.join(member_dir(m)), format!("member {}/{k}: ", m + 1))
+            };
+            let mut obs = Observer { progress: ctx.progress, cancel: ctx.cancel, offset: (m * p.train.epochs) as u64, prefix };
+            let s = pipeline_model::train_to_dir(&req, &dir, &mut obs).map_err(model_error)?;
+            summaries.push((s, train_set.len(), valid_set.len()));
+        }
+        if k > 1 {
+            let members: Vec<pipeline_model::EnsembleMember<'_>> = summaries
+                .iter()
+                .enumerate()
+                .map(|(m, (s, _, v))| pipeline_model::EnsembleMember { dir: member_dir(m), summary: s, valid_images: *v })
+                .collect();
+            pipeline_model::write_ensemble(ctx.out_dir, &model, &p.train, &members).map_err(model_error)?;
+        }
         write_training_images(&ctx.out_dir.join(pipeline_model::TRAINING_IMAGES), &recorded).map_err(model_error)?;
 
         let mut out = StageOutcome::default();
@@ -441,30 +567,211 @@ impl Stage for Train {
             out.metrics.insert("leakage_exact".into(), l.exact as f64);
             out.metrics.insert("leakage_near".into(), l.near as f64);
         }
-        if let Some(v) = s.val_accuracy {
+        let n_valid: usize = summaries.iter().map(|(_, _, v)| v).sum();
+        // Pooled over the members' validation images (weighted by their count): with an
+        // ensemble on folds, the out-of-fold figure of one member, not of the ensemble.
+        let pooled = |f: &dyn Fn(&pipeline_model::TrainSummary) -> Option<f64>| -> Option<f64> {
+            let mut sum = 0.0;
+            for (s, _, v) in &summaries {
+                sum += f(s)? * *v as f64;
+            }
+            (n_valid > 0).then(|| sum / n_valid as f64)
+        };
+        let val_accuracy = pooled(&|s| s.val_accuracy);
+        let val_loss = pooled(&|s| s.val_loss);
+        if let Some(v) = val_accuracy {
             out.metrics.insert("val_accuracy".into(), v);
         }
-        if let Some(v) = s.val_loss {
+        if let Some(v) = val_loss {
             out.metrics.insert("val_loss".into(), v);
         }
-        out.metrics.insert("best_epoch".into(), s.best_epoch as f64);
-        out.provenance.insert("backend".into(), json!(s.backend));
-        out.provenance.insert("device".into(), json!(s.backend_detail));
-        out.provenance.insert("images_per_sec".into(), json!((s.images_per_sec * 10.0).round() / 10.0));
-        out.summary.push(format!(
-            "{} on {} images ({} valid), {} epochs{}, best epoch {}: val_loss {:.3} val_accuracy {:.3} [{}]",
-            p.model_config().kind.name(),
-            train_set.len(),
-            valid_set.len(),
-            s.history.len(),
-            if s.stopped_early { " (early stop)" } else { "" },
-            s.best_epoch,
-            s.val_loss.unwrap_or(f64::NAN),
-            s.val_accuracy.unwrap_or(f64::NAN),
-            s.backend_detail,
-        ));
+        let best_epoch = summaries.iter().map(|(s, _, _)| s.best_epoch as f64).sum::<f64>() / k as f64;
+        out.metrics.insert("best_epoch".into(), best_epoch);
+        let first = &summaries[0].0;
+        let ips = summaries.iter().map(|(s, _, _)| s.images_per_sec).sum::<f64>() / k as f64;
+        out.provenance.insert("backend".into(), json!(first.backend));
+        out.provenance.insert("device".into(), json!(first.backend_detail));
+        out.provenance.insert("images_per_sec".into(), json!((ips * 10.0).round() / 10.0));
+        for (m, (s, n_train, n_val)) in summaries.iter().enumerate() {
+            out.summary.push(format!(
+                "{}{} on {} images ({} valid), {} epochs{}, best epoch {}: val_loss {:.3} val_accuracy {:.3} [{}]",
+                if k > 1 { format!("member {}/{k}: ", m + 1) } else { String::new() },
+                p.model_config().kind.name(),
+                n_train,
+                n_val,
+                s.history.len(),
+                if s.stopped_early { " (early stop)" } else { "" },
+                s.best_epoch,
+                s.val_loss.unwrap_or(f64::NAN),
+                s.val_accuracy.unwrap_or(f64::NAN),
+                s.backend_detail,
+            ));
+        }
+        if k > 1 {
+            out.summary.push(format!(
+                "ensemble of {k}: predictions average the members' class probabilities; out-of-fold val_loss {:.3} val_accuracy {:.3} over {n_valid} validation images (one member's held-out figure; the ensemble itself has no held-out figure here: evaluate it on a test set)",
+                val_loss.unwrap_or(f64::NAN),
+                val_accuracy.unwrap_or(f64::NAN),
+            ));
+        }
         out.summary.extend(notes);
         out.summary.push(format!("curves: {}", ctx.out_dir.join("curves.png").display()));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::stages::augment::{Augment, AugmentParams};
+
+    /// An augment output over two classes, `n` distinct faces each, 3 copies per item.
+    fn augmented(tmp: &Path, n: usize) -> PathBuf {
+        let input = tmp.join("ds");
+        std::fs::create_dir_all(input.join("images")).unwrap();
+        let mut labels = String::from("item,label,image\n");
+        for (c, class) in ["cat", "dog"].iter().enumerate() {
+            for i in 0..n {
+                pipeline_vision::render_face(c, i as u64, 48)
+                    .save(input.join(format!("images/{class}{i}.png")))
+                    .unwrap();
+                labels.push_str(&format!("{class}{i},{class},images/{class}{i}.png\n"));
+            }
+        }
+        std::fs::write(input.join("labels.csv"), labels).unwrap();
+        std::fs::write(input.join("summary.json"), r#"{"classes": ["cat", "dog"]}"#).unwrap();
+        let out = tmp.join("aug");
+        std::fs::create_dir_all(&out).unwrap();
+        let inputs: BTreeMap<String, PathBuf> = [("labels".to_string(), input.clone())].into();
+        crate::stages::test_run::<Augment>(
+            &AugmentParams {
+                per_class: 3 * n,
+                ..Default::default()
+            },
+            &inputs,
+            &out,
+            &input,
+            None,
+        )
+        .unwrap();
+        out
+    }
+
+    fn train(p: &TrainParams, images: &Path, out: &Path) -> Result<StageOutcome, StageError> {
+        std::fs::create_dir_all(out).unwrap();
+        let inputs = BTreeMap::from([("images".to_string(), images.to_path_buf())]);
+        crate::stages::test_run::<Train>(p, &inputs, out, images, None)
+    }
+
+    #[test]
+    fn an_ensemble_trains_one_member_per_fold_and_predicts_with_their_mean() {
+        let tmp = tempfile::tempdir().unwrap();
+        let images = augmented(tmp.path(), 6);
+        let mut p = TrainParams {
+            ensemble: 3,
+            ..Default::default()
+        };
+        p.train.epochs = 1;
+        let out = tmp.path().join("t");
+        let o = train(&p, &images, &out).unwrap();
+        let text = o.summary.join("\n");
+        assert!(
+            text.contains("ensemble: 3 members; the 12 items dealt into 3 folds"),
+            "{text}"
+        );
+        assert!(text.contains("member 3/3: "), "{text}");
+        for m in 0..3 {
+            assert!(out.join(format!("members/{m}/model.mpk")).is_file());
+            assert!(out.join(format!("members/{m}/config.json")).is_file());
+        }
+        // Each member validates on 4 of the 12 items (fold m) and trains on the other 8 with
+        // their copies: 8 items x 3 images.
+        assert_eq!(text.matches("on 24 images (4 valid)").count(), 3, "{text}");
+        let a = pipeline_model::load_artifact(&out).unwrap();
+        assert_eq!(a.member_count(), 3);
+        // Every item is recorded as a training image: evaluate's guard sees all of them.
+        let rec = std::fs::read_to_string(out.join(pipeline_model::TRAINING_IMAGES)).unwrap();
+        assert_eq!(rec.lines().count(), 1 + 12, "{rec}");
+
+        // The ensemble's probabilities are the members' mean.
+        let (all, _) = load_manifest_rows(&images, a.classes()).unwrap();
+        let probs =
+            pipeline_model::predict::artifact_probabilities(&a, &all.pixels, BackendChoice::Cpu)
+                .unwrap();
+        let mut mean = vec![0f32; probs.len()];
+        for m in 0..3 {
+            let one = pipeline_model::load_artifact(&out.join(format!("members/{m}"))).unwrap();
+            let pm = pipeline_model::predict::artifact_probabilities(
+                &one,
+                &all.pixels,
+                BackendChoice::Cpu,
+            )
+            .unwrap();
+            mean.iter_mut().zip(&pm).for_each(|(s, v)| *s += v / 3.0);
+        }
+        assert!(probs.iter().zip(&mean).all(|(a, b)| (a - b).abs() < 1e-5));
+
+        // Same key, same bytes: a second run writes an identical ensemble.
+        let again = tmp.path().join("t2");
+        train(&p, &images, &again).unwrap();
+        for f in [
+            "config.json",
+            "members/0/model.mpk",
+            "members/2/model.mpk",
+            "metrics.csv",
+        ] {
+            assert_eq!(
+                std::fs::read(out.join(f)).unwrap(),
+                std::fs::read(again.join(f)).unwrap(),
+                "{f}"
+            );
+        }
+
+        // A config is data: a member path that leaves the model directory is refused.
+        let cfg_path = out.join("config.json");
+        let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+        std::fs::write(
+            &cfg_path,
+            cfg.replace("\"members/1/model.mpk\"", "\"../t2/members/1/model.mpk\""),
+        )
+        .unwrap();
+        let e = pipeline_model::load_artifact(&out)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("not a relative path inside the model directory"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_ensemble_larger_than_the_items_is_refused_naming_the_param() {
+        let tmp = tempfile::tempdir().unwrap();
+        let images = augmented(tmp.path(), 2);
+        let mut p = TrainParams {
+            ensemble: 5,
+            ..Default::default()
+        };
+        p.train.epochs = 1;
+        let e = train(&p, &images, &tmp.path().join("t"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ensemble") && e.contains("the manifest has 4"),
+            "{e}"
+        );
+        assert!(Train::check_params(&TrainParams {
+            ensemble: 0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(Train::check_params(&TrainParams {
+            ensemble: MAX_ENSEMBLE + 1,
+            ..Default::default()
+        })
+        .is_err());
     }
 }

@@ -1,5 +1,8 @@
 //! The trained model on disk: `model.mpk` (burn record, full precision) + `config.json`
 //! (everything that rebuilds the net: model config with class names, training config).
+//! An ensemble (`train` with `ensemble: k`) lists its members' records in `members`
+//! (`members/<m>/model.mpk`, each member a complete model directory); predictions average
+//! the members' class probabilities.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +34,9 @@ pub struct ArtifactConfig {
     pub val_loss: Option<f64>,
     #[serde(default)]
     pub val_accuracy: Option<f64>,
+    /// Ensemble members' records, relative to this config (empty: one model, `record`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
 }
 
 /// A model directory, config read and checked; the record is loaded per backend.
@@ -53,11 +59,25 @@ pub fn load_artifact(dir: &Path) -> Result<ModelArtifact> {
         return Err(ModelError::bad_file(&path, "\"classes\" and \"model.classes\" differ"));
     }
     config.model.validate().map_err(|e| ModelError::bad_file(&path, e))?;
-    let record = dir.join(&config.record);
-    if !record.is_file() {
-        return Err(ModelError::bad_file(&record, "model record missing"));
+    let artifact = ModelArtifact { dir: dir.to_path_buf(), config };
+    for (field, rel) in artifact.record_names() {
+        // A config is data: it must not send the loader outside the model's directory.
+        if !is_plain_relative(rel) {
+            return Err(ModelError::bad_file(&path, format!("\"{field}\": \"{rel}\" is not a relative path inside the model directory")));
+        }
+        let record = dir.join(rel);
+        if !record.is_file() {
+            return Err(ModelError::bad_file(&record, "model record missing"));
+        }
     }
-    Ok(ModelArtifact { dir: dir.to_path_buf(), config })
+    Ok(artifact)
+}
+
+/// `a/b.mpk`: no root, no `..`, no `.`, not empty.
+fn is_plain_relative(p: &str) -> bool {
+    let path = Path::new(p);
+    !p.is_empty()
+        && path.components().all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 impl ModelArtifact {
@@ -65,9 +85,35 @@ impl ModelArtifact {
         &self.config.classes
     }
 
-    /// Rebuild the net from the config and load the record onto `device`.
+    /// Members of the ensemble (1 for a single model).
+    pub fn member_count(&self) -> usize {
+        self.config.members.len().max(1)
+    }
+
+    /// `(config field, relative record path)` of every net this artifact holds.
+    fn record_names(&self) -> Vec<(&'static str, &str)> {
+        if self.config.members.is_empty() {
+            vec![("record", self.config.record.as_str())]
+        } else {
+            self.config.members.iter().map(|m| ("members", m.as_str())).collect()
+        }
+    }
+
+    /// Rebuild the net from the config and load the record onto `device` (an ensemble: its
+    /// first member).
     pub fn load_net<B: crate::ModelBackend>(&self, device: &B::Device) -> Result<Net<B>> {
-        let record = self.dir.join(&self.config.record);
+        self.load_member::<B>(0, device)
+    }
+
+    /// Every net of the artifact, in member order.
+    pub fn load_nets<B: crate::ModelBackend>(&self, device: &B::Device) -> Result<Vec<Net<B>>> {
+        (0..self.member_count()).map(|m| self.load_member::<B>(m, device)).collect()
+    }
+
+    fn load_member<B: crate::ModelBackend>(&self, m: usize, device: &B::Device) -> Result<Net<B>> {
+        let names = self.record_names();
+        let (_, rel) = names.get(m).ok_or_else(|| ModelError::Data(format!("no ensemble member {m}")))?;
+        let record = self.dir.join(rel);
         let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
         self.config
             .model

@@ -43,7 +43,7 @@ pub use net::{ModelConfig, ModelKind};
 pub use predict::{evaluate_dataset, evaluate_dir, predict, predict_with, ImagePrediction};
 pub use report::write_report;
 pub use train::{
-    train_to_dir, EpochMetrics, NoObserver, OptimizerKind, TargetKind, TrainConfig, TrainObserver, TrainRequest,
+    train_to_dir, write_ensemble, EnsembleMember, EpochMetrics, NoObserver, OptimizerKind, TargetKind, TrainConfig, TrainObserver, TrainRequest,
     TrainSummary,
 };
 

@@ -39,8 +39,23 @@ struct Probs<'a> {
 impl InferTask for Probs<'_> {
     type Output = Result<Vec<f32>>;
     fn run<B: crate::ModelBackend>(self, device: B::Device) -> Result<Vec<f32>> {
-        let net = self.artifact.load_net::<B>(&device)?;
-        let probs = probabilities(&net, self.pixels, &device);
+        // An ensemble's prediction is the mean of its members' class probabilities.
+        let mut probs: Vec<f32> = Vec::new();
+        let nets = self.artifact.load_nets::<B>(&device)?;
+        for net in &nets {
+            let p = probabilities(net, self.pixels, &device);
+            if probs.is_empty() {
+                probs = p;
+            } else if p.len() == probs.len() {
+                probs.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+            } else {
+                return Err(ModelError::Backend("ensemble members returned different numbers of outputs".into()));
+            }
+        }
+        if nets.len() > 1 {
+            let inv = 1.0 / nets.len() as f32;
+            probs.iter_mut().for_each(|v| *v *= inv);
+        }
         if probs.len() != self.pixels.len() / PIXELS * self.artifact.classes().len() {
             return Err(ModelError::Backend("the network returned an unexpected number of outputs".into()));
         }

@@ -42,6 +42,38 @@ pub fn holdout_items(labels: &[usize], groups: &[usize], fraction: f64, seed: u6
     (0..n).map(|i| chosen.contains(&groups[i])).collect()
 }
 
+/// Fold (`0..k`) per item for a `k`-member ensemble: every duplicate group goes whole to one
+/// fold, and each class's groups are dealt round the folds in a seeded order, so every fold
+/// holds about `1/k` of every class. Dealing starts where the previous class stopped, which
+/// keeps the folds' sizes within one of each other. Same `labels`/`groups` convention as
+/// [`holdout_items`].
+pub fn kfold_items(labels: &[usize], groups: &[usize], k: usize, seed: u64) -> Vec<usize> {
+    assert_eq!(labels.len(), groups.len());
+    assert!(k >= 1);
+    let mut first_of: std::collections::BTreeMap<usize, usize> = std::collections::BTreeMap::new();
+    for (i, &g) in groups.iter().enumerate() {
+        first_of.entry(g).or_insert(i);
+    }
+    let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    let mut reps: Vec<(usize, usize)> = first_of.into_iter().collect();
+    reps.sort_by_key(|&(_, first)| first);
+    for &(g, first) in &reps {
+        by_class[labels[first]].push(g);
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x666f_6c64_7321); // "folds!"
+    let mut fold_of_group = std::collections::HashMap::new();
+    let mut next = 0usize;
+    for groups_c in &mut by_class {
+        groups_c.shuffle(&mut rng);
+        for &g in groups_c.iter() {
+            fold_of_group.insert(g, next % k);
+            next += 1;
+        }
+    }
+    groups.iter().map(|g| fold_of_group[g]).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +100,31 @@ mod tests {
         // A class of one item keeps it for training; two items: one each side.
         let v = holdout_items(&[0, 1, 1], &[0, 1, 2], 0.15, 1);
         assert_eq!((v[0], v[1] as u8 + v[2] as u8), (false, 1));
+    }
+    #[test]
+    fn kfold_deals_every_class_round_the_folds_and_keeps_groups_whole() {
+        let labels: Vec<usize> = (0..700).map(|i| i / 100).collect();
+        let mut groups: Vec<usize> = (0..700).collect();
+        for i in 0..20 {
+            groups[2 * i + 1] = 2 * i; // duplicate pairs in class 0
+        }
+        let f = kfold_items(&labels, &groups, 5, 7);
+        assert_eq!(f, kfold_items(&labels, &groups, 5, 7), "seeded");
+        assert_ne!(f, kfold_items(&labels, &groups, 5, 8));
+        for i in 0..20 {
+            assert_eq!(f[2 * i], f[2 * i + 1], "a duplicate pair split across folds");
+        }
+        for c in 1..7 {
+            for k in 0..5 {
+                let n = (c * 100..(c + 1) * 100).filter(|&i| f[i] == k).count();
+                assert_eq!(n, 20, "class {c} fold {k}");
+            }
+        }
+        let sizes: Vec<usize> = (0..5).map(|k| f.iter().filter(|&&x| x == k).count()).collect();
+        assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 20, "{sizes:?}");
+        // Three items, three folds: one each, whatever their classes.
+        let mut one = kfold_items(&[0, 1, 1], &[0, 1, 2], 3, 1);
+        one.sort();
+        assert_eq!(one, vec![0, 1, 2]);
     }
 }

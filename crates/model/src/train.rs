@@ -381,6 +381,7 @@ fn save_artifact<B: Backend>(net: Net<B>, req: &TrainRequest<'_>, summary: &Trai
         best_epoch: Some(summary.best_epoch),
         val_loss: summary.val_loss,
         val_accuracy: summary.val_accuracy,
+        members: Vec::new(),
     };
     let path = out_dir.join(ARTIFACT_CONFIG);
     let text = serde_json::to_string_pretty(&cfg).map_err(|e| ModelError::bad_file(&path, e))?;
@@ -388,6 +389,79 @@ fn save_artifact<B: Backend>(net: Net<B>, req: &TrainRequest<'_>, summary: &Trai
     let classes = out_dir.join("classes.txt");
     std::fs::write(&classes, req.model.classes.join("\n") + "\n").map_err(|e| ModelError::io(&classes, e))?;
     Ok(())
+}
+
+/// One trained member of an ensemble, as [`write_ensemble`] lists it.
+pub struct EnsembleMember<'a> {
+    /// Its model directory, relative to the ensemble's (`members/0`), holding a complete
+    /// artifact written by [`train_to_dir`].
+    pub dir: String,
+    pub summary: &'a TrainSummary,
+    /// Images it validated (early stopping) on: weights its validation figures in the mean.
+    pub valid_images: usize,
+}
+
+/// The ensemble's own files beside its members' directories: `config.json` listing the
+/// members' records (predictions average their probabilities), `classes.txt`, `metrics.csv`
+/// (every member's epochs, with a `member` column) and `curves.png` (each member's
+/// validation loss). `val_loss` / `val_accuracy` in the config are the members' validation
+/// figures pooled over their validation images: with disjoint folds that is the out-of-fold
+/// estimate of one member's accuracy, not the ensemble's.
+pub fn write_ensemble(out_dir: &Path, model: &ModelConfig, train: &TrainConfig, members: &[EnsembleMember<'_>]) -> Result<()> {
+    if members.is_empty() {
+        return Err(ModelError::Data("an ensemble needs at least one member".into()));
+    }
+    let pooled = |f: &dyn Fn(&TrainSummary) -> Option<f64>| -> Option<f64> {
+        let n: usize = members.iter().map(|m| m.valid_images).sum();
+        let mut sum = 0.0;
+        for m in members {
+            sum += f(m.summary)? * m.valid_images as f64;
+        }
+        (n > 0).then(|| sum / n as f64)
+    };
+    let records: Vec<String> = members.iter().map(|m| format!("{}/{ARTIFACT_RECORD}", m.dir)).collect();
+    let cfg = ArtifactConfig {
+        format: crate::artifact::ARTIFACT_FORMAT.to_string(),
+        record: records[0].clone(),
+        classes: model.classes.clone(),
+        model: model.clone(),
+        train: Some(train.clone()),
+        best_epoch: None,
+        val_loss: pooled(&|s| s.val_loss),
+        val_accuracy: pooled(&|s| s.val_accuracy),
+        members: records,
+    };
+    let path = out_dir.join(ARTIFACT_CONFIG);
+    let text = serde_json::to_string_pretty(&cfg).map_err(|e| ModelError::bad_file(&path, e))?;
+    std::fs::write(&path, text + "\n").map_err(|e| ModelError::io(&path, e))?;
+    let classes = out_dir.join("classes.txt");
+    std::fs::write(&classes, model.classes.join("\n") + "\n").map_err(|e| ModelError::io(&classes, e))?;
+    let mut csv = String::from("member,epoch,train_loss,train_accuracy,val_loss,val_accuracy\n");
+    for (i, m) in members.iter().enumerate() {
+        for e in &m.summary.history {
+            csv += &format!(
+                "{i},{},{:.6},{:.6},{},{}\n",
+                e.epoch,
+                e.train_loss,
+                e.train_accuracy,
+                fmt_opt(e.val_loss),
+                fmt_opt(e.val_accuracy)
+            );
+        }
+    }
+    let metrics = out_dir.join("metrics.csv");
+    std::fs::write(&metrics, csv).map_err(|e| ModelError::io(&metrics, e))?;
+    let series: Vec<pipeline_report::Series> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| pipeline_report::Series {
+            name: format!("member {i} val loss"),
+            points: m.summary.history.iter().filter_map(|e| e.val_loss.map(|v| (e.epoch as f64, v))).collect(),
+        })
+        .collect();
+    let curves = out_dir.join("curves.png");
+    pipeline_report::line_chart_png(&curves, "Ensemble: validation loss per member", "epoch", "val loss", &series)
+        .map_err(|e| ModelError::bad_file(&curves, e))
 }
 
 fn fmt_opt(v: Option<f64>) -> String {
