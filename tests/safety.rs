@@ -804,3 +804,22 @@ fn aggregate_refuses_a_device_names_the_line_of_invalid_utf8_and_reads_past_a_bo
     s.ok(&["aggregate", s.path().join("link.csv").to_str().unwrap(), "--out", "l"]);
     assert_eq!(tree(&s.path().join("p")), tree(&s.path().join("l")));
 }
+
+#[test]
+fn a_refused_export_writes_nothing_inside_or_outside_the_destination() {
+    // Found by a hostile pass: `--force` into a tree whose `sub` is a symlink created
+    // `sub/`'s directories through the link (outside the destination) and wrote the files
+    // listed before it, then refused: half an artifact, and a directory in someone else's tree.
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("echo top > $OUT/a; mkdir -p $OUT/sub/deep; echo x > $OUT/sub/deep/b"));
+    s.ok(&["run", "t.json"]);
+    std::fs::create_dir_all(s.path().join("victim")).unwrap();
+    std::fs::create_dir_all(s.path().join("dest")).unwrap();
+    std::os::unix::fs::symlink(s.path().join("victim"), s.path().join("dest/sub")).unwrap();
+    let o = s.run(&["cache", "export", "a", "dest", "--force"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is a symlink"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(s.path().join("victim")).unwrap().count(), 0, "a directory was created through the link");
+    assert!(!s.path().join("dest/a").exists(), "a file was written before the refusal");
+    s.verify_clean();
+}

@@ -748,11 +748,10 @@ impl Cache {
                 return Err(CacheError::Refused(format!("{} exists and is not a directory", dest.display())));
             }
         }
+        // Everything that can refuse is checked before the first write, so a refused export
+        // leaves nothing behind (it used to create directories through a symlinked one and
+        // write the files before it, a half model).
         for f in &m.files {
-            let dst = dest.join(&f.path);
-            if let Some(p) = dst.parent() {
-                fs::create_dir_all(p).map_err(io_err(p))?;
-            }
             // `--force` into a tree with a symlinked directory must not write through it.
             let mut at = dest.to_path_buf();
             for part in Path::new(&f.path).parent().map(|p| p.components().collect::<Vec<_>>()).unwrap_or_default() {
@@ -760,6 +759,18 @@ impl Cache {
                 if fs::symlink_metadata(&at).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
                     return Err(CacheError::Refused(format!("refusing to export through {}: it is a symlink", at.display())));
                 }
+            }
+            if !self.blob_path(&f.digest).is_file() {
+                return Err(CacheError::Corrupt(
+                    output.to_string(),
+                    format!("blob {} of `{}` is missing from the store; run `pipeline cache verify`", &f.digest[..12], f.path),
+                ));
+            }
+        }
+        for f in &m.files {
+            let dst = dest.join(&f.path);
+            if let Some(p) = dst.parent() {
+                fs::create_dir_all(p).map_err(io_err(p))?;
             }
             let _ = fs::remove_file(&dst);
             let blob = self.blob_path(&f.digest);

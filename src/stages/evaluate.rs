@@ -120,7 +120,10 @@ impl Stage for Evaluate {
 
         let ev = pipeline_model::evaluate_dataset(&artifact, &ds, Some(test), p.top_k, choice).map_err(model_error)?;
         ctx.cancel.check()?;
-        let model_name = artifact.config.model.kind.name().to_string();
+        let model_name = match artifact.member_count() {
+            1 => artifact.config.model.kind.name().to_string(),
+            k => format!("an ensemble of {k} {}", artifact.config.model.kind.name()),
+        };
         write_report(ctx.out_dir, &ev, &model_name, leak.as_ref()).map_err(model_error)?;
 
         let mut out = StageOutcome::default();

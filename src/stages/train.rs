@@ -105,6 +105,10 @@ pub struct TrainParams {
     /// `ensemble` folds (stratified, duplicates together) and member m early-stops on fold
     /// m, trained on the others, so every item validates one member (`valid_fraction` is
     /// not used); with `valid`, every member trains on all items with seed `seed + m`.
+    // Left out of the params (and the key) at 1, so every model trained before this param
+    // existed keeps its key.
+    #[schemars(range(min = 1, max = 20))] // MAX_ENSEMBLE
+    #[serde(skip_serializing_if = "is_one")]
     pub ensemble: usize,
 }
 
@@ -258,6 +262,10 @@ fn items_of(rows: &[pipeline_model::data::ManifestRow]) -> Vec<Item> {
         }
     }
     items
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// `valid_of` value of an item that validates no member (one model's training items).
@@ -440,11 +448,19 @@ impl Stage for Train {
                         .map(|v| if v { 0 } else { NOT_VALID })
                         .collect()
                 } else {
-                    let distinct = groups.iter().enumerate().filter(|&(i, &g)| g == i).count();
+                    // A class's only item is never held out (it would leave a member without
+                    // the class), so it does not count as an item to validate on.
+                    let mut per_class: HashMap<usize, usize> = HashMap::new();
+                    for (i, &g) in groups.iter().enumerate() {
+                        if g == i {
+                            *per_class.entry(labels[i]).or_default() += 1;
+                        }
+                    }
+                    let distinct: usize = per_class.values().filter(|&&n| n > 1).sum();
                     if distinct < k {
                         return Err(StageError::bad_param(
                             "ensemble",
-                            format!("{k} members need {k} distinct items to validate on, one fold each; the manifest has {distinct}"),
+                            format!("{k} members need {k} distinct items to validate on, one fold each; the manifest has {distinct} (a class's only item is never held out)"),
                         ));
                     }
                     pipeline_model::split::kfold_items(&labels, &groups, k, p.train.seed)
@@ -485,9 +501,13 @@ impl Stage for Train {
                     recorded
                 } else {
                     notes.push(format!(
-                        "ensemble: {k} members; the {} items dealt into {k} folds (stratified by label, seed {}; sizes {fold_sizes:?}){dup_note}; member m early-stops on fold m with its augmented copies held out and trains on the rest (seed {} + m)",
+                        "ensemble: {k} members; the {} items dealt into {k} folds (stratified by label, seed {}; sizes {fold_sizes:?}){dup_note}{}; member m early-stops on fold m with its augmented copies held out and trains on the rest (seed {} + m)",
                         items.len(),
                         p.train.seed,
+                        match valid_of.iter().filter(|&&f| f == k).count() {
+                            0 => String::new(),
+                            n => format!("; {n} items, each its class's only one, train every member"),
+                        },
                         p.train.seed,
                     ));
                     // Every item trains k - 1 members: all of them are training images.
@@ -568,6 +588,7 @@ impl Stage for Train {
             out.metrics.insert("leakage_near".into(), l.near as f64);
         }
         let n_valid: usize = summaries.iter().map(|(_, _, v)| v).sum();
+        let folds = matches!(split, Split::Folds { .. });
         // Pooled over the members' validation images (weighted by their count): with an
         // ensemble on folds, the out-of-fold figure of one member, not of the ensemble.
         let pooled = |f: &dyn Fn(&pipeline_model::TrainSummary) -> Option<f64>| -> Option<f64> {
@@ -595,7 +616,7 @@ impl Stage for Train {
         for (m, (s, n_train, n_val)) in summaries.iter().enumerate() {
             out.summary.push(format!(
                 "{}{} on {} images ({} valid), {} epochs{}, best epoch {}: val_loss {:.3} val_accuracy {:.3} [{}]",
-                if k > 1 { format!("member {}/{k}: ", m + 1) } else { String::new() },
+                if k > 1 { format!("member {}/{k} ({}): ", m + 1, member_dir(m)) } else { String::new() },
                 p.model_config().kind.name(),
                 n_train,
                 n_val,
@@ -607,11 +628,18 @@ impl Stage for Train {
                 s.backend_detail,
             ));
         }
-        if k > 1 {
+        if k > 1 && folds {
             out.summary.push(format!(
                 "ensemble of {k}: predictions average the members' class probabilities; out-of-fold val_loss {:.3} val_accuracy {:.3} over {n_valid} validation images (one member's held-out figure; the ensemble itself has no held-out figure here: evaluate it on a test set)",
                 val_loss.unwrap_or(f64::NAN),
                 val_accuracy.unwrap_or(f64::NAN),
+            ));
+        } else if k > 1 {
+            out.summary.push(format!(
+                "ensemble of {k}: predictions average the members' class probabilities; the members' mean val_loss {:.3} val_accuracy {:.3} on the {} `valid` images (each member early-stopped on them, so these flatter it)",
+                val_loss.unwrap_or(f64::NAN),
+                val_accuracy.unwrap_or(f64::NAN),
+                n_valid / k,
             ));
         }
         out.summary.extend(notes);
@@ -681,7 +709,7 @@ mod tests {
             text.contains("ensemble: 3 members; the 12 items dealt into 3 folds"),
             "{text}"
         );
-        assert!(text.contains("member 3/3: "), "{text}");
+        assert!(text.contains("member 3/3 (members/2): "), "{text}");
         for m in 0..3 {
             assert!(out.join(format!("members/{m}/model.mpk")).is_file());
             assert!(out.join(format!("members/{m}/config.json")).is_file());
@@ -745,6 +773,23 @@ mod tests {
             e.contains("not a relative path inside the model directory"),
             "{e}"
         );
+        std::fs::write(&cfg_path, &cfg).unwrap();
+        assert!(cfg.contains("\"format\": \"pipeline-model/ensemble-1\""), "{cfg}");
+
+        // A member whose classes are another order is refused, naming its config (it was
+        // averaged in the wrong class order); so is a record under another extension.
+        let member_cfg = out.join("members/1/config.json");
+        let mc = std::fs::read_to_string(&member_cfg).unwrap();
+        let swapped = mc.replace("\"cat\"", "\"TMP\"").replace("\"dog\"", "\"cat\"").replace("\"TMP\"", "\"dog\"");
+        std::fs::write(&member_cfg, swapped).unwrap();
+        let e = pipeline_model::load_artifact(&out).err().expect("refused").to_string();
+        assert!(e.contains("members/1/config.json") && e.contains("ensemble member with classes"), "{e}");
+        std::fs::write(&member_cfg, mc).unwrap();
+        std::fs::write(&cfg_path, cfg.replace("\"members/1/model.mpk\"", "\"members/1/model.mpk.bak\"")).unwrap();
+        let e = pipeline_model::load_artifact(&out).err().expect("refused").to_string();
+        assert!(e.contains("is not a .mpk record"), "{e}");
+        std::fs::write(&cfg_path, &cfg).unwrap();
+        assert!(pipeline_model::load_artifact(&out).is_ok());
     }
 
     #[test]

@@ -15,12 +15,17 @@ use crate::net::{ModelConfig, Net};
 use crate::config::TrainConfig;
 
 pub const ARTIFACT_FORMAT: &str = "pipeline-model/1";
+/// An ensemble's config: its own format, so a reader that knows only single models (which
+/// would load `record`, member 0, and say nothing) refuses it instead.
+pub const ENSEMBLE_FORMAT: &str = "pipeline-model/ensemble-1";
+/// Most members a config may list (each is a net held in memory while predicting).
+pub const MAX_MEMBERS: usize = 64;
 pub const ARTIFACT_RECORD: &str = "model.mpk";
 pub const ARTIFACT_CONFIG: &str = "config.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArtifactConfig {
-    /// `pipeline-model/1`.
+    /// `pipeline-model/1`, or `pipeline-model/ensemble-1` with `members`.
     pub format: String,
     /// Record file name, next to this config.
     pub record: String,
@@ -52,8 +57,15 @@ pub fn load_artifact(dir: &Path) -> Result<ModelArtifact> {
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
     let config: ArtifactConfig =
         serde_json::from_str(&text).map_err(|e| ModelError::bad_file(&path, format!("not a model config: {e}")))?;
-    if config.format != ARTIFACT_FORMAT {
-        return Err(ModelError::bad_file(&path, format!("format \"{}\", expected \"{ARTIFACT_FORMAT}\"", config.format)));
+    let expected = if config.members.is_empty() { ARTIFACT_FORMAT } else { ENSEMBLE_FORMAT };
+    if config.format != expected {
+        return Err(ModelError::bad_file(
+            &path,
+            format!("format \"{}\", expected \"{expected}\" for a config with {} members", config.format, config.members.len()),
+        ));
+    }
+    if config.members.len() > MAX_MEMBERS {
+        return Err(ModelError::bad_file(&path, format!("{} members, at most {MAX_MEMBERS}", config.members.len())));
     }
     if config.classes != config.model.classes {
         return Err(ModelError::bad_file(&path, "\"classes\" and \"model.classes\" differ"));
@@ -65,9 +77,36 @@ pub fn load_artifact(dir: &Path) -> Result<ModelArtifact> {
         if !is_plain_relative(rel) {
             return Err(ModelError::bad_file(&path, format!("\"{field}\": \"{rel}\" is not a relative path inside the model directory")));
         }
+        // burn's recorder adds the extension itself: `x.mpk.bak` would load `x.mpk`.
+        if Path::new(rel).extension().and_then(|e| e.to_str()) != Some("mpk") {
+            return Err(ModelError::bad_file(&path, format!("\"{field}\": \"{rel}\" is not a .mpk record")));
+        }
         let record = dir.join(rel);
         if !record.is_file() {
             return Err(ModelError::bad_file(&record, "model record missing"));
+        }
+        if field == "members" {
+            // A member is a model directory of its own: its net and classes must be the
+            // ensemble's, or its probabilities would be averaged in another class order.
+            let member_dir = record.parent().unwrap_or(dir);
+            let member = load_artifact(member_dir)?;
+            if !member.config.members.is_empty() {
+                return Err(ModelError::bad_file(&member_dir.join(ARTIFACT_CONFIG), "an ensemble member is itself an ensemble"));
+            }
+            if member.config.record != Path::new(rel).file_name().and_then(|n| n.to_str()).unwrap_or_default() {
+                return Err(ModelError::bad_file(
+                    &member_dir.join(ARTIFACT_CONFIG),
+                    format!("its record is \"{}\", the ensemble lists \"{rel}\"", member.config.record),
+                ));
+            }
+            if member.config.model != artifact.config.model {
+                let what = if member.config.classes != artifact.config.classes {
+                    format!("classes {:?}, the ensemble's are {:?}", member.config.classes, artifact.config.classes)
+                } else {
+                    "another network (model config differs from the ensemble's)".to_string()
+                };
+                return Err(ModelError::bad_file(&member_dir.join(ARTIFACT_CONFIG), format!("ensemble member with {what}")));
+            }
         }
     }
     Ok(artifact)
@@ -115,10 +154,15 @@ impl ModelArtifact {
         let (_, rel) = names.get(m).ok_or_else(|| ModelError::Data(format!("no ensemble member {m}")))?;
         let record = self.dir.join(rel);
         let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-        self.config
-            .model
-            .init::<B>(device)
-            .load_file(record.with_extension(""), &recorder, device)
-            .map_err(|e| ModelError::bad_file(&record, format!("cannot load record: {e}")))
+        // A record of another network (shapes that do not match the config) makes burn panic
+        // while loading: turn that into an error naming the file.
+        let _rng = crate::train::TRAIN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.config.model.init::<B>(device).load_file(record.with_extension(""), &recorder, device)
+        }));
+        match loaded {
+            Ok(r) => r.map_err(|e| ModelError::bad_file(&record, format!("cannot load record: {e}"))),
+            Err(_) => Err(ModelError::bad_file(&record, "the record does not match the network in config.json (another architecture or class count)")),
+        }
     }
 }

@@ -45,8 +45,9 @@ pub fn holdout_items(labels: &[usize], groups: &[usize], fraction: f64, seed: u6
 /// Fold (`0..k`) per item for a `k`-member ensemble: every duplicate group goes whole to one
 /// fold, and each class's groups are dealt round the folds in a seeded order, so every fold
 /// holds about `1/k` of every class. Dealing starts where the previous class stopped, which
-/// keeps the folds' sizes within one of each other. Same `labels`/`groups` convention as
-/// [`holdout_items`].
+/// keeps the folds' sizes within one of each other. A class with a single group gets fold
+/// `k`, which validates no member: held out, it would leave one member without the class.
+/// Same `labels`/`groups` convention as [`holdout_items`].
 pub fn kfold_items(labels: &[usize], groups: &[usize], k: usize, seed: u64) -> Vec<usize> {
     assert_eq!(labels.len(), groups.len());
     assert!(k >= 1);
@@ -65,6 +66,10 @@ pub fn kfold_items(labels: &[usize], groups: &[usize], k: usize, seed: u64) -> V
     let mut fold_of_group = std::collections::HashMap::new();
     let mut next = 0usize;
     for groups_c in &mut by_class {
+        if groups_c.len() == 1 {
+            fold_of_group.insert(groups_c[0], k);
+            continue;
+        }
         groups_c.shuffle(&mut rng);
         for &g in groups_c.iter() {
             fold_of_group.insert(g, next % k);
@@ -122,9 +127,14 @@ mod tests {
         }
         let sizes: Vec<usize> = (0..5).map(|k| f.iter().filter(|&&x| x == k).count()).collect();
         assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 20, "{sizes:?}");
-        // Three items, three folds: one each, whatever their classes.
-        let mut one = kfold_items(&[0, 1, 1], &[0, 1, 2], 3, 1);
+        // Four items, three folds: every fold gets one, whatever their classes.
+        let mut one = kfold_items(&[0, 0, 1, 1], &[0, 1, 2, 3], 3, 1);
         one.sort();
+        one.dedup();
         assert_eq!(one, vec![0, 1, 2]);
+        // A class with one item (class 0 here) validates no member: every member trains on it.
+        let f = kfold_items(&[0, 1, 1, 1, 1], &[0, 1, 2, 3, 4], 2, 3);
+        assert_eq!(f[0], 2, "{f:?}");
+        assert_eq!(f[1..].iter().filter(|&&x| x == 0).count(), 2, "{f:?}");
     }
 }

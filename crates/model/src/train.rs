@@ -84,8 +84,11 @@ pub struct TrainRequest<'a> {
 }
 
 // burn's CPU RNG (init, dropout) is process-global: one training at a time per process
-// keeps `seed` reproducible (training saturates the cores anyway).
-static TRAIN_LOCK: Mutex<()> = Mutex::new(());
+// keeps `seed` reproducible (training saturates the cores anyway). Building a net to load a
+// record draws from it too, so loading takes the lock as well: a model loaded while another
+// trains in the same process (an `evaluate` beside a `train` in one run) changed that
+// training's draws, and its bytes.
+pub(crate) static TRAIN_LOCK: Mutex<()> = Mutex::new(());
 
 /// Train and write the artifact into `out_dir`: `model.mpk` (burn record), `config.json`
 /// (rebuilds the net: model + training config + classes), `classes.txt`, `metrics.csv`,
@@ -421,7 +424,7 @@ pub fn write_ensemble(out_dir: &Path, model: &ModelConfig, train: &TrainConfig, 
     };
     let records: Vec<String> = members.iter().map(|m| format!("{}/{ARTIFACT_RECORD}", m.dir)).collect();
     let cfg = ArtifactConfig {
-        format: crate::artifact::ARTIFACT_FORMAT.to_string(),
+        format: crate::artifact::ENSEMBLE_FORMAT.to_string(),
         record: records[0].clone(),
         classes: model.classes.clone(),
         model: model.clone(),
