@@ -78,6 +78,10 @@ pub struct TrainParams {
     pub cnn_channels: Vec<usize>,
     /// `cnn`: width of the hidden dense layer.
     pub cnn_dense: usize,
+    /// Standardise every image (zero mean, unit variance) before the net sees it, in
+    /// training and prediction. Left out of the key when off.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub standardize: bool,
     /// The training hyper-parameters (targets, optimizer, lr, momentum, batch_size, epochs,
     /// weight_decay, patience, seed): the model crate's config, embedded, so they and their
     /// docs are defined once. Flat in pipeline files, as before.
@@ -120,6 +124,7 @@ impl Default for TrainParams {
             // on the demo (about a minute for 8 epochs of 2,100 images).
             cnn_channels: vec![16, 32, 64],
             cnn_dense: 128,
+            standardize: false,
             train: TrainConfig::default(),
             weights: None,
             freeze: false,
@@ -142,6 +147,7 @@ impl TrainParams {
             freeze: self.freeze,
             cnn_channels: self.cnn_channels.clone(),
             cnn_dense: self.cnn_dense,
+            standardize: self.standardize,
             ..ModelConfig::default()
         }
     }

@@ -61,6 +61,26 @@ pub struct Dataset {
     pub classes: Vec<String>,
 }
 
+/// Per-image standardisation: `(x - mean) / max(std, 1/sqrt(n))`, as TensorFlow's
+/// `per_image_standardization` (the floor keeps a flat image finite). Removes each photo's
+/// brightness and contrast, which in face photos from many sources say more about the
+/// camera than the expression.
+pub fn standardize_image(px: &mut [f32]) {
+    if px.is_empty() {
+        return;
+    }
+    let n = px.len() as f64;
+    let mean = px.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = px.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let scale = 1.0 / var.sqrt().max(1.0 / n.sqrt());
+    px.iter_mut().for_each(|v| *v = ((*v as f64 - mean) * scale) as f32);
+}
+
+/// [`standardize_image`] on every image of a pixel buffer (`PIXELS` values each).
+pub fn standardize_images(pixels: &mut [f32]) {
+    pixels.chunks_mut(PIXELS).for_each(standardize_image);
+}
+
 impl Dataset {
     pub fn len(&self) -> usize {
         self.labels.len()

@@ -50,6 +50,11 @@ pub struct ModelConfig {
     pub vgg_width_divisor: usize,
     /// `vgg16`: the conv base was frozen during training (provenance of the record).
     pub freeze: bool,
+    /// Standardise every image to zero mean and unit variance before the net sees it
+    /// ([`crate::data::standardize_image`]), in training and prediction alike. Left out of
+    /// `config.json` when off, so models saved before it existed keep their bytes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub standardize: bool,
 }
 
 impl Default for ModelConfig {
@@ -62,6 +67,7 @@ impl Default for ModelConfig {
             cnn_dropout: 0.3,
             vgg_width_divisor: 1,
             freeze: false,
+            standardize: false,
         }
     }
 }

@@ -42,8 +42,17 @@ impl InferTask for Probs<'_> {
         // An ensemble's prediction is the mean of its members' class probabilities.
         let mut probs: Vec<f32> = Vec::new();
         let nets = self.artifact.load_nets::<B>(&device)?;
+        let standardized;
+        let pixels = if self.artifact.config.model.standardize {
+            let mut v = self.pixels.to_vec();
+            crate::data::standardize_images(&mut v);
+            standardized = v;
+            &standardized[..]
+        } else {
+            self.pixels
+        };
         for net in &nets {
-            let p = probabilities(net, self.pixels, &device);
+            let p = probabilities(net, pixels, &device);
             if probs.is_empty() {
                 probs = p;
             } else if p.len() == probs.len() {

@@ -381,3 +381,48 @@ fn vgg16_loads_a_torchvision_pth_state_dict_like_the_safetensors_file() {
     let err = crate::weights::apply_pretrained(cfg.init::<Flex>(&device), Some(&junk), false, &device).unwrap_err().to_string();
     assert!(err.contains("junk.pth"), "{err}");
 }
+
+#[test]
+fn a_standardizing_model_learns_and_predicts_the_same_whatever_the_brightness_and_contrast() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let classes = crate::default_classes();
+    image_folder(&d.path().join("train"), 3);
+    image_folder(&d.path().join("valid"), 1);
+    let tr = load_image_folder(&d.path().join("train"), &classes).unwrap();
+    let va = load_image_folder(&d.path().join("valid"), &classes).unwrap();
+    let out = d.path().join("model");
+    let s = train(&out, &tr, &va, ModelConfig { standardize: true, ..tiny_model() }, tiny_train(), None);
+    assert!(s.val_accuracy.unwrap() >= 6.0 / 7.0, "{:?}", s.history);
+    let cfg = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(cfg.contains("\"standardize\": true"), "{cfg}");
+    // The same images darker and with less contrast (no clipping): standardisation removes
+    // an affine change of intensity, so the prediction path must give the same probabilities
+    // (it would not if it skipped the step training took).
+    let art = crate::load_artifact(&out).unwrap();
+    let dim: Vec<f32> = va.pixels.iter().map(|v| v * 0.5 + 0.1).collect();
+    let a = crate::predict::artifact_probabilities(&art, &va.pixels, BackendChoice::Cpu).unwrap();
+    let b = crate::predict::artifact_probabilities(&art, &dim, BackendChoice::Cpu).unwrap();
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4), "{a:?} vs {b:?}");
+    // A model without it is not invariant (the check above can fail).
+    let plain = d.path().join("plain");
+    train(&plain, &tr, &va, tiny_model(), tiny_train(), None);
+    let art = crate::load_artifact(&plain).unwrap();
+    assert!(!std::fs::read_to_string(plain.join("config.json")).unwrap().contains("standardize"));
+    let a = crate::predict::artifact_probabilities(&art, &va.pixels, BackendChoice::Cpu).unwrap();
+    let b = crate::predict::artifact_probabilities(&art, &dim, BackendChoice::Cpu).unwrap();
+    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-3));
+}
+
+#[test]
+fn standardize_image_gives_zero_mean_unit_variance_and_keeps_a_flat_image_finite() {
+    let mut px: Vec<f32> = (0..crate::data::PIXELS).map(|i| (i % 48) as f32 / 47.0).collect();
+    crate::data::standardize_image(&mut px);
+    let n = px.len() as f64;
+    let mean = px.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = px.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-4, "{mean} {var}");
+    let mut flat = vec![0.5f32; crate::data::PIXELS];
+    crate::data::standardize_image(&mut flat);
+    assert!(flat.iter().all(|v| *v == 0.0));
+}
