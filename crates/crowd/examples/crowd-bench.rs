@@ -167,7 +167,7 @@ fn main() {
         Some("gen-scale") => {
             let dir = std::path::Path::new(&args[1]);
             std::fs::create_dir_all(dir).expect("dir");
-            let (a, _) = scale_data(1_000_000, 2000, 7);
+            let (a, truth) = scale_data(1_000_000, 2000, 7);
             let mut l = String::with_capacity(a.n_answers() * 16);
             l.push_str("worker,task,label\n");
             for i in 0..a.n_items() {
@@ -176,6 +176,13 @@ fn main() {
                 }
             }
             std::fs::write(dir.join("labels.csv"), l).expect("write");
+            // the simulation's truth, for checking labels (`task,label`)
+            let mut g = String::with_capacity(truth.len() * 10);
+            g.push_str("task,label\n");
+            for (i, t) in truth.iter().enumerate() {
+                g.push_str(&format!("{i},{t}\n"));
+            }
+            std::fs::write(dir.join("gold.csv"), g).expect("write");
         }
         Some("scale") => {
             let items: usize = args.get(1).map(|s| s.parse().expect("items")).unwrap_or(1_000_000);

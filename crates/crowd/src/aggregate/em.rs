@@ -34,15 +34,20 @@ pub(crate) struct EmOut {
 /// EM of `model` from `init`, in the pass compiled for the number of classes (rounded up to
 /// a power of two lanes).
 pub(crate) fn run(a: &Answers, model: Model, init: Init, o: &EmOptions, prior_fixed: Option<&[f64]>) -> Result<EmOut> {
+    run_with(a, model, init, o, prior_fixed, false)
+}
+
+/// [`run`], with over-relaxed steps when `accel` (see [`run_em_in`]).
+pub(crate) fn run_with(a: &Answers, model: Model, init: Init, o: &EmOptions, prior_fixed: Option<&[f64]>, accel: bool) -> Result<EmOut> {
     let k = a.n_classes();
     let n = k.next_power_of_two().max(2);
     match n {
-        2 => Ok(run_em::<2>(a, model, init, o, prior_fixed)),
-        4 => Ok(run_em::<4>(a, model, init, o, prior_fixed)),
-        8 => Ok(run_em::<8>(a, model, init, o, prior_fixed)),
-        16 => Ok(run_em::<16>(a, model, init, o, prior_fixed)),
-        32 => Ok(run_em::<32>(a, model, init, o, prior_fixed)),
-        64 => Ok(run_em::<64>(a, model, init, o, prior_fixed)),
+        2 => Ok(run_em_acc::<2>(a, model, init, o, prior_fixed, accel)),
+        4 => Ok(run_em_acc::<4>(a, model, init, o, prior_fixed, accel)),
+        8 => Ok(run_em_acc::<8>(a, model, init, o, prior_fixed, accel)),
+        16 => Ok(run_em_acc::<16>(a, model, init, o, prior_fixed, accel)),
+        32 => Ok(run_em_acc::<32>(a, model, init, o, prior_fixed, accel)),
+        64 => Ok(run_em_acc::<64>(a, model, init, o, prior_fixed, accel)),
         _ => Err(CrowdError::Data(format!("{k} classes: at most 64 are supported"))),
     }
 }
@@ -317,28 +322,36 @@ pub(crate) fn load_rows<T: Real, const N: usize>(rows: &mut [Row<T, N>], class: 
     *class = [0.0; N];
 }
 
+#[cfg(test)]
 pub(crate) fn run_em<const N: usize>(a: &Answers, model: Model, init: Init, o: &EmOptions, prior_fixed: Option<&[f64]>) -> EmOut {
+    run_em_acc::<N>(a, model, init, o, prior_fixed, false)
+}
+
+fn run_em_acc<const N: usize>(a: &Answers, model: Model, init: Init, o: &EmOptions, prior_fixed: Option<&[f64]>, accel: bool) -> EmOut {
     if a.n_answers() < SMALL_ANSWERS {
-        run_em_in::<f64, N>(a, model, init, o, prior_fixed)
+        run_em_in::<f64, N>(a, model, init, o, prior_fixed, accel)
     } else {
-        run_em_in::<f32, N>(a, model, init, o, prior_fixed)
+        run_em_in::<f32, N>(a, model, init, o, prior_fixed, accel)
     }
 }
 
+/// EM of `model` from `init`. With `accel`, over-relaxed EM (Salakhutdinov & Roweis 2003)
+/// in the space of expected counts: the M-step is fed `c + eta * (c' - c)` (`c` the counts of
+/// the last accepted step, `c'` the E-step's counts under its parameters; clamped at 0, so
+/// the parameters stay valid), `eta` grows while the objective rises and falls back to 1 (a
+/// plain EM step, which never lowers it) after a step that lowered it, which is dropped. Only
+/// accepted steps are recorded in the objective; the convergence test is the same.
 pub(crate) fn run_em_in<T: Real, const N: usize>(
     a: &Answers,
     model: Model,
     init: Init,
     o: &EmOptions,
     prior_fixed: Option<&[f64]>,
+    accel: bool,
 ) -> EmOut {
     let k = a.n_classes();
     let nc = a.n_workers() * k;
     let n_items = a.n_items();
-    let (mut counts, mut class_counts) = match init {
-        Init::Votes => vote_counts(a),
-        Init::Posteriors(p) => (counts_from_posteriors(a, p), class_totals(p, k)),
-    };
     // Contiguous item ranges balanced by answers; how many depends on the data alone.
     let parts = if a.n_answers() < SMALL_ANSWERS {
         1
@@ -357,58 +370,82 @@ pub(crate) fn run_em_in<T: Real, const N: usize>(
 
     let mut tab = vec![[T::ZERO; N]; nc];
     let mut prior_n = [T::ZERO; N];
+    let (mut counts, mut class_counts) = match init {
+        Init::Votes => vote_counts(a),
+        Init::Posteriors(p) => (counts_from_posteriors(a, p), class_totals(p, k)),
+    };
     let mut objective = Vec::new();
     let mut converged = false;
     let mut mats = Vec::new();
     let mut prior = Vec::new();
-    for it in 0..o.max_iter.max(1) {
-        let (m, p, log_prior) = m_step(&model, &counts, &class_counts, k, o, prior_fixed);
-        mats = m;
-        prior = p;
-        for code in 0..nc {
-            let (w, l) = (code / k, code % k);
-            let row = &mut tab[code];
-            for j in 0..k {
-                row[j] = T::from_f64(mats[w * k * k + l * k + j]);
-            }
-        }
-        for j in 0..k {
-            prior_n[j] = T::from_f64(prior[j]);
-        }
-        // Per-part sums collected, then added in part order (a parallel sum's order would
-        // follow the scheduling).
-        let lls: Vec<f64> = bufs
-            .par_iter_mut()
-            .enumerate()
-            .map(|(pi, (cb, cl))| {
-                load_rows(cb, cl, &tab);
-                pass::<T, N>(a, bounds[pi], bounds[pi + 1], cb, &prior_n, cl, None)
-            })
-            .collect();
-        let ll: f64 = lls.iter().sum();
-        counts.iter_mut().for_each(|x| *x = 0.0);
-        class_counts.iter_mut().for_each(|x| *x = 0.0);
-        for (cb, cl) in &bufs {
-            for code in 0..nc {
-                for j in 0..k {
-                    counts[code * k + j] += cb[code].c[j].to_f64();
+    if !accel {
+        for it in 0..o.max_iter.max(1) {
+            let (m, p, log_prior) = m_step(&model, &counts, &class_counts, k, o, prior_fixed);
+            mats = m;
+            prior = p;
+            load_params(&mut tab, &mut prior_n, &mats, &prior, k);
+            let ll = e_step(a, &bounds, &mut bufs, &tab, &prior_n, &mut counts, &mut class_counts);
+            let obj = ll + log_prior;
+            objective.push(obj);
+            if it > 0 {
+                let prev = objective[it - 1];
+                let d = obj - prev;
+                // A dip (d < 0, rounding) never stops the loop.
+                if d >= 0.0 && d <= o.tol * prev.abs() {
+                    converged = true;
+                    break;
                 }
             }
-            for j in 0..k {
-                class_counts[j] += cl[j];
+        }
+    } else {
+        // (acc_in, acc_cl_in): what the accepted parameters were computed from; (counts,
+        // class_counts): the E-step's counts under them.
+        let (mut acc_in, mut acc_cl_in) = (counts.clone(), class_counts.clone());
+        let (mut out_c, mut out_cl) = (vec![0.0; counts.len()], vec![0.0; k]);
+        let (mut in_c, mut in_cl) = (vec![0.0; counts.len()], vec![0.0; k]);
+        let mut eta = 1.0f64;
+        for _ in 0..o.max_iter.max(1) {
+            let first = objective.is_empty();
+            let mix = |x: f64, y: f64| (x + eta * (y - x)).max(0.0);
+            if first || eta == 1.0 {
+                in_c.copy_from_slice(&counts);
+                in_cl.copy_from_slice(&class_counts);
+            } else {
+                for ((z, &x), &y) in in_c.iter_mut().zip(&acc_in).zip(&counts) {
+                    *z = mix(x, y);
+                }
+                for ((z, &x), &y) in in_cl.iter_mut().zip(&acc_cl_in).zip(&class_counts) {
+                    *z = mix(x, y);
+                }
+            }
+            let (m, p, log_prior) = m_step(&model, &in_c, &in_cl, k, o, prior_fixed);
+            load_params(&mut tab, &mut prior_n, &m, &p, k);
+            let ll = e_step(a, &bounds, &mut bufs, &tab, &prior_n, &mut out_c, &mut out_cl);
+            let obj = ll + log_prior;
+            let prev = objective.last().copied();
+            if eta > 1.0 && prev.is_some_and(|pv| !(obj >= pv)) {
+                // Lower than the last accepted step: drop it, take a plain step next.
+                eta = 1.0;
+                continue;
+            }
+            mats = m;
+            prior = p;
+            std::mem::swap(&mut acc_in, &mut in_c);
+            std::mem::swap(&mut acc_cl_in, &mut in_cl);
+            std::mem::swap(&mut counts, &mut out_c);
+            std::mem::swap(&mut class_counts, &mut out_cl);
+            objective.push(obj);
+            if let Some(pv) = prev {
+                let d = obj - pv;
+                if d >= 0.0 && d <= o.tol * pv.abs() {
+                    converged = true;
+                    break;
+                }
+                eta = (eta * 2.0).min(64.0);
             }
         }
-        let obj = ll + log_prior;
-        objective.push(obj);
-        if it > 0 {
-            let prev = objective[it - 1];
-            let d = obj - prev;
-            // A dip (d < 0, rounding) never stops the loop.
-            if d >= 0.0 && d <= o.tol * prev.abs() {
-                converged = true;
-                break;
-            }
-        }
+        // the table of the accepted parameters (a dropped step may have loaded another)
+        load_params(&mut tab, &mut prior_n, &mats, &prior, k);
     }
     // Final posteriors under the last parameters (the ones the last objective scored).
     // Same item ranges as the iterations; each part writes its own rows.
@@ -441,6 +478,58 @@ pub(crate) fn run_em_in<T: Real, const N: usize>(
         }
     };
     EmOut { posteriors: post, prior, matrices: mats, pooled, objective, converged }
+}
+
+/// The pass's parameter table and prior from worker matrices `[w][answer][true]` and a prior.
+fn load_params<T: Real, const N: usize>(tab: &mut [[T; N]], prior_n: &mut [T; N], mats: &[f64], prior: &[f64], k: usize) {
+    for (code, row) in tab.iter_mut().enumerate() {
+        let (w, l) = (code / k, code % k);
+        for j in 0..k {
+            row[j] = T::from_f64(mats[w * k * k + l * k + j]);
+        }
+    }
+    for j in 0..k {
+        prior_n[j] = T::from_f64(prior[j]);
+    }
+}
+
+/// One E-step over all parts: expected counts and class totals into `counts`/`class_counts`
+/// (overwritten); returns the log-likelihood. Per-part sums are collected, then added in part
+/// order (a parallel sum's order would follow the scheduling).
+#[allow(clippy::too_many_arguments)]
+fn e_step<T: Real, const N: usize>(
+    a: &Answers,
+    bounds: &[usize],
+    bufs: &mut [(Vec<Row<T, N>>, [f64; N])],
+    tab: &[[T; N]],
+    prior_n: &[T; N],
+    counts: &mut [f64],
+    class_counts: &mut [f64],
+) -> f64 {
+    let k = a.n_classes();
+    let nc = tab.len();
+    let lls: Vec<f64> = bufs
+        .par_iter_mut()
+        .enumerate()
+        .map(|(pi, (cb, cl))| {
+            load_rows(cb, cl, tab);
+            pass::<T, N>(a, bounds[pi], bounds[pi + 1], cb, prior_n, cl, None)
+        })
+        .collect();
+    let ll: f64 = lls.iter().sum();
+    counts.iter_mut().for_each(|x| *x = 0.0);
+    class_counts.iter_mut().for_each(|x| *x = 0.0);
+    for (cb, cl) in bufs.iter() {
+        for code in 0..nc {
+            for j in 0..k {
+                counts[code * k + j] += cb[code].c[j].to_f64();
+            }
+        }
+        for j in 0..k {
+            class_counts[j] += cl[j];
+        }
+    }
+    ll
 }
 
 pub(crate) fn final_objective(o: &EmOut) -> f64 {
