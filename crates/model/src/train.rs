@@ -104,16 +104,7 @@ pub fn train_to_dir(req: &TrainRequest<'_>, out_dir: &Path, observer: &mut dyn T
     std::fs::create_dir_all(out_dir).map_err(|e| ModelError::io(out_dir, e))?;
     let _guard = TRAIN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     keep_freed_memory();
-    let (std_train, std_valid);
-    let std_req;
-    let req = if req.model.standardize {
-        (std_train, std_valid) = standardized(req);
-        std_req = TrainRequest { train_set: &std_train, valid_set: std_valid.as_ref(), ..req.clone_config() };
-        &std_req
-    } else {
-        req
-    };
-    let summary = run_train(backend, Fit { req, out_dir: Some(out_dir), observer })?;
+    let summary = with_standardized(req, |req| run_train(backend, Fit { req, out_dir: Some(out_dir), observer }))?;
     write_metrics_csv(&out_dir.join("metrics.csv"), &summary.history)?;
     write_curves(&out_dir.join("curves.png"), &summary.history)?;
     Ok(summary)
@@ -127,29 +118,22 @@ pub fn train_in_memory(req: &TrainRequest<'_>, observer: &mut dyn TrainObserver)
     let backend = req.backend.resolve()?;
     let _guard = TRAIN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     keep_freed_memory();
-    let (std_train, std_valid);
-    let std_req;
-    let req = if req.model.standardize {
-        (std_train, std_valid) = standardized(req);
-        std_req = TrainRequest { train_set: &std_train, valid_set: std_valid.as_ref(), ..req.clone_config() };
-        &std_req
-    } else {
-        req
-    };
-    run_train(backend, Fit { req, out_dir: None, observer })
+    with_standardized(req, |req| run_train(backend, Fit { req, out_dir: None, observer }))
 }
 
-/// The request's images standardised (`ModelConfig::standardize`): copies, the caller's
-/// data untouched.
-fn standardized(req: &TrainRequest<'_>) -> (Dataset, Option<Dataset>) {
-    let mut tr = req.train_set.clone();
-    crate::data::standardize_images(&mut tr.pixels);
-    let va = req.valid_set.map(|v| {
-        let mut v = v.clone();
-        crate::data::standardize_images(&mut v.pixels);
-        v
-    });
-    (tr, va)
+/// Run `f` on the request, its images standardised first when `ModelConfig::standardize`
+/// asks for it (copies: the caller's data untouched).
+fn with_standardized<T>(req: &TrainRequest<'_>, f: impl FnOnce(&TrainRequest<'_>) -> T) -> T {
+    if !req.model.standardize {
+        return f(req);
+    }
+    let copy = |d: &Dataset| {
+        let mut d = d.clone();
+        crate::data::standardize_images(&mut d.pixels);
+        d
+    };
+    let (tr, va) = (copy(req.train_set), req.valid_set.map(copy));
+    f(&TrainRequest { train_set: &tr, valid_set: va.as_ref(), ..req.clone_config() })
 }
 
 impl<'a> TrainRequest<'a> {
