@@ -65,12 +65,14 @@ enum Family {
 
 pub(crate) fn auto(a: &Answers, o: &EmOptions) -> Result<Aggregation> {
     if a.n_answers() <= SCORE_ANSWERS {
-        return choose(a, o);
+        return choose(a, o, false);
     }
     // Large data: choose on the items of a hash-chosen subset (about SCORE_ANSWERS answers,
     // every answer of each chosen item), then fit the winner on everything.
     let sub = subset(a, &scored_items(a));
-    let chosen = choose(&sub, o)?;
+    // Over-relaxed EM for the candidates too: 9 fits of the subset cost more than the refit
+    // (scale case: 1.9 of 3.1 s, classic DS and pooled stopping at 100 iterations).
+    let chosen = choose(&sub, o, true)?;
     let sel = chosen.selection.clone().expect("choose records its selection");
     drop(chosen);
     let best = &sel.candidates[0]; // the chosen one is listed first
@@ -112,8 +114,9 @@ fn subset(a: &Answers, items: &[usize]) -> Answers {
     }
 }
 
-/// Fit every candidate on `a`, score each on `a`'s answers, return the one the rule keeps.
-fn choose(a: &Answers, o: &EmOptions) -> Result<Aggregation> {
+/// Fit every candidate on `a` (with over-relaxed EM when `accel`), score each on `a`'s
+/// answers, return the one the rule keeps.
+fn choose(a: &Answers, o: &EmOptions, accel: bool) -> Result<Aggregation> {
     let k = a.n_classes();
     // The class prior is part of the model: learned (smoothed) and uniform are both fitted
     // unless the user fixed it.
@@ -142,7 +145,7 @@ fn choose(a: &Answers, o: &EmOptions) -> Result<Aggregation> {
         .par_iter()
         .map(|&(m, prior, pname)| -> Result<(Aggregation, Vec<f64>, String)> {
             let om = EmOptions { class_prior: prior.clone(), ..o.clone() };
-            let r = aggregate(a, m, &om)?;
+            let r = if accel { fit_accelerated(a, m, &om)? } else { aggregate(a, m, &om)? };
             let held = |p: &[f64]| -> Option<Vec<f64>> {
                 match prior {
                     ClassPrior::Learned => None,

@@ -11,6 +11,7 @@ use crate::data::Answers;
 use crate::{CrowdError, Result};
 
 use super::mstep::{class_totals, counts_from_posteriors, m_step, per_worker_matrices, vote_counts, Model};
+use super::logprod::LogProd;
 use super::types::EmOptions;
 
 /// Where EM starts.
@@ -52,36 +53,6 @@ pub(crate) fn run_with(a: &Answers, model: Model, init: Init, o: &EmOptions, pri
     }
 }
 
-/// Accumulates a product of positive numbers as mantissa * 2^exponent (no `ln` per factor).
-#[derive(Clone, Copy)]
-pub(crate) struct LogProd {
-    m: f64,
-    e: i64,
-    /// `ln` of factors too extreme for the fast path.
-    slow: f64,
-}
-
-impl LogProd {
-    fn new() -> Self {
-        LogProd { m: 1.0, e: 0, slow: 0.0 }
-    }
-    #[inline(always)]
-    fn mul(&mut self, z: f64) {
-        if !(1e-300..=1e300).contains(&z) {
-            self.slow += z.ln();
-            return;
-        }
-        // m in [1, 2) and z in [1e-300, 1e300]: the product is a normal number.
-        self.m *= z;
-        let bits = self.m.to_bits();
-        let ex = ((bits >> 52) & 0x7ff) as i64;
-        self.e += ex - 1023;
-        self.m = f64::from_bits((bits & !(0x7ffu64 << 52)) | (1023u64 << 52));
-    }
-    fn ln(&self) -> f64 {
-        self.m.ln() + self.e as f64 * std::f64::consts::LN_2 + self.slow
-    }
-}
 
 /// The pass's number type: `f32` on large data (half the cache footprint of the scattered
 /// parameter rows), `f64` on small data, where speed does not matter and single precision's

@@ -14,6 +14,12 @@ use super::types::{Aggregation, EmOptions, Method, ClassPrior};
 /// Fit one model (every method but `Auto`, which chooses among these: see
 /// [`crate::select`]) on `answers`.
 pub fn fit(answers: &Answers, method: Method, opts: &EmOptions) -> Result<Aggregation> {
+    fit_with(answers, method, opts, false)
+}
+
+/// [`fit`]; with `accel`, every EM run in it (the shrunk model's stages included) takes
+/// over-relaxed steps (see [`em::run_em_in`]): the same models and objectives in fewer passes.
+fn fit_with(answers: &Answers, method: Method, opts: &EmOptions, accel: bool) -> Result<Aggregation> {
     let k = answers.n_classes();
     check(answers, opts)?;
     let prior_fixed = fixed_prior(opts, k);
@@ -44,7 +50,7 @@ pub fn fit(answers: &Answers, method: Method, opts: &EmOptions) -> Result<Aggreg
             selection: None,
         });
     }
-    let em = |model: Model, init: Init| -> Result<EmOut> { em::run(answers, model, init, opts, prior_fixed.as_deref()) };
+    let em = |model: Model, init: Init| -> Result<EmOut> { em::run_with(answers, model, init, opts, prior_fixed.as_deref(), accel) };
     if method == Method::Auto {
         return Err(CrowdError::Option {
             option: "method".into(),
@@ -105,19 +111,10 @@ pub fn fit(answers: &Answers, method: Method, opts: &EmOptions) -> Result<Aggreg
 }
 
 /// `method` on `answers` with over-relaxed EM (see [`em::run_em_in`]): the same model and
-/// objective in fewer passes, for the refit of `auto`'s winner on large data. Majority vote
-/// and `shrunk` are fitted as [`fit`] does.
+/// objective in fewer passes, for `auto` on large data (the candidates on the subset and the
+/// winner's refit). Majority vote has no EM; `shrunk`'s EM runs are all over-relaxed.
 pub(crate) fn fit_accelerated(answers: &Answers, method: Method, opts: &EmOptions) -> Result<Aggregation> {
-    let model = match method {
-        Method::DawidSkene => Model::PerWorker,
-        Method::OneCoin => Model::OneCoin,
-        Method::Pooled => Model::Pooled,
-        _ => return fit(answers, method, opts),
-    };
-    check(answers, opts)?;
-    let prior_fixed = fixed_prior(opts, answers.n_classes());
-    let out = em::run_with(answers, model, Init::Votes, opts, prior_fixed.as_deref(), true)?;
-    Ok(from_em(answers, method, out, opts.seed, None, None))
+    fit_with(answers, method, opts, true)
 }
 
 /// The class prior held fixed by `opts` (normalised), or `None` when it is learned.

@@ -17,6 +17,7 @@
 
 pub(crate) mod em;
 pub(crate) mod fit;
+pub(crate) mod logprod;
 pub(crate) mod mstep;
 pub(crate) mod prior;
 pub(crate) mod types;

@@ -4,6 +4,7 @@
 
 use crate::data::Answers;
 
+use super::logprod::LogProd;
 use super::types::EmOptions;
 
 /// Vote fractions per item (uniform for an item without answers).
@@ -148,7 +149,11 @@ pub(crate) fn m_step(
     let mats = match model {
         Model::PerWorker => {
             let m = per_worker_matrices(counts, k, a);
-            log_prior += a * m.iter().map(|x| x.ln()).sum::<f64>();
+            // one `ln` of a running product instead of one per cell (k^2 per worker per
+            // iteration was a tenth of a large fit's time)
+            let mut prod = LogProd::new();
+            m.iter().for_each(|&x| prod.mul(x));
+            log_prior += a * prod.ln();
             m
         }
         Model::Pooled => {
@@ -193,6 +198,9 @@ pub(crate) fn m_step(
         }
         Model::Shrunk(center, strength) => {
             let mut m = vec![0.0; nw * k * k];
+            // a cell's pseudo-count is the same for every worker: sum_w alpha ln v_w =
+            // alpha ln prod_w v_w, one `ln` per cell
+            let mut prods = vec![LogProd::new(); k * k];
             for w in 0..nw {
                 let c = &counts[w * k * k..(w + 1) * k * k];
                 for (j, &s) in strength.iter().enumerate() {
@@ -201,8 +209,13 @@ pub(crate) fn m_step(
                         let alpha = s * center[l * k + j] + a;
                         let v = (c[l * k + j] + alpha) / (n + s + k as f64 * a);
                         m[w * k * k + l * k + j] = v;
-                        log_prior += alpha * v.ln();
+                        prods[l * k + j].mul(v);
                     }
+                }
+            }
+            for (j, &s) in strength.iter().enumerate() {
+                for l in 0..k {
+                    log_prior += (s * center[l * k + j] + a) * prods[l * k + j].ln();
                 }
             }
             m
