@@ -41,7 +41,7 @@
 
 use rayon::prelude::*;
 
-use crate::aggregate::fit::{fit as aggregate, fit_accelerated};
+use crate::aggregate::fit::{fit as aggregate, fit_accelerated, fit_shrunk_from};
 use crate::aggregate::mstep::{class_totals, counts_from_posteriors};
 use crate::aggregate::types::{Aggregation, CandidateScore, ClassPrior, EmOptions, Method, Selection};
 use crate::data::Answers;
@@ -140,12 +140,43 @@ fn choose(a: &Answers, o: &EmOptions, accel: bool) -> Result<Aggregation> {
         }
     }
     // Fitted and scored in parallel (each fit is deterministic on its own); the choice is
-    // then made in the fixed order above, so it does not depend on scheduling.
+    // then made in the fixed order above, so it does not depend on scheduling. `shrunk`
+    // starts from the `pooled` fit with the same prior (its first stage is that fit).
+    let opts_of = |prior: &ClassPrior| EmOptions { class_prior: prior.clone(), ..o.clone() };
+    let mut fitted: Vec<Option<Aggregation>> = specs
+        .par_iter()
+        .map(|&(m, prior, _)| -> Result<Option<Aggregation>> {
+            if m == Method::Shrunk {
+                return Ok(None);
+            }
+            let om = opts_of(prior);
+            Ok(Some(if accel { fit_accelerated(a, m, &om)? } else { aggregate(a, m, &om)? }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let shrunk: Vec<(usize, Aggregation)> = specs
+        .par_iter()
+        .enumerate()
+        .filter(|(_, s)| s.0 == Method::Shrunk)
+        .map(|(i, &(_, prior, pname))| -> Result<(usize, Aggregation)> {
+            let om = opts_of(prior);
+            let pooled = specs.iter().position(|s| s.0 == Method::Pooled && s.2 == pname).and_then(|j| fitted[j].as_ref());
+            let r = match pooled {
+                Some(p) => fit_shrunk_from(a, &om, accel, p)?,
+                None if accel => fit_accelerated(a, Method::Shrunk, &om)?,
+                None => aggregate(a, Method::Shrunk, &om)?,
+            };
+            Ok((i, r))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (i, r) in shrunk {
+        fitted[i] = Some(r);
+    }
     let fits: Vec<(Aggregation, Vec<f64>, String)> = specs
         .par_iter()
-        .map(|&(m, prior, pname)| -> Result<(Aggregation, Vec<f64>, String)> {
-            let om = EmOptions { class_prior: prior.clone(), ..o.clone() };
-            let r = if accel { fit_accelerated(a, m, &om)? } else { aggregate(a, m, &om)? };
+        .zip(fitted.into_par_iter())
+        .map(|(&(m, prior, pname), r)| -> Result<(Aggregation, Vec<f64>, String)> {
+            let om = opts_of(prior);
+            let r = r.expect("every candidate fitted above");
             let held = |p: &[f64]| -> Option<Vec<f64>> {
                 match prior {
                     ClassPrior::Learned => None,
@@ -470,10 +501,12 @@ fn heldout_loglik(a: &Answers, fam: &Family, q: &[f64], prior_fixed: Option<&[f6
                 }
             }
         }
+        // each ln once (the same values as taking them twice)
+        let ln_theta: Vec<f64> = theta.iter().map(|x| x.max(1e-300).ln()).collect();
         let mut base: Vec<f64> = prior.iter().map(|p| p.max(1e-300).ln()).collect();
         for t in 0..n {
             for j in 0..k {
-                base[j] += theta[t * k + j].max(1e-300).ln();
+                base[j] += ln_theta[t * k + j];
             }
         }
         let mut ll = 0.0;
@@ -481,7 +514,7 @@ fn heldout_loglik(a: &Answers, fam: &Family, q: &[f64], prior_fixed: Option<&[f6
         for t in 0..n {
             let th = &theta[t * k..(t + 1) * k];
             for j in 0..k {
-                s[j] = base[j] - th[j].max(1e-300).ln();
+                s[j] = base[j] - ln_theta[t * k + j];
             }
             let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let (mut z, mut pred) = (0.0, 0.0);

@@ -57,8 +57,6 @@ fn fit_with(answers: &Answers, method: Method, opts: &EmOptions, accel: bool) ->
             message: "auto chooses among the models: fit it with `aggregate`".into(),
         });
     }
-    let mut shrink_strength = None;
-    let mut shrink_center = None;
     let out = match method {
         Method::MajorityVote | Method::Auto => unreachable!("handled above"),
         Method::DawidSkene => em(Model::PerWorker, Init::Votes)?,
@@ -68,46 +66,62 @@ fn fit_with(answers: &Answers, method: Method, opts: &EmOptions, accel: bool) ->
             // Stage 1: one matrix for everyone (well determined even on sparse data);
             // stage 2: per-worker matrices with that matrix as their Dirichlet prior mean.
             let stage1 = em(Model::Pooled, Init::Votes)?;
-            let mut center = stage1.pooled.clone();
-            let mut strength = match opts.shrink_strength {
-                Some(s) => vec![s; k],
-                None => estimate_concentrations(&counts_from_posteriors(answers, &stage1.posteriors), &center, k),
-            };
-            let mut out = stage1;
-            // Empirical Bayes, refined: re-estimate centre and concentrations from the
-            // shrunk model's posteriors (better than the pooled model's on heterogeneous
-            // crowds), then MAP EM with them held fixed. A given strength skips this.
-            let rounds = if opts.shrink_strength.is_none() { EB_ROUNDS } else { 1 };
-            for round in 0..rounds {
-                if round > 0 {
-                    let counts = counts_from_posteriors(answers, &out.posteriors);
-                    center = pooled_matrix(&counts, k, opts.smoothing);
-                    strength = estimate_concentrations(&counts, &center, k);
-                }
-                let model = Model::Shrunk(center.clone(), strength.clone());
-                let next = em(model.clone(), Init::Posteriors(&out.posteriors))?;
-                out = if round + 1 == rounds {
-                    // EM finds a local optimum: also start the final fit from majority vote
-                    // and keep the higher MAP objective (same model, so the two compare).
-                    let from_mv = em(model, Init::Votes)?;
-                    // Only a real gain counts: two fits of one optimum differ by rounding, and
-                    // that must not decide (permuting items would flip the choice).
-                    let (a, b) = (final_objective(&from_mv), final_objective(&next));
-                    if a > b + 1e-9 * b.abs() {
-                        from_mv
-                    } else {
-                        next
-                    }
-                } else {
-                    next
-                };
-            }
-            shrink_strength = Some(strength);
-            shrink_center = Some(center);
-            out
+            return shrunk_stages(answers, opts, accel, &stage1.posteriors, &stage1.pooled);
         }
     };
-    Ok(from_em(answers, method, out, opts.seed, shrink_strength, shrink_center))
+    Ok(from_em(answers, method, out, opts.seed, None, None))
+}
+
+/// `shrunk` from its first stage, a `pooled` fit with the same options (`auto` fits that
+/// model anyway: its result is reused, the same numbers as fitting it again).
+pub(crate) fn fit_shrunk_from(answers: &Answers, opts: &EmOptions, accel: bool, pooled: &Aggregation) -> Result<Aggregation> {
+    check(answers, opts)?;
+    shrunk_stages(answers, opts, accel, &pooled.posteriors, &pooled.pooled_matrix)
+}
+
+/// `shrunk`'s second stage: per-worker matrices with a Dirichlet prior centred on the pooled
+/// matrix, its strengths by empirical Bayes.
+fn shrunk_stages(answers: &Answers, opts: &EmOptions, accel: bool, stage1_posteriors: &[f64], stage1_pooled: &[f64]) -> Result<Aggregation> {
+    let k = answers.n_classes();
+    let prior_fixed = fixed_prior(opts, k);
+    let em = |model: Model, init: Init| -> Result<EmOut> { em::run_with(answers, model, init, opts, prior_fixed.as_deref(), accel) };
+    let mut center = stage1_pooled.to_vec();
+    let mut strength = match opts.shrink_strength {
+        Some(s) => vec![s; k],
+        None => estimate_concentrations(&counts_from_posteriors(answers, stage1_posteriors), &center, k),
+    };
+    let mut prev: Option<EmOut> = None;
+    // Empirical Bayes, refined: re-estimate centre and concentrations from the shrunk
+    // model's posteriors (better than the pooled model's on heterogeneous crowds), then
+    // MAP EM with them held fixed. A given strength skips this.
+    let rounds = if opts.shrink_strength.is_none() { EB_ROUNDS } else { 1 };
+    for round in 0..rounds {
+        let last_post: &[f64] = prev.as_ref().map_or(stage1_posteriors, |o| &o.posteriors);
+        if round > 0 {
+            let counts = counts_from_posteriors(answers, last_post);
+            center = pooled_matrix(&counts, k, opts.smoothing);
+            strength = estimate_concentrations(&counts, &center, k);
+        }
+        let model = Model::Shrunk(center.clone(), strength.clone());
+        let next = em(model.clone(), Init::Posteriors(last_post))?;
+        prev = Some(if round + 1 == rounds {
+            // EM finds a local optimum: also start the final fit from majority vote and
+            // keep the higher MAP objective (same model, so the two compare).
+            let from_mv = em(model, Init::Votes)?;
+            // Only a real gain counts: two fits of one optimum differ by rounding, and that
+            // must not decide (permuting items would flip the choice).
+            let (a, b) = (final_objective(&from_mv), final_objective(&next));
+            if a > b + 1e-9 * b.abs() {
+                from_mv
+            } else {
+                next
+            }
+        } else {
+            next
+        });
+    }
+    let out = prev.expect("at least one round");
+    Ok(from_em(answers, Method::Shrunk, out, opts.seed, Some(strength), Some(center)))
 }
 
 /// `method` on `answers` with over-relaxed EM (see [`em::run_em_in`]): the same model and
