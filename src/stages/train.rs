@@ -348,6 +348,11 @@ impl Stage for Train {
             required: false,
             doc: "validation ImageFolder: <root>/<class>/*.jpg (optional: without it, valid_fraction of the items are held out)",
         },
+        InputDecl {
+            name: "init",
+            required: false,
+            doc: "another train stage's model (one model, the same network and classes): training starts from its weights (fine-tuning, e.g. after pretraining on synthetic faces)",
+        },
     ];
     // Where it ran is provenance: a model trained on a GPU is reused on a CPU machine.
     const PROVENANCE_PARAMS: &'static [&'static str] = &["backend"];
@@ -392,6 +397,19 @@ impl Stage for Train {
             model.classes = c;
         }
         let classes = model.classes.clone();
+        // Checked before any image is decoded: a model of another network or class list
+        // cannot start this training.
+        let init = match ctx.inputs.get("init") {
+            Some(dir) => {
+                pipeline_model::artifact::check_init(dir, &model).map_err(|e| match e {
+                    ModelError::BadFile { path, message } => StageError::bad_file(path, format!("input \"init\": {message}")),
+                    ModelError::Io { path, source } => StageError::bad_file(path, format!("input \"init\" is not a model directory: {source}")),
+                    other => model_error(other),
+                })?;
+                Some(dir.clone())
+            }
+            None => None,
+        };
         ctx.progress.set_message("decoding images");
         let (all, rows) = load_manifest_rows(ctx.input("images")?, &classes).map_err(model_error)?;
         ctx.cancel.check()?;
@@ -567,6 +585,7 @@ impl Stage for Train {
                 train_set,
                 valid_set: Some(valid_set),
                 weights: weights.clone(),
+                init: init.clone(),
                 backend: backend_choice(p.backend),
             };
             let (dir, prefix) = if k == 1 {
@@ -796,6 +815,36 @@ mod tests {
         assert!(e.contains("is not a .mpk record"), "{e}");
         std::fs::write(&cfg_path, &cfg).unwrap();
         assert!(pipeline_model::load_artifact(&out).is_ok());
+    }
+
+    #[test]
+    fn init_starts_from_another_train_output_and_refuses_what_cannot_start_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let images = augmented(tmp.path(), 6);
+        let mut p = TrainParams::default();
+        p.train.epochs = 1;
+        let base = tmp.path().join("base");
+        train(&p, &images, &base).unwrap();
+        let with_init = |p: &TrainParams, init: &Path, out: &str| {
+            let out = tmp.path().join(out);
+            std::fs::create_dir_all(&out).unwrap();
+            let inputs = BTreeMap::from([("images".to_string(), images.clone()), ("init".to_string(), init.to_path_buf())]);
+            crate::stages::test_run::<Train>(p, &inputs, &out, &images, None)
+        };
+        with_init(&p, &base, "tuned").unwrap();
+        assert!(pipeline_model::load_artifact(&tmp.path().join("tuned")).is_ok());
+        // another network: refused before any image is decoded, naming the input and field
+        let wider = TrainParams { cnn_dense: 64, ..p.clone() };
+        let e = with_init(&wider, &base, "wider").unwrap_err().to_string();
+        assert!(e.contains("input \"init\"") && e.contains("cnn_dense 128 (this training: 64)"), "{e}");
+        // an ensemble cannot start one model
+        let ens = TrainParams { ensemble: 2, ..p.clone() };
+        train(&ens, &images, &tmp.path().join("ens")).unwrap();
+        let e = with_init(&p, &tmp.path().join("ens"), "from-ens").unwrap_err().to_string();
+        assert!(e.contains("input \"init\"") && e.contains("ensemble of 2 members"), "{e}");
+        // not a model at all
+        let e = with_init(&p, &images, "from-images").unwrap_err().to_string();
+        assert!(e.contains("input \"init\" is not a model directory"), "{e}");
     }
 
     #[test]

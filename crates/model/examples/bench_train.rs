@@ -87,7 +87,7 @@ fn main() {
         ds.len(),
         resolved.describe()
     );
-    let req = TrainRequest { model, train: tc, train_set: &ds, valid_set: None, weights: None, backend };
+    let req = TrainRequest { model, train: tc, train_set: &ds, valid_set: None, weights: None, init: None, backend };
     let s = train_in_memory(&req, &mut Print).unwrap_or_else(|e| panic!("{e}"));
     let rest: Vec<f64> = s.history.iter().skip(1).map(|m| m.images_per_sec).collect();
     let ips = if rest.is_empty() { s.history[0].images_per_sec } else { rest.iter().sum::<f64>() / rest.len() as f64 };

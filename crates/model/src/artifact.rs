@@ -112,6 +112,48 @@ pub fn load_artifact(dir: &Path) -> Result<ModelArtifact> {
     Ok(artifact)
 }
 
+/// Check that the model in `dir` can start a training of `model` (fine-tuning): one model,
+/// not an ensemble, with the same network, input handling and classes in the same order
+/// (`freeze` aside, a training choice). Returns the artifact.
+pub fn check_init(dir: &Path, model: &ModelConfig) -> Result<ModelArtifact> {
+    let artifact = load_artifact(dir)?;
+    let path = dir.join(ARTIFACT_CONFIG);
+    if !artifact.config.members.is_empty() {
+        return Err(ModelError::bad_file(&path, format!("an ensemble of {} members: start from one model", artifact.config.members.len())));
+    }
+    let theirs = &artifact.config.model;
+    let differs: Vec<String> = [
+        ("kind", format!("{:?}", theirs.kind), format!("{:?}", model.kind)),
+        ("classes", format!("{:?}", theirs.classes), format!("{:?}", model.classes)),
+        ("cnn_channels", format!("{:?}", theirs.cnn_channels), format!("{:?}", model.cnn_channels)),
+        ("cnn_dense", theirs.cnn_dense.to_string(), model.cnn_dense.to_string()),
+        ("cnn_dropout", theirs.cnn_dropout.to_string(), model.cnn_dropout.to_string()),
+        ("vgg_width_divisor", theirs.vgg_width_divisor.to_string(), model.vgg_width_divisor.to_string()),
+        ("standardize", theirs.standardize.to_string(), model.standardize.to_string()),
+    ]
+    .into_iter()
+    .filter(|(_, a, b)| a != b)
+    .map(|(f, a, b)| format!("{f} {a} (this training: {b})"))
+    .collect();
+    if !differs.is_empty() {
+        return Err(ModelError::bad_file(&path, format!("not the network being trained: {}", differs.join(", "))));
+    }
+    Ok(artifact)
+}
+
+/// `net` with the weights of the model in `dir` (checked by [`check_init`]). The caller holds
+/// the training lock (loading into a built net draws nothing from the RNG).
+pub(crate) fn load_init<B: crate::ModelBackend>(net: Net<B>, dir: &Path, model: &ModelConfig, device: &B::Device) -> Result<Net<B>> {
+    let artifact = check_init(dir, model)?;
+    let record = artifact.dir.join(&artifact.config.record);
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| net.load_file(record.with_extension(""), &recorder, device)));
+    match loaded {
+        Ok(r) => r.map_err(|e| ModelError::bad_file(&record, format!("cannot load record: {e}"))),
+        Err(_) => Err(ModelError::bad_file(&record, "the record does not match the network in config.json (another architecture or class count)")),
+    }
+}
+
 /// `a/b.mpk`: no root, no `..`, no `.`, not empty.
 fn is_plain_relative(p: &str) -> bool {
     let path = Path::new(p);

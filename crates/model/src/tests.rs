@@ -46,7 +46,7 @@ fn tiny_train() -> TrainConfig {
 }
 
 fn train(dir: &Path, train: &Dataset, valid: &Dataset, model: ModelConfig, tc: TrainConfig, weights: Option<PathBuf>) -> crate::TrainSummary {
-    let req = TrainRequest { model, train: tc, train_set: train, valid_set: Some(valid), weights, backend: BackendChoice::Cpu };
+    let req = TrainRequest { model, train: tc, train_set: train, valid_set: Some(valid), weights, init: None, backend: BackendChoice::Cpu };
     train_to_dir(&req, dir, &mut NoObserver).unwrap()
 }
 
@@ -425,4 +425,44 @@ fn standardize_image_gives_zero_mean_unit_variance_and_keeps_a_flat_image_finite
     let mut flat = vec![0.5f32; crate::data::PIXELS];
     crate::data::standardize_image(&mut flat);
     assert!(flat.iter().all(|v| *v == 0.0));
+}
+
+#[test]
+fn training_from_init_starts_from_its_weights_and_refuses_another_network() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let classes = crate::default_classes();
+    image_folder(&d.path().join("train"), 3);
+    image_folder(&d.path().join("valid"), 1);
+    let tr = load_image_folder(&d.path().join("train"), &classes).unwrap();
+    let va = load_image_folder(&d.path().join("valid"), &classes).unwrap();
+    let base = d.path().join("base");
+    let s = train(&base, &tr, &va, tiny_model(), tiny_train(), None);
+    assert!(s.val_accuracy.unwrap() >= 6.0 / 7.0, "{:?}", s.history);
+    // One epoch at a learning rate too small to learn anything: only a net that starts
+    // from the trained weights separates the bands.
+    let still = TrainConfig { lr: 1e-7, epochs: 1, ..tiny_train() };
+    let run = |dir: &str, model: ModelConfig, init: Option<PathBuf>| {
+        let req = TrainRequest { model, train: still.clone(), train_set: &tr, valid_set: Some(&va), weights: None, init, backend: BackendChoice::Cpu };
+        train_to_dir(&req, &d.path().join(dir), &mut NoObserver)
+    };
+    let tuned = run("tuned", tiny_model(), Some(base.clone())).unwrap();
+    assert!(tuned.history[0].val_accuracy.unwrap() >= 6.0 / 7.0, "{:?}", tuned.history);
+    let fresh = run("fresh", tiny_model(), None).unwrap();
+    assert!(fresh.history[0].val_accuracy.unwrap() < 0.5, "{:?}", fresh.history);
+    // Another network, other classes, or no model at all: an error naming what differs.
+    let wider = ModelConfig { cnn_channels: vec![4, 16], ..tiny_model() };
+    let err = run("wider", wider, Some(base.clone())).unwrap_err().to_string();
+    assert!(err.contains("cnn_channels [4, 8] (this training: [4, 16])") && err.contains("config.json"), "{err}");
+    let mut reversed = tiny_model();
+    reversed.classes.reverse();
+    let err = run("reversed", reversed, Some(base.clone())).unwrap_err().to_string();
+    assert!(err.contains("classes"), "{err}");
+    let standardized = ModelConfig { standardize: true, ..tiny_model() };
+    let err = run("std", standardized, Some(base.clone())).unwrap_err().to_string();
+    assert!(err.contains("standardize false (this training: true)"), "{err}");
+    let err = run("none", tiny_model(), Some(d.path().join("valid"))).unwrap_err().to_string();
+    assert!(err.contains("config.json"), "{err}");
+    // Nothing was written for the refused ones.
+    assert!(!d.path().join("wider").exists());
 }

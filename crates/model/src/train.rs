@@ -80,6 +80,9 @@ pub struct TrainRequest<'a> {
     pub valid_set: Option<&'a Dataset>,
     /// Pretrained conv weights (vgg16 only).
     pub weights: Option<PathBuf>,
+    /// A model directory (another `train`'s output) whose weights training starts from
+    /// (fine-tuning): the same network and classes, checked by [`check_init`].
+    pub init: Option<PathBuf>,
     pub backend: BackendChoice,
 }
 
@@ -99,6 +102,9 @@ pub fn train_to_dir(req: &TrainRequest<'_>, out_dir: &Path, observer: &mut dyn T
     check_dataset(req.train_set, &req.model, "train")?;
     if let Some(v) = req.valid_set {
         check_dataset(v, &req.model, "valid")?;
+    }
+    if let Some(dir) = &req.init {
+        crate::artifact::check_init(dir, &req.model)?; // before anything is written
     }
     let backend = req.backend.resolve()?;
     std::fs::create_dir_all(out_dir).map_err(|e| ModelError::io(out_dir, e))?;
@@ -145,6 +151,7 @@ impl<'a> TrainRequest<'a> {
             train_set: self.train_set,
             valid_set: self.valid_set,
             weights: self.weights.clone(),
+            init: self.init.clone(),
             backend: self.backend,
         }
     }
@@ -199,6 +206,10 @@ impl TrainTask for Fit<'_, '_> {
         B::seed(&device, req.train.seed);
         let net = req.model.init::<B>(&device);
         let net = crate::weights::apply_pretrained(net, req.weights.as_deref(), req.model.freeze, &device)?;
+        let net = match &req.init {
+            Some(dir) => crate::artifact::load_init::<B>(net, dir, &req.model, &device)?,
+            None => net,
+        };
         let tc = &req.train;
         let wd = (tc.weight_decay > 0.0).then(|| WeightDecayConfig::new(tc.weight_decay as f32));
         let (best, mut summary) = match tc.optimizer {
