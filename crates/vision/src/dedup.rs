@@ -20,7 +20,8 @@
 //! 2012, run as a batch join): the 256 bits are cut into `max_distance + 1` chunks; two
 //! hashes that differ in at most `max_distance` bits agree exactly on one chunk (pigeonhole),
 //! so only pairs sharing a chunk value are compared. 100k queries against 100k references
-//! take seconds on 2 cores (test `index_is_fast_at_100k`).
+//! take seconds on 2 cores (`bench/leakage` times it beside faiss; test
+//! `index_finds_exactly_the_planted_matches_at_100k` checks the answer at that size, untimed).
 //!
 //! Threshold: [`DEFAULT_NEAR_DISTANCE`] (see there for the measurements behind it).
 
