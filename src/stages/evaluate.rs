@@ -32,7 +32,7 @@ pub struct EvaluateParams {
     /// Test images that duplicate images the model trained or was selected on: `error`
     /// (default) fails the stage, `warn` reports the counts, `off` does not check.
     pub leakage: LeakageMode,
-    /// Near duplicates: largest pHash Hamming distance (bits of 64) that counts.
+    /// Near duplicates: largest pHash Hamming distance (bits of 256) that counts.
     pub leakage_distance: u32,
 }
 
@@ -66,7 +66,7 @@ impl Stage for Evaluate {
             return Err(StageError::bad_param("top_k", "must be in 1..=7"));
         }
         if p.leakage_distance > 32 {
-            return Err(StageError::bad_param("leakage_distance", "at most 32 bits of 64 (8 is the measured default)"));
+            return Err(StageError::bad_param("leakage_distance", format!("at most 32 bits of {} ({} is the measured default)", pipeline_vision::dedup::PHASH_BITS, pipeline_vision::dedup::DEFAULT_NEAR_DISTANCE)));
         }
         Ok(())
     }

@@ -102,7 +102,7 @@ pub struct TrainParams {
     /// Validation images that duplicate training images: `error` (default) fails the stage,
     /// `warn` goes on and says so, `off` does not check.
     pub leakage: LeakageMode,
-    /// Near duplicates: largest pHash Hamming distance (bits of 64) that counts.
+    /// Near duplicates: largest pHash Hamming distance (bits of 256) that counts.
     pub leakage_distance: u32,
     /// Train this many models and predict with the mean of their class probabilities
     /// (1 = one model). Without a `valid` input the labelled items are split into
@@ -381,7 +381,7 @@ impl Stage for Train {
             return Err(StageError::bad_param("valid_fraction", "must be in (0, 1), e.g. 0.15"));
         }
         if p.leakage_distance > 32 {
-            return Err(StageError::bad_param("leakage_distance", "at most 32 bits of 64 (8 is the measured default)"));
+            return Err(StageError::bad_param("leakage_distance", format!("at most 32 bits of {} ({} is the measured default)", pipeline_vision::dedup::PHASH_BITS, pipeline_vision::dedup::DEFAULT_NEAR_DISTANCE)));
         }
         if !(1..=MAX_ENSEMBLE).contains(&p.ensemble) {
             return Err(StageError::bad_param("ensemble", format!("members to train: 1 (one model) to {MAX_ENSEMBLE}")));
@@ -845,6 +845,14 @@ mod tests {
         // not a model at all
         let e = with_init(&p, &images, "from-images").unwrap_err().to_string();
         assert!(e.contains("input \"init\" is not a model directory"), "{e}");
+    }
+
+    #[test]
+    fn a_leakage_distance_beyond_the_limit_names_the_hash_size_and_the_default() {
+        let p = TrainParams { leakage_distance: 33, ..Default::default() };
+        let e = <Train as Stage>::check_params(&p).unwrap_err().to_string();
+        // the pHash has 256 bits (it said 64, and a default of 8, from an older hash)
+        assert!(e.contains("at most 32 bits of 256 (24 is the measured default)"), "{e}");
     }
 
     #[test]

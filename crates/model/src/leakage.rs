@@ -161,7 +161,7 @@ pub struct Leakage {
     pub exact: usize,
     /// Checked images within the pHash threshold of one (not exact).
     pub near: usize,
-    /// The pHash threshold used (bits of 64).
+    /// The pHash threshold used (bits of 256).
     pub max_distance: u32,
     /// The first few, `valid/angry/angry_00.jpg == training image results/angry/angry_00.jpg`.
     pub examples: Vec<String>,

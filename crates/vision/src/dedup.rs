@@ -54,7 +54,7 @@ pub const DEFAULT_NEAR_DISTANCE: u32 = 24;
 
 /// Side of the grayscale image the pHash's DCT runs on.
 const PHASH_SIDE: usize = 32;
-/// Low-frequency block kept (8x8 = 64 bits).
+/// Low-frequency block kept (16x16 = 256 bits).
 const PHASH_LOW: usize = 16;
 /// Bits of a pHash (the 16x16 low-frequency block).
 pub const PHASH_BITS: u32 = (PHASH_LOW * PHASH_LOW) as u32;
