@@ -545,6 +545,7 @@ impl StageTask {
         let (cache, cancel, pipeline, up) = (self.cache.clone(), self.cancel.clone(), self.p.clone(), self.upstream.clone());
         let upload_to = self.remote.clone().filter(|(_, m)| *m == RemoteMode::ReadWrite).map(|(r, _)| r);
         let (n3, key3, run_id) = (node.clone(), key.clone(), self.run_id);
+        let hashed_before = resolved.digests.clone();
         let exec_info: Arc<std::sync::Mutex<Option<ExecInfo>>> = Arc::default();
         let (executor, exec_slot) = (self.executor.clone(), exec_info.clone());
         let result = tokio::task::spawn_blocking(move || -> Result<(Entry, StageOutcome, Option<RemoteActivity>), String> {
@@ -589,6 +590,16 @@ impl StageTask {
             *exec_slot.lock().unwrap_or_else(|e| e.into_inner()) = executed.info;
             let result = executed.result;
             check_views()?;
+            // Inputs outside the cache (files and directories named by path) are read in
+            // place: one that changed while the stage ran would store an output made from
+            // other bytes under the key of the first ones. Hash them again.
+            if result.is_ok() && n3.inputs.values().any(|src| !matches!(src, InputSource::Stage { .. })) {
+                let now = resolve_inputs(&cache, &n3, &|s| up.get(s).cloned()).map_err(|e| e.to_string())?;
+                if let Some((name, _)) = now.digests.iter().find(|(name, d)| hashed_before.get(*name) != Some(*d)) {
+                    let from = n3.inputs.get(name).map(|s| s.describe()).unwrap_or_default();
+                    return Err(format!("input `{name}` ({from}) changed while the stage ran; nothing was committed: run it again"));
+                }
+            }
             let outcome = match result {
                 Ok(o) => o,
                 Err(StageError::Cancelled) => return Err("cancelled".into()),

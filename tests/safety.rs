@@ -823,3 +823,26 @@ fn a_refused_export_writes_nothing_inside_or_outside_the_destination() {
     assert!(!s.path().join("dest/a").exists(), "a file was written before the refusal");
     s.verify_clean();
 }
+
+/// An input named by path is read in place: if it changes while the stage runs, the output
+/// was made from other bytes than the key says. Found by a hostile pass (a model swapped
+/// under a fine-tuning stage's `init` was cached under the first model's key).
+#[test]
+fn an_input_file_that_changes_while_its_stage_runs_is_not_cached_under_the_old_key() {
+    let s = Sandbox::new();
+    let f = s.write("data/in.txt", "first");
+    s.write(
+        "t.json",
+        r#"{"name":"t","stages":{"a":{"kind":"command","inputs":{"x":"data"},
+            "params":{"cmd":"cat $IN_x/in.txt > $OUT/copy.txt; printf second > $IN_x/in.txt"}}}}"#,
+    );
+    let o = s.run(&["run", "t.json"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(all.contains("input `x`") && all.contains("changed while the stage ran"), "{all}");
+    // nothing stored under the key of "first": with "first" back, the stage runs again
+    std::fs::write(&f, "first").unwrap();
+    let plan = s.run(&["plan", "t.json"]);
+    assert!(stdout(&plan).contains("miss"), "{}", stdout(&plan));
+    s.verify_clean();
+}

@@ -400,6 +400,10 @@ impl Stage for Train {
         // Checked before any image is decoded: a model of another network or class list
         // cannot start this training.
         let init = match ctx.inputs.get("init") {
+            Some(_) if p.weights.is_some() => {
+                // both would set the starting weights; init's would silently win
+                return Err(StageError::bad_param("weights", "input \"init\" gives the starting weights too: give one of them"));
+            }
             Some(dir) => {
                 pipeline_model::artifact::check_init(dir, &model).map_err(|e| match e {
                     ModelError::BadFile { path, message } => StageError::bad_file(path, format!("input \"init\": {message}")),

@@ -53,10 +53,20 @@ pub struct ModelArtifact {
 
 /// Read `<dir>/config.json` and check the record is there.
 pub fn load_artifact(dir: &Path) -> Result<ModelArtifact> {
+    load_artifact_at(dir, false)
+}
+
+/// `as_member`: read as an ensemble's member, which must be one model: its config is
+/// refused before anything it lists is followed (a member directory that is the ensemble's
+/// own, or lists itself, recursed until the stack overflowed).
+fn load_artifact_at(dir: &Path, as_member: bool) -> Result<ModelArtifact> {
     let path = dir.join(ARTIFACT_CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
     let config: ArtifactConfig =
         serde_json::from_str(&text).map_err(|e| ModelError::bad_file(&path, format!("not a model config: {e}")))?;
+    if as_member && (!config.members.is_empty() || config.format != ARTIFACT_FORMAT) {
+        return Err(ModelError::bad_file(&path, "an ensemble member is itself an ensemble"));
+    }
     let expected = if config.members.is_empty() { ARTIFACT_FORMAT } else { ENSEMBLE_FORMAT };
     if config.format != expected {
         return Err(ModelError::bad_file(
@@ -89,10 +99,7 @@ pub fn load_artifact(dir: &Path) -> Result<ModelArtifact> {
             // A member is a model directory of its own: its net and classes must be the
             // ensemble's, or its probabilities would be averaged in another class order.
             let member_dir = record.parent().unwrap_or(dir);
-            let member = load_artifact(member_dir)?;
-            if !member.config.members.is_empty() {
-                return Err(ModelError::bad_file(&member_dir.join(ARTIFACT_CONFIG), "an ensemble member is itself an ensemble"));
-            }
+            let member = load_artifact_at(member_dir, true)?;
             if member.config.record != Path::new(rel).file_name().and_then(|n| n.to_str()).unwrap_or_default() {
                 return Err(ModelError::bad_file(
                     &member_dir.join(ARTIFACT_CONFIG),
@@ -123,7 +130,7 @@ pub fn check_init(dir: &Path, model: &ModelConfig) -> Result<ModelArtifact> {
     }
     let theirs = &artifact.config.model;
     let differs: Vec<String> = [
-        ("kind", format!("{:?}", theirs.kind), format!("{:?}", model.kind)),
+        ("kind", format!("{:?}", theirs.kind).to_lowercase(), format!("{:?}", model.kind).to_lowercase()),
         ("classes", format!("{:?}", theirs.classes), format!("{:?}", model.classes)),
         ("cnn_channels", format!("{:?}", theirs.cnn_channels), format!("{:?}", model.cnn_channels)),
         ("cnn_dense", theirs.cnn_dense.to_string(), model.cnn_dense.to_string()),
@@ -146,11 +153,23 @@ pub fn check_init(dir: &Path, model: &ModelConfig) -> Result<ModelArtifact> {
 pub(crate) fn load_init<B: crate::ModelBackend>(net: Net<B>, dir: &Path, model: &ModelConfig, device: &B::Device) -> Result<Net<B>> {
     let artifact = check_init(dir, model)?;
     let record = artifact.dir.join(&artifact.config.record);
+    load_checked(net, &record, device, "the model to start from (init): ")
+}
+
+/// Load `record` into `net` (built from the config next to it), refusing a record of
+/// another network: burn panics on some mismatched shapes and silently takes others (a
+/// record of a wider net loaded into a narrower config and trained on), so the loaded
+/// net's parameter count must be the config's.
+fn load_checked<B: crate::ModelBackend>(net: Net<B>, record: &Path, device: &B::Device, what: &str) -> Result<Net<B>> {
+    let want = net.num_params();
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| net.load_file(record.with_extension(""), &recorder, device)));
+    let mismatch = || ModelError::bad_file(record, format!("{what}the record does not match the network in config.json (another architecture or class count)"));
     match loaded {
-        Ok(r) => r.map_err(|e| ModelError::bad_file(&record, format!("cannot load record: {e}"))),
-        Err(_) => Err(ModelError::bad_file(&record, "the record does not match the network in config.json (another architecture or class count)")),
+        Ok(Ok(net)) if net.num_params() == want => Ok(net),
+        Ok(Ok(_)) => Err(mismatch()),
+        Ok(Err(e)) => Err(ModelError::bad_file(record, format!("{what}cannot load record: {e}"))),
+        Err(_) => Err(mismatch()),
     }
 }
 
@@ -195,16 +214,8 @@ impl ModelArtifact {
         let names = self.record_names();
         let (_, rel) = names.get(m).ok_or_else(|| ModelError::Data(format!("no ensemble member {m}")))?;
         let record = self.dir.join(rel);
-        let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-        // A record of another network (shapes that do not match the config) makes burn panic
-        // while loading: turn that into an error naming the file.
+        // A record of another network is an error naming the file (see `load_checked`).
         let _rng = crate::train::TRAIN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.config.model.init::<B>(device).load_file(record.with_extension(""), &recorder, device)
-        }));
-        match loaded {
-            Ok(r) => r.map_err(|e| ModelError::bad_file(&record, format!("cannot load record: {e}"))),
-            Err(_) => Err(ModelError::bad_file(&record, "the record does not match the network in config.json (another architecture or class count)")),
-        }
+        load_checked(self.config.model.init::<B>(device), &record, device, "")
     }
 }

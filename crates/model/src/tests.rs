@@ -465,4 +465,30 @@ fn training_from_init_starts_from_its_weights_and_refuses_another_network() {
     assert!(err.contains("config.json"), "{err}");
     // Nothing was written for the refused ones.
     assert!(!d.path().join("wider").exists());
+
+    // A config that matches over a record that does not (a wider net's weights): burn took
+    // those silently and trained a wider net labelled as the narrow one; now refused, for
+    // init and for loading alike, naming the record.
+    let wide_dir = d.path().join("wide");
+    train(&wide_dir, &tr, &va, ModelConfig { cnn_channels: vec![4, 16], ..tiny_model() }, TrainConfig { epochs: 1, ..tiny_train() }, None);
+    let forged = d.path().join("forged");
+    std::fs::create_dir_all(&forged).unwrap();
+    std::fs::copy(base.join("config.json"), forged.join("config.json")).unwrap();
+    std::fs::copy(wide_dir.join("model.mpk"), forged.join("model.mpk")).unwrap();
+    let err = run("from-forged", tiny_model(), Some(forged.clone())).unwrap_err().to_string();
+    assert!(err.contains("the model to start from (init)") && err.contains("does not match the network") && err.contains("model.mpk"), "{err}");
+    let err = crate::load_artifact(&forged).unwrap().load_net::<Flex>(&Default::default()).unwrap_err().to_string();
+    assert!(err.contains("does not match the network"), "{err}");
+
+    // An ensemble whose member is its own directory: an error, not a stack overflow.
+    let selfish = d.path().join("selfish");
+    std::fs::create_dir_all(&selfish).unwrap();
+    std::fs::copy(base.join("model.mpk"), selfish.join("model.mpk")).unwrap();
+    let cfg = std::fs::read_to_string(base.join("config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    v["format"] = "pipeline-model/ensemble-1".into();
+    v["members"] = serde_json::json!(["model.mpk"]);
+    std::fs::write(selfish.join("config.json"), v.to_string()).unwrap();
+    let err = crate::load_artifact(&selfish).unwrap_err().to_string();
+    assert!(err.contains("an ensemble member is itself an ensemble"), "{err}");
 }
