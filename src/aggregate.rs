@@ -313,8 +313,11 @@ fn staging_dir(out: &Path) -> anyhow::Result<tempfile::TempDir> {
     tempfile::Builder::new().prefix(".aggregate-").tempdir_in(&parent).with_context(|| format!("creating a staging directory in {}", parent.display()))
 }
 
-/// Move the staged files into `out`: the whole directory when `out` is new or empty, else (with
-/// `--force`) file by file, replacing only names aggregate writes. `out` is checked again here,
+/// Move the staged files into `out`: the whole directory when `out` is new or empty (one
+/// rename: all or nothing; an empty `out`'s permissions are kept), else (with `--force`) file
+/// by file, replacing only names aggregate writes, under an exclusive lock on `out` (two
+/// runs never interleave their files) and rolled back if a move fails (the replaced files go
+/// back: `out` is the old result or the new one, never a mix). `out` is checked again here,
 /// since it may have changed during the fit.
 fn install(staging: tempfile::TempDir, out: &Path, input: &Path, force: bool) -> anyhow::Result<()> {
     check_out(out, input, force)?;
@@ -329,21 +332,56 @@ fn install(staging: tempfile::TempDir, out: &Path, input: &Path, force: bool) ->
     // in a deleted directory. Its files are moved in one by one instead.
     let holds_cwd = std::env::current_dir().ok().is_some_and(|c| c.starts_with(crate::cache::store::absolute(out)));
     if empty && !holds_cwd {
+        if let Ok(m) = std::fs::metadata(out) {
+            // a private (or group-shared) empty directory stays so
+            let _ = std::fs::set_permissions(staging.path(), m.permissions());
+        }
         std::fs::remove_dir(out).with_context(|| format!("replacing the empty {}", out.display()))?;
         let dir = staging.keep();
         return std::fs::rename(&dir, out).with_context(|| format!("moving the results into {}", out.display()));
     }
+    let lock = std::fs::File::open(out).with_context(|| format!("--out {}", out.display()))?;
+    lock.lock().with_context(|| format!("locking --out {}", out.display()))?;
+    check_out(out, input, force)?; // what another run left while we waited
     // Every name is checked before the first is moved: a refusal changes nothing.
-    let files: Vec<_> = std::fs::read_dir(staging.path())?.flatten().collect();
-    for f in &files {
-        let dst = out.join(f.file_name());
+    let files: Vec<std::ffi::OsString> = std::fs::read_dir(staging.path())?.flatten().map(|f| f.file_name()).collect();
+    for name in &files {
+        let dst = out.join(name);
         if std::fs::symlink_metadata(&dst).map(|m| m.is_dir()).unwrap_or(false) {
             bail!("--out {}: {} is a directory, not replaced (nothing was written)", out.display(), dst.display());
         }
     }
-    for f in &files {
-        let dst = out.join(f.file_name());
-        std::fs::rename(f.path(), &dst).with_context(|| format!("writing {}", dst.display()))?;
+    let replaced = staging.path().join(".replaced");
+    std::fs::create_dir(&replaced).with_context(|| format!("creating {}", replaced.display()))?;
+    let (mut old_moved, mut new_moved) = (Vec::new(), Vec::new());
+    let moved = (|| -> anyhow::Result<()> {
+        for name in &files {
+            let dst = out.join(name);
+            if std::fs::symlink_metadata(&dst).is_ok() {
+                std::fs::rename(&dst, replaced.join(name)).with_context(|| format!("moving aside {}", dst.display()))?;
+                old_moved.push(name);
+            }
+            std::fs::rename(staging.path().join(name), &dst).with_context(|| format!("writing {}", dst.display()))?;
+            new_moved.push(name);
+        }
+        Ok(())
+    })();
+    if let Err(e) = moved {
+        for name in new_moved.iter().rev() {
+            let _ = std::fs::rename(out.join(name), staging.path().join(name));
+        }
+        let mut lost = Vec::new();
+        for name in old_moved.iter().rev() {
+            if std::fs::rename(replaced.join(name), out.join(name)).is_err() {
+                lost.push(name.to_string_lossy().to_string());
+            }
+        }
+        if lost.is_empty() {
+            return Err(e.context(format!("--out {} is as it was", out.display())));
+        }
+        // keep the moved-aside files where the user can find them
+        let kept = staging.keep();
+        return Err(e.context(format!("--out {}: could not put back {} (kept in {})", out.display(), lost.join(", "), kept.join(".replaced").display())));
     }
     Ok(())
 }

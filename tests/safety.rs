@@ -846,3 +846,38 @@ fn an_input_file_that_changes_while_its_stage_runs_is_not_cached_under_the_old_k
     assert!(stdout(&plan).contains("miss"), "{}", stdout(&plan));
     s.verify_clean();
 }
+
+/// Two `aggregate --force` runs into one `--out` at once: each installs under a lock on the
+/// directory, so `--out` ends as one run's complete result, never labels of one and
+/// posteriors of the other (a hostile pass got exactly that mix before the lock).
+#[test]
+fn concurrent_forced_aggregates_leave_one_complete_result() {
+    let s = Sandbox::new();
+    let mut csv = String::from("worker,task,label\n");
+    for t in 0..3000 {
+        for w in 0..3 {
+            // mostly the item's class, sometimes the next one: the methods' posteriors differ
+            let l = ["a", "b", "c"][if (t * 7 + w * 3) % 5 == 0 { (t + 1) % 3 } else { t % 3 }];
+            csv.push_str(&format!("w{},t{t},{l}\n", (t + w * 11) % 40));
+        }
+    }
+    let inp = s.write("in.csv", &csv);
+    let methods = ["majority-vote", "one-coin"];
+    for m in methods {
+        s.ok(&["aggregate", inp.to_str().unwrap(), "--method", m, "--out", &format!("ref-{m}")]);
+    }
+    let read = |d: &str, f: &str| std::fs::read(s.path().join(d).join(f)).unwrap();
+    assert!(read("ref-majority-vote", "posteriors.csv") != read("ref-one-coin", "posteriors.csv"), "the two methods must differ");
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "o"]);
+    for _ in 0..4 {
+        let kids: Vec<_> = methods
+            .iter()
+            .map(|m| s.cmd(&["aggregate", inp.to_str().unwrap(), "--method", m, "--out", "o", "--force"]).spawn().unwrap())
+            .collect();
+        for mut k in kids {
+            assert!(k.wait().unwrap().success());
+        }
+        let which = methods.iter().find(|m| read("o", "labels.csv") == read(&format!("ref-{m}"), "labels.csv") && read("o", "posteriors.csv") == read(&format!("ref-{m}"), "posteriors.csv")).expect("labels and posteriors of one run");
+        assert!(read("o", "summary.json") == read(&format!("ref-{which}"), "summary.json"), "summary.json is not {which}'s");
+    }
+}
