@@ -310,7 +310,32 @@ fn staging_dir(out: &Path) -> anyhow::Result<tempfile::TempDir> {
     // The parent of the absolute path: `--out .` or `--out x/..` must not stage inside itself.
     let parent = crate::cache::store::absolute(out).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
     std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    tempfile::Builder::new().prefix(".aggregate-").tempdir_in(&parent).with_context(|| format!("creating a staging directory in {}", parent.display()))
+    sweep_stale_staging(&parent);
+    // The PID in the name lets a later run tell a killed run's leftovers from a live run's.
+    tempfile::Builder::new()
+        .prefix(&format!(".aggregate-{}-", std::process::id()))
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a staging directory in {}", parent.display()))
+}
+
+/// Remove staging directories of runs that were killed (`kill -9`, Ctrl-C): named
+/// `.aggregate-<pid>-*` with a PID no process has. A live PID (or one we cannot signal) is
+/// left alone, and so is anything that is not a plain directory of that name.
+fn sweep_stale_staging(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(".aggregate-")) else { continue };
+        let Some(pid) = rest.split_once('-').and_then(|(p, _)| p.parse::<i32>().ok()).filter(|&p| p > 0) else { continue };
+        if pid as u32 == std::process::id() || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+        let gone = unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Move the staged files into `out`: the whole directory when `out` is new or empty (one

@@ -881,3 +881,23 @@ fn concurrent_forced_aggregates_leave_one_complete_result() {
         assert!(read("o", "summary.json") == read(&format!("ref-{which}"), "summary.json"), "summary.json is not {which}'s");
     }
 }
+
+/// A killed `aggregate` (kill -9, Ctrl-C) leaves its staging directory beside `--out`; the
+/// next run there removes those of processes that no longer exist, and nothing else.
+#[test]
+fn aggregate_sweeps_the_staging_left_by_killed_runs_and_nothing_else() {
+    let s = Sandbox::new();
+    let inp = s.write("in.csv", CROWD_CSV);
+    // PID 999999999 is above any pid_max: no such process
+    s.write(".aggregate-999999999-AbCdEf/labels.csv", "half-written");
+    let mine = format!(".aggregate-{}-keep", std::process::id()); // a live process
+    s.write(&format!("{mine}/x"), "x");
+    s.write(".aggregate-notes/x", "not a staging name");
+    s.write(".aggregate-123456789-file", "a file, not a directory");
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "o"]);
+    assert!(!s.path().join(".aggregate-999999999-AbCdEf").exists(), "the dead run's staging is removed");
+    for kept in [mine.as_str(), ".aggregate-notes", ".aggregate-123456789-file"] {
+        assert!(s.path().join(kept).exists(), "{kept} was removed");
+    }
+    assert!(s.path().join("o/labels.csv").is_file());
+}
