@@ -287,6 +287,10 @@ fn check_out(out: &Path, input: &Path, force: bool) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => bail!("--out {}: {e}", out.display()),
     };
+    if meta.file_type().is_symlink() {
+        // not followed: the results would land wherever the link points
+        bail!("--out {} is a symbolic link: name the directory itself", out.display());
+    }
     if !meta.is_dir() {
         bail!("--out {} exists and is not a directory", out.display());
     }

@@ -730,6 +730,9 @@ fn aggregate_never_overwrites_what_is_not_its_own() {
     let o = s.run(&["aggregate", inp.to_str().unwrap(), "--out", "f"]);
     assert!(stderr(&o).contains("not a directory"), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(s.path().join("f")).unwrap(), "x");
+    std::os::unix::fs::symlink(s.path().join("o"), s.path().join("link")).unwrap();
+    let o = s.run(&["aggregate", inp.to_str().unwrap(), "--out", "link", "--force"]);
+    assert!(stderr(&o).contains("is a symbolic link"), "{}", stderr(&o));
     s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "new/deep"]);
     std::fs::create_dir(s.path().join("empty")).unwrap();
     s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "empty"]);
