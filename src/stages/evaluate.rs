@@ -65,9 +65,7 @@ impl Stage for Evaluate {
         if p.top_k == 0 || p.top_k > 7 {
             return Err(StageError::bad_param("top_k", "must be in 1..=7"));
         }
-        if p.leakage_distance > 32 {
-            return Err(StageError::bad_param("leakage_distance", format!("at most 32 bits of {} ({} is the measured default)", pipeline_vision::dedup::PHASH_BITS, pipeline_vision::dedup::DEFAULT_NEAR_DISTANCE)));
-        }
+        super::check_leakage_distance(p.leakage_distance)?;
         Ok(())
     }
 

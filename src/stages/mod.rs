@@ -164,6 +164,17 @@ impl StageError {
     }
 }
 
+/// `leakage_distance` of `train` and `evaluate`: at most 32 bits of the 256-bit pHash.
+pub(crate) fn check_leakage_distance(d: u32) -> Result<(), StageError> {
+    if d > 32 {
+        return Err(StageError::bad_param(
+            "leakage_distance",
+            format!("at most 32 bits of {} ({} is the measured default)", pipeline_vision::dedup::PHASH_BITS, pipeline_vision::dedup::DEFAULT_NEAR_DISTANCE),
+        ));
+    }
+    Ok(())
+}
+
 /// One stage kind. Implement this; the registry wraps it in [`DynStage`].
 pub trait Stage: Send + Sync + 'static {
     /// Params with defaults filled in. `#[serde(deny_unknown_fields, default)]` is expected:

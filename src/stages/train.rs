@@ -380,9 +380,7 @@ impl Stage for Train {
         if !(p.valid_fraction > 0.0 && p.valid_fraction < 1.0) {
             return Err(StageError::bad_param("valid_fraction", "must be in (0, 1), e.g. 0.15"));
         }
-        if p.leakage_distance > 32 {
-            return Err(StageError::bad_param("leakage_distance", format!("at most 32 bits of {} ({} is the measured default)", pipeline_vision::dedup::PHASH_BITS, pipeline_vision::dedup::DEFAULT_NEAR_DISTANCE)));
-        }
+        super::check_leakage_distance(p.leakage_distance)?;
         if !(1..=MAX_ENSEMBLE).contains(&p.ensemble) {
             return Err(StageError::bad_param("ensemble", format!("members to train: 1 (one model) to {MAX_ENSEMBLE}")));
         }

@@ -41,7 +41,7 @@
 
 use rayon::prelude::*;
 
-use crate::aggregate::fit::{fit as aggregate, fit_accelerated, fit_shrunk_from};
+use crate::aggregate::fit::{fit_accelerated, fit_shrunk_from, fit_with};
 use crate::aggregate::mstep::{class_totals, counts_from_posteriors};
 use crate::aggregate::types::{Aggregation, CandidateScore, ClassPrior, EmOptions, Method, Selection};
 use crate::data::Answers;
@@ -150,7 +150,7 @@ fn choose(a: &Answers, o: &EmOptions, accel: bool) -> Result<Aggregation> {
                 return Ok(None);
             }
             let om = opts_of(prior);
-            Ok(Some(if accel { fit_accelerated(a, m, &om)? } else { aggregate(a, m, &om)? }))
+            fit_with(a, m, &om, accel).map(Some)
         })
         .collect::<Result<Vec<_>>>()?;
     let shrunk: Vec<(usize, Aggregation)> = specs
@@ -162,8 +162,7 @@ fn choose(a: &Answers, o: &EmOptions, accel: bool) -> Result<Aggregation> {
             let pooled = specs.iter().position(|s| s.0 == Method::Pooled && s.2 == pname).and_then(|j| fitted[j].as_ref());
             let r = match pooled {
                 Some(p) => fit_shrunk_from(a, &om, accel, p)?,
-                None if accel => fit_accelerated(a, Method::Shrunk, &om)?,
-                None => aggregate(a, Method::Shrunk, &om)?,
+                None => fit_with(a, Method::Shrunk, &om, accel)?,
             };
             Ok((i, r))
         })

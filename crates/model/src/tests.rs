@@ -37,6 +37,15 @@ fn image_folder(root: &Path, per_class: u8) {
     }
 }
 
+/// `<dir>/train` (3 images a class) and `<dir>/valid` (1 a class), written and loaded.
+fn banded_sets(dir: &Path) -> (Dataset, Dataset) {
+    let classes = crate::default_classes();
+    image_folder(&dir.join("train"), 3);
+    image_folder(&dir.join("valid"), 1);
+    let load = |sub: &str| load_image_folder(&dir.join(sub), &classes).unwrap();
+    (load("train"), load("valid"))
+}
+
 fn tiny_model() -> ModelConfig {
     ModelConfig { cnn_channels: vec![4, 8], cnn_dense: 16, cnn_dropout: 0.0, ..Default::default() }
 }
@@ -66,11 +75,7 @@ fn soft_cross_entropy_matches_hand_computation() {
 fn trains_saves_reloads_predicts_and_evaluates() {
     let _serial = serial();
     let d = tempfile::tempdir().unwrap();
-    let classes = crate::default_classes();
-    image_folder(&d.path().join("train"), 3);
-    image_folder(&d.path().join("valid"), 1);
-    let tr = load_image_folder(&d.path().join("train"), &classes).unwrap();
-    let va = load_image_folder(&d.path().join("valid"), &classes).unwrap();
+    let (tr, va) = banded_sets(d.path());
     let out = d.path().join("model");
     let s = train(&out, &tr, &va, tiny_model(), tiny_train(), None);
     assert_eq!(s.history.len(), 12);
@@ -386,11 +391,7 @@ fn vgg16_loads_a_torchvision_pth_state_dict_like_the_safetensors_file() {
 fn a_standardizing_model_learns_and_predicts_the_same_whatever_the_brightness_and_contrast() {
     let _serial = serial();
     let d = tempfile::tempdir().unwrap();
-    let classes = crate::default_classes();
-    image_folder(&d.path().join("train"), 3);
-    image_folder(&d.path().join("valid"), 1);
-    let tr = load_image_folder(&d.path().join("train"), &classes).unwrap();
-    let va = load_image_folder(&d.path().join("valid"), &classes).unwrap();
+    let (tr, va) = banded_sets(d.path());
     let out = d.path().join("model");
     let s = train(&out, &tr, &va, ModelConfig { standardize: true, ..tiny_model() }, tiny_train(), None);
     assert!(s.val_accuracy.unwrap() >= 6.0 / 7.0, "{:?}", s.history);
@@ -431,11 +432,7 @@ fn standardize_image_gives_zero_mean_unit_variance_and_keeps_a_flat_image_finite
 fn training_from_init_starts_from_its_weights_and_refuses_another_network() {
     let _serial = serial();
     let d = tempfile::tempdir().unwrap();
-    let classes = crate::default_classes();
-    image_folder(&d.path().join("train"), 3);
-    image_folder(&d.path().join("valid"), 1);
-    let tr = load_image_folder(&d.path().join("train"), &classes).unwrap();
-    let va = load_image_folder(&d.path().join("valid"), &classes).unwrap();
+    let (tr, va) = banded_sets(d.path());
     let base = d.path().join("base");
     let s = train(&base, &tr, &va, tiny_model(), tiny_train(), None);
     assert!(s.val_accuracy.unwrap() >= 6.0 / 7.0, "{:?}", s.history);

@@ -129,11 +129,11 @@ pub(crate) fn fit_text(
     let chars: Vec<char> = text.chars().take(max_px as usize + 1).collect();
     let with_ellipsis = |keep: usize| chars[..keep].iter().collect::<String>() + "…";
     let fits = |keep: usize| -> Result<bool, String> { Ok(area.estimate_text_size(&with_ellipsis(keep), style).map_err(to_msg)?.0 <= max_px) };
-    let (mut lo, mut hi) = (0usize, chars.len().saturating_sub(1)); // lo fits (or is 0), hi + 1 does not
+    let mut hi = chars.len().saturating_sub(1); // hi + 1 characters do not fit
     if hi == 0 || !fits(1)? {
         return Ok("…".to_string());
     }
-    lo = lo.max(1);
+    let mut lo = 1; // fits
     while lo < hi {
         let mid = (lo + hi + 1) / 2;
         if fits(mid)? {

@@ -19,7 +19,7 @@ pub fn fit(answers: &Answers, method: Method, opts: &EmOptions) -> Result<Aggreg
 
 /// [`fit`]; with `accel`, every EM run in it (the shrunk model's stages included) takes
 /// over-relaxed steps (see [`em::run_em_in`]): the same models and objectives in fewer passes.
-fn fit_with(answers: &Answers, method: Method, opts: &EmOptions, accel: bool) -> Result<Aggregation> {
+pub(crate) fn fit_with(answers: &Answers, method: Method, opts: &EmOptions, accel: bool) -> Result<Aggregation> {
     let k = answers.n_classes();
     check(answers, opts)?;
     let prior_fixed = fixed_prior(opts, k);
