@@ -68,6 +68,11 @@ pub struct AggregateArgs {
     /// Spammer detection: only workers with at least this many answers.
     #[arg(long)]
     pub spammer_min_answers: Option<usize>,
+    /// A worker's repeated answer to a task: `first` (default: the first row kept, the others
+    /// dropped and counted, as the amt stage does: the models assume one answer per worker
+    /// and task) or `keep` (every row counts, as crowd-kit reads a file).
+    #[arg(long, default_value = "first", value_parser = ["first", "keep"])]
+    pub duplicates: String,
     /// Write into an `--out` directory that is not empty (only the files aggregate writes are
     /// replaced; never when the input file is inside it).
     #[arg(long)]
@@ -92,6 +97,7 @@ impl AggregateArgs {
             diag_prior: None,
             statuses: vec!["Submitted".into(), "Approved".into()],
             spammer_min_answers: None,
+            duplicates: "first".into(),
             force: false,
         }
     }
@@ -147,13 +153,14 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
     };
     let given_classes = args.classes.as_deref().map(check_classes).transpose()?;
     check_out(&args.out, input, args.force)?;
+    let dedupe = args.duplicates != "keep";
     let t0 = std::time::Instant::now();
     let text = read_input(input, &name)?;
     let first = text.lines().next().unwrap_or("");
     let answers = if first.contains("WorkerId") && first.contains("HITId") {
         // the amt stage's defaults: the study's classes unless given, an unknown label fails
         let classes = given_classes.clone().unwrap_or_else(|| pipeline_crowd::EMOTIONS.iter().map(|s| s.to_string()).collect());
-        let o = AmtOptions { classes: classes.clone(), on_unknown_label: on_unknown, statuses: args.statuses.clone(), ..AmtOptions::default() };
+        let o = AmtOptions { classes: classes.clone(), on_unknown_label: on_unknown, statuses: args.statuses.clone(), dedupe, ..AmtOptions::default() };
         let batch = parse_amt_batch(&text, &name, &o)?;
         drop(text);
         if batch.records.is_empty() {
@@ -179,6 +186,9 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
                 why.join(", ")
             );
         }
+        if batch.report.duplicates > 0 {
+            eprintln!("{name}: {} repeated answer(s) of a worker on an item dropped, the first kept (--duplicates keep counts them all)", batch.report.duplicates);
+        }
         batch.to_answers(&classes)?
     } else {
         let classes = given_classes.clone().unwrap_or_default();
@@ -193,6 +203,15 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
         }
         if dropped > 0 {
             eprintln!("{name}: {dropped} answer(s) with a label outside --classes dropped");
+        }
+        let mut answers = answers;
+        if dedupe {
+            let (n, conflicting) = answers.drop_repeated_workers();
+            if n > 0 {
+                eprintln!(
+                    "{name}: {n} repeated answer(s) of a worker on a task dropped ({conflicting} of them a different label), the first kept (--duplicates keep counts them all)"
+                );
+            }
         }
         answers
     };
@@ -284,7 +303,7 @@ fn read_input(input: &Path, name: &str) -> anyhow::Result<String> {
 fn check_out(out: &Path, input: &Path, force: bool) -> anyhow::Result<()> {
     let meta = match std::fs::symlink_metadata(out) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return check_new_out(out),
         Err(e) => bail!("--out {}: {e}", out.display()),
     };
     if meta.file_type().is_symlink() {
@@ -307,6 +326,47 @@ fn check_out(out: &Path, input: &Path, force: bool) -> anyhow::Result<()> {
         bail!("--out {} is not empty: choose a new directory, or pass --force to replace the files aggregate writes there", out.display());
     }
     Ok(())
+}
+
+/// A new `--out` is created with its parents (as `mkdir -p`), but not through `..` after a
+/// directory that does not exist: `a/b/c/../../..` names the current directory only once
+/// `a/b/c` is made, and the refusal came after it had been.
+fn check_new_out(out: &Path) -> anyhow::Result<()> {
+    let mut at = PathBuf::new();
+    for c in out.components() {
+        if c == std::path::Component::ParentDir && !at.as_os_str().is_empty() && std::fs::symlink_metadata(&at).is_err() {
+            bail!(
+                "--out {}: goes up (`..`) out of {}, which does not exist: name the directory without `..` (nothing was created)",
+                out.display(),
+                at.display()
+            );
+        }
+        at.push(c);
+    }
+    Ok(())
+}
+
+/// Whether `name` is a file `aggregate` writes: with `--force` these, and only these, are
+/// replaced, and those of the old run the new one does not write (fewer worker plots) go too,
+/// so `--out` never mixes two runs' results.
+fn is_own_output(name: &str) -> bool {
+    const FIXED: [&str; 10] = [
+        "labels.csv",
+        "posteriors.csv",
+        "workers.csv",
+        "worker_matrices.json",
+        "prior.json",
+        "loglik.csv",
+        "loglik.png",
+        "pooled.png",
+        "report.md",
+        "summary.json",
+    ];
+    FIXED.contains(&name)
+        || name
+            .strip_prefix("worker_")
+            .and_then(|r| r.strip_suffix(".png"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A fresh directory beside `out` (same file system, so the final moves are renames).
@@ -342,32 +402,23 @@ fn sweep_stale_staging(parent: &Path) {
     }
 }
 
-/// Move the staged files into `out`: the whole directory when `out` is new or empty (one
-/// rename: all or nothing; an empty `out`'s permissions are kept), else (with `--force`) file
-/// by file, replacing only names aggregate writes, under an exclusive lock on `out` (two
-/// runs never interleave their files) and rolled back if a move fails (the replaced files go
-/// back: `out` is the old result or the new one, never a mix). `out` is checked again here,
-/// since it may have changed during the fit.
+/// Move the staged files into `out`: the whole directory when `out` is new (one rename: all
+/// or nothing), else file by file under an exclusive lock on `out` (two runs never interleave
+/// their files; an existing directory keeps its inode, owner and mode). Only names aggregate
+/// writes are replaced (with `--force`), and its old files the new run does not write are
+/// removed; a failed move rolls back (the replaced files go back: `out` is the old result or
+/// the new one, never a mix). `out` is checked again here, since it may have changed during
+/// the fit.
 fn install(staging: tempfile::TempDir, out: &Path, input: &Path, force: bool) -> anyhow::Result<()> {
     check_out(out, input, force)?;
-    let empty = match std::fs::read_dir(out) {
-        Ok(mut d) => d.next().is_none(),
-        Err(_) => {
-            let dir = staging.keep();
-            return std::fs::rename(&dir, out).with_context(|| format!("moving the results into {}", out.display()));
-        }
-    };
-    // The current directory (`--out .`) is not swapped for another: the shell would be left
-    // in a deleted directory. Its files are moved in one by one instead.
-    let holds_cwd = std::env::current_dir().ok().is_some_and(|c| c.starts_with(crate::cache::store::absolute(out)));
-    if empty && !holds_cwd {
-        if let Ok(m) = std::fs::metadata(out) {
-            // a private (or group-shared) empty directory stays so
-            let _ = std::fs::set_permissions(staging.path(), m.permissions());
-        }
-        std::fs::remove_dir(out).with_context(|| format!("replacing the empty {}", out.display()))?;
+    if std::fs::symlink_metadata(out).is_err() {
         let dir = staging.keep();
-        return std::fs::rename(&dir, out).with_context(|| format!("moving the results into {}", out.display()));
+        // tempfile's directories get the umask's mode, as mkdir's; the move never replaces a
+        // directory another run made meanwhile (rename would take an empty one's place)
+        return rename_noreplace(&dir, out).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&dir);
+            anyhow::Error::from(e).context(format!("moving the results into {}", out.display()))
+        });
     }
     let lock = std::fs::File::open(out).with_context(|| format!("--out {}", out.display()))?;
     lock.lock().with_context(|| format!("locking --out {}", out.display()))?;
@@ -380,10 +431,23 @@ fn install(staging: tempfile::TempDir, out: &Path, input: &Path, force: bool) ->
             bail!("--out {}: {} is a directory, not replaced (nothing was written)", out.display(), dst.display());
         }
     }
+    // the old run's own files that the new one does not write (plain files only)
+    let stale: Vec<std::ffi::OsString> = std::fs::read_dir(out)
+        .with_context(|| format!("--out {}", out.display()))?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name())
+        .filter(|n| n.to_str().is_some_and(is_own_output) && !files.contains(n))
+        .collect();
     let replaced = staging.path().join(".replaced");
     std::fs::create_dir(&replaced).with_context(|| format!("creating {}", replaced.display()))?;
     let (mut old_moved, mut new_moved) = (Vec::new(), Vec::new());
     let moved = (|| -> anyhow::Result<()> {
+        for name in &stale {
+            let dst = out.join(name);
+            std::fs::rename(&dst, replaced.join(name)).with_context(|| format!("moving aside {}", dst.display()))?;
+            old_moved.push(name);
+        }
         for name in &files {
             let dst = out.join(name);
             if std::fs::symlink_metadata(&dst).is_ok() {
@@ -413,6 +477,30 @@ fn install(staging: tempfile::TempDir, out: &Path, input: &Path, force: bool) ->
         return Err(e.context(format!("--out {}: could not put back {} (kept in {})", out.display(), lost.join(", "), kept.join(".replaced").display())));
     }
     Ok(())
+}
+
+/// `rename`, failing where `to` exists (Linux: `RENAME_NOREPLACE`; elsewhere a check first).
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+        let (f, t) = (c(from)?, c(to)?);
+        // SAFETY: two valid NUL-terminated paths, relative to the current directory
+        let r = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        // file systems without RENAME_NOREPLACE: checked, then renamed
+        if e.raw_os_error() != Some(libc::EINVAL) && e.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(e);
+        }
+    }
+    if std::fs::symlink_metadata(to).is_ok() {
+        return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{} appeared meanwhile", to.display())));
+    }
+    std::fs::rename(from, to)
 }
 
 /// `aggregate` with the defaults and a method (kept for callers of the old signature).

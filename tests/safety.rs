@@ -904,3 +904,73 @@ fn aggregate_sweeps_the_staging_left_by_killed_runs_and_nothing_else() {
     }
     assert!(s.path().join("o/labels.csv").is_file());
 }
+
+/// Found by a hostile pass: `--force` left the old run's `worker_N.png` plots beside the new
+/// run's files (a report directory mixing two runs); an empty `--out` was swapped for the
+/// staging directory (new inode and owner); `--out a/b/c/../../..` created `a/b/c` before
+/// refusing; a repeated answer of a worker in a crowd-kit CSV counted twice.
+#[test]
+fn aggregate_force_removes_its_stale_files_keeps_an_empty_out_and_creates_nothing_it_refuses() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Sandbox::new();
+    let inp = s.write("in.csv", CROWD_CSV);
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "o"]);
+    s.write("o/worker_9.png", "an old run's plot");
+    s.write("o/worker_9b.png", "the user's file");
+    s.write("o/notes.md", "the user's notes");
+    std::fs::create_dir(s.path().join("o/worker_8.png")).unwrap();
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "o", "--force"]);
+    assert!(!s.path().join("o/worker_9.png").exists(), "a stale plot of the old run was kept");
+    for kept in ["worker_9b.png", "notes.md", "worker_8.png"] {
+        assert!(s.path().join("o").join(kept).exists(), "{kept} was removed");
+    }
+    let fresh = s.path().join("fresh");
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "fresh"]);
+    assert_eq!(tree_files(&s.path().join("o"), &["worker_9b.png", "notes.md"]), tree_files(&fresh, &[]));
+    // an empty --out is written into, not replaced
+    use std::os::unix::fs::PermissionsExt;
+    let e = s.path().join("empty");
+    std::fs::create_dir(&e).unwrap();
+    std::fs::set_permissions(&e, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let ino = std::fs::metadata(&e).unwrap().ino();
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "empty"]);
+    let m = std::fs::metadata(&e).unwrap();
+    assert_eq!((m.ino(), m.mode() & 0o777), (ino, 0o750));
+    assert!(e.join("labels.csv").is_file());
+    // a new --out gets mkdir's mode (the umask's), not a temporary directory's 0700
+    let probe = s.path().join("probe");
+    std::fs::create_dir(&probe).unwrap();
+    assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o777, std::fs::metadata(&probe).unwrap().mode() & 0o777);
+    // `..` out of a directory that does not exist: refused, nothing created
+    let o = s.run(&["aggregate", inp.to_str().unwrap(), "--out", "a/b/c/../../.."]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("does not exist") && stderr(&o).contains("nothing was created"), "{}", stderr(&o));
+    assert!(!s.path().join("a").exists());
+    // `..` through directories that exist is a path like any other
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "o/../up"]);
+    assert!(s.path().join("up/labels.csv").is_file());
+    // a worker's repeated answer: the first kept and counted (as the AMT reader), or all
+    // kept on request; the labels follow
+    let dup = s.write("dup.csv", &format!("{CROWD_CSV}w3,t1,b\nw3,t1,b\nw1,t3,b\n"));
+    let o = s.run(&["aggregate", dup.to_str().unwrap(), "--method", "majority-vote", "--out", "d1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("3 repeated answer(s) of a worker on a task dropped (1 of them a different label)"), "{}", stderr(&o));
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--method", "majority-vote", "--out", "d0"]);
+    assert_eq!(std::fs::read(s.path().join("d1/posteriors.csv")).unwrap(), std::fs::read(s.path().join("d0/posteriors.csv")).unwrap());
+    s.ok(&["aggregate", dup.to_str().unwrap(), "--method", "majority-vote", "--duplicates", "keep", "--out", "d2"]);
+    let labels = std::fs::read_to_string(s.path().join("d2/labels.csv")).unwrap();
+    assert!(labels.contains("t1,b"), "every row counted: w3's three b outvote two a: {labels}");
+}
+
+/// The names of the plain files under `d`, but `skip`.
+fn tree_files(d: &std::path::Path, skip: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| !skip.contains(&n.as_str()))
+        .collect();
+    v.sort();
+    v
+}

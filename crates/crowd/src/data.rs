@@ -126,6 +126,51 @@ impl Answers {
         Ok(Answers { classes, items, workers, offsets, codes })
     }
 
+    /// Keep one answer per (worker, item): the first in input order, as the AMT reader does.
+    /// The models assume a worker answers an item once; a repeated row (a concatenated file,
+    /// a re-submitted task) would count that worker twice. Returns `(dropped, conflicting)`:
+    /// the repeats removed, and how many of them disagreed with the answer kept.
+    pub fn drop_repeated_workers(&mut self) -> (usize, usize) {
+        let k = self.n_classes() as u32;
+        let (mut dropped, mut conflicting) = (0usize, 0usize);
+        let mut seen: HashMap<u32, u32> = HashMap::new();
+        let mut write = 0usize;
+        let mut start = 0usize;
+        for i in 0..self.n_items() {
+            let end = self.offsets[i + 1];
+            let first = write;
+            // few answers per item (3-25 here): a scan; a big item gets a map
+            let big = end - start > 32;
+            seen.clear();
+            for r in start..end {
+                let code = self.codes[r];
+                let (w, l) = (code / k, code % k);
+                let kept = if big {
+                    seen.get(&w).copied()
+                } else {
+                    self.codes[first..write].iter().find(|&&c| c / k == w).map(|&c| c % k)
+                };
+                match kept {
+                    Some(kl) => {
+                        dropped += 1;
+                        conflicting += usize::from(kl != l);
+                    }
+                    None => {
+                        if big {
+                            seen.insert(w, l);
+                        }
+                        self.codes[write] = code;
+                        write += 1;
+                    }
+                }
+            }
+            start = end;
+            self.offsets[i + 1] = write;
+        }
+        self.codes.truncate(write);
+        (dropped, conflicting)
+    }
+
     /// Answers per label, over everyone.
     pub fn label_counts(&self) -> Vec<usize> {
         let k = self.n_classes();
@@ -233,6 +278,32 @@ mod tests {
 
     fn cls(k: usize) -> Vec<String> {
         (0..k).map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn repeated_answers_of_a_worker_keep_the_first() {
+        // item 0: worker 0 twice (same label), item 1: worker 1 twice (different labels),
+        // item 2: 40 answers of 20 workers, each twice (the map path), one conflicting
+        let mut t = vec![(0, 0, 1), (0, 1, 2), (0, 0, 1), (1, 1, 0), (1, 1, 2), (1, 0, 2)];
+        for w in 0..20 {
+            t.push((2, w, 1));
+        }
+        for w in 0..20 {
+            t.push((2, w, if w == 7 { 0 } else { 1 }));
+        }
+        let mut a = Answers::from_triples(4, 20, cls(3), &t).unwrap();
+        assert_eq!(a.drop_repeated_workers(), (22, 2));
+        let got: Vec<Vec<(usize, usize)>> =
+            (0..4).map(|i| a.item_codes(i).iter().map(|&c| (a.worker_of(c), a.label_of(c))).collect()).collect();
+        assert_eq!(got[0], vec![(0, 1), (1, 2)]);
+        assert_eq!(got[1], vec![(1, 0), (0, 2)]);
+        assert_eq!(got[2], (0..20).map(|w| (w, 1)).collect::<Vec<_>>());
+        assert!(got[3].is_empty());
+        assert_eq!(a.n_answers(), 24);
+        // nothing repeated: unchanged
+        let before = a.clone();
+        assert_eq!(a.drop_repeated_workers(), (0, 0));
+        assert_eq!((a.offsets, a.codes), (before.offsets, before.codes));
     }
 
     #[test]
