@@ -91,6 +91,9 @@ fn load_artifact_at(dir: &Path, as_member: bool) -> Result<ModelArtifact> {
         if Path::new(rel).extension().and_then(|e| e.to_str()) != Some("mpk") {
             return Err(ModelError::bad_file(&path, format!("\"{field}\": \"{rel}\" is not a .mpk record")));
         }
+        if let Err(link) = no_symlink_below(dir, rel) {
+            return Err(ModelError::bad_file(&path, format!("\"{field}\": {} is a symbolic link; a model's records must be files in its directory", link.display())));
+        }
         let record = dir.join(rel);
         if !record.is_file() {
             return Err(ModelError::bad_file(&record, "model record missing"));
@@ -163,7 +166,7 @@ pub(crate) fn load_init<B: crate::ModelBackend>(net: Net<B>, dir: &Path, model: 
 fn load_checked<B: crate::ModelBackend>(net: Net<B>, record: &Path, device: &B::Device, what: &str) -> Result<Net<B>> {
     let want = net.num_params();
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| net.load_file(record.with_extension(""), &recorder, device)));
+    let loaded = quiet_catch_unwind(|| net.load_file(record.with_extension(""), &recorder, device));
     let mismatch = || ModelError::bad_file(record, format!("{what}the record does not match the network in config.json (another architecture or class count)"));
     match loaded {
         Ok(Ok(net)) if net.num_params() == want => Ok(net),
@@ -171,6 +174,45 @@ fn load_checked<B: crate::ModelBackend>(net: Net<B>, record: &Path, device: &B::
         Ok(Err(e)) => Err(ModelError::bad_file(record, format!("{what}cannot load record: {e}"))),
         Err(_) => Err(mismatch()),
     }
+}
+
+thread_local! {
+    /// Set while this thread runs [`quiet_catch_unwind`]: its panic is an answer, not a crash.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `catch_unwind`, without the default hook's "thread panicked at ..." on stderr before the
+/// error the caller then reports (burn panics on a record of another shape). The hook is
+/// wrapped once, process-wide; it stays silent only on a thread inside this call, so other
+/// threads' panics print as before.
+fn quiet_catch_unwind<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    r
+}
+
+/// No component of `rel` below `dir` is a symbolic link: a model directory's records are its
+/// own files (an exported or promoted model is copied, never linked), so a config cannot
+/// send the loader to a file elsewhere through a link planted inside the directory.
+fn no_symlink_below(dir: &Path, rel: &str) -> std::result::Result<(), PathBuf> {
+    let mut at = dir.to_path_buf();
+    for c in Path::new(rel).components() {
+        at.push(c);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(at);
+        }
+    }
+    Ok(())
 }
 
 /// `a/b.mpk`: no root, no `..`, no `.`, not empty.

@@ -488,4 +488,28 @@ fn training_from_init_starts_from_its_weights_and_refuses_another_network() {
     std::fs::write(selfish.join("config.json"), v.to_string()).unwrap();
     let err = crate::load_artifact(&selfish).unwrap_err().to_string();
     assert!(err.contains("an ensemble member is itself an ensemble"), "{err}");
+
+    // A record, or a member's directory, planted as a symbolic link (to a file elsewhere):
+    // refused, naming the link; the same files copied load.
+    let linked = d.path().join("linked");
+    std::fs::create_dir_all(&linked).unwrap();
+    std::fs::copy(base.join("config.json"), linked.join("config.json")).unwrap();
+    std::os::unix::fs::symlink(base.join("model.mpk"), linked.join("model.mpk")).unwrap();
+    let err = crate::load_artifact(&linked).unwrap_err().to_string();
+    assert!(err.contains("is a symbolic link") && err.contains("linked/model.mpk"), "{err}");
+    let ens = d.path().join("ens");
+    std::fs::create_dir_all(ens.join("members")).unwrap();
+    std::os::unix::fs::symlink(&base, ens.join("members/0")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    v["format"] = "pipeline-model/ensemble-1".into();
+    v["members"] = serde_json::json!(["members/0/model.mpk"]);
+    std::fs::write(ens.join("config.json"), v.to_string()).unwrap();
+    let err = crate::load_artifact(&ens).unwrap_err().to_string();
+    assert!(err.contains("is a symbolic link") && err.contains("members/0"), "{err}");
+    std::fs::remove_file(ens.join("members/0")).unwrap();
+    std::fs::create_dir_all(ens.join("members/0")).unwrap();
+    for f in ["config.json", "model.mpk"] {
+        std::fs::copy(base.join(f), ens.join("members/0").join(f)).unwrap();
+    }
+    crate::load_artifact(&ens).unwrap();
 }
