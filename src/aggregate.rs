@@ -18,9 +18,10 @@ use anyhow::{bail, Context};
 use clap::Args;
 use pipeline_crowd::aggregate::{aggregate as run_method, Method};
 use pipeline_crowd::amt::{parse_crowdkit_csv_with, OnUnknownLabel};
-use pipeline_crowd::report::{method_line, write_labels, write_posteriors, write_report};
+use pipeline_crowd::report::{method_line, write_labels, write_posteriors, write_report, WORKER_PLOTS};
 use pipeline_crowd::{parse_amt_batch, AmtOptions};
 
+use crate::outdir::Target;
 use crate::stages::dawid_skene::{em_options, DawidSkeneParams, PriorParam};
 
 /// Options of `pipeline aggregate` (defaults = the `dawid-skene` and `amt` stages' defaults).
@@ -152,8 +153,11 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
         _ => OnUnknownLabel::Error,
     };
     let given_classes = args.classes.as_deref().map(check_classes).transpose()?;
-    check_out(&args.out, input, args.force)?;
+    let target = Target::new(&args.out, input, args.force, is_own_output);
+    target.check()?;
     let dedupe = args.duplicates != "keep";
+    // repeated answers of a worker on a task dropped, and how many of those disagreed (CSV)
+    let mut repeated: (usize, Option<usize>) = (0, None);
     let t0 = std::time::Instant::now();
     let text = read_input(input, &name)?;
     let first = text.lines().next().unwrap_or("");
@@ -186,6 +190,7 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
                 why.join(", ")
             );
         }
+        repeated = (batch.report.duplicates, None);
         if batch.report.duplicates > 0 {
             eprintln!("{name}: {} repeated answer(s) of a worker on an item dropped, the first kept (--duplicates keep counts them all)", batch.report.duplicates);
         }
@@ -207,6 +212,7 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
         let mut answers = answers;
         if dedupe {
             let (n, conflicting) = answers.drop_repeated_workers();
+            repeated = (n, Some(conflicting));
             if n > 0 {
                 eprintln!(
                     "{name}: {n} repeated answer(s) of a worker on a task dropped ({conflicting} of them a different label), the first kept (--duplicates keep counts them all)"
@@ -218,14 +224,22 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
     let t1 = std::time::Instant::now();
     let r = run_method(&answers, method, &opts).with_context(|| format!("{name}: {method}"))?;
     let t2 = std::time::Instant::now();
-    // Everything is written into a staging directory beside `--out`, then moved in: a failure
-    // or a kill leaves `--out` as it was, never half-written.
-    let staging = staging_dir(&args.out)?;
+    // Everything is written into a staging directory, then moved in (`outdir`): a failure or
+    // a kill leaves `--out` as it was, or finished by the next run, never half-written.
+    let staging = target.stage()?;
+    let input_md = match repeated {
+        (0, _) if dedupe => String::new(),
+        (n, c) if dedupe => format!(
+            "\n## Input\n\n{n} repeated answers of a worker on a task were dropped{}, the first kept (`--duplicates first`): the models count one answer per worker and task.\n",
+            c.map(|c| format!(" ({c} of them a different label)")).unwrap_or_default()
+        ),
+        _ => "\n## Input\n\nEvery row counted, repeated answers of a worker on a task included (`--duplicates keep`).\n".to_string(),
+    };
     let out = staging.path();
     // The report (worker table, peer agreement, plots) is written beside labels and
     // posteriors, not after them: on the scale case that hides most of its 0.25 s.
     let (files, report) = std::thread::scope(|s| {
-        let report = s.spawn(|| write_report(out, &answers, &r, &p.method, p.spammer_min_answers, ""));
+        let report = s.spawn(|| write_report(out, &answers, &r, &p.method, p.spammer_min_answers, &input_md));
         let files = (|| -> anyhow::Result<std::time::Instant> {
             write_labels(&out.join("labels.csv"), &answers, &r)?;
             write_posteriors(&out.join("posteriors.csv"), "task", &answers, &r)?;
@@ -238,10 +252,19 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
         Ok(rep) => rep?,
         Err(panic) => std::panic::resume_unwind(panic),
     };
+    // what was read, beside what was fitted: the answer count alone does not say rows were dropped
+    let summary = out.join("summary.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary)?)?;
+    v["input"] = serde_json::json!({
+        "duplicates": if dedupe { "first" } else { "keep" },
+        "repeated_dropped": repeated.0,
+        "repeated_conflicting": repeated.1,
+    });
+    std::fs::write(&summary, serde_json::to_string_pretty(&v)?)?;
     for e in &rep.plot_errors {
         tracing::warn!("dawid-skene report: {e}");
     }
-    install(staging, &args.out, input, args.force)?;
+    target.install(staging)?;
     tracing::info!(
         "aggregate {name}: read+parse {:.2} s, fit {:.2} s, labels+posteriors {:.2} s, report after them {:.2} s",
         (t1 - t0).as_secs_f64(),
@@ -256,8 +279,6 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
     })
 }
 
-/// Refuse an `--out` that is a file, that holds the input, or (without `--force`) that is a
-/// directory with files in it: `aggregate` must never overwrite what is not its own.
 /// `--classes` as given, each name trimmed (labels are read trimmed, so `--classes "a, b"`
 /// never matched " b"); an empty name, a name given twice (its second column was never
 /// used) or fewer than two classes is an error naming the option, before anything is read.
@@ -300,52 +321,6 @@ fn read_input(input: &Path, name: &str) -> anyhow::Result<String> {
     })
 }
 
-fn check_out(out: &Path, input: &Path, force: bool) -> anyhow::Result<()> {
-    let meta = match std::fs::symlink_metadata(out) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return check_new_out(out),
-        Err(e) => bail!("--out {}: {e}", out.display()),
-    };
-    if meta.file_type().is_symlink() {
-        // not followed: the results would land wherever the link points
-        bail!("--out {} is a symbolic link: name the directory itself", out.display());
-    }
-    if !meta.is_dir() {
-        bail!("--out {} exists and is not a directory", out.display());
-    }
-    if meta.permissions().readonly() {
-        bail!("--out {} is not writable", out.display());
-    }
-    if let (Ok(o), Ok(i)) = (out.canonicalize(), input.canonicalize()) {
-        if i.starts_with(&o) {
-            bail!("--out {} contains the input file {}: choose another output directory", out.display(), input.display());
-        }
-    }
-    let non_empty = std::fs::read_dir(out).with_context(|| format!("--out {}", out.display()))?.next().is_some();
-    if non_empty && !force {
-        bail!("--out {} is not empty: choose a new directory, or pass --force to replace the files aggregate writes there", out.display());
-    }
-    Ok(())
-}
-
-/// A new `--out` is created with its parents (as `mkdir -p`), but not through `..` after a
-/// directory that does not exist: `a/b/c/../../..` names the current directory only once
-/// `a/b/c` is made, and the refusal came after it had been.
-fn check_new_out(out: &Path) -> anyhow::Result<()> {
-    let mut at = PathBuf::new();
-    for c in out.components() {
-        if c == std::path::Component::ParentDir && !at.as_os_str().is_empty() && std::fs::symlink_metadata(&at).is_err() {
-            bail!(
-                "--out {}: goes up (`..`) out of {}, which does not exist: name the directory without `..` (nothing was created)",
-                out.display(),
-                at.display()
-            );
-        }
-        at.push(c);
-    }
-    Ok(())
-}
-
 /// Whether `name` is a file `aggregate` writes: with `--force` these, and only these, are
 /// replaced, and those of the old run the new one does not write (fewer worker plots) go too,
 /// so `--out` never mixes two runs' results.
@@ -362,146 +337,16 @@ fn is_own_output(name: &str) -> bool {
         "report.md",
         "summary.json",
     ];
+    // worker_1.png .. worker_5.png: the plots the report draws, nothing the user may have named
+    // worker_0.png or worker_03.png
     FIXED.contains(&name)
         || name
             .strip_prefix("worker_")
             .and_then(|r| r.strip_suffix(".png"))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<usize>().ok().filter(|&i| (1..=WORKER_PLOTS).contains(&i) && n == i.to_string()))
+            .is_some()
 }
 
-/// A fresh directory beside `out` (same file system, so the final moves are renames).
-fn staging_dir(out: &Path) -> anyhow::Result<tempfile::TempDir> {
-    // The parent of the absolute path: `--out .` or `--out x/..` must not stage inside itself.
-    let parent = crate::cache::store::absolute(out).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
-    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    sweep_stale_staging(&parent);
-    // The PID in the name lets a later run tell a killed run's leftovers from a live run's.
-    tempfile::Builder::new()
-        .prefix(&format!(".aggregate-{}-", std::process::id()))
-        .tempdir_in(&parent)
-        .with_context(|| format!("creating a staging directory in {}", parent.display()))
-}
-
-/// Remove staging directories of runs that were killed (`kill -9`, Ctrl-C): named
-/// `.aggregate-<pid>-*` with a PID no process has. A live PID (or one we cannot signal) is
-/// left alone, and so is anything that is not a plain directory of that name.
-fn sweep_stale_staging(parent: &Path) {
-    let Ok(entries) = std::fs::read_dir(parent) else { return };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(".aggregate-")) else { continue };
-        let Some(pid) = rest.split_once('-').and_then(|(p, _)| p.parse::<i32>().ok()).filter(|&p| p > 0) else { continue };
-        if pid as u32 == std::process::id() || !e.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
-        let gone = unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if gone {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
-
-/// Move the staged files into `out`: the whole directory when `out` is new (one rename: all
-/// or nothing), else file by file under an exclusive lock on `out` (two runs never interleave
-/// their files; an existing directory keeps its inode, owner and mode). Only names aggregate
-/// writes are replaced (with `--force`), and its old files the new run does not write are
-/// removed; a failed move rolls back (the replaced files go back: `out` is the old result or
-/// the new one, never a mix). `out` is checked again here, since it may have changed during
-/// the fit.
-fn install(staging: tempfile::TempDir, out: &Path, input: &Path, force: bool) -> anyhow::Result<()> {
-    check_out(out, input, force)?;
-    if std::fs::symlink_metadata(out).is_err() {
-        let dir = staging.keep();
-        // tempfile's directories get the umask's mode, as mkdir's; the move never replaces a
-        // directory another run made meanwhile (rename would take an empty one's place)
-        return rename_noreplace(&dir, out).map_err(|e| {
-            let _ = std::fs::remove_dir_all(&dir);
-            anyhow::Error::from(e).context(format!("moving the results into {}", out.display()))
-        });
-    }
-    let lock = std::fs::File::open(out).with_context(|| format!("--out {}", out.display()))?;
-    lock.lock().with_context(|| format!("locking --out {}", out.display()))?;
-    check_out(out, input, force)?; // what another run left while we waited
-    // Every name is checked before the first is moved: a refusal changes nothing.
-    let files: Vec<std::ffi::OsString> = std::fs::read_dir(staging.path())?.flatten().map(|f| f.file_name()).collect();
-    for name in &files {
-        let dst = out.join(name);
-        if std::fs::symlink_metadata(&dst).map(|m| m.is_dir()).unwrap_or(false) {
-            bail!("--out {}: {} is a directory, not replaced (nothing was written)", out.display(), dst.display());
-        }
-    }
-    // the old run's own files that the new one does not write (plain files only)
-    let stale: Vec<std::ffi::OsString> = std::fs::read_dir(out)
-        .with_context(|| format!("--out {}", out.display()))?
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.file_name())
-        .filter(|n| n.to_str().is_some_and(is_own_output) && !files.contains(n))
-        .collect();
-    let replaced = staging.path().join(".replaced");
-    std::fs::create_dir(&replaced).with_context(|| format!("creating {}", replaced.display()))?;
-    let (mut old_moved, mut new_moved) = (Vec::new(), Vec::new());
-    let moved = (|| -> anyhow::Result<()> {
-        for name in &stale {
-            let dst = out.join(name);
-            std::fs::rename(&dst, replaced.join(name)).with_context(|| format!("moving aside {}", dst.display()))?;
-            old_moved.push(name);
-        }
-        for name in &files {
-            let dst = out.join(name);
-            if std::fs::symlink_metadata(&dst).is_ok() {
-                std::fs::rename(&dst, replaced.join(name)).with_context(|| format!("moving aside {}", dst.display()))?;
-                old_moved.push(name);
-            }
-            std::fs::rename(staging.path().join(name), &dst).with_context(|| format!("writing {}", dst.display()))?;
-            new_moved.push(name);
-        }
-        Ok(())
-    })();
-    if let Err(e) = moved {
-        for name in new_moved.iter().rev() {
-            let _ = std::fs::rename(out.join(name), staging.path().join(name));
-        }
-        let mut lost = Vec::new();
-        for name in old_moved.iter().rev() {
-            if std::fs::rename(replaced.join(name), out.join(name)).is_err() {
-                lost.push(name.to_string_lossy().to_string());
-            }
-        }
-        if lost.is_empty() {
-            return Err(e.context(format!("--out {} is as it was", out.display())));
-        }
-        // keep the moved-aside files where the user can find them
-        let kept = staging.keep();
-        return Err(e.context(format!("--out {}: could not put back {} (kept in {})", out.display(), lost.join(", "), kept.join(".replaced").display())));
-    }
-    Ok(())
-}
-
-/// `rename`, failing where `to` exists (Linux: `RENAME_NOREPLACE`; elsewhere a check first).
-fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
-        let (f, t) = (c(from)?, c(to)?);
-        // SAFETY: two valid NUL-terminated paths, relative to the current directory
-        let r = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        // file systems without RENAME_NOREPLACE: checked, then renamed
-        if e.raw_os_error() != Some(libc::EINVAL) && e.raw_os_error() != Some(libc::ENOSYS) {
-            return Err(e);
-        }
-    }
-    if std::fs::symlink_metadata(to).is_ok() {
-        return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{} appeared meanwhile", to.display())));
-    }
-    std::fs::rename(from, to)
-}
 
 /// `aggregate` with the defaults and a method (kept for callers of the old signature).
 pub fn aggregate(input: &Path, method: &str, out_dir: &Path) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ pub mod dag;
 pub mod engine;
 pub mod executor;
 pub mod fmt;
+pub mod outdir;
 #[cfg(feature = "ml")]
 pub mod predict;
 pub mod plan;

@@ -73,14 +73,14 @@ impl std::fmt::Display for RerunReason {
             RerunReason::Param { path, .. } => write!(f, "{path} removed"),
             RerunReason::Input { name, source, old, new } => {
                 let src = source.as_ref().map(|s| format!(" ({s})")).unwrap_or_default();
-                write!(f, "input \"{name}\" changed{src}: {} -> {}", short(old), short(new))
+                write!(f, "input `{name}` changed{src}: {} -> {}", short(old), short(new))
             }
-            RerunReason::InputAdded { name } => write!(f, "new input \"{name}\""),
-            RerunReason::InputRemoved { name } => write!(f, "input \"{name}\" removed"),
+            RerunReason::InputAdded { name } => write!(f, "new input `{name}`"),
+            RerunReason::InputRemoved { name } => write!(f, "input `{name}` removed"),
             RerunReason::ParamFile { name } => write!(f, "file of param {name} changed"),
             RerunReason::Upstream { input, stage, root } => {
                 let why = root.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
-                write!(f, "input \"{input}\" changes because {stage} reruns{why}")
+                write!(f, "input `{input}` changes because {stage} reruns{why}")
             }
             RerunReason::HashFailed { message } => write!(f, "cannot hash inputs: {message}"),
             RerunReason::RemoteIncomplete { message } => write!(f, "the remote cache has an entry, but {message}"),

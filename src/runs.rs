@@ -186,7 +186,7 @@ pub fn diff_records(ra: &RunRecord, rb: &RunRecord, read: &dyn Fn(&str, &str) ->
         for (name, d) in &sb.inputs {
             if let Some(o) = sa.inputs.get(name) {
                 if o != d {
-                    lines.push(format!("input \"{name}\" {} -> {}", &o[..12.min(o.len())], &d[..12.min(d.len())]));
+                    lines.push(format!("input `{name}` {} -> {}", &o[..12.min(o.len())], &d[..12.min(d.len())]));
                 }
             }
         }

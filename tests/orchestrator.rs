@@ -35,7 +35,7 @@ fn readme_example_runs_then_is_cached_then_reruns_only_what_changed() {
     let plan = s.plan("t.json", &["--set", "a.n=2"]);
     assert_eq!(plan[0].1, "miss");
     assert!(plan[0].2.iter().any(|r| r == "params.n 1 -> 2"), "{plan:?}");
-    assert!(plan[1].2[0].contains("input \"x\" changes because a reruns"), "{plan:?}");
+    assert!(plan[1].2[0].contains("input `x` changes because a reruns"), "{plan:?}");
 
     let o = s.run(&["run", "t.json", "--set", "a.n=2"]);
     assert_eq!(s.statuses(&o), vec![("a".into(), "ran".into()), ("b".into(), "ran".into())]);
@@ -98,7 +98,7 @@ fn file_inputs_are_keyed_by_content_not_mtime() {
     assert_eq!(s.statuses(&o), vec![("a".into(), "cached".into())]);
     s.write("data/in.txt", "hello world");
     let plan = s.plan("t.json", &[]);
-    assert!(plan[0].2.iter().any(|r| r.starts_with("input \"f\" changed (file")), "{plan:?}");
+    assert!(plan[0].2.iter().any(|r| r.starts_with("input `f` changed (file")), "{plan:?}");
     let o = s.run(&["run", "t.json"]);
     assert_eq!(s.statuses(&o), vec![("a".into(), "ran".into())]);
 }

@@ -891,15 +891,26 @@ fn concurrent_forced_aggregates_leave_one_complete_result() {
 fn aggregate_sweeps_the_staging_left_by_killed_runs_and_nothing_else() {
     let s = Sandbox::new();
     let inp = s.write("in.csv", CROWD_CSV);
+    // who made a staging directory: host, PID namespace (this test's are the command's), PID
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().replace(' ', "_");
+    let ns = std::fs::read_link("/proc/self/ns/pid").unwrap().display().to_string();
+    let owner = |pid: u64| format!("{host} {ns} {pid}\n");
     // PID 999999999 is above any pid_max: no such process
     s.write(".aggregate-999999999-AbCdEf/labels.csv", "half-written");
+    s.write(".aggregate-999999999-AbCdEf/.owner", &owner(999999999));
     let mine = format!(".aggregate-{}-keep", std::process::id()); // a live process
     s.write(&format!("{mine}/x"), "x");
+    s.write(&format!("{mine}/.owner"), &owner(std::process::id() as u64));
     s.write(".aggregate-notes/x", "not a staging name");
     s.write(".aggregate-123456789-file", "a file, not a directory");
+    // found by a hostile pass: a user's directory of that shape, and a run on another host
+    // (NFS) or in another PID namespace (a container), whose PIDs mean nothing here
+    s.write(".aggregate-999999998-mybackup/important", "data");
+    s.write(".aggregate-999999997-elsewhere/.owner", &format!("otherhost {ns} 999999997\n"));
+    s.write(".aggregate-999999996-container/.owner", &format!("{host} pid:[1] 999999996\n"));
     s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "o"]);
     assert!(!s.path().join(".aggregate-999999999-AbCdEf").exists(), "the dead run's staging is removed");
-    for kept in [mine.as_str(), ".aggregate-notes", ".aggregate-123456789-file"] {
+    for kept in [mine.as_str(), ".aggregate-notes", ".aggregate-123456789-file", ".aggregate-999999998-mybackup", ".aggregate-999999997-elsewhere", ".aggregate-999999996-container"] {
         assert!(s.path().join(kept).exists(), "{kept} was removed");
     }
     assert!(s.path().join("o/labels.csv").is_file());
@@ -915,18 +926,23 @@ fn aggregate_force_removes_its_stale_files_keeps_an_empty_out_and_creates_nothin
     let s = Sandbox::new();
     let inp = s.write("in.csv", CROWD_CSV);
     s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "o"]);
-    s.write("o/worker_9.png", "an old run's plot");
-    s.write("o/worker_9b.png", "the user's file");
-    s.write("o/notes.md", "the user's notes");
-    std::fs::create_dir(s.path().join("o/worker_8.png")).unwrap();
+    // 3 workers: the report draws worker_1..3.png; an older run on a larger crowd drew up to 5
+    assert!(!s.path().join("o/worker_4.png").exists());
+    s.write("o/worker_5.png", "an old run's plot");
+    // names the report never writes are the user's (it draws at most worker_5.png)
+    let users = ["worker_9b.png", "notes.md", "worker_0.png", "worker_03.png", "worker_6.png"];
+    for u in users {
+        s.write(&format!("o/{u}"), "the user's file");
+    }
+    std::fs::create_dir(s.path().join("o/worker_4.png")).unwrap();
     s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "o", "--force"]);
-    assert!(!s.path().join("o/worker_9.png").exists(), "a stale plot of the old run was kept");
-    for kept in ["worker_9b.png", "notes.md", "worker_8.png"] {
+    assert!(!s.path().join("o/worker_5.png").exists(), "a stale plot of the old run was kept");
+    for kept in users.iter().chain(&["worker_4.png"]) {
         assert!(s.path().join("o").join(kept).exists(), "{kept} was removed");
     }
     let fresh = s.path().join("fresh");
     s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "fresh"]);
-    assert_eq!(tree_files(&s.path().join("o"), &["worker_9b.png", "notes.md"]), tree_files(&fresh, &[]));
+    assert_eq!(tree_files(&s.path().join("o"), &users), tree_files(&fresh, &[]));
     // an empty --out is written into, not replaced
     use std::os::unix::fs::PermissionsExt;
     let e = s.path().join("empty");
@@ -960,6 +976,53 @@ fn aggregate_force_removes_its_stale_files_keeps_an_empty_out_and_creates_nothin
     s.ok(&["aggregate", dup.to_str().unwrap(), "--method", "majority-vote", "--duplicates", "keep", "--out", "d2"]);
     let labels = std::fs::read_to_string(s.path().join("d2/labels.csv")).unwrap();
     assert!(labels.contains("t1,b"), "every row counted: w3's three b outvote two a: {labels}");
+}
+
+/// Found by a hostile pass: a run killed between its file moves left `--out` with labels of
+/// the new run and posteriors of the old, and the next run's sweep deleted the old files it
+/// had set aside. Now the moves are journaled and the next run into that `--out` finishes
+/// them before its own work, so `--out` holds one complete result.
+#[test]
+fn a_run_killed_during_its_moves_is_finished_by_the_next_one() {
+    let s = Sandbox::new();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().replace(' ', "_");
+    let ns = std::fs::read_link("/proc/self/ns/pid").unwrap().display().to_string();
+    let inp = s.write("in.csv", CROWD_CSV);
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--method", "majority-vote", "--out", "mv"]);
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--method", "one-coin", "--out", "oc"]);
+    let names = tree_files(&s.path().join("oc"), &[]);
+    // `o`: the majority-vote result, half replaced by the one-coin one when the run died
+    let o = s.path().join("o");
+    std::fs::create_dir(&o).unwrap();
+    let st = o.join(".aggregate-999999999-Kill");
+    std::fs::create_dir_all(st.join(".replaced")).unwrap();
+    for (i, n) in names.iter().enumerate() {
+        let (old, new) = (s.path().join("mv").join(n), s.path().join("oc").join(n));
+        if i < 2 {
+            if old.exists() {
+                std::fs::copy(&old, st.join(".replaced").join(n)).unwrap();
+            }
+            std::fs::copy(&new, o.join(n)).unwrap();
+        } else {
+            if old.exists() {
+                std::fs::copy(&old, o.join(n)).unwrap();
+            }
+            std::fs::copy(&new, st.join(n)).unwrap();
+        }
+    }
+    s.write("o/notes.md", "mine");
+    std::fs::write(st.join(".owner"), format!("{host} {ns} 999999999\n")).unwrap();
+    std::fs::write(st.join(".install"), format!("{}\n{}\n", o.display(), names.join("\n"))).unwrap();
+    // the next run into `o` finishes the install first: shown by a run that fails after
+    // staging would be lost in its own result, so look at `o` after a --force run of the same
+    // method (its files replace the finished ones byte for byte)
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--method", "one-coin", "--out", "o", "--force"]);
+    assert!(!st.exists(), "the killed run's staging is finished and removed");
+    assert_eq!(tree_files(&o, &["notes.md"]), names);
+    for n in &names {
+        assert_eq!(std::fs::read(o.join(n)).unwrap(), std::fs::read(s.path().join("oc").join(n)).unwrap(), "{n}");
+    }
+    assert_eq!(std::fs::read_to_string(o.join("notes.md")).unwrap(), "mine");
 }
 
 /// The names of the plain files under `d`, but `skip`.

@@ -79,7 +79,7 @@ fn runs_diff_shows_params_and_metrics_and_promotion_keeps_the_better_model() {
     let (ok, diff, err) = out(dir.path(), &["runs", "diff", "1", "2"]);
     assert!(ok, "{err}");
     assert!(diff.contains("train: params.lr 0.1 -> 0.01"), "{diff}");
-    assert!(diff.contains("evaluate: input \"m\""), "{diff}");
+    assert!(diff.contains("evaluate: input `m`"), "{diff}");
     // Command stages produce no metric, so nothing is promoted, and the run says why.
     let (_, show, _) = out(dir.path(), &["runs", "show", "2"]);
     assert!(show.contains("promotion") && show.contains("not produced"), "{show}");

@@ -138,7 +138,7 @@ pub use crate::cache::StageOutcome;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
-    #[error("input \"{input}\" is required but not given")]
+    #[error("input `{input}` is required but not given")]
     MissingInput { input: String },
     #[error("{}: {message}", path.display())]
     BadFile { path: PathBuf, message: String },

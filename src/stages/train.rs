@@ -400,12 +400,12 @@ impl Stage for Train {
         let init = match ctx.inputs.get("init") {
             Some(_) if p.weights.is_some() => {
                 // both would set the starting weights; init's would silently win
-                return Err(StageError::bad_param("weights", "input \"init\" gives the starting weights too: give one of them"));
+                return Err(StageError::bad_param("weights", "input `init` gives the starting weights too: give one of them"));
             }
             Some(dir) => {
                 pipeline_model::artifact::check_init(dir, &model).map_err(|e| match e {
-                    ModelError::BadFile { path, message } => StageError::bad_file(path, format!("input \"init\": {message}")),
-                    ModelError::Io { path, source } => StageError::bad_file(path, format!("input \"init\" is not a model directory: {source}")),
+                    ModelError::BadFile { path, message } => StageError::bad_file(path, format!("input `init`: {message}")),
+                    ModelError::Io { path, source } => StageError::bad_file(path, format!("input `init` is not a model directory: {source}")),
                     other => model_error(other),
                 })?;
                 Some(dir.clone())
@@ -838,15 +838,15 @@ mod tests {
         // another network: refused before any image is decoded, naming the input and field
         let wider = TrainParams { cnn_dense: 64, ..p.clone() };
         let e = with_init(&wider, &base, "wider").unwrap_err().to_string();
-        assert!(e.contains("input \"init\"") && e.contains("cnn_dense 128 (this training: 64)"), "{e}");
+        assert!(e.contains("input `init`") && e.contains("cnn_dense 128 (this training: 64)"), "{e}");
         // an ensemble cannot start one model
         let ens = TrainParams { ensemble: 2, ..p.clone() };
         train(&ens, &images, &tmp.path().join("ens")).unwrap();
         let e = with_init(&p, &tmp.path().join("ens"), "from-ens").unwrap_err().to_string();
-        assert!(e.contains("input \"init\"") && e.contains("ensemble of 2 members"), "{e}");
+        assert!(e.contains("input `init`") && e.contains("ensemble of 2 members"), "{e}");
         // not a model at all
         let e = with_init(&p, &images, "from-images").unwrap_err().to_string();
-        assert!(e.contains("input \"init\" is not a model directory"), "{e}");
+        assert!(e.contains("input `init` is not a model directory"), "{e}");
     }
 
     #[test]

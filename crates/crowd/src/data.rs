@@ -141,7 +141,10 @@ impl Answers {
             let first = write;
             // few answers per item (3-25 here): a scan; a big item gets a map
             let big = end - start > 32;
-            seen.clear();
+            if big {
+                // (cleared only here: clearing a grown map for every small item walks its capacity)
+                seen.clear();
+            }
             for r in start..end {
                 let code = self.codes[r];
                 let (w, l) = (code / k, code % k);

@@ -217,6 +217,9 @@ fn selection_md(r: &Aggregation) -> String {
 /// The report files shared by the stage and `pipeline aggregate`: `workers.csv`,
 /// `worker_matrices.json`, `prior.json`, `loglik.csv`, `report.md` (with its PNGs; `extra_md`
 /// appended) and `summary.json` (method asked for, model used, how it was chosen, metrics).
+/// Least reliable workers drawn in the report: `worker_1.png` .. `worker_<this>.png`.
+pub const WORKER_PLOTS: usize = 5;
+
 pub fn write_report(
     out: &Path,
     answers: &Answers,
@@ -300,7 +303,7 @@ pub fn write_report(
     };
     let mut worst: Vec<usize> = (0..answers.n_workers()).collect();
     worst.sort_by(|&a, &b| r.worker_quality[a].partial_cmp(&r.worker_quality[b]).unwrap_or(std::cmp::Ordering::Equal));
-    worst.truncate(5);
+    worst.truncate(WORKER_PLOTS);
     let mut worker_pngs = Vec::new();
     for (n, &wk) in worst.iter().enumerate() {
         let file = format!("worker_{}.png", n + 1);
