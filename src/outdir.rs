@@ -151,11 +151,20 @@ impl<'a> Target<'a> {
             match rename_noreplace(&dir, out) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && std::fs::symlink_metadata(out).is_ok() => {
-                    // made meanwhile: written into like any existing one (with --force)
-                    std::fs::write(dir.join(OWNER), owner_line()).ok();
-                    return self
-                        .install_into(&dir, &files)
-                        .map_err(|e| e.context(format!("--out {} appeared while this run worked", out.display())));
+                    // made meanwhile: written into like any existing one (with --force), from
+                    // inside it, where a journaled staging directory always is
+                    let appeared = |e: anyhow::Error| e.context(format!("--out {} appeared while this run worked", out.display()));
+                    if let Err(e) = self.check() {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(appeared(e));
+                    }
+                    let inside = out.join(dir.file_name().unwrap_or_default());
+                    if let Err(e) = std::fs::rename(&dir, &inside) {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(appeared(anyhow::Error::from(e).context(format!("moving the results into {}", out.display()))));
+                    }
+                    std::fs::write(inside.join(OWNER), owner_line()).ok();
+                    return self.install_into(&inside, &files).map_err(appeared);
                 }
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&dir);
@@ -314,6 +323,15 @@ fn recover_in(dir: &Path, own: fn(&str) -> bool) {
                 let mut lines = j.lines();
                 let target = PathBuf::from(lines.next().unwrap_or_default());
                 let files: Vec<String> = lines.map(str::to_string).collect();
+                // A journal is data anyone who can write here could have planted: it may
+                // only finish an install into the directory it sits in, of the command's own
+                // plain names, never send files elsewhere or replace other names.
+                let here = std::fs::canonicalize(dir).ok();
+                let plain = |n: &String| !n.is_empty() && !n.contains('/') && n != "." && n != ".." && own(n);
+                if here.is_none() || std::fs::canonicalize(&target).ok() != here || !files.iter().all(plain) {
+                    tracing::warn!("{}: a journal that does not name this directory and its own files; left alone", path.display());
+                    continue;
+                }
                 if finish(&target, &path, &files, own) {
                     let _ = std::fs::remove_dir_all(&path);
                 } else {
@@ -452,5 +470,39 @@ mod tests {
         let e = t.check().unwrap_err().to_string();
         assert!(e.contains("symbolic link to nothing"), "{e}");
         assert!(!d.path().join("nowhere").exists());
+    }
+
+    /// A journal planted in a shared directory (an owner line is easy to forge) must not move
+    /// files into another directory, nor replace names that are not the command's own.
+    #[test]
+    fn a_planted_journal_cannot_send_files_elsewhere_or_replace_other_names() {
+        let d = tempfile::tempdir().unwrap();
+        let (o, victim) = (d.path().join("o"), d.path().join("victim"));
+        std::fs::create_dir_all(&victim).unwrap();
+        std::fs::write(victim.join("labels.csv"), "victim's").unwrap();
+        let line = owner_line();
+        let (host_ns, _) = line.trim_end().rsplit_once(' ').unwrap();
+        let plant = |name: &str, target: &Path, files: &[&str]| {
+            let st = o.join(format!("{PREFIX}99999999{}-{name}", name.len()));
+            std::fs::create_dir_all(&st).unwrap();
+            std::fs::write(st.join(OWNER), format!("{host_ns} 99999999{}\n", name.len())).unwrap();
+            std::fs::write(st.join(JOURNAL), format!("{}\n{}\n", target.display(), files.join("\n"))).unwrap();
+            for f in files {
+                if !f.contains('/') {
+                    std::fs::write(st.join(f), "planted").unwrap();
+                }
+            }
+            st
+        };
+        std::fs::create_dir_all(&o).unwrap();
+        std::fs::write(o.join("thesis.tex"), "years of work").unwrap();
+        let a = plant("a", &victim, &["labels.csv"]);
+        let b = plant("bb", &o, &["thesis.tex"]);
+        let c = plant("ccc", &o, &["../victim/labels.csv"]);
+        let t = Target::new(&o, Path::new("/no/such/input"), true, own);
+        drop(t.stage().unwrap());
+        assert_eq!(std::fs::read_to_string(victim.join("labels.csv")).unwrap(), "victim's");
+        assert_eq!(std::fs::read_to_string(o.join("thesis.tex")).unwrap(), "years of work");
+        assert!(a.exists() && b.exists() && c.exists(), "left alone");
     }
 }
