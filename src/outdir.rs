@@ -7,21 +7,24 @@
 //! - A new `--out` is the staging directory renamed (`RENAME_NOREPLACE`): all or nothing.
 //! - An existing one is written file by file under an exclusive `flock` on it, replacing only
 //!   the command's own names ([`Target::own`]) and removing its own old files the new run
-//!   does not write; the user's other files are never touched. A journal (`.install`: the
-//!   target and the names) is written first, so a run killed in the middle of the moves is
-//!   finished by the next run that stages there (roll forward: the new result is complete
-//!   before the first move); an error rolls back instead.
-//! - A staging directory carries `.owner` (host, PID namespace, PID). Only directories with an
-//!   owner file naming this host and namespace and a PID that no longer exists are recovered
-//!   or removed: never a user's directory of a similar name, never a live run elsewhere.
+//!   does not write; the user's other files are never touched. An error rolls back.
+//! - A staging directory carries `.aggregate-owner` (host, PID namespace, PID). A leftover one is
+//!   removed only when it is a real directory owned by this user, its owner file names this
+//!   host and namespace and a PID that no longer exists, and it holds no old files set aside
+//!   (`.replaced`): a run killed in the middle of its moves leaves `--out` mixed, and its
+//!   `.replaced` holds the only copy of the old files, so that one is left and reported
+//!   (rerun with `--force` for one complete result). Nothing found there is ever moved into
+//!   place: such a directory is data anyone who can write there could have planted (an
+//!   earlier design rolled journals forward, and a forged one could replace files anywhere).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
 const PREFIX: &str = ".aggregate-";
-const OWNER: &str = ".owner";
-const JOURNAL: &str = ".install";
+/// Named with the staging prefix, so a stray one (a kill right after the rename of a new
+/// `--out`) does not make `--out` count as non-empty.
+const OWNER: &str = ".aggregate-owner";
 const REPLACED: &str = ".replaced";
 
 /// Where the results go and what the command may replace there.
@@ -116,17 +119,17 @@ impl<'a> Target<'a> {
     }
 
     /// A fresh staging directory for the results: inside `--out` when it exists, else beside
-    /// it (its parents created). Leftovers of killed runs there are recovered or removed first.
+    /// it (its parents created). Leftovers of killed runs there are removed first (see `sweep`).
     pub fn stage(&self) -> anyhow::Result<Staging> {
         let out = &self.out;
         let dir = if std::fs::symlink_metadata(out).is_ok_and(|m| m.is_dir()) {
-            recover_in(out, self.own);
+            sweep(out);
             out.clone()
         } else {
             // the parent of the absolute path: `--out x/..` must not stage inside itself
             let parent = crate::cache::store::absolute(out).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
             std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-            recover_in(&parent, self.own);
+            sweep(&parent);
             parent
         };
         let tmp = tempfile::Builder::new()
@@ -138,33 +141,27 @@ impl<'a> Target<'a> {
     }
 
     /// Move the staged results into `--out` (see the module's notes): new `--out`, one rename;
-    /// else file by file under the lock, journaled, rolled back on an error.
+    /// else file by file under the lock, rolled back on an error.
     pub fn install(&self, staging: Staging) -> anyhow::Result<()> {
         let out = &self.out;
         self.check()?;
         let files = staging.results()?;
         if std::fs::symlink_metadata(out).is_err() {
-            std::fs::remove_file(staging.path().join(OWNER)).ok();
             let dir = staging.tmp.keep();
             // tempfile's directories get the umask's mode, as mkdir's; the rename never takes
             // the place of a directory another run made meanwhile
             match rename_noreplace(&dir, out) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // the owner file went along (a kill before the rename leaves it beside, to
+                    // be swept); in --out it is not a result
+                    let _ = std::fs::remove_file(out.join(OWNER));
+                    return Ok(());
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && std::fs::symlink_metadata(out).is_ok() => {
-                    // made meanwhile: written into like any existing one (with --force), from
-                    // inside it, where a journaled staging directory always is
-                    let appeared = |e: anyhow::Error| e.context(format!("--out {} appeared while this run worked", out.display()));
-                    if let Err(e) = self.check() {
-                        let _ = std::fs::remove_dir_all(&dir);
-                        return Err(appeared(e));
-                    }
-                    let inside = out.join(dir.file_name().unwrap_or_default());
-                    if let Err(e) = std::fs::rename(&dir, &inside) {
-                        let _ = std::fs::remove_dir_all(&dir);
-                        return Err(appeared(anyhow::Error::from(e).context(format!("moving the results into {}", out.display()))));
-                    }
-                    std::fs::write(inside.join(OWNER), owner_line()).ok();
-                    return self.install_into(&inside, &files).map_err(appeared);
+                    // made meanwhile: written into like any existing one (with --force)
+                    return self
+                        .install_into(&dir, &files)
+                        .map_err(|e| e.context(format!("--out {} appeared while this run worked", out.display())));
                 }
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&dir);
@@ -181,7 +178,10 @@ impl<'a> Target<'a> {
     fn install_into(&self, dir: &Path, files: &[String]) -> anyhow::Result<()> {
         let out = &self.out;
         let lock = std::fs::File::open(out).with_context(|| format!("--out {}", out.display()))?;
-        lock.lock().with_context(|| format!("locking --out {}", out.display()))?;
+        if lock.try_lock().is_err() {
+            eprintln!("waiting for another run to finish writing into {}", out.display());
+            lock.lock().with_context(|| format!("locking --out {}", out.display()))?;
+        }
         let fail = |e: anyhow::Error| -> anyhow::Error {
             let _ = std::fs::remove_dir_all(dir);
             e
@@ -194,8 +194,6 @@ impl<'a> Target<'a> {
                 return Err(fail(anyhow::anyhow!("--out {}: {} is a directory, not replaced (nothing was written)", out.display(), dst.display())));
             }
         }
-        let journal = format!("{}\n{}\n", crate::cache::store::absolute(out).display(), files.join("\n"));
-        std::fs::write(dir.join(JOURNAL), journal).with_context(|| format!("writing into {}", dir.display())).map_err(fail)?;
         match move_in(out, dir, files, self.own) {
             Ok(()) => {
                 let _ = std::fs::remove_dir_all(dir);
@@ -206,10 +204,8 @@ impl<'a> Target<'a> {
                 Err(e.context(format!("--out {} is as it was", out.display())))
             }
             Err((e, lost)) => {
-                // keep the moved-aside files where the user can find them (no journal: a
-                // later run must not roll this one forward over what was put back)
-                let _ = std::fs::remove_file(dir.join(JOURNAL));
-                let _ = std::fs::remove_file(dir.join(OWNER));
+                // keep the moved-aside files where the user can find them (a sweep leaves a
+                // directory with old files set aside alone)
                 Err(e.context(format!("--out {}: could not put back {} (kept in {})", out.display(), lost.join(", "), dir.join(REPLACED).display())))
             }
         }
@@ -231,7 +227,7 @@ impl Staging {
         let mut v = Vec::new();
         for e in std::fs::read_dir(self.path())?.flatten() {
             let n = e.file_name().to_string_lossy().to_string();
-            if ![OWNER, JOURNAL, REPLACED].contains(&n.as_str()) {
+            if ![OWNER, REPLACED].contains(&n.as_str()) {
                 v.push(n);
             }
         }
@@ -267,9 +263,6 @@ fn move_in(out: &Path, dir: &Path, files: &[String], own: fn(&str) -> bool) -> R
         }
         for name in files {
             let src = dir.join(name);
-            if std::fs::symlink_metadata(&src).is_err() {
-                continue; // moved in by the run this one finishes (recovery)
-            }
             let dst = out.join(name);
             if std::fs::symlink_metadata(&dst).is_ok() {
                 std::fs::rename(&dst, replaced.join(name)).with_context(|| format!("moving aside {}", dst.display()))?;
@@ -293,24 +286,31 @@ fn move_in(out: &Path, dir: &Path, files: &[String], own: fn(&str) -> bool) -> R
     Err((e, lost))
 }
 
-/// Recover or remove the staging directories in `dir` of runs that no longer exist (see the
-/// module's notes). A journaled one was killed during its moves: its install is finished (the
-/// result it moves in is complete). Anything else is left alone.
-fn recover_in(dir: &Path, own: fn(&str) -> bool) {
+/// Remove the staging directories in `dir` of runs that no longer exist (see the module's
+/// notes); one with old files set aside is left and reported. Anything else is left alone.
+fn sweep(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     let me = owner_line();
+    let my_host_ns = me.trim_end().rsplit_once(' ').map(|(h, _)| h.to_string()).unwrap_or_default();
+    // SAFETY: geteuid has no preconditions
+    let uid = unsafe { libc::geteuid() };
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else { continue };
         let Some(pid) = rest.split_once('-').and_then(|(p, _)| p.parse::<i32>().ok()).filter(|&p| p > 0) else { continue };
-        if pid as u32 == std::process::id() || !e.file_type().is_ok_and(|t| t.is_dir()) {
+        let path = e.path();
+        // a real directory (not a link to one), this user's
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if pid as u32 == std::process::id() || !meta.is_dir() || meta.uid() != uid {
             continue;
         }
-        let path = e.path();
-        // ours only: this host and PID namespace, this PID
-        let Ok(owner) = std::fs::read_to_string(path.join(OWNER)) else { continue };
+        let owner = match std::fs::symlink_metadata(path.join(OWNER)) {
+            Ok(m) if m.is_file() => std::fs::read_to_string(path.join(OWNER)).unwrap_or_default(),
+            _ => continue,
+        };
         let (host_ns, recorded) = owner.trim_end().rsplit_once(' ').unwrap_or(("", ""));
-        if recorded.parse::<i32>().ok() != Some(pid) || me.trim_end().rsplit_once(' ').map(|(h, _)| h) != Some(host_ns) {
+        if recorded.parse::<i32>().ok() != Some(pid) || host_ns != my_host_ns {
             continue;
         }
         // SAFETY: signal 0 only checks that the process exists; nothing is sent.
@@ -318,45 +318,18 @@ fn recover_in(dir: &Path, own: fn(&str) -> bool) {
         if !gone {
             continue;
         }
-        match std::fs::read_to_string(path.join(JOURNAL)) {
-            Ok(j) => {
-                let mut lines = j.lines();
-                let target = PathBuf::from(lines.next().unwrap_or_default());
-                let files: Vec<String> = lines.map(str::to_string).collect();
-                // A journal is data anyone who can write here could have planted: it may
-                // only finish an install into the directory it sits in, of the command's own
-                // plain names, never send files elsewhere or replace other names.
-                let here = std::fs::canonicalize(dir).ok();
-                let plain = |n: &String| !n.is_empty() && !n.contains('/') && n != "." && n != ".." && own(n);
-                if here.is_none() || std::fs::canonicalize(&target).ok() != here || !files.iter().all(plain) {
-                    tracing::warn!("{}: a journal that does not name this directory and its own files; left alone", path.display());
-                    continue;
-                }
-                if finish(&target, &path, &files, own) {
-                    let _ = std::fs::remove_dir_all(&path);
-                } else {
-                    tracing::warn!("{}: the install of a killed run could not be finished; left as it is", path.display());
-                }
-            }
-            Err(_) => {
-                let _ = std::fs::remove_dir_all(&path);
-            }
+        let set_aside = std::fs::read_dir(path.join(REPLACED)).map(|mut d| d.next().is_some()).unwrap_or(false);
+        if set_aside {
+            eprintln!(
+                "warning: {} was left by a run killed while moving its files into {}: that directory may mix two runs' files; the old ones are in {} (rerun with --force for one complete result)",
+                path.display(),
+                dir.display(),
+                path.join(REPLACED).display()
+            );
+            continue;
         }
+        let _ = std::fs::remove_dir_all(&path);
     }
-}
-
-/// Finish a killed run's install into `target` from `dir`, under the lock: the journaled
-/// names still staged are moved in, and its own old files the new result does not have go.
-fn finish(target: &Path, dir: &Path, files: &[String], own: fn(&str) -> bool) -> bool {
-    let Ok(lock) = std::fs::File::open(target) else { return false };
-    if lock.lock().is_err() {
-        return false;
-    }
-    let ok = move_in(target, dir, files, own).is_ok();
-    if ok {
-        tracing::info!("{}: finished the install of a killed run", target.display());
-    }
-    ok
 }
 
 /// `host pid-namespace pid`: who made a staging directory.
@@ -414,45 +387,38 @@ mod tests {
         n.ends_with(".csv")
     }
 
-    /// A run killed after moving `a.csv` in (the old one set aside), before `b.csv`: the next
-    /// run staging into the same `--out` finishes the install (`b.csv` new, its own stale
-    /// `c.csv` gone, the user's file kept) and removes the staging directory.
+    /// A run killed in the middle of its moves: its staging directory, holding the old files
+    /// it set aside, is left and reported, never removed (the only copy of the old files) nor
+    /// moved into place; one without set-aside files is removed; a planted one (not this
+    /// host's, or a link) is left alone.
     #[test]
-    fn a_dead_runs_journaled_install_is_finished_before_the_next_run_stages() {
+    fn a_killed_runs_set_aside_files_are_kept_and_nothing_is_moved_into_place() {
         let d = tempfile::tempdir().unwrap();
         let o = d.path().join("o");
-        let st = o.join(format!("{PREFIX}999999999-Kill"));
-        std::fs::create_dir_all(st.join(REPLACED)).unwrap();
-        for (path, text) in [
-            (o.join("a.csv"), "new a"),
-            (st.join(REPLACED).join("a.csv"), "old a"),
-            (o.join("b.csv"), "old b"),
-            (st.join("b.csv"), "new b"),
-            (o.join("c.csv"), "old c"),
-            (o.join("user.txt"), "mine"),
-        ] {
-            std::fs::write(path, text).unwrap();
-        }
         let line = owner_line();
         let (host_ns, _) = line.trim_end().rsplit_once(' ').unwrap();
-        std::fs::write(st.join(OWNER), format!("{host_ns} 999999999\n")).unwrap();
-        std::fs::write(st.join(JOURNAL), format!("{}\na.csv\nb.csv\n", o.display())).unwrap();
-        // a journal of another host's run is left alone
-        let theirs = o.join(format!("{PREFIX}999999998-Theirs"));
-        std::fs::create_dir_all(&theirs).unwrap();
-        std::fs::write(theirs.join(OWNER), "otherhost pid:[1] 999999998\n").unwrap();
-        std::fs::write(theirs.join(JOURNAL), format!("{}\nz.csv\n", o.display())).unwrap();
-        std::fs::write(theirs.join("z.csv"), "theirs").unwrap();
-
+        let mk = |name: &str, owner: &str| {
+            let st = o.join(format!("{PREFIX}{name}"));
+            std::fs::create_dir_all(&st).unwrap();
+            std::fs::write(st.join(OWNER), owner).unwrap();
+            std::fs::write(st.join("b.csv"), "staged").unwrap();
+            st
+        };
+        let killed = mk("999999999-Kill", &format!("{host_ns} 999999999\n"));
+        std::fs::create_dir(killed.join(REPLACED)).unwrap();
+        std::fs::write(killed.join(REPLACED).join("a.csv"), "old a").unwrap();
+        let clean = mk("999999998-Clean", &format!("{host_ns} 999999998\n"));
+        let theirs = mk("999999997-Theirs", "otherhost pid:[1] 999999997\n");
+        std::os::unix::fs::symlink(&clean, o.join(format!("{PREFIX}999999996-Link"))).unwrap();
+        std::fs::write(o.join("a.csv"), "new a").unwrap();
         let t = Target::new(&o, Path::new("/no/such/input"), true, own);
         let staging = t.stage().unwrap();
-        let read = |n: &str| std::fs::read_to_string(o.join(n)).ok();
-        assert_eq!((read("a.csv"), read("b.csv"), read("c.csv")), (Some("new a".into()), Some("new b".into()), None));
-        assert_eq!(read("user.txt").as_deref(), Some("mine"));
-        assert!(!st.exists());
-        assert!(theirs.join("z.csv").exists() && read("z.csv").is_none());
+        assert!(killed.join(REPLACED).join("a.csv").exists() && killed.join("b.csv").exists());
+        assert!(!clean.exists() && theirs.exists());
+        assert!(std::fs::symlink_metadata(o.join(format!("{PREFIX}999999996-Link"))).is_ok());
+        assert_eq!(std::fs::read_to_string(o.join("a.csv")).unwrap(), "new a");
+        assert!(!o.join("b.csv").exists(), "nothing staged is moved into place");
         assert!(staging.path().starts_with(&o), "an existing --out stages inside itself");
-        drop(staging);
     }
 
     #[test]
@@ -470,39 +436,5 @@ mod tests {
         let e = t.check().unwrap_err().to_string();
         assert!(e.contains("symbolic link to nothing"), "{e}");
         assert!(!d.path().join("nowhere").exists());
-    }
-
-    /// A journal planted in a shared directory (an owner line is easy to forge) must not move
-    /// files into another directory, nor replace names that are not the command's own.
-    #[test]
-    fn a_planted_journal_cannot_send_files_elsewhere_or_replace_other_names() {
-        let d = tempfile::tempdir().unwrap();
-        let (o, victim) = (d.path().join("o"), d.path().join("victim"));
-        std::fs::create_dir_all(&victim).unwrap();
-        std::fs::write(victim.join("labels.csv"), "victim's").unwrap();
-        let line = owner_line();
-        let (host_ns, _) = line.trim_end().rsplit_once(' ').unwrap();
-        let plant = |name: &str, target: &Path, files: &[&str]| {
-            let st = o.join(format!("{PREFIX}99999999{}-{name}", name.len()));
-            std::fs::create_dir_all(&st).unwrap();
-            std::fs::write(st.join(OWNER), format!("{host_ns} 99999999{}\n", name.len())).unwrap();
-            std::fs::write(st.join(JOURNAL), format!("{}\n{}\n", target.display(), files.join("\n"))).unwrap();
-            for f in files {
-                if !f.contains('/') {
-                    std::fs::write(st.join(f), "planted").unwrap();
-                }
-            }
-            st
-        };
-        std::fs::create_dir_all(&o).unwrap();
-        std::fs::write(o.join("thesis.tex"), "years of work").unwrap();
-        let a = plant("a", &victim, &["labels.csv"]);
-        let b = plant("bb", &o, &["thesis.tex"]);
-        let c = plant("ccc", &o, &["../victim/labels.csv"]);
-        let t = Target::new(&o, Path::new("/no/such/input"), true, own);
-        drop(t.stage().unwrap());
-        assert_eq!(std::fs::read_to_string(victim.join("labels.csv")).unwrap(), "victim's");
-        assert_eq!(std::fs::read_to_string(o.join("thesis.tex")).unwrap(), "years of work");
-        assert!(a.exists() && b.exists() && c.exists(), "left alone");
     }
 }
