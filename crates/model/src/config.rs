@@ -49,6 +49,15 @@ pub struct TrainConfig {
     /// never stop early); the best epoch's weights are kept either way.
     pub patience: usize,
     pub seed: u64,
+    /// Mixup (Zhang et al. 2018): each batch is blended with a shuffled copy of itself,
+    /// images and (soft) targets alike, with a weight drawn from Beta(`mixup`, `mixup`) per
+    /// batch; 0 = off (default). Typical: 0.1-0.4. Left out of the key and the config when off.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub mixup: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Default for TrainConfig {
@@ -63,6 +72,7 @@ impl Default for TrainConfig {
             weight_decay: 0.0,
             patience: 5,
             seed: 42,
+            mixup: 0.0,
         }
     }
 }
@@ -83,6 +93,9 @@ impl TrainConfig {
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(ModelError::config("weight_decay", "must be >= 0"));
+        }
+        if !(self.mixup.is_finite() && (0.0..=10.0).contains(&self.mixup)) {
+            return Err(ModelError::config("mixup", "must be in [0, 10] (0 = off)"));
         }
         Ok(())
     }

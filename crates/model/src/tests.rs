@@ -513,3 +513,31 @@ fn training_from_init_starts_from_its_weights_and_refuses_another_network() {
     }
     crate::load_artifact(&ens).unwrap();
 }
+
+#[test]
+fn mixup_blends_images_and_targets_with_one_weight_per_batch() {
+    use rand::SeedableRng;
+    let (b, k, px) = (4, 3, 5);
+    let x0: Vec<f32> = (0..b * px).map(|i| (i / px) as f32).collect(); // image i is all i
+    let y0: Vec<f32> = (0..b).flat_map(|i| (0..k).map(move |c| if c == i % k { 1.0 } else { 0.0 })).collect();
+    let (mut x, mut y) = (x0.clone(), y0.clone());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    crate::train::mix_batch(&mut x, &mut y, b, k, 0.4, &mut rng);
+    // every target still sums to 1; every image is constant (a blend of two constants)
+    for i in 0..b {
+        let s: f32 = y[i * k..(i + 1) * k].iter().sum();
+        assert!((s - 1.0).abs() < 1e-6, "{y:?}");
+        assert!(x[i * px..(i + 1) * px].iter().all(|&v| v == x[i * px]), "{x:?}");
+        assert!((0.0..=3.0).contains(&x[i * px]));
+    }
+    // one weight for the batch: each image's value is l*i + (1-l)*p(i), and the same l gives
+    // the target's weight on its own class
+    assert_ne!(x, x0, "nothing was mixed");
+    let mut again = (x0.clone(), y0.clone());
+    crate::train::mix_batch(&mut again.0, &mut again.1, b, k, 0.4, &mut rand_chacha::ChaCha8Rng::seed_from_u64(3));
+    assert_eq!((again.0, again.1), (x, y), "seeded: the same blend");
+    // a batch of one is left as it is
+    let (mut x1, mut y1) = (vec![1.0f32; px], vec![1.0, 0.0, 0.0]);
+    crate::train::mix_batch(&mut x1, &mut y1, 1, k, 0.4, &mut rng);
+    assert_eq!((x1, y1), (vec![1.0f32; px], vec![1.0, 0.0, 0.0]));
+}

@@ -241,6 +241,34 @@ fn batch_tensors<B: Backend>(ds: &Dataset, idx: &[usize], x: &mut Vec<f32>, y: &
     (xt, yt)
 }
 
+/// Mixup of one batch in place: `x_i <- l x_i + (1 - l) x_p(i)`, the same for the targets,
+/// with `l ~ Beta(alpha, alpha)` (Johnk's method: exact for any alpha, fast for small ones)
+/// and `p` a random permutation of the batch.
+pub(crate) fn mix_batch(x: &mut [f32], y: &mut [f32], b: usize, k: usize, alpha: f64, rng: &mut impl rand::Rng) {
+    if b < 2 {
+        return;
+    }
+    let l = loop {
+        let u = rng.gen::<f64>().powf(1.0 / alpha);
+        let v = rng.gen::<f64>().powf(1.0 / alpha);
+        if u + v <= 1.0 && u + v > 0.0 {
+            break (u / (u + v)) as f32;
+        }
+    };
+    let mut perm: Vec<usize> = (0..b).collect();
+    perm.shuffle(rng);
+    let (x0, y0) = (x.to_vec(), y.to_vec());
+    let px = x.len() / b;
+    for (i, &j) in perm.iter().enumerate() {
+        for (a, o) in x[i * px..(i + 1) * px].iter_mut().zip(&x0[j * px..(j + 1) * px]) {
+            *a = l * *a + (1.0 - l) * o;
+        }
+        for (a, o) in y[i * k..(i + 1) * k].iter_mut().zip(&y0[j * k..(j + 1) * k]) {
+            *a = l * *a + (1.0 - l) * o;
+        }
+    }
+}
+
 /// Mean of `-sum_k q_k log softmax(logits)_k` over the batch.
 pub fn soft_cross_entropy<B: Backend>(logits: Tensor<B, 2>, q: Tensor<B, 2>) -> Tensor<B, 1> {
     (q * log_softmax(logits, 1)).sum_dim(1).mean().neg()
@@ -296,6 +324,9 @@ where
     let n = train_set.len();
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(tc.seed);
+    // its own stream: with mixup off, the batches are those of a build without it
+    let mut mix_rng = rand_chacha::ChaCha8Rng::seed_from_u64(tc.seed ^ 0x6d69_7875_70);
+    let k = train_set.num_classes();
     let (mut x, mut y) = (Vec::with_capacity(tc.batch_size * PIXELS), Vec::new());
     let mut history = Vec::new();
     let mut best: Option<(Net<B>, f64, usize)> = None;
@@ -314,7 +345,17 @@ where
             if observer.cancelled() {
                 return Err(ModelError::Cancelled);
             }
-            let (xt, yt) = batch_tensors::<B>(train_set, chunk, &mut x, &mut y, device);
+            let (xt, yt) = if tc.mixup > 0.0 {
+                train_set.gather(chunk, &mut x, &mut y);
+                mix_batch(&mut x, &mut y, chunk.len(), k, tc.mixup, &mut mix_rng);
+                let b = chunk.len();
+                (
+                    Tensor::from_data(TensorData::new(x.clone(), [b, 1, IMAGE_SIZE, IMAGE_SIZE]), device),
+                    Tensor::from_data(TensorData::new(y.clone(), [b, k]), device),
+                )
+            } else {
+                batch_tensors::<B>(train_set, chunk, &mut x, &mut y, device)
+            };
             let logits = net.forward(xt);
             let loss = soft_cross_entropy(logits.clone(), yt.clone());
             let (l, c) = batch_stats(logits.inner(), yt.inner());
