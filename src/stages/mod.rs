@@ -195,6 +195,11 @@ pub trait Stage: Send + Sync + 'static {
     /// of the cache key, so a model trained on a GPU is reused on a CPU machine.
     const PROVENANCE_PARAMS: &'static [&'static str] = &[];
 
+    /// Params these params make irrelevant (`valid_fraction` of an ensemble, which validates
+    /// on folds): left out of the key like `PROVENANCE_PARAMS`, so changing one reruns nothing.
+    fn unused_params(_params: &Self::Params) -> Vec<&'static str> {
+        Vec::new()
+    }
     /// A stage that reads the outside world runs every time; its output digest still
     /// decides whether its dependents rerun.
     fn volatile(_params: &Self::Params) -> bool {
@@ -219,7 +224,8 @@ pub trait DynStage: Send + Sync {
     fn inputs(&self) -> &'static [InputDecl];
     fn open_inputs(&self) -> bool;
     fn open_params(&self) -> bool;
-    /// The params that go into the cache key: all but `PROVENANCE_PARAMS`.
+    /// The params that go into the cache key: all but `PROVENANCE_PARAMS` and those the
+    /// others make irrelevant (`Stage::unused_params`).
     fn key_params(&self, params: &Value) -> Value;
     fn params_schema(&self) -> Value;
     /// Validate raw params and return them canonical, defaults filled in.
@@ -301,6 +307,11 @@ impl<S: Stage> DynStage for Wrap<S> {
         if let Value::Object(m) = &mut p {
             for name in S::PROVENANCE_PARAMS {
                 m.remove(*name);
+            }
+            if let Ok(parsed) = parse_params::<S>(params) {
+                for name in S::unused_params(&parsed) {
+                    m.remove(name);
+                }
             }
         }
         p
@@ -489,6 +500,20 @@ mod tests {
             r#"{"model":"cnn","cnn_channels":[16,32,64],"cnn_dense":128,"targets":"soft","optimizer":"adam","lr":0.001,"momentum":0.9,"batch_size":32,"epochs":30,"weight_decay":0.0,"patience":10,"seed":1,"weights":null,"freeze":false,"leakage_distance":24,"valid_fraction":0.15,"leakage":"error"}"#,
             r#"{"model":"vgg16","cnn_channels":[16,32,64],"cnn_dense":128,"targets":"hard","optimizer":"sgd","lr":0.001,"momentum":0.5,"batch_size":8,"epochs":15,"weight_decay":0.0001,"patience":5,"seed":42,"weights":"w.safetensors","freeze":true,"leakage_distance":24,"valid_fraction":0.15,"leakage":"warn"}"#,
         ]);
+    }
+
+    /// An ensemble validates on folds: its `valid_fraction` does nothing, so it is not in the
+    /// key (changing it retrained every member); a single model's is.
+    #[cfg(feature = "ml")]
+    #[test]
+    fn an_ensembles_valid_fraction_is_not_in_the_key() {
+        let k = find("train").unwrap();
+        let key = |v: serde_json::Value| k.key_params(&k.normalize(&v).unwrap());
+        let (a, b) = (key(serde_json::json!({"ensemble": 3})), key(serde_json::json!({"ensemble": 3, "valid_fraction": 0.3})));
+        assert_eq!(a, b);
+        assert!(a.get("valid_fraction").is_none() && a["ensemble"] == 3, "{a}");
+        assert_ne!(key(serde_json::json!({})), key(serde_json::json!({"valid_fraction": 0.3})));
+        assert_eq!(pinned("train", serde_json::json!({"ensemble": 1})), pinned("train", serde_json::json!({})));
     }
 
     #[cfg(feature = "ml")]

@@ -357,6 +357,15 @@ impl Stage for Train {
     // Where it ran is provenance: a model trained on a GPU is reused on a CPU machine.
     const PROVENANCE_PARAMS: &'static [&'static str] = &["backend"];
 
+    fn unused_params(p: &TrainParams) -> Vec<&'static str> {
+        // an ensemble validates each member on a fold, never on `valid_fraction` of the items
+        if p.ensemble > 1 {
+            vec!["valid_fraction"]
+        } else {
+            Vec::new()
+        }
+    }
+
     fn param_files(p: &TrainParams) -> Vec<(String, PathBuf)> {
         // The engine resolves relative paths against the pipeline file like ctx.resolve.
         p.weights.iter().map(|w| ("weights".to_string(), PathBuf::from(w))).collect()
