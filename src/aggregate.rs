@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use pipeline_crowd::aggregate::{aggregate as run_method, Method};
 use pipeline_crowd::amt::{parse_crowdkit_csv_with, OnUnknownLabel};
-use pipeline_crowd::report::{method_line, write_labels, write_posteriors, write_report, WORKER_PLOTS};
+use pipeline_crowd::report::{is_output_file, method_line, write_labels, write_posteriors, write_report};
 use pipeline_crowd::{parse_amt_batch, AmtOptions};
 
 use crate::outdir::Target;
@@ -153,7 +153,7 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
         _ => OnUnknownLabel::Error,
     };
     let given_classes = args.classes.as_deref().map(check_classes).transpose()?;
-    let target = Target::new(&args.out, input, args.force, is_own_output);
+    let target = Target::new(&args.out, input, args.force, is_output_file);
     target.check()?;
     let dedupe = args.duplicates != "keep";
     // repeated answers of a worker on a task dropped, and how many of those disagreed (CSV)
@@ -320,33 +320,6 @@ fn read_input(input: &Path, name: &str) -> anyhow::Result<String> {
         anyhow::anyhow!("reading {name}: line {line}: invalid UTF-8 (byte offset {at})")
     })
 }
-
-/// Whether `name` is a file `aggregate` writes: with `--force` these, and only these, are
-/// replaced, and those of the old run the new one does not write (fewer worker plots) go too,
-/// so `--out` never mixes two runs' results.
-fn is_own_output(name: &str) -> bool {
-    const FIXED: [&str; 10] = [
-        "labels.csv",
-        "posteriors.csv",
-        "workers.csv",
-        "worker_matrices.json",
-        "prior.json",
-        "loglik.csv",
-        "loglik.png",
-        "pooled.png",
-        "report.md",
-        "summary.json",
-    ];
-    // worker_1.png .. worker_5.png: the plots the report draws, nothing the user may have named
-    // worker_0.png or worker_03.png
-    FIXED.contains(&name)
-        || name
-            .strip_prefix("worker_")
-            .and_then(|r| r.strip_suffix(".png"))
-            .and_then(|n| n.parse::<usize>().ok().filter(|&i| (1..=WORKER_PLOTS).contains(&i) && n == i.to_string()))
-            .is_some()
-}
-
 
 /// `aggregate` with the defaults and a method (kept for callers of the old signature).
 pub fn aggregate(input: &Path, method: &str, out_dir: &Path) -> anyhow::Result<()> {

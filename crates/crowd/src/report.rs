@@ -220,6 +220,30 @@ fn selection_md(r: &Aggregation) -> String {
 /// Least reliable workers drawn in the report: `worker_1.png` .. `worker_<this>.png`.
 pub const WORKER_PLOTS: usize = 5;
 
+/// Whether `name` is a file of an aggregation's output: `labels.csv` and `posteriors.csv`
+/// ([`write_labels`], [`write_posteriors`]), what [`write_report`] writes, and its worker
+/// plots (`worker_1.png` .. `worker_5.png` exactly; `worker_0.png` or `worker_03.png` are not).
+pub fn is_output_file(name: &str) -> bool {
+    const FIXED: [&str; 10] = [
+        "labels.csv",
+        "posteriors.csv",
+        "workers.csv",
+        "worker_matrices.json",
+        "prior.json",
+        "loglik.csv",
+        "loglik.png",
+        "pooled.png",
+        "report.md",
+        "summary.json",
+    ];
+    FIXED.contains(&name)
+        || name
+            .strip_prefix("worker_")
+            .and_then(|r| r.strip_suffix(".png"))
+            .and_then(|n| n.parse::<usize>().ok().filter(|&i| (1..=WORKER_PLOTS).contains(&i) && n == i.to_string()))
+            .is_some()
+}
+
 pub fn write_report(
     out: &Path,
     answers: &Answers,
