@@ -500,6 +500,28 @@ fn heldout_loglik(a: &Answers, fam: &Family, q: &[f64], prior_fixed: Option<&[f6
                 }
             }
         }
+        // Short items (nearly all): in probabilities, with no ln per class. With
+        // P_j = prior_j prod_t theta_tj, P(class j | the other answers) is
+        // (P_j / theta_tj) / D_t with D_t = sum_j P_j / theta_tj, so the held-out answer's
+        // probability is sum_j P_j / D_t: one ln per item instead of one per answer and class
+        // (the log form below, for items long or small enough to underflow, is the same sum).
+        if n <= 32 && theta.iter().all(|&x| x >= 1e-30) && prior.iter().all(|&x| x >= 1e-30) {
+            let mut p = prior.clone();
+            for t in 0..n {
+                for j in 0..k {
+                    p[j] *= theta[t * k + j];
+                }
+            }
+            let s: f64 = p.iter().sum();
+            let mut prod = 1.0f64;
+            for t in 0..n {
+                let d: f64 = (0..k).map(|j| p[j] / theta[t * k + j]).sum();
+                prod *= s / d;
+            }
+            if s > 1e-280 && prod > 1e-280 && prod.is_finite() {
+                return prod.ln();
+            }
+        }
         // each ln once (the same values as taking them twice)
         let ln_theta: Vec<f64> = theta.iter().map(|x| x.max(1e-300).ln()).collect();
         let mut base: Vec<f64> = prior.iter().map(|p| p.max(1e-300).ln()).collect();
