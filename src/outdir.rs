@@ -144,7 +144,14 @@ impl<'a> Target<'a> {
     /// else file by file under the lock, rolled back on an error.
     pub fn install(&self, staging: Staging) -> anyhow::Result<()> {
         let out = &self.out;
-        self.check()?;
+        self.check().map_err(|e| {
+            // staged beside: --out did not exist when this run began
+            if !staging.path().starts_with(out) && std::fs::symlink_metadata(out).is_ok() {
+                e.context(format!("--out {} appeared while this run worked (another run?)", out.display()))
+            } else {
+                e
+            }
+        })?;
         let files = staging.results()?;
         if std::fs::symlink_metadata(out).is_err() {
             let dir = staging.tmp.keep();
@@ -419,6 +426,23 @@ mod tests {
         assert_eq!(std::fs::read_to_string(o.join("a.csv")).unwrap(), "new a");
         assert!(!o.join("b.csv").exists(), "nothing staged is moved into place");
         assert!(staging.path().starts_with(&o), "an existing --out stages inside itself");
+    }
+
+    /// Losing the race for a new `--out` (another run made it and wrote into it while this
+    /// one worked): refused without `--force`, saying so; the other run's files untouched.
+    #[test]
+    fn a_new_out_that_appears_meanwhile_is_named_as_such() {
+        let d = tempfile::tempdir().unwrap();
+        let o = d.path().join("o");
+        let t = Target::new(&o, Path::new("/no/such/input"), false, own);
+        t.check().unwrap();
+        let staging = t.stage().unwrap();
+        std::fs::write(staging.path().join("a.csv"), "mine").unwrap();
+        std::fs::create_dir(&o).unwrap();
+        std::fs::write(o.join("a.csv"), "theirs").unwrap();
+        let e = format!("{:#}", t.install(staging).unwrap_err());
+        assert!(e.contains("appeared while this run worked") && e.contains("is not empty"), "{e}");
+        assert_eq!(std::fs::read_to_string(o.join("a.csv")).unwrap(), "theirs");
     }
 
     #[test]
