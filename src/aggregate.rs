@@ -224,8 +224,9 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
     let t1 = std::time::Instant::now();
     let r = run_method(&answers, method, &opts).with_context(|| format!("{name}: {method}"))?;
     let t2 = std::time::Instant::now();
-    // Everything is written into a staging directory, then moved in (`outdir`): a failure or
-    // a kill leaves `--out` as it was, or finished by the next run, never half-written.
+    // Everything is written into a staging directory, then moved in (`outdir`): a failure
+    // leaves `--out` as it was; a kill in the middle of the last moves is reported by the next
+    // run (see `outdir`).
     let staging = target.stage()?;
     let input_md = match repeated {
         (0, _) if dedupe => String::new(),
@@ -247,20 +248,23 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
         })();
         (files, report.join())
     });
-    let t3 = files?;
+    // a failed write (a full disk) names the staging directory, which is gone by the time
+    // the user reads it: say what it was and that --out is untouched
+    let staged = |e: anyhow::Error| e.context(format!("writing the results (staged for --out {}, now removed; --out is as it was)", args.out.display()));
+    let t3 = files.map_err(staged)?;
     let rep = match report {
-        Ok(rep) => rep?,
+        Ok(rep) => rep.map_err(|e| staged(e.into()))?,
         Err(panic) => std::panic::resume_unwind(panic),
     };
     // what was read, beside what was fitted: the answer count alone does not say rows were dropped
     let summary = out.join("summary.json");
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary)?)?;
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).map_err(|e| staged(e.into()))?).map_err(|e| staged(e.into()))?;
     v["input"] = serde_json::json!({
         "duplicates": if dedupe { "first" } else { "keep" },
         "repeated_dropped": repeated.0,
         "repeated_conflicting": repeated.1,
     });
-    std::fs::write(&summary, serde_json::to_string_pretty(&v)?)?;
+    std::fs::write(&summary, serde_json::to_string_pretty(&v)?).map_err(|e| staged(e.into()))?;
     for e in &rep.plot_errors {
         tracing::warn!("dawid-skene report: {e}");
     }

@@ -123,13 +123,13 @@ impl<'a> Target<'a> {
     pub fn stage(&self) -> anyhow::Result<Staging> {
         let out = &self.out;
         let dir = if std::fs::symlink_metadata(out).is_ok_and(|m| m.is_dir()) {
-            sweep(out);
+            sweep(out, false);
             out.clone()
         } else {
             // the parent of the absolute path: `--out x/..` must not stage inside itself
             let parent = crate::cache::store::absolute(out).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
             std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-            sweep(&parent);
+            sweep(&parent, false);
             parent
         };
         let tmp = tempfile::Builder::new()
@@ -184,10 +184,10 @@ impl<'a> Target<'a> {
     /// unless old files could not be put back after an error (the message says where they are).
     fn install_into(&self, dir: &Path, files: &[String]) -> anyhow::Result<()> {
         let out = &self.out;
-        let lock = std::fs::File::open(out).with_context(|| format!("--out {}", out.display()))?;
-        if lock.try_lock().is_err() {
+        let od = OutDir::open(out).with_context(|| format!("--out {} (a directory, not a link)", out.display()))?;
+        if od.fd.try_lock().is_err() {
             eprintln!("waiting for another run to finish writing into {}", out.display());
-            lock.lock().with_context(|| format!("locking --out {}", out.display()))?;
+            od.fd.lock().with_context(|| format!("locking --out {}", out.display()))?;
         }
         let fail = |e: anyhow::Error| -> anyhow::Error {
             let _ = std::fs::remove_dir_all(dir);
@@ -196,14 +196,15 @@ impl<'a> Target<'a> {
         self.check().map_err(fail)?; // what another run left while we waited
         // Every name is checked before the first is moved: a refusal changes nothing.
         for name in files {
-            let dst = out.join(name);
-            if std::fs::symlink_metadata(&dst).map(|m| m.is_dir()).unwrap_or(false) {
-                return Err(fail(anyhow::anyhow!("--out {}: {} is a directory, not replaced (nothing was written)", out.display(), dst.display())));
+            if od.kind(name) == Some(true) {
+                return Err(fail(anyhow::anyhow!("--out {}: {} is a directory, not replaced (nothing was written)", out.display(), od.shown(name).display())));
             }
         }
-        match move_in(out, dir, files, self.own) {
+        match move_in(&od, dir, files, self.own) {
             Ok(()) => {
                 let _ = std::fs::remove_dir_all(dir);
+                // a killed run's set-aside files here are now of no use: one complete result
+                sweep(out, true);
                 Ok(())
             }
             Err((e, lost)) if lost.is_empty() => {
@@ -243,50 +244,103 @@ impl Staging {
     }
 }
 
+/// `--out`, opened as a directory without following a link: every move in or out of it is
+/// made relative to this descriptor, so a directory swapped for a link after the checks (by
+/// someone who can write to its parent) cannot send the files elsewhere.
+struct OutDir<'a> {
+    fd: std::fs::File,
+    path: &'a Path,
+}
+
+impl<'a> OutDir<'a> {
+    fn open(path: &'a Path) -> std::io::Result<OutDir<'a>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let fd = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(path)?;
+        Ok(OutDir { fd, path })
+    }
+    fn shown(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+    fn c(p: &std::ffi::OsStr) -> std::io::Result<std::ffi::CString> {
+        use std::os::unix::ffi::OsStrExt;
+        std::ffi::CString::new(p.as_bytes()).map_err(std::io::Error::other)
+    }
+    /// `Some(is_dir)` when `name` exists in it (a link is not followed).
+    fn kind(&self, name: &str) -> Option<bool> {
+        use std::os::fd::AsRawFd;
+        let n = Self::c(name.as_ref()).ok()?;
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid descriptor and NUL-terminated name; `st` is written by the call
+        let r = unsafe { libc::fstatat(self.fd.as_raw_fd(), n.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+        (r == 0).then_some(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    }
+    /// Its plain files' names (read through the descriptor).
+    fn files(&self) -> Vec<String> {
+        use std::os::fd::AsRawFd;
+        std::fs::read_dir(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+            .or_else(|_| std::fs::read_dir(self.path))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    fn rename(from_fd: i32, from: &std::ffi::OsStr, to_fd: i32, to: &std::ffi::OsStr) -> std::io::Result<()> {
+        let (f, t) = (Self::c(from)?, Self::c(to)?);
+        // SAFETY: valid descriptors (or AT_FDCWD) and NUL-terminated names
+        if unsafe { libc::renameat(from_fd, f.as_ptr(), to_fd, t.as_ptr()) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+    /// `name` in it -> `to` (a path).
+    fn take(&self, name: &str, to: &Path) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        Self::rename(self.fd.as_raw_fd(), name.as_ref(), libc::AT_FDCWD, to.as_os_str())
+    }
+    /// `from` (a path) -> `name` in it.
+    fn put(&self, from: &Path, name: &str) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        Self::rename(libc::AT_FDCWD, from.as_os_str(), self.fd.as_raw_fd(), name.as_ref())
+    }
+}
+
 /// Move `files` from `dir` into `out`, the replaced ones and the command's own old files that
 /// the new run does not write set aside in `dir/.replaced`. On an error everything moved is
 /// put back; the names that could not be are returned with it.
-fn move_in(out: &Path, dir: &Path, files: &[String], own: fn(&str) -> bool) -> Result<(), (anyhow::Error, Vec<String>)> {
+fn move_in(out: &OutDir, dir: &Path, files: &[String], own: fn(&str) -> bool) -> Result<(), (anyhow::Error, Vec<String>)> {
     let replaced = dir.join(REPLACED);
     if let Err(e) = std::fs::create_dir_all(&replaced) {
         return Err((anyhow::Error::from(e).context(format!("creating {}", replaced.display())), Vec::new()));
     }
     // the old run's own files that the new one does not write (plain files only)
-    let stale: Vec<String> = std::fs::read_dir(out)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| own(n) && !files.contains(n))
-                .collect()
-        })
-        .unwrap_or_default();
+    let stale: Vec<String> = out.files().into_iter().filter(|n| own(n) && !files.contains(n)).collect();
     let (mut old_moved, mut new_moved): (Vec<&String>, Vec<&String>) = (Vec::new(), Vec::new());
     let moved = (|| -> anyhow::Result<()> {
         for name in &stale {
-            let dst = out.join(name);
-            std::fs::rename(&dst, replaced.join(name)).with_context(|| format!("moving aside {}", dst.display()))?;
+            out.take(name, &replaced.join(name)).with_context(|| format!("moving aside {}", out.shown(name).display()))?;
             old_moved.push(name);
         }
         for name in files {
-            let src = dir.join(name);
-            let dst = out.join(name);
-            if std::fs::symlink_metadata(&dst).is_ok() {
-                std::fs::rename(&dst, replaced.join(name)).with_context(|| format!("moving aside {}", dst.display()))?;
+            if out.kind(name).is_some() {
+                out.take(name, &replaced.join(name)).with_context(|| format!("moving aside {}", out.shown(name).display()))?;
                 old_moved.push(name);
             }
-            std::fs::rename(&src, &dst).with_context(|| format!("writing {}", dst.display()))?;
+            out.put(&dir.join(name), name).with_context(|| format!("writing {}", out.shown(name).display()))?;
             new_moved.push(name);
         }
         Ok(())
     })();
     let Err(e) = moved else { return Ok(()) };
     for name in new_moved.iter().rev() {
-        let _ = std::fs::rename(out.join(name), dir.join(name));
+        let _ = out.take(name, &dir.join(name));
     }
     let mut lost = Vec::new();
     for name in old_moved.iter().rev() {
-        if std::fs::rename(replaced.join(name), out.join(name)).is_err() {
+        if out.put(&replaced.join(name), name).is_err() {
             lost.push(name.to_string());
         }
     }
@@ -294,8 +348,10 @@ fn move_in(out: &Path, dir: &Path, files: &[String], own: fn(&str) -> bool) -> R
 }
 
 /// Remove the staging directories in `dir` of runs that no longer exist (see the module's
-/// notes); one with old files set aside is left and reported. Anything else is left alone.
-fn sweep(dir: &Path) {
+/// notes); one with old files set aside is left and reported, unless `complete`: this run
+/// has just made `dir` one complete result, so those old files are of no use any more.
+/// Anything else is left alone.
+fn sweep(dir: &Path, complete: bool) {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     let me = owner_line();
@@ -326,7 +382,7 @@ fn sweep(dir: &Path) {
             continue;
         }
         let set_aside = std::fs::read_dir(path.join(REPLACED)).map(|mut d| d.next().is_some()).unwrap_or(false);
-        if set_aside {
+        if set_aside && !complete {
             eprintln!(
                 "warning: {} was left by a run killed while moving its files into {}: that directory may mix two runs' files; the old ones are in {} (rerun with --force for one complete result)",
                 path.display(),

@@ -981,7 +981,7 @@ fn aggregate_force_removes_its_stale_files_keeps_an_empty_out_and_creates_nothin
 /// Found by a hostile pass: a run killed between its file moves left `--out` with labels of
 /// the new run and posteriors of the old, and the next run's sweep deleted the old files it
 /// had set aside. Now the set-aside files are kept and the next run says `--out` may be
-/// mixed; a --force run makes it one complete result again. (A journal rolled forward by
+/// mixed; a --force run makes it one complete result again, and only then are they removed. (A journal rolled forward by
 /// the next run was tried and dropped: a forged one could replace files anywhere.)
 #[test]
 fn a_run_killed_during_its_moves_keeps_the_old_files_and_is_reported() {
@@ -1002,7 +1002,11 @@ fn a_run_killed_during_its_moves_keeps_the_old_files_and_is_reported() {
     let o = s.run(&["aggregate", inp.to_str().unwrap(), "--method", "one-coin", "--out", "o", "--force"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("killed while moving its files into") && stderr(&o).contains("may mix two runs"), "{}", stderr(&o));
-    assert!(st.join(".replaced/labels.csv").exists(), "the only copy of the old labels was removed");
+    // the --force run made `o` one complete result: the killed run's leftovers go with it,
+    // and the warning with them
+    assert!(!st.exists(), "a complete result was written: the leftovers are of no use");
+    let o = s.run(&["aggregate", inp.to_str().unwrap(), "--method", "one-coin", "--out", "o", "--force"]);
+    assert!(o.status.success() && !stderr(&o).contains("may mix"), "{}", stderr(&o));
     // the --force run is one complete result (the one-coin run's files, all of them)
     s.ok(&["aggregate", inp.to_str().unwrap(), "--method", "one-coin", "--out", "ref"]);
     assert_eq!(tree_files(&s.path().join("o"), &[]), names);

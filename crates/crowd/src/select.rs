@@ -326,7 +326,9 @@ pub(crate) fn one_se_rule(cands: &[Cand], per_item: &[&[f64]]) -> Pick {
     let mut chosen = best;
     for &i in &eligible {
         let (c, cur) = (&cands[i], &cands[chosen]);
-        let within = c.total >= cands[best].total - se[i];
+        // the standard error never below rounding: two models equal to 1e-14 nats (an
+        // accurate crowd, where priors barely matter) are a tie, not a 2-SE difference
+        let within = c.total >= cands[best].total - se[i].max(1e-9 * cands[best].total.abs());
         let simpler = c.params < cur.params
             || (c.params == cur.params && (c.total > cur.total || (c.total == cur.total && c.order < cur.order)));
         if within && simpler && c.params < cands[best].params {

@@ -94,8 +94,9 @@ impl TrainConfig {
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(ModelError::config("weight_decay", "must be >= 0"));
         }
-        if !(self.mixup.is_finite() && (0.0..=10.0).contains(&self.mixup)) {
-            return Err(ModelError::config("mixup", "must be in [0, 10] (0 = off)"));
+        // below 0.01 the Beta draw is 0 or 1 (no mixing) and its sampler needs ~1/alpha tries
+        if !(self.mixup == 0.0 || (self.mixup.is_finite() && (0.01..=10.0).contains(&self.mixup))) {
+            return Err(ModelError::config("mixup", "must be 0 (off) or in [0.01, 10]"));
         }
         Ok(())
     }

@@ -536,6 +536,12 @@ fn mixup_blends_images_and_targets_with_one_weight_per_batch() {
     let mut again = (x0.clone(), y0.clone());
     crate::train::mix_batch(&mut again.0, &mut again.1, b, k, 0.4, &mut rand_chacha::ChaCha8Rng::seed_from_u64(3));
     assert_eq!((again.0, again.1), (x, y), "seeded: the same blend");
+    // found by a hostile pass: mixup 1e-300 passed the check and the sampler never returned
+    for bad in [1e-300, 0.001, -0.1, 11.0, f64::NAN] {
+        let e = crate::TrainConfig { mixup: bad, ..Default::default() }.validate().unwrap_err().to_string();
+        assert!(e.contains("mixup"), "{bad}: {e}");
+    }
+    crate::train::mix_batch(&mut x.clone(), &mut y.clone(), b, k, 1e-300, &mut rng); // returns
     // a batch of one is left as it is
     let (mut x1, mut y1) = (vec![1.0f32; px], vec![1.0, 0.0, 0.0]);
     crate::train::mix_batch(&mut x1, &mut y1, 1, k, 0.4, &mut rng);

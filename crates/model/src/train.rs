@@ -248,13 +248,14 @@ pub(crate) fn mix_batch(x: &mut [f32], y: &mut [f32], b: usize, k: usize, alpha:
     if b < 2 {
         return;
     }
-    let l = loop {
-        let u = rng.gen::<f64>().powf(1.0 / alpha);
-        let v = rng.gen::<f64>().powf(1.0 / alpha);
-        if u + v <= 1.0 && u + v > 0.0 {
-            break (u / (u + v)) as f32;
-        }
-    };
+    // (bounded: alpha >= 0.01 accepts within a few tries; past the bound, no mixing)
+    let l = (0..10_000)
+        .find_map(|_| {
+            let u = rng.gen::<f64>().powf(1.0 / alpha);
+            let v = rng.gen::<f64>().powf(1.0 / alpha);
+            (u + v <= 1.0 && u + v > 0.0).then(|| (u / (u + v)) as f32)
+        })
+        .unwrap_or(1.0);
     let mut perm: Vec<usize> = (0..b).collect();
     perm.shuffle(rng);
     let (x0, y0) = (x.to_vec(), y.to_vec());

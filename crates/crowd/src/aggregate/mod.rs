@@ -265,6 +265,14 @@ mod tests {
         let p = one_se_rule(&cs, &[&simple, &hair]);
         assert_eq!((p.best, p.chosen), (1, 1));
         assert_eq!(p.se[1], 0.0);
+        // found by a hostile pass: a flexible model ahead by rounding alone (4 items of 8),
+        // differences of rounding size (SE ~1e-14), was "2 SE" better; now a tie: the simpler
+        let small: Vec<f64> = (0..8).map(|i| -0.01 - 0.001 * i as f64).collect();
+        let pooled_l: Vec<f64> = small.iter().enumerate().map(|(i, x)| x + if i % 2 == 0 { 4e-17 } else { 0.0 }).collect();
+        let cs = [cand(0, Method::Pooled, 99, &pooled_l, None), cand(1, Method::Pooled, 90, &small, None)];
+        let p = one_se_rule(&cs, &[&pooled_l, &small]);
+        assert!(p.se[1] > 0.0 && cs[0].total - cs[1].total > 2.0 * p.se[1], "{:?}", p.se);
+        assert_eq!(p.chosen, 1, "the simpler of two models tied to rounding");
         // a not-eligible candidate is never kept, however simple
         let cs = [cand(0, Method::Pooled, 1, &simple, Some("below chance")), cand(1, Method::DawidSkene, 240, &close, None)];
         assert_eq!(one_se_rule(&cs, &[&simple, &close]).chosen, 1);
