@@ -541,7 +541,7 @@ fn mixup_blends_images_and_targets_with_one_weight_per_batch() {
         let e = crate::TrainConfig { mixup: bad, ..Default::default() }.validate().unwrap_err().to_string();
         assert!(e.contains("mixup"), "{bad}: {e}");
     }
-    crate::train::mix_batch(&mut x.clone(), &mut y.clone(), b, k, 1e-300, &mut rng); // returns
+    crate::train::mix_batch(&mut x0.clone(), &mut y0.clone(), b, k, 1e-300, &mut rng); // returns
     // a batch of one is left as it is
     let (mut x1, mut y1) = (vec![1.0f32; px], vec![1.0, 0.0, 0.0]);
     crate::train::mix_batch(&mut x1, &mut y1, 1, k, 0.4, &mut rng);
