@@ -165,6 +165,7 @@ impl StageError {
 }
 
 /// `leakage_distance` of `train` and `evaluate`: at most 32 bits of the 256-bit pHash.
+#[cfg(feature = "ml")]
 pub(crate) fn check_leakage_distance(d: u32) -> Result<(), StageError> {
     if d > 32 {
         return Err(StageError::bad_param(
