@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use pipeline_crowd::aggregate::{aggregate as run_method, Method};
 use pipeline_crowd::amt::{parse_crowdkit_csv_with, OnUnknownLabel};
-use pipeline_crowd::report::{is_output_file, method_line, write_labels, write_posteriors, write_report};
+use pipeline_crowd::report::{is_output_file, method_line, write_labels, write_posteriors, write_report, ReportExtra};
 use pipeline_crowd::{parse_amt_batch, AmtOptions};
 
 use crate::outdir::Target;
@@ -228,7 +228,8 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
     // leaves `--out` as it was; a kill in the middle of the last moves is reported by the next
     // run (see `outdir`).
     let staging = target.stage()?;
-    let input_md = match repeated {
+    // what was read, beside what was fitted: the answer count alone does not say rows were dropped
+    let md = match repeated {
         (0, _) if dedupe => String::new(),
         (n, c) if dedupe => format!(
             "\n## Input\n\n{n} repeated answers of a worker on a task were dropped{}, the first kept (`--duplicates first`): the models count one answer per worker and task.\n",
@@ -236,11 +237,17 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
         ),
         _ => "\n## Input\n\nEvery row counted, repeated answers of a worker on a task included (`--duplicates keep`).\n".to_string(),
     };
+    let input = serde_json::json!({
+        "duplicates": if dedupe { "first" } else { "keep" },
+        "repeated_dropped": repeated.0,
+        "repeated_conflicting": repeated.1,
+    });
+    let extra = ReportExtra { md, summary: [("input".to_string(), input)].into_iter().collect() };
     let out = staging.path();
     // The report (worker table, peer agreement, plots) is written beside labels and
     // posteriors, not after them: on the scale case that hides most of its 0.25 s.
     let (files, report) = std::thread::scope(|s| {
-        let report = s.spawn(|| write_report(out, &answers, &r, &p.method, p.spammer_min_answers, &input_md));
+        let report = s.spawn(|| write_report(out, &answers, &r, &p.method, p.spammer_min_answers, &extra));
         let files = (|| -> anyhow::Result<std::time::Instant> {
             write_labels(&out.join("labels.csv"), &answers, &r)?;
             write_posteriors(&out.join("posteriors.csv"), "task", &answers, &r)?;
@@ -256,15 +263,6 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
         Ok(rep) => rep.map_err(|e| staged(e.into()))?,
         Err(panic) => std::panic::resume_unwind(panic),
     };
-    // what was read, beside what was fitted: the answer count alone does not say rows were dropped
-    let summary = out.join("summary.json");
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).map_err(|e| staged(e.into()))?).map_err(|e| staged(e.into()))?;
-    v["input"] = serde_json::json!({
-        "duplicates": if dedupe { "first" } else { "keep" },
-        "repeated_dropped": repeated.0,
-        "repeated_conflicting": repeated.1,
-    });
-    std::fs::write(&summary, serde_json::to_string_pretty(&v)?).map_err(|e| staged(e.into()))?;
     for e in &rep.plot_errors {
         tracing::warn!("dawid-skene report: {e}");
     }

@@ -253,7 +253,8 @@ impl Stage for DawidSkene {
             order.len(),
             p.hint_column
         );
-        let rep = report::write_report(out, &answers, &r, &p.method, p.spammer_min_answers, &next_md).map_err(report_err)?;
+        let extra = report::ReportExtra { md: next_md, ..Default::default() };
+        let rep = report::write_report(out, &answers, &r, &p.method, p.spammer_min_answers, &extra).map_err(report_err)?;
         for e in &rep.plot_errors {
             tracing::warn!("dawid-skene report: {e}");
         }

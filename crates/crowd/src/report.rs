@@ -214,9 +214,6 @@ fn selection_md(r: &Aggregation) -> String {
     md
 }
 
-/// The report files shared by the stage and `pipeline aggregate`: `workers.csv`,
-/// `worker_matrices.json`, `prior.json`, `loglik.csv`, `report.md` (with its PNGs; `extra_md`
-/// appended) and `summary.json` (method asked for, model used, how it was chosen, metrics).
 /// Least reliable workers drawn in the report: `worker_1.png` .. `worker_<this>.png`.
 pub const WORKER_PLOTS: usize = 5;
 
@@ -244,13 +241,25 @@ pub fn is_output_file(name: &str) -> bool {
             .is_some()
 }
 
+/// What a caller adds to [`write_report`]'s files: markdown appended to `report.md`, and
+/// fields added to `summary.json` (written once, with the rest).
+#[derive(Debug, Default)]
+pub struct ReportExtra {
+    pub md: String,
+    pub summary: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The report files shared by the stage and `pipeline aggregate`: `workers.csv`,
+/// `worker_matrices.json`, `prior.json`, `loglik.csv`, `report.md` (with its PNGs; `extra.md`
+/// appended) and `summary.json` (method asked for, model used, how it was chosen, metrics;
+/// `extra.summary`'s fields added).
 pub fn write_report(
     out: &Path,
     answers: &Answers,
     r: &Aggregation,
     requested: &str,
     spammer_min_answers: usize,
-    extra_md: &str,
+    extra: &ReportExtra,
 ) -> Result<ReportSummary, ReportError> {
     let classes = &answers.classes;
     let k = classes.len();
@@ -417,10 +426,10 @@ pub fn write_report(
     if ll_ok {
         md.push_str("\n## EM objective\n\n![objective](loglik.png)\n");
     }
-    md.push_str(extra_md);
+    md.push_str(&extra.md);
     write("report.md", md)?;
 
-    let summary = serde_json::json!({
+    let mut summary = serde_json::json!({
         "method": requested,
         "model": r.method.name(),
         "class_prior": r.class_prior,
@@ -447,6 +456,9 @@ pub fn write_report(
             "candidates": s.candidates,
         })),
     });
+    if let serde_json::Value::Object(m) = &mut summary {
+        m.extend(extra.summary.clone());
+    }
     write("summary.json", serde_json::to_string_pretty(&summary).unwrap_or_default())?;
     Ok(ReportSummary { agreement, mean_max_posterior: mmp, spammers: spammers.len(), plot_errors: plot_errors.into_inner() })
 }
