@@ -12,8 +12,8 @@
 //!   removed only when it is a real directory owned by this user, its owner file names this
 //!   host and namespace and a PID that no longer exists, and it holds no old files set aside
 //!   (`.replaced`): a run killed in the middle of its moves leaves `--out` mixed, and its
-//!   `.replaced` holds the only copy of the old files, so that one is left and reported
-//!   (rerun with `--force` for one complete result). Nothing found there is ever moved into
+//!   `.replaced` holds the only copy of the old files, so that one is left and reported until
+//!   a `--force` run has made `--out` one complete result. Nothing found there is ever moved into
 //!   place: such a directory is data anyone who can write there could have planted (an
 //!   earlier design rolled journals forward, and a forged one could replace files anywhere).
 
@@ -261,14 +261,10 @@ impl<'a> OutDir<'a> {
     fn shown(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
-    fn c(p: &std::ffi::OsStr) -> std::io::Result<std::ffi::CString> {
-        use std::os::unix::ffi::OsStrExt;
-        std::ffi::CString::new(p.as_bytes()).map_err(std::io::Error::other)
-    }
     /// `Some(is_dir)` when `name` exists in it (a link is not followed).
     fn kind(&self, name: &str) -> Option<bool> {
         use std::os::fd::AsRawFd;
-        let n = Self::c(name.as_ref()).ok()?;
+        let n = cstr(name.as_ref()).ok()?;
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: a valid descriptor and NUL-terminated name; `st` is written by the call
         let r = unsafe { libc::fstatat(self.fd.as_raw_fd(), n.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
@@ -288,7 +284,7 @@ impl<'a> OutDir<'a> {
             .unwrap_or_default()
     }
     fn rename(from_fd: i32, from: &std::ffi::OsStr, to_fd: i32, to: &std::ffi::OsStr) -> std::io::Result<()> {
-        let (f, t) = (Self::c(from)?, Self::c(to)?);
+        let (f, t) = (cstr(from)?, cstr(to)?);
         // SAFETY: valid descriptors (or AT_FDCWD) and NUL-terminated names
         if unsafe { libc::renameat(from_fd, f.as_ptr(), to_fd, t.as_ptr()) } == 0 {
             Ok(())
@@ -354,8 +350,7 @@ fn move_in(out: &OutDir, dir: &Path, files: &[String], own: fn(&str) -> bool) ->
 fn sweep(dir: &Path, complete: bool) {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let me = owner_line();
-    let my_host_ns = me.trim_end().rsplit_once(' ').map(|(h, _)| h.to_string()).unwrap_or_default();
+    let my_host_ns = host_ns();
     // SAFETY: geteuid has no preconditions
     let uid = unsafe { libc::geteuid() };
     for e in entries.flatten() {
@@ -372,8 +367,8 @@ fn sweep(dir: &Path, complete: bool) {
             Ok(m) if m.is_file() => std::fs::read_to_string(path.join(OWNER)).unwrap_or_default(),
             _ => continue,
         };
-        let (host_ns, recorded) = owner.trim_end().rsplit_once(' ').unwrap_or(("", ""));
-        if recorded.parse::<i32>().ok() != Some(pid) || host_ns != my_host_ns {
+        let (theirs, recorded) = owner.trim_end().rsplit_once(' ').unwrap_or(("", ""));
+        if recorded.parse::<i32>().ok() != Some(pid) || theirs != my_host_ns {
             continue;
         }
         // SAFETY: signal 0 only checks that the process exists; nothing is sent.
@@ -397,6 +392,11 @@ fn sweep(dir: &Path, complete: bool) {
 
 /// `host pid-namespace pid`: who made a staging directory.
 fn owner_line() -> String {
+    format!("{} {}\n", host_ns(), std::process::id())
+}
+
+/// `host pid-namespace`: where a PID means this process table (no spaces inside either).
+fn host_ns() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: a buffer and its length; the name is NUL-terminated within it on success
     let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
@@ -406,14 +406,19 @@ fn owner_line() -> String {
         "unknown-host".into()
     };
     let ns = std::fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string()).unwrap_or_else(|_| "pid:?".into()).replace(' ', "_");
-    format!("{host} {ns} {}\n", std::process::id())
+    format!("{host} {ns}")
+}
+
+/// A path or name for a libc call (a NUL inside it is an error, never a shorter path).
+fn cstr(p: &std::ffi::OsStr) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_bytes()).map_err(std::io::Error::other)
 }
 
 /// Whether `path` may be written by this process (`access(2)`, so root, ACLs and read-only
 /// mounts are judged as the kernel will).
 fn writable(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = cstr(path.as_os_str()) else { return false };
     // SAFETY: a valid NUL-terminated path
     unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
@@ -422,9 +427,7 @@ fn writable(path: &Path) -> bool {
 fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
-        use std::os::unix::ffi::OsStrExt;
-        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
-        let (f, t) = (c(from)?, c(to)?);
+        let (f, t) = (cstr(from.as_os_str())?, cstr(to.as_os_str())?);
         // SAFETY: two valid NUL-terminated paths, relative to the current directory
         let r = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
         if r == 0 {
@@ -458,8 +461,7 @@ mod tests {
     fn a_killed_runs_set_aside_files_are_kept_and_nothing_is_moved_into_place() {
         let d = tempfile::tempdir().unwrap();
         let o = d.path().join("o");
-        let line = owner_line();
-        let (host_ns, _) = line.trim_end().rsplit_once(' ').unwrap();
+        let here = host_ns();
         let mk = |name: &str, owner: &str| {
             let st = o.join(format!("{PREFIX}{name}"));
             std::fs::create_dir_all(&st).unwrap();
@@ -467,10 +469,10 @@ mod tests {
             std::fs::write(st.join("b.csv"), "staged").unwrap();
             st
         };
-        let killed = mk("999999999-Kill", &format!("{host_ns} 999999999\n"));
+        let killed = mk("999999999-Kill", &format!("{here} 999999999\n"));
         std::fs::create_dir(killed.join(REPLACED)).unwrap();
         std::fs::write(killed.join(REPLACED).join("a.csv"), "old a").unwrap();
-        let clean = mk("999999998-Clean", &format!("{host_ns} 999999998\n"));
+        let clean = mk("999999998-Clean", &format!("{here} 999999998\n"));
         let theirs = mk("999999997-Theirs", "otherhost pid:[1] 999999997\n");
         std::os::unix::fs::symlink(&clean, o.join(format!("{PREFIX}999999996-Link"))).unwrap();
         std::fs::write(o.join("a.csv"), "new a").unwrap();
