@@ -235,9 +235,13 @@ impl TrainTask for Fit<'_, '_> {
 
 fn batch_tensors<B: Backend>(ds: &Dataset, idx: &[usize], x: &mut Vec<f32>, y: &mut Vec<f32>, device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 2>) {
     ds.gather(idx, x, y);
-    let b = idx.len();
-    let xt = Tensor::from_data(TensorData::new(x.clone(), [b, 1, IMAGE_SIZE, IMAGE_SIZE]), device);
-    let yt = Tensor::from_data(TensorData::new(y.clone(), [b, ds.num_classes()]), device);
+    tensors(x, y, idx.len(), ds.num_classes(), device)
+}
+
+/// A gathered batch of `b` images and their `k`-class targets as tensors.
+fn tensors<B: Backend>(x: &[f32], y: &[f32], b: usize, k: usize, device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 2>) {
+    let xt = Tensor::from_data(TensorData::new(x.to_vec(), [b, 1, IMAGE_SIZE, IMAGE_SIZE]), device);
+    let yt = Tensor::from_data(TensorData::new(y.to_vec(), [b, k]), device);
     (xt, yt)
 }
 
@@ -346,17 +350,11 @@ where
             if observer.cancelled() {
                 return Err(ModelError::Cancelled);
             }
-            let (xt, yt) = if tc.mixup > 0.0 {
-                train_set.gather(chunk, &mut x, &mut y);
+            train_set.gather(chunk, &mut x, &mut y);
+            if tc.mixup > 0.0 {
                 mix_batch(&mut x, &mut y, chunk.len(), k, tc.mixup, &mut mix_rng);
-                let b = chunk.len();
-                (
-                    Tensor::from_data(TensorData::new(x.clone(), [b, 1, IMAGE_SIZE, IMAGE_SIZE]), device),
-                    Tensor::from_data(TensorData::new(y.clone(), [b, k]), device),
-                )
-            } else {
-                batch_tensors::<B>(train_set, chunk, &mut x, &mut y, device)
-            };
+            }
+            let (xt, yt) = tensors::<B>(&x, &y, chunk.len(), k, device);
             let logits = net.forward(xt);
             let loss = soft_cross_entropy(logits.clone(), yt.clone());
             let (l, c) = batch_stats(logits.inner(), yt.inner());
