@@ -156,7 +156,7 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
     let target = Target::new(&args.out, input, args.force, is_output_file);
     target.check()?;
     let dedupe = args.duplicates != "keep";
-    // repeated answers of a worker on a task dropped, and how many of those disagreed (CSV)
+    // repeated answers of a worker on a task dropped, and how many of those disagreed
     let mut repeated: (usize, Option<usize>) = (0, None);
     let t0 = std::time::Instant::now();
     let text = read_input(input, &name)?;
@@ -190,9 +190,12 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
                 why.join(", ")
             );
         }
-        repeated = (batch.report.duplicates, None);
-        if batch.report.duplicates > 0 {
-            eprintln!("{name}: {} repeated answer(s) of a worker on an item dropped, the first kept (--duplicates keep counts them all)", batch.report.duplicates);
+        let (n, conflicting) = (batch.report.duplicates, batch.report.duplicates_conflicting);
+        repeated = (n, Some(conflicting));
+        if n > 0 {
+            eprintln!(
+                "{name}: {n} repeated answer(s) of a worker on an item dropped ({conflicting} of them a different label), the first kept (--duplicates keep counts them all)"
+            );
         }
         batch.to_answers(&classes)?
     } else {
@@ -357,6 +360,24 @@ mod tests {
         let p = std::fs::read_to_string(tmp.path().join("o2/posteriors.csv")).unwrap();
         assert!(p.starts_with("task,angry,disgust,fear,happy,neutral,sad,surprise\n"), "{p}");
         assert!(aggregate(&b, "nope", &tmp.path().join("o3")).unwrap_err().to_string().contains("unknown method"));
+    }
+
+    /// An AMT file's repeated answers: dropped with the first kept, and the ones that
+    /// disagree with it counted, as for a crowd-kit CSV.
+    #[test]
+    fn amt_repeats_counted_with_their_conflicts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = tmp.path().join("batch.csv");
+        let head = "\"HITId\",\"WorkerId\",\"AssignmentStatus\",\"Input.image_url\",\"Answer.category.label\"\n";
+        let rows = ["H1,W1,Submitted,u/a.jpg,happy", "H1,W2,Submitted,u/a.jpg,happy", "H1,W1,Submitted,u/a.jpg,sad",
+            "H1,W1,Submitted,u/a.jpg,happy", "H2,W1,Submitted,u/b.jpg,sad", "H2,W2,Submitted,u/b.jpg,sad"];
+        std::fs::write(&b, format!("{head}{}\n", rows.join("\n"))).unwrap();
+        let out = tmp.path().join("o");
+        aggregate_file(&AggregateArgs { method: "majority-vote".into(), ..AggregateArgs::new(&b, &out) }).unwrap();
+        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        assert_eq!((s["input"]["repeated_dropped"].as_u64(), s["input"]["repeated_conflicting"].as_u64()), (Some(2), Some(1)));
+        let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(md.contains("2 repeated answers of a worker on a task were dropped (1 of them a different label)"), "{md}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Columns are found by header name, never by position; rows may be shorter than the
 //! header (AMT omits trailing empty `Approve`/`Reject` fields).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -70,6 +70,9 @@ pub struct AmtReport {
     pub dropped_status: BTreeMap<String, usize>,
     /// Repeated (worker, item) answers dropped.
     pub duplicates: usize,
+    /// Of those, how many gave another label than the answer kept.
+    #[serde(default)]
+    pub duplicates_conflicting: usize,
     /// `(source, row, label)` of answers dropped for an unknown label.
     pub unknown_labels: Vec<(String, usize, String)>,
 }
@@ -165,8 +168,9 @@ pub fn parse_amt_into(batch: &mut AmtBatch, text: &str, source: &str, opts: &Amt
         }
     }
     let classes: HashSet<&str> = opts.classes.iter().map(|s| s.as_str()).collect();
-    let mut seen: HashSet<(String, String)> =
-        batch.records.iter().map(|r| (r.worker.clone(), r.item.clone())).collect();
+    // (worker, item) -> the label kept, to count repeats that disagree with it
+    let mut seen: HashMap<(String, String), String> =
+        batch.records.iter().map(|r| ((r.worker.clone(), r.item.clone()), r.label.clone())).collect();
     for (n, rec) in rdr.records().enumerate() {
         let line = n + 2;
         let rec = rec.map_err(|e| CrowdError::Row { source_name: source.into(), row: line, message: e.to_string() })?;
@@ -215,9 +219,17 @@ pub fn parse_amt_into(batch: &mut AmtBatch, text: &str, source: &str, opts: &Amt
                 }
             }
         }
-        if opts.dedupe && !seen.insert((worker.clone(), item.clone())) {
-            batch.report.duplicates += 1;
-            continue;
+        if opts.dedupe {
+            match seen.entry((worker.clone(), item.clone())) {
+                std::collections::hash_map::Entry::Occupied(kept) => {
+                    batch.report.duplicates += 1;
+                    batch.report.duplicates_conflicting += usize::from(*kept.get() != label);
+                    continue;
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(label.clone());
+                }
+            }
         }
         let work_time_s = time_c.map(get).and_then(|s| s.parse::<f64>().ok());
         batch.records.push(AmtRecord {
@@ -672,6 +684,8 @@ mod tests {
         assert_eq!(b.records.len(), 2);
         assert_eq!(b.report.dropped_status.get("Rejected"), Some(&1));
         assert_eq!(b.report.duplicates, 1);
+        // W1 answered happy first, then sad: the repeat disagrees
+        assert_eq!(b.report.duplicates_conflicting, 1);
         let r = &b.records[0];
         assert_eq!((r.item.as_str(), r.worker.as_str(), r.label.as_str(), r.row), ("u/a.jpg", "W1", "happy", 2));
         assert_eq!(r.work_time_s, Some(11.0));
