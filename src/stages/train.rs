@@ -824,6 +824,10 @@ mod tests {
         std::fs::write(&cfg_path, cfg.replace("\"members/1/model.mpk\"", "\"members/1/model.mpk.bak\"")).unwrap();
         let e = pipeline_model::load_artifact(&out).err().expect("refused").to_string();
         assert!(e.contains("is not a .mpk record"), "{e}");
+        // a trailing slash names a directory, not the record (it said "record missing")
+        std::fs::write(&cfg_path, cfg.replace("\"members/1/model.mpk\"", "\"members/1/model.mpk/\"")).unwrap();
+        let e = pipeline_model::load_artifact(&out).err().expect("refused").to_string();
+        assert!(e.contains("\"members/1/model.mpk/\" is not a .mpk record"), "{e}");
         std::fs::write(&cfg_path, &cfg).unwrap();
         assert!(pipeline_model::load_artifact(&out).is_ok());
     }

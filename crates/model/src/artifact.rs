@@ -88,7 +88,8 @@ fn load_artifact_at(dir: &Path, as_member: bool) -> Result<ModelArtifact> {
             return Err(ModelError::bad_file(&path, format!("\"{field}\": \"{rel}\" is not a relative path inside the model directory")));
         }
         // burn's recorder adds the extension itself: `x.mpk.bak` would load `x.mpk`.
-        if Path::new(rel).extension().and_then(|e| e.to_str()) != Some("mpk") {
+        // `model.mpk/` has the extension too (Path drops the slash), but names a directory
+        if rel.ends_with('/') || Path::new(rel).extension().and_then(|e| e.to_str()) != Some("mpk") {
             return Err(ModelError::bad_file(&path, format!("\"{field}\": \"{rel}\" is not a .mpk record")));
         }
         if let Err(link) = no_symlink_below(dir, rel) {
