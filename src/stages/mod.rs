@@ -517,6 +517,24 @@ mod tests {
         assert_eq!(pinned("train", serde_json::json!({"ensemble": 1})), pinned("train", serde_json::json!({})));
     }
 
+    /// `resnet` has no hidden dense layer: `cnn_dense` is not in its key. Its shortcuts pad
+    /// channels, so widths that shrink are refused naming the param, as are VGG16 weights.
+    #[cfg(feature = "ml")]
+    #[test]
+    fn resnet_params_checked_and_its_unused_dense_width_out_of_the_key() {
+        let k = find("train").unwrap();
+        let key = |v: serde_json::Value| k.key_params(&k.normalize(&v).unwrap());
+        let a = key(serde_json::json!({"model": "resnet"}));
+        assert_eq!(a, key(serde_json::json!({"model": "resnet", "cnn_dense": 7})));
+        assert!(a.get("cnn_dense").is_none() && a["model"] == "resnet", "{a}");
+        assert_ne!(key(serde_json::json!({"cnn_dense": 7})), key(serde_json::json!({})));
+        let e = k.normalize(&serde_json::json!({"model": "resnet", "cnn_channels": [32, 16]})).unwrap_err();
+        assert_eq!(e.path, "cnn_channels", "{}", e.message);
+        assert!(e.message.contains("must not decrease"), "{}", e.message);
+        let e = k.normalize(&serde_json::json!({"model": "resnet", "weights": "w.safetensors"})).unwrap_err();
+        assert_eq!(e.path, "weights", "{}", e.message);
+    }
+
     #[cfg(feature = "ml")]
     #[test]
     fn a_typo_in_trains_embedded_config_is_named() {

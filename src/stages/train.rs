@@ -43,6 +43,9 @@ pub enum ModelName {
     Cnn,
     /// VGG16's 13 conv layers + Dense 256 -> ReLU -> Dropout 0.5 -> Dense 7 (the study's net).
     Vgg16,
+    /// Small residual net with batch norm: a stem and one residual block per `cnn_channels`
+    /// width (non-decreasing), global average pooling, one linear layer.
+    Resnet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -72,7 +75,7 @@ pub enum LeakageMode {
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainParams {
-    /// Network: `cnn` (default) or `vgg16`.
+    /// Network: `cnn` (default), `vgg16` or `resnet`.
     pub model: ModelName,
     /// `cnn`: output channels of its blocks (3x3 conv, ReLU, 2x2 max-pool each); at most 4.
     pub cnn_channels: Vec<usize>,
@@ -143,6 +146,7 @@ impl TrainParams {
             kind: match self.model {
                 ModelName::Cnn => ModelKind::Cnn,
                 ModelName::Vgg16 => ModelKind::Vgg16,
+                ModelName::Resnet => ModelKind::Resnet,
             },
             freeze: self.freeze,
             cnn_channels: self.cnn_channels.clone(),
@@ -359,11 +363,15 @@ impl Stage for Train {
 
     fn unused_params(p: &TrainParams) -> Vec<&'static str> {
         // an ensemble validates each member on a fold, never on `valid_fraction` of the items
+        let mut unused = Vec::new();
         if p.ensemble > 1 {
-            vec!["valid_fraction"]
-        } else {
-            Vec::new()
+            unused.push("valid_fraction");
         }
+        // global average pooling: no hidden dense layer
+        if p.model == ModelName::Resnet {
+            unused.push("cnn_dense");
+        }
+        unused
     }
 
     fn param_files(p: &TrainParams) -> Vec<(String, PathBuf)> {
@@ -379,7 +387,10 @@ impl Stage for Train {
         if p.cnn_dense == 0 {
             return Err(StageError::bad_param("cnn_dense", "at least 1"));
         }
-        if p.model == ModelName::Cnn && (p.weights.is_some() || p.freeze) {
+        if p.model == ModelName::Resnet && p.cnn_channels.windows(2).any(|w| w[1] < w[0]) {
+            return Err(StageError::bad_param("cnn_channels", "resnet widths must not decrease, e.g. [16, 32, 64]"));
+        }
+        if p.model != ModelName::Vgg16 && (p.weights.is_some() || p.freeze) {
             let param = if p.weights.is_some() { "weights" } else { "freeze" };
             return Err(StageError::bad_param(param, "pretrained weights and freeze apply to model \"vgg16\" only"));
         }

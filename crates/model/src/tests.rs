@@ -387,6 +387,27 @@ fn vgg16_loads_a_torchvision_pth_state_dict_like_the_safetensors_file() {
     assert!(err.contains("junk.pth"), "{err}");
 }
 
+/// The residual net learns the bands; its batch norms' running statistics are trained, saved
+/// with the record and used by prediction (evaluation after reloading gives the training's
+/// validation accuracy).
+#[test]
+fn a_resnet_learns_and_its_batch_statistics_survive_the_record() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let (tr, va) = banded_sets(d.path());
+    let out = d.path().join("model");
+    let cfg = ModelConfig { kind: crate::ModelKind::Resnet, cnn_channels: vec![4, 8], ..tiny_model() };
+    let s = train(&out, &tr, &va, cfg, TrainConfig { epochs: 20, ..tiny_train() }, None);
+    assert!(s.history.last().unwrap().train_loss < s.history[0].train_loss, "{:?}", s.history);
+    assert!(s.val_accuracy.unwrap() >= 5.0 / 7.0, "{:?}", s.history);
+    let art = crate::load_artifact(&out).unwrap();
+    let crate::net::Net::Resnet(r) = art.load_net::<Flex>(&Default::default()).unwrap() else { panic!("not a resnet") };
+    let mean = r.stem_bn.running_mean.value().into_data().to_vec::<f32>().unwrap();
+    assert!(mean.iter().any(|m| m.abs() > 1e-3), "running mean never updated: {mean:?}");
+    let ev = crate::evaluate_dir(&out, &d.path().join("valid"), 2, BackendChoice::Cpu).unwrap();
+    assert!((ev.accuracy - s.val_accuracy.unwrap()).abs() < 1e-9, "{} vs {:?}", ev.accuracy, s.val_accuracy);
+}
+
 #[test]
 fn a_standardizing_model_learns_and_predicts_the_same_whatever_the_brightness_and_contrast() {
     let _serial = serial();

@@ -145,11 +145,11 @@ pub fn apply_pretrained<B: crate::ModelBackend>(net: Net<B>, weights: Option<&Pa
             };
             Ok(Net::Vgg16(if freeze { v.freeze_features() } else { v }))
         }
-        Net::Cnn(c) => {
+        net => {
             if weights.is_some() || freeze {
                 return Err(ModelError::config("weights", "pretrained weights and freeze apply to model \"vgg16\" only"));
             }
-            Ok(Net::Cnn(c))
+            Ok(net)
         }
     }
 }
