@@ -178,7 +178,7 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
                 }
             }
             if r.duplicates > 0 {
-                why.push(format!("{} repeated answers of a worker on an item", r.duplicates));
+                why.push(format!("{} repeated answer(s) of a worker on a task", r.duplicates));
             }
             if !r.unknown_labels.is_empty() {
                 why.push(format!("{} with a label outside the classes", r.unknown_labels.len()));
@@ -191,10 +191,11 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
             );
         }
         let (n, conflicting) = (batch.report.duplicates, batch.report.duplicates_conflicting);
-        repeated = (n, Some(conflicting));
+        // with --duplicates keep nothing was compared: null, as for a crowd-kit CSV
+        repeated = (n, dedupe.then_some(conflicting));
         if n > 0 {
             eprintln!(
-                "{name}: {n} repeated answer(s) of a worker on an item dropped ({conflicting} of them a different label), the first kept (--duplicates keep counts them all)"
+                "{name}: {n} repeated answer(s) of a worker on a task dropped ({conflicting} of them a different label), the first kept (--duplicates keep counts them all)"
             );
         }
         batch.to_answers(&classes)?
@@ -235,7 +236,7 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
     let md = match repeated {
         (0, _) if dedupe => String::new(),
         (n, c) if dedupe => format!(
-            "\n## Input\n\n{n} repeated answers of a worker on a task were dropped{}, the first kept (`--duplicates first`): the models count one answer per worker and task.\n",
+            "\n## Input\n\n{n} repeated answer(s) of a worker on a task dropped{}, the first kept (`--duplicates first`): the models count one answer per worker and task.\n",
             c.map(|c| format!(" ({c} of them a different label)")).unwrap_or_default()
         ),
         _ => "\n## Input\n\nEvery row counted, repeated answers of a worker on a task included (`--duplicates keep`).\n".to_string(),
@@ -377,7 +378,7 @@ mod tests {
         let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
         assert_eq!((s["input"]["repeated_dropped"].as_u64(), s["input"]["repeated_conflicting"].as_u64()), (Some(2), Some(1)));
         let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-        assert!(md.contains("2 repeated answers of a worker on a task were dropped (1 of them a different label)"), "{md}");
+        assert!(md.contains("2 repeated answer(s) of a worker on a task dropped (1 of them a different label)"), "{md}");
     }
 
     #[test]

@@ -80,7 +80,21 @@ impl<'a> Target<'a> {
             .flatten()
             .any(|e| !e.file_name().to_string_lossy().starts_with(PREFIX));
         if non_empty && !self.force {
-            bail!("--out {} is not empty: choose a new directory, or pass --force to replace the files aggregate writes there", out.display());
+            // a killed run's set-aside files: the directory may mix two runs (only a hint,
+            // nothing found there is acted on)
+            let killed = std::fs::read_dir(out).into_iter().flatten().flatten().find(|e| {
+                e.file_name().to_string_lossy().starts_with(PREFIX)
+                    && e.file_type().is_ok_and(|t| t.is_dir())
+                    && std::fs::read_dir(e.path().join(REPLACED)).is_ok_and(|mut d| d.next().is_some())
+            });
+            let hint = match killed {
+                Some(e) => format!(
+                    " (a run killed while moving its files in may have left it mixing two runs' files; the old ones are in {}: --force makes it one complete result)",
+                    e.path().join(REPLACED).display()
+                ),
+                None => String::new(),
+            };
+            bail!("--out {} is not empty: choose a new directory, or pass --force to replace the files aggregate writes there{hint}", out.display());
         }
         Ok(())
     }
@@ -484,6 +498,9 @@ mod tests {
         assert_eq!(std::fs::read_to_string(o.join("a.csv")).unwrap(), "new a");
         assert!(!o.join("b.csv").exists(), "nothing staged is moved into place");
         assert!(staging.path().starts_with(&o), "an existing --out stages inside itself");
+        // a run without --force is refused, and told why the directory may be mixed
+        let e = format!("{:#}", Target::new(&o, Path::new("/no/such/input"), false, own).check().unwrap_err());
+        assert!(e.contains("is not empty") && e.contains("may have left it mixing") && e.contains(".replaced"), "{e}");
     }
 
     /// Losing the race for a new `--out` (another run made it and wrote into it while this

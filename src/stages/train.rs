@@ -78,8 +78,9 @@ pub struct TrainParams {
     /// Network: `cnn` (default), `vgg16` or `resnet`.
     pub model: ModelName,
     /// `cnn`: output channels of its blocks (3x3 conv, ReLU, 2x2 max-pool each); at most 4.
+    /// `resnet`: the stem's and the residual blocks' widths, non-decreasing; at most 4.
     pub cnn_channels: Vec<usize>,
-    /// `cnn`: width of the hidden dense layer.
+    /// `cnn`: width of the hidden dense layer (`resnet` has none; not in its key).
     pub cnn_dense: usize,
     /// Standardise every image (zero mean, unit variance) before the net sees it, in
     /// training and prediction. Left out of the key when off.
@@ -150,7 +151,9 @@ impl TrainParams {
             },
             freeze: self.freeze,
             cnn_channels: self.cnn_channels.clone(),
-            cnn_dense: self.cnn_dense,
+            // resnet has no dense layer: its config (and `init`'s check) must not depend on a
+            // value its key leaves out
+            cnn_dense: if self.model == ModelName::Resnet { ModelConfig::default().cnn_dense } else { self.cnn_dense },
             standardize: self.standardize,
             ..ModelConfig::default()
         }
@@ -384,7 +387,7 @@ impl Stage for Train {
         if p.cnn_channels.is_empty() || p.cnn_channels.len() > 4 || p.cnn_channels.iter().any(|&c| c == 0 || c > 1024) {
             return Err(StageError::bad_param("cnn_channels", "1 to 4 blocks of 1..=1024 channels (48 px halves at each block)"));
         }
-        if p.cnn_dense == 0 {
+        if p.cnn_dense == 0 && p.model != ModelName::Resnet {
             return Err(StageError::bad_param("cnn_dense", "at least 1"));
         }
         if p.model == ModelName::Resnet && p.cnn_channels.windows(2).any(|w| w[1] < w[0]) {
@@ -839,6 +842,21 @@ mod tests {
         std::fs::write(&cfg_path, cfg.replace("\"members/1/model.mpk\"", "\"members/1/model.mpk/\"")).unwrap();
         let e = pipeline_model::load_artifact(&out).err().expect("refused").to_string();
         assert!(e.contains("\"members/1/model.mpk/\" is not a .mpk record"), "{e}");
+        for (rel, says) in [
+            ("members/1/model.mpk/.", "\"members/1/model.mpk/.\" is not a .mpk record"),
+            // the member's directory
+            ("members/1", "\"members/1\" is not a .mpk record"),
+            // a control character is shown escaped: printed raw it named `model.mpk`
+            ("members/1/mo\\u001bdel.mpk", "\"members/1/mo\\u{1b}del.mpk\": model record missing"),
+        ] {
+            std::fs::write(&cfg_path, cfg.replace("\"members/1/model.mpk\"", &format!("\"{rel}\""))).unwrap();
+            let e = pipeline_model::load_artifact(&out).err().expect("refused").to_string();
+            assert!(e.contains(says), "{rel}: {e}");
+        }
+        std::fs::create_dir(out.join("members/1/d.mpk")).unwrap();
+        std::fs::write(&cfg_path, cfg.replace("\"members/1/model.mpk\"", "\"members/1/d.mpk\"")).unwrap();
+        let e = pipeline_model::load_artifact(&out).err().expect("refused").to_string();
+        assert!(e.contains("\"members/1/d.mpk\" is not a file"), "{e}");
         std::fs::write(&cfg_path, &cfg).unwrap();
         assert!(pipeline_model::load_artifact(&out).is_ok());
     }

@@ -83,21 +83,26 @@ fn load_artifact_at(dir: &Path, as_member: bool) -> Result<ModelArtifact> {
     config.model.validate().map_err(|e| ModelError::bad_file(&path, e))?;
     let artifact = ModelArtifact { dir: dir.to_path_buf(), config };
     for (field, rel) in artifact.record_names() {
-        // A config is data: it must not send the loader outside the model's directory.
+        // A config is data: it must not send the loader outside the model's directory. Names
+        // are shown escaped ({:?}): a control character printed raw could name another file.
         if !is_plain_relative(rel) {
-            return Err(ModelError::bad_file(&path, format!("\"{field}\": \"{rel}\" is not a relative path inside the model directory")));
+            return Err(ModelError::bad_file(&path, format!("\"{field}\": {rel:?} is not a relative path inside the model directory")));
         }
-        // burn's recorder adds the extension itself: `x.mpk.bak` would load `x.mpk`.
-        // `model.mpk/` has the extension too (Path drops the slash), but names a directory
-        if rel.ends_with('/') || Path::new(rel).extension().and_then(|e| e.to_str()) != Some("mpk") {
-            return Err(ModelError::bad_file(&path, format!("\"{field}\": \"{rel}\" is not a .mpk record")));
+        // burn's recorder adds the extension itself: `x.mpk.bak` would load `x.mpk`. The last
+        // `/` segment is checked, not `Path::extension`, which reads `model.mpk/` and
+        // `model.mpk/.` as `model.mpk`, though they name a directory.
+        let last = rel.rsplit('/').next().unwrap_or(rel);
+        if Path::new(last).extension().and_then(|e| e.to_str()) != Some("mpk") {
+            return Err(ModelError::bad_file(&path, format!("\"{field}\": {rel:?} is not a .mpk record")));
         }
         if let Err(link) = no_symlink_below(dir, rel) {
             return Err(ModelError::bad_file(&path, format!("\"{field}\": {} is a symbolic link; a model's records must be files in its directory", link.display())));
         }
         let record = dir.join(rel);
-        if !record.is_file() {
-            return Err(ModelError::bad_file(&record, "model record missing"));
+        match std::fs::metadata(&record) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Err(ModelError::bad_file(&path, format!("\"{field}\": {rel:?} is not a file"))),
+            Err(_) => return Err(ModelError::bad_file(&path, format!("\"{field}\": {rel:?}: model record missing"))),
         }
         if field == "members" {
             // A member is a model directory of its own: its net and classes must be the

@@ -397,8 +397,12 @@ fn a_resnet_learns_and_its_batch_statistics_survive_the_record() {
     let (tr, va) = banded_sets(d.path());
     let out = d.path().join("model");
     let cfg = ModelConfig { kind: crate::ModelKind::Resnet, cnn_channels: vec![4, 8], ..tiny_model() };
-    let s = train(&out, &tr, &va, cfg, TrainConfig { epochs: 20, ..tiny_train() }, None);
+    let s = train(&out, &tr, &va, cfg.clone(), TrainConfig { epochs: 20, ..tiny_train() }, None);
     assert!(s.history.last().unwrap().train_loss < s.history[0].train_loss, "{:?}", s.history);
+    // one request, one record: the running statistics' ids were random
+    let again = d.path().join("again");
+    train(&again, &tr, &va, cfg, TrainConfig { epochs: 20, ..tiny_train() }, None);
+    assert!(std::fs::read(out.join("model.mpk")).unwrap() == std::fs::read(again.join("model.mpk")).unwrap(), "two trainings of one request differ");
     assert!(s.val_accuracy.unwrap() >= 5.0 / 7.0, "{:?}", s.history);
     let art = crate::load_artifact(&out).unwrap();
     let crate::net::Net::Resnet(r) = art.load_net::<Flex>(&Default::default()).unwrap() else { panic!("not a resnet") };

@@ -449,7 +449,9 @@ impl<B: Backend> burn::module::ModuleMapper<B> for SequentialIds {
 }
 
 fn save_artifact<B: Backend>(net: Net<B>, req: &TrainRequest<'_>, summary: &TrainSummary, out_dir: &Path) -> Result<()> {
-    let net = net.map(&mut SequentialIds(0));
+    let mut ids = SequentialIds(0);
+    let net = net.map(&mut ids);
+    let net = net.renumber_running_states(ids.0);
     let record = out_dir.join(ARTIFACT_RECORD);
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     // burn appends the recorder's extension itself: give it the stem.
