@@ -8,6 +8,10 @@
 //! - An existing one is written file by file under an exclusive `flock` on it, replacing only
 //!   the command's own names ([`Target::own`]) and removing its own old files the new run
 //!   does not write; the user's other files are never touched. An error rolls back.
+//! - Every move is a `renameat` between directory descriptors: `--out` opened without following
+//!   a link, and the staging directory (with its `.replaced`) opened relative to it. A
+//!   directory swapped for a link after the checks cannot send the results, or the user's
+//!   files, anywhere else (a test swaps it between the checks and the first move).
 //! - A staging directory carries `.aggregate-owner` (host, PID namespace, PID). A leftover one is
 //!   removed only when it is a real directory owned by this user, its owner file names this
 //!   host and namespace and a PID that no longer exists, and it holds no old files set aside
@@ -214,15 +218,31 @@ impl<'a> Target<'a> {
                 return Err(fail(anyhow::anyhow!("--out {}: {} is a directory, not replaced (nothing was written)", out.display(), od.shown(name).display())));
             }
         }
-        match move_in(&od, dir, files, self.own) {
-            Ok(()) => {
+        #[cfg(test)]
+        tests::before_moves();
+        // The staging directory by descriptor too, relative to --out's when it is inside: its
+        // path runs through --out, which may have been swapped for a link since it was opened
+        // (the moves, and the old files set aside, would then go through the link).
+        let stage = match (dir.parent(), dir.file_name()) {
+            (Some(parent), Some(name)) if parent == out.as_path() => od.open_child(name),
+            _ => OutDir::open(dir),
+        };
+        let stage = stage.with_context(|| format!("opening {}", dir.display())).map_err(fail)?;
+        // removed by path only while the path still leads to it
+        let remove = |stage: &OutDir| {
+            if stage.is_at(dir) {
                 let _ = std::fs::remove_dir_all(dir);
+            }
+        };
+        match move_in(&od, &stage, files, self.own) {
+            Ok(()) => {
+                remove(&stage);
                 // a killed run's set-aside files here are now of no use: one complete result
                 sweep(out, true);
                 Ok(())
             }
             Err((e, lost)) if lost.is_empty() => {
-                let _ = std::fs::remove_dir_all(dir);
+                remove(&stage);
                 Err(e.context(format!("--out {} is as it was", out.display())))
             }
             Err((e, lost)) => {
@@ -261,16 +281,48 @@ impl Staging {
 /// `--out`, opened as a directory without following a link: every move in or out of it is
 /// made relative to this descriptor, so a directory swapped for a link after the checks (by
 /// someone who can write to its parent) cannot send the files elsewhere.
-struct OutDir<'a> {
+struct OutDir {
     fd: std::fs::File,
-    path: &'a Path,
+    /// for messages only
+    path: PathBuf,
 }
 
-impl<'a> OutDir<'a> {
-    fn open(path: &'a Path) -> std::io::Result<OutDir<'a>> {
+impl OutDir {
+    fn open(path: &Path) -> std::io::Result<OutDir> {
         use std::os::unix::fs::OpenOptionsExt;
         let fd = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(path)?;
-        Ok(OutDir { fd, path })
+        Ok(OutDir { fd, path: path.to_path_buf() })
+    }
+    /// Its subdirectory `name`, opened relative to its descriptor (a link is not followed).
+    fn open_child(&self, name: &std::ffi::OsStr) -> std::io::Result<OutDir> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let n = cstr(name)?;
+        // SAFETY: a valid descriptor and NUL-terminated name; the new descriptor is owned once
+        let fd = unsafe { libc::openat(self.fd.as_raw_fd(), n.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else
+        Ok(OutDir { fd: unsafe { std::fs::File::from_raw_fd(fd) }, path: self.path.join(name) })
+    }
+    /// Make the subdirectory `name` (mode 0700), unless it exists.
+    fn make_child(&self, name: &str) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let n = cstr(name.as_ref())?;
+        // SAFETY: a valid descriptor and NUL-terminated name
+        if unsafe { libc::mkdirat(self.fd.as_raw_fd(), n.as_ptr(), 0o700) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) }
+    }
+    /// Whether `path` (its last component not followed) is this directory.
+    fn is_at(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.fd.metadata(), std::fs::symlink_metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
     }
     fn shown(&self, name: &str) -> PathBuf {
         self.path.join(name)
@@ -288,7 +340,7 @@ impl<'a> OutDir<'a> {
     fn files(&self) -> Vec<String> {
         use std::os::fd::AsRawFd;
         std::fs::read_dir(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
-            .or_else(|_| std::fs::read_dir(self.path))
+            .or_else(|_| std::fs::read_dir(&self.path))
             .map(|d| {
                 d.flatten()
                     .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
@@ -306,51 +358,46 @@ impl<'a> OutDir<'a> {
             Err(std::io::Error::last_os_error())
         }
     }
-    /// `name` in it -> `to` (a path).
-    fn take(&self, name: &str, to: &Path) -> std::io::Result<()> {
+    /// `name` in it -> `name` in `to`.
+    fn move_to(&self, name: &str, to: &OutDir) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
-        Self::rename(self.fd.as_raw_fd(), name.as_ref(), libc::AT_FDCWD, to.as_os_str())
-    }
-    /// `from` (a path) -> `name` in it.
-    fn put(&self, from: &Path, name: &str) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        Self::rename(libc::AT_FDCWD, from.as_os_str(), self.fd.as_raw_fd(), name.as_ref())
+        Self::rename(self.fd.as_raw_fd(), name.as_ref(), to.fd.as_raw_fd(), name.as_ref())
     }
 }
 
 /// Move `files` from `dir` into `out`, the replaced ones and the command's own old files that
 /// the new run does not write set aside in `dir/.replaced`. On an error everything moved is
 /// put back; the names that could not be are returned with it.
-fn move_in(out: &OutDir, dir: &Path, files: &[String], own: fn(&str) -> bool) -> Result<(), (anyhow::Error, Vec<String>)> {
-    let replaced = dir.join(REPLACED);
-    if let Err(e) = std::fs::create_dir_all(&replaced) {
-        return Err((anyhow::Error::from(e).context(format!("creating {}", replaced.display())), Vec::new()));
-    }
+fn move_in(out: &OutDir, stage: &OutDir, files: &[String], own: fn(&str) -> bool) -> Result<(), (anyhow::Error, Vec<String>)> {
+    let replaced = match stage.make_child(REPLACED).and_then(|()| stage.open_child(REPLACED.as_ref())) {
+        Ok(r) => r,
+        Err(e) => return Err((anyhow::Error::from(e).context(format!("creating {}", stage.path.join(REPLACED).display())), Vec::new())),
+    };
     // the old run's own files that the new one does not write (plain files only)
     let stale: Vec<String> = out.files().into_iter().filter(|n| own(n) && !files.contains(n)).collect();
     let (mut old_moved, mut new_moved): (Vec<&String>, Vec<&String>) = (Vec::new(), Vec::new());
     let moved = (|| -> anyhow::Result<()> {
         for name in &stale {
-            out.take(name, &replaced.join(name)).with_context(|| format!("moving aside {}", out.shown(name).display()))?;
+            out.move_to(name, &replaced).with_context(|| format!("moving aside {}", out.shown(name).display()))?;
             old_moved.push(name);
         }
         for name in files {
             if out.kind(name).is_some() {
-                out.take(name, &replaced.join(name)).with_context(|| format!("moving aside {}", out.shown(name).display()))?;
+                out.move_to(name, &replaced).with_context(|| format!("moving aside {}", out.shown(name).display()))?;
                 old_moved.push(name);
             }
-            out.put(&dir.join(name), name).with_context(|| format!("writing {}", out.shown(name).display()))?;
+            stage.move_to(name, out).with_context(|| format!("writing {}", out.shown(name).display()))?;
             new_moved.push(name);
         }
         Ok(())
     })();
     let Err(e) = moved else { return Ok(()) };
     for name in new_moved.iter().rev() {
-        let _ = out.take(name, &dir.join(name));
+        let _ = out.move_to(name, stage);
     }
     let mut lost = Vec::new();
     for name in old_moved.iter().rev() {
-        if out.put(&replaced.join(name), name).is_err() {
+        if replaced.move_to(name, out).is_err() {
             lost.push(name.to_string());
         }
     }
@@ -462,6 +509,57 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// Run by `install_into` after its checks, just before the first move.
+        static BEFORE_MOVES: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    pub(super) fn before_moves() {
+        if let Some(f) = BEFORE_MOVES.with(|h| h.borrow_mut().take()) {
+            f();
+        }
+    }
+
+    /// `--out` swapped for a link to another directory after every check, just before the
+    /// moves (by someone who can write its parent): nothing goes to, or through, the link's
+    /// target; the results land in the directory that was checked and the user's files there
+    /// stay. Before, the staging directory was named by a path through `--out`, so the old
+    /// files were set aside (and its `.replaced` made) inside the link's target.
+    #[test]
+    fn an_out_swapped_for_a_link_before_the_moves_sends_nothing_through_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (o, moved, victim) = (d.path().join("o"), d.path().join("o.moved"), d.path().join("victim"));
+        std::fs::create_dir(&o).unwrap();
+        std::fs::write(o.join("a.csv"), "old a").unwrap();
+        std::fs::write(o.join("mine.txt"), "mine").unwrap();
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("v.txt"), "victim").unwrap();
+        let t = Target::new(&o, Path::new("/no/such/input"), true, own);
+        t.check().unwrap();
+        let staging = t.stage().unwrap();
+        std::fs::write(staging.path().join("a.csv"), "new a").unwrap();
+        std::fs::write(staging.path().join("b.csv"), "new b").unwrap();
+        let (o2, moved2, victim2) = (o.clone(), moved.clone(), victim.clone());
+        BEFORE_MOVES.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                std::fs::rename(&o2, &moved2).unwrap();
+                std::os::unix::fs::symlink(&victim2, &o2).unwrap();
+            }))
+        });
+        t.install(staging).unwrap();
+        let names = |p: &Path| {
+            let mut v: Vec<String> = std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&victim), ["v.txt"], "something went through the link");
+        assert_eq!(std::fs::read_to_string(victim.join("v.txt")).unwrap(), "victim");
+        assert_eq!(std::fs::read_to_string(moved.join("a.csv")).unwrap(), "new a");
+        assert_eq!(std::fs::read_to_string(moved.join("b.csv")).unwrap(), "new b");
+        assert_eq!(std::fs::read_to_string(moved.join("mine.txt")).unwrap(), "mine");
+    }
 
     fn own(n: &str) -> bool {
         n.ends_with(".csv")
