@@ -180,7 +180,8 @@ impl Stage for Amt {
                     .fetch_records(p.hit_type_id.as_deref(), &p.statuses)
                     .map_err(|e| StageError::Failed(e.to_string()))?;
                 // Same filtering as batch files: statuses, classes, dedupe.
-                let mut seen = std::collections::HashSet::new();
+                // (worker, item) -> the label kept, to count repeats that disagree with it
+                let mut seen = std::collections::HashMap::new();
                 batch.input_columns = vec!["image_url".into()];
                 for r in recs {
                     batch.report.rows += 1;
@@ -198,9 +199,13 @@ impl Stage for Amt {
                         batch.report.unknown_labels.push((r.source.clone(), r.row, r.label.clone()));
                         continue;
                     }
-                    if p.dedupe && !seen.insert((r.worker.clone(), r.item.clone())) {
-                        batch.report.duplicates += 1;
-                        continue;
+                    if p.dedupe {
+                        if let Some(kept) = seen.get(&(r.worker.clone(), r.item.clone())) {
+                            batch.report.duplicates += 1;
+                            batch.report.duplicates_conflicting += usize::from(*kept != r.label);
+                            continue;
+                        }
+                        seen.insert((r.worker.clone(), r.item.clone()), r.label.clone());
                     }
                     batch.report.kept += 1;
                     batch.records.push(r);
@@ -311,8 +316,15 @@ impl Stage for Amt {
         o.metrics.insert("items".into(), answers.n_items() as f64);
         o.metrics.insert("workers".into(), answers.n_workers() as f64);
         o.metrics.insert("agreement".into(), pairwise);
+        // in the run record and the summary line, not in summary.json: the output's bytes
+        // (and every key downstream) stay as they were
+        o.metrics.insert("duplicates_conflicting".into(), batch.report.duplicates_conflicting as f64);
+        let conflicting = match batch.report.duplicates_conflicting {
+            0 => String::new(),
+            c => format!(" ({c} of them another label than the answer kept)"),
+        };
         o.summary.push(format!(
-            "{} answers on {} items by {} workers; pairwise agreement {:.3}; dropped: {} by status, {} duplicates, {} unknown labels",
+            "{} answers on {} items by {} workers; pairwise agreement {:.3}; dropped: {} by status, {} duplicates{conflicting}, {} unknown labels",
             answers.n_answers(),
             answers.n_items(),
             answers.n_workers(),
@@ -399,6 +411,39 @@ mod tests {
             let img = out.join(&rec[7]);
             assert!(img.is_file(), "{}", img.display());
         }
+    }
+
+    /// A worker's repeated answers: dropped, and those that disagree with the answer kept
+    /// counted (metric and summary line; summary.json keeps its fields).
+    #[test]
+    fn repeated_answers_are_counted_with_those_that_disagree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (b, images) = sim_batch(tmp.path());
+        let f = b.join("Batch_1_batch_results.csv");
+        // the simulated batch has rows cut short, as AMT's files do
+        let mut r = csv::ReaderBuilder::new().flexible(true).from_path(&f).unwrap();
+        let header = r.headers().unwrap().clone();
+        let label = header.iter().position(|h| h == "Answer.category.label").unwrap();
+        let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+        let first = rows.iter().find(|row| row.get(label).is_some_and(|l| !l.is_empty())).unwrap().clone();
+        let mut w = csv::WriterBuilder::new().flexible(true).from_path(&f).unwrap();
+        w.write_record(&header).unwrap();
+        for row in &rows {
+            w.write_record(row).unwrap();
+        }
+        // the first answer again, as it was and with another label
+        w.write_record(&first).unwrap();
+        let other = if &first[label] == "happy" { "sad" } else { "happy" };
+        w.write_record(first.iter().enumerate().map(|(i, v)| if i == label { other } else { v })).unwrap();
+        w.flush().unwrap();
+        let out = tmp.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let p = AmtParams { image_url_prefix: "https://demo.invalid/x/".into(), ..AmtParams::default() };
+        let o = run_stage(&p, BTreeMap::from([("batches".to_string(), b), ("images".to_string(), images)]), &out).unwrap();
+        assert_eq!(o.metrics["duplicates_conflicting"], 1.0);
+        assert!(o.summary[0].contains("2 duplicates (1 of them another label than the answer kept)"), "{:?}", o.summary);
+        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(s["duplicates_dropped"], 2);
     }
 
     #[test]
