@@ -247,7 +247,7 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
         "repeated_conflicting": repeated.1,
     });
     let extra = ReportExtra { md, summary: [("input".to_string(), input)].into_iter().collect() };
-    let out = staging.path();
+    let out = &staging.path();
     // The report (worker table, peer agreement, plots) is written beside labels and
     // posteriors, not after them: on the scale case that hides most of its 0.25 s.
     let (files, report) = std::thread::scope(|s| {

@@ -8,10 +8,12 @@
 //! - An existing one is written file by file under an exclusive `flock` on it, replacing only
 //!   the command's own names ([`Target::own`]) and removing its own old files the new run
 //!   does not write; the user's other files are never touched. An error rolls back.
-//! - Every move is a `renameat` between directory descriptors: `--out` opened without following
-//!   a link, and the staging directory (with its `.replaced`) opened relative to it. A
-//!   directory swapped for a link after the checks cannot send the results, or the user's
-//!   files, anywhere else (a test swaps it between the checks and the first move).
+//! - The staging directory is made with `mkdirat` and from then on used only through its
+//!   descriptor ([`Staging`]): results are written through `/proc/self/fd/N`, every move is a
+//!   `renameat` between descriptors (`--out` opened without following a link), and removal is
+//!   `unlinkat`. An `--out` swapped for a link, or a staging directory renamed away and
+//!   replaced by one full of links, cannot send the results, or the user's files, anywhere
+//!   else, and only the names this run wrote are installed (tests do both).
 //! - A staging directory carries `.aggregate-owner` (host, PID namespace, PID). A leftover one is
 //!   removed only when it is a real directory owned by this user, its owner file names this
 //!   host and namespace and a PID that no longer exists, and it holds no old files set aside
@@ -138,143 +140,193 @@ impl<'a> Target<'a> {
 
     /// A fresh staging directory for the results: inside `--out` when it exists, else beside
     /// it (its parents created). Leftovers of killed runs there are removed first (see `sweep`).
+    /// It is made and then only used through descriptors (see [`Staging`]).
     pub fn stage(&self) -> anyhow::Result<Staging> {
         let out = &self.out;
-        let dir = if std::fs::symlink_metadata(out).is_ok_and(|m| m.is_dir()) {
-            sweep(out, false);
-            out.clone()
+        let (dir, inside) = if std::fs::symlink_metadata(out).is_ok_and(|m| m.is_dir()) {
+            sweep(out, false, self.force);
+            (out.clone(), true)
         } else {
             // the parent of the absolute path: `--out x/..` must not stage inside itself
             let parent = crate::cache::store::absolute(out).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
             std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-            sweep(&parent, false);
-            parent
+            sweep(&parent, false, self.force);
+            (parent, false)
         };
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("{PREFIX}{}-", std::process::id()))
-            .tempdir_in(&dir)
-            .with_context(|| format!("creating a staging directory in {}", dir.display()))?;
-        std::fs::write(tmp.path().join(OWNER), owner_line()).with_context(|| format!("writing into {}", tmp.path().display()))?;
-        Ok(Staging { tmp })
+        let opened = if inside { OutDir::open(&dir) } else { OutDir::open_following(&dir) };
+        let parent = opened.with_context(|| format!("creating a staging directory in {}", dir.display()))?;
+        let staging = Staging::make(parent, inside).with_context(|| format!("creating a staging directory in {}", dir.display()))?;
+        std::fs::write(staging.path().join(OWNER), owner_line()).with_context(|| format!("writing into {}", staging.shown().display()))?;
+        Ok(staging)
     }
 
     /// Move the staged results into `--out` (see the module's notes): new `--out`, one rename;
     /// else file by file under the lock, rolled back on an error.
-    pub fn install(&self, staging: Staging) -> anyhow::Result<()> {
+    pub fn install(&self, mut staging: Staging) -> anyhow::Result<()> {
         let out = &self.out;
         self.check().map_err(|e| {
             // staged beside: --out did not exist when this run began
-            if !staging.path().starts_with(out) && std::fs::symlink_metadata(out).is_ok() {
+            if !staging.inside && std::fs::symlink_metadata(out).is_ok() {
                 e.context(format!("--out {} appeared while this run worked (another run?)", out.display()))
             } else {
                 e
             }
         })?;
         let files = staging.results()?;
-        if std::fs::symlink_metadata(out).is_err() {
-            let dir = staging.tmp.keep();
-            // tempfile's directories get the umask's mode, as mkdir's; the rename never takes
-            // the place of a directory another run made meanwhile
-            match rename_noreplace(&dir, out) {
+        if !staging.inside {
+            // the rename never takes the place of a directory another run made meanwhile
+            match staging.rename_to(out) {
                 Ok(()) => {
                     // the owner file went along (a kill before the rename leaves it beside, to
                     // be swept); in --out it is not a result
-                    let _ = std::fs::remove_file(out.join(OWNER));
+                    staging.installed = true;
+                    let _ = staging.dir.unlink(OWNER);
                     return Ok(());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && std::fs::symlink_metadata(out).is_ok() => {
                     // made meanwhile: written into like any existing one (with --force)
                     return self
-                        .install_into(&dir, &files)
+                        .install_into(staging, &files)
                         .map_err(|e| e.context(format!("--out {} appeared while this run worked", out.display())));
                 }
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    return Err(anyhow::Error::from(e).context(format!("moving the results into {}", out.display())));
-                }
+                Err(e) => return Err(anyhow::Error::from(e).context(format!("moving the results into {}", out.display()))),
             }
         }
-        let dir = staging.tmp.keep();
-        self.install_into(&dir, &files)
+        self.install_into(staging, &files)
     }
 
-    /// File by file from `dir` into the existing `--out`, under its lock; `dir` is removed,
-    /// unless old files could not be put back after an error (the message says where they are).
-    fn install_into(&self, dir: &Path, files: &[String]) -> anyhow::Result<()> {
+    /// File by file from the staging directory into the existing `--out`, under its lock; the
+    /// staging directory is removed, unless old files could not be put back after an error
+    /// (the message says where they are).
+    fn install_into(&self, mut staging: Staging, files: &[String]) -> anyhow::Result<()> {
         let out = &self.out;
         let od = OutDir::open(out).with_context(|| format!("--out {} (a directory, not a link)", out.display()))?;
         if od.fd.try_lock().is_err() {
             eprintln!("waiting for another run to finish writing into {}", out.display());
             od.fd.lock().with_context(|| format!("locking --out {}", out.display()))?;
         }
-        let fail = |e: anyhow::Error| -> anyhow::Error {
-            let _ = std::fs::remove_dir_all(dir);
-            e
-        };
-        self.check().map_err(fail)?; // what another run left while we waited
+        self.check()?; // what another run left while we waited
+        // Staged inside: --out must still be the directory it was staged in (not another one
+        // put at its path meanwhile).
+        if staging.inside && !staging.parent.same_dir(&od) {
+            bail!("--out {} was replaced by another directory while this run worked (nothing was written)", out.display());
+        }
         // Every name is checked before the first is moved: a refusal changes nothing.
         for name in files {
             if od.kind(name) == Some(true) {
-                return Err(fail(anyhow::anyhow!("--out {}: {} is a directory, not replaced (nothing was written)", out.display(), od.shown(name).display())));
+                bail!("--out {}: {} is a directory, not replaced (nothing was written)", out.display(), od.shown(name).display());
             }
         }
         #[cfg(test)]
         tests::before_moves();
-        // The staging directory by descriptor too, relative to --out's when it is inside: its
-        // path runs through --out, which may have been swapped for a link since it was opened
-        // (the moves, and the old files set aside, would then go through the link).
-        let stage = match (dir.parent(), dir.file_name()) {
-            (Some(parent), Some(name)) if parent == out.as_path() => od.open_child(name),
-            _ => OutDir::open(dir),
-        };
-        let stage = stage.with_context(|| format!("opening {}", dir.display())).map_err(fail)?;
-        // removed by path only while the path still leads to it
-        let remove = |stage: &OutDir| {
-            if stage.is_at(dir) {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        };
-        match move_in(&od, &stage, files, self.own) {
+        match move_in(&od, &staging.dir, files, self.own) {
             Ok(()) => {
-                remove(&stage);
+                drop(staging);
                 // a killed run's set-aside files here are now of no use: one complete result
-                sweep(out, true);
+                sweep(out, true, self.force);
                 Ok(())
             }
-            Err((e, lost)) if lost.is_empty() => {
-                remove(&stage);
-                Err(e.context(format!("--out {} is as it was", out.display())))
-            }
+            Err((e, lost)) if lost.is_empty() => Err(e.context(format!("--out {} is as it was", out.display()))),
             Err((e, lost)) => {
                 // keep the moved-aside files where the user can find them (a sweep leaves a
                 // directory with old files set aside alone)
-                Err(e.context(format!("--out {}: could not put back {} (kept in {})", out.display(), lost.join(", "), dir.join(REPLACED).display())))
+                staging.installed = true;
+                Err(e.context(format!("--out {}: could not put back {} (kept in {})", out.display(), lost.join(", "), staging.shown().join(REPLACED).display())))
             }
         }
     }
 }
 
-/// A staging directory (removed when dropped unless installed).
+/// A staging directory, made with `mkdirat` relative to the directory it is in and used only
+/// through its descriptor from then on: results are written through `/proc/self/fd/N` (the
+/// kernel resolves that to the directory itself, whatever has been renamed or swapped for a
+/// link on the path since), moves are `renameat`s between descriptors, and it is removed
+/// (when dropped, unless installed or kept) by `unlinkat` relative to them. A path through
+/// `--out` would follow a link put there by anyone who can write its parent.
 pub struct Staging {
-    tmp: tempfile::TempDir,
+    dir: OutDir,
+    /// the directory it was made in (`--out`, or `--out`'s parent)
+    parent: OutDir,
+    name: String,
+    /// made inside `--out` (it existed)
+    inside: bool,
+    /// moved into place, or left on purpose: not removed when dropped
+    installed: bool,
 }
 
 impl Staging {
-    pub fn path(&self) -> &Path {
-        self.tmp.path()
+    fn make(parent: OutDir, inside: bool) -> std::io::Result<Staging> {
+        use rand::Rng;
+        let mut rng = rand::thread_rng();
+        loop {
+            let tag: String = (0..8).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.gen_range(0..36)])).collect();
+            let name = format!("{PREFIX}{}-{tag}", std::process::id());
+            // 0777 less the umask, as mkdir: a new --out is this directory renamed
+            match parent.make_child(&name, 0o777, false) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+            let dir = parent.open_child(name.as_ref())?;
+            return Ok(Staging { dir, parent, name, inside, installed: false });
+        }
+    }
+
+    /// Where the results are written: the directory itself, through its descriptor.
+    pub fn path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.dir.fd.as_raw_fd()))
+    }
+
+    /// Its path, for messages.
+    pub fn shown(&self) -> PathBuf {
+        self.parent.path.join(&self.name)
     }
 
     /// The result files written into it (its own bookkeeping names left out).
     fn results(&self) -> anyhow::Result<Vec<String>> {
-        let mut v = Vec::new();
-        for e in std::fs::read_dir(self.path())?.flatten() {
-            let n = e.file_name().to_string_lossy().to_string();
-            if ![OWNER, REPLACED].contains(&n.as_str()) {
-                v.push(n);
-            }
-        }
+        let mut v: Vec<String> = self.dir.entries().with_context(|| format!("reading {}", self.shown().display()))?;
+        v.retain(|n| ![OWNER, REPLACED].contains(&n.as_str()));
         v.sort();
         Ok(v)
+    }
+
+    /// Rename it to the new `--out` (`RENAME_NOREPLACE`).
+    fn rename_to(&self, out: &Path) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (f, t) = (cstr(self.name.as_ref())?, cstr(out.as_os_str())?);
+        // SAFETY: a valid descriptor, AT_FDCWD and NUL-terminated names
+        let r = unsafe { libc::renameat2(self.parent.fd.as_raw_fd(), f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        // file systems without RENAME_NOREPLACE: checked, then renamed
+        if e.raw_os_error() != Some(libc::EINVAL) && e.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(e);
+        }
+        if std::fs::symlink_metadata(out).is_ok() {
+            return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{} appeared meanwhile", out.display())));
+        }
+        OutDir::rename(self.parent.fd.as_raw_fd(), self.name.as_ref(), libc::AT_FDCWD, out.as_os_str())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.installed {
+            // its files and `.replaced`, then itself, all relative to descriptors
+            if let Ok(rep) = self.dir.open_child(REPLACED.as_ref()) {
+                for n in rep.entries().unwrap_or_default() {
+                    let _ = rep.unlink(&n);
+                }
+                let _ = self.dir.remove_child(REPLACED);
+            }
+            for n in self.dir.entries().unwrap_or_default() {
+                let _ = self.dir.unlink(&n);
+            }
+            let _ = self.parent.remove_child(&self.name);
+        }
     }
 }
 
@@ -305,23 +357,57 @@ impl OutDir {
         // SAFETY: `fd` was just opened and is owned by nothing else
         Ok(OutDir { fd: unsafe { std::fs::File::from_raw_fd(fd) }, path: self.path.join(name) })
     }
-    /// Make the subdirectory `name` (mode 0700), unless it exists.
-    fn make_child(&self, name: &str) -> std::io::Result<()> {
+    /// A directory by path, following links (the parent of a new `--out`, which may be
+    /// reached through a user's link).
+    fn open_following(path: &Path) -> std::io::Result<OutDir> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let fd = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(path)?;
+        Ok(OutDir { fd, path: path.to_path_buf() })
+    }
+    /// Make the subdirectory `name` (`mode` less the umask); an existing one is an error
+    /// unless `exist_ok`.
+    fn make_child(&self, name: &str, mode: libc::mode_t, exist_ok: bool) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let n = cstr(name.as_ref())?;
         // SAFETY: a valid descriptor and NUL-terminated name
-        if unsafe { libc::mkdirat(self.fd.as_raw_fd(), n.as_ptr(), 0o700) } == 0 {
+        if unsafe { libc::mkdirat(self.fd.as_raw_fd(), n.as_ptr(), mode) } == 0 {
             return Ok(());
         }
         let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) }
+        if exist_ok && e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) }
     }
-    /// Whether `path` (its last component not followed) is this directory.
-    fn is_at(&self, path: &Path) -> bool {
+    /// Whether both descriptors are the same directory.
+    fn same_dir(&self, other: &OutDir) -> bool {
         use std::os::unix::fs::MetadataExt;
-        match (self.fd.metadata(), std::fs::symlink_metadata(path)) {
+        match (self.fd.metadata(), other.fd.metadata()) {
             (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
             _ => false,
+        }
+    }
+    /// Every name in it, read through the descriptor.
+    fn entries(&self) -> std::io::Result<Vec<String>> {
+        use std::os::fd::AsRawFd;
+        Ok(std::fs::read_dir(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect())
+    }
+    /// `unlinkat` of the file `name` in it.
+    fn unlink(&self, name: &str) -> std::io::Result<()> {
+        self.unlinkat(name, 0)
+    }
+    /// `unlinkat` of the empty directory `name` in it.
+    fn remove_child(&self, name: &str) -> std::io::Result<()> {
+        self.unlinkat(name, libc::AT_REMOVEDIR)
+    }
+    fn unlinkat(&self, name: &str, flags: libc::c_int) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let n = cstr(name.as_ref())?;
+        // SAFETY: a valid descriptor and NUL-terminated name
+        if unsafe { libc::unlinkat(self.fd.as_raw_fd(), n.as_ptr(), flags) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
         }
     }
     fn shown(&self, name: &str) -> PathBuf {
@@ -369,7 +455,7 @@ impl OutDir {
 /// the new run does not write set aside in `dir/.replaced`. On an error everything moved is
 /// put back; the names that could not be are returned with it.
 fn move_in(out: &OutDir, stage: &OutDir, files: &[String], own: fn(&str) -> bool) -> Result<(), (anyhow::Error, Vec<String>)> {
-    let replaced = match stage.make_child(REPLACED).and_then(|()| stage.open_child(REPLACED.as_ref())) {
+    let replaced = match stage.make_child(REPLACED, 0o700, true).and_then(|()| stage.open_child(REPLACED.as_ref())) {
         Ok(r) => r,
         Err(e) => return Err((anyhow::Error::from(e).context(format!("creating {}", stage.path.join(REPLACED).display())), Vec::new())),
     };
@@ -408,7 +494,7 @@ fn move_in(out: &OutDir, stage: &OutDir, files: &[String], own: fn(&str) -> bool
 /// notes); one with old files set aside is left and reported, unless `complete`: this run
 /// has just made `dir` one complete result, so those old files are of no use any more.
 /// Anything else is left alone.
-fn sweep(dir: &Path, complete: bool) {
+fn sweep(dir: &Path, complete: bool, force: bool) {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     let my_host_ns = host_ns();
@@ -439,8 +525,10 @@ fn sweep(dir: &Path, complete: bool) {
         }
         let set_aside = std::fs::read_dir(path.join(REPLACED)).map(|mut d| d.next().is_some()).unwrap_or(false);
         if set_aside && !complete {
+            // a --force run goes on to make it one complete result, then removes them
+            let then = if force { "this --force run makes it one complete result and then removes them" } else { "rerun with --force for one complete result" };
             eprintln!(
-                "warning: {} was left by a run killed while moving its files into {}: that directory may mix two runs' files; the old ones are in {} (rerun with --force for one complete result)",
+                "warning: {} was left by a run killed while moving its files into {}: that directory may mix two runs' files; the old ones are in {} ({then})",
                 path.display(),
                 dir.display(),
                 path.join(REPLACED).display()
@@ -484,28 +572,6 @@ fn writable(path: &Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
-/// `rename`, failing where `to` exists (Linux: `RENAME_NOREPLACE`; elsewhere a check first).
-fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        let (f, t) = (cstr(from.as_os_str())?, cstr(to.as_os_str())?);
-        // SAFETY: two valid NUL-terminated paths, relative to the current directory
-        let r = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        // file systems without RENAME_NOREPLACE: checked, then renamed
-        if e.raw_os_error() != Some(libc::EINVAL) && e.raw_os_error() != Some(libc::ENOSYS) {
-            return Err(e);
-        }
-    }
-    if std::fs::symlink_metadata(to).is_ok() {
-        return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{} appeared meanwhile", to.display())));
-    }
-    std::fs::rename(from, to)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,14 +595,59 @@ mod tests {
     /// files were set aside (and its `.replaced` made) inside the link's target.
     #[test]
     fn an_out_swapped_for_a_link_before_the_moves_sends_nothing_through_it() {
+        swapped_for_a_link(false);
+    }
+
+    /// The same with `--out` relative to the working directory: the staging directory was
+    /// compared with `--out` by path, and tempfile had made its path absolute, so a relative
+    /// `--out` got none of the protection.
+    #[test]
+    fn a_relative_out_swapped_for_a_link_before_the_moves_sends_nothing_through_it() {
+        swapped_for_a_link(true);
+    }
+
+    /// Someone who can write `--out` renames the staging directory away while the results are
+    /// written and plants one of that name full of links to a victim file: the results still
+    /// go into the real staging directory (written through its descriptor; by path they
+    /// truncated the victim) and only they are moved into `--out`.
+    #[test]
+    fn a_planted_staging_directory_gets_no_writes_and_is_not_installed() {
+        let d = tempfile::tempdir().unwrap();
+        let (o, victim) = (d.path().join("o"), d.path().join("victim.txt"));
+        std::fs::create_dir(&o).unwrap();
+        std::fs::write(o.join("mine.txt"), "mine").unwrap();
+        std::fs::write(&victim, "precious").unwrap();
+        let t = Target::new(&o, Path::new("/no/such/input"), true, own);
+        let staging = t.stage().unwrap();
+        let real = staging.shown();
+        std::fs::rename(&real, d.path().join("away")).unwrap();
+        std::fs::create_dir(&real).unwrap();
+        for n in ["a.csv", "b.csv", "c.csv"] {
+            std::os::unix::fs::symlink(&victim, real.join(n)).unwrap();
+        }
+        std::fs::write(staging.path().join("a.csv"), "new a").unwrap();
+        std::fs::write(staging.path().join("b.csv"), "new b").unwrap();
+        t.install(staging).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(o.join("a.csv")).unwrap(), "new a");
+        assert_eq!(std::fs::read_to_string(o.join("b.csv")).unwrap(), "new b");
+        assert!(!o.join("c.csv").exists() && std::fs::symlink_metadata(real.join("c.csv")).is_ok(), "only what this run wrote is installed");
+        assert_eq!(std::fs::read_to_string(o.join("mine.txt")).unwrap(), "mine");
+    }
+
+    fn swapped_for_a_link(relative: bool) {
         let d = tempfile::tempdir().unwrap();
         let (o, moved, victim) = (d.path().join("o"), d.path().join("o.moved"), d.path().join("victim"));
+        // `../../tmp/.tmpX/o` from the working directory (no chdir: tests share it)
+        let cwd = std::env::current_dir().unwrap();
+        let up: PathBuf = cwd.components().skip(1).map(|_| "..").collect();
+        let given = if relative { up.join(o.strip_prefix("/").unwrap()) } else { o.clone() };
         std::fs::create_dir(&o).unwrap();
         std::fs::write(o.join("a.csv"), "old a").unwrap();
         std::fs::write(o.join("mine.txt"), "mine").unwrap();
         std::fs::create_dir(&victim).unwrap();
         std::fs::write(victim.join("v.txt"), "victim").unwrap();
-        let t = Target::new(&o, Path::new("/no/such/input"), true, own);
+        let t = Target::new(&given, Path::new("/no/such/input"), true, own);
         t.check().unwrap();
         let staging = t.stage().unwrap();
         std::fs::write(staging.path().join("a.csv"), "new a").unwrap();
@@ -559,6 +670,8 @@ mod tests {
         assert_eq!(std::fs::read_to_string(moved.join("a.csv")).unwrap(), "new a");
         assert_eq!(std::fs::read_to_string(moved.join("b.csv")).unwrap(), "new b");
         assert_eq!(std::fs::read_to_string(moved.join("mine.txt")).unwrap(), "mine");
+        // and the staging directory is gone from where it really was
+        assert_eq!(names(&moved), ["a.csv", "b.csv", "mine.txt"]);
     }
 
     fn own(n: &str) -> bool {
@@ -595,7 +708,7 @@ mod tests {
         assert!(std::fs::symlink_metadata(o.join(format!("{PREFIX}999999996-Link"))).is_ok());
         assert_eq!(std::fs::read_to_string(o.join("a.csv")).unwrap(), "new a");
         assert!(!o.join("b.csv").exists(), "nothing staged is moved into place");
-        assert!(staging.path().starts_with(&o), "an existing --out stages inside itself");
+        assert!(staging.shown().starts_with(&o), "an existing --out stages inside itself");
         // a run without --force is refused, and told why the directory may be mixed
         let e = format!("{:#}", Target::new(&o, Path::new("/no/such/input"), false, own).check().unwrap_err());
         assert!(e.contains("is not empty") && e.contains("may have left it mixing") && e.contains(".replaced"), "{e}");
