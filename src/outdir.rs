@@ -80,19 +80,19 @@ impl<'a> Target<'a> {
                 bail!("--out {} contains the input file {}: choose another output directory", out.display(), self.input.display());
             }
         }
-        // another run's staging inside --out is not the user's: it does not make it non-empty
-        let non_empty = std::fs::read_dir(out)
-            .with_context(|| format!("--out {}", out.display()))?
-            .flatten()
-            .any(|e| !e.file_name().to_string_lossy().starts_with(PREFIX));
-        if non_empty && !self.force {
-            // a killed run's set-aside files: the directory may mix two runs (only a hint,
-            // nothing found there is acted on)
-            let killed = std::fs::read_dir(out).into_iter().flatten().flatten().find(|e| {
-                e.file_name().to_string_lossy().starts_with(PREFIX)
-                    && e.file_type().is_ok_and(|t| t.is_dir())
-                    && std::fs::read_dir(e.path().join(REPLACED)).is_ok_and(|mut d| d.next().is_some())
-            });
+        // Another run's staging inside --out is not the user's: it does not make it non-empty,
+        // unless it holds old files a killed run set aside (the only copy of the user's
+        // earlier results, removed once a --force run has made --out complete).
+        let mut non_empty = false;
+        let mut killed = None;
+        for e in std::fs::read_dir(out).with_context(|| format!("--out {}", out.display()))?.flatten() {
+            if !e.file_name().to_string_lossy().starts_with(PREFIX) {
+                non_empty = true;
+            } else if e.file_type().is_ok_and(|t| t.is_dir()) && std::fs::read_dir(e.path().join(REPLACED)).is_ok_and(|mut d| d.next().is_some()) {
+                killed = Some(e);
+            }
+        }
+        if (non_empty || killed.is_some()) && !self.force {
             let hint = match killed {
                 Some(e) => format!(
                     " (a run killed while moving its files in may have left it mixing two runs' files; the old ones are in {}: --force makes it one complete result)",
@@ -144,17 +144,16 @@ impl<'a> Target<'a> {
     pub fn stage(&self) -> anyhow::Result<Staging> {
         let out = &self.out;
         let (dir, inside) = if std::fs::symlink_metadata(out).is_ok_and(|m| m.is_dir()) {
-            sweep(out, false, self.force);
             (out.clone(), true)
         } else {
             // the parent of the absolute path: `--out x/..` must not stage inside itself
             let parent = crate::cache::store::absolute(out).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
             std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-            sweep(&parent, false, self.force);
             (parent, false)
         };
         let opened = if inside { OutDir::open(&dir) } else { OutDir::open_following(&dir) };
         let parent = opened.with_context(|| format!("creating a staging directory in {}", dir.display()))?;
+        sweep(&parent, false, self.force);
         let staging = Staging::make(parent, inside).with_context(|| format!("creating a staging directory in {}", dir.display()))?;
         std::fs::write(staging.path().join(OWNER), owner_line()).with_context(|| format!("writing into {}", staging.shown().display()))?;
         Ok(staging)
@@ -174,6 +173,8 @@ impl<'a> Target<'a> {
         })?;
         let files = staging.results()?;
         if !staging.inside {
+            // staged at 0700 (see `Staging::make`); a new --out gets mkdir's mode
+            staging.dir.chmod(0o777 & !umask()).with_context(|| format!("setting the mode of {}", staging.shown().display()))?;
             // the rename never takes the place of a directory another run made meanwhile
             match staging.rename_to(out) {
                 Ok(()) => {
@@ -223,7 +224,7 @@ impl<'a> Target<'a> {
             Ok(()) => {
                 drop(staging);
                 // a killed run's set-aside files here are now of no use: one complete result
-                sweep(out, true, self.force);
+                sweep(&od, true, self.force);
                 Ok(())
             }
             Err((e, lost)) if lost.is_empty() => Err(e.context(format!("--out {} is as it was", out.display()))),
@@ -261,21 +262,46 @@ impl Staging {
         loop {
             let tag: String = (0..8).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.gen_range(0..36)])).collect();
             let name = format!("{PREFIX}{}-{tag}", std::process::id());
-            // 0777 less the umask, as mkdir: a new --out is this directory renamed
-            match parent.make_child(&name, 0o777, false) {
+            // 0700: nobody else may put anything into it, whatever the umask (a new --out gets
+            // mkdir's mode just before it is renamed into place)
+            match parent.make_child(&name, 0o700, false) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             }
+            #[cfg(test)]
+            tests::after_mkdir(&parent.path.join(&name));
             let dir = parent.open_child(name.as_ref())?;
-            return Ok(Staging { dir, parent, name, inside, installed: false });
+            // Between mkdirat and openat someone who can write the parent could have put
+            // another directory (of links) at that name: ours is this user's, 0700 and empty.
+            let ours = {
+                use std::os::unix::fs::MetadataExt;
+                // SAFETY: geteuid has no preconditions
+                let uid = unsafe { libc::geteuid() };
+                dir.fd.metadata().is_ok_and(|m| m.uid() == uid && m.mode() & 0o077 == 0)
+            };
+            let entries = dir.entries().map_err(|e| {
+                std::io::Error::new(e.kind(), format!("reading /proc/self/fd (aggregate --out needs /proc): {e}"))
+            })?;
+            let staging = Staging { dir, parent, name, inside, installed: false };
+            if !ours || !entries.is_empty() {
+                let shown = staging.shown();
+                // not ours: nothing in it is touched
+                let mut staging = staging;
+                staging.installed = true;
+                return Err(std::io::Error::other(format!(
+                    "{} was replaced while it was being made (someone else writing into {}?); nothing was written",
+                    shown.display(),
+                    staging.parent.path.display()
+                )));
+            }
+            return Ok(staging);
         }
     }
 
     /// Where the results are written: the directory itself, through its descriptor.
     pub fn path(&self) -> PathBuf {
-        use std::os::fd::AsRawFd;
-        PathBuf::from(format!("/proc/self/fd/{}", self.dir.fd.as_raw_fd()))
+        self.dir.proc_path()
     }
 
     /// Its path, for messages.
@@ -294,9 +320,16 @@ impl Staging {
     /// Rename it to the new `--out` (`RENAME_NOREPLACE`).
     fn rename_to(&self, out: &Path) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
-        let (f, t) = (cstr(self.name.as_ref())?, cstr(out.as_os_str())?);
-        // SAFETY: a valid descriptor, AT_FDCWD and NUL-terminated names
-        let r = unsafe { libc::renameat2(self.parent.fd.as_raw_fd(), f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
+        // its base name in the directory it was staged in (the parent, by descriptor: a
+        // parent swapped for a link meanwhile cannot move it elsewhere)
+        let abs = crate::cache::store::absolute(out);
+        let (to_fd, to) = match abs.file_name() {
+            Some(base) => (self.parent.fd.as_raw_fd(), base.to_os_string()),
+            None => (libc::AT_FDCWD, out.as_os_str().to_os_string()),
+        };
+        let (f, t) = (cstr(self.name.as_ref())?, cstr(&to)?);
+        // SAFETY: valid descriptors (or AT_FDCWD) and NUL-terminated names
+        let r = unsafe { libc::renameat2(self.parent.fd.as_raw_fd(), f.as_ptr(), to_fd, t.as_ptr(), libc::RENAME_NOREPLACE) };
         if r == 0 {
             return Ok(());
         }
@@ -308,7 +341,7 @@ impl Staging {
         if std::fs::symlink_metadata(out).is_ok() {
             return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{} appeared meanwhile", out.display())));
         }
-        OutDir::rename(self.parent.fd.as_raw_fd(), self.name.as_ref(), libc::AT_FDCWD, out.as_os_str())
+        OutDir::rename(self.parent.fd.as_raw_fd(), self.name.as_ref(), to_fd, &to)
     }
 }
 
@@ -375,6 +408,17 @@ impl OutDir {
         }
         let e = std::io::Error::last_os_error();
         if exist_ok && e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) }
+    }
+    /// `fchmod`.
+    fn chmod(&self, mode: u32) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        self.fd.set_permissions(std::fs::Permissions::from_mode(mode))
+    }
+    /// Its path through the descriptor: the directory itself, whatever was renamed or
+    /// swapped for a link on the path it was opened by.
+    fn proc_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
     /// Whether both descriptors are the same directory.
     fn same_dir(&self, other: &OutDir) -> bool {
@@ -494,17 +538,37 @@ fn move_in(out: &OutDir, stage: &OutDir, files: &[String], own: fn(&str) -> bool
 /// notes); one with old files set aside is left and reported, unless `complete`: this run
 /// has just made `dir` one complete result, so those old files are of no use any more.
 /// Anything else is left alone.
-fn sweep(dir: &Path, complete: bool, force: bool) {
+fn sweep(od: &OutDir, complete: bool, force: bool) {
     use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    // every path below runs through the descriptor (/proc/self/fd/N): the directory it was
+    // opened as, even if its path now leads elsewhere; messages show the path
+    let (at, dir) = (od.proc_path(), &od.path);
+    let Ok(entries) = std::fs::read_dir(&at) else { return };
     let my_host_ns = host_ns();
     // SAFETY: geteuid has no preconditions
     let uid = unsafe { libc::geteuid() };
+    let dead = |owner: &str, pid: Option<i32>| -> bool {
+        let (theirs, recorded) = owner.trim_end().rsplit_once(' ').unwrap_or(("", ""));
+        let Some(p) = recorded.parse::<i32>().ok().filter(|&p| p > 0 && pid.is_none_or(|q| q == p)) else { return false };
+        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+        theirs == my_host_ns && p as u32 != std::process::id() && unsafe { libc::kill(p, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    };
     for e in entries.flatten() {
         let name = e.file_name();
+        // an owner file left in a new --out by a kill between its rename and the file's removal
+        if name == OWNER {
+            let p = at.join(OWNER);
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file() && m.uid() == uid && m.len() < 4096)
+                && dead(&std::fs::read_to_string(&p).unwrap_or_default(), None)
+            {
+                let _ = std::fs::remove_file(&p);
+            }
+            continue;
+        }
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else { continue };
         let Some(pid) = rest.split_once('-').and_then(|(p, _)| p.parse::<i32>().ok()).filter(|&p| p > 0) else { continue };
-        let path = e.path();
+        let path = at.join(&name);
+        let shown = dir.join(&name);
         // a real directory (not a link to one), this user's
         let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
         if pid as u32 == std::process::id() || !meta.is_dir() || meta.uid() != uid {
@@ -514,13 +578,7 @@ fn sweep(dir: &Path, complete: bool, force: bool) {
             Ok(m) if m.is_file() => std::fs::read_to_string(path.join(OWNER)).unwrap_or_default(),
             _ => continue,
         };
-        let (theirs, recorded) = owner.trim_end().rsplit_once(' ').unwrap_or(("", ""));
-        if recorded.parse::<i32>().ok() != Some(pid) || theirs != my_host_ns {
-            continue;
-        }
-        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
-        let gone = unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if !gone {
+        if !dead(&owner, Some(pid)) {
             continue;
         }
         let set_aside = std::fs::read_dir(path.join(REPLACED)).map(|mut d| d.next().is_some()).unwrap_or(false);
@@ -529,9 +587,9 @@ fn sweep(dir: &Path, complete: bool, force: bool) {
             let then = if force { "this --force run makes it one complete result and then removes them" } else { "rerun with --force for one complete result" };
             eprintln!(
                 "warning: {} was left by a run killed while moving its files into {}: that directory may mix two runs' files; the old ones are in {} ({then})",
-                path.display(),
+                shown.display(),
                 dir.display(),
-                path.join(REPLACED).display()
+                shown.join(REPLACED).display()
             );
             continue;
         }
@@ -556,6 +614,15 @@ fn host_ns() -> String {
     };
     let ns = std::fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string()).unwrap_or_else(|_| "pid:?".into()).replace(' ', "_");
     format!("{host} {ns}")
+}
+
+/// The process's umask, read from /proc (umask(2) can only be read by setting it).
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string())))
+        .and_then(|v| u32::from_str_radix(&v, 8).ok())
+        .unwrap_or(0o022)
 }
 
 /// A path or name for a libc call (a NUL inside it is an error, never a shorter path).
@@ -586,6 +653,65 @@ mod tests {
         if let Some(f) = BEFORE_MOVES.with(|h| h.borrow_mut().take()) {
             f();
         }
+    }
+
+    thread_local! {
+        /// Run by `Staging::make` between its mkdirat and openat, with the new path.
+        static AFTER_MKDIR: RefCell<Option<Box<dyn FnOnce(&Path)>>> = RefCell::new(None);
+    }
+
+    pub(super) fn after_mkdir(path: &Path) {
+        if let Some(f) = AFTER_MKDIR.with(|h| h.borrow_mut().take()) {
+            f(path);
+        }
+    }
+
+    /// Between the staging directory's mkdirat and its openat, someone who can write `--out`
+    /// renames it away and puts a directory of links to a victim at its name: refused before
+    /// anything is written (the links were followed and the victim truncated).
+    #[test]
+    fn a_staging_directory_replaced_before_it_is_opened_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (o, victim) = (d.path().join("o"), d.path().join("victim.txt"));
+        std::fs::create_dir(&o).unwrap();
+        std::fs::write(&victim, "precious").unwrap();
+        let (away, v2) = (d.path().join("away"), victim.clone());
+        AFTER_MKDIR.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move |p: &Path| {
+                std::fs::rename(p, &away).unwrap();
+                std::fs::create_dir(p).unwrap();
+                std::os::unix::fs::symlink(&v2, p.join("labels.csv")).unwrap();
+            }))
+        });
+        let t = Target::new(&o, Path::new("/no/such/input"), true, own);
+        let e = format!("{:#}", t.stage().err().expect("refused"));
+        assert!(e.contains("was replaced while it was being made"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    }
+
+    /// A staging directory is 0700 whatever the umask (others could put links into it); a
+    /// new `--out` gets mkdir's mode. An `--out` holding only a killed run's set-aside files
+    /// is not empty: a run without `--force` is refused (it used to go on, and remove them).
+    #[test]
+    fn staging_is_private_a_new_out_gets_mkdirs_mode_and_set_aside_files_count() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let o = d.path().join("o");
+        let t = Target::new(&o, Path::new("/no/such/input"), false, own);
+        let staging = t.stage().unwrap();
+        assert_eq!(std::fs::metadata(staging.shown()).unwrap().permissions().mode() & 0o777, 0o700);
+        std::fs::write(staging.path().join("a.csv"), "new a").unwrap();
+        t.install(staging).unwrap();
+        assert_eq!(std::fs::metadata(&o).unwrap().permissions().mode() & 0o777, 0o777 & !umask());
+        assert!(!o.join(OWNER).exists());
+        let k = d.path().join("k");
+        let killed = k.join(format!("{PREFIX}999999999-Kill"));
+        std::fs::create_dir_all(killed.join(REPLACED)).unwrap();
+        std::fs::write(killed.join(OWNER), format!("{} 999999999\n", host_ns())).unwrap();
+        std::fs::write(killed.join(REPLACED).join("labels.csv"), "old").unwrap();
+        let e = format!("{:#}", Target::new(&k, Path::new("/no/such/input"), false, own).check().unwrap_err());
+        assert!(e.contains("is not empty") && e.contains(".replaced"), "{e}");
+        assert!(killed.join(REPLACED).join("labels.csv").exists());
     }
 
     /// `--out` swapped for a link to another directory after every check, just before the
