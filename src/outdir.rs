@@ -88,7 +88,13 @@ impl<'a> Target<'a> {
         for e in std::fs::read_dir(out).with_context(|| format!("--out {}", out.display()))?.flatten() {
             if !e.file_name().to_string_lossy().starts_with(PREFIX) {
                 non_empty = true;
-            } else if e.file_type().is_ok_and(|t| t.is_dir()) && std::fs::read_dir(e.path().join(REPLACED)).is_ok_and(|mut d| d.next().is_some()) {
+            } else if std::fs::symlink_metadata(e.path()).is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                // SAFETY: geteuid has no preconditions
+                m.is_dir() && m.uid() == unsafe { libc::geteuid() }
+            }) && std::fs::read_dir(e.path().join(REPLACED)).is_ok_and(|mut d| d.next().is_some())
+            {
+                // this user's: another's directory is not ours to count (nor to sweep)
                 killed = Some(e);
             }
         }
@@ -173,21 +179,46 @@ impl<'a> Target<'a> {
         })?;
         let files = staging.results()?;
         if !staging.inside {
-            // staged at 0700 (see `Staging::make`); a new --out gets mkdir's mode
-            staging.dir.chmod(0o777 & !umask()).with_context(|| format!("setting the mode of {}", staging.shown().display()))?;
+            // staged at 0700 (see `Staging::make`); a new --out gets the mode mkdir gives there
+            // (umask, setgid, default ACL), read off a probe directory made inside the staging
+            // one, which inherited the parent's setgid bit and default ACL
+            let mode = staging.dir.mkdir_mode().with_context(|| format!("reading the mode of a new directory in {}", staging.shown().display()))?;
+            staging.dir.chmod(mode).with_context(|| format!("setting the mode of {}", staging.shown().display()))?;
             // the rename never takes the place of a directory another run made meanwhile
             match staging.rename_to(out) {
                 Ok(()) => {
+                    staging.installed = true;
+                    // by name in the parent: someone who can write the parent could have put
+                    // another directory at the staging name just before
+                    if !staging.dir.is_at(out) {
+                        bail!("--out {}: the directory renamed into place is not this run's (someone else writing into {}?): its results were not installed", out.display(), staging.parent.path.display());
+                    }
                     // the owner file went along (a kill before the rename leaves it beside, to
                     // be swept); in --out it is not a result
-                    staging.installed = true;
                     let _ = staging.dir.unlink(OWNER);
                     return Ok(());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && std::fs::symlink_metadata(out).is_ok() => {
-                    // made meanwhile: written into like any existing one (with --force)
-                    return self
-                        .install_into(staging, &files)
+                    // Made meanwhile: written into like any existing one (with --force). The
+                    // staging directory moves inside it first, private again: old files set
+                    // aside by a run killed in the moves must lie in the --out they belong to
+                    // (beside it, a later run into the parent took them for its own).
+                    let moved_in = (|| -> anyhow::Result<()> {
+                        staging.dir.chmod(0o700)?;
+                        self.check()?;
+                        let od = OutDir::open(out)?;
+                        OutDir::rename(
+                            std::os::fd::AsRawFd::as_raw_fd(&staging.parent.fd),
+                            staging.name.as_ref(),
+                            std::os::fd::AsRawFd::as_raw_fd(&od.fd),
+                            staging.name.as_ref(),
+                        )?;
+                        staging.parent = od;
+                        staging.inside = true;
+                        Ok(())
+                    })();
+                    return moved_in
+                        .and_then(|()| self.install_into(staging, &files))
                         .map_err(|e| e.context(format!("--out {} appeared while this run worked", out.display())));
                 }
                 Err(e) => return Err(anyhow::Error::from(e).context(format!("moving the results into {}", out.display()))),
@@ -355,6 +386,7 @@ impl Drop for Staging {
                 }
                 let _ = self.dir.remove_child(REPLACED);
             }
+            let _ = self.dir.remove_child(".mode-probe");
             for n in self.dir.entries().unwrap_or_default() {
                 let _ = self.dir.unlink(&n);
             }
@@ -419,6 +451,25 @@ impl OutDir {
     fn proc_path(&self) -> PathBuf {
         use std::os::fd::AsRawFd;
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+    /// Whether `path` (its last component not followed) is this directory.
+    fn is_at(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.fd.metadata(), std::fs::symlink_metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    /// The mode `mkdir` gives a directory made in it: a probe made and removed.
+    fn mkdir_mode(&self) -> std::io::Result<u32> {
+        use std::os::unix::fs::MetadataExt;
+        const PROBE: &str = ".mode-probe";
+        let _ = self.remove_child(PROBE);
+        self.make_child(PROBE, 0o777, false)?;
+        let probe = self.open_child(PROBE.as_ref());
+        let mode = probe.and_then(|p| p.fd.metadata()).map(|m| m.mode() & 0o7777);
+        let _ = self.remove_child(PROBE);
+        mode
     }
     /// Whether both descriptors are the same directory.
     fn same_dir(&self, other: &OutDir) -> bool {
@@ -617,6 +668,7 @@ fn host_ns() -> String {
 }
 
 /// The process's umask, read from /proc (umask(2) can only be read by setting it).
+#[cfg(test)]
 fn umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -704,6 +756,17 @@ mod tests {
         t.install(staging).unwrap();
         assert_eq!(std::fs::metadata(&o).unwrap().permissions().mode() & 0o777, 0o777 & !umask());
         assert!(!o.join(OWNER).exists());
+        // under a setgid parent a new --out keeps the bit, as mkdir's (fchmod cleared it)
+        let sg = d.path().join("sg");
+        std::fs::create_dir(&sg).unwrap();
+        std::fs::set_permissions(&sg, std::fs::Permissions::from_mode(0o2775)).unwrap();
+        std::fs::create_dir(sg.join("m")).unwrap();
+        let t = Target::new(&sg.join("o"), Path::new("/no/such/input"), false, own);
+        let staging = t.stage().unwrap();
+        t.install(staging).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&sg.join("o")), mode(&sg.join("m")));
+        assert_ne!(mode(&sg.join("o")) & 0o2000, 0);
         let k = d.path().join("k");
         let killed = k.join(format!("{PREFIX}999999999-Kill"));
         std::fs::create_dir_all(killed.join(REPLACED)).unwrap();
