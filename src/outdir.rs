@@ -184,6 +184,16 @@ impl<'a> Target<'a> {
             // one, which inherited the parent's setgid bit and default ACL
             let mode = staging.dir.mkdir_mode().with_context(|| format!("reading the mode of a new directory in {}", staging.shown().display()))?;
             staging.dir.chmod(mode).with_context(|| format!("setting the mode of {}", staging.shown().display()))?;
+            // the kernel drops a setgid bit on chmod by someone outside the directory's group
+            // (mkdir keeps it): say so rather than leave a shared directory half set up
+            let got = std::os::unix::fs::MetadataExt::mode(&staging.dir.fd.metadata()?) & 0o7777;
+            if mode & 0o2000 != 0 && got & 0o2000 == 0 {
+                eprintln!(
+                    "warning: --out {} is made without the setgid bit that mkdir would give it under {}: this user is not in that directory's group, and the kernel drops the bit when such a user sets a mode",
+                    out.display(),
+                    staging.parent.path.display()
+                );
+            }
             // the rename never takes the place of a directory another run made meanwhile
             match staging.rename_to(out) {
                 Ok(()) => {
