@@ -190,14 +190,8 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
                 why.join(", ")
             );
         }
-        let (n, conflicting) = (batch.report.duplicates, batch.report.duplicates_conflicting);
         // with --duplicates keep nothing was compared: null, as for a crowd-kit CSV
-        repeated = (n, dedupe.then_some(conflicting));
-        if n > 0 {
-            eprintln!(
-                "{name}: {n} repeated answer(s) of a worker on a task dropped ({conflicting} of them a different label), the first kept (--duplicates keep counts them all)"
-            );
-        }
+        repeated = (batch.report.duplicates, dedupe.then_some(batch.report.duplicates_conflicting));
         batch.to_answers(&classes)?
     } else {
         let classes = given_classes.clone().unwrap_or_default();
@@ -217,14 +211,14 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
         if dedupe {
             let (n, conflicting) = answers.drop_repeated_workers();
             repeated = (n, Some(conflicting));
-            if n > 0 {
-                eprintln!(
-                    "{name}: {n} repeated answer(s) of a worker on a task dropped ({conflicting} of them a different label), the first kept (--duplicates keep counts them all)"
-                );
-            }
         }
         answers
     };
+    if let (n @ 1.., Some(conflicting)) = repeated {
+        eprintln!(
+            "{name}: {n} repeated answer(s) of a worker on a task dropped ({conflicting} of them a different label), the first kept (--duplicates keep counts them all)"
+        );
+    }
     let t1 = std::time::Instant::now();
     let r = run_method(&answers, method, &opts).with_context(|| format!("{name}: {method}"))?;
     let t2 = std::time::Instant::now();

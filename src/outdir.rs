@@ -32,6 +32,8 @@ const PREFIX: &str = ".aggregate-";
 /// `--out`) does not make `--out` count as non-empty.
 const OWNER: &str = ".aggregate-owner";
 const REPLACED: &str = ".replaced";
+/// Made and removed in a staging directory to learn the mode `mkdir` gives there.
+const PROBE: &str = ".mode-probe";
 
 /// Where the results go and what the command may replace there.
 pub struct Target<'a> {
@@ -88,11 +90,8 @@ impl<'a> Target<'a> {
         for e in std::fs::read_dir(out).with_context(|| format!("--out {}", out.display()))?.flatten() {
             if !e.file_name().to_string_lossy().starts_with(PREFIX) {
                 non_empty = true;
-            } else if std::fs::symlink_metadata(e.path()).is_ok_and(|m| {
-                use std::os::unix::fs::MetadataExt;
-                // SAFETY: geteuid has no preconditions
-                m.is_dir() && m.uid() == unsafe { libc::geteuid() }
-            }) && std::fs::read_dir(e.path().join(REPLACED)).is_ok_and(|mut d| d.next().is_some())
+            } else if std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_dir() && std::os::unix::fs::MetadataExt::uid(&m) == euid())
+                && std::fs::read_dir(e.path().join(REPLACED)).is_ok_and(|mut d| d.next().is_some())
             {
                 // this user's: another's directory is not ours to count (nor to sweep)
                 killed = Some(e);
@@ -217,12 +216,7 @@ impl<'a> Target<'a> {
                         staging.dir.chmod(0o700)?;
                         self.check()?;
                         let od = OutDir::open(out)?;
-                        OutDir::rename(
-                            std::os::fd::AsRawFd::as_raw_fd(&staging.parent.fd),
-                            staging.name.as_ref(),
-                            std::os::fd::AsRawFd::as_raw_fd(&od.fd),
-                            staging.name.as_ref(),
-                        )?;
+                        staging.parent.move_to(&staging.name, &od)?;
                         staging.parent = od;
                         staging.inside = true;
                         Ok(())
@@ -317,26 +311,20 @@ impl Staging {
             // another directory (of links) at that name: ours is this user's, 0700 and empty.
             let ours = {
                 use std::os::unix::fs::MetadataExt;
-                // SAFETY: geteuid has no preconditions
-                let uid = unsafe { libc::geteuid() };
-                dir.fd.metadata().is_ok_and(|m| m.uid() == uid && m.mode() & 0o077 == 0)
+                dir.fd.metadata().is_ok_and(|m| m.uid() == euid() && m.mode() & 0o077 == 0)
             };
             let entries = dir.entries().map_err(|e| {
                 std::io::Error::new(e.kind(), format!("reading /proc/self/fd (aggregate --out needs /proc): {e}"))
             })?;
-            let staging = Staging { dir, parent, name, inside, installed: false };
             if !ours || !entries.is_empty() {
-                let shown = staging.shown();
-                // not ours: nothing in it is touched
-                let mut staging = staging;
-                staging.installed = true;
+                // not ours: never made a `Staging`, so nothing in it is touched
                 return Err(std::io::Error::other(format!(
                     "{} was replaced while it was being made (someone else writing into {}?); nothing was written",
-                    shown.display(),
-                    staging.parent.path.display()
+                    dir.path.display(),
+                    parent.path.display()
                 )));
             }
-            return Ok(staging);
+            return Ok(Staging { dir, parent, name, inside, installed: false });
         }
     }
 
@@ -396,7 +384,7 @@ impl Drop for Staging {
                 }
                 let _ = self.dir.remove_child(REPLACED);
             }
-            let _ = self.dir.remove_child(".mode-probe");
+            let _ = self.dir.remove_child(PROBE);
             for n in self.dir.entries().unwrap_or_default() {
                 let _ = self.dir.unlink(&n);
             }
@@ -464,16 +452,11 @@ impl OutDir {
     }
     /// Whether `path` (its last component not followed) is this directory.
     fn is_at(&self, path: &Path) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        match (self.fd.metadata(), std::fs::symlink_metadata(path)) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-            _ => false,
-        }
+        same_inode(self.fd.metadata(), std::fs::symlink_metadata(path))
     }
     /// The mode `mkdir` gives a directory made in it: a probe made and removed.
     fn mkdir_mode(&self) -> std::io::Result<u32> {
         use std::os::unix::fs::MetadataExt;
-        const PROBE: &str = ".mode-probe";
         let _ = self.remove_child(PROBE);
         self.make_child(PROBE, 0o777, false)?;
         let probe = self.open_child(PROBE.as_ref());
@@ -483,16 +466,11 @@ impl OutDir {
     }
     /// Whether both descriptors are the same directory.
     fn same_dir(&self, other: &OutDir) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        match (self.fd.metadata(), other.fd.metadata()) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-            _ => false,
-        }
+        same_inode(self.fd.metadata(), other.fd.metadata())
     }
     /// Every name in it, read through the descriptor.
     fn entries(&self) -> std::io::Result<Vec<String>> {
-        use std::os::fd::AsRawFd;
-        Ok(std::fs::read_dir(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))?
+        Ok(std::fs::read_dir(self.proc_path())?
             .flatten()
             .map(|e| e.file_name().to_string_lossy().to_string())
             .collect())
@@ -529,8 +507,7 @@ impl OutDir {
     }
     /// Its plain files' names (read through the descriptor).
     fn files(&self) -> Vec<String> {
-        use std::os::fd::AsRawFd;
-        std::fs::read_dir(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+        std::fs::read_dir(self.proc_path())
             .or_else(|_| std::fs::read_dir(&self.path))
             .map(|d| {
                 d.flatten()
@@ -606,8 +583,7 @@ fn sweep(od: &OutDir, complete: bool, force: bool) {
     let (at, dir) = (od.proc_path(), &od.path);
     let Ok(entries) = std::fs::read_dir(&at) else { return };
     let my_host_ns = host_ns();
-    // SAFETY: geteuid has no preconditions
-    let uid = unsafe { libc::geteuid() };
+    let uid = euid();
     let dead = |owner: &str, pid: Option<i32>| -> bool {
         let (theirs, recorded) = owner.trim_end().rsplit_once(' ').unwrap_or(("", ""));
         let Some(p) = recorded.parse::<i32>().ok().filter(|&p| p > 0 && pid.is_none_or(|q| q == p)) else { return false };
@@ -656,6 +632,18 @@ fn sweep(od: &OutDir, complete: bool, force: bool) {
         }
         let _ = std::fs::remove_dir_all(&path);
     }
+}
+
+/// Whether two files are one (device and inode).
+fn same_inode(a: std::io::Result<std::fs::Metadata>, b: std::io::Result<std::fs::Metadata>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    matches!((a, b), (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino())
+}
+
+/// This process's effective user: the owner of what it makes, and of what it may sweep.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions
+    unsafe { libc::geteuid() }
 }
 
 /// `host pid-namespace pid`: who made a staging directory.

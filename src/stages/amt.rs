@@ -180,8 +180,7 @@ impl Stage for Amt {
                     .fetch_records(p.hit_type_id.as_deref(), &p.statuses)
                     .map_err(|e| StageError::Failed(e.to_string()))?;
                 // Same filtering as batch files: statuses, classes, dedupe.
-                // (worker, item) -> the label kept, to count repeats that disagree with it
-                let mut seen = std::collections::HashMap::new();
+                let mut repeats = pipeline_crowd::amt::Repeats::default();
                 batch.input_columns = vec!["image_url".into()];
                 for r in recs {
                     batch.report.rows += 1;
@@ -199,13 +198,8 @@ impl Stage for Amt {
                         batch.report.unknown_labels.push((r.source.clone(), r.row, r.label.clone()));
                         continue;
                     }
-                    if p.dedupe {
-                        if let Some(kept) = seen.get(&(r.worker.clone(), r.item.clone())) {
-                            batch.report.duplicates += 1;
-                            batch.report.duplicates_conflicting += usize::from(*kept != r.label);
-                            continue;
-                        }
-                        seen.insert((r.worker.clone(), r.item.clone()), r.label.clone());
+                    if p.dedupe && repeats.is_repeat(&mut batch.report, &r.worker, &r.item, &r.label) {
+                        continue;
                     }
                     batch.report.kept += 1;
                     batch.records.push(r);

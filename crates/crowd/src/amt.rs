@@ -77,6 +77,33 @@ pub struct AmtReport {
     pub unknown_labels: Vec<(String, usize, String)>,
 }
 
+/// A worker's repeated answers to an item: the first is kept, the others counted in the
+/// report (and how many of them give another label). Batch files and the MTurk API alike.
+#[derive(Debug, Default)]
+pub struct Repeats(HashMap<(String, String), String>);
+
+impl Repeats {
+    /// Aware of the answers already kept.
+    pub fn of(records: &[AmtRecord]) -> Repeats {
+        Repeats(records.iter().map(|r| ((r.worker.clone(), r.item.clone()), r.label.clone())).collect())
+    }
+
+    /// Whether this answer repeats one kept before (then counted in `report`).
+    pub fn is_repeat(&mut self, report: &mut AmtReport, worker: &str, item: &str, label: &str) -> bool {
+        match self.0.entry((worker.to_string(), item.to_string())) {
+            std::collections::hash_map::Entry::Occupied(kept) => {
+                report.duplicates += 1;
+                report.duplicates_conflicting += usize::from(kept.get() != label);
+                true
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(label.to_string());
+                false
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AmtBatch {
     pub records: Vec<AmtRecord>,
@@ -168,9 +195,7 @@ pub fn parse_amt_into(batch: &mut AmtBatch, text: &str, source: &str, opts: &Amt
         }
     }
     let classes: HashSet<&str> = opts.classes.iter().map(|s| s.as_str()).collect();
-    // (worker, item) -> the label kept, to count repeats that disagree with it
-    let mut seen: HashMap<(String, String), String> =
-        batch.records.iter().map(|r| ((r.worker.clone(), r.item.clone()), r.label.clone())).collect();
+    let mut repeats = Repeats::of(&batch.records);
     for (n, rec) in rdr.records().enumerate() {
         let line = n + 2;
         let rec = rec.map_err(|e| CrowdError::Row { source_name: source.into(), row: line, message: e.to_string() })?;
@@ -219,17 +244,8 @@ pub fn parse_amt_into(batch: &mut AmtBatch, text: &str, source: &str, opts: &Amt
                 }
             }
         }
-        if opts.dedupe {
-            match seen.entry((worker.clone(), item.clone())) {
-                std::collections::hash_map::Entry::Occupied(kept) => {
-                    batch.report.duplicates += 1;
-                    batch.report.duplicates_conflicting += usize::from(*kept.get() != label);
-                    continue;
-                }
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(label.clone());
-                }
-            }
+        if opts.dedupe && repeats.is_repeat(&mut batch.report, &worker, &item, &label) {
+            continue;
         }
         let work_time_s = time_c.map(get).and_then(|s| s.parse::<f64>().ok());
         batch.records.push(AmtRecord {
