@@ -158,6 +158,8 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
     let dedupe = args.duplicates != "keep";
     // repeated answers of a worker on a task dropped, and how many of those disagreed
     let mut repeated: (usize, Option<usize>) = (0, None);
+    // answers dropped for a label outside the classes (`--on-unknown-label drop`)
+    let unknown_dropped;
     let t0 = std::time::Instant::now();
     let text = read_input(input, &name)?;
     let first = text.lines().next().unwrap_or("");
@@ -190,6 +192,12 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
                 why.join(", ")
             );
         }
+        let unknown = &batch.report.unknown_labels;
+        unknown_dropped = unknown.len();
+        if let Some((src, row, label)) = unknown.first() {
+            // as for a CSV: what was dropped is said, with the first one to look at
+            eprintln!("{name}: {} answer(s) with a label outside the classes dropped (the first: {src} row {row}, {label:?})", unknown.len());
+        }
         // with --duplicates keep nothing was compared: null, as for a crowd-kit CSV
         repeated = (batch.report.duplicates, dedupe.then_some(batch.report.duplicates_conflicting));
         batch.to_answers(&classes)?
@@ -204,6 +212,7 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
                 if dropped == 0 { String::new() } else { " dropped for a label outside --classes".to_string() }
             );
         }
+        unknown_dropped = dropped;
         if dropped > 0 {
             eprintln!("{name}: {dropped} answer(s) with a label outside --classes dropped");
         }
@@ -239,6 +248,7 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
         "duplicates": if dedupe { "first" } else { "keep" },
         "repeated_dropped": repeated.0,
         "repeated_conflicting": repeated.1,
+        "unknown_label_dropped": unknown_dropped,
     });
     let extra = ReportExtra { md, summary: [("input".to_string(), input)].into_iter().collect() };
     let out = &staging.path();
@@ -459,12 +469,21 @@ mod tests {
         aggregate_file(&args).unwrap();
         let p = std::fs::read_to_string(tmp.path().join("o/posteriors.csv")).unwrap();
         assert!(p.starts_with("task,angry,disgust,fear,happy,neutral,sad,surprise\n"), "the class set is unchanged: {p}");
+        // the dropped answer is counted in summary.json, for an AMT file as for a CSV
+        let dropped = |dir: &str| {
+            let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join(dir).join("summary.json")).unwrap()).unwrap();
+            s["input"]["unknown_label_dropped"].as_u64()
+        };
+        assert_eq!(dropped("o"), Some(1));
         // crowd-kit CSV with --classes: the same rule
         let ck = tmp.path().join("ck.csv");
         std::fs::write(&ck, "worker,task,label\n1,a,x\n2,a,z\n").unwrap();
         let args = AggregateArgs { classes: Some(vec!["x".into(), "y".into()]), ..AggregateArgs::new(&ck, &tmp.path().join("o2")) };
         let e = aggregate_file(&args).unwrap_err().to_string();
         assert!(e.contains("row 3") && e.contains("\"z\""), "{e}");
+        let args = AggregateArgs { classes: Some(vec!["x".into(), "y".into()]), on_unknown_label: "drop".into(), ..AggregateArgs::new(&ck, &tmp.path().join("o3")) };
+        aggregate_file(&args).unwrap();
+        assert_eq!(dropped("o3"), Some(1));
     }
 
     #[test]

@@ -430,7 +430,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Schedule(args) => schedule(&cli.cache, args),
         Command::Aggregate(args) => {
             let d = crate::aggregate::aggregate_file(&args)?;
-            let out = &args.out;
+            // as the user would type it again: `nx2/./` and a trailing `/` dropped
+            let out: PathBuf = args.out.components().collect();
             println!(
                 "{}: {} items, {} answers; wrote {}, {} and report.md",
                 d.method_line,

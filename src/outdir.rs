@@ -137,7 +137,9 @@ impl<'a> Target<'a> {
             }
             at.push(c);
         }
-        if !writable(&existing) {
+        // a directory without write bits is refused as an existing --out is, root or not
+        // (root may write there, but the mode says nobody should)
+        if std::fs::metadata(&existing).is_ok_and(|m| m.permissions().readonly()) || !writable(&existing) {
             bail!("--out {}: cannot create it, {} is not writable", out.display(), existing.display());
         }
         Ok(())
@@ -505,13 +507,15 @@ impl OutDir {
         let r = unsafe { libc::fstatat(self.fd.as_raw_fd(), n.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
         (r == 0).then_some(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
     }
-    /// Its plain files' names (read through the descriptor).
+    /// The names in it that are not directories: plain files, links, FIFOs, sockets, device
+    /// nodes (read through the descriptor). Renaming or unlinking any of them touches the
+    /// entry only, never what a link points to.
     fn files(&self) -> Vec<String> {
         std::fs::read_dir(self.proc_path())
             .or_else(|_| std::fs::read_dir(&self.path))
             .map(|d| {
                 d.flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
                     .map(|e| e.file_name().to_string_lossy().to_string())
                     .collect()
             })
@@ -541,7 +545,8 @@ fn move_in(out: &OutDir, stage: &OutDir, files: &[String], own: fn(&str) -> bool
         Ok(r) => r,
         Err(e) => return Err((anyhow::Error::from(e).context(format!("creating {}", stage.path.join(REPLACED).display())), Vec::new())),
     };
-    // the old run's own files that the new one does not write (plain files only)
+    // the old run's own files that the new one does not write: any entry but a directory (a
+    // link or FIFO named `worker_8.png` left beside new results would pass for one of them)
     let stale: Vec<String> = out.files().into_iter().filter(|n| own(n) && !files.contains(n)).collect();
     let (mut old_moved, mut new_moved): (Vec<&String>, Vec<&String>) = (Vec::new(), Vec::new());
     let moved = (|| -> anyhow::Result<()> {

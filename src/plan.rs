@@ -218,7 +218,7 @@ pub fn plan_with(cache: &Cache, p: &Pipeline, remote: Option<&Remote>, flags: &P
                 why.push(RerunReason::Upstream { input: (*input).clone(), stage: (*up).clone(), root: first_reason.get(*up).cloned() });
             }
             if let Some(l) = &last {
-                let mut now = KeyInputs::new(node.kind.kind(), node.kind.version(), &node.kind.key_params(&node.params));
+                let mut now = KeyInputs::new(node.kind.kind(), node.kind.version(), &node.key_params());
                 now.inputs = l.key_inputs.inputs.clone();
                 now.param_files = l.key_inputs.param_files.clone();
                 why.extend(diff_key(&l.key_inputs, &now, &BTreeMap::new()));

@@ -779,6 +779,11 @@ fn aggregate_out_dot_a_directory_in_the_way_and_a_read_only_out() {
     assert!(stderr(&o).contains("--out ro is not writable"), "{}", stderr(&o));
     assert_eq!(std::fs::metadata(&ro).unwrap().permissions().mode() & 0o777, 0o555);
     assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0);
+    // nor is a new --out made under it (as root it was: access(2) lets root write anywhere)
+    let o = s.run(&["aggregate", inp.to_str().unwrap(), "--out", "ro/sub/deeper"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot create it, ro is not writable"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0);
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
@@ -943,6 +948,22 @@ fn aggregate_force_removes_its_stale_files_keeps_an_empty_out_and_creates_nothin
     let fresh = s.path().join("fresh");
     s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "fresh"]);
     assert_eq!(tree_files(&s.path().join("o"), &users), tree_files(&fresh, &[]));
+    // a link or FIFO at a stale result's name went unnoticed (only plain files were stale):
+    // the entries are removed, never what a link points to
+    std::fs::remove_dir(s.path().join("o/worker_4.png")).unwrap();
+    let target = s.write("kept.txt", "the link's target");
+    std::os::unix::fs::symlink(&target, s.path().join("o/worker_4.png")).unwrap();
+    let fifo = std::ffi::CString::new(s.path().join("o/worker_5.png").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let o = s.run(&["aggregate", inp.to_str().unwrap(), "--out", "./o/./", "--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // the path as it can be typed again
+    assert!(String::from_utf8_lossy(&o.stdout).contains("wrote ./o/labels.csv, ./o/posteriors.csv"), "{}", String::from_utf8_lossy(&o.stdout));
+    for stale in ["o/worker_4.png", "o/worker_5.png"] {
+        assert!(std::fs::symlink_metadata(s.path().join(stale)).is_err(), "{stale} was kept beside the new results");
+    }
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "the link's target");
+    std::fs::remove_file(&target).unwrap();
     // an empty --out is written into, not replaced
     use std::os::unix::fs::PermissionsExt;
     let e = s.path().join("empty");

@@ -35,7 +35,7 @@ pub struct ResolvedInputs {
 
 impl ResolvedInputs {
     pub fn key_inputs(&self, node: &StageNode) -> KeyInputs {
-        let mut k = KeyInputs::new(node.kind.kind(), node.kind.version(), &node.kind.key_params(&node.params));
+        let mut k = KeyInputs::new(node.kind.kind(), node.kind.version(), &node.key_params());
         k.inputs = self.digests.clone();
         k.param_files = self.param_files.clone();
         k

@@ -58,6 +58,11 @@ pub struct StageNode {
 }
 
 impl StageNode {
+    /// The params that go into its cache key (see `DynStage::key_params`).
+    pub fn key_params(&self) -> Value {
+        let inputs: Vec<&str> = self.inputs.keys().map(String::as_str).collect();
+        self.kind.key_params(&self.params, &inputs)
+    }
     pub fn upstream(&self) -> impl Iterator<Item = &str> {
         self.inputs.values().filter_map(|s| match s {
             InputSource::Stage { stage, .. } => Some(stage.as_str()),

@@ -196,9 +196,11 @@ pub trait Stage: Send + Sync + 'static {
     /// of the cache key, so a model trained on a GPU is reused on a CPU machine.
     const PROVENANCE_PARAMS: &'static [&'static str] = &[];
 
-    /// Params these params make irrelevant (`valid_fraction` of an ensemble, which validates
-    /// on folds): left out of the key like `PROVENANCE_PARAMS`, so changing one reruns nothing.
-    fn unused_params(_params: &Self::Params) -> Vec<&'static str> {
+    /// Params these params or the stage's wired inputs (`inputs`: their names) make
+    /// irrelevant (`valid_fraction` of an ensemble, which validates on folds, or of a train
+    /// stage given `inputs.valid`): left out of the key like `PROVENANCE_PARAMS`, so changing
+    /// one reruns nothing.
+    fn unused_params(_params: &Self::Params, _inputs: &[&str]) -> Vec<&'static str> {
         Vec::new()
     }
     /// A stage that reads the outside world runs every time; its output digest still
@@ -226,8 +228,8 @@ pub trait DynStage: Send + Sync {
     fn open_inputs(&self) -> bool;
     fn open_params(&self) -> bool;
     /// The params that go into the cache key: all but `PROVENANCE_PARAMS` and those the
-    /// others make irrelevant (`Stage::unused_params`).
-    fn key_params(&self, params: &Value) -> Value;
+    /// others or the wired `inputs` make irrelevant (`Stage::unused_params`).
+    fn key_params(&self, params: &Value, inputs: &[&str]) -> Value;
     fn params_schema(&self) -> Value;
     /// Validate raw params and return them canonical, defaults filled in.
     fn normalize(&self, raw: &Value) -> Result<Value, ParamError>;
@@ -303,14 +305,14 @@ impl<S: Stage> DynStage for Wrap<S> {
     fn open_params(&self) -> bool {
         S::OPEN_PARAMS
     }
-    fn key_params(&self, params: &Value) -> Value {
+    fn key_params(&self, params: &Value, inputs: &[&str]) -> Value {
         let mut p = params.clone();
         if let Value::Object(m) = &mut p {
             for name in S::PROVENANCE_PARAMS {
                 m.remove(*name);
             }
             if let Ok(parsed) = parse_params::<S>(params) {
-                for name in S::unused_params(&parsed) {
+                for name in S::unused_params(&parsed, inputs) {
                     m.remove(name);
                 }
             }
@@ -471,7 +473,7 @@ mod tests {
     /// struct (say, embedding its crate's config) cannot move a key by accident.
     fn pinned(kind: &str, raw: serde_json::Value) -> String {
         let k = find(kind).unwrap();
-        serde_json::to_string(&k.key_params(&k.normalize(&raw).unwrap())).unwrap()
+        serde_json::to_string(&k.key_params(&k.normalize(&raw).unwrap(), &[])).unwrap()
     }
 
     #[test]
@@ -509,12 +511,20 @@ mod tests {
     #[test]
     fn an_ensembles_valid_fraction_is_not_in_the_key() {
         let k = find("train").unwrap();
-        let key = |v: serde_json::Value| k.key_params(&k.normalize(&v).unwrap());
+        let key = |v: serde_json::Value| k.key_params(&k.normalize(&v).unwrap(), &[]);
         let (a, b) = (key(serde_json::json!({"ensemble": 3})), key(serde_json::json!({"ensemble": 3, "valid_fraction": 0.3})));
         assert_eq!(a, b);
         assert!(a.get("valid_fraction").is_none() && a["ensemble"] == 3, "{a}");
         assert_ne!(key(serde_json::json!({})), key(serde_json::json!({"valid_fraction": 0.3})));
         assert_eq!(pinned("train", serde_json::json!({"ensemble": 1})), pinned("train", serde_json::json!({})));
+        // given `inputs.valid`, nothing is held out: the fraction is not in the key either
+        let wired = |v: serde_json::Value| k.key_params(&k.normalize(&v).unwrap(), &["images", "valid"]);
+        let (a, b) = (wired(serde_json::json!({})), wired(serde_json::json!({"valid_fraction": 0.3})));
+        assert_eq!(a, b);
+        assert!(a.get("valid_fraction").is_none(), "{a}");
+        let mut c = key(serde_json::json!({}));
+        c.as_object_mut().unwrap().remove("valid_fraction");
+        assert_eq!(a, c, "nothing else leaves the key");
     }
 
     /// `resnet` has no hidden dense layer: `cnn_dense` is not in its key. Its shortcuts pad
@@ -523,7 +533,7 @@ mod tests {
     #[test]
     fn resnet_params_checked_and_its_unused_dense_width_out_of_the_key() {
         let k = find("train").unwrap();
-        let key = |v: serde_json::Value| k.key_params(&k.normalize(&v).unwrap());
+        let key = |v: serde_json::Value| k.key_params(&k.normalize(&v).unwrap(), &[]);
         let a = key(serde_json::json!({"model": "resnet"}));
         assert_eq!(a, key(serde_json::json!({"model": "resnet", "cnn_dense": 7})));
         assert!(a.get("cnn_dense").is_none() && a["model"] == "resnet", "{a}");
@@ -552,8 +562,8 @@ mod tests {
         let cpu = k.normalize(&serde_json::json!({"backend": "cpu"})).unwrap();
         let cuda = k.normalize(&serde_json::json!({"backend": "cuda"})).unwrap();
         assert_ne!(cpu, cuda);
-        assert_eq!(k.key_params(&cpu), k.key_params(&cuda));
+        assert_eq!(k.key_params(&cpu, &[]), k.key_params(&cuda, &[]));
         let more = k.normalize(&serde_json::json!({"epochs": 11})).unwrap();
-        assert_ne!(k.key_params(&more), k.key_params(&cpu));
+        assert_ne!(k.key_params(&more, &[]), k.key_params(&cpu, &[]));
     }
 }

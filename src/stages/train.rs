@@ -364,10 +364,11 @@ impl Stage for Train {
     // Where it ran is provenance: a model trained on a GPU is reused on a CPU machine.
     const PROVENANCE_PARAMS: &'static [&'static str] = &["backend"];
 
-    fn unused_params(p: &TrainParams) -> Vec<&'static str> {
-        // an ensemble validates each member on a fold, never on `valid_fraction` of the items
+    fn unused_params(p: &TrainParams, inputs: &[&str]) -> Vec<&'static str> {
+        // an ensemble validates each member on a fold, and `inputs.valid` is validated on
+        // as given: neither holds out `valid_fraction` of the items
         let mut unused = Vec::new();
-        if p.ensemble > 1 {
+        if p.ensemble > 1 || inputs.contains(&"valid") {
             unused.push("valid_fraction");
         }
         // global average pooling: no hidden dense layer

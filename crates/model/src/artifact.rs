@@ -82,6 +82,7 @@ fn load_artifact_at(dir: &Path, as_member: bool) -> Result<ModelArtifact> {
     }
     config.model.validate().map_err(|e| ModelError::bad_file(&path, e))?;
     let artifact = ModelArtifact { dir: dir.to_path_buf(), config };
+    let mut seen_members = std::collections::HashSet::new();
     for (field, rel) in artifact.record_names() {
         // A config is data: it must not send the loader outside the model's directory. Names
         // are shown escaped ({:?}): a control character printed raw could name another file.
@@ -105,6 +106,12 @@ fn load_artifact_at(dir: &Path, as_member: bool) -> Result<ModelArtifact> {
             Err(_) => return Err(ModelError::bad_file(&path, format!("\"{field}\": {rel:?}: model record missing"))),
         }
         if field == "members" {
+            // One member listed twice would count twice in the average: another model than
+            // the one trained, under the same name.
+            // compared as paths: `members/0//model.mpk` is the same record
+            if !seen_members.insert(Path::new(rel).components().collect::<std::path::PathBuf>()) {
+                return Err(ModelError::bad_file(&path, format!("\"members\": {rel:?} is listed twice")));
+            }
             // A member is a model directory of its own: its net and classes must be the
             // ensemble's, or its probabilities would be averaged in another class order.
             let member_dir = record.parent().unwrap_or(dir);

@@ -537,6 +537,11 @@ fn training_from_init_starts_from_its_weights_and_refuses_another_network() {
         std::fs::copy(base.join(f), ens.join("members/0").join(f)).unwrap();
     }
     crate::load_artifact(&ens).unwrap();
+    // one member listed twice: refused (it would weigh double in the average)
+    v["members"] = serde_json::json!(["members/0/model.mpk", "members/0/./model.mpk"]);
+    std::fs::write(ens.join("config.json"), v.to_string()).unwrap();
+    let err = crate::load_artifact(&ens).unwrap_err().to_string();
+    assert!(err.contains("\"members/0/./model.mpk\" is listed twice"), "{err}");
 }
 
 #[test]
