@@ -387,9 +387,14 @@ impl Drop for Staging {
                 let _ = self.dir.remove_child(REPLACED);
             }
             let _ = self.dir.remove_child(PROBE);
+            // the owner file last: a kill before the final rmdir leaves a directory that
+            // still names its dead owner, which the next run's sweep removes
             for n in self.dir.entries().unwrap_or_default() {
-                let _ = self.dir.unlink(&n);
+                if n != OWNER {
+                    let _ = self.dir.unlink(&n);
+                }
             }
+            let _ = self.dir.unlink(OWNER);
             let _ = self.parent.remove_child(&self.name);
         }
     }
