@@ -513,13 +513,18 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::ExecStage { job } => Ok(crate::executor::exec_stage(&job)?),
         Command::DemoData { dir, seed, per_class, force } => {
-            if !force && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
-                bail!("{} is not empty: demo-data would replace files in it (gold.csv, amt/, results/...); choose a new directory or pass --force", dir.display());
-            }
+            // Written into a private staging directory, then installed with aggregate --out's
+            // rules (`outdir`): nothing written through a link, nothing half-written, never
+            // into the cache; `--force` replaces gold.csv but never one of the directories.
+            let own = |n: &str| matches!(n, "gold.csv" | "amt" | "results" | "valid" | "test");
+            let target = crate::outdir::Target::new(&dir, Path::new(""), force, own).for_command("demo-data", "the input");
+            crate::outdir::refuse_inside(&target.out, &cli.cache, "the cache")?;
+            target.check()?;
             let params = crate::stages::demo_data::DemoDataParams { seed, per_class, ..Default::default() };
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let n = crate::stages::demo_data::write_demo_data(&params, &dir, None)?;
-            println!("wrote {n} images and amt/batch_results.csv to {}", dir.display());
+            let staging = target.stage()?;
+            let n = crate::stages::demo_data::write_demo_data(&params, &staging.path(), None)?;
+            target.install(staging)?;
+            println!("wrote {n} images and amt/batch_results.csv to {}", target.out.display());
             Ok(0)
         }
     }

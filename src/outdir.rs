@@ -45,12 +45,33 @@ pub struct Target<'a> {
     pub force: bool,
     /// The names the command writes: the only ones it replaces or removes.
     pub own: fn(&str) -> bool,
+    /// The command, for messages (`aggregate`, `cache export`, `demo-data`).
+    pub cmd: &'static str,
+    /// How the user named the directory, for messages: `--out ` (with its space) or empty
+    /// (a positional `DIR`).
+    pub flag: &'static str,
+    /// What `input` is, for messages (`the input file`, `the cache`).
+    pub input_is: &'static str,
 }
 
 impl<'a> Target<'a> {
     pub fn new(out: &Path, input: &'a Path, force: bool, own: fn(&str) -> bool) -> Target<'a> {
         let out: PathBuf = if out.as_os_str().is_empty() { PathBuf::new() } else { out.components().collect() };
-        Target { out, input, force, own }
+        Target { out, input, force, own, cmd: "aggregate", flag: "--out ", input_is: "the input file" }
+    }
+
+    /// The same rules for another command that writes a directory (`cache export`,
+    /// `demo-data`): named positionally in messages.
+    pub fn for_command(mut self, cmd: &'static str, input_is: &'static str) -> Self {
+        self.cmd = cmd;
+        self.flag = "";
+        self.input_is = input_is;
+        self
+    }
+
+    /// `--out DIR` or `DIR`, as the user named it.
+    fn named(&self) -> String {
+        format!("{}{}", self.flag, self.out.display())
     }
 
     /// Refuse an `--out` that is a link, a file, not writable, holds the input, or (without
@@ -60,26 +81,26 @@ impl<'a> Target<'a> {
     pub fn check(&self) -> anyhow::Result<()> {
         let out = &self.out;
         if out.as_os_str().is_empty() {
-            bail!("--out is empty: name a directory");
+            bail!("{} is empty: name a directory", if self.flag.is_empty() { "the directory name" } else { self.flag.trim_end() });
         }
         let meta = match std::fs::symlink_metadata(out) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.check_new(),
-            Err(e) => bail!("--out {}: {e}", out.display()),
+            Err(e) => bail!("{}: {e}", self.named()),
         };
         if meta.file_type().is_symlink() {
             // not followed: the results would land wherever the link points
-            bail!("--out {} is a symbolic link: name the directory itself", out.display());
+            bail!("{} is a symbolic link: name the directory itself", self.named());
         }
         if !meta.is_dir() {
-            bail!("--out {} exists and is not a directory", out.display());
+            bail!("{} exists and is not a directory", self.named());
         }
         if meta.permissions().readonly() || !writable(out) {
-            bail!("--out {} is not writable", out.display());
+            bail!("{} is not writable", self.named());
         }
         if let (Ok(o), Ok(i)) = (out.canonicalize(), self.input.canonicalize()) {
             if i.starts_with(&o) {
-                bail!("--out {} contains the input file {}: choose another output directory", out.display(), self.input.display());
+                bail!("{} contains {} {}: choose another output directory", self.named(), self.input_is, self.input.display());
             }
         }
         // Another run's staging inside --out is not the user's: it does not make it non-empty,
@@ -87,7 +108,7 @@ impl<'a> Target<'a> {
         // earlier results, removed once a --force run has made --out complete).
         let mut non_empty = false;
         let mut killed = None;
-        for e in std::fs::read_dir(out).with_context(|| format!("--out {}", out.display()))?.flatten() {
+        for e in std::fs::read_dir(out).with_context(|| format!("{}", self.named()))?.flatten() {
             if !e.file_name().to_string_lossy().starts_with(PREFIX) {
                 non_empty = true;
             } else if std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_dir() && std::os::unix::fs::MetadataExt::uid(&m) == euid())
@@ -105,7 +126,7 @@ impl<'a> Target<'a> {
                 ),
                 None => String::new(),
             };
-            bail!("--out {} is not empty: choose a new directory, or pass --force to replace the files aggregate writes there{hint}", out.display());
+            bail!("{} is not empty: choose a new directory, or pass --force to replace the files {} writes there{hint}", self.named(), self.cmd);
         }
         Ok(())
     }
@@ -122,12 +143,12 @@ impl<'a> Target<'a> {
                 match (std::fs::symlink_metadata(&at), std::fs::metadata(&at)) {
                     (Ok(_), Ok(m)) if m.is_dir() => existing = at.clone(),
                     (Ok(l), Err(_)) if l.file_type().is_symlink() => {
-                        bail!("--out {}: {} is a symbolic link to nothing (nothing was created)", out.display(), at.display())
+                        bail!("{}: {} is a symbolic link to nothing (nothing was created)", self.named(), at.display())
                     }
-                    (Ok(_), Ok(_)) => bail!("--out {}: {} is not a directory (nothing was created)", out.display(), at.display()),
+                    (Ok(_), Ok(_)) => bail!("{}: {} is not a directory (nothing was created)", self.named(), at.display()),
                     _ if c == std::path::Component::ParentDir => bail!(
-                        "--out {}: goes up (`..`) out of {}, which does not exist: name the directory without `..` (nothing was created)",
-                        out.display(),
+                        "{}: goes up (`..`) out of {}, which does not exist: name the directory without `..` (nothing was created)",
+                        self.named(),
                         at.display()
                     ),
                     _ => {}
@@ -140,7 +161,7 @@ impl<'a> Target<'a> {
         // a directory without write bits is refused as an existing --out is, root or not
         // (root may write there, but the mode says nobody should)
         if std::fs::metadata(&existing).is_ok_and(|m| m.permissions().readonly()) || !writable(&existing) {
-            bail!("--out {}: cannot create it, {} is not writable", out.display(), existing.display());
+            bail!("{}: cannot create it, {} is not writable", self.named(), existing.display());
         }
         Ok(())
     }
@@ -173,7 +194,7 @@ impl<'a> Target<'a> {
         self.check().map_err(|e| {
             // staged beside: --out did not exist when this run began
             if !staging.inside && std::fs::symlink_metadata(out).is_ok() {
-                e.context(format!("--out {} appeared while this run worked (another run?)", out.display()))
+                e.context(format!("{} appeared while this run worked (another run?)", self.named()))
             } else {
                 e
             }
@@ -190,8 +211,8 @@ impl<'a> Target<'a> {
             let got = std::os::unix::fs::MetadataExt::mode(&staging.dir.fd.metadata()?) & 0o7777;
             if mode & 0o2000 != 0 && got & 0o2000 == 0 {
                 eprintln!(
-                    "warning: --out {} is made without the setgid bit that mkdir would give it under {}: this user is not in that directory's group, and the kernel drops the bit when such a user sets a mode",
-                    out.display(),
+                    "warning: {} is made without the setgid bit that mkdir would give it under {}: this user is not in that directory's group, and the kernel drops the bit when such a user sets a mode",
+                    self.named(),
                     staging.parent.path.display()
                 );
             }
@@ -202,7 +223,7 @@ impl<'a> Target<'a> {
                     // by name in the parent: someone who can write the parent could have put
                     // another directory at the staging name just before
                     if !staging.dir.is_at(out) {
-                        bail!("--out {}: the directory renamed into place is not this run's (someone else writing into {}?): its results were not installed", out.display(), staging.parent.path.display());
+                        bail!("{}: the directory renamed into place is not this run's (someone else writing into {}?): its results were not installed", self.named(), staging.parent.path.display());
                     }
                     // the owner file went along (a kill before the rename leaves it beside, to
                     // be swept); in --out it is not a result
@@ -225,7 +246,7 @@ impl<'a> Target<'a> {
                     })();
                     return moved_in
                         .and_then(|()| self.install_into(staging, &files))
-                        .map_err(|e| e.context(format!("--out {} appeared while this run worked", out.display())));
+                        .map_err(|e| e.context(format!("{} appeared while this run worked", self.named())));
                 }
                 Err(e) => return Err(anyhow::Error::from(e).context(format!("moving the results into {}", out.display()))),
             }
@@ -238,21 +259,21 @@ impl<'a> Target<'a> {
     /// (the message says where they are).
     fn install_into(&self, mut staging: Staging, files: &[String]) -> anyhow::Result<()> {
         let out = &self.out;
-        let od = OutDir::open(out).with_context(|| format!("--out {} (a directory, not a link)", out.display()))?;
+        let od = OutDir::open(out).with_context(|| format!("{} (a directory, not a link)", self.named()))?;
         if od.fd.try_lock().is_err() {
             eprintln!("waiting for another run to finish writing into {}", out.display());
-            od.fd.lock().with_context(|| format!("locking --out {}", out.display()))?;
+            od.fd.lock().with_context(|| format!("locking {}", self.named()))?;
         }
         self.check()?; // what another run left while we waited
         // Staged inside: --out must still be the directory it was staged in (not another one
         // put at its path meanwhile).
         if staging.inside && !staging.parent.same_dir(&od) {
-            bail!("--out {} was replaced by another directory while this run worked (nothing was written)", out.display());
+            bail!("{} was replaced by another directory while this run worked (nothing was written)", self.named());
         }
         // Every name is checked before the first is moved: a refusal changes nothing.
         for name in files {
             if od.kind(name) == Some(true) {
-                bail!("--out {}: {} is a directory, not replaced (nothing was written)", out.display(), od.shown(name).display());
+                bail!("{}: {} is a directory, not replaced (nothing was written; --force replaces files, never a directory: remove it or choose a new directory)", self.named(), od.shown(name).display());
             }
         }
         #[cfg(test)]
@@ -264,15 +285,27 @@ impl<'a> Target<'a> {
                 sweep(&od, true, self.force);
                 Ok(())
             }
-            Err((e, lost)) if lost.is_empty() => Err(e.context(format!("--out {} is as it was", out.display()))),
+            Err((e, lost)) if lost.is_empty() => Err(e.context(format!("{} is as it was", self.named()))),
             Err((e, lost)) => {
                 // keep the moved-aside files where the user can find them (a sweep leaves a
                 // directory with old files set aside alone)
                 staging.installed = true;
-                Err(e.context(format!("--out {}: could not put back {} (kept in {})", out.display(), lost.join(", "), staging.shown().join(REPLACED).display())))
+                Err(e.context(format!("{}: could not put back {} (kept in {})", self.named(), lost.join(", "), staging.shown().join(REPLACED).display())))
             }
         }
     }
+}
+
+/// Refuse a directory `out` that is `root` or lies inside it (`root` a directory the command
+/// must not write into: the cache). Call after [`Target::check`], which has refused `..`
+/// after a part that does not exist: the path then resolves as the kernel will resolve it.
+pub fn refuse_inside(out: &Path, root: &Path, what: &str) -> anyhow::Result<()> {
+    let root = root.canonicalize().unwrap_or_else(|_| crate::cache::store::absolute(root));
+    let abs = crate::cache::store::absolute(out);
+    if abs.starts_with(&root) {
+        bail!("refusing to write into {}: it is inside {what} {}; choose a directory outside it", out.display(), root.display());
+    }
+    Ok(())
 }
 
 /// A staging directory, made with `mkdirat` relative to the directory it is in and used only
@@ -316,7 +349,7 @@ impl Staging {
                 dir.fd.metadata().is_ok_and(|m| m.uid() == euid() && m.mode() & 0o077 == 0)
             };
             let entries = dir.entries().map_err(|e| {
-                std::io::Error::new(e.kind(), format!("reading /proc/self/fd (aggregate --out needs /proc): {e}"))
+                std::io::Error::new(e.kind(), format!("reading /proc/self/fd (writing into a directory safely needs /proc): {e}"))
             })?;
             if !ours || !entries.is_empty() {
                 // not ours: never made a `Staging`, so nothing in it is touched

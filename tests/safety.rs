@@ -824,12 +824,66 @@ fn a_refused_export_writes_nothing_inside_or_outside_the_destination() {
     std::fs::create_dir_all(s.path().join("victim")).unwrap();
     std::fs::create_dir_all(s.path().join("dest")).unwrap();
     std::os::unix::fs::symlink(s.path().join("victim"), s.path().join("dest/sub")).unwrap();
+    // Since the export is staged and installed (`outdir`): the link is a name in common,
+    // replaced as an entry like a file; nothing goes through it.
+    let o = s.run(&["cache", "export", "a", "dest", "--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(s.path().join("victim")).unwrap().count(), 0, "a directory was created through the link");
+    assert!(std::fs::symlink_metadata(s.path().join("dest/sub")).unwrap().is_dir());
+    assert_eq!(std::fs::read_to_string(s.path().join("dest/sub/deep/b")).unwrap(), "x\n");
+    // a directory in common is refused, and nothing is written
+    std::fs::write(s.path().join("dest/a"), "mine").unwrap();
     let o = s.run(&["cache", "export", "a", "dest", "--force"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("is a symlink"), "{}", stderr(&o));
-    assert_eq!(std::fs::read_dir(s.path().join("victim")).unwrap().count(), 0, "a directory was created through the link");
-    assert!(!s.path().join("dest/a").exists(), "a file was written before the refusal");
+    assert!(stderr(&o).contains("dest/sub is a directory, not replaced (nothing was written"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(s.path().join("dest/a")).unwrap(), "mine");
     s.verify_clean();
+}
+
+/// Found by a hostile pass (session 12): `..` after a directory that does not exist skipped
+/// every check of `cache export` and `demo-data` (`ghost/../mydocs` overwrote a non-empty
+/// directory without `--force`, `ghost/../cache/objects` wrote into the cache); `demo-data
+/// --force` wrote through a link at `gold.csv`; `cache export --force` removed the user's
+/// file before it found the blob damaged; a killed export left half a tree. Both commands now
+/// stage and install with `aggregate --out`'s rules.
+#[test]
+fn export_and_demo_data_write_nothing_through_dotdot_links_or_damaged_blobs() {
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("printf cat > $OUT/a; mkdir $OUT/sub; echo x > $OUT/sub/b"));
+    s.ok(&["run", "t.json"]);
+    s.write("mydocs/a", "PRECIOUS");
+    for (cmd, dir) in [("export", "ghost/../mydocs"), ("export", "ghost/../cache/objects"), ("demo", "ghost/../mydocs")] {
+        let args: Vec<&str> = if cmd == "export" { vec!["cache", "export", "a", dir] } else { vec!["demo-data", "--per-class", "1", dir] };
+        let o = s.run(&args);
+        assert_eq!(o.status.code(), Some(1), "{dir}: {}", stderr(&o));
+        assert!(stderr(&o).contains("goes up (`..`) out of ghost, which does not exist"), "{}", stderr(&o));
+        assert!(!s.path().join("ghost").exists());
+    }
+    assert_eq!(std::fs::read_to_string(s.path().join("mydocs/a")).unwrap(), "PRECIOUS");
+    // inside the cache, for demo-data too
+    let o = s.run(&["demo-data", "--per-class", "1", s.cache().join("tmp/x").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("inside the cache"), "{}", stderr(&o));
+    // a link at one of demo-data's names: replaced as an entry, its target untouched
+    let victim = s.write("victim", "precious");
+    std::fs::create_dir(s.path().join("d1")).unwrap();
+    std::os::unix::fs::symlink(&victim, s.path().join("d1/gold.csv")).unwrap();
+    s.ok(&["demo-data", "--force", "--per-class", "1", "d1"]);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert!(std::fs::symlink_metadata(s.path().join("d1/gold.csv")).unwrap().is_file());
+    // a damaged blob: the user's file of the same name is kept, nothing half-written
+    let blob = blob_with(&s.cache(), b"cat");
+    set_writable(&blob);
+    std::fs::write(&blob, "dog").unwrap();
+    let o = s.run(&["cache", "export", "a", "mydocs", "--force"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("damaged"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(s.path().join("mydocs/a")).unwrap(), "PRECIOUS");
+    assert_eq!(std::fs::read_dir(s.path().join("mydocs")).unwrap().count(), 1, "nothing else was written or left");
+    let o = s.run(&["cache", "export", "a", "fresh"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!s.path().join("fresh").exists(), "a new directory appears whole or not at all");
+    assert!(std::fs::read_dir(s.path()).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with(".aggregate-")), "a staging directory was left");
 }
 
 /// An input named by path is read in place: if it changes while the stage runs, the output

@@ -723,8 +723,44 @@ impl Cache {
         Ok(more)
     }
 
+    /// Copy an artifact's files out of the cache (writable copies, not links) into `dir`, a
+    /// fresh directory nobody else writes (a staging directory: `pipeline cache export`
+    /// installs it into the user's directory afterwards, see `outdir`). Every blob is hashed
+    /// as it is copied: a damaged one fails the export, and the caller drops what was written.
+    pub fn export_into(&self, output: &str, dir: &Path) -> Result<usize, CacheError> {
+        let m = self.manifest(output)?.ok_or_else(|| CacheError::NotFound(output.to_string()))?;
+        m.check_paths().map_err(|p| CacheError::Corrupt(output.to_string(), format!("manifest names the path {p:?}, which is not a plain relative path")))?;
+        for f in &m.files {
+            let dst = dir.join(&f.path);
+            if let Some(p) = dst.parent() {
+                fs::create_dir_all(p).map_err(io_err(p))?;
+            }
+            let blob = self.blob_path(&f.digest);
+            if !blob.is_file() {
+                return Err(CacheError::Corrupt(
+                    output.to_string(),
+                    format!("blob {} of `{}` is missing from the store; run `pipeline cache verify`", &f.digest[..12], f.path),
+                ));
+            }
+            let (digest, size) = super::ingest::copy_hashing(&blob, &dst)?;
+            if digest != f.digest || size != f.size {
+                return Err(CacheError::Corrupt(
+                    output.to_string(),
+                    format!("blob {} of `{}` is damaged; run `pipeline cache verify` (and rerun the stage)", &f.digest[..12], f.path),
+                ));
+            }
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&dst, fs::Permissions::from_mode(if f.executable { 0o755 } else { 0o644 })).map_err(io_err(&dst))?;
+            }
+        }
+        Ok(m.files.len())
+    }
+
     /// Copy an artifact's files out of the cache (writable copies, not links) into `dest`,
-    /// which must be empty or absent (or `force`), and outside the cache.
+    /// which must be empty or absent (or `force`), and outside the cache. (`promote` builds
+    /// its own staging directory with it; `pipeline cache export` uses [`Cache::export_into`].)
     pub fn export(&self, output: &str, dest: &Path, force: bool) -> Result<usize, CacheError> {
         let m = self.manifest(output)?.ok_or_else(|| CacheError::NotFound(output.to_string()))?;
         m.check_paths().map_err(|p| CacheError::Corrupt(output.to_string(), format!("manifest names the path {p:?}, which is not a plain relative path")))?;

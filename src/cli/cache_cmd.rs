@@ -61,8 +61,8 @@ pub(super) fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
         }
         CacheCmd::Export { what, dir, force } => {
             let e = resolve_noting_others(&cache, &what)?;
-            let n = cache.export(&e.output, &dir, force)?;
-            println!("exported {n} files of {} ({}) to {}", e.stage, e.key.short(), dir.display());
+            let n = export(&cache, &e.output, &dir, force)?;
+            println!("exported {n} files of {} ({}) to {}", e.stage, e.key.short(), dir.components().collect::<std::path::PathBuf>().display());
         }
         CacheCmd::Gc { remote: Some(url), grace, .. } => {
             let url = Some(url).filter(|u| !u.is_empty()).or_else(|| std::env::var("PIPELINE_REMOTE").ok());
@@ -174,4 +174,22 @@ fn pick_entries(cache: &Cache, what: Option<&str>, all: bool) -> Result<Vec<crat
         (Some(w), false) => Ok(vec![resolve_noting_others(cache, w)?]),
         (None, false) => bail!("name an entry (STAGE, PIPELINE/STAGE or a key prefix), or pass --all"),
     }
+}
+
+/// `cache export`: the artifact's files are copied into a private staging directory and
+/// verified there, then installed into `dir` with `aggregate --out`'s rules (`outdir`): `dir`
+/// new or empty (`--force`: the names in common replaced, never a directory; nothing else
+/// touched), never a link, never inside the cache, `..` only through directories that exist;
+/// a new `dir` appears in one rename, an existing one is written under a lock with rollback,
+/// and every write goes through descriptors, so nothing lands outside `dir` and a kill or
+/// a damaged blob leaves it as it was.
+pub(crate) fn export(cache: &Cache, output: &str, dir: &std::path::Path, force: bool) -> Result<usize> {
+    let target = crate::outdir::Target::new(dir, cache.root(), force, |_| false).for_command("cache export", "the cache");
+    // first: inside the cache is the refusal to name, whatever else is wrong
+    crate::outdir::refuse_inside(&target.out, cache.root(), "the cache")?;
+    target.check()?;
+    let staging = target.stage()?;
+    let n = cache.export_into(output, &staging.path())?;
+    target.install(staging)?;
+    Ok(n)
 }
