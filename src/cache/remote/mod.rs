@@ -59,6 +59,9 @@ const PART_SIZE: usize = 8 << 20;
 /// An entry is a few kB (its key inputs and outcome): a bigger object under `entries/` is
 /// refused unread, not loaded into memory.
 const ENTRY_MAX: u64 = 64 << 20;
+/// A manifest is ~150 bytes a file: 256 MiB holds over a million files. A bigger object under
+/// `manifests/` is refused unread (a 3 GB one was read whole into memory before it failed).
+const MANIFEST_MAX: u64 = 256 << 20;
 /// How long the reachability check of [`Remote::connect`] waits.
 const PROBE_SECS: u64 = 10;
 
@@ -247,7 +250,7 @@ impl Remote {
             g.bytes().await.map(Ok)
         });
         match got {
-            Ok(Err(size)) => Err(self.damaged(rel, format!("{size} bytes, more than an entry can be ({cap}); not read"))),
+            Ok(Err(size)) => Err(self.damaged(rel, format!("{size} bytes, more than such an object can be ({cap}); not read"))),
             Ok(Ok(b)) => Ok(Some(b)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(rel, e)),
@@ -406,7 +409,7 @@ impl ArtifactStore for Remote {
 
     fn get_manifest(&self, digest: &str) -> Result<Option<Manifest>, RemoteError> {
         let rel = manifest_path(digest);
-        let Some(b) = self.get(&rel)? else { return Ok(None) };
+        let Some(b) = self.get_capped(&rel, MANIFEST_MAX)? else { return Ok(None) };
         let m: Manifest = serde_json::from_slice(&b).map_err(|e| self.damaged(&rel, format!("not a manifest: {e}")))?;
         if m.digest() != digest || m.files.iter().any(|f| !is_hex64(&f.digest)) {
             return Err(self.damaged(&rel, "its content does not hash to its name"));
