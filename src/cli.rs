@@ -288,6 +288,8 @@ pub enum CacheCmd {
     },
     /// Remove what no entry needs; with --keep-last N, also entries not used by the last N runs.
     Gc {
+        /// Also remove entries no run among the last N used; each stage's current output (its
+        /// latest run's) is always kept, so `--keep-last 0` keeps those too.
         #[arg(long)]
         keep_last: Option<usize>,
         /// Collect the remote instead (`--remote` alone: PIPELINE_REMOTE): blobs and
