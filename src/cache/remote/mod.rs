@@ -234,11 +234,7 @@ impl Remote {
         self.damaged.lock().map(|d| d.contains(object)).unwrap_or(false)
     }
 
-    fn get(&self, rel: &str) -> Result<Option<bytes::Bytes>, RemoteError> {
-        self.get_capped(rel, u64::MAX)
-    }
-
-    /// [`Remote::get`], refusing (as damaged, before reading it) an object above `cap` bytes.
+    /// An object of the remote, refusing (as damaged, before reading it) one above `cap` bytes.
     fn get_capped(&self, rel: &str, cap: u64) -> Result<Option<bytes::Bytes>, RemoteError> {
         self.check_special(rel)?;
         let p = self.path(rel);
