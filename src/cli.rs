@@ -144,7 +144,8 @@ pub enum Command {
         /// Images per class for train (crowd-labelled), valid and test.
         #[arg(long, default_value_t = 100)]
         per_class: usize,
-        /// Write into a non-empty directory (files of the same names are replaced).
+        /// Write into a non-empty directory: gold.csv is replaced, but never one of the
+        /// directories (amt, results, valid, test): remove those first.
         #[arg(long)]
         force: bool,
     },
@@ -305,6 +306,10 @@ pub enum CacheCmd {
         what: Option<String>,
         #[arg(long)]
         all: bool,
+        /// Also download and hash every blob the remote already has, and upload again the
+        /// ones whose bytes changed (a plain push trusts a blob of the right size).
+        #[arg(long)]
+        verify: bool,
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -522,6 +527,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             let target = crate::outdir::Target::new(&dir, Path::new(""), force, own).for_command("demo-data", "the input");
             crate::outdir::refuse_inside(&target.out, &cli.cache, "the cache")?;
             target.check()?;
+            target.refuse_dirs(&["amt", "results", "valid", "test"])?;
             let params = crate::stages::demo_data::DemoDataParams { seed, per_class, ..Default::default() };
             let staging = target.stage()?;
             let n = crate::stages::demo_data::write_demo_data(&params, &staging.path(), None)?;

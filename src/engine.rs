@@ -670,7 +670,7 @@ impl StageTask {
 
 /// Upload a committed entry; a failure is a warning in the stage's record, never a failure.
 fn upload(cache: &Cache, remote: &Remote, entry: &Entry) -> RemoteActivity {
-    match transfer::push(cache, remote, entry) {
+    match transfer::push(cache, remote, entry, false) {
         Ok(moved) => RemoteActivity { pushed: Some(moved), ..Default::default() },
         Err(e) => {
             tracing::warn!(stage = %entry.stage, "upload failed: {e}");

@@ -112,8 +112,11 @@ impl<'a> Target<'a> {
             if !e.file_name().to_string_lossy().starts_with(PREFIX) {
                 non_empty = true;
             } else if std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_dir() && std::os::unix::fs::MetadataExt::uid(&m) == euid())
-                && std::fs::read_dir(e.path().join(REPLACED)).is_ok_and(|mut d| d.next().is_some())
+                && std::fs::symlink_metadata(e.path().join(REPLACED)).is_ok_and(|m| m.is_dir())
             {
+                // `.replaced` is made as the moves begin: a dead run that has one was killed
+                // while moving its files in (even when it had nothing to set aside yet, into
+                // an empty --out: half the results are there)
                 // this user's: another's directory is not ours to count (nor to sweep)
                 killed = Some(e);
             }
@@ -121,12 +124,29 @@ impl<'a> Target<'a> {
         if (non_empty || killed.is_some()) && !self.force {
             let hint = match killed {
                 Some(e) => format!(
-                    " (a run killed while moving its files in may have left it mixing two runs' files; the old ones are in {}: --force makes it one complete result)",
+                    " (a run killed while moving its files in may have left it mixing two runs' files, or holding part of one; any old ones are in {}: --force with the same input makes it one complete result)",
                     e.path().join(REPLACED).display()
                 ),
                 None => String::new(),
             };
             bail!("{} is not empty: choose a new directory, or pass --force to replace the files {} writes there{hint}", self.named(), self.cmd);
+        }
+        Ok(())
+    }
+
+    /// Refuse, before any work, an existing `--out` that has a directory at one of `names`
+    /// (the directories the command will write: `--force` never replaces one). The same
+    /// check is made again at the install; this one saves the work.
+    pub fn refuse_dirs<S: AsRef<str>>(&self, names: &[S]) -> anyhow::Result<()> {
+        for n in names {
+            let p = self.out.join(n.as_ref());
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                bail!(
+                    "{}: {} is a directory, not replaced (nothing was written; --force replaces files, never a directory: remove it or choose a new directory)",
+                    self.named(),
+                    p.display()
+                );
+            }
         }
         Ok(())
     }
@@ -181,7 +201,7 @@ impl<'a> Target<'a> {
         };
         let opened = if inside { OutDir::open(&dir) } else { OutDir::open_following(&dir) };
         let parent = opened.with_context(|| format!("creating a staging directory in {}", dir.display()))?;
-        sweep(&parent, false, self.force);
+        sweep(&parent, None, self.force);
         let staging = Staging::make(parent, inside).with_context(|| format!("creating a staging directory in {}", dir.display()))?;
         std::fs::write(staging.path().join(OWNER), owner_line()).with_context(|| format!("writing into {}", staging.shown().display()))?;
         Ok(staging)
@@ -220,14 +240,24 @@ impl<'a> Target<'a> {
             match staging.rename_to(out) {
                 Ok(()) => {
                     staging.installed = true;
+                    // in --out it is not a result (a kill before this leaves it, to be swept)
+                    let _ = staging.dir.unlink(OWNER);
                     // by name in the parent: someone who can write the parent could have put
-                    // another directory at the staging name just before
+                    // another directory at the staging name just before, or swapped the
+                    // parent for a link (the rename went to the directory it was opened as)
                     if !staging.dir.is_at(out) {
+                        let base = crate::cache::store::absolute(out).file_name().map(|n| n.to_os_string()).unwrap_or_default();
+                        let ours_there = staging.parent.open_child(&base).is_ok_and(|d| d.same_dir(&staging.dir));
+                        if ours_there {
+                            bail!(
+                                "{}: the results were renamed to {:?} in the directory this run opened as {}, but that path now leads elsewhere (its parent replaced by a link?): look there",
+                                self.named(),
+                                base,
+                                staging.parent.path.display()
+                            );
+                        }
                         bail!("{}: the directory renamed into place is not this run's (someone else writing into {}?): its results were not installed", self.named(), staging.parent.path.display());
                     }
-                    // the owner file went along (a kill before the rename leaves it beside, to
-                    // be swept); in --out it is not a result
-                    let _ = staging.dir.unlink(OWNER);
                     return Ok(());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && std::fs::symlink_metadata(out).is_ok() => {
@@ -281,8 +311,10 @@ impl<'a> Target<'a> {
         match move_in(&od, &staging.dir, files, self.own) {
             Ok(()) => {
                 drop(staging);
-                // a killed run's set-aside files here are now of no use: one complete result
-                sweep(&od, true, self.force);
+                // a killed run's set-aside files here are now of no use where this run has
+                // rewritten every name they were set aside from: one complete result
+                let covered = |n: &str| files.iter().any(|f| f == n) || (self.own)(n);
+                sweep(&od, Some(&covered), self.force);
                 Ok(())
             }
             Err((e, lost)) if lost.is_empty() => Err(e.context(format!("{} is as it was", self.named()))),
@@ -420,15 +452,25 @@ impl Drop for Staging {
                 let _ = self.dir.remove_child(REPLACED);
             }
             let _ = self.dir.remove_child(PROBE);
-            // the owner file last: a kill before the final rmdir leaves a directory that
-            // still names its dead owner, which the next run's sweep removes
+            // The owner file last, and only once the rest is gone: a kill before the final
+            // rmdir, or an entry that would not go, leaves a directory that still names its
+            // dead owner, which the next run's sweep removes. A subdirectory (an exported
+            // tree) goes with std's remove_dir_all, which never follows a link.
+            let mut left = false;
             for n in self.dir.entries().unwrap_or_default() {
-                if n != OWNER {
-                    let _ = self.dir.unlink(&n);
+                if n == OWNER {
+                    continue;
                 }
+                let gone = match self.dir.kind(&n) {
+                    Some(true) => std::fs::remove_dir_all(self.dir.proc_path().join(&n)).is_ok(),
+                    _ => self.dir.unlink(&n).is_ok(),
+                };
+                left |= !gone;
             }
-            let _ = self.dir.unlink(OWNER);
-            let _ = self.parent.remove_child(&self.name);
+            if !left {
+                let _ = self.dir.unlink(OWNER);
+                let _ = self.parent.remove_child(&self.name);
+            }
         }
     }
 }
@@ -616,10 +658,11 @@ fn move_in(out: &OutDir, stage: &OutDir, files: &[String], own: fn(&str) -> bool
 }
 
 /// Remove the staging directories in `dir` of runs that no longer exist (see the module's
-/// notes); one with old files set aside is left and reported, unless `complete`: this run
-/// has just made `dir` one complete result, so those old files are of no use any more.
-/// Anything else is left alone.
-fn sweep(od: &OutDir, complete: bool, force: bool) {
+/// notes); one killed while moving its files in (it has `.replaced`) is left and reported,
+/// unless `complete` (this run has just installed its results) says this run rewrote every
+/// name set aside there: those old files are then of no use any more. Anything else is left
+/// alone.
+fn sweep(od: &OutDir, complete: Option<&dyn Fn(&str) -> bool>, force: bool) {
     use std::os::unix::fs::MetadataExt;
     // every path below runs through the descriptor (/proc/self/fd/N): the directory it was
     // opened as, even if its path now leads elsewhere; messages show the path
@@ -661,12 +704,23 @@ fn sweep(od: &OutDir, complete: bool, force: bool) {
         if !dead(&owner, Some(pid)) {
             continue;
         }
-        let set_aside = std::fs::read_dir(path.join(REPLACED)).map(|mut d| d.next().is_some()).unwrap_or(false);
-        if set_aside && !complete {
-            // a --force run goes on to make it one complete result, then removes them
-            let then = if force { "this --force run makes it one complete result and then removes them" } else { "rerun with --force for one complete result" };
+        // made as its moves began: killed while moving its files in (see `check`)
+        let set_aside = std::fs::symlink_metadata(path.join(REPLACED)).is_ok_and(|m| m.is_dir());
+        // done with only when this run rewrote every name set aside there (an export of
+        // another entry leaves the killed run's names, and their old files are the only copy)
+        let done = complete.is_some_and(|covered| {
+            std::fs::read_dir(path.join(REPLACED)).is_ok_and(|d| d.flatten().all(|e| covered(&e.file_name().to_string_lossy())))
+        });
+        if set_aside && !done {
+            let then = if complete.is_some() {
+                "this run did not rewrite every one of those names, so they are kept: rerun with --force and the input that wrote them"
+            } else if force {
+                "this --force run removes them once it has rewritten every one of those names"
+            } else {
+                "rerun with --force and the same input for one complete result"
+            };
             eprintln!(
-                "warning: {} was left by a run killed while moving its files into {}: that directory may mix two runs' files; the old ones are in {} ({then})",
+                "warning: {} was left by a run killed while moving its files into {}: that directory may mix two runs' files, or hold part of one; any old ones are in {} ({then})",
                 shown.display(),
                 dir.display(),
                 shown.join(REPLACED).display()
@@ -708,15 +762,6 @@ fn host_ns() -> String {
     format!("{host} {ns}")
 }
 
-/// The process's umask, read from /proc (umask(2) can only be read by setting it).
-#[cfg(test)]
-fn umask() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string())))
-        .and_then(|v| u32::from_str_radix(&v, 8).ok())
-        .unwrap_or(0o022)
-}
 
 /// A path or name for a libc call (a NUL inside it is an error, never a shorter path).
 fn cstr(p: &std::ffi::OsStr) -> std::io::Result<std::ffi::CString> {
@@ -795,7 +840,7 @@ mod tests {
         assert_eq!(std::fs::metadata(staging.shown()).unwrap().permissions().mode() & 0o777, 0o700);
         std::fs::write(staging.path().join("a.csv"), "new a").unwrap();
         t.install(staging).unwrap();
-        assert_eq!(std::fs::metadata(&o).unwrap().permissions().mode() & 0o777, 0o777 & !umask());
+        assert_eq!(std::fs::metadata(&o).unwrap().permissions().mode() & 0o777, 0o777 & !crate::cache::store::umask());
         assert!(!o.join(OWNER).exists());
         // under a setgid parent a new --out keeps the bit, as mkdir's (fchmod cleared it)
         let sg = d.path().join("sg");

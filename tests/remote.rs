@@ -122,6 +122,30 @@ fn read_only_mode_uploads_nothing() {
     assert_eq!(b.s.statuses(&o).iter().filter(|s| s.1 == "cached").count(), 3);
 }
 
+/// Found by a hostile pass: a remote blob changed at its own size was refused by every
+/// reader, but `cache push` found nothing to do ("0 blobs uploaded") and the remote stayed
+/// unpullable. `cache push --verify` hashes what the remote has and uploads it again.
+#[test]
+fn push_verify_repairs_a_blob_changed_at_its_size() {
+    let r = tempfile::tempdir().unwrap();
+    let url = r.path().to_str().unwrap();
+    let a = Machine::new(url, &[]);
+    a.ok(&["run", "t.json"]);
+    // the 200,000-byte blob, same size, other bytes
+    let big = tree(&r.path().join("objects")).into_iter().find(|(_, b)| b.len() == 200_000).expect("the big blob").0;
+    let big = r.path().join("objects").join(big);
+    let mut bytes = std::fs::read(&big).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&big, &bytes).unwrap();
+    let o = a.ok(&["cache", "push", "--all"]);
+    assert!(stdout(&o).contains("(0 blobs uploaded"), "a plain push trusts the size: {}", stdout(&o));
+    let o = a.ok(&["cache", "push", "--all", "--verify"]);
+    assert!(stdout(&o).contains("(1 blobs uploaded"), "{}", stdout(&o));
+    let b = Machine::new(url, &[]);
+    let o = b.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&b, &o), ["cached", "cached", "cached"], "not repaired: {}", stderr(&o));
+}
+
 /// Damage the remote in one way, then a fresh machine must not trust it: the stage reruns,
 /// the message names the object, and (read-write) the upload repairs the remote.
 fn fault(name: &str, damage: impl Fn(&Path)) {

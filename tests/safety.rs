@@ -856,7 +856,8 @@ fn export_and_demo_data_write_nothing_through_dotdot_links_or_damaged_blobs() {
         let args: Vec<&str> = if cmd == "export" { vec!["cache", "export", "a", dir] } else { vec!["demo-data", "--per-class", "1", dir] };
         let o = s.run(&args);
         assert_eq!(o.status.code(), Some(1), "{dir}: {}", stderr(&o));
-        assert!(stderr(&o).contains("goes up (`..`) out of ghost, which does not exist"), "{}", stderr(&o));
+        let why = if dir.contains("cache") { "inside the cache" } else { "goes up (`..`) out of ghost, which does not exist" };
+        assert!(stderr(&o).contains(why), "{}", stderr(&o));
         assert!(!s.path().join("ghost").exists());
     }
     assert_eq!(std::fs::read_to_string(s.path().join("mydocs/a")).unwrap(), "PRECIOUS");
@@ -871,8 +872,14 @@ fn export_and_demo_data_write_nothing_through_dotdot_links_or_damaged_blobs() {
     s.ok(&["demo-data", "--force", "--per-class", "1", "d1"]);
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     assert!(std::fs::symlink_metadata(s.path().join("d1/gold.csv")).unwrap().is_file());
-    // a damaged blob: the user's file of the same name is kept, nothing half-written
-    let blob = blob_with(&s.cache(), b"cat");
+    // its directories are never replaced: refused before any work, nothing left behind
+    let o = s.run(&["demo-data", "--force", "--per-class", "1", "d1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("d1/amt is a directory, not replaced (nothing was written"), "{}", stderr(&o));
+    assert!(std::fs::read_dir(s.path().join("d1")).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with(".aggregate-")));
+    // a damaged blob (in a subdirectory: the staging directory's tree is removed with it):
+    // the user's file of the same name is kept, nothing half-written or left behind
+    let blob = blob_with(&s.cache(), b"x\n");
     set_writable(&blob);
     std::fs::write(&blob, "dog").unwrap();
     let o = s.run(&["cache", "export", "a", "mydocs", "--force"]);
@@ -884,6 +891,43 @@ fn export_and_demo_data_write_nothing_through_dotdot_links_or_damaged_blobs() {
     assert_eq!(o.status.code(), Some(1));
     assert!(!s.path().join("fresh").exists(), "a new directory appears whole or not at all");
     assert!(std::fs::read_dir(s.path()).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with(".aggregate-")), "a staging directory was left");
+}
+
+/// Found by a hostile pass: a `--force` export of another entry into a directory where a
+/// killed export had set old files aside deleted the only copy of them (the sweep after an
+/// install took any complete install for "one complete result"); a run killed while moving
+/// its files into an empty directory left half a result that nothing reported.
+#[test]
+fn a_killed_exports_leftovers_survive_an_export_of_something_else() {
+    let s = Sandbox::new();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().replace(' ', "_");
+    let ns = std::fs::read_link("/proc/self/ns/pid").unwrap().display().to_string();
+    s.write("t.json", &one_stage("echo new > $OUT/f1"));
+    s.ok(&["run", "t.json"]);
+    s.write("u.json", &serde_json::json!({"name": "u", "stages": {"b": {"kind": "command", "params": {"cmd": "echo other > $OUT/x"}}}}).to_string());
+    s.ok(&["run", "u.json"]);
+    // `out`: an export of `a` killed after replacing f1, the user's original set aside
+    s.write("out/f1", "new\n");
+    let st = s.path().join("out/.aggregate-999999999-Kill");
+    s.write("out/.aggregate-999999999-Kill/.replaced/f1", "the user's original");
+    std::fs::write(st.join(".aggregate-owner"), format!("{host} {ns} 999999999\n")).unwrap();
+    let o = s.run(&["cache", "export", "u/b", "out", "--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("did not rewrite every one of those names, so they are kept"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(st.join(".replaced/f1")).unwrap(), "the user's original");
+    assert!(stderr(&o).contains("also holds 1 name(s) this export did not write, left as they were: f1"), "{}", stderr(&o));
+    // the same entry again: every name rewritten, so the leftovers go
+    let o = s.run(&["cache", "export", "t/a", "out", "--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!st.exists(), "{}", stderr(&o));
+    // killed while moving into an empty directory (nothing set aside yet): reported
+    s.write("half/f1", "new\n");
+    let st = s.path().join("half/.aggregate-999999998-Kill");
+    std::fs::create_dir_all(st.join(".replaced")).unwrap();
+    std::fs::write(st.join(".aggregate-owner"), format!("{host} {ns} 999999998\n")).unwrap();
+    let o = s.run(&["cache", "export", "t/a", "half"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("killed while moving its files in") && stderr(&o).contains("holding part of one"), "{}", stderr(&o));
 }
 
 /// An input named by path is read in place: if it changes while the stage runs, the output

@@ -357,7 +357,7 @@ impl Cache {
     }
 
     /// A fresh private path under `tmp/` for a blob being written.
-    fn staging_path(&self) -> PathBuf {
+    pub(crate) fn staging_path(&self) -> PathBuf {
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);
         self.tmp_dir().join(format!("blob-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
@@ -730,6 +730,7 @@ impl Cache {
     pub fn export_into(&self, output: &str, dir: &Path) -> Result<usize, CacheError> {
         let m = self.manifest(output)?.ok_or_else(|| CacheError::NotFound(output.to_string()))?;
         m.check_paths().map_err(|p| CacheError::Corrupt(output.to_string(), format!("manifest names the path {p:?}, which is not a plain relative path")))?;
+        let umask = umask();
         for f in &m.files {
             let dst = dir.join(&f.path);
             if let Some(p) = dst.parent() {
@@ -752,7 +753,9 @@ impl Cache {
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
-                fs::set_permissions(&dst, fs::Permissions::from_mode(if f.executable { 0o755 } else { 0o644 })).map_err(io_err(&dst))?;
+                // as `cp` would make them: the user's umask applies (077 keeps them private)
+                let mode = if f.executable { 0o755 } else { 0o644 } & !umask;
+                fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).map_err(io_err(&dst))?;
             }
         }
         Ok(m.files.len())
@@ -1116,30 +1119,41 @@ fn list_tree(dir: &Path) -> Result<Vec<(String, fs::Metadata)>, String> {
 }
 
 /// `p` made absolute against the working directory, `..` resolved where the path exists.
+/// The process's umask, read from /proc (umask(2) can only be read by setting it, which
+/// races other threads); 0o022 when /proc cannot say.
+pub fn umask() -> u32 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string())))
+        .and_then(|v| u32::from_str_radix(&v, 8).ok())
+        .unwrap_or(0o022)
+}
+
 pub fn absolute(p: &Path) -> PathBuf {
     if let Ok(c) = fs::canonicalize(p) {
         return c;
     }
-    // The nearest existing ancestor, canonical, plus the rest.
+    // The nearest existing ancestor, canonical, plus the rest. The rest does not exist yet:
+    // it will be made of real directories, so a `..` in it goes up lexically, as the kernel
+    // will resolve it once they exist (appended as is, `ghost/../cache` did not start with
+    // the cache and passed the checks made with it).
     let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
-    let mut rest = Vec::new();
-    let mut cur = abs.as_path();
-    loop {
-        if let Ok(c) = fs::canonicalize(cur) {
-            let mut out = c;
-            for r in rest.iter().rev() {
-                out.push(r);
+    let parts: Vec<std::path::Component> = abs.components().collect();
+    for i in (1..parts.len()).rev() {
+        if let Ok(mut out) = fs::canonicalize(parts[..i].iter().collect::<PathBuf>()) {
+            for c in &parts[i..] {
+                match c {
+                    std::path::Component::ParentDir => {
+                        out.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    other => out.push(other),
+                }
             }
             return out;
         }
-        match (cur.parent(), cur.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                cur = parent;
-            }
-            _ => return abs,
-        }
     }
+    abs
 }
 
 /// The value of the `last` tree: a stage's current output and when it became current
@@ -1254,6 +1268,19 @@ use super::ingest::is_exec;
 
 #[cfg(test)]
 mod tests {
+    /// `..` in the part that does not exist goes up as the kernel will resolve it once that
+    /// part is made: `ghost/../cache` is the cache (it passed the inside-the-cache checks).
+    #[test]
+    fn absolute_resolves_dotdot_in_the_part_that_does_not_exist() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("cache")).unwrap();
+        assert_eq!(super::absolute(&root.join("ghost/../cache/objects")), root.join("cache/objects"));
+        assert_eq!(super::absolute(&root.join("cache/ghost/../../x/./y")), root.join("x/y"));
+        assert_eq!(super::absolute(&root.join("cache/..")), root);
+        assert!(!root.join("ghost").exists());
+    }
+
     use super::*;
 
     fn entry_for(cache: &Cache, dir: &Path, stage: &str, n: u32) -> (Entry, Manifest) {

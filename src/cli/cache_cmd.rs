@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use comfy_table::Cell;
 
 use super::{fmt_ms, human_age, human_bytes, resolve_noting_others, table, CacheCmd, RemoteArgs};
@@ -70,7 +70,7 @@ pub(super) fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
             let (n, bytes) = crate::cache::remote::transfer::gc(&remote, grace)?;
             println!("removed {n} objects from {}, freed {}", remote_url(&remote), human_bytes(bytes));
         }
-        CacheCmd::Push { what, all, remote } => {
+        CacheCmd::Push { what, all, verify, remote } => {
             if remote.remote_mode != RemoteMode::ReadWrite {
                 bail!("cache push writes to the remote: --remote-mode {:?} forbids it", remote.remote_mode);
             }
@@ -78,7 +78,7 @@ pub(super) fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
             let entries = pick_entries(cache, what.as_deref(), all)?;
             let (mut files, mut bytes) = (0, 0);
             for e in &entries {
-                let m = crate::cache::remote::transfer::push(cache, &remote, e)?;
+                let m = crate::cache::remote::transfer::push(cache, &remote, e, verify)?;
                 files += m.files;
                 bytes += m.bytes;
             }
@@ -188,8 +188,36 @@ pub(crate) fn export(cache: &Cache, output: &str, dir: &std::path::Path, force: 
     // first: inside the cache is the refusal to name, whatever else is wrong
     crate::outdir::refuse_inside(&target.out, cache.root(), "the cache")?;
     target.check()?;
+    // the artifact's top-level names: its directories refused before any copying (--force
+    // never replaces a directory), and what else --out holds said after
+    let m = cache.manifest(output)?.ok_or_else(|| anyhow::anyhow!("entry {output}: manifest missing; run `pipeline cache verify`"))?;
+    let mut top: std::collections::BTreeMap<String, bool> = std::collections::BTreeMap::new();
+    for f in &m.files {
+        let mut parts = std::path::Path::new(&f.path).components();
+        if let Some(first) = parts.next() {
+            *top.entry(first.as_os_str().to_string_lossy().to_string()).or_default() |= parts.next().is_some();
+        }
+    }
+    let dirs: Vec<&String> = top.iter().filter(|(_, d)| **d).map(|(n, _)| n).collect();
+    target.refuse_dirs(&dirs)?;
     let staging = target.stage()?;
-    let n = cache.export_into(output, &staging.path())?;
+    let n = cache.export_into(output, &staging.path()).with_context(|| format!("exporting into {} (left as it was)", target.out.display()))?;
     target.install(staging)?;
+    // --force into a directory with other names: they were left (the user's, or an earlier
+    // export's); say so, since the directory is then not this artifact alone
+    let others: Vec<String> = std::fs::read_dir(&target.out)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| !top.contains_key(n) && !n.starts_with(".aggregate-")).collect())
+        .unwrap_or_default();
+    if !others.is_empty() {
+        let mut shown: Vec<&String> = others.iter().take(5).collect();
+        shown.sort();
+        eprintln!(
+            "note: {} also holds {} name(s) this export did not write, left as they were: {}{}",
+            target.out.display(),
+            others.len(),
+            shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+            if others.len() > 5 { ", ..." } else { "" }
+        );
+    }
     Ok(n)
 }

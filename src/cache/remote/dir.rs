@@ -16,16 +16,17 @@ pub fn open(url: &str, dir: &Path) -> Result<Arc<dyn ObjectStore>, RemoteError> 
     if abs.exists() && !abs.is_dir() {
         return Err(cfg(format!("{} is not a directory", abs.display())));
     }
-    std::fs::create_dir_all(&abs).map_err(|e| cfg(format!("creating {}: {e}", abs.display())))?;
-    if !abs.is_dir() {
-        return Err(cfg(format!("{} is not a directory", abs.display())));
-    }
     // A pipeline cache (it has db/ and views/), or a directory inside one, is not a remote:
-    // `gc --remote` would delete its blobs, and `tmp/` is emptied at every run.
+    // `gc --remote` would delete its blobs, and `tmp/` is emptied at every run. Checked
+    // before anything is created (a refused `ghost/../cache` used to leave `ghost/`).
     for dir in abs.ancestors() {
         if dir.join("db").is_dir() && dir.join("views").is_dir() {
             return Err(cfg(format!("{} is (inside) the pipeline cache {}: a remote must be a directory of its own", abs.display(), dir.display())));
         }
+    }
+    std::fs::create_dir_all(&abs).map_err(|e| cfg(format!("creating {}: {e}", abs.display())))?;
+    if !abs.is_dir() {
+        return Err(cfg(format!("{} is not a directory", abs.display())));
     }
     // Not writable is not fatal here: a read-only mount works for --remote-mode read-only.
     let fs = LocalFileSystem::new_with_prefix(&abs).map_err(|e| cfg(e.to_string()))?;

@@ -107,7 +107,11 @@ pub fn probe_entry(cache: &Cache, remote: &Remote, key: &CacheKey) -> Result<Opt
 
 /// Upload a committed local entry: the blobs the remote lacks, the manifest, then the entry
 /// (the commit marker). Blobs are rehashed locally before they leave.
-pub fn push(cache: &Cache, remote: &Remote, entry: &Entry) -> Result<Moved, RemoteError> {
+/// Upload `entry`: blobs the remote lacks, then its manifest, then the entry. With `verify`,
+/// a blob the remote has at the right size is downloaded and hashed too, and uploaded again
+/// when its bytes are not the blob's (a same-size change is otherwise only seen by the
+/// process that reads it, and a plain push found nothing to do).
+pub fn push(cache: &Cache, remote: &Remote, entry: &Entry, verify: bool) -> Result<Moved, RemoteError> {
     let manifest = cache
         .manifest(&entry.output)?
         .ok_or_else(|| RemoteError::Cache(crate::cache::CacheError::NotFound(format!("manifest {}", &entry.output[..12]))))?;
@@ -115,7 +119,7 @@ pub fn push(cache: &Cache, remote: &Remote, entry: &Entry) -> Result<Moved, Remo
     let mut seen = std::collections::HashSet::new();
     let mut wanted = Vec::new();
     for f in &manifest.files {
-        if seen.insert(f.digest.clone()) && !remote.has_blob(&f.digest, f.size)? {
+        if seen.insert(f.digest.clone()) && (!remote.has_blob(&f.digest, f.size)? || (verify && !intact(cache, remote, &f.digest, f.size)?)) {
             wanted.push(f);
         }
     }
@@ -147,6 +151,27 @@ pub fn push(cache: &Cache, remote: &Remote, entry: &Entry) -> Result<Moved, Remo
         }
     }
     Ok(moved)
+}
+
+/// Whether the remote's blob `digest` hashes to its name (downloaded into the cache's `tmp/`,
+/// hashed, removed).
+fn intact(cache: &Cache, remote: &Remote, digest: &str, size: u64) -> Result<bool, RemoteError> {
+    let tmp = cache.staging_path();
+    if let Some(dir) = tmp.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| RemoteError::Cache(crate::cache::CacheError::Io { path: dir.to_path_buf(), source: e }))?;
+    }
+    let got = remote.get_blob_counted(digest, &tmp, Some(size), &|_| {});
+    let ok = match got {
+        Ok(true) => hash_file(&tmp).map(|h| h == digest).unwrap_or(false),
+        Ok(false) => false,
+        Err(RemoteError::Damaged { .. }) => false,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let _ = std::fs::remove_file(&tmp);
+    Ok(ok)
 }
 
 /// `cache gc --remote`: delete blobs and manifests no entry on the remote needs, and that are
