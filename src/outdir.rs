@@ -93,10 +93,10 @@ impl<'a> Target<'a> {
             bail!("{} is a symbolic link: name the directory itself", self.named());
         }
         if !meta.is_dir() {
-            bail!("{} exists and is not a directory", self.named());
+            bail!("{} exists and is not a directory: name a directory (new, or empty)", self.named());
         }
         if meta.permissions().readonly() || !writable(out) {
-            bail!("{} is not writable", self.named());
+            bail!("{} is not writable: choose a directory this user can write", self.named());
         }
         if let (Ok(o), Ok(i)) = (out.canonicalize(), self.input.canonicalize()) {
             if i.starts_with(&o) {
