@@ -124,7 +124,7 @@ impl<'a> Target<'a> {
         if (non_empty || killed.is_some()) && !self.force {
             let hint = match killed {
                 Some(e) => format!(
-                    " (a run killed while moving its files in may have left it mixing two runs' files, or holding part of one; any old ones are in {}: --force with the same input makes it one complete result)",
+                    " (a run killed while moving its files in may have left it mixing two runs' files, or holding part of one; any old ones are in {}: --force with the same input makes it one complete result, once any directory it moved in is removed: --force never replaces one)",
                     e.path().join(REPLACED).display()
                 ),
                 None => String::new(),
@@ -326,6 +326,13 @@ impl<'a> Target<'a> {
             }
         }
     }
+}
+
+/// Whether `name` is one a staging directory uses for itself (`.aggregate-*`, `.replaced`,
+/// `.mode-probe`): a result of that name would be taken for bookkeeping (left out of the
+/// install, or used as the set-aside directory), so a command must refuse it up front.
+pub fn reserved(name: &str) -> bool {
+    name.starts_with(PREFIX) || name == REPLACED || name == PROBE
 }
 
 /// Refuse a directory `out` that is `root` or lies inside it (`root` a directory the command

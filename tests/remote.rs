@@ -146,6 +146,42 @@ fn push_verify_repairs_a_blob_changed_at_its_size() {
     assert_eq!(statuses(&b, &o), ["cached", "cached", "cached"], "not repaired: {}", stderr(&o));
 }
 
+/// Found by a hostile pass: a FIFO at a blob's name hung `cache push` and `plan` (the size
+/// lookup opened it), and a push wrote through an `objects/XX` directory linked elsewhere.
+#[test]
+fn a_fifo_blob_is_replaced_and_a_linked_objects_directory_is_refused() {
+    let r = tempfile::tempdir().unwrap();
+    let url = r.path().to_str().unwrap();
+    let a = Machine::new(url, &[]);
+    a.ok(&["run", "t.json"]);
+    let blob = r.path().join("objects").join(&tree(&r.path().join("objects"))[0].0);
+    std::fs::remove_file(&blob).unwrap();
+    let c = std::ffi::CString::new(blob.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let fresh = Machine::new(url, &[]);
+    let mut child = fresh.cmd(&["plan", "t.json"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("plan hung on a FIFO in the remote");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = a.ok(&["cache", "push", "--all"]);
+    assert!(stdout(&o).contains("(1 blobs uploaded"), "{}", stdout(&o));
+    assert!(std::fs::metadata(&blob).unwrap().is_file());
+    // objects/XX linked to a directory elsewhere: refused, nothing written there
+    let dir = blob.parent().unwrap().to_path_buf();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), &dir).unwrap();
+    let o = a.run(&["cache", "push", "--all"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("is a symbolic link: nothing is written through a link"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+}
+
 /// Damage the remote in one way, then a fresh machine must not trust it: the stage reruns,
 /// the message names the object, and (read-write) the upload repairs the remote.
 fn fault(name: &str, damage: impl Fn(&Path)) {

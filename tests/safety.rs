@@ -893,6 +893,19 @@ fn export_and_demo_data_write_nothing_through_dotdot_links_or_damaged_blobs() {
     assert!(std::fs::read_dir(s.path()).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with(".aggregate-")), "a staging directory was left");
 }
 
+/// Found by a hostile pass: an artifact with a top-level `.replaced` lost it on export (the
+/// staging directory's own name); one with `.aggregate-owner` failed with "File exists".
+#[test]
+fn an_artifact_with_a_staging_name_is_refused_before_anything_is_written() {
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("mkdir $OUT/.replaced; echo keep > $OUT/.replaced/k; echo y > $OUT/y.txt"));
+    s.ok(&["run", "t.json"]);
+    let o = s.run(&["cache", "export", "a", "e"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("top-level name \".replaced\" is one the export keeps for its own bookkeeping"), "{}", stderr(&o));
+    assert!(!s.path().join("e").exists());
+}
+
 /// Found by a hostile pass: a `--force` export of another entry into a directory where a
 /// killed export had set old files aside deleted the only copy of them (the sweep after an
 /// install took any complete install for "one complete result"); a run killed while moving

@@ -1140,7 +1140,13 @@ pub fn absolute(p: &Path) -> PathBuf {
     let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
     let parts: Vec<std::path::Component> = abs.components().collect();
     for i in (1..parts.len()).rev() {
-        if let Ok(mut out) = fs::canonicalize(parts[..i].iter().collect::<PathBuf>()) {
+        let prefix: PathBuf = parts[..i].iter().collect();
+        if let Ok(mut out) = fs::canonicalize(&prefix) {
+            // only where the rest truly does not exist under a directory: `..` after a
+            // dangling link or through a file is the kernel's to refuse, not ours to resolve
+            if !out.is_dir() || fs::symlink_metadata(prefix.join(parts[i])).is_ok() {
+                return abs;
+            }
             for c in &parts[i..] {
                 match c {
                     std::path::Component::ParentDir => {
@@ -1279,6 +1285,12 @@ mod tests {
         assert_eq!(super::absolute(&root.join("cache/ghost/../../x/./y")), root.join("x/y"));
         assert_eq!(super::absolute(&root.join("cache/..")), root);
         assert!(!root.join("ghost").exists());
+        // after a dangling link or through a file the kernel refuses the path: left as given
+        std::os::unix::fs::symlink(root.join("nowhere"), root.join("dang")).unwrap();
+        std::fs::write(root.join("f"), "").unwrap();
+        for p in ["dang/../x", "f/../x"] {
+            assert_eq!(super::absolute(&root.join(p)), root.join(p), "{p}");
+        }
     }
 
     use super::*;

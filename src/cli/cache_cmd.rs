@@ -198,6 +198,12 @@ pub(crate) fn export(cache: &Cache, output: &str, dir: &std::path::Path, force: 
             *top.entry(first.as_os_str().to_string_lossy().to_string()).or_default() |= parts.next().is_some();
         }
     }
+    if let Some(n) = top.keys().find(|n| crate::outdir::reserved(n)) {
+        bail!(
+            "cannot export {output} into {}: its top-level name {n:?} is one the export keeps for its own bookkeeping (`.aggregate-*`, `.replaced`, `.mode-probe`); copy the files from the entry's view (`pipeline cache show`) instead",
+            target.out.display()
+        );
+    }
     let dirs: Vec<&String> = top.iter().filter(|(_, d)| **d).map(|(n, _)| n).collect();
     target.refuse_dirs(&dirs)?;
     let staging = target.stage()?;

@@ -256,6 +256,7 @@ impl Remote {
     /// Create-if-absent unless `overwrite`; an object that is already there is success
     /// (content-addressed, or the same entry from a concurrent writer).
     fn put(&self, rel: &str, bytes: Vec<u8>, overwrite: bool) -> Result<(), RemoteError> {
+        self.check_dirs(rel)?;
         let p = self.path(rel);
         let bytes = bytes::Bytes::from(bytes);
         let mode = if overwrite { PutMode::Overwrite } else { PutMode::Create };
@@ -276,6 +277,7 @@ impl Remote {
     /// A failure aborts the upload, so no half object is ever visible under the name.
     fn put_multipart(&self, rel: &str, src: &Path, progress: &dyn Fn(u64)) -> Result<u64, RemoteError> {
         use std::io::Read;
+        self.check_dirs(rel)?;
         let p = self.path(rel);
         let mut f = std::fs::File::open(src).map_err(|e| self.err(rel, format!("{}: {e}", src.display())))?;
         on(async {
@@ -306,6 +308,8 @@ impl Remote {
     }
 
     fn head(&self, rel: &str) -> Result<Option<u64>, RemoteError> {
+        // a FIFO blocks the open that reads its metadata (a plan or push hung on one)
+        self.check_special(rel)?;
         let p = self.path(rel);
         match on(self.store.head(&p)) {
             Ok(m) => Ok(Some(m.size)),
@@ -349,6 +353,25 @@ impl Remote {
             Ok(m) if !m.is_file() && !m.is_dir() => Err(self.damaged(rel, "not a regular file; not read")),
             _ => Ok(()),
         }
+    }
+
+    /// On a directory remote, refuse to write through a directory on the way to `rel` that is
+    /// a symbolic link (`objects/07` linked elsewhere: a push replaced the files there);
+    /// `gc --remote` refuses them too. The object itself may be a link: the write replaces it.
+    fn check_dirs(&self, rel: &str) -> Result<(), RemoteError> {
+        let Some(root) = &self.root else { return Ok(()) };
+        let mut at = root.clone();
+        let parts: Vec<&str> = rel.split('/').collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            at.push(part);
+            if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(RemoteError::Config {
+                    url: self.url.clone(),
+                    message: format!("{} is a symbolic link: nothing is written through a link in a directory remote (it may be another cache's); replace it with a directory", at.display()),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn delete(&self, rel: &str) -> Result<(), RemoteError> {
@@ -428,7 +451,11 @@ impl ArtifactStore for Remote {
         if self.known_damaged(&rel) {
             return Ok(false);
         }
-        Ok(self.head(&rel)? == Some(size))
+        match self.head(&rel) {
+            // a FIFO or device at its name: not a blob, uploaded again (over it)
+            Err(RemoteError::Damaged { .. }) => Ok(false),
+            other => Ok(other? == Some(size)),
+        }
     }
 
     fn get_blob(&self, digest: &str, dst: &Path) -> Result<bool, RemoteError> {
