@@ -283,7 +283,8 @@ pub enum CacheCmd {
     Export {
         what: String,
         dir: PathBuf,
-        /// Export into a non-empty directory, overwriting files of the same names.
+        /// Export into a non-empty directory: files, links and FIFOs at the artifact's names are
+        /// replaced, never a directory (remove it first); other names are left and listed.
         #[arg(long)]
         force: bool,
     },
@@ -436,6 +437,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Schedule(args) => schedule(&cli.cache, args),
         Command::Aggregate(args) => {
+            // as export and demo-data: the cache's `tmp/` is emptied at every run
+            crate::outdir::refuse_inside(&args.out, &cli.cache, "the cache")?;
             let d = crate::aggregate::aggregate_file(&args)?;
             // as the user would type it again: `nx2/./` and a trailing `/` dropped
             let out: PathBuf = args.out.components().collect();

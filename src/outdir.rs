@@ -1,5 +1,5 @@
 //! Writing a command's results into a user's `--out` directory without ever losing or mixing
-//! files (used by `pipeline aggregate`).
+//! files (used by `pipeline aggregate --out`, `pipeline cache export` and `pipeline demo-data`).
 //!
 //! - Results are written into a staging directory first: inside `--out` when it exists (same
 //!   file system, even when `--out` is a mount point; files get its group and default ACLs),
@@ -32,6 +32,9 @@ const PREFIX: &str = ".aggregate-";
 /// `--out`) does not make `--out` count as non-empty.
 const OWNER: &str = ".aggregate-owner";
 const REPLACED: &str = ".replaced";
+/// The names a run is about to move in, NUL-separated, written just before `.replaced` is
+/// made: a later run knows which names a killed one may have left in `--out`.
+const NAMES: &str = ".aggregate-names";
 /// Made and removed in a staging directory to learn the mode `mkdir` gives there.
 const PROBE: &str = ".mode-probe";
 
@@ -124,7 +127,7 @@ impl<'a> Target<'a> {
         if (non_empty || killed.is_some()) && !self.force {
             let hint = match killed {
                 Some(e) => format!(
-                    " (a run killed while moving its files in may have left it mixing two runs' files, or holding part of one; any old ones are in {}: --force with the same input makes it one complete result, once any directory it moved in is removed: --force never replaces one)",
+                    " (a run killed while moving its files in, or one still moving them, may have left it mixing two runs' files, or holding part of one; any old ones are in {}: --force with the same input makes it one complete result, once any directory it moved in is removed: --force never replaces one)",
                     e.path().join(REPLACED).display()
                 ),
                 None => String::new(),
@@ -336,8 +339,8 @@ pub fn reserved(name: &str) -> bool {
 }
 
 /// Refuse a directory `out` that is `root` or lies inside it (`root` a directory the command
-/// must not write into: the cache). Call after [`Target::check`], which has refused `..`
-/// after a part that does not exist: the path then resolves as the kernel will resolve it.
+/// must not write into: the cache). `absolute` resolves `..` in a part that does not exist
+/// as the kernel will once it is made, so `ghost/../cache` is refused here too.
 pub fn refuse_inside(out: &Path, root: &Path, what: &str) -> anyhow::Result<()> {
     let root = root.canonicalize().unwrap_or_else(|_| crate::cache::store::absolute(root));
     let abs = crate::cache::store::absolute(out);
@@ -415,7 +418,7 @@ impl Staging {
     /// The result files written into it (its own bookkeeping names left out).
     fn results(&self) -> anyhow::Result<Vec<String>> {
         let mut v: Vec<String> = self.dir.entries().with_context(|| format!("reading {}", self.shown().display()))?;
-        v.retain(|n| ![OWNER, REPLACED].contains(&n.as_str()));
+        v.retain(|n| ![OWNER, REPLACED, NAMES].contains(&n.as_str()));
         v.sort();
         Ok(v)
     }
@@ -628,6 +631,9 @@ impl OutDir {
 /// the new run does not write set aside in `dir/.replaced`. On an error everything moved is
 /// put back; the names that could not be are returned with it.
 fn move_in(out: &OutDir, stage: &OutDir, files: &[String], own: fn(&str) -> bool) -> Result<(), (anyhow::Error, Vec<String>)> {
+    if let Err(e) = std::fs::write(stage.proc_path().join(NAMES), files.join("\0")) {
+        return Err((anyhow::Error::from(e).context(format!("writing {}", stage.path.join(NAMES).display())), Vec::new()));
+    }
     let replaced = match stage.make_child(REPLACED, 0o700, true).and_then(|()| stage.open_child(REPLACED.as_ref())) {
         Ok(r) => r,
         Err(e) => return Err((anyhow::Error::from(e).context(format!("creating {}", stage.path.join(REPLACED).display())), Vec::new())),
@@ -715,8 +721,15 @@ fn sweep(od: &OutDir, complete: Option<&dyn Fn(&str) -> bool>, force: bool) {
         let set_aside = std::fs::symlink_metadata(path.join(REPLACED)).is_ok_and(|m| m.is_dir());
         // done with only when this run rewrote every name set aside there (an export of
         // another entry leaves the killed run's names, and their old files are the only copy)
+        // (and every name it was moving in: with nothing set aside yet, those are what it may
+        // have left in `dir`, half a result)
         let done = complete.is_some_and(|covered| {
-            std::fs::read_dir(path.join(REPLACED)).is_ok_and(|d| d.flatten().all(|e| covered(&e.file_name().to_string_lossy())))
+            let names = match std::fs::symlink_metadata(path.join(NAMES)) {
+                Ok(m) if m.is_file() && m.len() < (16 << 20) => std::fs::read(path.join(NAMES)).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            names.split(|&b| b == 0).filter(|n| !n.is_empty()).all(|n| covered(&String::from_utf8_lossy(n)))
+                && std::fs::read_dir(path.join(REPLACED)).is_ok_and(|d| d.flatten().all(|e| covered(&e.file_name().to_string_lossy())))
         });
         if set_aside && !done {
             let then = if complete.is_some() {

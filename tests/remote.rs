@@ -168,9 +168,18 @@ fn a_fifo_blob_is_replaced_and_a_linked_objects_directory_is_refused() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // an entry that is a FIFO too: a push writes it again (create-if-absent kept it)
+    let entry = std::fs::read_dir(r.path().join("entries")).unwrap().flatten().next().unwrap().path();
+    std::fs::remove_file(&entry).unwrap();
+    let c = std::ffi::CString::new(entry.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     let o = a.ok(&["cache", "push", "--all"]);
     assert!(stdout(&o).contains("(1 blobs uploaded"), "{}", stdout(&o));
     assert!(std::fs::metadata(&blob).unwrap().is_file());
+    assert!(std::fs::metadata(&entry).unwrap().is_file(), "the FIFO entry was kept");
+    let b = Machine::new(url, &[]);
+    let o = b.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&b, &o), ["cached", "cached", "cached"], "not repaired: {}", stderr(&o));
     // objects/XX linked to a directory elsewhere: refused, nothing written there
     let dir = blob.parent().unwrap().to_path_buf();
     let elsewhere = tempfile::tempdir().unwrap();

@@ -938,9 +938,22 @@ fn a_killed_exports_leftovers_survive_an_export_of_something_else() {
     let st = s.path().join("half/.aggregate-999999998-Kill");
     std::fs::create_dir_all(st.join(".replaced")).unwrap();
     std::fs::write(st.join(".aggregate-owner"), format!("{host} {ns} 999999998\n")).unwrap();
+    std::fs::write(st.join(".aggregate-names"), "f1").unwrap();
     let o = s.run(&["cache", "export", "t/a", "half"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("killed while moving its files in") && stderr(&o).contains("holding part of one"), "{}", stderr(&o));
+    // an export of something else does not rewrite f1: the record of the half result stays
+    // (it was taken for done: nothing had been set aside)
+    let o = s.run(&["cache", "export", "u/b", "half", "--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(st.exists() && stderr(&o).contains("so they are kept"), "{}", stderr(&o));
+    s.ok(&["cache", "export", "t/a", "half", "--force"]);
+    assert!(!st.exists());
+    // aggregate --out inside the cache is refused as export's and demo-data's DIR are
+    let inp = s.write("in.csv", CROWD_CSV);
+    let o = s.run(&["aggregate", inp.to_str().unwrap(), "--out", s.cache().join("tmp/agg").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("inside the cache"), "{}", stderr(&o));
 }
 
 /// An input named by path is read in place: if it changes while the stage runs, the output

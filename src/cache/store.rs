@@ -173,7 +173,8 @@ impl Cache {
                 Err(source) => return Err(CacheError::DbDamaged { path: db_path, source }),
             }
         };
-        let cmd: Vec<String> = std::env::args().collect();
+        // args_os: a non-UTF-8 argument (a directory name) panicked in args()
+        let cmd: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
         let _ = fs::write(root.join("LOCK"), format!("{}\n{}\n", std::process::id(), cmd.join(" ")));
         let tree = |n: &str| db.open_tree(n).map_err(|source| CacheError::Db { path: db_path.clone(), source });
         Ok(Self {
@@ -1118,7 +1119,6 @@ fn list_tree(dir: &Path) -> Result<Vec<(String, fs::Metadata)>, String> {
     Ok(out)
 }
 
-/// `p` made absolute against the working directory, `..` resolved where the path exists.
 /// The process's umask, read from /proc (umask(2) can only be read by setting it, which
 /// races other threads); 0o022 when /proc cannot say.
 pub fn umask() -> u32 {
@@ -1129,6 +1129,8 @@ pub fn umask() -> u32 {
         .unwrap_or(0o022)
 }
 
+/// `p` made absolute against the working directory: canonical where it exists; else its
+/// nearest existing directory, canonical, and the rest resolved lexically (see below).
 pub fn absolute(p: &Path) -> PathBuf {
     if let Ok(c) = fs::canonicalize(p) {
         return c;

@@ -42,7 +42,7 @@ pub enum RemoteError {
     Config { url: String, message: String },
     #[error("remote {remote}: {object}: {message}")]
     Object { remote: String, object: String, message: String },
-    #[error("remote {remote}: {object} is damaged ({message}); it is ignored, and replaced by the next upload of it (`pipeline cache push --verify` from a cache that has it)")]
+    #[error("remote {remote}: {object} is damaged ({message}); it is ignored, and replaced by the next upload of it (a run that reruns the stage, or `pipeline cache push` from a cache that has the entry; `--verify` for a blob of the right size)")]
     Damaged { remote: String, object: String, message: String },
     /// The remote did not answer in time, or refused the connection: a run goes on without
     /// it (with a warning); `cache push/pull` fail.

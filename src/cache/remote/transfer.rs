@@ -139,10 +139,17 @@ pub fn push(cache: &Cache, remote: &Remote, entry: &Entry, verify: bool) -> Resu
     bar.finish_and_clear();
     remote.put_manifest(&manifest)?;
     remote.put_entry(entry)?;
-    // A `gc --remote` that listed the entries before this one existed may have deleted an
-    // old blob or manifest this entry reuses: check, and upload again what is gone.
-    if remote.get_manifest(&entry.output)?.is_none() {
-        remote.put_manifest_overwrite(&manifest)?;
+    // An entry or manifest already there is kept (create-if-absent): one that does not read
+    // back as this one (damaged: a FIFO, other bytes) is written again over it (reading it
+    // marked it damaged). A `gc --remote` that listed the entries before this one existed may
+    // have deleted an old manifest this entry reuses: uploaded again too.
+    if let Err(RemoteError::Damaged { .. }) = remote.get_entry(&entry.key) {
+        remote.put_entry(entry)?;
+    }
+    match remote.get_manifest(&entry.output) {
+        Ok(Some(_)) => {}
+        Ok(None) | Err(RemoteError::Damaged { .. }) => remote.put_manifest_overwrite(&manifest)?,
+        Err(e) => return Err(e),
     }
     for f in &manifest.files {
         if !remote.has_blob(&f.digest, f.size)? {
