@@ -177,6 +177,14 @@ fn a_fifo_blob_is_replaced_and_a_linked_objects_directory_is_refused() {
     assert!(stdout(&o).contains("(1 blobs uploaded"), "{}", stdout(&o));
     assert!(std::fs::metadata(&blob).unwrap().is_file());
     assert!(std::fs::metadata(&entry).unwrap().is_file(), "the FIFO entry was kept");
+    // a directory at an entry's name (the local backend calls it missing, and a push counted
+    // the name as its upload): damaged, and the push that cannot replace it says so
+    std::fs::remove_file(&entry).unwrap();
+    std::fs::create_dir(&entry).unwrap();
+    let o = a.run(&["cache", "push", "--all"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    std::fs::remove_dir(&entry).unwrap();
+    a.ok(&["cache", "push", "--all"]);
     let b = Machine::new(url, &[]);
     let o = b.ok(&["run", "t.json"]);
     assert_eq!(statuses(&b, &o), ["cached", "cached", "cached"], "not repaired: {}", stderr(&o));

@@ -1144,9 +1144,12 @@ fn a_run_killed_during_its_moves_keeps_the_old_files_and_is_reported() {
     std::fs::copy(s.path().join("mv/labels.csv"), s.path().join("o/labels.csv")).unwrap();
     std::fs::copy(s.path().join("mv/posteriors.csv"), st.join("posteriors.csv")).unwrap();
     std::fs::write(st.join(".aggregate-owner"), format!("{host} {ns} 999999999\n")).unwrap();
+    // refused without --force, saying why
+    let o = s.run(&["aggregate", inp.to_str().unwrap(), "--method", "one-coin", "--out", "o"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("killed while moving its files in"), "{}", stderr(&o));
     let o = s.run(&["aggregate", inp.to_str().unwrap(), "--method", "one-coin", "--out", "o", "--force"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("killed while moving its files into") && stderr(&o).contains("may mix two runs"), "{}", stderr(&o));
     // the --force run made `o` one complete result: the killed run's leftovers go with it,
     // and the warning with them
     assert!(!st.exists(), "a complete result was written: the leftovers are of no use");

@@ -216,7 +216,13 @@ impl Remote {
     /// Whether the remote has an entry for `key` (present and not known to be damaged).
     pub fn has_entry(&self, key: &CacheKey) -> Result<bool, RemoteError> {
         let rel = entry_path(key);
-        Ok(!self.known_damaged(&rel) && self.head(&rel)?.is_some())
+        if self.known_damaged(&rel) {
+            return Ok(false);
+        }
+        match self.head(&rel) {
+            Err(RemoteError::Damaged { .. }) => Ok(false),
+            other => Ok(other?.is_some()),
+        }
     }
 
     /// Remember an object as damaged: its next upload overwrites it.
@@ -345,12 +351,14 @@ impl Remote {
         (1..parts.len()).map(|n| parts[..n].join("/")).find(|d| std::fs::symlink_metadata(root.join(d)).map(|m| m.file_type().is_symlink()).unwrap_or(false))
     }
 
-    /// On a directory remote, a FIFO, socket or device under an object's name is damaged: opening
-    /// it would block (a FIFO without a writer) or read something that is not an object.
+    /// On a directory remote, a FIFO, socket, device or directory under an object's name is
+    /// damaged: opening it would block (a FIFO without a writer) or read something that is not
+    /// an object (the local backend reports a directory as missing, and a push then took the
+    /// name for its own upload).
     fn check_special(&self, rel: &str) -> Result<(), RemoteError> {
         let Some(root) = &self.root else { return Ok(()) };
         match std::fs::metadata(root.join(rel)) {
-            Ok(m) if !m.is_file() && !m.is_dir() => Err(self.damaged(rel, "not a regular file; not read")),
+            Ok(m) if !m.is_file() => Err(self.damaged(rel, "not a regular file; not read")),
             _ => Ok(()),
         }
     }
@@ -359,19 +367,13 @@ impl Remote {
     /// a symbolic link (`objects/07` linked elsewhere: a push replaced the files there);
     /// `gc --remote` refuses them too. The object itself may be a link: the write replaces it.
     fn check_dirs(&self, rel: &str) -> Result<(), RemoteError> {
-        let Some(root) = &self.root else { return Ok(()) };
-        let mut at = root.clone();
-        let parts: Vec<&str> = rel.split('/').collect();
-        for part in &parts[..parts.len().saturating_sub(1)] {
-            at.push(part);
-            if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
-                return Err(RemoteError::Config {
-                    url: self.url.clone(),
-                    message: format!("{} is a symbolic link: nothing is written through a link in a directory remote (it may be another cache's); replace it with a directory", at.display()),
-                });
-            }
+        match self.link_in(rel) {
+            Some(link) => Err(RemoteError::Config {
+                url: self.url.clone(),
+                message: format!("{link} is a symbolic link: nothing is written through a link in a directory remote (it may be another cache's); replace it with a directory"),
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     pub fn delete(&self, rel: &str) -> Result<(), RemoteError> {
