@@ -144,8 +144,22 @@ impl<'a> Target<'a> {
         for n in names {
             let p = self.out.join(n.as_ref());
             if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                // a killed run may have moved it in: say so, as the refusal without --force does
+                let killed = std::fs::read_dir(&self.out)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .find(|e| e.file_name().to_string_lossy().starts_with(PREFIX) && std::fs::symlink_metadata(e.path().join(REPLACED)).is_ok_and(|m| m.is_dir()));
+                let hint = match killed {
+                    Some(e) => format!(
+                        "; a run killed while moving its files into {} left it mixed or partial, so this directory may be that run's; any old files it set aside are in {}",
+                        self.out.display(),
+                        e.path().join(REPLACED).display()
+                    ),
+                    None => String::new(),
+                };
                 bail!(
-                    "{}: {} is a directory, not replaced (nothing was written; --force replaces files, never a directory: remove it or choose a new directory)",
+                    "{}: {} is a directory, not replaced (nothing was written; --force replaces files, never a directory: remove it or choose a new directory{hint})",
                     self.named(),
                     p.display()
                 );

@@ -877,6 +877,12 @@ fn export_and_demo_data_write_nothing_through_dotdot_links_or_damaged_blobs() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("d1/amt is a directory, not replaced (nothing was written"), "{}", stderr(&o));
     assert!(std::fs::read_dir(s.path().join("d1")).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with(".aggregate-")));
+    // after a killed run (its leftover has .replaced) the refusal says the directory may be its
+    std::fs::create_dir_all(s.path().join("d1/.aggregate-999999999-K/.replaced")).unwrap();
+    let o = s.run(&["demo-data", "--force", "--per-class", "1", "d1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("a run killed while moving its files into d1 left it mixed or partial"), "{}", stderr(&o));
+    std::fs::remove_dir_all(s.path().join("d1/.aggregate-999999999-K")).unwrap();
     // a damaged blob (in a subdirectory: the staging directory's tree is removed with it):
     // the user's file of the same name is kept, nothing half-written or left behind
     let blob = blob_with(&s.cache(), b"x\n");
