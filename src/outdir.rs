@@ -27,7 +27,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-const PREFIX: &str = ".aggregate-";
+/// The name every staging directory (and its bookkeeping files) starts with.
+pub const PREFIX: &str = ".aggregate-";
 /// Named with the staging prefix, so a stray one (a kill right after the rename of a new
 /// `--out`) does not make `--out` count as non-empty.
 const OWNER: &str = ".aggregate-owner";
@@ -114,13 +115,7 @@ impl<'a> Target<'a> {
         for e in std::fs::read_dir(out).with_context(|| format!("{}", self.named()))?.flatten() {
             if !e.file_name().to_string_lossy().starts_with(PREFIX) {
                 non_empty = true;
-            } else if std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_dir() && std::os::unix::fs::MetadataExt::uid(&m) == euid())
-                && std::fs::symlink_metadata(e.path().join(REPLACED)).is_ok_and(|m| m.is_dir())
-            {
-                // `.replaced` is made as the moves begin: a dead run that has one was killed
-                // while moving its files in (even when it had nothing to set aside yet, into
-                // an empty --out: half the results are there)
-                // this user's: another's directory is not ours to count (nor to sweep)
+            } else if moving_in(&e) {
                 killed = Some(e);
             }
         }
@@ -144,28 +139,28 @@ impl<'a> Target<'a> {
         for n in names {
             let p = self.out.join(n.as_ref());
             if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-                // a killed run may have moved it in: say so, as the refusal without --force does
-                let killed = std::fs::read_dir(&self.out)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .find(|e| e.file_name().to_string_lossy().starts_with(PREFIX) && std::fs::symlink_metadata(e.path().join(REPLACED)).is_ok_and(|m| m.is_dir()));
-                let hint = match killed {
-                    Some(e) => format!(
-                        "; a run killed while moving its files into {} left it mixed or partial, so this directory may be that run's; any old files it set aside are in {}",
-                        self.out.display(),
-                        e.path().join(REPLACED).display()
-                    ),
-                    None => String::new(),
-                };
-                bail!(
-                    "{}: {} is a directory, not replaced (nothing was written; --force replaces files, never a directory: remove it or choose a new directory{hint})",
-                    self.named(),
-                    p.display()
-                );
+                return Err(self.dir_in_common(&p));
             }
         }
         Ok(())
+    }
+
+    /// The refusal of a directory at one of the command's names (`--force` never replaces
+    /// one); when a killed run's leftover is there, the directory may be that run's: said.
+    fn dir_in_common(&self, p: &Path) -> anyhow::Error {
+        let hint = match std::fs::read_dir(&self.out).into_iter().flatten().flatten().find(moving_in) {
+            Some(e) => format!(
+                "; a run killed while moving its files into {} left it mixed or partial, so this directory may be that run's; any old files it set aside are in {}",
+                self.out.display(),
+                e.path().join(REPLACED).display()
+            ),
+            None => String::new(),
+        };
+        anyhow::anyhow!(
+            "{}: {} is a directory, not replaced (nothing was written; --force replaces files, never a directory: remove it or choose a new directory{hint})",
+            self.named(),
+            p.display()
+        )
     }
 
     /// A new `--out` is created with its parents (as `mkdir -p`), but not through `..` after a
@@ -320,7 +315,7 @@ impl<'a> Target<'a> {
         // Every name is checked before the first is moved: a refusal changes nothing.
         for name in files {
             if od.kind(name) == Some(true) {
-                bail!("{}: {} is a directory, not replaced (nothing was written; --force replaces files, never a directory: remove it or choose a new directory)", self.named(), od.shown(name).display());
+                return Err(self.dir_in_common(&od.shown(name)));
             }
         }
         #[cfg(test)]
@@ -343,6 +338,16 @@ impl<'a> Target<'a> {
             }
         }
     }
+}
+
+/// Whether `e` (an entry of `--out`) is this user's staging directory of a run that began
+/// moving its files in: `.replaced` is made as the moves begin, so a dead run that has one was
+/// killed in them (even with nothing set aside yet, into an empty `--out`: half the results
+/// are there). Another user's directory is not ours to count (nor to sweep).
+fn moving_in(e: &std::fs::DirEntry) -> bool {
+    e.file_name().to_string_lossy().starts_with(PREFIX)
+        && std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_dir() && std::os::unix::fs::MetadataExt::uid(&m) == euid())
+        && std::fs::symlink_metadata(e.path().join(REPLACED)).is_ok_and(|m| m.is_dir())
 }
 
 /// Whether `name` is one a staging directory uses for itself (`.aggregate-*`, `.replaced`,

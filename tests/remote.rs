@@ -155,24 +155,13 @@ fn a_fifo_blob_is_replaced_and_a_linked_objects_directory_is_refused() {
     let a = Machine::new(url, &[]);
     a.ok(&["run", "t.json"]);
     let blob = r.path().join("objects").join(&tree(&r.path().join("objects"))[0].0);
-    std::fs::remove_file(&blob).unwrap();
-    let c = std::ffi::CString::new(blob.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    make_fifo(&blob);
     let fresh = Machine::new(url, &[]);
-    let mut child = fresh.cmd(&["plan", "t.json"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let t0 = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t0.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("plan hung on a FIFO in the remote");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let child = fresh.cmd(&["plan", "t.json"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    finish_within(child, Duration::from_secs(60), "plan on a FIFO in the remote");
     // an entry that is a FIFO too: a push writes it again (create-if-absent kept it)
     let entry = std::fs::read_dir(r.path().join("entries")).unwrap().flatten().next().unwrap().path();
-    std::fs::remove_file(&entry).unwrap();
-    let c = std::ffi::CString::new(entry.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    make_fifo(&entry);
     let o = a.ok(&["cache", "push", "--all"]);
     assert!(stdout(&o).contains("(1 blobs uploaded"), "{}", stdout(&o));
     assert!(std::fs::metadata(&blob).unwrap().is_file());
@@ -703,20 +692,10 @@ fn a_fifo_on_a_directory_remote_is_damaged_not_a_hang() {
     let url = r.path().to_str().unwrap();
     Machine::new(url, &[]).ok(&["run", "t.json"]);
     let entry = std::fs::read_dir(r.path().join("entries")).unwrap().flatten().next().unwrap().path();
-    std::fs::remove_file(&entry).unwrap();
-    let fifo = std::ffi::CString::new(entry.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    make_fifo(&entry);
     let b = Machine::new(url, &[]);
-    let mut child = b.cmd(&["run", "t.json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let t0 = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t0.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("run hung on a FIFO in the remote");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let o = child.wait_with_output().unwrap();
+    let child = b.cmd(&["run", "t.json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let o = finish_within(child, Duration::from_secs(60), "run on a FIFO in the remote");
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
 }

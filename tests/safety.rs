@@ -1083,8 +1083,7 @@ fn aggregate_force_removes_its_stale_files_keeps_an_empty_out_and_creates_nothin
     std::fs::remove_dir(s.path().join("o/worker_4.png")).unwrap();
     let target = s.write("kept.txt", "the link's target");
     std::os::unix::fs::symlink(&target, s.path().join("o/worker_4.png")).unwrap();
-    let fifo = std::ffi::CString::new(s.path().join("o/worker_5.png").to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    make_fifo(&s.path().join("o/worker_5.png"));
     let o = s.run(&["aggregate", inp.to_str().unwrap(), "--out", "./o/./", "--force"]);
     assert!(o.status.success(), "{}", stderr(&o));
     // the path as it can be typed again

@@ -358,7 +358,7 @@ impl Cache {
     }
 
     /// A fresh private path under `tmp/` for a blob being written.
-    pub(crate) fn staging_path(&self) -> PathBuf {
+    fn staging_path(&self) -> PathBuf {
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);
         self.tmp_dir().join(format!("blob-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
@@ -728,8 +728,8 @@ impl Cache {
     /// fresh directory nobody else writes (a staging directory: `pipeline cache export`
     /// installs it into the user's directory afterwards, see `outdir`). Every blob is hashed
     /// as it is copied: a damaged one fails the export, and the caller drops what was written.
-    pub fn export_into(&self, output: &str, dir: &Path) -> Result<usize, CacheError> {
-        let m = self.manifest(output)?.ok_or_else(|| CacheError::NotFound(output.to_string()))?;
+    /// `m` is the entry's manifest (`output`'s), which the caller has read.
+    pub fn export_into(&self, output: &str, m: &Manifest, dir: &Path) -> Result<usize, CacheError> {
         m.check_paths().map_err(|p| CacheError::Corrupt(output.to_string(), format!("manifest names the path {p:?}, which is not a plain relative path")))?;
         let umask = umask();
         for f in &m.files {
@@ -737,20 +737,7 @@ impl Cache {
             if let Some(p) = dst.parent() {
                 fs::create_dir_all(p).map_err(io_err(p))?;
             }
-            let blob = self.blob_path(&f.digest);
-            if !blob.is_file() {
-                return Err(CacheError::Corrupt(
-                    output.to_string(),
-                    format!("blob {} of `{}` is missing from the store; run `pipeline cache verify`", &f.digest[..12], f.path),
-                ));
-            }
-            let (digest, size) = super::ingest::copy_hashing(&blob, &dst)?;
-            if digest != f.digest || size != f.size {
-                return Err(CacheError::Corrupt(
-                    output.to_string(),
-                    format!("blob {} of `{}` is damaged; run `pipeline cache verify` (and rerun the stage)", &f.digest[..12], f.path),
-                ));
-            }
+            self.copy_verified(output, f, &dst)?;
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
@@ -760,6 +747,24 @@ impl Cache {
             }
         }
         Ok(m.files.len())
+    }
+
+    /// Copy the blob of `f` (a file of `output`) to the new file `to`, hashing as it copies: a
+    /// blob missing from the store or damaged is an error naming it (and `to` is removed).
+    fn copy_verified(&self, output: &str, f: &FileEntry, to: &Path) -> Result<(), CacheError> {
+        let blob = self.blob_path(&f.digest);
+        if !blob.is_file() {
+            return Err(missing_blob(output, f));
+        }
+        let (digest, size) = super::ingest::copy_hashing(&blob, to)?;
+        if digest != f.digest || size != f.size {
+            let _ = fs::remove_file(to);
+            return Err(CacheError::Corrupt(
+                output.to_string(),
+                format!("blob {} of `{}` is damaged; run `pipeline cache verify` (and rerun the stage)", &f.digest[..12], f.path),
+            ));
+        }
+        Ok(())
     }
 
     /// Copy an artifact's files out of the cache (writable copies, not links) into `dest`,
@@ -801,10 +806,7 @@ impl Cache {
                 }
             }
             if !self.blob_path(&f.digest).is_file() {
-                return Err(CacheError::Corrupt(
-                    output.to_string(),
-                    format!("blob {} of `{}` is missing from the store; run `pipeline cache verify`", &f.digest[..12], f.path),
-                ));
+                return Err(missing_blob(output, f));
             }
         }
         for f in &m.files {
@@ -813,24 +815,10 @@ impl Cache {
                 fs::create_dir_all(p).map_err(io_err(p))?;
             }
             let _ = fs::remove_file(&dst);
-            let blob = self.blob_path(&f.digest);
-            if !blob.is_file() {
-                return Err(CacheError::Corrupt(
-                    output.to_string(),
-                    format!("blob {} of `{}` is missing from the store; run `pipeline cache verify`", &f.digest[..12], f.path),
-                ));
-            }
             // Copy and hash in one pass: a damaged blob is never handed out.
             let tmp = dst.with_file_name(format!(".{}.export-{}", dst.file_name().and_then(|n| n.to_str()).unwrap_or("f"), std::process::id()));
             let _ = fs::remove_file(&tmp);
-            let (digest, size) = super::ingest::copy_hashing(&blob, &tmp)?;
-            if digest != f.digest || size != f.size {
-                let _ = fs::remove_file(&tmp);
-                return Err(CacheError::Corrupt(
-                    output.to_string(),
-                    format!("blob {} of `{}` is damaged; run `pipeline cache verify` (and rerun the stage)", &f.digest[..12], f.path),
-                ));
-            }
+            self.copy_verified(output, f, &tmp)?;
             fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
             let mut perm = fs::metadata(&dst).map_err(io_err(&dst))?.permissions();
             #[cfg(unix)]
@@ -1117,6 +1105,11 @@ fn list_tree(dir: &Path) -> Result<Vec<(String, fs::Metadata)>, String> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// The error for a file of `output` whose blob is not in the store.
+fn missing_blob(output: &str, f: &FileEntry) -> CacheError {
+    CacheError::Corrupt(output.to_string(), format!("blob {} of `{}` is missing from the store; run `pipeline cache verify`", &f.digest[..12], f.path))
 }
 
 /// The process's umask, read from /proc (umask(2) can only be read by setting it, which

@@ -207,12 +207,12 @@ pub(crate) fn export(cache: &Cache, output: &str, dir: &std::path::Path, force: 
     let dirs: Vec<&String> = top.iter().filter(|(_, d)| **d).map(|(n, _)| n).collect();
     target.refuse_dirs(&dirs)?;
     let staging = target.stage()?;
-    let n = cache.export_into(output, &staging.path()).with_context(|| format!("exporting into {} (left as it was)", target.out.display()))?;
+    let n = cache.export_into(output, &m, &staging.path()).with_context(|| format!("exporting into {} (left as it was)", target.out.display()))?;
     target.install(staging)?;
     // --force into a directory with other names: they were left (the user's, or an earlier
     // export's); say so, since the directory is then not this artifact alone
     let others: Vec<String> = std::fs::read_dir(&target.out)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| !top.contains_key(n) && !n.starts_with(".aggregate-")).collect())
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| !top.contains_key(n) && !n.starts_with(crate::outdir::PREFIX)).collect())
         .unwrap_or_default();
     if !others.is_empty() {
         let mut shown: Vec<&String> = others.iter().take(5).collect();

@@ -108,6 +108,26 @@ pub fn wait_for_file(p: &Path, timeout: Duration) {
     }
 }
 
+/// Replace the file at `p` with a FIFO (one nobody writes to: opening it blocks).
+pub fn make_fifo(p: &Path) {
+    let _ = std::fs::remove_file(p);
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo {}", p.display());
+}
+
+/// Wait for `child`; kill it and fail, naming `what`, if it runs past `limit` (a hang).
+pub fn finish_within(mut child: std::process::Child, limit: Duration, what: &str) -> Output {
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what} hung");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// Every regular file below `dir` as (relative path, bytes), sorted.
 pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();

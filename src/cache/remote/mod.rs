@@ -215,13 +215,18 @@ impl Remote {
 
     /// Whether the remote has an entry for `key` (present and not known to be damaged).
     pub fn has_entry(&self, key: &CacheKey) -> Result<bool, RemoteError> {
-        let rel = entry_path(key);
-        if self.known_damaged(&rel) {
-            return Ok(false);
+        Ok(self.present(&entry_path(key))?.is_some())
+    }
+
+    /// The size of the object `rel`, or `None` when it is missing or damaged (known to be, or
+    /// a FIFO, device or directory at its name: uploaded again, over it).
+    fn present(&self, rel: &str) -> Result<Option<u64>, RemoteError> {
+        if self.known_damaged(rel) {
+            return Ok(None);
         }
-        match self.head(&rel) {
-            Err(RemoteError::Damaged { .. }) => Ok(false),
-            other => Ok(other?.is_some()),
+        match self.head(rel) {
+            Err(RemoteError::Damaged { .. }) => Ok(None),
+            other => other,
         }
     }
 
@@ -449,15 +454,7 @@ impl ArtifactStore for Remote {
     }
 
     fn has_blob(&self, digest: &str, size: u64) -> Result<bool, RemoteError> {
-        let rel = blob_path(digest);
-        if self.known_damaged(&rel) {
-            return Ok(false);
-        }
-        match self.head(&rel) {
-            // a FIFO or device at its name: not a blob, uploaded again (over it)
-            Err(RemoteError::Damaged { .. }) => Ok(false),
-            other => Ok(other? == Some(size)),
-        }
+        Ok(self.present(&blob_path(digest))? == Some(size))
     }
 
     fn get_blob(&self, digest: &str, dst: &Path) -> Result<bool, RemoteError> {

@@ -42,26 +42,7 @@ fn pull_inner(cache: &Cache, remote: &Remote, key: &CacheKey) -> Result<Option<(
     let bar = crate::progress::transfer_bar(&entry.stage, wanted.iter().map(|f| f.size).sum());
     bar.set_message("downloading");
     for f in wanted {
-        let staged = cache.staging_file();
-        let brel = blob_path(&f.digest);
-        let got = remote.get_blob_counted(&f.digest, &staged, Some(f.size), &|n| bar.inc(n));
-        let check = match got {
-            Ok(true) => {
-                let size = std::fs::metadata(&staged).map(|m| m.len()).unwrap_or(0);
-                let digest = hash_file(&staged)?;
-                if size != f.size || digest != f.digest {
-                    Err(remote.damaged(&brel, format!("{size} bytes hashing to {}, expected {} bytes hashing to {}", &digest[..12], f.size, &f.digest[..12])))
-                } else {
-                    Ok(())
-                }
-            }
-            Ok(false) => Err(remote.damaged(&brel, "missing (the entry names it)")),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = check {
-            let _ = std::fs::remove_file(&staged);
-            return Err(e);
-        }
+        let staged = fetch_verified(cache, remote, &f.digest, f.size, &|n| bar.inc(n))?;
         cache.install_blob(&staged, &f.digest, f.size)?;
         moved.files += 1;
         moved.bytes += f.size;
@@ -160,25 +141,43 @@ pub fn push(cache: &Cache, remote: &Remote, entry: &Entry, verify: bool) -> Resu
     Ok(moved)
 }
 
-/// Whether the remote's blob `digest` hashes to its name (downloaded into the cache's `tmp/`,
-/// hashed, removed).
-fn intact(cache: &Cache, remote: &Remote, digest: &str, size: u64) -> Result<bool, RemoteError> {
-    let tmp = cache.staging_path();
-    if let Some(dir) = tmp.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| RemoteError::Cache(crate::cache::CacheError::Io { path: dir.to_path_buf(), source: e }))?;
-    }
-    let got = remote.get_blob_counted(digest, &tmp, Some(size), &|_| {});
-    let ok = match got {
-        Ok(true) => hash_file(&tmp).map(|h| h == digest).unwrap_or(false),
-        Ok(false) => false,
-        Err(RemoteError::Damaged { .. }) => false,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+/// Download the blob `digest` into a fresh file under the cache's `tmp/` and check its size
+/// and hash: its path, or an error (`Damaged`, the remote marked, for a missing or
+/// mismatching blob) with nothing left behind.
+fn fetch_verified(cache: &Cache, remote: &Remote, digest: &str, size: u64, progress: &dyn Fn(u64)) -> Result<std::path::PathBuf, RemoteError> {
+    let staged = cache.staging_file();
+    let brel = blob_path(digest);
+    let check = match remote.get_blob_counted(digest, &staged, Some(size), progress) {
+        Ok(true) => {
+            let got = std::fs::metadata(&staged).map(|m| m.len()).unwrap_or(0);
+            match hash_file(&staged) {
+                Ok(h) if got == size && h == digest => Ok(()),
+                Ok(h) => Err(remote.damaged(&brel, format!("{got} bytes hashing to {}, expected {size} bytes hashing to {}", &h[..12], &digest[..12]))),
+                Err(e) => Err(e.into()),
+            }
         }
+        Ok(false) => Err(remote.damaged(&brel, "missing (the entry names it)")),
+        Err(e) => Err(e),
     };
-    let _ = std::fs::remove_file(&tmp);
-    Ok(ok)
+    match check {
+        Ok(()) => Ok(staged),
+        Err(e) => {
+            let _ = std::fs::remove_file(&staged);
+            Err(e)
+        }
+    }
+}
+
+/// Whether the remote's blob `digest` hashes to its name (downloaded, hashed, removed).
+fn intact(cache: &Cache, remote: &Remote, digest: &str, size: u64) -> Result<bool, RemoteError> {
+    match fetch_verified(cache, remote, digest, size, &|_| {}) {
+        Ok(staged) => {
+            let _ = std::fs::remove_file(&staged);
+            Ok(true)
+        }
+        Err(RemoteError::Damaged { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// `cache gc --remote`: delete blobs and manifests no entry on the remote needs, and that are
