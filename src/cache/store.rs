@@ -914,6 +914,15 @@ impl Cache {
             }
         }
         let live_manifests: HashSet<String> = self.entries().into_iter().map(|e| e.output).collect();
+        // Views first: a view is derived and rebuilt when needed, so one removed before its
+        // manifest costs nothing, while a kill between the manifests' removal and the views'
+        // left views of no artifact, which `cache verify` reported as damage.
+        let views = self.root.join("views");
+        for d in fs::read_dir(&views).map_err(io_err(&views))?.flatten() {
+            if !live_manifests.contains(&d.file_name().to_string_lossy().to_string()) {
+                let _ = super::ingest::remove_tree(&d.path());
+            }
+        }
         let mut live_blobs = HashSet::new();
         for kv in self.manifests.iter() {
             let (k, v) = kv.map_err(self.db_err())?;
@@ -946,12 +955,6 @@ impl Cache {
             let name = f.file_name().to_string_lossy().to_string();
             if !name.strip_suffix(".json").map(|k| keys.contains(k)).unwrap_or(false) {
                 let _ = fs::remove_file(f.path());
-            }
-        }
-        let views = self.root.join("views");
-        for d in fs::read_dir(&views).map_err(io_err(&views))?.flatten() {
-            if !live_manifests.contains(&d.file_name().to_string_lossy().to_string()) {
-                let _ = super::ingest::remove_tree(&d.path());
             }
         }
         self.clear_tmp()?;
