@@ -177,6 +177,10 @@ pub struct RunArgs {
     pub executor: Option<String>,
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// What started the run, as its record says: `manual`, or `schedule` (the line
+    /// `schedule --print-cron` / `--print-systemd` write).
+    #[arg(long, hide = true, default_value = "manual", value_parser = ["manual", "schedule"])]
+    pub trigger: String,
 }
 
 /// Where the shared remote cache is and how to use it.
@@ -426,7 +430,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 from: args.from,
                 force: args.force,
                 quiet: args.quiet,
-                trigger: "manual".into(),
+                trigger: args.trigger,
                 overrides: args.set,
                 cancel_grace: None,
                 executor: args.executor,
@@ -611,21 +615,44 @@ fn schedule(cache_dir: &Path, args: ScheduleArgs) -> Result<i32> {
     use crate::schedule::{self as sch, OnShutdown, ScheduleOptions, Shutdown};
     let bin = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("pipeline"));
     let file = std::fs::canonicalize(&args.file).with_context(|| format!("{}", args.file.display()))?;
+    // Fail now, not at 3 a.m., on a bad file.
+    load(&file, &args.set)?;
+    let retry_delay = std::time::Duration::try_from_secs_f64(args.retry_delay)
+        .ok()
+        .filter(|d| *d <= std::time::Duration::from_secs(7 * 24 * 3600))
+        .with_context(|| format!("--retry-delay {}: expected seconds from 0 to 604800 (a week)", args.retry_delay))?;
     if args.print_systemd || args.print_cron {
+        // The printed command runs elsewhere (cron's or systemd's directory and environment):
+        // it names this cache, and carries the overrides, remote and job count, so the
+        // nightly runs continue these runs' history and hits.
+        let cache = crate::cache::store::absolute(cache_dir);
+        let mut more = Vec::new();
+        for s in &args.set {
+            more.extend(["--set".to_string(), s.clone()]);
+        }
+        if args.jobs > 0 {
+            more.extend(["-j".to_string(), args.jobs.to_string()]);
+        }
+        if let Some(url) = args.remote.remote.as_ref().filter(|u| !u.is_empty()) {
+            more.extend(["--remote".to_string(), url.clone()]);
+        }
+        if args.remote.remote_mode != RemoteMode::ReadWrite {
+            let mode = clap::ValueEnum::to_possible_value(&args.remote.remote_mode).map(|v| v.get_name().to_string()).unwrap_or_default();
+            more.extend(["--remote-mode".to_string(), mode]);
+        }
+        let run = sch::ScheduledRun { bin: &bin, file: &file, cache: &cache, args: more };
         if args.print_systemd {
-            print!("{}", sch::print_systemd(&file, &args.cron, args.tz.as_deref(), &bin)?);
+            print!("{}", sch::print_systemd(&run, &args.cron, args.tz.as_deref())?);
         }
         if args.print_cron {
-            print!("{}", sch::print_cron(&file, &args.cron, args.tz.as_deref(), &bin)?);
+            print!("{}", sch::print_cron(&run, &args.cron, args.tz.as_deref())?);
         }
         return Ok(0);
     }
-    // Fail now, not at 3 a.m., on a bad file.
-    load(&file, &args.set)?;
     let mut opts = ScheduleOptions::new(args.cron.clone());
     opts.tz = args.tz.clone();
     opts.retries = args.retries;
-    opts.retry_delay = std::time::Duration::from_secs_f64(args.retry_delay.max(0.0));
+    opts.retry_delay = retry_delay;
     if args.finish_on_shutdown {
         opts.on_shutdown = OnShutdown::Finish;
     }

@@ -85,3 +85,48 @@ fn runs_diff_shows_params_and_metrics_and_promotion_keeps_the_better_model() {
     assert!(show.contains("promotion") && show.contains("not produced"), "{show}");
     assert!(!dir.path().join("models/current").exists());
 }
+
+/// Found by a hostile pass: the printed crontab line dropped `--cache`, `--set` and `-j`, so
+/// the nightly run trained into a new `cache/` beside the pipeline file, without the
+/// overrides, and recorded itself as `manual`; a bad file was printed with exit 0.
+#[test]
+fn the_printed_crontab_line_runs_in_the_users_cache_with_the_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, other) = (dir.path().join("p"), dir.path().join("elsewhere"));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(d.join("s.json"), r#"{"name": "s", "stages": {"a": {"kind": "command", "params": {"cmd": "echo $P_n > $OUT/a.txt", "n": 1}}}}"#).unwrap();
+    let mycache = dir.path().join("my cache");
+    let mycache_s = mycache.to_str().unwrap();
+    let o = Command::new(BIN)
+        .args(["--cache", mycache_s, "schedule", "s.json", "--set", "a.n=7", "-j", "1", "--print-cron"])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let line = text.lines().last().unwrap();
+    // what cron does with the line: the command after the five fields, `\%` -> `%`, run by sh
+    // from the user's home (here: another directory), without PIPELINE_CACHE
+    let command: String = line.splitn(6, ' ').nth(5).unwrap().replace("\\%", "%");
+    let o = Command::new("sh").arg("-c").arg(&command).current_dir(&other).env_remove("PIPELINE_CACHE").output().unwrap();
+    assert!(o.status.success(), "{command}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(!d.join("cache").exists() && !other.join("cache").exists(), "the nightly run made a cache of its own");
+    let (ok, runs, err) = out(&d, &["--cache", mycache_s, "runs"]);
+    assert!(ok && runs.contains("schedule"), "{runs}{err}");
+    let (ok, exported, err) = out(&d, &["--cache", mycache_s, "cache", "export", "a", dir.path().join("x").to_str().unwrap()]);
+    assert!(ok, "{exported}{err}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("x/a.txt")).unwrap().trim(), "7");
+    // a file that does not load is refused before anything is printed
+    std::fs::write(d.join("bad.json"), "not json").unwrap();
+    for flag in ["--print-cron", "--print-systemd"] {
+        let (ok, stdout, err) = out(&d, &["schedule", "bad.json", flag]);
+        assert!(!ok && stdout.is_empty() && err.contains("bad.json"), "{flag}: {stdout}{err}");
+    }
+    // a newline in the file's name never reaches the crontab
+    let evil = d.join("x\n* * * * * touch PWNED\n.json");
+    std::fs::copy(d.join("s.json"), &evil).unwrap();
+    let o = Command::new(BIN).args(["schedule", evil.to_str().unwrap(), "--print-cron"]).current_dir(&d).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && o.stdout.is_empty() && err.contains("control character"), "{err}");
+}

@@ -20,7 +20,7 @@ pub mod system;
 
 pub use cron::{parse_cron, parse_tz, CronSchedule};
 pub use run_loop::{backoff_delay, run_schedule, run_schedule_stats, OnShutdown, ScheduleOptions, ScheduleStats, Shutdown};
-pub use system::{print_cron, print_systemd, systemd_on_calendar};
+pub use system::{print_cron, print_systemd, systemd_on_calendar, ScheduledRun};
 
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,12 @@ pub enum ScheduleError {
     },
     #[error("cron expression \"{expr}\" has no tick after {after}")]
     NoNextTick { expr: String, after: String },
+    #[error("cannot write {what} {value:?} into a crontab line or systemd unit: {reason}")]
+    Unprintable {
+        what: String,
+        value: String,
+        reason: String,
+    },
     #[error("cron expression \"{expr}\" cannot be written for {target}: {reason}")]
     Untranslatable {
         expr: String,

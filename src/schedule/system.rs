@@ -179,6 +179,62 @@ pub fn systemd_on_calendar(expr: &str, tz: Option<&str>) -> Result<Vec<String>, 
     })
 }
 
+/// What a printed entry runs at each tick: `bin --cache CACHE run FILE --trigger schedule
+/// ARGS...`. Every path absolute: cron and systemd start elsewhere, in another environment,
+/// and a nightly run must use the cache, overrides and remote of the runs it continues.
+pub struct ScheduledRun<'a> {
+    pub bin: &'a Path,
+    pub file: &'a Path,
+    pub cache: &'a Path,
+    /// More `run` arguments, one string each (`--set`, `a.b=1`, `-j`, `2`, ...).
+    pub args: Vec<String>,
+}
+
+impl ScheduledRun<'_> {
+    /// The command line, `bin` first. Refused: a string that is not UTF-8 (printing it lossily
+    /// would run another file) or holds a control character (a newline starts a new crontab
+    /// line or unit directive: a directory name could install a command of its own).
+    fn argv(&self) -> Result<Vec<String>, ScheduleError> {
+        let text = |what: &str, p: &Path| -> Result<String, ScheduleError> {
+            p.to_str().map(str::to_string).ok_or_else(|| ScheduleError::Unprintable {
+                what: what.to_string(),
+                value: p.display().to_string(),
+                reason: "it is not UTF-8".into(),
+            })
+        };
+        let mut v = vec![
+            text("the pipeline binary", self.bin)?,
+            "--cache".into(),
+            text("the cache directory", self.cache)?,
+            "run".into(),
+            text("the pipeline file", self.file)?,
+            "--trigger".into(),
+            "schedule".into(),
+        ];
+        v.extend(self.args.iter().cloned());
+        for (i, a) in v.iter().enumerate() {
+            if a.chars().any(char::is_control) {
+                let what = match i {
+                    0 => "the pipeline binary".to_string(),
+                    2 => "the cache directory".to_string(),
+                    4 => "the pipeline file".to_string(),
+                    _ => "the argument".to_string(),
+                };
+                return Err(ScheduleError::Unprintable {
+                    what,
+                    value: a.clone(),
+                    reason: "it holds a control character (a newline would start a new line of the crontab or unit); rename it".into(),
+                });
+            }
+        }
+        Ok(v)
+    }
+
+    fn workdir(&self) -> Option<String> {
+        self.file.parent().filter(|p| !p.as_os_str().is_empty()).and_then(|p| p.to_str()).map(str::to_string)
+    }
+}
+
 /// Quotes one ExecStart= argument: `%` and `$` are systemd specifiers/variables.
 fn systemd_quote(s: &str) -> String {
     let escaped = s
@@ -215,36 +271,33 @@ fn unit_name(pipeline_file: &Path) -> String {
     }
 }
 
-/// A systemd service + timer pair running `pipeline_bin run pipeline_file` at each tick.
-/// Paths should be absolute (systemd requires it for ExecStart); the CLI passes
-/// `std::env::current_exe()` and the canonicalised pipeline file.
-pub fn print_systemd(
-    pipeline_file: &Path,
-    cron: &str,
-    tz: Option<&str>,
-    pipeline_bin: &Path,
-) -> Result<String, ScheduleError> {
+/// A systemd service + timer pair running the command at each tick. Paths should be
+/// absolute (systemd requires it for ExecStart); the CLI passes `std::env::current_exe()`,
+/// the canonicalised pipeline file and the absolute cache directory.
+pub fn print_systemd(run: &ScheduledRun<'_>, cron: &str, tz: Option<&str>) -> Result<String, ScheduleError> {
     let calendars = systemd_on_calendar(cron, tz)?;
-    let name = unit_name(pipeline_file);
-    let file = pipeline_file.display().to_string();
-    let workdir = pipeline_file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(|p| p.display().to_string());
+    let argv = run.argv()?;
+    let name = unit_name(run.file);
     let mut s = String::new();
     s += &format!("# /etc/systemd/system/{name}.service (or ~/.config/systemd/user/)\n");
     s += "[Unit]\n";
-    s += &format!("Description=pipeline run {file}\n");
+    // `%` is a specifier in every value, `Description=` and `WorkingDirectory=` included.
+    s += &format!("Description=pipeline run {}\n", argv[4].replace('%', "%%"));
     s += "Wants=network-online.target\nAfter=network-online.target\n\n";
     s += "[Service]\nType=oneshot\n";
-    if let Some(dir) = workdir {
-        s += &format!("WorkingDirectory={}\n", systemd_quote(&dir));
+    if let Some(dir) = run.workdir() {
+        // Taken verbatim (no quotes, no `$`), only stripped of surrounding whitespace.
+        if dir.trim() != dir {
+            return Err(ScheduleError::Unprintable {
+                what: "the pipeline's directory".into(),
+                value: dir,
+                reason: "it ends or begins with whitespace, which systemd strips from WorkingDirectory=".into(),
+            });
+        }
+        s += &format!("WorkingDirectory={}\n", dir.replace('%', "%%"));
     }
-    s += &format!(
-        "ExecStart={} run {}\n",
-        systemd_quote(&pipeline_bin.display().to_string()),
-        systemd_quote(&file)
-    );
+    let exec: Vec<String> = argv.iter().map(|a| systemd_quote(a)).collect();
+    s += &format!("ExecStart={}\n", exec.join(" "));
     s += "\n";
     s += &format!(
         "# /etc/systemd/system/{name}.timer; enable with: systemctl enable --now {name}.timer\n"
@@ -252,8 +305,8 @@ pub fn print_systemd(
     s += "[Unit]\n";
     s += &format!(
         "Description=Schedule for {name} (cron \"{}\"{})\n\n",
-        cron.trim(),
-        tz.map(|z| format!(", {z}")).unwrap_or_default()
+        cron.trim().replace('%', "%%"),
+        tz.map(|z| format!(", {}", z.replace('%', "%%"))).unwrap_or_default()
     );
     s += "[Timer]\n";
     for c in &calendars {
@@ -267,57 +320,97 @@ pub fn print_systemd(
     Ok(s)
 }
 
-/// Single-quotes for /bin/sh; `%` is a newline to cron, so it is escaped too.
+/// Quotes for /bin/sh as cron passes it on: cron turns an unescaped `%` into a newline and
+/// `\%` into `%`, so each `%` is written as `\%` between single-quoted parts. It then always
+/// follows a closing quote, never a backslash of the string, which would escape cron's.
 fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''")).replace('%', "\\%")
+    s.split('%')
+        .map(|part| format!("'{}'", part.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join("\\%")
 }
 
-/// A crontab entry running `pipeline_bin run pipeline_file` at each tick. crontab has no
-/// seconds or year field, so expressions using them are refused; a time zone becomes a
-/// `CRON_TZ=` line (cronie and systemd-cron honour it, Debian's cron does not).
-pub fn print_cron(
-    pipeline_file: &Path,
-    cron: &str,
-    tz: Option<&str>,
-    pipeline_bin: &Path,
-) -> Result<String, ScheduleError> {
+/// Values as crontab writes them: a comma list with `a-b` runs (numbers only: names,
+/// ranges of names, `L`, `W`, `#` and `?` are not in every cron).
+fn cron_list(values: &[u32]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < values.len() {
+        let mut j = i;
+        while j + 1 < values.len() && values[j + 1] == values[j] + 1 {
+            j += 1;
+        }
+        parts.push(if j > i { format!("{}-{}", values[i], values[j]) } else { values[i].to_string() });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
+/// A crontab entry running the command at each tick. crontab has no seconds or year field,
+/// so expressions using them are refused; the fields are written out as numbers, which
+/// every cron reads the same way; a time zone becomes a `CRON_TZ=` line (cronie and
+/// systemd-cron honour it, Debian's cron does not).
+pub fn print_cron(run: &ScheduledRun<'_>, cron: &str, tz: Option<&str>) -> Result<String, ScheduleError> {
     parse_cron(cron)?;
     if let Some(tz) = tz {
         parse_tz(tz)?;
     }
+    let argv = run.argv()?;
     let f = seven_fields(cron);
-    let untranslatable = |reason: &str| ScheduleError::Untranslatable {
+    let untranslatable = |reason: String| ScheduleError::Untranslatable {
         expr: cron.to_string(),
         target: "crontab",
-        reason: reason.to_string(),
+        reason,
     };
-    if f[0] != "0" {
-        return Err(untranslatable(
-            "crontab has no seconds field (use --print-systemd, or pipeline schedule)",
-        ));
+    let field = |i: usize, min, max, names: &[(&str, u32)]| {
+        expand_field(&f[i], min, max, names).map_err(|e| untranslatable(format!("{} field {e}", FIELDS_7[i])))
+    };
+    if field(0, 0, 59, &[])? != [0] {
+        return Err(untranslatable("crontab has no seconds field (use --print-systemd, or pipeline schedule)".into()));
     }
     if f[6] != "*" {
-        return Err(untranslatable("crontab has no year field"));
+        return Err(untranslatable("crontab has no year field".into()));
     }
-    let mut s = format!(
-        "# pipeline: run {} at cron \"{}\"\n",
-        pipeline_file.display(),
-        cron.trim()
-    );
+    // cron's day rule: with both day fields restricted (not `*`) a day matching either runs.
+    let and_days = f[5].starts_with('+');
+    let dow_text = f[5].trim_start_matches('+').to_string();
+    let dom_all = matches!(f[3].as_str(), "*" | "?");
+    let dow_all = matches!(dow_text.as_str(), "*" | "?");
+    if and_days && !dom_all && !dow_all {
+        return Err(untranslatable("crontab runs on a day matching either day field, never only on days matching both (`+`)".into()));
+    }
+    let mut dow = expand_field(&dow_text, 0, 7, &WEEKDAYS).map_err(|e| untranslatable(format!("day-of-week field {e}")))?;
+    for d in dow.iter_mut() {
+        *d %= 7;
+    }
+    dow.sort_unstable();
+    dow.dedup();
+    let fields = [
+        cron_list(&field(1, 0, 59, &[])?),
+        cron_list(&field(2, 0, 23, &[])?),
+        if dom_all { "*".into() } else { cron_list(&field(3, 1, 31, &[])?) },
+        cron_list(&field(4, 1, 12, &MONTHS)?),
+        if dow_all { "*".into() } else { cron_list(&dow) },
+    ];
+    // A field of every value reads best as `*` (the day fields keep what was written: `*`
+    // there changes which days run).
+    let fields: Vec<String> = fields
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match i {
+            0 if *v == "0-59" => "*".into(),
+            1 if *v == "0-23" => "*".into(),
+            3 if *v == "1-12" => "*".into(),
+            _ => v.clone(),
+        })
+        .collect();
+    let mut s = format!("# pipeline: run {} at cron \"{}\"\n", argv[4], cron.trim());
     if let Some(tz) = tz {
         s += &format!("CRON_TZ={tz}\n");
     }
-    let cd = pipeline_file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(|p| format!("cd {} && ", sh_quote(&p.display().to_string())))
-        .unwrap_or_default();
-    s += &format!(
-        "{} {cd}{} run {}\n",
-        f[1..6].join(" "),
-        sh_quote(&pipeline_bin.display().to_string()),
-        sh_quote(&pipeline_file.display().to_string())
-    );
+    let cd = run.workdir().map(|d| format!("cd {} && ", sh_quote(&d))).unwrap_or_default();
+    let cmd: Vec<String> = argv.iter().map(|a| sh_quote(a)).collect();
+    s += &format!("{} {cd}{}\n", fields.join(" "), cmd.join(" "));
     Ok(s)
 }
 
@@ -356,15 +449,18 @@ mod tests {
         );
     }
 
+    fn run<'a>(file: &'a str, bin: &'a str, args: &[&str]) -> ScheduledRun<'a> {
+        ScheduledRun {
+            bin: Path::new(bin),
+            file: Path::new(file),
+            cache: Path::new("/srv/cache"),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
     #[test]
     fn systemd_units_run_pipeline_run() {
-        let out = print_systemd(
-            Path::new("/srv/study/nightly.yaml"),
-            "0 3 * * *",
-            Some("Asia/Tokyo"),
-            Path::new("/usr/local/bin/pipeline"),
-        )
-        .unwrap();
+        let out = print_systemd(&run("/srv/study/nightly.yaml", "/usr/local/bin/pipeline", &[]), "0 3 * * *", Some("Asia/Tokyo")).unwrap();
         let expected = "\
 # /etc/systemd/system/pipeline-nightly.service (or ~/.config/systemd/user/)
 [Unit]
@@ -375,7 +471,7 @@ After=network-online.target
 [Service]
 Type=oneshot
 WorkingDirectory=/srv/study
-ExecStart=/usr/local/bin/pipeline run /srv/study/nightly.yaml
+ExecStart=/usr/local/bin/pipeline --cache /srv/cache run /srv/study/nightly.yaml --trigger schedule
 
 # /etc/systemd/system/pipeline-nightly.timer; enable with: systemctl enable --now pipeline-nightly.timer
 [Unit]
@@ -390,61 +486,99 @@ Persistent=true
 WantedBy=timers.target
 ";
         assert_eq!(out, expected);
-        let out = print_systemd(
-            Path::new("/my data/a%b.yaml"),
-            "0 3 * * *",
-            None,
-            Path::new("/bin/pipeline"),
-        )
-        .unwrap();
+        // found by a hostile pass: WorkingDirectory= takes no quotes (a quoted path is "not
+        // absolute" and the unit never starts) and `%` is a specifier there and in Description=
+        let out = print_systemd(&run("/my data/a%b$c/x.yaml", "/bin/pipeline", &["--set", "a.b=it's 5%"]), "0 3 * * *", None).unwrap();
+        assert!(out.contains("\nWorkingDirectory=/my data/a%%b$c\n"), "{out}");
+        assert!(out.contains("\nDescription=pipeline run /my data/a%%b$c/x.yaml\n"), "{out}");
         assert!(
-            out.contains("ExecStart=/bin/pipeline run \"/my data/a%%b.yaml\"\n"),
+            out.contains("ExecStart=/bin/pipeline --cache /srv/cache run \"/my data/a%%b$$c/x.yaml\" --trigger schedule --set \"a.b=it's 5%%\"\n"),
             "{out}"
         );
-        assert!(print_systemd(
-            Path::new("/a.yaml"),
-            "0 3 * *",
-            None,
-            Path::new("/bin/pipeline")
-        )
-        .is_err());
+        assert!(print_systemd(&run("/a.yaml", "/bin/pipeline", &[]), "0 3 * *", None).is_err());
+    }
+
+    #[test]
+    fn a_control_character_is_never_printed_into_a_crontab_or_unit() {
+        // found by a hostile pass: a directory named "a\nExecStartPre=/evil" added a directive
+        // to the unit, and a file named "x\n* * * * * touch PWNED" a crontab line
+        for (file, what) in [
+            ("/tmp/a\nExecStartPre=/evil/x.json", "the pipeline file"),
+            ("/tmp/x\n* * * * * touch PWNED\n.json", "the pipeline file"),
+            ("/tmp/tab\there.json", "the pipeline file"),
+        ] {
+            for e in [
+                print_systemd(&run(file, "/bin/pipeline", &[]), "0 3 * * *", None).unwrap_err().to_string(),
+                print_cron(&run(file, "/bin/pipeline", &[]), "0 3 * * *", None).unwrap_err().to_string(),
+            ] {
+                assert!(e.contains(what) && e.contains("control character"), "{e}");
+            }
+        }
+        let e = print_cron(&run("/a.json", "/bin/pipeline", &["--set", "a.b=1\n* * * * * evil"]), "0 3 * * *", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the argument") && e.contains("control character"), "{e}");
+        let e = print_systemd(&run("/a /x.json", "/bin/pipeline", &[]), "0 3 * * *", None).unwrap_err().to_string();
+        assert!(e.contains("whitespace"), "{e}");
     }
 
     #[test]
     fn crontab_line() {
-        let out = print_cron(
-            Path::new("/srv/study/nightly.yaml"),
-            "0 3 * * *",
-            Some("Asia/Tokyo"),
-            Path::new("/usr/local/bin/pipeline"),
-        )
-        .unwrap();
+        let out = print_cron(&run("/srv/study/nightly.yaml", "/usr/local/bin/pipeline", &["-j", "2"]), "0 3 * * *", Some("Asia/Tokyo")).unwrap();
         assert_eq!(
             out,
             "# pipeline: run /srv/study/nightly.yaml at cron \"0 3 * * *\"\nCRON_TZ=Asia/Tokyo\n\
-             0 3 * * * cd '/srv/study' && '/usr/local/bin/pipeline' run '/srv/study/nightly.yaml'\n"
+             0 3 * * * cd '/srv/study' && '/usr/local/bin/pipeline' '--cache' '/srv/cache' 'run' '/srv/study/nightly.yaml' '--trigger' 'schedule' '-j' '2'\n"
         );
-        let out = print_cron(
-            Path::new("/it's/50%.yaml"),
-            "@daily",
-            None,
-            Path::new("/bin/pipeline"),
-        )
-        .unwrap();
+        let out = print_cron(&run("/it's/50%.yaml", "/bin/pipeline", &[]), "@daily", None).unwrap();
         assert!(
-            out.ends_with(
-                "0 0 * * * cd '/it'\\''s' && '/bin/pipeline' run '/it'\\''s/50\\%.yaml'\n"
-            ),
+            out.ends_with("0 0 * * * cd '/it'\\''s' && '/bin/pipeline' '--cache' '/srv/cache' 'run' '/it'\\''s/50'\\%'.yaml' '--trigger' 'schedule'\n"),
             "{out}"
         );
-        let e = print_cron(
-            Path::new("/a.yaml"),
-            "*/10 * * * * *",
-            None,
-            Path::new("/bin/pipeline"),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = print_cron(&run("/a.yaml", "/bin/pipeline", &[]), "*/10 * * * * *", None).unwrap_err().to_string();
         assert!(e.contains("crontab has no seconds field"), "{e}");
+    }
+
+    #[test]
+    fn crontab_fields_are_written_as_numbers_every_cron_reads_alike() {
+        let line = |e: &str| {
+            let out = print_cron(&run("/a.yaml", "/bin/pipeline", &[]), e, None).map_err(|e| e.to_string())?;
+            Ok::<String, String>(out.lines().last().unwrap().split(" cd ").next().unwrap().to_string())
+        };
+        assert_eq!(line("0 9 * JAN-MAR MON-FRI").unwrap(), "0 9 * 1-3 1-5");
+        assert_eq!(line("*/15 9-17 * * *").unwrap(), "0,15,30,45 9-17 * * *");
+        assert_eq!(line("0 12 * * 7").unwrap(), "0 12 * * 0");
+        assert_eq!(line("0 0 ? * SUN,SAT").unwrap(), "0 0 * * 0,6");
+        assert_eq!(line("0 0 1 */3 *").unwrap(), "0 0 1 1,4,7,10 *");
+        // found by a hostile pass: these were printed as given, and cron rejects or misreads them
+        for bad in ["0 3 L * *", "0 3 15W * *", "0 3 * * 1#2", "0 3 1 * +MON"] {
+            let e = line(bad).unwrap_err();
+            assert!(e.contains("cannot be written for crontab"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn crontab_percent_after_a_backslash_stays_escaped() {
+        // found by a hostile pass: `x\%y` was printed as `'x\\%y'`: cron read `\\` as an escaped
+        // backslash and ended the command at the `%`
+        let out = print_cron(&run("/d/x\\%y.json", "/bin/pipeline", &[]), "0 3 * * *", None).unwrap();
+        assert!(out.contains(" 'run' '/d/x\\'\\%'y.json' "), "{out}");
+        // cron's own pass over the command: `\%` -> `%`, any other `%` ends it
+        let cmd = out.lines().last().unwrap();
+        let (mut after_cron, mut esc) = (String::new(), false);
+        for c in cmd.chars() {
+            if esc {
+                if c == '%' {
+                    after_cron.pop();
+                }
+                esc = false;
+                after_cron.push(c);
+                continue;
+            }
+            assert!(c != '%', "an unescaped % in {cmd}");
+            esc = c == '\\';
+            after_cron.push(c);
+        }
+        assert!(after_cron.contains("'/d/x\\'%'y.json'"), "{after_cron}");
     }
 }
