@@ -50,6 +50,28 @@ pub enum SpecError {
     Invalid { file: PathBuf, issues: Vec<SpecIssue> },
     #[error("--set {arg}: {message}")]
     BadOverride { arg: String, message: String },
+    #[error("{}: nested {depth} levels deep{}; at most {MAX_DEPTH} (a cache entry records the params inside its own structure, and JSON readers stop at 128)", file.display(), if *overrides { " with the --set overrides" } else { "" })]
+    TooDeep { file: PathBuf, depth: usize, overrides: bool },
+}
+
+/// Deepest nesting of a pipeline document (after `--set`).
+pub const MAX_DEPTH: usize = 64;
+/// Largest pipeline file read (a pipeline is a few KB; `/dev/zero` never ends).
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Nesting depth of a JSON value, without recursion.
+fn depth(v: &Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, d)) = stack.pop() {
+        max = max.max(d);
+        match v {
+            Value::Array(a) => stack.extend(a.iter().map(|x| (x, d + 1))),
+            Value::Object(o) => stack.extend(o.values().map(|x| (x, d + 1))),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// The file as written (after `--set`), before validation against stage kinds.
@@ -146,7 +168,24 @@ pub struct Loaded {
 }
 
 pub fn load(file: &Path, overrides: &[String]) -> Result<Loaded, SpecError> {
-    let text = std::fs::read_to_string(file).map_err(|source| SpecError::Read { file: file.to_path_buf(), source })?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| SpecError::Read { file: file.to_path_buf(), source };
+    let other = |m: &str| err(std::io::Error::other(m.to_string()));
+    // Non-blocking open: a FIFO must not hang `run`, `plan` or `schedule` before the check.
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(file).map_err(err)?;
+    let meta = f.metadata().map_err(err)?;
+    if !meta.is_file() {
+        return Err(other(if meta.is_dir() { "is a directory, not a pipeline file" } else { "not a regular file (a FIFO, socket or device): its reading may never end" }));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(other(&format!("{} bytes: a pipeline file holds at most {MAX_FILE_BYTES}", meta.len())));
+    }
+    let mut text = String::new();
+    f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).map_err(err)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(other(&format!("grew past {MAX_FILE_BYTES} bytes while it was read")));
+    }
     parse_text(file, &text, overrides)
 }
 
@@ -169,8 +208,13 @@ pub fn parse_text(file: &Path, text: &str, overrides: &[String]) -> Result<Loade
             duplicates.push(n.clone());
         }
     }
+    let file_depth = depth(&doc);
     for arg in overrides {
         apply_override(&mut doc, arg)?;
+    }
+    let d = depth(&doc);
+    if d > MAX_DEPTH {
+        return Err(SpecError::TooDeep { file: file.to_path_buf(), depth: d, overrides: d > file_depth });
     }
     Ok(Loaded { doc, duplicates })
 }
@@ -184,11 +228,23 @@ struct DupProbe {
 /// `stage.param=value`, `stage.param.sub=value` or `stage.inputs.x=ref`.
 /// The value is JSON if it parses as JSON (`3`, `true`, `[1,2]`), else a string.
 pub fn apply_override(doc: &mut Value, arg: &str) -> Result<(String, Value), SpecError> {
-    let bad = |m: &str| SpecError::BadOverride { arg: arg.to_string(), message: m.to_string() };
+    // A long argument is shown by its start: the message must still say what is wrong.
+    let shown = if arg.len() > 120 {
+        let cut = (0..=100).rev().find(|&i| arg.is_char_boundary(i)).unwrap_or(0);
+        format!("{}... ({} bytes)", &arg[..cut], arg.len())
+    } else {
+        arg.to_string()
+    };
+    let bad = |m: &str| SpecError::BadOverride { arg: shown.clone(), message: m.to_string() };
     let (lhs, rhs) = arg.split_once('=').ok_or_else(|| bad("expected stage.param=value"))?;
     let mut parts: Vec<&str> = lhs.split('.').collect();
     if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
         return Err(bad("expected stage.param=value"));
+    }
+    // found by a hostile pass: 8,000 levels overflowed the stack, 130 made a cache entry
+    // that could not be read back (the whole document is checked against MAX_DEPTH after)
+    if parts.len() > MAX_DEPTH + 1 {
+        return Err(bad(&format!("a param path of {} levels; at most {MAX_DEPTH}", parts.len() - 1)));
     }
     let stage = parts.remove(0);
     let value: Value = serde_json::from_str(rhs).unwrap_or_else(|_| Value::String(rhs.to_string()));
@@ -245,6 +301,36 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn deep_documents_special_files_and_huge_files_are_refused_by_name() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("p.json");
+        std::fs::write(&f, r#"{"name":"x","stages":{"a":{"kind":"command","params":{"cmd":"true"}}}}"#).unwrap();
+        assert!(load(&f, &[]).is_ok());
+        let set = |n: usize| format!("a.{}=1", vec!["x"; n].join("."));
+        let e = load(&f, &[set(8000)]).unwrap_err().to_string();
+        assert!(e.contains("--set a.x.x") && e.contains("8000 levels"), "{e}");
+        let e = load(&f, &[set(62)]).unwrap_err().to_string();
+        assert!(e.contains("p.json") && e.contains("with the --set overrides") && e.contains("at most 64"), "{e}");
+        assert!(load(&f, &[set(58)]).is_ok());
+        // a value whose own nesting takes it past the limit
+        let e = load(&f, &[format!("a.v={}1{}", "[".repeat(70), "]".repeat(70))]).unwrap_err().to_string();
+        assert!(e.contains("levels deep"), "{e}");
+        let e = load(Path::new("/dev/zero"), &[]).unwrap_err().to_string();
+        assert!(e.contains("/dev/zero") && e.contains("not a regular file"), "{e}");
+        let fifo = t.path().join("fifo.json");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let e = load(&fifo, &[]).unwrap_err().to_string();
+        assert!(e.contains("fifo.json") && e.contains("FIFO"), "{e}");
+        let e = load(t.path(), &[]).unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
+        let big = t.path().join("big.json");
+        std::fs::File::create(&big).unwrap().set_len(MAX_FILE_BYTES + 1).unwrap();
+        let e = load(&big, &[]).unwrap_err().to_string();
+        assert!(e.contains("big.json") && e.contains("at most"), "{e}");
     }
 
     #[test]

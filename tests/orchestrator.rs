@@ -317,3 +317,42 @@ fn plan_honours_only_from_and_force_as_run_does() {
         assert_eq!(predicted, ran, "{flags:?}: plan {plan:?}");
     }
 }
+
+/// Found by a hostile pass: each of these aborted the whole process (an allocation of 168 TB,
+/// 921 GB, a vector grown until the machine ran out of memory, a stack overflow) or made a
+/// cache entry nothing could read back; each is now an error naming the param or the file,
+/// before anything runs.
+#[test]
+fn huge_params_deep_overrides_and_odd_output_names_are_refused_up_front() {
+    let s = Sandbox::new();
+    let emotion = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/emotion.json");
+    let emotion = emotion.to_str().unwrap();
+    for (set, param) in [
+        ("augment.per_class=1000000000000", "per_class"),
+        ("train.cnn_dense=100000000", "cnn_dense"),
+        ("demo-data.per_class=1000000000000", "per_class"),
+        ("augment.width_shift_range=1e308", "width_shift_range"),
+    ] {
+        let o = s.run(&["plan", emotion, "--set", set]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{set}: {e}");
+        assert!(e.contains(param) && !e.contains("panicked") && !e.contains("memory allocation"), "{set}: {e}");
+    }
+    s.write("t.json", README_EXAMPLE);
+    let deep = format!("a.{}=1", vec!["x"; 8000].join("."));
+    let o = s.run(&["plan", "t.json", "--set", &deep]);
+    assert!(o.status.code() == Some(1) && stderr(&o).contains("8000 levels"), "{}", stderr(&o));
+    let deep = format!("a.{}=1", vec!["x"; 62].join("."));
+    let o = s.run(&["run", "t.json", "--set", &deep]);
+    assert!(o.status.code() == Some(1) && stderr(&o).contains("levels deep"), "{}", stderr(&o));
+    // an output name no manifest may hold: refused at the stage, nothing committed
+    s.write("tab.json", r#"{"name": "tab", "stages": {"a": {"kind": "command", "params": {"cmd": "printf x > \"$OUT/a\tb\""}}}}"#);
+    for _ in 0..2 {
+        let o = s.run(&["run", "tab.json"]);
+        let e = stderr(&o) + &stdout(&o);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(e.contains("$OUT/a\\tb") && e.contains("rename it"), "{e}");
+    }
+    let o = s.run(&["cache", "ls"]);
+    assert!(!stdout(&o).contains("tab"), "{}", stdout(&o));
+}

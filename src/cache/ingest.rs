@@ -115,6 +115,14 @@ pub fn collect_output(dir: &Path) -> Result<Vec<OutFile>, CacheError> {
                 return Err(unsafe_err(&d.path(), "file name is not valid UTF-8"));
             };
             let rel = if it.rel.is_empty() { name.to_string() } else { format!("{}/{name}", it.rel) };
+            // What a manifest may hold (Manifest::check_paths): such a name was committed and
+            // then refused by every read of the entry, which stayed a hit nothing could use.
+            if name.contains('\\') || name.chars().any(char::is_control) {
+                return Err(unsafe_err(
+                    &PathBuf::from(format!("$OUT/{}", rel.escape_debug())),
+                    "the name holds a control character (tab, newline, escape...) or a backslash, which no cached file may have: rename it",
+                ));
+            }
             let p = d.path();
             let lmeta = fs::symlink_metadata(&p).map_err(io_err(&p))?;
             let ft = lmeta.file_type();
@@ -277,5 +285,16 @@ mod tests {
         std::os::unix::fs::symlink(&out, out.join("a/up")).unwrap();
         let e = collect_output(&out).unwrap_err().to_string();
         assert!(e.contains("$OUT/a/up") && e.contains("loop"), "{e}");
+        fs::remove_file(out.join("a/up")).unwrap();
+
+        // found by a hostile pass: these names were committed, then every read of the entry
+        // refused its manifest (the stage stayed a cache hit that nothing downstream could use)
+        for (name, shown) in [("a\tb", "$OUT/a/a\\tb"), ("x\ny", "$OUT/a/x\\ny"), ("e\u{1b}[2J", "$OUT/a/e\\u{1b}[2J"), ("b\\s", "$OUT/a/b\\\\s")] {
+            fs::write(out.join("a").join(name), "x").unwrap();
+            let e = collect_output(&out).unwrap_err().to_string();
+            assert!(e.contains(shown) && e.contains("rename it") && !e.contains('\n'), "{name:?}: {e}");
+            fs::remove_file(out.join("a").join(name)).unwrap();
+        }
+        assert_eq!(collect_output(&out).unwrap().len(), 0);
     }
 }

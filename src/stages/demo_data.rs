@@ -115,6 +115,18 @@ impl Stage for DemoData {
         if p.per_class == 0 || p.answers_per_item == 0 || p.workers < p.answers_per_item {
             return Err(StageError::bad_param("per_class", "per_class and answers_per_item must be > 0, workers >= answers_per_item"));
         }
+        // found by a hostile pass: per_class 1e12 grew a vector until the machine ran out of memory
+        for (name, v, max) in [
+            ("per_class", p.per_class, 100_000),
+            ("valid_per_class", p.valid_per_class, 100_000),
+            ("test_per_class", p.test_per_class, 100_000),
+            ("workers", p.workers, 1_000_000),
+            ("answers_per_item", p.answers_per_item, 1_000),
+        ] {
+            if v > max {
+                return Err(StageError::bad_param(name, &format!("{v} is above {max}")));
+            }
+        }
         if !(16..=256).contains(&p.size) {
             return Err(StageError::bad_param("size", "between 16 and 256 pixels"));
         }

@@ -388,8 +388,9 @@ impl Stage for Train {
         if p.cnn_channels.is_empty() || p.cnn_channels.len() > 4 || p.cnn_channels.iter().any(|&c| c == 0 || c > 1024) {
             return Err(StageError::bad_param("cnn_channels", "1 to 4 blocks of 1..=1024 channels (48 px halves at each block)"));
         }
-        if p.cnn_dense == 0 && p.model != ModelName::Resnet {
-            return Err(StageError::bad_param("cnn_dense", "at least 1"));
+        // found by a hostile pass: 100,000,000 aborted the process allocating 921 GB
+        if (p.cnn_dense == 0 || p.cnn_dense > 65_536) && p.model != ModelName::Resnet {
+            return Err(StageError::bad_param("cnn_dense", "1..=65536 units"));
         }
         if p.model == ModelName::Resnet && p.cnn_channels.windows(2).any(|w| w[1] < w[0]) {
             return Err(StageError::bad_param("cnn_channels", "resnet widths must not decrease, e.g. [16, 32, 64]"));

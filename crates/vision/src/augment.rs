@@ -176,6 +176,11 @@ impl AugmentConfig {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(bad(name, format!("{v} must be a finite number >= 0")));
             }
+            // found by a hostile pass: 1e308 passed and the sampler's range overflowed (a panic)
+            let max = if name.ends_with("shift_range") { 1e6 } else { 360.0 };
+            if v > max {
+                return Err(bad(name, format!("{v} is above {max}")));
+            }
         }
         check_range("zoom_range", self.zoom_range, 1e-6)?;
         if let Some(b) = self.brightness_range {

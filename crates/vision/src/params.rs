@@ -141,6 +141,10 @@ impl AugmentParams {
         if self.per_class == 0 {
             return bad("per_class", "must be at least 1");
         }
+        // found by a hostile pass: 1e12 aborted the process allocating its plan
+        if self.per_class > 1_000_000 {
+            return bad("per_class", "at most 1,000,000 images per class");
+        }
         if !(8..=1024).contains(&self.size) {
             return bad("size", "between 8 and 1024 pixels");
         }
@@ -182,5 +186,16 @@ mod tests {
         let e = AugmentParams { channels: 2, ..Default::default() }.validate().unwrap_err();
         assert!(matches!(e, VisionError::BadParam { param: "channels", .. }), "{e}");
         assert!(AugmentParams::default().validate().is_ok());
+        let e = AugmentParams { per_class: 1_000_000_000_000, ..Default::default() }.validate().unwrap_err();
+        assert!(matches!(e, VisionError::BadParam { param: "per_class", .. }), "{e}");
+        for (p, bad) in [
+            (AugmentParams { width_shift_range: 1e308, ..Default::default() }, "width_shift_range"),
+            (AugmentParams { rotation_range: 1e308, ..Default::default() }, "rotation_range"),
+            (AugmentParams { shear_range: 361.0, ..Default::default() }, "shear_range"),
+            (AugmentParams { channel_shift_range: 1e300, ..Default::default() }, "channel_shift_range"),
+        ] {
+            let e = p.validate().unwrap_err();
+            assert!(matches!(e, VisionError::BadParam { param, .. } if param == bad), "{e}");
+        }
     }
 }
