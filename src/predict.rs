@@ -35,7 +35,7 @@ pub fn predict_cli(model_dir: &Path, images: &[PathBuf], k: usize) -> Result<Str
 pub fn partial_decode_warnings(images: &[PathBuf]) -> Vec<String> {
     images
         .iter()
-        .filter(|p| std::fs::read(p).map(|b| pipeline_vision::truncated_jpeg(&b)).unwrap_or(false))
+        .filter(|p| pipeline_vision::read_image_file(p).map(|b| pipeline_vision::truncated_jpeg(&b)).unwrap_or(false))
         .map(|p| {
             format!(
                 "warning: {}: truncated JPEG (no end-of-image marker after its last scan): it decodes only partly, \

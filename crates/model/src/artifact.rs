@@ -61,6 +61,7 @@ pub fn load_artifact(dir: &Path) -> Result<ModelArtifact> {
 /// own, or lists itself, recursed until the stack overflowed).
 fn load_artifact_at(dir: &Path, as_member: bool) -> Result<ModelArtifact> {
     let path = dir.join(ARTIFACT_CONFIG);
+    regular_file(&path, 16 << 20)?;
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
     let config: ArtifactConfig =
         serde_json::from_str(&text).map_err(|e| ModelError::bad_file(&path, format!("not a model config: {e}")))?;
@@ -177,6 +178,7 @@ pub(crate) fn load_init<B: crate::ModelBackend>(net: Net<B>, dir: &Path, model: 
 /// record of a wider net loaded into a narrower config and trained on), so the loaded
 /// net's parameter count must be the config's.
 fn load_checked<B: crate::ModelBackend>(net: Net<B>, record: &Path, device: &B::Device, what: &str) -> Result<Net<B>> {
+    regular_file(record, 16 << 30)?;
     let want = net.num_params();
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     let loaded = quiet_catch_unwind(|| net.load_file(record.with_extension(""), &recorder, device));
@@ -187,6 +189,19 @@ fn load_checked<B: crate::ModelBackend>(net: Net<B>, record: &Path, device: &B::
         Ok(Err(e)) => Err(ModelError::bad_file(record, format!("{what}cannot load record: {e}"))),
         Err(_) => Err(mismatch()),
     }
+}
+
+/// A model file must be a regular file of at most `max` bytes, checked before it is opened:
+/// a FIFO at `config.json` or `model.mpk` hung `predict` (found by a hostile pass).
+fn regular_file(path: &Path, max: u64) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| ModelError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(ModelError::bad_file(path, "not a regular file (a directory, FIFO or device)"));
+    }
+    if meta.len() > max {
+        return Err(ModelError::bad_file(path, format!("{} bytes, at most {max}", meta.len())));
+    }
+    Ok(())
 }
 
 thread_local! {

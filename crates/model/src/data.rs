@@ -29,14 +29,21 @@ pub const STD: f32 = 0.226;
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
 
 /// Decode one image file into 48x48 normalized grayscale (`PIXELS` values).
+/// The file is read and decoded within `pipeline_vision`'s limits (a regular file, its size
+/// and pixel count bounded), so a FIFO or a decompression bomb is an error naming it.
 pub fn decode_image(path: &Path) -> Result<Vec<f32>> {
-    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let bytes = pipeline_vision::read_image_file(path).map_err(|e| ModelError::Image { path: path.to_path_buf(), message: strip_path(&e.to_string(), path) })?;
     decode_image_bytes(&bytes).map_err(|message| ModelError::Image { path: path.to_path_buf(), message })
+}
+
+/// A vision error's message without the path it starts with (the caller's error names it).
+fn strip_path(message: &str, path: &Path) -> String {
+    message.strip_prefix(&format!("{}: ", path.display())).unwrap_or(message).to_string()
 }
 
 /// Same as [`decode_image`], from bytes in memory.
 pub fn decode_image_bytes(bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
-    let img = image::load_from_memory(bytes).map_err(|e| e.to_string())?;
+    let img = pipeline_vision::decode_bytes(bytes)?;
     let img = if img.width() as usize != IMAGE_SIZE || img.height() as usize != IMAGE_SIZE {
         img.resize_exact(IMAGE_SIZE as u32, IMAGE_SIZE as u32, FilterType::Triangle)
     } else {

@@ -90,18 +90,20 @@ impl ModelConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.classes.len() < 2 {
-            return Err(ModelError::config("classes", "need at least 2 classes"));
+        if self.classes.len() < 2 || self.classes.len() > 100_000 {
+            return Err(ModelError::config("classes", "2 to 100,000 classes"));
         }
         if self.kind == ModelKind::Resnet && self.cnn_channels.windows(2).any(|w| w[1] < w[0]) {
             return Err(ModelError::config("cnn_channels", "resnet widths must not decrease (shortcuts pad channels with zeros)"));
         }
         if self.kind != ModelKind::Vgg16 {
-            if self.cnn_channels.is_empty() || self.cnn_channels.len() > 5 || self.cnn_channels.contains(&0) {
-                return Err(ModelError::config("cnn_channels", "1 to 5 positive widths (48 px halves per block)"));
+            // upper bounds found by a hostile pass: a config.json asking for 4e9 units aborted
+            // `predict` allocating 36 TB instead of failing on the file
+            if self.cnn_channels.is_empty() || self.cnn_channels.len() > 5 || self.cnn_channels.iter().any(|&c| c == 0 || c > 4096) {
+                return Err(ModelError::config("cnn_channels", "1 to 5 widths of 1..=4096 (48 px halves per block)"));
             }
-            if self.cnn_dense == 0 {
-                return Err(ModelError::config("cnn_dense", "must be positive"));
+            if self.cnn_dense == 0 || self.cnn_dense > 65_536 {
+                return Err(ModelError::config("cnn_dense", "1..=65536 units"));
             }
         }
         if !(0.0..1.0).contains(&self.cnn_dropout) {

@@ -577,3 +577,37 @@ fn mixup_blends_images_and_targets_with_one_weight_per_batch() {
     crate::train::mix_batch(&mut x1, &mut y1, 1, k, 0.4, &mut rng);
     assert_eq!((x1, y1), (vec![1.0f32; px], vec![1.0, 0.0, 0.0]));
 }
+
+/// Found by a hostile pass: a FIFO at `config.json` or `model.mpk` hung `predict`, and a
+/// config asking for 4e9 dense units aborted it allocating 36 TB; each is now an error
+/// naming the file.
+#[test]
+fn a_model_directory_with_special_files_or_huge_layers_is_refused_by_name() {
+    let _serial = serial();
+    let d = tempfile::tempdir().unwrap();
+    let classes = crate::default_classes();
+    image_folder(&d.path().join("train"), 1);
+    let tr = load_image_folder(&d.path().join("train"), &classes).unwrap();
+    let m = d.path().join("m");
+    train(&m, &tr, &tr, tiny_model(), TrainConfig { epochs: 1, ..tiny_train() }, None);
+    let fifo = |p: &Path| {
+        std::fs::remove_file(p).unwrap();
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    };
+    let config = std::fs::read_to_string(m.join("config.json")).unwrap();
+    let record = std::fs::read(m.join("model.mpk")).unwrap();
+    fifo(&m.join("model.mpk"));
+    let e = crate::load_artifact(&m).err().unwrap().to_string();
+    assert!(e.contains("model.mpk") && e.contains("not a file"), "{e}");
+    std::fs::remove_file(m.join("model.mpk")).unwrap();
+    std::fs::write(m.join("model.mpk"), record).unwrap();
+    let huge = config.replace("\"cnn_dense\": 16", "\"cnn_dense\": 4000000000");
+    assert_ne!(huge, config, "{config}");
+    std::fs::write(m.join("config.json"), huge).unwrap();
+    let e = crate::load_artifact(&m).err().unwrap().to_string();
+    assert!(e.contains("config.json") && e.contains("cnn_dense"), "{e}");
+    fifo(&m.join("config.json"));
+    let e = crate::load_artifact(&m).err().unwrap().to_string();
+    assert!(e.contains("config.json") && e.contains("not a regular file"), "{e}");
+}

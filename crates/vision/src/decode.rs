@@ -6,7 +6,14 @@
 //!    `image` crate), 3 -> `to_rgb8` (a grayscale file is replicated into R, G and B);
 //! 3. resize to `size` x `size` with `FilterType::Triangle` (bilinear), aspect ratio not
 //!    kept, skipped when the image already has that size.
+//!
+//! Limits (found by a hostile pass: a 10 KB PNG of 10,000,000 x 1 pixels took 7.5 GB in the
+//! resize, a FIFO hung `predict`, `/dev/zero` was read until memory ran out): a file is read
+//! only when it is a regular file of at most [`MAX_IMAGE_FILE_BYTES`], opened non-blocking;
+//! its header is checked against [`MAX_IMAGE_SIDE`] and [`MAX_IMAGE_PIXELS`] before a pixel is
+//! decoded.
 
+use std::io::Read;
 use std::path::Path;
 
 use image::imageops::FilterType;
@@ -80,19 +87,69 @@ fn check_shape(size: u32, channels: u8) -> Result<(), VisionError> {
     Ok(())
 }
 
+/// Largest image file read: a face photo is a few KB, a camera JPEG a few MB.
+pub const MAX_IMAGE_FILE_BYTES: u64 = 64 << 20;
+/// Widest or tallest image decoded (a resize to 48 px keeps one side whole in between).
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// Most pixels decoded (256 MB as RGBA).
+pub const MAX_IMAGE_PIXELS: u64 = 64 << 20;
+
+/// The bytes of an image file: a regular file (a FIFO, device or directory is refused
+/// before it is read; the open does not block) of at most [`MAX_IMAGE_FILE_BYTES`].
+pub fn read_image_file(path: &Path) -> Result<Vec<u8>, VisionError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| VisionError::Io { path: path.to_path_buf(), source };
+    let refuse = |m: String| VisionError::Io { path: path.to_path_buf(), source: std::io::Error::other(m) };
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(io)?;
+    let meta = f.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(refuse(if meta.is_dir() {
+            "is a directory, not an image".into()
+        } else {
+            "not a regular file (a FIFO, socket or device): its reading may never end".into()
+        }));
+    }
+    if meta.len() > MAX_IMAGE_FILE_BYTES {
+        return Err(refuse(format!("{} bytes: an image file may have at most {MAX_IMAGE_FILE_BYTES}", meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(MAX_IMAGE_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > MAX_IMAGE_FILE_BYTES {
+        return Err(refuse(format!("grew past {MAX_IMAGE_FILE_BYTES} bytes while it was read")));
+    }
+    Ok(bytes)
+}
+
+/// Decodes JPEG or PNG bytes (format from the content) after checking the header's size
+/// against [`MAX_IMAGE_SIDE`] and [`MAX_IMAGE_PIXELS`]; the error is the message alone.
+pub fn decode_bytes(bytes: &[u8]) -> Result<DynamicImage, String> {
+    let reader = || image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string());
+    let (w, h) = reader()?.into_dimensions().map_err(|e| e.to_string())?;
+    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE || w as u64 * h as u64 > MAX_IMAGE_PIXELS {
+        return Err(format!(
+            "{w} x {h} pixels: at most {MAX_IMAGE_SIDE} a side and {MAX_IMAGE_PIXELS} in all are decoded (scale it down first)"
+        ));
+    }
+    let mut r = reader()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    r.limits(limits);
+    r.decode().map_err(|e| e.to_string())
+}
+
 /// Read and decode `path` (JPEG/PNG, grayscale or colour) to `size` x `size` x `channels`.
-/// See the module doc for the exact steps; errors name the file.
+/// See the module doc for the exact steps and limits; errors name the file.
 pub fn load_image(path: &Path, size: u32, channels: u8) -> Result<Image, VisionError> {
     check_shape(size, channels)?;
-    let bytes = std::fs::read(path).map_err(|source| VisionError::Io { path: path.to_path_buf(), source })?;
+    let bytes = read_image_file(path)?;
     decode_image(&bytes, path, size, channels)
 }
 
 /// [`load_image`] on bytes already in memory; `path` only names the source in errors.
 pub fn decode_image(bytes: &[u8], path: &Path, size: u32, channels: u8) -> Result<Image, VisionError> {
     check_shape(size, channels)?;
-    let img = image::load_from_memory(bytes)
-        .map_err(|e| VisionError::Decode { path: path.to_path_buf(), message: e.to_string() })?;
+    let img = decode_bytes(bytes).map_err(|message| VisionError::Decode { path: path.to_path_buf(), message })?;
     Ok(convert(&img, size, channels))
 }
 
@@ -199,6 +256,41 @@ mod tests {
         assert_ne!(partial.to_luma8().as_raw(), full.as_raw(), "the missing part cannot be there");
         assert!(!truncated_jpeg(b"\x89PNG...."));
         assert!(!truncated_jpeg(&[]));
+    }
+
+    #[test]
+    fn huge_images_special_files_and_big_files_are_refused_before_decoding() {
+        let dir = tempdir();
+        // a 10,000,000 x 1 grayscale PNG of ~10 KB (was 7.5 GB resident in the resize)
+        let mut png = Vec::new();
+        image::ImageEncoder::write_image(
+            image::codecs::png::PngEncoder::new_with_quality(&mut png, image::codecs::png::CompressionType::Best, image::codecs::png::FilterType::NoFilter),
+            &vec![0u8; 10_000_000],
+            10_000_000,
+            1,
+            image::ExtendedColorType::L8,
+        )
+        .unwrap();
+        assert!(png.len() < 100_000, "{}", png.len());
+        let wide = dir.join("wide.png");
+        std::fs::write(&wide, &png).unwrap();
+        let e = load_image(&wide, 48, 1).unwrap_err().to_string();
+        assert!(e.contains("wide.png") && e.contains("10000000 x 1 pixels"), "{e}");
+        let e = load_image(Path::new("/dev/zero"), 48, 1).unwrap_err().to_string();
+        assert!(e.contains("/dev/zero") && e.contains("not a regular file"), "{e}");
+        let fifo = dir.join("f.png");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let e = load_image(&fifo, 48, 1).unwrap_err().to_string();
+        assert!(e.contains("f.png") && e.contains("FIFO"), "{e}");
+        let big = dir.join("big.jpg");
+        std::fs::File::create(&big).unwrap().set_len(MAX_IMAGE_FILE_BYTES + 1).unwrap();
+        let e = load_image(&big, 48, 1).unwrap_err().to_string();
+        assert!(e.contains("big.jpg") && e.contains("at most"), "{e}");
+        // a large but sane image still decodes
+        let ok = dir.join("ok.png");
+        image::GrayImage::new(4000, 3000).save(&ok).unwrap();
+        assert_eq!(load_image(&ok, 48, 1).unwrap().data.len(), 48 * 48);
     }
 
     fn tempdir() -> std::path::PathBuf {
