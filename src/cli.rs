@@ -125,6 +125,9 @@ pub enum Command {
         /// A pipeline file the plan page offers (repeatable; those of recorded runs are offered too).
         #[arg(long = "pipeline", value_name = "FILE")]
         pipelines: Vec<PathBuf>,
+        /// Seconds a connection may stay without a byte in either direction before it is closed.
+        #[arg(long, hide = true, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        idle_timeout: u64,
     },
     /// Print a shell completion script: `pipeline completions bash > /etc/bash_completion.d/pipeline`.
     Completions {
@@ -512,8 +515,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Ui { port, bind, allow_remote, pipelines } => {
-            let opts = crate::ui::UiOptions { cache: cli.cache.clone(), bind, port, allow_remote, pipelines };
+        Command::Ui { port, bind, allow_remote, pipelines, idle_timeout } => {
+            let idle_timeout = std::time::Duration::from_secs(idle_timeout);
+            let opts = crate::ui::UiOptions { cache: cli.cache.clone(), bind, port, allow_remote, pipelines, idle_timeout };
             crate::ui::serve(opts, wait_for_shutdown())?;
             Ok(0)
         }

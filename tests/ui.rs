@@ -423,3 +423,61 @@ fn a_real_browser_renders_the_run_and_entry_pages_without_errors() {
     }
     assert!(o.status.success(), "chromium-check failed:\n{err}");
 }
+
+/// Found by a hostile pass: connections that sent half a request and waited were held for
+/// ever (1,100 of them starved the server of descriptors); a FIFO planted in `runs/` parked
+/// a server thread per request until none was left; a 30 MB line in a CSV took 1 GB to view;
+/// `--bind 127.0.0.2` printed a URL it answered with 421.
+#[test]
+fn idle_connections_fifos_huge_csv_lines_and_other_loopback_addresses() {
+    let s = Sandbox::new();
+    s.write(
+        "c.json",
+        r#"{"name":"c","stages":{"g":{"kind":"command","params":{"cmd":"head -c 20000000 /dev/zero | tr '\\0' , > $OUT/commas.csv; printf 'a,b\\n1,2\\n' > $OUT/ok.csv"}}}}"#,
+    );
+    s.ok(&["run", "-q", "c.json"]);
+    let key = entry_key(&s, "g");
+    let ui = start_ui(&s, &["--idle-timeout", "1"]);
+    // idle: a half-sent request is dropped after the timeout, not held
+    let mut idle: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", ui.port)).unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c
+        })
+        .collect();
+    let t0 = Instant::now();
+    for c in idle.iter_mut() {
+        let mut buf = [0u8; 64];
+        let n = c.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "an idle connection got an answer instead of being closed");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(8), "idle connections held for {:?}", t0.elapsed());
+    // a FIFO among the run records: pages still answer, and keep answering
+    make_fifo(&s.cache().join("runs/99.json"));
+    for _ in 0..20 {
+        assert!(page(&ui, "/").contains("c"), "the runs page");
+    }
+    assert_eq!(get(&ui, "/runs/99").status, 404);
+    // a CSV with one 20 MB line: a short page, and the server stays small
+    let v = page(&ui, &format!("/entry/{key}/view/commas.csv"));
+    assert!(v.contains("not shown") && v.contains("download it"), "{}", &v[..v.len().min(2000)]);
+    assert!(page(&ui, &format!("/entry/{key}/view/ok.csv")).contains("<td>1</td>"));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", ui.child.id())).unwrap();
+    let hwm_kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
+    assert!(hwm_kb < 300_000, "the view peaked at {hwm_kb} kB");
+    drop(ui);
+    // another loopback address answers on its own URL
+    let mut child = s.cmd(&["ui", "--port", "0", "--bind", "127.0.0.2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port: u16 = line.rsplit(':').next().and_then(|p| p.trim().trim_end_matches('/').parse().ok()).unwrap();
+    let mut c = TcpStream::connect(("127.0.0.2", port)).unwrap();
+    write!(c, "GET / HTTP/1.1\r\nHost: 127.0.0.2:{port}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    c.read_to_string(&mut raw).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{}", &raw[..raw.len().min(300)]);
+}

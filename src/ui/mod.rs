@@ -9,6 +9,7 @@ pub mod pages;
 pub mod read;
 pub mod svg;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +45,99 @@ pub struct UiOptions {
     pub allow_remote: bool,
     /// Pipeline files the plan page offers besides those of recorded runs.
     pub pipelines: Vec<PathBuf>,
+    /// A connection with no byte read or written for this long is closed (see [`IdleIo`]).
+    pub idle_timeout: std::time::Duration,
+}
+
+/// A connection that closes itself after `idle` without progress in either direction.
+/// Found by a hostile pass: 1,100 connections that sent half a request line and waited held
+/// the server (every later request timed out) for as long as they stayed open; axum's
+/// `serve` has no header-read timeout. Progress in either direction resets the clock, so a
+/// long download is never cut; only a peer that neither sends nor reads is.
+pub struct IdleIo {
+    io: tokio::net::TcpStream,
+    idle: std::time::Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleIo {
+    fn new(io: tokio::net::TcpStream, idle: std::time::Duration) -> Self {
+        IdleIo { io, idle, deadline: Box::pin(tokio::time::sleep(idle)) }
+    }
+    fn progress(&mut self) {
+        let at = tokio::time::Instant::now() + self.idle;
+        self.deadline.as_mut().reset(at);
+    }
+    /// On `Pending`: an error once the deadline has passed (the task is woken by it).
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle too long")
+}
+
+impl tokio::io::AsyncRead for IdleIo {
+    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.progress();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for IdleIo {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.io).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.progress();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
+            other => other,
+        }
+    }
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The TCP listener, its connections wrapped in [`IdleIo`].
+struct IdleListener {
+    inner: tokio::net::TcpListener,
+    idle: std::time::Duration,
+}
+
+impl axum::serve::Listener for IdleListener {
+    type Io = IdleIo;
+    type Addr = SocketAddr;
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((io, addr)) => return (IdleIo::new(io, self.idle), addr),
+                // as axum's own listener: out of descriptors is worth a pause, not an exit
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    }
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
 }
 
 struct AppState {
@@ -207,9 +301,11 @@ pub fn serve(opts: UiOptions, shutdown: impl std::future::Future<Output = ()> + 
         let local = listener.local_addr().map_err(UiError::Serve)?;
         let hosts = opts.bind.is_loopback().then(|| {
             let p = local.port();
-            let mut h = vec![format!("localhost:{p}"), format!("127.0.0.1:{p}"), format!("[::1]:{p}")];
+            // the bound address too: `--bind 127.0.0.2` printed a URL answered 421
+            let own = if local.is_ipv6() { format!("[{}]", local.ip()) } else { local.ip().to_string() };
+            let mut h = vec![format!("localhost:{p}"), format!("127.0.0.1:{p}"), format!("[::1]:{p}"), format!("{own}:{p}")];
             if p == 80 {
-                h.extend(["localhost".into(), "127.0.0.1".into(), "[::1]".into()]);
+                h.extend(["localhost".into(), "127.0.0.1".into(), "[::1]".into(), own]);
             }
             h
         });
@@ -220,6 +316,7 @@ pub fn serve(opts: UiOptions, shutdown: impl std::future::Future<Output = ()> + 
         println!("pipeline ui: serving {} read-only at {url}", files.root().display());
         use std::io::Write;
         let _ = std::io::stdout().flush();
+        let listener = IdleListener { inner: listener, idle: opts.idle_timeout };
         axum::serve(listener, router(files, opts.pipelines, hosts)).with_graceful_shutdown(shutdown).await.map_err(UiError::Serve)
     })?;
     rt.shutdown_timeout(std::time::Duration::from_secs(1));

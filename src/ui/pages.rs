@@ -444,7 +444,7 @@ pub fn view_page(f: &Files, key: &str, path: &str, page: usize) -> Page {
     if is_image(&lower).is_some() {
         b.push_str(&format!("<img src=\"{raw}\" alt=\"{}\" style=\"max-width:100%\">", esc(&fe.path)));
     } else if lower.ends_with(".md") && fe.size <= MD_MAX {
-        let text = String::from_utf8_lossy(&std::fs::read(&blob).unwrap_or_default()).to_string();
+        let text = String::from_utf8_lossy(&super::read::read_regular(&blob, MD_MAX).unwrap_or_default()).to_string();
         let dir = fe.path.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default();
         b.push_str(&format!("<div class=\"md\">{}</div>", markdown(&text, &r.entry.key.0, &dir)));
     } else if (lower.ends_with(".csv") || lower.ends_with(".tsv")) && fe.size > 0 {
@@ -476,10 +476,36 @@ fn text_prefix(blob: &Path, size: u64) -> Option<String> {
     }
 }
 
+/// Longest line the CSV view reads: the csv reader holds a whole record, with an index
+/// entry per field, so a 30 MB line of commas took 1 GB (found by a hostile pass).
+const CSV_LINE_MAX: usize = 1 << 20;
+
+/// A reader that fails at a line longer than `max` bytes.
+struct LineCap<R> {
+    inner: R,
+    since_newline: usize,
+    max: usize,
+}
+
+impl<R: std::io::Read> std::io::Read for LineCap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &b in &buf[..n] {
+            self.since_newline = if b == b'\n' { 0 } else { self.since_newline + 1 };
+            if self.since_newline > self.max {
+                return Err(std::io::Error::other(format!("a line longer than {} bytes", self.max)));
+            }
+        }
+        Ok(n)
+    }
+}
+
 fn csv_table(blob: &Path, delim: u8, page: usize, base: &str) -> String {
-    let Ok(mut rd) = csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(delim).from_path(blob) else {
+    let Ok(file) = std::fs::File::open(blob) else {
         return "<p>cannot read the file</p>".into();
     };
+    let capped = LineCap { inner: std::io::BufReader::new(file), since_newline: 0, max: CSV_LINE_MAX };
+    let mut rd = csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(delim).from_reader(capped);
     let cell = |x: &[u8]| esc(&crate::text::cap(&String::from_utf8_lossy(x), 300));
     let mut recs = rd.byte_records();
     let mut s = String::from("<table class=\"csv\">");
@@ -491,6 +517,7 @@ fn csv_table(blob: &Path, delim: u8, page: usize, base: &str) -> String {
             }
             s.push_str("</tr>");
         }
+        Some(Err(e)) if e.to_string().contains("a line longer than") => return format!("<p>not shown: {}; download it</p>", esc(&e.to_string())),
         _ => return "<p>empty or not CSV</p>".into(),
     }
     let mut shown = 0;

@@ -17,6 +17,25 @@ use serde::Deserialize;
 use crate::cache::{Entry, Manifest};
 use crate::engine::RunRecord;
 
+/// Largest run record or index entry read (a record is a few KB).
+const RECORD_MAX: u64 = 64 << 20;
+
+/// The bytes of a regular file of at most `max` bytes, or nothing. Opened non-blocking and
+/// checked on the open descriptor: a FIFO planted in `runs/` parked one of the server's
+/// threads per request, forever (found by a hostile pass); every thread went that way.
+pub fn read_regular(path: &Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.len() > max {
+        return None;
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    f.take(max + 1).read_to_end(&mut out).ok()?;
+    (out.len() as u64 <= max).then_some(out)
+}
+
 /// An `index/<key>.json` record.
 #[derive(Debug, Clone, Deserialize)]
 pub struct IndexFile {
@@ -70,14 +89,14 @@ impl Files {
             .flatten()
             .flatten()
             .filter(|f| f.file_name().to_str().map(|n| n.ends_with(".json")).unwrap_or(false))
-            .filter_map(|f| serde_json::from_slice(&fs::read(f.path()).ok()?).ok())
+            .filter_map(|f| serde_json::from_slice(&read_regular(&f.path(), RECORD_MAX)?).ok())
             .collect();
         runs.sort_by_key(|r| std::cmp::Reverse(r.id));
         runs
     }
 
     pub fn run(&self, id: u64) -> Option<RunRecord> {
-        serde_json::from_slice(&fs::read(self.root.join("runs").join(format!("{id}.json"))).ok()?).ok()
+        serde_json::from_slice(&read_regular(&self.root.join("runs").join(format!("{id}.json")), RECORD_MAX)?).ok()
     }
 
     /// The entry of a full key (64 hex digits; anything else is no entry).
@@ -85,7 +104,7 @@ impl Files {
         if !is_hex(key, 64) {
             return None;
         }
-        let r: IndexFile = serde_json::from_slice(&fs::read(self.root.join("index").join(format!("{key}.json"))).ok()?).ok()?;
+        let r: IndexFile = serde_json::from_slice(&read_regular(&self.root.join("index").join(format!("{key}.json")), RECORD_MAX)?).ok()?;
         // A record under another name, or naming paths outside a view, is not served.
         (r.entry.key.0 == key && r.manifest.check_paths().is_ok()).then_some(r)
     }
@@ -128,13 +147,13 @@ impl Files {
         if f.size > 256 << 20 {
             return None;
         }
-        fs::read(self.blob(&f.digest, f.size)?).ok()
+        read_regular(&self.blob(&f.digest, f.size)?, 256 << 20)
     }
 
     /// Who holds the cache now, if anyone: the pid in `LOCK`, when that process is alive and
     /// is the command `LOCK` names (the file stays after the holder exits).
     pub fn activity(&self, runs: &[RunRecord]) -> Option<Activity> {
-        let lock = fs::read_to_string(self.root.join("LOCK")).ok()?;
+        let lock = String::from_utf8(read_regular(&self.root.join("LOCK"), 64 << 10)?).ok()?;
         let mut lines = lock.lines();
         let pid: u32 = lines.next()?.trim().parse().ok()?;
         let command = lines.next().unwrap_or("").to_string();
