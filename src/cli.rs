@@ -14,6 +14,18 @@ use crate::engine::{RemoteHandle, RunOptions, RunRecord, RunStatus, StageStatus}
 use crate::stages::CancelFlag;
 
 // Whole commands in files of their own (private: parts of this module).
+/// `println!` for text that carries what a pipeline file or a cache holds (names, params,
+/// errors, records): terminal control sequences stripped, so a file from elsewhere cannot
+/// retitle, clear or rewrite the user's terminal (found by a hostile pass in `runs`, `runs
+/// diff` and `plan --explain`).
+macro_rules! outln {
+    ($($arg:tt)*) => { println!("{}", crate::text::strip_controls(&format!($($arg)*))) };
+}
+/// `print!` with the same stripping as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => { print!("{}", crate::text::strip_controls(&format!($($arg)*))) };
+}
+
 mod cache_cmd;
 mod dag_render;
 mod run_promote;
@@ -479,13 +491,13 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                     let why = if explain { s.reasons.join("\n") } else { s.reasons.first().cloned().unwrap_or_default() };
                     t.add_row(vec![Cell::new(&s.name), Cell::new(s.status), Cell::new(why)]);
                 }
-                println!("{t}");
+                outln!("{t}");
             }
             Ok(0)
         }
         Command::Dag { file, format } => {
             let p = load(&file, &[])?;
-            print!("{}", render_dag(&p, format));
+            out!("{}", render_dag(&p, format));
             Ok(0)
         }
         Command::Schema { kind } => {
@@ -501,15 +513,15 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Runs { cmd, last, metrics } => {
             let cache = open_cache(&cli.cache, cli.wait)?;
             match cmd {
-                None => print!("{}", crate::runs::list(&cache, last, metrics.as_deref())),
-                Some(RunsCmd::Show { id }) => print!("{}", crate::runs::show(&cache, id)?),
-                Some(RunsCmd::Diff { a, b }) => print!("{}", crate::runs::diff(&cache, a, b)?),
+                None => out!("{}", crate::runs::list(&cache, last, metrics.as_deref())),
+                Some(RunsCmd::Show { id }) => out!("{}", crate::runs::show(&cache, id)?),
+                Some(RunsCmd::Diff { a, b }) => out!("{}", crate::runs::diff(&cache, a, b)?),
                 Some(RunsCmd::Compare { ids, json }) => {
                     let c = crate::runs::compare(&cache, &ids)?;
                     if json {
                         println!("{}", serde_json::to_string_pretty(&c)?);
                     } else {
-                        print!("{}", crate::runs::render_comparison(&c));
+                        out!("{}", crate::runs::render_comparison(&c));
                     }
                 }
             }
@@ -740,12 +752,12 @@ fn print_summary(r: &RunRecord) {
         };
         t.add_row(vec![Cell::new(&s.name), Cell::new(s.status.as_str()), Cell::new(fmt_ms(s.duration_ms)), Cell::new(out)]);
     }
-    println!("{t}");
+    outln!("{t}");
     for s in r.stages.iter().filter(|s| matches!(s.status, StageStatus::Ran | StageStatus::Cached)) {
         if !s.outcome.summary.is_empty() {
-            println!("\n{}:", s.name);
+            outln!("\n{}:", s.name);
             for l in &s.outcome.summary {
-                println!("{l}");
+                outln!("{l}");
             }
         }
     }
@@ -754,11 +766,11 @@ fn print_summary(r: &RunRecord) {
     if !pulled.is_empty() {
         let bytes: u64 = pulled.iter().filter_map(|s| s.remote.as_ref()?.pulled.map(|m| m.bytes)).sum();
         let names: Vec<&str> = pulled.iter().map(|s| s.name.as_str()).collect();
-        println!("\nfrom the remote cache: {} ({} downloaded)", names.join(", "), human_bytes(bytes));
+        outln!("\nfrom the remote cache: {} ({} downloaded)", names.join(", "), human_bytes(bytes));
     }
     if !pushed.is_empty() {
         let bytes: u64 = pushed.iter().filter_map(|s| s.remote.as_ref()?.pushed.map(|m| m.bytes)).sum();
-        println!("uploaded to the remote cache: {} stages ({})", pushed.len(), human_bytes(bytes));
+        outln!("uploaded to the remote cache: {} stages ({})", pushed.len(), human_bytes(bytes));
     }
     for s in &r.stages {
         if let Some(w) = s.remote.as_ref().and_then(|a| a.warning.as_deref()) {
@@ -767,7 +779,7 @@ fn print_summary(r: &RunRecord) {
     }
     let failed: Vec<&str> = r.stages.iter().filter(|s| s.status == StageStatus::Failed).map(|s| s.name.as_str()).collect();
     match r.status {
-        RunStatus::Ok => println!("\nrun {} ok in {}", r.id, fmt_ms(r.ended_ms.unwrap_or(r.started_ms) - r.started_ms)),
+        RunStatus::Ok => outln!("\nrun {} ok in {}", r.id, fmt_ms(r.ended_ms.unwrap_or(r.started_ms) - r.started_ms)),
         RunStatus::Cancelled => eprintln!("\nrun {} cancelled", r.id),
         _ => {
             for s in r.stages.iter().filter(|s| s.status == StageStatus::Failed) {

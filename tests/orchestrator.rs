@@ -356,3 +356,33 @@ fn huge_params_deep_overrides_and_odd_output_names_are_refused_up_front() {
     let o = s.run(&["cache", "ls"]);
     assert!(!stdout(&o).contains("tab"), "{}", stdout(&o));
 }
+
+/// Found by a hostile pass: a pipeline's name and param values reached the terminal raw in
+/// `runs`, `runs show`, `runs diff`, `plan --explain` and `cache show` (a file from elsewhere
+/// could retitle, clear or rewrite the terminal).
+#[test]
+fn escape_sequences_from_a_pipeline_file_never_reach_the_terminal() {
+    let s = Sandbox::new();
+    s.write(
+        "e.json",
+        "{\"name\":\"\\u001b[31mRED\\u001b]0;pwned\\u0007\\u001b[2J\",\"stages\":{\"a\":{\"kind\":\"command\",\"params\":{\"cmd\":\"echo hi > $OUT/x\",\"p\":\"\\u001b[41mBG\"}}}}",
+    );
+    s.ok(&["run", "-q", "e.json"]);
+    s.ok(&["run", "-q", "e.json", "--set", "a.p=X\u{1b}]0;t\u{7}Y"]);
+    for args in [
+        vec!["runs"],
+        vec!["runs", "show", "1"],
+        vec!["runs", "diff", "1", "2"],
+        vec!["runs", "compare", "1", "2"],
+        vec!["plan", "e.json", "--explain", "--set", "a.p=\u{1b}[2JZ"],
+        vec!["cache", "show", "a"],
+        vec!["cache", "ls"],
+        vec!["dag", "e.json"],
+    ] {
+        let o = s.ok(&args);
+        let text = stdout(&o);
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{args:?}: {text:?}");
+    }
+    let o = s.ok(&["runs", "diff", "1", "2"]);
+    assert!(stdout(&o).contains("BG") && stdout(&o).contains("XY"), "{}", stdout(&o));
+}

@@ -29,35 +29,35 @@ pub(super) fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
                     Cell::new(e.run_id),
                 ]);
             }
-            println!("{t}");
-            println!("{} entries", entries.len());
+            outln!("{t}");
+            outln!("{} entries", entries.len());
         }
         CacheCmd::Show { what } => {
             let e = resolve_noting_others(&cache, &what)?;
-            println!("key       {}", e.key);
-            println!("stage     {} ({} v{}) in pipeline {}", e.stage, e.key_inputs.kind, e.key_inputs.kind_version, e.pipeline);
-            println!("output    {} ({} files, {})", e.output, e.files, human_bytes(e.size));
-            println!("created   {} s ago by run {}, took {}", crate::cache::store::now_secs().saturating_sub(e.created), e.run_id, fmt_ms(e.duration_ms));
-            println!("params    {}", serde_json::to_string(&e.key_inputs.params)?);
+            outln!("key       {}", e.key);
+            outln!("stage     {} ({} v{}) in pipeline {}", e.stage, e.key_inputs.kind, e.key_inputs.kind_version, e.pipeline);
+            outln!("output    {} ({} files, {})", e.output, e.files, human_bytes(e.size));
+            outln!("created   {} s ago by run {}, took {}", crate::cache::store::now_secs().saturating_sub(e.created), e.run_id, fmt_ms(e.duration_ms));
+            outln!("params    {}", serde_json::to_string(&e.key_inputs.params)?);
             for (name, d) in &e.key_inputs.inputs {
-                println!("input     {name} = {} ({})", &d[..12], e.input_sources.get(name).map(|s| s.as_str()).unwrap_or(""));
+                outln!("input     {name} = {} ({})", &d[..12], e.input_sources.get(name).map(|s| s.as_str()).unwrap_or(""));
             }
             for (name, d) in &e.key_inputs.param_files {
-                println!("file      {name} = {}", &d[..12]);
+                outln!("file      {name} = {}", &d[..12]);
             }
             for (k, v) in &e.outcome.provenance {
-                println!("provenance {k} = {v}");
+                outln!("provenance {k} = {v}");
             }
             for (k, v) in &e.outcome.metrics {
-                println!("metric    {k} = {v:.4}");
+                outln!("metric    {k} = {v:.4}");
             }
             if let Some(m) = cache.manifest(&e.output)? {
-                println!("files:");
+                outln!("files:");
                 for f in &m.files {
-                    println!("  {:<48} {:>10}  {}", crate::text::strip_controls(&f.path), human_bytes(f.size), &f.digest[..12]);
+                    outln!("  {:<48} {:>10}  {}", crate::text::strip_controls(&f.path), human_bytes(f.size), &f.digest[..12]);
                 }
             }
-            println!("view      {}", cache.view(&e.output)?.display());
+            outln!("view      {}", cache.view(&e.output)?.display());
         }
         CacheCmd::Export { what, dir, force } => {
             let e = resolve_noting_others(&cache, &what)?;
