@@ -17,6 +17,10 @@ use std::ffi::OsString;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
+/// The orchestrator's pid, set in the supervisor's environment: a supervisor whose parent is
+/// another process by the time it has asked to die with its parent found it dead.
+pub const PARENT_VAR: &str = "PIPELINE_SUPERVISOR_PARENT";
+
 /// The hidden first argument that selects the supervisor (not a clap subcommand: it must
 /// start before anything else, and never be listed).
 pub const ARG: &str = "__supervise";
@@ -51,8 +55,18 @@ pub fn main(args: &[OsString]) -> i32 {
         for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
             libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
         }
+        // The orchestrator killed (SIGKILL, OOM) must not leave the command running for hours
+        // (found by a hostile pass): its death is a SIGTERM here, handled as any other. The
+        // parent is the thread that spawned us and waits for us for our whole life.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+        // Dead already, before the line above took effect: we were re-parented.
+        let expected = std::env::var(PARENT_VAR).ok().and_then(|v| v.parse::<i32>().ok());
+        if expected.is_some_and(|p| p != libc::getppid()) {
+            eprintln!("pipeline {ARG}: the pipeline that started this command has exited; not running it");
+            return 130;
+        }
     }
-    let child = match std::process::Command::new(prog).args(rest).spawn() {
+    let child = match std::process::Command::new(prog).args(rest).env_remove(PARENT_VAR).spawn() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pipeline {ARG}: cannot start {}: {e}", prog.to_string_lossy());

@@ -191,6 +191,30 @@ fn a_process_left_over_from_a_killed_run_cannot_write_into_the_next_run() {
     s.verify_clean();
 }
 
+/// Found by a hostile pass: after `kill -9` of `pipeline run`, its stage's commands ran on
+/// (a training job would have used the CPU for hours); the supervisor now dies with it and
+/// takes every descendant with it.
+#[test]
+fn a_killed_run_takes_its_commands_with_it() {
+    let s = Sandbox::new();
+    let pids = s.path().join("pids");
+    let late = s.path().join("late");
+    let cmd = format!("echo $$ > {p}.tmp; (sleep 30; echo late > {l}) & echo $! >> {p}.tmp; mv {p}.tmp {p}; sleep 30; echo x > $OUT/f", p = pids.display(), l = late.display());
+    s.write("t.json", &one_stage(&cmd));
+    let mut child = s.cmd(&["run", "t.json", "-q"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_for_file(&pids, Duration::from_secs(20));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let pids: Vec<i32> = std::fs::read_to_string(&pids).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(pids.len(), 2);
+    let t0 = std::time::Instant::now();
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(t0.elapsed() < Duration::from_secs(15), "the command outlived the killed run: {pids:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!late.exists());
+}
+
 #[test]
 fn a_background_process_of_a_finished_stage_is_killed_before_the_commit() {
     let s = Sandbox::new();

@@ -73,6 +73,7 @@ impl Stage for Command {
             Some(exe) => {
                 let mut p = Proc::new(exe);
                 p.arg(crate::supervise::ARG).arg("--").arg("sh");
+                p.env(crate::supervise::PARENT_VAR, std::process::id().to_string());
                 p
             }
             None => Proc::new("sh"),
