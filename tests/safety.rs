@@ -614,6 +614,45 @@ fn a_damaged_database_says_how_to_recover_and_rebuild_restores_the_entries() {
     assert_eq!(s.status_of(&o, "a"), "cached");
 }
 
+/// Found by a hostile pass: with db/ removed, an empty database was made, `verify --rebuild`
+/// said "nothing to rebuild", and the next run's id 1 overwrote the history's runs/1.json.
+#[test]
+fn a_lost_database_is_refused_then_rebuilt_with_its_history() {
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("echo $P_n > $OUT/a"));
+    s.ok(&["run", "t.json", "--set", "a.n=1"]);
+    s.ok(&["run", "t.json", "--set", "a.n=2"]);
+    let run1 = std::fs::read(s.cache().join("runs/1.json")).unwrap();
+    std::fs::remove_dir_all(s.cache().join("db")).unwrap();
+    let o = s.run(&["cache", "ls"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("db/) is missing") && stderr(&o).contains("cache verify --rebuild"), "{}", stderr(&o));
+    assert!(!s.cache().join("db").exists(), "a refused open made a database");
+    let o = s.ok(&["cache", "verify", "--rebuild"]);
+    assert!(stdout(&o).contains("2 entries restored"), "{}", stdout(&o));
+    let o = s.ok(&["runs"]);
+    assert!(stdout(&o).lines().filter(|l| l.contains(" ok ")).count() >= 2, "{}", stdout(&o));
+    let o = s.ok(&["run", "t.json", "--set", "a.n=2"]);
+    assert_eq!(s.status_of(&o, "a"), "cached");
+    assert_eq!(std::fs::read(s.cache().join("runs/1.json")).unwrap(), run1, "run 1's record was overwritten");
+    assert!(s.cache().join("runs/3.json").exists());
+    // an empty database made by an older build beside a populated index/ is rebuilt too
+    std::fs::remove_dir_all(s.cache().join("db")).unwrap();
+    sled_empty(&s.cache().join("db"));
+    let o = s.ok(&["cache", "verify", "--rebuild"]);
+    assert!(stdout(&o).contains("entries restored"), "{}", stdout(&o));
+}
+
+/// An empty sled database at `path`, as `Cache::open` made one before it refused.
+fn sled_empty(path: &std::path::Path) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(["--cache", path.parent().unwrap().join("fresh").to_str().unwrap(), "cache", "ls"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    std::fs::rename(path.parent().unwrap().join("fresh/db"), path).unwrap();
+}
+
 // ---------- found by the hostile pass ----------
 
 #[test]

@@ -142,6 +142,15 @@ impl Cache {
     /// Open (creating) the cache at `root`. Only one process may have it open; a second gets
     /// [`CacheError::Busy`] naming the first, or waits for it with `wait`.
     pub fn open(root: &Path, wait: bool) -> Result<Self, CacheError> {
+        Self::open_inner(root, wait, false)
+    }
+
+    /// Entries recorded in `index/` (one file each, written beside every commit).
+    fn indexed(root: &Path) -> usize {
+        fs::read_dir(root.join("index")).map(|rd| rd.flatten().filter(|f| f.file_name().to_string_lossy().ends_with(".json")).count()).unwrap_or(0)
+    }
+
+    fn open_inner(root: &Path, wait: bool, rebuilding: bool) -> Result<Self, CacheError> {
         // `--cache .` or `--cache ~` would empty the directory's `tmp/` and `views/`.
         if !["db", "objects", "index"].iter().any(|d| root.join(d).is_dir()) {
             // Hidden files only (or nothing) count as empty.
@@ -159,6 +168,19 @@ impl Cache {
         // Stages run in other working directories: every path handed out must be absolute.
         let root = &fs::canonicalize(root).map_err(io_err(root))?;
         let db_path = root.join("db");
+        // found by a hostile pass: with db/ gone, an empty one was made, every entry looked
+        // absent, `verify --rebuild` said "nothing to rebuild", and the next run's id 1
+        // overwrote the history's runs/1.json
+        if !rebuilding && !db_path.exists() {
+            let n = Self::indexed(root);
+            if n > 0 {
+                return Err(CacheError::Refused(format!(
+                    "{}: the database (db/) is missing but index/ records {n} entries: run `pipeline --cache {} cache verify --rebuild` to restore them from it",
+                    root.display(),
+                    root.display()
+                )));
+            }
+        }
         let db = loop {
             // No background flusher: we flush at each commit, and its thread makes every exit wait.
             match sled::Config::new().path(&db_path).cache_capacity(16 << 20).flush_every_ms(None).open() {
@@ -228,6 +250,8 @@ impl Cache {
         let db = root.join("db");
         // Only a database that cannot be opened is rebuilt; one in use is never touched.
         match sled::Config::new().path(&db).flush_every_ms(None).open() {
+            // An empty database beside a populated index/ was made after db/ was lost: rebuilt.
+            Ok(d) if d.open_tree("entries").map(|t| t.is_empty()).unwrap_or(false) && Self::indexed(root) > 0 => drop(d),
             Ok(d) => {
                 drop(d);
                 return Err(CacheError::Refused(format!("{}: the database opens fine: nothing to rebuild (`pipeline cache verify` checks the blobs)", db.display())));
@@ -242,8 +266,16 @@ impl Cache {
             fs::rename(&db, &aside).map_err(io_err(&db))?;
             eprintln!("moved the damaged database to {}", aside.display());
         }
-        let cache = Cache::open(root, false)?;
+        let cache = Cache::open_inner(root, false, true)?;
         let (mut restored, mut skipped) = (0, 0);
+        // The run history, from the copies every run writes beside the database.
+        for f in fs::read_dir(cache.root.join("runs")).into_iter().flatten().flatten() {
+            let id: Option<u64> = f.file_name().to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse().ok());
+            let bytes = fs::read(f.path()).ok().filter(|b| serde_json::from_slice::<serde_json::Value>(b).is_ok());
+            if let (Some(id), Some(bytes)) = (id, bytes) {
+                cache.runs.insert(id.to_be_bytes(), bytes).map_err(cache.db_err())?;
+            }
+        }
         let dir = cache.root.join("index");
         let mut records: Vec<IndexRecord> = Vec::new();
         for f in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
@@ -834,9 +866,19 @@ impl Cache {
     // ---------- runs ----------
 
     /// 1, 2, 3... (sled's generate_id jumps by a million after each reopen).
+    /// Also past every `runs/<id>.json`: an id is never given twice, whatever the database
+    /// lost (a record there is the history the web view reads).
     pub fn next_run_id(&self) -> Result<u64, CacheError> {
         let last = self.runs.last().map_err(self.db_err())?;
-        Ok(last.map(|(k, _)| u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]))).unwrap_or(0) + 1)
+        let in_db = last.map(|(k, _)| u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]))).unwrap_or(0);
+        let on_disk = fs::read_dir(self.root.join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|f| f.file_name().to_str()?.strip_suffix(".json")?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        Ok(in_db.max(on_disk) + 1)
     }
 
     pub fn put_run<T: Serialize>(&self, id: u64, run: &T) -> Result<(), CacheError> {
