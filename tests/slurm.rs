@@ -257,6 +257,22 @@ fn a_failing_command_on_slurm_says_failed_exit_3_with_the_log_tail() {
     assert!(!s.run(&["cache", "show", "failing"]).status.success(), "a failed stage was committed");
 }
 
+/// Found by a hostile pass: a `%` in the cache's path went into `--output` as a Slurm
+/// filename pattern (`%x`: the job name), the log's directory did not exist and every job
+/// died at launch with "FAILED ... (empty)".
+#[test]
+fn a_percent_in_the_cache_path_is_not_a_slurm_pattern() {
+    let Some(conf) = cluster() else { return };
+    let _node = shared();
+    let s = Sandbox::new(&conf);
+    s.write("p.json", r#"{"name": "pc", "stages": {"c": {"kind": "command", "executor": {"kind": "slurm"}, "params": {"cmd": "echo c > $OUT/c"}}}}"#);
+    let cache = s.path().join("c%x%j");
+    let o = s.cmd(&["--cache", cache.to_str().unwrap(), "run", "p.json", "-q"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = s.cmd(&["--cache", cache.to_str().unwrap(), "cache", "show", "c"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 #[test]
 fn a_stage_over_its_time_limit_gives_timeout() {
     let Some(conf) = cluster() else { return };

@@ -68,6 +68,14 @@ impl ExecutorConfig {
                 return Err(("time".into(), format!("`{t}` is not a Slurm time limit (`2:00:00`, `30`, `1-00:00:00`)")));
             }
         }
+        if let Some(w) = &cfg.workdir {
+            // "" resolved to the pipeline's own directory; a backslash turns off Slurm's
+            // filename patterns, so the job's log would not be found under its id
+            let text = w.to_string_lossy();
+            if text.is_empty() || text.contains('\\') || text.chars().any(char::is_control) {
+                return Err(("workdir".into(), format!("{text:?}: a directory path, without backslashes or control characters")));
+            }
+        }
         Ok(cfg)
     }
 

@@ -237,7 +237,9 @@ impl SlurmStage {
             "--parsable".to_string(),
             "--no-requeue".to_string(),
             format!("--job-name={name}"),
-            format!("--output={}", dir.join("slurm-%j.log").display()),
+            // `%` starts a Slurm filename pattern: `%x` in the cache's path named another
+            // directory and the job died at launch (found by a hostile pass)
+            format!("--output={}/slurm-%j.log", dir.display().to_string().replace('%', "%%")),
             format!("--chdir={}", dir.display()),
         ];
         if let Some(v) = &c.partition {
@@ -627,5 +629,13 @@ mod tests {
             assert!(a.iter().any(|x| x == want), "{want} missing from {a:?}");
         }
         assert_eq!(a.last().unwrap(), "/w/j/job.sh");
+        // found by a hostile pass: Slurm expanded `%x` in a cache path, the log directory did
+        // not exist and every job died at launch
+        let a = s.sbatch_args(&job, "n", Path::new("/c%x/j"));
+        assert!(a.iter().any(|x| x == "--output=/c%%x/j/slurm-%j.log"), "{a:?}");
+        assert!(a.iter().any(|x| x == "--chdir=/c%x/j"), "{a:?}");
+        let e = crate::executor::config::ExecutorConfig::resolve(Some(&serde_json::json!({"kind": "slurm", "workdir": ""})), None).unwrap_err();
+        assert_eq!(e.0, "workdir");
+        assert!(crate::executor::config::ExecutorConfig::resolve(Some(&serde_json::json!({"kind": "slurm", "workdir": "a\\b"})), None).is_err());
     }
 }
