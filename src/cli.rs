@@ -18,12 +18,14 @@ use crate::stages::CancelFlag;
 /// errors, records): terminal control sequences stripped, so a file from elsewhere cannot
 /// retitle, clear or rewrite the user's terminal (found by a hostile pass in `runs`, `runs
 /// diff` and `plan --explain`).
+/// Known secrets (`text::redact`) are replaced too: a value passed with `--set` that is also
+/// in `AWS_SECRET_ACCESS_KEY` is printed as `[redacted]`.
 macro_rules! outln {
-    ($($arg:tt)*) => { println!("{}", crate::text::strip_controls(&format!($($arg)*))) };
+    ($($arg:tt)*) => { println!("{}", crate::text::redact(&crate::text::strip_controls(&format!($($arg)*)))) };
 }
 /// `print!` with the same stripping as [`outln!`].
 macro_rules! out {
-    ($($arg:tt)*) => { print!("{}", crate::text::strip_controls(&format!($($arg)*))) };
+    ($($arg:tt)*) => { print!("{}", crate::text::redact(&crate::text::strip_controls(&format!($($arg)*)))) };
 }
 
 mod cache_cmd;
@@ -424,6 +426,16 @@ fn open_cache(cli_cache: &Path, wait: bool) -> Result<Cache> {
     Ok(cache)
 }
 
+/// [`open_cache`] for commands that only read or tidy a cache: a directory that is none is
+/// not made one (found by a hostile pass: `runs` with a mistyped --cache created an empty
+/// cache there and printed an empty history, exit 0).
+fn existing_cache(cli_cache: &Path, wait: bool) -> Result<Cache> {
+    if !["db", "index", "objects"].iter().any(|d| cli_cache.join(d).is_dir()) {
+        bail!("no cache at {}: nothing has run with it (a typo in --cache or PIPELINE_CACHE?)", cli_cache.display());
+    }
+    open_cache(cli_cache, wait)
+}
+
 fn load(file: &Path, set: &[String]) -> Result<Pipeline> {
     Ok(dag::load(file, set)?)
 }
@@ -509,9 +521,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             println!("rebuilt the database: {restored} entries restored, {skipped} records skipped (damaged or missing blobs)");
             cache_cmd(&open_cache(&cli.cache, cli.wait)?, CacheCmd::Verify { rebuild: false })
         }
-        Command::Cache(cmd) => cache_cmd(&open_cache(&cli.cache, cli.wait)?, cmd),
+        Command::Cache(cmd @ CacheCmd::Pull { .. }) => cache_cmd(&open_cache(&cli.cache, cli.wait)?, cmd),
+        Command::Cache(cmd) => cache_cmd(&existing_cache(&cli.cache, cli.wait)?, cmd),
         Command::Runs { cmd, last, metrics } => {
-            let cache = open_cache(&cli.cache, cli.wait)?;
+            let cache = existing_cache(&cli.cache, cli.wait)?;
             match cmd {
                 None => out!("{}", crate::runs::list(&cache, last, metrics.as_deref())),
                 Some(RunsCmd::Show { id }) => out!("{}", crate::runs::show(&cache, id)?),

@@ -284,7 +284,8 @@ impl Engine {
             ended_ms: None,
             status: RunStatus::Running,
             stages: Vec::new(),
-            overrides: opts.overrides.clone(),
+            // a record is stored and shown: a secret passed with --set is kept out of it
+            overrides: opts.overrides.iter().map(|o| crate::text::redact(o)).collect(),
             promotion: None,
         };
         // Recorded once, at the end: while it runs no other process can read the cache anyway,
@@ -427,7 +428,9 @@ fn skipped(node: &StageNode, status: StageStatus, why: Option<String>) -> StageR
         key: None,
         output: None,
         error: why,
-        params: node.params.clone(),
+        // a record is stored and shown: known secret values out of it (the key, a hash, and
+        // the cache entry, which must hash to it, keep the value)
+        params: crate::text::redact_value(&node.params),
         executor: None,
         inputs: BTreeMap::new(),
         outcome: StageOutcome::default(),

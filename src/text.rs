@@ -40,6 +40,20 @@ pub fn redact(s: &str) -> String {
     out
 }
 
+/// [`redact`] on every string (keys included) of a JSON value.
+pub fn redact_value(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    if secrets().is_empty() {
+        return v.clone();
+    }
+    match v {
+        Value::String(s) => Value::String(redact(s)),
+        Value::Array(a) => Value::Array(a.iter().map(redact_value).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, x)| (redact(k), redact_value(x))).collect()),
+        other => other.clone(),
+    }
+}
+
 /// Strip ANSI escape sequences and other control characters (newlines and tabs are kept).
 pub fn strip_controls(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

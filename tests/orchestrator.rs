@@ -386,3 +386,31 @@ fn escape_sequences_from_a_pipeline_file_never_reach_the_terminal() {
     let o = s.ok(&["runs", "diff", "1", "2"]);
     assert!(stdout(&o).contains("BG") && stdout(&o).contains("XY"), "{}", stdout(&o));
 }
+
+/// Found by a hostile pass: `runs` with a mistyped --cache made an empty cache there and
+/// printed an empty history (exit 0); a secret passed with --set was printed by `runs show`
+/// and stored in the run record and LOCK.
+#[test]
+fn a_missing_cache_is_not_created_by_readers_and_secrets_stay_out_of_records() {
+    let s = Sandbox::new();
+    let typo = s.path().join("typo");
+    for args in [vec!["runs"], vec!["runs", "show", "1"], vec!["cache", "ls"], vec!["cache", "verify"], vec!["cache", "gc"]] {
+        let mut full = vec!["--cache", typo.to_str().unwrap()];
+        full.extend(args.iter().copied());
+        let o = s.run(&full);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stdout(&o));
+        assert!(stderr(&o).contains("no cache at"), "{args:?}: {}", stderr(&o));
+        assert!(!typo.exists(), "{args:?} created the cache");
+    }
+    s.write("t.json", README_EXAMPLE);
+    let secret = "SuperSecretValue1234567890";
+    let o = s.cmd(&["run", "-q", "t.json", "--set", &format!("a.note={secret}")]).env("AWS_SECRET_ACCESS_KEY", secret).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = s.cmd(&["runs", "show", "1"]).env("AWS_SECRET_ACCESS_KEY", secret).output().unwrap();
+    assert!(!stdout(&o).contains(secret) && stdout(&o).contains("[redacted]"), "{}", stdout(&o));
+    let record = std::fs::read_to_string(s.cache().join("runs/1.json")).unwrap();
+    assert!(!record.contains(secret), "{record}");
+    // and without the variable set, `runs show` has nothing to reveal
+    let o = s.ok(&["runs", "show", "1"]);
+    assert!(!stdout(&o).contains(secret), "{}", stdout(&o));
+}

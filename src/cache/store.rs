@@ -197,7 +197,8 @@ impl Cache {
         };
         // args_os: a non-UTF-8 argument (a directory name) panicked in args()
         let cmd: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
-        let _ = fs::write(root.join("LOCK"), format!("{}\n{}\n", std::process::id(), cmd.join(" ")));
+        // redacted: a secret passed on the command line must not sit in a world-readable file
+        let _ = fs::write(root.join("LOCK"), format!("{}\n{}\n", std::process::id(), crate::text::redact(&cmd.join(" "))));
         let tree = |n: &str| db.open_tree(n).map_err(|source| CacheError::Db { path: db_path.clone(), source });
         Ok(Self {
             entries: tree("entries")?,
