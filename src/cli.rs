@@ -521,7 +521,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             println!("rebuilt the database: {restored} entries restored, {skipped} records skipped (damaged or missing blobs)");
             cache_cmd(&open_cache(&cli.cache, cli.wait)?, CacheCmd::Verify { rebuild: false })
         }
-        Command::Cache(cmd @ CacheCmd::Pull { .. }) => cache_cmd(&open_cache(&cli.cache, cli.wait)?, cmd),
+        // pull fills a new cache; gc of the remote needs none of its own
+        Command::Cache(cmd @ (CacheCmd::Pull { .. } | CacheCmd::Gc { remote: Some(_), .. })) => cache_cmd(&open_cache(&cli.cache, cli.wait)?, cmd),
         Command::Cache(cmd) => cache_cmd(&existing_cache(&cli.cache, cli.wait)?, cmd),
         Command::Runs { cmd, last, metrics } => {
             let cache = existing_cache(&cli.cache, cli.wait)?;

@@ -165,6 +165,77 @@ impl<'de> Deserialize<'de> for Stages {
 pub struct Loaded {
     pub doc: Value,
     pub duplicates: Vec<String>,
+    /// Paths (`stages.a.params.cmd`) of other keys given twice in one object.
+    pub duplicate_keys: Vec<String>,
+}
+
+/// Every key given twice in one object, as paths of its segments, in document order.
+fn duplicate_keys(text: &str) -> Vec<Vec<String>> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use std::cell::RefCell;
+    struct Walk<'a> {
+        path: Vec<String>,
+        out: &'a RefCell<Vec<Vec<String>>>,
+    }
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(k) = m.next_key::<String>()? {
+                let mut path = self.path.clone();
+                path.push(k.clone());
+                if !seen.insert(k) {
+                    self.out.borrow_mut().push(path.clone());
+                }
+                m.next_value_seed(Walk { path, out: self.out })?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<(), A::Error> {
+            let mut i = 0;
+            loop {
+                let mut path = self.path.clone();
+                path.push(i.to_string());
+                if s.next_element_seed(Walk { path, out: self.out })?.is_none() {
+                    return Ok(());
+                }
+                i += 1;
+            }
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    let out = RefCell::new(Vec::new());
+    let mut de = serde_json::Deserializer::from_str(text);
+    // the text already parsed as a Value: an error here can only be a limit, and then the
+    // duplicates found so far are all there is to report
+    let _ = Walk { path: Vec::new(), out: &out }.deserialize(&mut de);
+    out.into_inner()
 }
 
 pub fn load(file: &Path, overrides: &[String]) -> Result<Loaded, SpecError> {
@@ -208,6 +279,12 @@ pub fn parse_text(file: &Path, text: &str, overrides: &[String]) -> Result<Loade
             duplicates.push(n.clone());
         }
     }
+    // stage names given twice are `duplicates`, reported as such
+    let duplicate_keys = duplicate_keys(text)
+        .into_iter()
+        .filter(|p| !(p.len() == 2 && p[0] == "stages"))
+        .map(|p| p.join("."))
+        .collect();
     let file_depth = depth(&doc);
     for arg in overrides {
         apply_override(&mut doc, arg)?;
@@ -216,7 +293,7 @@ pub fn parse_text(file: &Path, text: &str, overrides: &[String]) -> Result<Loade
     if d > MAX_DEPTH {
         return Err(SpecError::TooDeep { file: file.to_path_buf(), depth: d, overrides: d > file_depth });
     }
-    Ok(Loaded { doc, duplicates })
+    Ok(Loaded { doc, duplicates, duplicate_keys })
 }
 
 #[derive(Deserialize)]
@@ -246,7 +323,26 @@ pub fn apply_override(doc: &mut Value, arg: &str) -> Result<(String, Value), Spe
     if parts.len() > MAX_DEPTH + 1 {
         return Err(bad(&format!("a param path of {} levels; at most {MAX_DEPTH}", parts.len() - 1)));
     }
-    let stage = parts.remove(0);
+    // A stage name may hold dots (`a.b`): the stage is the name `lhs` starts with; two such
+    // names (`a` and `a.b` for `a.b.c`) are ambiguous (found by a hostile pass: `a`'s param
+    // `b.c` was set silently).
+    let stage_names: Vec<String> = doc.get("stages").and_then(|s| s.as_object()).map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    let matching: Vec<&String> = stage_names.iter().filter(|n| lhs.starts_with(&format!("{n}."))).collect();
+    if matching.len() > 1 {
+        let names: Vec<String> = matching.iter().map(|n| format!("`{n}`")).collect();
+        return Err(bad(&format!("ambiguous: the stages {} both match; rename one", names.join(" and "))));
+    }
+    let stage_owned = match matching.first() {
+        Some(n) if n.contains('.') => {
+            parts = lhs[n.len() + 1..].split('.').collect();
+            if parts.iter().any(|p| p.is_empty()) {
+                return Err(bad("expected stage.param=value"));
+            }
+            n.to_string()
+        }
+        _ => parts.remove(0).to_string(),
+    };
+    let stage = stage_owned.as_str();
     let value: Value = serde_json::from_str(rhs).unwrap_or_else(|_| Value::String(rhs.to_string()));
     let stages = doc
         .get_mut("stages")

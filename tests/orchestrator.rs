@@ -414,3 +414,36 @@ fn a_missing_cache_is_not_created_by_readers_and_secrets_stay_out_of_records() {
     let o = s.ok(&["runs", "show", "1"]);
     assert!(!stdout(&o).contains(secret), "{}", stdout(&o));
 }
+
+/// Found by a hostile pass: a key given twice (`cmd`, `params`, `inputs.x`, `name`) was
+/// taken silently, the last one winning; a pipeline name could hold `/` or escapes; a stage
+/// named `a.b` could not be given a `--set`, and with a stage `a` beside it `--set a.b.c=2`
+/// set `a`'s param `b.c`; a param over 128 KiB failed as "Argument list too long".
+#[test]
+fn duplicate_keys_bad_names_dotted_stages_and_huge_params_are_named() {
+    let s = Sandbox::new();
+    s.write("d.json", r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"echo 1 > $OUT/x","cmd":"echo 2 > $OUT/x"}}}}"#);
+    let o = s.run(&["plan", "d.json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("stages.a.params.cmd") && stderr(&o).contains("twice"), "{}", stderr(&o));
+    for name in ["", "a/b", "x\u{1b}[2J"] {
+        s.write("n.json", &format!(r#"{{"name":{},"stages":{{"a":{{"kind":"command","params":{{"cmd":"true"}}}}}}}}"#, serde_json::to_string(name).unwrap()));
+        let o = s.run(&["plan", "n.json"]);
+        assert!(o.status.code() == Some(1) && stderr(&o).contains("bad pipeline name"), "{name:?}: {}", stderr(&o));
+    }
+    s.write("dot.json", r#"{"name":"t","stages":{"a.b":{"kind":"command","params":{"cmd":"echo $P_n > $OUT/x","n":1}}}}"#);
+    let plan = s.plan("dot.json", &["--set", "a.b.n=2"]);
+    assert!(plan[0].2.iter().any(|r| r.contains("params.n")) || plan[0].1 == "miss", "{plan:?}");
+    s.ok(&["run", "-q", "dot.json", "--set", "a.b.n=2"]);
+    let exp = s.path().join("dot-out");
+    s.ok(&["cache", "export", "a.b", exp.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(exp.join("x")).unwrap().trim(), "2");
+    s.write("amb.json", r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"true"}},"a.b":{"kind":"command","params":{"cmd":"true"}}}}"#);
+    let o = s.run(&["plan", "amb.json", "--set", "a.b.c=2"]);
+    assert!(o.status.code() == Some(1) && stderr(&o).contains("ambiguous"), "{}", stderr(&o));
+    s.write("big.json", &README_EXAMPLE.replace(r#""n": 1"#, &format!(r#""n": "{}""#, "x".repeat(200_000))));
+    let o = s.run(&["run", "-q", "big.json"]);
+    let e = stderr(&o) + &stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("$P_n can hold at most") && !e.contains("Argument list too long"), "{}", &e[..e.len().min(2000)]);
+}

@@ -186,6 +186,15 @@ pub fn build(file: &Path, loaded: spec::Loaded) -> Result<Pipeline, SpecError> {
     for d in &loaded.duplicates {
         issues.push(issue(&format!("stages.{d}"), format!("duplicate stage name `{d}`"), Some("give each stage its own name".into())));
     }
+    // found by a hostile pass: the last of two `cmd`s (or `params`, `inputs.x`, `name`) won silently
+    for k in &loaded.duplicate_keys {
+        issues.push(issue(k, "this key is given twice in its object (JSON readers keep only the last)".into(), Some("remove one of them".into())));
+    }
+    // `PIPELINE/STAGE` names an entry, and the name is printed: a `/` or a control character
+    // in it would name another pipeline or rewrite the terminal
+    if raw.name.trim().is_empty() || raw.name.contains('/') || raw.name.chars().any(char::is_control) {
+        issues.push(issue("name", format!("bad pipeline name {:?}", raw.name), Some("a non-empty name without '/' or control characters".into())));
+    }
     if raw.stages.0.is_empty() {
         issues.push(issue("stages", "the pipeline has no stages".into(), None));
     }

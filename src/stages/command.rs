@@ -56,6 +56,18 @@ impl Stage for Command {
                 ));
             }
         }
+        // Linux refuses one environment string over 128 KiB ("Argument list too long", naming
+        // no param: found by a hostile pass); `cmd` is an argument of sh, under the same limit.
+        const MAX: usize = 128 * 1024 - 64;
+        if p.cmd.len() > MAX {
+            return Err(StageError::bad_param("cmd", format!("{} bytes: a command line holds at most {MAX}; put a long script in a file", p.cmd.len())));
+        }
+        for (name, v) in &p.env {
+            let n = env_value(v).len();
+            if n > MAX {
+                return Err(StageError::bad_param(name, format!("{n} bytes: $P_{name} can hold at most {MAX}; pass a long value in a file")));
+            }
+        }
         Ok(())
     }
 
