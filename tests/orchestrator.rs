@@ -447,3 +447,18 @@ fn duplicate_keys_bad_names_dotted_stages_and_huge_params_are_named() {
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("$P_n can hold at most") && !e.contains("Argument list too long"), "{}", &e[..e.len().min(2000)]);
 }
+
+/// Found by a hostile pass: a FIFO, a device or a link loop given as an input was "neither a
+/// stage nor an existing file" (with a "did you mean" hint); each is now named for what it is.
+#[test]
+fn special_files_given_as_inputs_are_named_for_what_they_are() {
+    let s = Sandbox::new();
+    make_fifo(&s.path().join("f"));
+    std::os::unix::fs::symlink("loop2", s.path().join("loop1")).unwrap();
+    std::os::unix::fs::symlink("loop1", s.path().join("loop2")).unwrap();
+    s.write("t.json", r#"{"name":"t","stages":{"a":{"kind":"command","inputs":{"x":"f","y":"/dev/zero","z":"loop1"},"params":{"cmd":"true"}}}}"#);
+    let o = s.run(&["plan", "t.json"]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("`f` is a FIFO") && e.contains("`/dev/zero` is a character device") && e.contains("`loop1` is a symbolic link that leads nowhere"), "{e}");
+}

@@ -370,6 +370,16 @@ fn resolve_input(r: &str, names: &[String], me: &str, base: &Path) -> Result<Inp
     if full.is_dir() {
         return Ok(InputSource::Dir(full));
     }
+    // It exists, but as something no stage can read to the end: said as such (it was "not an
+    // existing file", with a "did you mean" hint; found by a hostile pass).
+    match (std::fs::symlink_metadata(&full), std::fs::metadata(&full)) {
+        (Ok(_), Err(e)) => return Err((format!("`{r}` is a symbolic link that leads nowhere readable ({e})"), None)),
+        (Ok(_), Ok(m)) => {
+            let kind = crate::cache::ingest::special_kind(&m.file_type());
+            return Err((format!("`{r}` is {kind}, not a file or directory: its reading may never end"), None));
+        }
+        _ => {}
+    }
     let hint = closest(head, names.iter().map(|s| s.as_str()))
         .map(|c| format!("did you mean stage `{c}`?"))
         .or_else(|| Some(format!("paths are relative to {}", base.display())));
