@@ -357,7 +357,7 @@ fn huge_params_deep_overrides_and_odd_output_names_are_refused_up_front() {
     assert!(!stdout(&o).contains("tab"), "{}", stdout(&o));
 }
 
-/// Found by a hostile pass: a pipeline's name and param values reached the terminal raw in
+/// Found by a hostile pass: a pipeline's name (now refused) and param values reached the terminal raw in
 /// `runs`, `runs show`, `runs diff`, `plan --explain` and `cache show` (a file from elsewhere
 /// could retitle, clear or rewrite the terminal).
 #[test]
@@ -365,7 +365,7 @@ fn escape_sequences_from_a_pipeline_file_never_reach_the_terminal() {
     let s = Sandbox::new();
     s.write(
         "e.json",
-        "{\"name\":\"\\u001b[31mRED\\u001b]0;pwned\\u0007\\u001b[2J\",\"stages\":{\"a\":{\"kind\":\"command\",\"params\":{\"cmd\":\"echo hi > $OUT/x\",\"p\":\"\\u001b[41mBG\"}}}}",
+        "{\"name\":\"e\",\"description\":\"\\u001b[31mRED\\u001b]0;pwned\\u0007\\u001b[2J\",\"stages\":{\"a\":{\"kind\":\"command\",\"params\":{\"cmd\":\"echo hi > $OUT/x\",\"p\":\"\\u001b[41mBG\"}}}}",
     );
     s.ok(&["run", "-q", "e.json"]);
     s.ok(&["run", "-q", "e.json", "--set", "a.p=X\u{1b}]0;t\u{7}Y"]);
