@@ -646,7 +646,7 @@ fn a_lost_database_is_refused_then_rebuilt_with_its_history() {
 /// An empty sled database at `path`, as `Cache::open` made one before it refused.
 fn sled_empty(path: &std::path::Path) {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
-        .args(["--cache", path.parent().unwrap().join("fresh").to_str().unwrap(), "cache", "ls"])
+        .args(["--cache", path.parent().unwrap().join("fresh").to_str().unwrap(), "plan", path.parent().unwrap().parent().unwrap().join("t.json").to_str().unwrap()])
         .output()
         .unwrap();
     assert!(o.status.success());
