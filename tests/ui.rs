@@ -454,6 +454,28 @@ fn idle_connections_fifos_huge_csv_lines_and_other_loopback_addresses() {
         assert_eq!(n, 0, "an idle connection got an answer instead of being closed");
     }
     assert!(t0.elapsed() < Duration::from_secs(8), "idle connections held for {:?}", t0.elapsed());
+    // trickled: one byte every 300 ms keeps a connection busy but never finishes the headers;
+    // the header deadline closes it all the same (an idle timer alone did not)
+    let mut c = TcpStream::connect(("127.0.0.1", ui.port)).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nX-A: ").unwrap();
+    let t0 = Instant::now();
+    let mut closed = false;
+    while t0.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(300));
+        if c.write_all(b"a").is_err() {
+            closed = true;
+            break;
+        }
+        c.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        let r = c.read(&mut buf);
+        c.set_nonblocking(false).unwrap();
+        if matches!(r, Ok(0)) || matches!(&r, Err(e) if e.kind() != std::io::ErrorKind::WouldBlock) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a trickling client held its connection for {:?}", t0.elapsed());
     // a FIFO among the run records: pages still answer, and keep answering
     make_fifo(&s.cache().join("runs/99.json"));
     for _ in 0..20 {

@@ -45,68 +45,53 @@ pub struct UiOptions {
     pub allow_remote: bool,
     /// Pipeline files the plan page offers besides those of recorded runs.
     pub pipelines: Vec<PathBuf>,
-    /// A connection with no byte read or written for this long is closed (see [`IdleIo`]).
+    /// A request's headers must arrive within this (from when the server starts waiting for
+    /// them, idle keep-alive included), and a blocked write may wait this long ([`StallIo`]).
     pub idle_timeout: std::time::Duration,
 }
 
-/// A connection that closes itself after `idle` without progress in either direction.
-/// Found by a hostile pass: 1,100 connections that sent half a request line and waited held
-/// the server (every later request timed out) for as long as they stayed open; axum's
-/// `serve` has no header-read timeout. Progress in either direction resets the clock, so a
-/// long download is never cut; only a peer that neither sends nor reads is.
-pub struct IdleIo {
+/// A connection whose writes make no progress for `stall` (a peer that stopped reading its
+/// answer) fails. Reads are bounded by hyper's header-read timeout instead (see [`serve`]),
+/// so the time a page takes to compute is never counted against the client.
+pub struct StallIo {
     io: tokio::net::TcpStream,
-    idle: std::time::Duration,
+    stall: std::time::Duration,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// A write is waiting and `deadline` is its limit.
+    waiting: bool,
 }
 
-impl IdleIo {
-    fn new(io: tokio::net::TcpStream, idle: std::time::Duration) -> Self {
-        IdleIo { io, idle, deadline: Box::pin(tokio::time::sleep(idle)) }
-    }
-    fn progress(&mut self) {
-        let at = tokio::time::Instant::now() + self.idle;
-        self.deadline.as_mut().reset(at);
-    }
-    /// On `Pending`: an error once the deadline has passed (the task is woken by it).
-    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        self.deadline.as_mut().poll(cx).is_ready()
+impl StallIo {
+    fn new(io: tokio::net::TcpStream, stall: std::time::Duration) -> Self {
+        StallIo { io, stall, deadline: Box::pin(tokio::time::sleep(stall)), waiting: false }
     }
 }
 
-fn timed_out() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle too long")
-}
-
-impl tokio::io::AsyncRead for IdleIo {
+impl tokio::io::AsyncRead for StallIo {
     fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::Poll;
-        let before = buf.filled().len();
-        match std::pin::Pin::new(&mut self.io).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                if buf.filled().len() > before {
-                    self.progress();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
-            Poll::Pending => Poll::Pending,
-        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
-impl tokio::io::AsyncWrite for IdleIo {
+impl tokio::io::AsyncWrite for StallIo {
     fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
         use std::task::Poll;
         match std::pin::Pin::new(&mut self.io).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.progress();
+            Poll::Pending => {
+                if !self.waiting {
+                    self.waiting = true;
+                    let at = tokio::time::Instant::now() + self.stall;
+                    self.deadline.as_mut().reset(at);
                 }
-                Poll::Ready(Ok(n))
+                if self.deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading")));
+                }
+                Poll::Pending
             }
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
-            other => other,
+            ready => {
+                self.waiting = false;
+                ready
+            }
         }
     }
     fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
@@ -114,29 +99,6 @@ impl tokio::io::AsyncWrite for IdleIo {
     }
     fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// The TCP listener, its connections wrapped in [`IdleIo`].
-struct IdleListener {
-    inner: tokio::net::TcpListener,
-    idle: std::time::Duration,
-}
-
-impl axum::serve::Listener for IdleListener {
-    type Io = IdleIo;
-    type Addr = SocketAddr;
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.inner.accept().await {
-                Ok((io, addr)) => return (IdleIo::new(io, self.idle), addr),
-                // as axum's own listener: out of descriptors is worth a pause, not an exit
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-            }
-        }
-    }
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.inner.local_addr()
     }
 }
 
@@ -316,8 +278,34 @@ pub fn serve(opts: UiOptions, shutdown: impl std::future::Future<Output = ()> + 
         println!("pipeline ui: serving {} read-only at {url}", files.root().display());
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        let listener = IdleListener { inner: listener, idle: opts.idle_timeout };
-        axum::serve(listener, router(files, opts.pipelines, hosts)).with_graceful_shutdown(shutdown).await.map_err(UiError::Serve)
+        // Not axum::serve: it sets no header-read timeout, and connections that sent half a
+        // request (or trickled a byte every few seconds) held the server for ever, 1,100 of
+        // them starving it of descriptors (found by hostile passes). hyper's own timeout is an
+        // absolute deadline for each request's headers, whatever the client trickles.
+        let app = router(files, opts.pipelines, hosts);
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let io = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((io, _)) => io,
+                    // out of descriptors is worth a pause, not an exit (as axum::serve)
+                    Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            let limit = opts.idle_timeout;
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(StallIo::new(io, limit));
+                let mut b = hyper::server::conn::http1::Builder::new();
+                b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limit);
+                let _ = b.serve_connection(io, service).await;
+            });
+        }
+        Ok::<(), UiError>(())
     })?;
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
