@@ -636,11 +636,33 @@ fn a_lost_database_is_refused_then_rebuilt_with_its_history() {
     assert_eq!(s.status_of(&o, "a"), "cached");
     assert_eq!(std::fs::read(s.cache().join("runs/1.json")).unwrap(), run1, "run 1's record was overwritten");
     assert!(s.cache().join("runs/3.json").exists());
-    // an empty database made by an older build beside a populated index/ is rebuilt too
+    // an empty database (made by an older build, or a rebuild killed before this one built
+    // aside) beside a populated index/ is refused, then rebuilt
     std::fs::remove_dir_all(s.cache().join("db")).unwrap();
     sled_empty(&s.cache().join("db"));
-    let o = s.ok(&["cache", "verify", "--rebuild"]);
-    assert!(stdout(&o).contains("entries restored"), "{}", stdout(&o));
+    let o = s.run(&["runs"]);
+    assert!(o.status.code() == Some(1) && stderr(&o).contains("holds no entry"), "{}", stderr(&o));
+    // second hostile pass: a FIFO in index/ or runs/ hung the rebuild with the cache locked;
+    // a leftover of a killed rebuild is cleared
+    make_fifo(&s.cache().join("index/zz.json"));
+    make_fifo(&s.cache().join("runs/77.json"));
+    std::fs::create_dir_all(s.cache().join("db.rebuilding")).unwrap();
+    let child = s.cmd(&["cache", "verify", "--rebuild"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let o = finish_within(child, Duration::from_secs(30), "rebuild with FIFOs");
+    assert!(o.status.success() && stdout(&o).contains("entries restored"), "{}{}", stdout(&o), stderr(&o));
+    std::fs::remove_file(s.cache().join("index/zz.json")).unwrap();
+    std::fs::remove_file(s.cache().join("runs/77.json")).unwrap();
+    // a run id file at u64::MAX wrapped the next id to 0, every later run overwriting run 0
+    std::fs::write(s.cache().join("runs/18446744073709551615.json"), "{}").unwrap();
+    s.ok(&["run", "t.json", "--set", "a.n=3"]);
+    assert!(s.cache().join("runs/4.json").exists() && !s.cache().join("runs/0.json").exists());
+    // pointed at a directory that is no cache, a rebuild refuses and makes nothing there
+    let plain = s.path().join("plain");
+    std::fs::create_dir_all(plain.join("tmp")).unwrap();
+    std::fs::write(plain.join("tmp/work.txt"), "mine").unwrap();
+    let o = s.run(&["--cache", plain.to_str().unwrap(), "cache", "verify", "--rebuild"]);
+    assert!(o.status.code() == Some(1) && stderr(&o).contains("not a pipeline cache"), "{}", stderr(&o));
+    assert!(!plain.join("db").exists() && plain.join("tmp/work.txt").exists());
 }
 
 /// An empty sled database at `path`, as `Cache::open` made one before it refused.

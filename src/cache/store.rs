@@ -138,11 +138,30 @@ pub fn now_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Largest run id (a file `runs/<id>.json` above it is somebody else's).
+pub const MAX_RUN_ID: u64 = 1 << 48;
+
+/// The bytes of a regular file of at most `max` bytes, or nothing. Opened non-blocking and
+/// checked on the open descriptor, so a FIFO or device at the name is never read (a FIFO in
+/// `runs/` or `index/` hung the web view and `verify --rebuild`: found by hostile passes).
+pub fn read_regular(path: &Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.len() > max {
+        return None;
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    f.take(max + 1).read_to_end(&mut out).ok()?;
+    (out.len() as u64 <= max).then_some(out)
+}
+
 impl Cache {
     /// Open (creating) the cache at `root`. Only one process may have it open; a second gets
     /// [`CacheError::Busy`] naming the first, or waits for it with `wait`.
     pub fn open(root: &Path, wait: bool) -> Result<Self, CacheError> {
-        Self::open_inner(root, wait, false)
+        Self::open_inner(root, wait, None)
     }
 
     /// Entries recorded in `index/` (one file each, written beside every commit).
@@ -150,7 +169,9 @@ impl Cache {
         fs::read_dir(root.join("index")).map(|rd| rd.flatten().filter(|f| f.file_name().to_string_lossy().ends_with(".json")).count()).unwrap_or(0)
     }
 
-    fn open_inner(root: &Path, wait: bool, rebuilding: bool) -> Result<Self, CacheError> {
+    /// `rebuild_into`: open the database at that name instead of `db/` (a rebuild fills it and
+    /// renames it into place once complete), without the checks on `db/`.
+    fn open_inner(root: &Path, wait: bool, rebuild_into: Option<&str>) -> Result<Self, CacheError> {
         // `--cache .` or `--cache ~` would empty the directory's `tmp/` and `views/`.
         if !["db", "objects", "index"].iter().any(|d| root.join(d).is_dir()) {
             // Hidden files only (or nothing) count as empty.
@@ -167,19 +188,20 @@ impl Cache {
         }
         // Stages run in other working directories: every path handed out must be absolute.
         let root = &fs::canonicalize(root).map_err(io_err(root))?;
-        let db_path = root.join("db");
+        let db_path = root.join(rebuild_into.unwrap_or("db"));
         // found by a hostile pass: with db/ gone, an empty one was made, every entry looked
         // absent, `verify --rebuild` said "nothing to rebuild", and the next run's id 1
         // overwrote the history's runs/1.json
-        if !rebuilding && !db_path.exists() {
-            let n = Self::indexed(root);
-            if n > 0 {
-                return Err(CacheError::Refused(format!(
-                    "{}: the database (db/) is missing but index/ records {n} entries: run `pipeline --cache {} cache verify --rebuild` to restore them from it",
-                    root.display(),
-                    root.display()
-                )));
-            }
+        let lost = |what: &str| {
+            CacheError::Refused(format!(
+                "{}: the database (db/) {what} but index/ records {} entries: run `pipeline --cache {} cache verify --rebuild` to restore them from it",
+                root.display(),
+                Self::indexed(root),
+                root.display()
+            ))
+        };
+        if rebuild_into.is_none() && !db_path.exists() && Self::indexed(root) > 0 {
+            return Err(lost("is missing"));
         }
         let db = loop {
             // No background flusher: we flush at each commit, and its thread makes every exit wait.
@@ -200,6 +222,10 @@ impl Cache {
         // redacted: a secret passed on the command line must not sit in a world-readable file
         let _ = fs::write(root.join("LOCK"), format!("{}\n{}\n", std::process::id(), crate::text::redact(&cmd.join(" "))));
         let tree = |n: &str| db.open_tree(n).map_err(|source| CacheError::Db { path: db_path.clone(), source });
+        // An empty database beside records: db/ emptied, or made before the check above.
+        if rebuild_into.is_none() && tree("entries")?.is_empty() && Self::indexed(root) > 0 {
+            return Err(lost("holds no entry"));
+        }
         Ok(Self {
             entries: tree("entries")?,
             manifests: tree("manifests")?,
@@ -248,10 +274,15 @@ impl Cache {
     /// `index/`, keeping only records whose blobs are all present and hash right. Run history
     /// and the stat memo start empty. Returns (entries restored, records skipped).
     pub fn rebuild(root: &Path) -> Result<(usize, usize), CacheError> {
+        // found by a hostile pass: pointed at a directory that is no cache, the check below
+        // made a db/ there, and the next run took it for one (emptying its tmp/)
+        if !["index", "objects"].iter().any(|d| root.join(d).is_dir()) {
+            return Err(CacheError::Refused(format!("{}: not a pipeline cache (no index/ nor objects/): nothing to rebuild", root.display())));
+        }
         let db = root.join("db");
-        // Only a database that cannot be opened is rebuilt; one in use is never touched.
+        // Only a database that cannot be opened, or one with no entry beside index/ records,
+        // is rebuilt; one in use is never touched.
         match sled::Config::new().path(&db).flush_every_ms(None).open() {
-            // An empty database beside a populated index/ was made after db/ was lost: rebuilt.
             Ok(d) if d.open_tree("entries").map(|t| t.is_empty()).unwrap_or(false) && Self::indexed(root) > 0 => drop(d),
             Ok(d) => {
                 drop(d);
@@ -262,17 +293,24 @@ impl Cache {
             }
             Err(_) => {}
         }
-        if db.exists() {
-            let aside = root.join(format!("db.broken-{}", now_millis()));
-            fs::rename(&db, &aside).map_err(io_err(&db))?;
-            eprintln!("moved the damaged database to {}", aside.display());
+        // Built aside and renamed into place when complete: a rebuild killed half-way (it
+        // rehashes every blob) must not leave a db/ that holds only some of the entries, which
+        // `cache gc` would then take the others for garbage.
+        const BUILDING: &str = "db.rebuilding";
+        let building = root.join(BUILDING);
+        match sled::Config::new().path(&building).flush_every_ms(None).open() {
+            Err(sled::Error::Io(e)) if is_lock_error(&e) => return Err(busy(root)),
+            _ => {}
         }
-        let cache = Cache::open_inner(root, false, true)?;
+        if building.exists() {
+            fs::remove_dir_all(&building).map_err(io_err(&building))?;
+        }
+        let cache = Cache::open_inner(root, false, Some(BUILDING))?;
         let (mut restored, mut skipped) = (0, 0);
         // The run history, from the copies every run writes beside the database.
         for f in fs::read_dir(cache.root.join("runs")).into_iter().flatten().flatten() {
-            let id: Option<u64> = f.file_name().to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse().ok());
-            let bytes = fs::read(f.path()).ok().filter(|b| serde_json::from_slice::<serde_json::Value>(b).is_ok());
+            let id: Option<u64> = f.file_name().to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse().ok()).filter(|&id| id <= MAX_RUN_ID);
+            let bytes = read_regular(&f.path(), 64 << 20).filter(|b| serde_json::from_slice::<serde_json::Value>(b).is_ok());
             if let (Some(id), Some(bytes)) = (id, bytes) {
                 cache.runs.insert(id.to_be_bytes(), bytes).map_err(cache.db_err())?;
             }
@@ -280,7 +318,8 @@ impl Cache {
         let dir = cache.root.join("index");
         let mut records: Vec<IndexRecord> = Vec::new();
         for f in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
-            match fs::read(f.path()).ok().and_then(|b| serde_json::from_slice::<IndexRecord>(&b).ok()) {
+            // regular files only: a FIFO here hung the rebuild with the cache locked
+            match read_regular(&f.path(), 256 << 20).and_then(|b| serde_json::from_slice::<IndexRecord>(&b).ok()) {
                 Some(r) => records.push(r),
                 None => skipped += 1,
             }
@@ -296,6 +335,14 @@ impl Cache {
                 skipped += 1;
             }
         }
+        cache.flush()?;
+        drop(cache);
+        if db.exists() {
+            let aside = root.join(format!("db.broken-{}", now_millis()));
+            fs::rename(&db, &aside).map_err(io_err(&db))?;
+            eprintln!("moved the damaged database to {}", aside.display());
+        }
+        fs::rename(&building, &db).map_err(io_err(&building))?;
         Ok((restored, skipped))
     }
 
@@ -877,9 +924,16 @@ impl Cache {
             .flatten()
             .flatten()
             .filter_map(|f| f.file_name().to_str()?.strip_suffix(".json")?.parse::<u64>().ok())
+            // found by a hostile pass: `runs/18446744073709551615.json` wrapped the next id
+            // to 0, and every later run overwrote run 0
+            .filter(|&id| id <= MAX_RUN_ID)
             .max()
             .unwrap_or(0);
-        Ok(in_db.max(on_disk) + 1)
+        let last = in_db.max(on_disk);
+        if last >= MAX_RUN_ID {
+            return Err(CacheError::Refused(format!("{}: run ids have reached {MAX_RUN_ID}", self.root.display())));
+        }
+        Ok(last + 1)
     }
 
     pub fn put_run<T: Serialize>(&self, id: u64, run: &T) -> Result<(), CacheError> {

@@ -20,21 +20,7 @@ use crate::engine::RunRecord;
 /// Largest run record or index entry read (a record is a few KB).
 const RECORD_MAX: u64 = 64 << 20;
 
-/// The bytes of a regular file of at most `max` bytes, or nothing. Opened non-blocking and
-/// checked on the open descriptor: a FIFO planted in `runs/` parked one of the server's
-/// threads per request, forever (found by a hostile pass); every thread went that way.
-pub fn read_regular(path: &Path, max: u64) -> Option<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).ok()?;
-    let meta = f.metadata().ok()?;
-    if !meta.is_file() || meta.len() > max {
-        return None;
-    }
-    let mut out = Vec::with_capacity(meta.len() as usize);
-    f.take(max + 1).read_to_end(&mut out).ok()?;
-    (out.len() as u64 <= max).then_some(out)
-}
+pub use crate::cache::store::read_regular;
 
 /// An `index/<key>.json` record.
 #[derive(Debug, Clone, Deserialize)]
