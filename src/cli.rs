@@ -664,18 +664,22 @@ fn schedule(cache_dir: &Path, args: ScheduleArgs) -> Result<i32> {
             more.extend(["-j".to_string(), args.jobs.to_string()]);
         }
         if let Some(url) = args.remote.remote.as_ref().filter(|u| !u.is_empty()) {
-            more.extend(["--remote".to_string(), url.clone()]);
+            // a directory remote is relative to here, and the printed line runs elsewhere
+            let url = if url.contains("://") { url.clone() } else { crate::cache::store::absolute(Path::new(url)).display().to_string() };
+            more.extend(["--remote".to_string(), url]);
         }
         if args.remote.remote_mode != RemoteMode::ReadWrite {
             let mode = clap::ValueEnum::to_possible_value(&args.remote.remote_mode).map(|v| v.get_name().to_string()).unwrap_or_default();
             more.extend(["--remote-mode".to_string(), mode]);
         }
         let run = sch::ScheduledRun { bin: &bin, file: &file, cache: &cache, args: more };
+        // Without --tz the loop keeps the zone TZ names, when set; so does the printed entry.
+        let tz = args.tz.clone().or_else(|| std::env::var("TZ").ok().map(|t| t.trim_start_matches(':').to_string()).filter(|t| sch::parse_tz(t).is_ok()));
         if args.print_systemd {
-            print!("{}", sch::print_systemd(&run, &args.cron, args.tz.as_deref())?);
+            print!("{}", sch::print_systemd(&run, &args.cron, tz.as_deref())?);
         }
         if args.print_cron {
-            print!("{}", sch::print_cron(&run, &args.cron, args.tz.as_deref())?);
+            print!("{}", sch::print_cron(&run, &args.cron, tz.as_deref())?);
         }
         return Ok(0);
     }

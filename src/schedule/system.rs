@@ -212,6 +212,15 @@ impl ScheduledRun<'_> {
             "schedule".into(),
         ];
         v.extend(self.args.iter().cloned());
+        // systemd takes the executable's path without `$` expansion and refuses quotes and
+        // backslashes in it (found by a hostile pass): printed as is, it would not start
+        if v[0].contains(['$', '\\', '"', '\'']) {
+            return Err(ScheduleError::Unprintable {
+                what: "the pipeline binary".into(),
+                value: v[0].clone(),
+                reason: "systemd and cron lines need an executable path without $, quotes or backslashes; install the binary elsewhere".into(),
+            });
+        }
         for (i, a) in v.iter().enumerate() {
             if a.chars().any(char::is_control) {
                 let what = match i {
@@ -233,6 +242,17 @@ impl ScheduledRun<'_> {
     fn workdir(&self) -> Option<String> {
         self.file.parent().filter(|p| !p.as_os_str().is_empty()).and_then(|p| p.to_str()).map(str::to_string)
     }
+}
+
+/// The cron expression and time zone go into the printed files as text: a control character
+/// (a newline in `--cron`) would add a line (found by a hostile pass).
+fn check_expression(cron: &str, tz: Option<&str>) -> Result<(), ScheduleError> {
+    for (what, v) in [("the cron expression", Some(cron)), ("the time zone", tz)] {
+        if let Some(v) = v.filter(|v| v.chars().any(char::is_control)) {
+            return Err(ScheduleError::Unprintable { what: what.into(), value: v.to_string(), reason: "it holds a control character".into() });
+        }
+    }
+    Ok(())
 }
 
 /// Quotes one ExecStart= argument: `%` and `$` are systemd specifiers/variables.
@@ -275,6 +295,7 @@ fn unit_name(pipeline_file: &Path) -> String {
 /// absolute (systemd requires it for ExecStart); the CLI passes `std::env::current_exe()`,
 /// the canonicalised pipeline file and the absolute cache directory.
 pub fn print_systemd(run: &ScheduledRun<'_>, cron: &str, tz: Option<&str>) -> Result<String, ScheduleError> {
+    check_expression(cron, tz)?;
     let calendars = systemd_on_calendar(cron, tz)?;
     let argv = run.argv()?;
     let name = unit_name(run.file);
@@ -285,6 +306,15 @@ pub fn print_systemd(run: &ScheduledRun<'_>, cron: &str, tz: Option<&str>) -> Re
     s += &format!("Description=pipeline run {}\n", argv[4].replace('%', "%%"));
     s += "Wants=network-online.target\nAfter=network-online.target\n\n";
     s += "[Service]\nType=oneshot\n";
+    // A backslash ends a unit line's value with a continuation (`Description=` or
+    // `WorkingDirectory=` swallowed the next directive: found by a hostile pass).
+    if argv[4].contains('\\') {
+        return Err(ScheduleError::Unprintable {
+            what: "the pipeline file".into(),
+            value: argv[4].clone(),
+            reason: "a backslash in a unit's Description= or WorkingDirectory= continues the line; rename it".into(),
+        });
+    }
     if let Some(dir) = run.workdir() {
         // Taken verbatim (no quotes, no `$`), only stripped of surrounding whitespace.
         if dir.trim() != dir {
@@ -351,6 +381,7 @@ fn cron_list(values: &[u32]) -> String {
 /// every cron reads the same way; a time zone becomes a `CRON_TZ=` line (cronie and
 /// systemd-cron honour it, Debian's cron does not).
 pub fn print_cron(run: &ScheduledRun<'_>, cron: &str, tz: Option<&str>) -> Result<String, ScheduleError> {
+    check_expression(cron, tz)?;
     parse_cron(cron)?;
     if let Some(tz) = tz {
         parse_tz(tz)?;
@@ -406,6 +437,7 @@ pub fn print_cron(run: &ScheduledRun<'_>, cron: &str, tz: Option<&str>) -> Resul
         .collect();
     let mut s = format!("# pipeline: run {} at cron \"{}\"\n", argv[4], cron.trim());
     if let Some(tz) = tz {
+        s += "# CRON_TZ is honoured by cronie and systemd-cron; Debian's cron ignores it (its daemon's zone applies)\n";
         s += &format!("CRON_TZ={tz}\n");
     }
     let cd = run.workdir().map(|d| format!("cd {} && ", sh_quote(&d))).unwrap_or_default();
@@ -520,6 +552,16 @@ WantedBy=timers.target
         assert!(e.contains("the argument") && e.contains("control character"), "{e}");
         let e = print_systemd(&run("/a /x.json", "/bin/pipeline", &[]), "0 3 * * *", None).unwrap_err().to_string();
         assert!(e.contains("whitespace"), "{e}");
+        // second hostile pass: a newline in --cron, a backslash continuing a unit line, and a
+        // binary path systemd will not execute
+        let e = print_cron(&run("/a.json", "/bin/pipeline", &[]), "0\n* * * * * *", None).unwrap_err().to_string();
+        assert!(e.contains("the cron expression") && e.contains("control character"), "{e}");
+        let e = print_systemd(&run("/d/tail\\/p.json", "/bin/pipeline", &[]), "0 3 * * *", None).unwrap_err().to_string();
+        assert!(e.contains("backslash"), "{e}");
+        for bin in ["/a$b/pipeline", "/a\"b/pipeline", "/a\\b/pipeline"] {
+            let e = print_systemd(&run("/a.json", bin, &[]), "0 3 * * *", None).unwrap_err().to_string();
+            assert!(e.contains("the pipeline binary"), "{bin}: {e}");
+        }
     }
 
     #[test]
@@ -527,7 +569,8 @@ WantedBy=timers.target
         let out = print_cron(&run("/srv/study/nightly.yaml", "/usr/local/bin/pipeline", &["-j", "2"]), "0 3 * * *", Some("Asia/Tokyo")).unwrap();
         assert_eq!(
             out,
-            "# pipeline: run /srv/study/nightly.yaml at cron \"0 3 * * *\"\nCRON_TZ=Asia/Tokyo\n\
+            "# pipeline: run /srv/study/nightly.yaml at cron \"0 3 * * *\"\n\
+             # CRON_TZ is honoured by cronie and systemd-cron; Debian's cron ignores it (its daemon's zone applies)\nCRON_TZ=Asia/Tokyo\n\
              0 3 * * * cd '/srv/study' && '/usr/local/bin/pipeline' '--cache' '/srv/cache' 'run' '/srv/study/nightly.yaml' '--trigger' 'schedule' '-j' '2'\n"
         );
         let out = print_cron(&run("/it's/50%.yaml", "/bin/pipeline", &[]), "@daily", None).unwrap();

@@ -326,7 +326,7 @@ pub fn entry_page(f: &Files, key: &str, page: usize) -> Page {
         run = e.run_id,
     );
     b.push_str("</table><h2>Key inputs</h2><table>");
-    b.push_str(&format!("<tr><th>params</th><td><pre>{}</pre></td></tr>", esc(&serde_json::to_string_pretty(&e.key_inputs.params).unwrap_or_default())));
+    b.push_str(&format!("<tr><th>params</th><td><pre>{}</pre></td></tr>", esc(&crate::text::redact(&serde_json::to_string_pretty(&e.key_inputs.params).unwrap_or_default()))));
     for (name, d) in &e.key_inputs.inputs {
         let src = e.input_sources.get(name).map(|s| s.as_str()).unwrap_or("");
         b.push_str(&format!("<tr><th>input {}</th><td><code>{}</code> {}</td></tr>", esc(name), esc(&d[..12.min(d.len())]), esc(src)));

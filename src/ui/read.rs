@@ -22,6 +22,29 @@ const RECORD_MAX: u64 = 64 << 20;
 
 pub use crate::cache::store::read_regular;
 
+/// Whether `LOCK`'s command line is `actual`'s, where `LOCK` may hold `[redacted]` for a
+/// secret (found by a hostile pass: a redacted LOCK never matched, so a run whose command
+/// line held a secret never showed as in progress).
+fn same_command(locked: &str, actual: &str) -> bool {
+    const R: &str = "[redacted]";
+    if !locked.contains(R) {
+        return locked == actual;
+    }
+    let parts: Vec<&str> = locked.split(R).collect();
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !actual.starts_with(first) || !actual.ends_with(last) || actual.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &actual[first.len()..actual.len() - last.len()];
+    for p in &parts[1..parts.len() - 1] {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 /// An `index/<key>.json` record.
 #[derive(Debug, Clone, Deserialize)]
 pub struct IndexFile {
@@ -145,7 +168,7 @@ impl Files {
         let command = lines.next().unwrap_or("").to_string();
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let cmdline: Vec<String> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).to_string()).collect();
-        if cmdline.join(" ") != command {
+        if !same_command(&command, &cmdline.join(" ")) {
             return None;
         }
         // The subcommand is the first argument that names one (`--cache run` is a directory).
@@ -179,6 +202,16 @@ impl Files {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redacted_lock_matches_its_command_line() {
+        assert!(same_command("pipeline run p.json", "pipeline run p.json"));
+        assert!(!same_command("pipeline run p.json", "pipeline run q.json"));
+        assert!(same_command("pipeline run p.json --set a.k=[redacted]", "pipeline run p.json --set a.k=SuperSecret123"));
+        assert!(same_command("pipeline run [redacted] --set a.k=[redacted]!", "pipeline run Sec1 --set a.k=Sec2!"));
+        assert!(!same_command("pipeline run p.json --set a.k=[redacted]", "pipeline plan p.json --set a.k=SuperSecret123"));
+        assert!(!same_command("a[redacted]a", "a"));
+    }
 
     #[test]
     fn only_full_lowercase_hex_names_an_entry_or_blob() {

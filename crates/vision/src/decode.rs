@@ -91,8 +91,11 @@ fn check_shape(size: u32, channels: u8) -> Result<(), VisionError> {
 pub const MAX_IMAGE_FILE_BYTES: u64 = 64 << 20;
 /// Widest or tallest image decoded (a resize to 48 px keeps one side whole in between).
 pub const MAX_IMAGE_SIDE: u32 = 16_384;
-/// Most pixels decoded (256 MB as RGBA).
+/// Most pixels decoded.
 pub const MAX_IMAGE_PIXELS: u64 = 64 << 20;
+/// Most bytes one decoded image may take (64 Mpx of 8-bit RGBA; a 16-bit RGBA image of
+/// 8192 x 8192 passed the pixel count and took 613 MB: found by a hostile pass).
+pub const MAX_IMAGE_BYTES: u64 = 256 << 20;
 
 /// The bytes of an image file: a regular file (a FIFO, device or directory is refused
 /// before it is read; the open does not block) of at most [`MAX_IMAGE_FILE_BYTES`].
@@ -123,19 +126,27 @@ pub fn read_image_file(path: &Path) -> Result<Vec<u8>, VisionError> {
 /// Decodes JPEG or PNG bytes (format from the content) after checking the header's size
 /// against [`MAX_IMAGE_SIDE`] and [`MAX_IMAGE_PIXELS`]; the error is the message alone.
 pub fn decode_bytes(bytes: &[u8]) -> Result<DynamicImage, String> {
-    let reader = || image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string());
-    let (w, h) = reader()?.into_dimensions().map_err(|e| e.to_string())?;
+    use image::ImageDecoder;
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let (w, h) = decoder.dimensions();
     if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE || w as u64 * h as u64 > MAX_IMAGE_PIXELS {
         return Err(format!(
             "{w} x {h} pixels: at most {MAX_IMAGE_SIDE} a side and {MAX_IMAGE_PIXELS} in all are decoded (scale it down first)"
         ));
     }
-    let mut r = reader()?;
+    if decoder.total_bytes() > MAX_IMAGE_BYTES {
+        return Err(format!(
+            "{w} x {h} pixels of {:?} take {} bytes decoded: at most {MAX_IMAGE_BYTES} (scale it down, or save it with 8 bits per channel)",
+            decoder.color_type(),
+            decoder.total_bytes()
+        ));
+    }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    r.limits(limits);
-    r.decode().map_err(|e| e.to_string())
+    decoder.set_limits(limits).map_err(|e| e.to_string())?;
+    DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())
 }
 
 /// Read and decode `path` (JPEG/PNG, grayscale or colour) to `size` x `size` x `channels`.
@@ -287,10 +298,46 @@ mod tests {
         std::fs::File::create(&big).unwrap().set_len(MAX_IMAGE_FILE_BYTES + 1).unwrap();
         let e = load_image(&big, 48, 1).unwrap_err().to_string();
         assert!(e.contains("big.jpg") && e.contains("at most"), "{e}");
+        // 16 bits per channel count double (second hostile pass: 613 MB for one 8192 x 8192 RGBA16)
+        // (the header alone: the refusal comes before any pixel data is read)
+        let deep = dir.join("deep.png");
+        std::fs::write(&deep, png_header_only(8192, 8192, 16, 6)).unwrap();
+        let e = load_image(&deep, 48, 1).unwrap_err().to_string();
+        assert!(e.contains("deep.png") && e.contains("Rgba16"), "{e}");
         // a large but sane image still decodes
         let ok = dir.join("ok.png");
         image::GrayImage::new(4000, 3000).save(&ok).unwrap();
         assert_eq!(load_image(&ok, 48, 1).unwrap().data.len(), 48 * 48);
+    }
+
+    /// A PNG signature, IHDR (CRC included), an empty IDAT and IEND: enough for the header checks.
+    fn png_header_only(w: u32, h: u32, depth: u8, color: u8) -> Vec<u8> {
+        fn crc32(data: &[u8]) -> u32 {
+            let mut c = 0xFFFF_FFFFu32;
+            for &b in data {
+                c ^= b as u32;
+                for _ in 0..8 {
+                    c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                }
+            }
+            !c
+        }
+        let chunk = |kind: &[u8], data: &[u8]| {
+            let mut v = (data.len() as u32).to_be_bytes().to_vec();
+            let mut body = kind.to_vec();
+            body.extend_from_slice(data);
+            v.extend_from_slice(&body);
+            v.extend_from_slice(&crc32(&body).to_be_bytes());
+            v
+        };
+        let mut ihdr = w.to_be_bytes().to_vec();
+        ihdr.extend_from_slice(&h.to_be_bytes());
+        ihdr.extend_from_slice(&[depth, color, 0, 0, 0]);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend(chunk(b"IHDR", &ihdr));
+        png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0, 0, 0, 0, 1]));
+        png.extend(chunk(b"IEND", &[]));
+        png
     }
 
     fn tempdir() -> std::path::PathBuf {
