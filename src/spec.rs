@@ -330,7 +330,7 @@ pub fn apply_override(doc: &mut Value, arg: &str) -> Result<(String, Value), Spe
     let matching: Vec<&String> = stage_names.iter().filter(|n| lhs.starts_with(&format!("{n}."))).collect();
     if matching.len() > 1 {
         let names: Vec<String> = matching.iter().map(|n| format!("`{n}`")).collect();
-        return Err(bad(&format!("ambiguous: the stages {} both match; rename one", names.join(" and "))));
+        return Err(bad(&format!("ambiguous: the stages {} all match; rename one", names.join(", "))));
     }
     let stage_owned = match matching.first() {
         Some(n) if n.contains('.') => {

@@ -656,6 +656,33 @@ fn a_lost_database_is_refused_then_rebuilt_with_its_history() {
     std::fs::write(s.cache().join("runs/18446744073709551615.json"), "{}").unwrap();
     s.ok(&["run", "t.json", "--set", "a.n=3"]);
     assert!(s.cache().join("runs/4.json").exists() && !s.cache().join("runs/0.json").exists());
+    // third hostile pass: each stage's current output after a rebuild is what the newest run
+    // used (not the newest entry), so `gc --keep-last 0` keeps it
+    s.ok(&["run", "t.json", "--set", "a.n=1"]);
+    std::fs::remove_dir_all(s.cache().join("db")).unwrap();
+    s.ok(&["cache", "verify", "--rebuild"]);
+    let o = s.ok(&["cache", "show", "a"]);
+    assert!(stdout(&o).contains("\"n\":1"), "{}", stdout(&o));
+    s.ok(&["cache", "gc", "--keep-last", "0"]);
+    let o = s.ok(&["run", "t.json", "--set", "a.n=1"]);
+    assert_eq!(s.status_of(&o, "a"), "cached");
+    // records whose blobs are gone are set aside by the rebuild instead of locking the cache
+    // out for ever; a link at db.rebuilding is refused, never followed
+    std::fs::remove_dir_all(s.cache().join("db")).unwrap();
+    std::fs::remove_dir_all(s.cache().join("objects")).unwrap();
+    std::fs::create_dir_all(s.cache().join("objects")).unwrap();
+    std::fs::remove_dir_all(s.cache().join("views")).unwrap();
+    let elsewhere = s.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, s.cache().join("db.rebuilding")).unwrap();
+    let o = s.run(&["cache", "verify", "--rebuild"]);
+    assert!(o.status.code() == Some(1) && stderr(&o).contains("not a directory a rebuild made"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "the rebuild wrote through the link");
+    std::fs::remove_file(s.cache().join("db.rebuilding")).unwrap();
+    let o = s.run(&["cache", "verify", "--rebuild"]);
+    assert!(stderr(&o).contains("set aside"), "{}{}", stdout(&o), stderr(&o));
+    s.ok(&["run", "t.json", "--set", "a.n=1"]);
+    s.ok(&["cache", "ls"]);
     // pointed at a directory that is no cache, a rebuild refuses and makes nothing there
     let plain = s.path().join("plain");
     std::fs::create_dir_all(plain.join("tmp")).unwrap();
@@ -663,6 +690,24 @@ fn a_lost_database_is_refused_then_rebuilt_with_its_history() {
     let o = s.run(&["--cache", plain.to_str().unwrap(), "cache", "verify", "--rebuild"]);
     assert!(o.status.code() == Some(1) && stderr(&o).contains("not a pipeline cache"), "{}", stderr(&o));
     assert!(!plain.join("db").exists() && plain.join("tmp/work.txt").exists());
+}
+
+/// Found by a third hostile pass: a first commit killed between its index record and the
+/// database (no run record yet) locked the cache out; such a cache opens, and reruns.
+#[test]
+fn a_first_commit_killed_before_the_database_does_not_lock_the_cache() {
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("echo a > $OUT/a"));
+    s.ok(&["run", "t.json"]);
+    // the state a kill between index/<key>.json and the sled transaction leaves
+    std::fs::remove_dir_all(s.cache().join("db")).unwrap();
+    for f in std::fs::read_dir(s.cache().join("runs")).unwrap().flatten() {
+        std::fs::remove_file(f.path()).unwrap();
+    }
+    let o = s.ok(&["run", "t.json"]);
+    assert_eq!(s.status_of(&o, "a"), "ran");
+    s.ok(&["cache", "gc"]);
+    s.ok(&["cache", "verify"]);
 }
 
 /// An empty sled database at `path`, as `Cache::open` made one before it refused.

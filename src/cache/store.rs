@@ -164,6 +164,15 @@ impl Cache {
         Self::open_inner(root, wait, None)
     }
 
+    /// Records in `index/` and in `runs/` beside a database without entries: a database that
+    /// was lost (a first commit killed between its index record and the database leaves a
+    /// record, but no run record: that cache opens, and `gc` clears the record; found by a
+    /// hostile pass, which locked such a cache out).
+    fn lost_history(root: &Path) -> bool {
+        let runs = fs::read_dir(root.join("runs")).map(|rd| rd.flatten().any(|f| f.file_name().to_string_lossy().ends_with(".json"))).unwrap_or(false);
+        runs && Self::indexed(root) > 0
+    }
+
     /// Entries recorded in `index/` (one file each, written beside every commit).
     fn indexed(root: &Path) -> usize {
         fs::read_dir(root.join("index")).map(|rd| rd.flatten().filter(|f| f.file_name().to_string_lossy().ends_with(".json")).count()).unwrap_or(0)
@@ -200,7 +209,7 @@ impl Cache {
                 root.display()
             ))
         };
-        if rebuild_into.is_none() && !db_path.exists() && Self::indexed(root) > 0 {
+        if rebuild_into.is_none() && !db_path.exists() && Self::lost_history(root) {
             return Err(lost("is missing"));
         }
         let db = loop {
@@ -223,7 +232,7 @@ impl Cache {
         let _ = fs::write(root.join("LOCK"), format!("{}\n{}\n", std::process::id(), crate::text::redact(&cmd.join(" "))));
         let tree = |n: &str| db.open_tree(n).map_err(|source| CacheError::Db { path: db_path.clone(), source });
         // An empty database beside records: db/ emptied, or made before the check above.
-        if rebuild_into.is_none() && tree("entries")?.is_empty() && Self::indexed(root) > 0 {
+        if rebuild_into.is_none() && tree("entries")?.is_empty() && Self::lost_history(root) {
             return Err(lost("holds no entry"));
         }
         Ok(Self {
@@ -280,6 +289,9 @@ impl Cache {
             return Err(CacheError::Refused(format!("{}: not a pipeline cache (no index/ nor objects/): nothing to rebuild", root.display())));
         }
         let db = root.join("db");
+        // The probe below makes an empty db/ where there was none: that one is removed, not
+        // "moved aside as damaged".
+        let had_db = db.exists();
         // Only a database that cannot be opened, or one with no entry beside index/ records,
         // is rebuilt; one in use is never touched.
         match sled::Config::new().path(&db).flush_every_ms(None).open() {
@@ -298,6 +310,12 @@ impl Cache {
         // `cache gc` would then take the others for garbage.
         const BUILDING: &str = "db.rebuilding";
         let building = root.join(BUILDING);
+        // only our own directory: a link there sent the rebuild into its target
+        if let Ok(m) = fs::symlink_metadata(&building) {
+            if !m.is_dir() {
+                return Err(CacheError::Refused(format!("{}: not a directory a rebuild made (a link or a file): remove it, then rebuild", building.display())));
+            }
+        }
         match sled::Config::new().path(&building).flush_every_ms(None).open() {
             Err(sled::Error::Io(e)) if is_lock_error(&e) => return Err(busy(root)),
             _ => {}
@@ -325,6 +343,7 @@ impl Cache {
             }
         }
         records.sort_by_key(|r| r.entry.created);
+        let mut unusable = Vec::new();
         for r in records {
             let ok = r.manifest.digest() == r.entry.output
                 && r.manifest.files.iter().all(|f| hash_file(&cache.blob_path(&f.digest)).ok().as_deref() == Some(f.digest.as_str()));
@@ -333,11 +352,45 @@ impl Cache {
                 restored += 1;
             } else {
                 skipped += 1;
+                unusable.push(cache.index_path(&r.entry.key));
+            }
+        }
+        // Each stage's current output is what the newest run used (found by a hostile pass:
+        // the newest *created* entry was taken, and `gc --keep-last 0` deleted the one in use).
+        let mut runs: Vec<(u64, serde_json::Value)> = cache
+            .runs
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .filter_map(|(k, v)| Some((u64::from_be_bytes(k.as_ref().try_into().ok()?), serde_json::from_slice(&v).ok()?)))
+            .collect();
+        runs.sort_by_key(|r| r.0);
+        for (_, r) in &runs {
+            let pipeline = r["pipeline"].as_str().unwrap_or_default();
+            for st in r["stages"].as_array().into_iter().flatten() {
+                if let (Some(stage), Some(key), true) = (st["name"].as_str(), st["key"].as_str(), st["output"].is_string()) {
+                    if cache.entries.contains_key(key.as_bytes()).unwrap_or(false) {
+                        cache.set_last(pipeline, stage, &CacheKey(key.to_string()))?;
+                    }
+                }
             }
         }
         cache.flush()?;
         drop(cache);
-        if db.exists() {
+        // Records nothing can be restored from (their blobs gone or damaged) are set aside, not
+        // left to lock the cache out for ever (found by a hostile pass).
+        if !unusable.is_empty() {
+            let aside = root.join(format!("index.skipped-{}", now_millis()));
+            fs::create_dir_all(&aside).map_err(io_err(&aside))?;
+            for p in &unusable {
+                if let Some(name) = p.file_name() {
+                    let _ = fs::rename(p, aside.join(name));
+                }
+            }
+            eprintln!("set aside {} index records whose files are gone or damaged in {}", unusable.len(), aside.display());
+        }
+        if db.exists() && !had_db {
+            fs::remove_dir_all(&db).map_err(io_err(&db))?;
+        } else if db.exists() {
             let aside = root.join(format!("db.broken-{}", now_millis()));
             fs::rename(&db, &aside).map_err(io_err(&db))?;
             eprintln!("moved the damaged database to {}", aside.display());
