@@ -521,8 +521,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             println!("rebuilt the database: {restored} entries restored, {skipped} records skipped (damaged or missing blobs)");
             cache_cmd(&open_cache(&cli.cache, cli.wait)?, CacheCmd::Verify { rebuild: false })
         }
-        // pull fills a new cache; gc of the remote needs none of its own
-        Command::Cache(cmd @ (CacheCmd::Pull { .. } | CacheCmd::Gc { remote: Some(_), .. })) => cache_cmd(&open_cache(&cli.cache, cli.wait)?, cmd),
+        // gc of the remote needs no local cache (it made one at --cache, or was refused by a
+        // directory there: found by a hostile pass); pull fills a new cache
+        Command::Cache(CacheCmd::Gc { remote: Some(url), grace, .. }) => cache_cmd::remote_gc(url, grace),
+        Command::Cache(cmd @ CacheCmd::Pull { .. }) => cache_cmd(&open_cache(&cli.cache, cli.wait)?, cmd),
         Command::Cache(cmd) => cache_cmd(&existing_cache(&cli.cache, cli.wait)?, cmd),
         Command::Runs { cmd, last, metrics } => {
             let cache = existing_cache(&cli.cache, cli.wait)?;

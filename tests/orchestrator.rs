@@ -462,3 +462,21 @@ fn special_files_given_as_inputs_are_named_for_what_they_are() {
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("`f` is a FIFO") && e.contains("`/dev/zero` is a character device") && e.contains("`loop1` is a symbolic link that leads nowhere"), "{e}");
 }
+
+/// Found by a hostile pass: `cache gc --remote` opened a local cache at --cache: it made one
+/// there, or failed when --cache named a directory of the user's.
+#[test]
+fn remote_gc_opens_no_local_cache() {
+    let s = Sandbox::new();
+    s.write("t.json", README_EXAMPLE);
+    let remote = s.path().join("remote");
+    s.ok(&["run", "-q", "t.json", "--remote", remote.to_str().unwrap()]);
+    let mine = s.path().join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "x").unwrap();
+    let o = s.run(&["--cache", mine.to_str().unwrap(), "cache", "gc", "--remote", remote.to_str().unwrap(), "--grace", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1, "gc --remote wrote into --cache");
+    let fresh = s.path().join("fresh");
+    s.ok(&["--cache", fresh.to_str().unwrap(), "cache", "pull", "--all", "--remote", remote.to_str().unwrap()]);
+}

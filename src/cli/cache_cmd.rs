@@ -11,6 +11,15 @@ use crate::cache::remote::Remote;
 use crate::cache::Cache;
 use crate::engine::RunRecord;
 
+/// `cache gc --remote`: the remote only; no local cache is opened (or made).
+pub(super) fn remote_gc(url: String, grace: u64) -> Result<i32> {
+    let url = Some(url).filter(|u| !u.is_empty()).or_else(|| std::env::var("PIPELINE_REMOTE").ok());
+    let remote = RemoteArgs { remote: url, remote_mode: RemoteMode::ReadWrite }.require()?;
+    let (n, bytes) = crate::cache::remote::transfer::gc(&remote, grace)?;
+    println!("removed {n} objects from {}, freed {}", remote_url(&remote), human_bytes(bytes));
+    Ok(0)
+}
+
 pub(super) fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
     match cmd {
         CacheCmd::Ls => {
@@ -65,10 +74,7 @@ pub(super) fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
             println!("exported {n} files of {} ({}) to {}", e.stage, e.key.short(), dir.components().collect::<std::path::PathBuf>().display());
         }
         CacheCmd::Gc { remote: Some(url), grace, .. } => {
-            let url = Some(url).filter(|u| !u.is_empty()).or_else(|| std::env::var("PIPELINE_REMOTE").ok());
-            let remote = RemoteArgs { remote: url, remote_mode: RemoteMode::ReadWrite }.require()?;
-            let (n, bytes) = crate::cache::remote::transfer::gc(&remote, grace)?;
-            println!("removed {n} objects from {}, freed {}", remote_url(&remote), human_bytes(bytes));
+            remote_gc(url, grace)?;
         }
         CacheCmd::Push { what, all, verify, remote } => {
             if remote.remote_mode != RemoteMode::ReadWrite {
