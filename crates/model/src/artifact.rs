@@ -285,7 +285,7 @@ impl ModelArtifact {
         let (_, rel) = names.get(m).ok_or_else(|| ModelError::Data(format!("no ensemble member {m}")))?;
         let record = self.dir.join(rel);
         // A record of another network is an error naming the file (see `load_checked`).
-        let _rng = crate::train::TRAIN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let _rng = crate::net::TRAIN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         load_checked(self.config.model.init::<B>(device), &record, device, "")
     }
 }

@@ -14,6 +14,14 @@ use serde::{Deserialize, Serialize};
 use crate::data::IMAGE_SIZE;
 use crate::error::{ModelError, Result};
 
+// burn's CPU RNG (init, dropout) is process-global: one training at a time per process
+// keeps `seed` reproducible (training saturates the cores anyway). Building a net to load a
+// record draws from it too, so loading takes the lock as well: a model loaded while another
+// trains in the same process (an `evaluate` beside a `train` in one run) changed that
+// training's draws, and its bytes. Here, below both `train` and `artifact`, which take it
+// (in `train` it made an import cycle: artifact -> train -> artifact).
+pub(crate) static TRAIN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelKind {

@@ -1,7 +1,6 @@
 //! Our own training loop: small, explicit, and the data path is a memcpy per batch.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
@@ -22,7 +21,7 @@ use crate::artifact::{ArtifactConfig, ARTIFACT_CONFIG, ARTIFACT_RECORD};
 use crate::backend::{run_train, BackendChoice, ResolvedBackend, TrainTask};
 use crate::data::{Dataset, IMAGE_SIZE, PIXELS};
 use crate::error::{ModelError, Result};
-use crate::net::{ModelConfig, Net};
+use crate::net::{ModelConfig, Net, TRAIN_LOCK};
 
 // The hyper-parameters live in `config` so `artifact` (which stores them) does not import
 // this module; re-exported here, where users look for them.
@@ -85,13 +84,6 @@ pub struct TrainRequest<'a> {
     pub init: Option<PathBuf>,
     pub backend: BackendChoice,
 }
-
-// burn's CPU RNG (init, dropout) is process-global: one training at a time per process
-// keeps `seed` reproducible (training saturates the cores anyway). Building a net to load a
-// record draws from it too, so loading takes the lock as well: a model loaded while another
-// trains in the same process (an `evaluate` beside a `train` in one run) changed that
-// training's draws, and its bytes.
-pub(crate) static TRAIN_LOCK: Mutex<()> = Mutex::new(());
 
 /// Train and write the artifact into `out_dir`: `model.mpk` (burn record), `config.json`
 /// (rebuilds the net: model + training config + classes), `classes.txt`, `metrics.csv`,
