@@ -15,6 +15,7 @@ pub mod predict;
 pub mod plan;
 pub mod progress;
 pub mod promote;
+pub mod regular;
 pub mod runs;
 pub mod schedule;
 pub mod schema;

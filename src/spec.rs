@@ -239,24 +239,10 @@ fn duplicate_keys(text: &str) -> Vec<Vec<String>> {
 }
 
 pub fn load(file: &Path, overrides: &[String]) -> Result<Loaded, SpecError> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let err = |source| SpecError::Read { file: file.to_path_buf(), source };
-    let other = |m: &str| err(std::io::Error::other(m.to_string()));
-    // Non-blocking open: a FIFO must not hang `run`, `plan` or `schedule` before the check.
-    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(file).map_err(err)?;
-    let meta = f.metadata().map_err(err)?;
-    if !meta.is_file() {
-        return Err(other(if meta.is_dir() { "is a directory, not a pipeline file" } else { "not a regular file (a FIFO, socket or device): its reading may never end" }));
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(other(&format!("{} bytes: a pipeline file holds at most {MAX_FILE_BYTES}", meta.len())));
-    }
-    let mut text = String::new();
-    f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).map_err(err)?;
-    if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(other(&format!("grew past {MAX_FILE_BYTES} bytes while it was read")));
-    }
+    // a FIFO must not hang `run`, `plan` or `schedule`, nor /dev/zero fill the memory
+    let bytes = crate::regular::read_bounded(file, MAX_FILE_BYTES, "pipeline file").map_err(err)?;
+    let text = String::from_utf8(bytes).map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     parse_text(file, &text, overrides)
 }
 
@@ -268,23 +254,19 @@ pub fn parse_text(file: &Path, text: &str, overrides: &[String]) -> Result<Loade
         column: e.column(),
         message: e.to_string().split(" at line").next().unwrap_or_default().to_string(),
     })?;
-    // Duplicate stage names only survive in the text: read the stage list in order from it.
-    let names: Vec<String> = match serde_json::from_str::<DupProbe>(text) {
-        Ok(p) => p.stages.map(|s| s.0.into_iter().map(|(n, _)| n).collect()).unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
-    let mut duplicates = Vec::new();
-    for (i, n) in names.iter().enumerate() {
-        if names[..i].contains(n) && !duplicates.contains(n) {
-            duplicates.push(n.clone());
+    // Keys given twice only survive in the text (a Value keeps the last): a stage name is a
+    // `duplicates` entry (once, in order), any other key a `duplicate_keys` path.
+    let (mut duplicates, mut duplicate_paths) = (Vec::new(), Vec::new());
+    for p in duplicate_keys(text) {
+        match p.as_slice() {
+            [top, name] if top == "stages" => {
+                if !duplicates.contains(name) {
+                    duplicates.push(name.clone());
+                }
+            }
+            _ => duplicate_paths.push(p.join(".")),
         }
     }
-    // stage names given twice are `duplicates`, reported as such
-    let duplicate_keys = duplicate_keys(text)
-        .into_iter()
-        .filter(|p| !(p.len() == 2 && p[0] == "stages"))
-        .map(|p| p.join("."))
-        .collect();
     let file_depth = depth(&doc);
     for arg in overrides {
         apply_override(&mut doc, arg)?;
@@ -293,13 +275,7 @@ pub fn parse_text(file: &Path, text: &str, overrides: &[String]) -> Result<Loade
     if d > MAX_DEPTH {
         return Err(SpecError::TooDeep { file: file.to_path_buf(), depth: d, overrides: d > file_depth });
     }
-    Ok(Loaded { doc, duplicates, duplicate_keys })
-}
-
-#[derive(Deserialize)]
-struct DupProbe {
-    #[serde(default)]
-    stages: Option<Stages>,
+    Ok(Loaded { doc, duplicates, duplicate_keys: duplicate_paths })
 }
 
 /// `stage.param=value`, `stage.param.sub=value` or `stage.inputs.x=ref`.

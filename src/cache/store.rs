@@ -13,6 +13,7 @@ use super::outcome::StageOutcome;
 
 // In its own file so `ingest` (which `store` calls) need not import `store`.
 use super::error::CacheError;
+use crate::regular::read_regular;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
     move |source| CacheError::Io { path: path.to_path_buf(), source }
@@ -141,20 +142,53 @@ pub fn now_millis() -> u64 {
 /// Largest run id (a file `runs/<id>.json` above it is somebody else's).
 pub const MAX_RUN_ID: u64 = 1 << 48;
 
-/// The bytes of a regular file of at most `max` bytes, or nothing. Opened non-blocking and
-/// checked on the open descriptor, so a FIFO or device at the name is never read (a FIFO in
-/// `runs/` or `index/` hung the web view and `verify --rebuild`: found by hostile passes).
-pub fn read_regular(path: &Path, max: u64) -> Option<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).ok()?;
-    let meta = f.metadata().ok()?;
-    if !meta.is_file() || meta.len() > max {
-        return None;
+/// The run records in `runs/` (the copies every run writes beside the database), oldest
+/// first: id, bytes as written, JSON. Regular files only, ids up to [`MAX_RUN_ID`]; anything
+/// else there is not a record (a FIFO hung the rebuild, and the web view's plan page).
+fn run_files(root: &Path) -> Vec<(u64, Vec<u8>, serde_json::Value)> {
+    let mut runs: Vec<(u64, Vec<u8>, serde_json::Value)> = fs::read_dir(root.join("runs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|f| {
+            let id: u64 = f.file_name().to_str()?.strip_suffix(".json")?.parse().ok().filter(|&id| id <= MAX_RUN_ID)?;
+            let bytes = read_regular(&f.path(), 64 << 20)?;
+            let json = serde_json::from_slice(&bytes).ok()?;
+            Some((id, bytes, json))
+        })
+        .collect();
+    runs.sort_by_key(|r| r.0);
+    runs
+}
+
+/// The records in `index/` (each entry and its manifest, written beside every commit), and
+/// how many files there are none (unreadable, or not a regular file).
+fn index_files(root: &Path) -> Result<(Vec<IndexRecord>, usize), CacheError> {
+    let dir = root.join("index");
+    let (mut records, mut unreadable) = (Vec::new(), 0);
+    for f in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+        match read_regular(&f.path(), 256 << 20).and_then(|b| serde_json::from_slice::<IndexRecord>(&b).ok()) {
+            Some(r) => records.push(r),
+            None => unreadable += 1,
+        }
     }
-    let mut out = Vec::with_capacity(meta.len() as usize);
-    f.take(max + 1).read_to_end(&mut out).ok()?;
-    (out.len() as u64 <= max).then_some(out)
+    Ok((records, unreadable))
+}
+
+/// Each stage's current output as the runs say, oldest run first (so the newest wins when
+/// applied in order): (pipeline, stage, key) for every stage with an output, a hit or a
+/// commit, what `set_last` records.
+fn lasts_in(runs: &[(u64, Vec<u8>, serde_json::Value)]) -> Vec<(String, String, CacheKey)> {
+    let mut out = Vec::new();
+    for (_, _, r) in runs {
+        let pipeline = r["pipeline"].as_str().unwrap_or_default();
+        for st in r["stages"].as_array().into_iter().flatten() {
+            if let (Some(stage), Some(key), true) = (st["name"].as_str(), st["key"].as_str(), st["output"].is_string()) {
+                out.push((pipeline.to_string(), stage.to_string(), CacheKey(key.to_string())));
+            }
+        }
+    }
+    out
 }
 
 impl Cache {
@@ -326,22 +360,12 @@ impl Cache {
         let cache = Cache::open_inner(root, false, Some(BUILDING))?;
         let (mut restored, mut skipped) = (0, 0);
         // The run history, from the copies every run writes beside the database.
-        for f in fs::read_dir(cache.root.join("runs")).into_iter().flatten().flatten() {
-            let id: Option<u64> = f.file_name().to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse().ok()).filter(|&id| id <= MAX_RUN_ID);
-            let bytes = read_regular(&f.path(), 64 << 20).filter(|b| serde_json::from_slice::<serde_json::Value>(b).is_ok());
-            if let (Some(id), Some(bytes)) = (id, bytes) {
-                cache.runs.insert(id.to_be_bytes(), bytes).map_err(cache.db_err())?;
-            }
+        let runs = run_files(&cache.root);
+        for (id, bytes, _) in &runs {
+            cache.runs.insert(id.to_be_bytes(), bytes.as_slice()).map_err(cache.db_err())?;
         }
-        let dir = cache.root.join("index");
-        let mut records: Vec<IndexRecord> = Vec::new();
-        for f in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
-            // regular files only: a FIFO here hung the rebuild with the cache locked
-            match read_regular(&f.path(), 256 << 20).and_then(|b| serde_json::from_slice::<IndexRecord>(&b).ok()) {
-                Some(r) => records.push(r),
-                None => skipped += 1,
-            }
-        }
+        let (mut records, unreadable) = index_files(&cache.root)?;
+        skipped += unreadable;
         records.sort_by_key(|r| r.entry.created);
         let mut unusable = Vec::new();
         for r in records {
@@ -357,21 +381,9 @@ impl Cache {
         }
         // Each stage's current output is what the newest run used (found by a hostile pass:
         // the newest *created* entry was taken, and `gc --keep-last 0` deleted the one in use).
-        let mut runs: Vec<(u64, serde_json::Value)> = cache
-            .runs
-            .iter()
-            .filter_map(|kv| kv.ok())
-            .filter_map(|(k, v)| Some((u64::from_be_bytes(k.as_ref().try_into().ok()?), serde_json::from_slice(&v).ok()?)))
-            .collect();
-        runs.sort_by_key(|r| r.0);
-        for (_, r) in &runs {
-            let pipeline = r["pipeline"].as_str().unwrap_or_default();
-            for st in r["stages"].as_array().into_iter().flatten() {
-                if let (Some(stage), Some(key), true) = (st["name"].as_str(), st["key"].as_str(), st["output"].is_string()) {
-                    if cache.entries.contains_key(key.as_bytes()).unwrap_or(false) {
-                        cache.set_last(pipeline, stage, &CacheKey(key.to_string()))?;
-                    }
-                }
+        for (pipeline, stage, key) in lasts_in(&runs) {
+            if cache.entries.contains_key(key.0.as_bytes()).unwrap_or(false) {
+                cache.set_last(&pipeline, &stage, &key)?;
             }
         }
         cache.flush()?;
@@ -1014,28 +1026,16 @@ impl Cache {
         let db = sled::Config::new().temporary(true).flush_every_ms(None).open().map_err(tmp_err)?;
         let tree = |n: &str| db.open_tree(n).map_err(tmp_err);
         let c = Self { entries: tree("entries")?, manifests: tree("manifests")?, last: tree("last")?, runs: tree("runs")?, stat: tree("stat")?, root, db };
-        for f in fs::read_dir(c.root.join("index")).into_iter().flatten().flatten() {
-            if let Some(r) = fs::read(f.path()).ok().and_then(|b| serde_json::from_slice::<IndexRecord>(&b).ok()) {
-                let _ = c.manifests.insert(r.entry.output.as_bytes(), serde_json::to_vec(&r.manifest).unwrap_or_default());
-                let _ = c.entries.insert(r.entry.key.0.as_bytes(), serde_json::to_vec(&r.entry).unwrap_or_default());
-            }
+        for r in index_files(&c.root).map(|(records, _)| records).unwrap_or_default() {
+            let _ = c.manifests.insert(r.entry.output.as_bytes(), serde_json::to_vec(&r.manifest).unwrap_or_default());
+            let _ = c.entries.insert(r.entry.key.0.as_bytes(), serde_json::to_vec(&r.entry).unwrap_or_default());
         }
-        let mut runs: Vec<(u64, serde_json::Value)> = fs::read_dir(c.root.join("runs"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|f| Some((f.file_name().to_str()?.strip_suffix(".json")?.parse().ok()?, serde_json::from_slice(&fs::read(f.path()).ok()?).ok()?)))
-            .collect();
-        runs.sort_by_key(|r| r.0);
-        for (id, r) in &runs {
-            let _ = c.runs.insert(id.to_be_bytes(), serde_json::to_vec(r).unwrap_or_default());
-            let pipeline = r["pipeline"].as_str().unwrap_or_default();
-            for s in r["stages"].as_array().into_iter().flatten() {
-                // A stage with an output was a hit or a commit: what set_last records.
-                if let (Some(stage), Some(key), true) = (s["name"].as_str(), s["key"].as_str(), s["output"].is_string()) {
-                    let _ = c.set_last(pipeline, stage, &CacheKey(key.to_string()));
-                }
-            }
+        let runs = run_files(&c.root);
+        for (id, bytes, _) in &runs {
+            let _ = c.runs.insert(id.to_be_bytes(), bytes.as_slice());
+        }
+        for (pipeline, stage, key) in lasts_in(&runs) {
+            let _ = c.set_last(&pipeline, &stage, &key);
         }
         Ok(c)
     }

@@ -55,24 +55,30 @@ fn expand_field(text: &str, min: u32, max: u32, names: &[(&str, u32)]) -> Result
     Ok(out)
 }
 
+/// Sorted values as their runs of consecutive numbers, `(first, last)` each.
+fn runs_of(values: &[u32]) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for &v in values {
+        match out.last_mut() {
+            Some((_, last)) if v == *last + 1 => *last = v,
+            _ => out.push((v, v)),
+        }
+    }
+    out
+}
+
 /// Values as systemd writes them: `*` for all, else a comma list with `a..b` runs.
 fn systemd_list(values: &[u32], min: u32, max: u32, fmt: impl Fn(u32) -> String) -> String {
     if values.len() as u64 == (max - min) as u64 + 1 {
         return "*".to_string();
     }
     let mut parts = Vec::new();
-    let mut i = 0;
-    while i < values.len() {
-        let mut j = i;
-        while j + 1 < values.len() && values[j + 1] == values[j] + 1 {
-            j += 1;
-        }
-        if j - i >= 2 {
-            parts.push(format!("{}..{}", fmt(values[i]), fmt(values[j])));
+    for (a, b) in runs_of(values) {
+        if b - a >= 2 {
+            parts.push(format!("{}..{}", fmt(a), fmt(b)));
         } else {
-            parts.extend(values[i..=j].iter().map(|&v| fmt(v)));
+            parts.extend((a..=b).map(&fmt));
         }
-        i = j + 1;
     }
     parts.join(",")
 }
@@ -196,14 +202,26 @@ impl ScheduledRun<'_> {
     /// line or unit directive: a directory name could install a command of its own).
     fn argv(&self) -> Result<Vec<String>, ScheduleError> {
         let text = |what: &str, p: &Path| -> Result<String, ScheduleError> {
-            p.to_str().map(str::to_string).ok_or_else(|| ScheduleError::Unprintable {
+            let t = p.to_str().ok_or_else(|| ScheduleError::Unprintable {
                 what: what.to_string(),
                 value: p.display().to_string(),
                 reason: "it is not UTF-8".into(),
-            })
+            })?;
+            printable(what, t)?;
+            Ok(t.to_string())
         };
+        let bin = text("the pipeline binary", self.bin)?;
+        // systemd takes the executable's path without `$` expansion and refuses quotes and
+        // backslashes in it (found by a hostile pass): printed as is, it would not start
+        if bin.contains(['$', '\\', '"', '\'']) {
+            return Err(ScheduleError::Unprintable {
+                what: "the pipeline binary".into(),
+                value: bin,
+                reason: "systemd and cron lines need an executable path without $, quotes or backslashes; install the binary elsewhere".into(),
+            });
+        }
         let mut v = vec![
-            text("the pipeline binary", self.bin)?,
+            bin,
             "--cache".into(),
             text("the cache directory", self.cache)?,
             "run".into(),
@@ -211,30 +229,9 @@ impl ScheduledRun<'_> {
             "--trigger".into(),
             "schedule".into(),
         ];
-        v.extend(self.args.iter().cloned());
-        // systemd takes the executable's path without `$` expansion and refuses quotes and
-        // backslashes in it (found by a hostile pass): printed as is, it would not start
-        if v[0].contains(['$', '\\', '"', '\'']) {
-            return Err(ScheduleError::Unprintable {
-                what: "the pipeline binary".into(),
-                value: v[0].clone(),
-                reason: "systemd and cron lines need an executable path without $, quotes or backslashes; install the binary elsewhere".into(),
-            });
-        }
-        for (i, a) in v.iter().enumerate() {
-            if a.chars().any(char::is_control) {
-                let what = match i {
-                    0 => "the pipeline binary".to_string(),
-                    2 => "the cache directory".to_string(),
-                    4 => "the pipeline file".to_string(),
-                    _ => "the argument".to_string(),
-                };
-                return Err(ScheduleError::Unprintable {
-                    what,
-                    value: a.clone(),
-                    reason: "it holds a control character (a newline would start a new line of the crontab or unit); rename it".into(),
-                });
-            }
+        for a in &self.args {
+            printable("the argument", a)?;
+            v.push(a.clone());
         }
         Ok(v)
     }
@@ -244,15 +241,24 @@ impl ScheduledRun<'_> {
     }
 }
 
-/// The cron expression and time zone go into the printed files as text: a control character
-/// (a newline in `--cron`) would add a line (found by a hostile pass).
-fn check_expression(cron: &str, tz: Option<&str>) -> Result<(), ScheduleError> {
-    for (what, v) in [("the cron expression", Some(cron)), ("the time zone", tz)] {
-        if let Some(v) = v.filter(|v| v.chars().any(char::is_control)) {
-            return Err(ScheduleError::Unprintable { what: what.into(), value: v.to_string(), reason: "it holds a control character".into() });
-        }
+/// Everything printed into a crontab or unit is refused with a control character in it: a
+/// newline would start a new crontab line or unit directive (found by hostile passes: a
+/// directory name installed a command of its own, a newline in `--cron` added a line).
+fn printable(what: &str, v: &str) -> Result<(), ScheduleError> {
+    if v.chars().any(char::is_control) {
+        return Err(ScheduleError::Unprintable {
+            what: what.into(),
+            value: v.to_string(),
+            reason: "it holds a control character (a newline would start a new line of the crontab or unit); rename it".into(),
+        });
     }
     Ok(())
+}
+
+/// The cron expression and time zone go into the printed files as text too.
+fn check_expression(cron: &str, tz: Option<&str>) -> Result<(), ScheduleError> {
+    printable("the cron expression", cron)?;
+    tz.map_or(Ok(()), |tz| printable("the time zone", tz))
 }
 
 /// Quotes one ExecStart= argument: `%` and `$` are systemd specifiers/variables.
@@ -363,17 +369,7 @@ fn sh_quote(s: &str) -> String {
 /// Values as crontab writes them: a comma list with `a-b` runs (numbers only: names,
 /// ranges of names, `L`, `W`, `#` and `?` are not in every cron).
 fn cron_list(values: &[u32]) -> String {
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < values.len() {
-        let mut j = i;
-        while j + 1 < values.len() && values[j + 1] == values[j] + 1 {
-            j += 1;
-        }
-        parts.push(if j > i { format!("{}-{}", values[i], values[j]) } else { values[i].to_string() });
-        i = j + 1;
-    }
-    parts.join(",")
+    runs_of(values).into_iter().map(|(a, b)| if b > a { format!("{a}-{b}") } else { a.to_string() }).collect::<Vec<_>>().join(",")
 }
 
 /// A crontab entry running the command at each tick. crontab has no seconds or year field,

@@ -20,7 +20,7 @@ use crate::engine::RunRecord;
 /// Largest run record or index entry read (a record is a few KB).
 const RECORD_MAX: u64 = 64 << 20;
 
-pub use crate::cache::store::read_regular;
+pub use crate::regular::read_regular;
 
 /// Whether `LOCK`'s command line is `actual`'s, where `LOCK` may hold `[redacted]` for a
 /// secret (found by a hostile pass: a redacted LOCK never matched, so a run whose command

@@ -1,0 +1,36 @@
+//! Reading a file that may turn out to be something else: a FIFO (an open that blocks, a read
+//! that never ends), a device (`/dev/zero`), a directory, or a file far larger than any the
+//! caller expects. Opened non-blocking and checked on the open descriptor, so what is checked
+//! is what is read. Found by hostile passes: FIFOs hung `plan`, the web view and
+//! `verify --rebuild`, and `/dev/zero` was read until memory ran out.
+
+use std::io::{self, Read};
+use std::path::Path;
+
+/// The bytes of `path` when it is a regular file of at most `max` bytes; otherwise an error
+/// saying what it is instead (`what` names what was expected: "pipeline file").
+pub fn read_bounded(path: &Path, max: u64, what: &str) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = f.metadata()?;
+    if meta.is_dir() {
+        return Err(io::Error::other(format!("is a directory, not a {what}")));
+    }
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file (a FIFO, socket or device): its reading may never end"));
+    }
+    if meta.len() > max {
+        return Err(io::Error::other(format!("{} bytes: a {what} holds at most {max}", meta.len())));
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    f.take(max + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(io::Error::other(format!("grew past {max} bytes while it was read")));
+    }
+    Ok(out)
+}
+
+/// [`read_bounded`] for readers to which anything else is simply not there.
+pub fn read_regular(path: &Path, max: u64) -> Option<Vec<u8>> {
+    read_bounded(path, max, "file").ok()
+}
