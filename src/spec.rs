@@ -52,6 +52,10 @@ pub enum SpecError {
     BadOverride { arg: String, message: String },
     #[error("{}: nested {depth} levels deep{}; at most {MAX_DEPTH} (a cache entry records the params inside its own structure, and JSON readers stop at 128)", file.display(), if *overrides { " with the --set overrides" } else { "" })]
     TooDeep { file: PathBuf, depth: usize, overrides: bool },
+    /// Found by a hostile pass: a secret given as a param was redacted wherever it was shown,
+    /// but kept at rest in the cache entry (its key inputs), the database and a pushed remote.
+    #[error("{}: {path} holds the value of {origin}{}: a stage's params are kept in its cache entry, the run records and any remote cache the entry is pushed to; let the stage read the secret from its environment instead (a command's `cmd` can say `$NAME`)", file.display(), if *overrides { " (given with --set)" } else { "" })]
+    Secret { file: PathBuf, path: String, origin: String, overrides: bool },
 }
 
 /// Deepest nesting of a pipeline document (after `--set`).
@@ -72,6 +76,34 @@ fn depth(v: &Value) -> usize {
         }
     }
     max
+}
+
+/// The first string (or key) of the document that holds a known secret: its JSON path
+/// (redacted, in case a key is the secret) and where the secret comes from.
+fn secret_in(doc: &Value) -> Option<(String, String)> {
+    let mut stack = vec![(doc, String::new())];
+    let join = |p: &str, k: &str| if p.is_empty() { k.to_string() } else { format!("{p}.{k}") };
+    while let Some((v, path)) = stack.pop() {
+        match v {
+            Value::String(s) => {
+                if let Some(src) = crate::text::secret_source(s) {
+                    return Some((crate::text::strip_controls(&crate::text::redact(&path)), src));
+                }
+            }
+            Value::Array(a) => stack.extend(a.iter().enumerate().map(|(i, x)| (x, join(&path, &i.to_string())))),
+            Value::Object(o) => {
+                for (k, x) in o {
+                    let p = join(&path, k);
+                    if let Some(src) = crate::text::secret_source(k) {
+                        return Some((crate::text::strip_controls(&crate::text::redact(&p)), src));
+                    }
+                    stack.push((x, p));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The file as written (after `--set`), before validation against stage kinds.
@@ -268,7 +300,15 @@ pub fn parse_text(file: &Path, text: &str, overrides: &[String]) -> Result<Loade
         }
     }
     let file_depth = depth(&doc);
+    if let Some((path, source)) = secret_in(&doc) {
+        return Err(SpecError::Secret { file: file.to_path_buf(), path, origin: source, overrides: false });
+    }
     for arg in overrides {
+        if let Some(source) = crate::text::secret_source(arg) {
+            let lhs = arg.split_once('=').map_or(arg.as_str(), |(l, _)| l);
+            let path = crate::text::strip_controls(&crate::text::redact(lhs));
+            return Err(SpecError::Secret { file: file.to_path_buf(), path, origin: source, overrides: true });
+        }
         apply_override(&mut doc, arg)?;
     }
     let d = depth(&doc);
@@ -361,6 +401,24 @@ pub fn apply_override(doc: &mut Value, arg: &str) -> Result<(String, Value), Spe
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_secret_in_the_file_or_a_set_is_refused_by_its_path_never_shown() {
+        let secret = "UnitTestSecret-spec-7f3a9c";
+        crate::text::register_secret(secret);
+        let f = std::path::Path::new("p.json");
+        let text = format!(r#"{{"name":"t","stages":{{"a":{{"kind":"command","params":{{"cmd":"curl -u me:{secret} x"}}}}}}}}"#);
+        let e = parse_text(f, &text, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("p.json: stages.a.params.cmd holds the value of a credentials file:") && !e.contains(secret), "{e}");
+        let text = r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"true"}}}}"#;
+        let e = parse_text(f, text, &[format!("a.token={secret}")]).unwrap_err().to_string();
+        assert!(e.contains("a.token holds the value of a credentials file (given with --set)") && !e.contains(secret), "{e}");
+        // a key that is the secret is named redacted
+        let text = format!(r#"{{"name":"t","stages":{{"a":{{"kind":"command","params":{{"cmd":"true","{secret}":1}}}}}}}}"#);
+        let e = parse_text(f, &text, &[]).unwrap_err().to_string();
+        assert!(e.contains("stages.a.params.[redacted] holds") && !e.contains(secret), "{e}");
+        assert!(parse_text(f, text.replace(secret, "short").as_str(), &[]).is_ok());
+    }
+
     use super::*;
 
     #[test]

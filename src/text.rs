@@ -29,6 +29,16 @@ fn secrets() -> Vec<String> {
     v
 }
 
+/// Where the first known secret found in `s` comes from (the variable's name, or "a
+/// credentials file"), never the secret itself.
+pub fn secret_source(s: &str) -> Option<String> {
+    if let Some(v) = SECRET_VARS.iter().find(|v| std::env::var(v).is_ok_and(|x| x.len() >= 8 && s.contains(&x))) {
+        return Some((*v).to_string());
+    }
+    let reg = REGISTERED.lock().map(|r| r.clone()).unwrap_or_default();
+    reg.iter().any(|x| x.len() >= 8 && s.contains(x.as_str())).then(|| "a credentials file".to_string())
+}
+
 /// Replace every known secret value by `[redacted]`.
 pub fn redact(s: &str) -> String {
     let mut out = s.to_string();

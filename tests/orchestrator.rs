@@ -404,15 +404,27 @@ fn a_missing_cache_is_not_created_by_readers_and_secrets_stay_out_of_records() {
     }
     s.write("t.json", README_EXAMPLE);
     let secret = "SuperSecretValue1234567890";
-    let o = s.cmd(&["run", "-q", "t.json", "--set", &format!("a.note={secret}")]).env("AWS_SECRET_ACCESS_KEY", secret).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = s.cmd(&["runs", "show", "1"]).env("AWS_SECRET_ACCESS_KEY", secret).output().unwrap();
-    assert!(!stdout(&o).contains(secret) && stdout(&o).contains("[redacted]"), "{}", stdout(&o));
-    let record = std::fs::read_to_string(s.cache().join("runs/1.json")).unwrap();
-    assert!(!record.contains(secret), "{record}");
-    // and without the variable set, `runs show` has nothing to reveal
-    let o = s.ok(&["runs", "show", "1"]);
-    assert!(!stdout(&o).contains(secret), "{}", stdout(&o));
+    // A secret as a param is refused before anything is written: redacted wherever it was
+    // shown, it was still kept at rest in the entry's key inputs, the database and a remote.
+    for args in [vec!["run", "-q", "t.json"], vec!["plan", "t.json"], vec!["schedule", "t.json", "--print-cron"]] {
+        let set = format!("a.note={secret}");
+        let mut full = args.clone();
+        full.extend(["--set", set.as_str()]);
+        let o = s.cmd(&full).env("AWS_SECRET_ACCESS_KEY", secret).output().unwrap();
+        assert!(!o.status.success(), "{args:?}: {}", stdout(&o));
+        let all = format!("{}{}", stdout(&o), stderr(&o));
+        assert!(!all.contains(secret), "{args:?}: {all}");
+        assert!(all.contains("a.note holds the value of AWS_SECRET_ACCESS_KEY (given with --set)"), "{args:?}: {all}");
+    }
+    assert!(!s.cache().join("runs/1.json").exists(), "a run record was written");
+    // the same value written into the file is named by its JSON path
+    s.write("s.json", &README_EXAMPLE.replacen("\"name\"", &format!("\"description\": \"key {secret}\", \"name\""), 1));
+    let o = s.cmd(&["run", "-q", "s.json"]).env("AWS_SECRET_ACCESS_KEY", secret).output().unwrap();
+    assert!(!o.status.success() && !stderr(&o).contains(secret), "{}", stderr(&o));
+    assert!(stderr(&o).contains("s.json: description holds the value of AWS_SECRET_ACCESS_KEY:"), "{}", stderr(&o));
+    // without the variable the value is an ordinary string
+    let o = s.ok(&["run", "-q", "s.json"]);
+    assert!(o.status.success());
 }
 
 /// Found by a hostile pass: a key given twice (`cmd`, `params`, `inputs.x`, `name`) was

@@ -424,6 +424,30 @@ fn a_real_browser_renders_the_run_and_entry_pages_without_errors() {
     assert!(o.status.success(), "chromium-check failed:\n{err}");
 }
 
+/// Found by a hostile pass: the view had no cap on connections, so a flood took every
+/// descriptor (the pages' own file reads then failed). Past 256 (or a quarter of the
+/// descriptor limit) connections wait in the backlog; the view answers once the flood goes.
+#[test]
+fn a_connection_flood_is_capped_below_the_descriptor_limit() {
+    let s = Sandbox::new();
+    s.write("t.json", r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"echo hi > $OUT/a.txt"}}}}"#);
+    s.ok(&["run", "-q", "t.json"]);
+    let ui = start_ui(&s, &["--idle-timeout", "20"]);
+    let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let base = fds(ui.child.id());
+    // 300: past the cap, within it plus std's listen backlog of 128 (connects beyond both wait)
+    let flood: Vec<TcpStream> = (0..300).filter_map(|_| TcpStream::connect(("127.0.0.1", ui.port)).ok()).collect();
+    assert_eq!(flood.len(), 300);
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = fds(ui.child.id()) - base;
+    assert!(held <= 256 + 4, "the view holds {held} descriptors for 300 idle connections");
+    drop(flood);
+    // the closed clients free their slots at once: the view answers again
+    let t0 = Instant::now();
+    assert_eq!(get(&ui, "/").status, 200);
+    assert!(t0.elapsed() < Duration::from_secs(15), "answered after {:?}", t0.elapsed());
+}
+
 /// Found by a hostile pass: connections that sent half a request and waited were held for
 /// ever (1,100 of them starved the server of descriptors); a FIFO planted in `runs/` parked
 /// a server thread per request until none was left; a 30 MB line in a CSV took 1 GB to view;

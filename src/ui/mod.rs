@@ -284,7 +284,18 @@ pub fn serve(opts: UiOptions, shutdown: impl std::future::Future<Output = ()> + 
         // absolute deadline for each request's headers, whatever the client trickles.
         let app = router(files, opts.pipelines, hosts);
         let mut shutdown = std::pin::pin!(shutdown);
+        // Found by a hostile pass: connections had no cap, so a flood of them took every
+        // descriptor and the pages' own file reads failed. Past the cap, new connections
+        // wait in the listen backlog until one closes (each idles out after `idle_timeout`).
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections()));
         loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = &mut shutdown => break,
+            };
             let io = tokio::select! {
                 r = listener.accept() => match r {
                     Ok((io, _)) => io,
@@ -303,10 +314,20 @@ pub fn serve(opts: UiOptions, shutdown: impl std::future::Future<Output = ()> + 
                 let mut b = hyper::server::conn::http1::Builder::new();
                 b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limit);
                 let _ = b.serve_connection(io, service).await;
+                drop(permit);
             });
         }
         Ok::<(), UiError>(())
     })?;
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
+}
+
+/// Connections served at once: 256, and at most a quarter of the descriptors this process
+/// may open (the rest are for the cache files the pages read), at least 4.
+fn max_connections() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given and nothing else.
+    let fds = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur } else { 1024 };
+    (fds / 4).clamp(4, 256) as usize
 }
