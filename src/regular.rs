@@ -11,7 +11,7 @@ use std::path::Path;
 /// saying what it is instead (`what` names what was expected: "pipeline file").
 pub fn read_bounded(path: &Path, max: u64, what: &str) -> io::Result<Vec<u8>> {
     use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).inspect_err(note_exhaustion)?;
     let meta = f.metadata()?;
     if meta.is_dir() {
         return Err(io::Error::other(format!("is a directory, not a {what}")));
@@ -28,6 +28,24 @@ pub fn read_bounded(path: &Path, max: u64, what: &str) -> io::Result<Vec<u8>> {
         return Err(io::Error::other(format!("grew past {max} bytes while it was read")));
     }
     Ok(out)
+}
+
+thread_local! {
+    static EXHAUSTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Records on this thread that `e` was a want of file descriptors (see [`take_exhausted`]).
+pub fn note_exhaustion(e: &io::Error) {
+    if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+        EXHAUSTED.with(|x| x.set(true));
+    }
+}
+
+/// Whether a read on this thread failed for want of file descriptors since the last call
+/// (and clears it): such a file is not "not there", and the web view answers 503 instead
+/// of "not found" (found by a hostile pass under `ulimit -n 32`).
+pub fn take_exhausted() -> bool {
+    EXHAUSTED.with(|x| x.replace(false))
 }
 
 /// [`read_bounded`] for readers to which anything else is simply not there.

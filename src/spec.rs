@@ -90,6 +90,12 @@ fn secret_in(doc: &Value) -> Option<(String, String)> {
                     return Some((crate::text::strip_controls(&crate::text::redact(&path)), src));
                 }
             }
+            // a secret of digits written as a number
+            Value::Number(n) => {
+                if let Some(src) = crate::text::secret_source(&n.to_string()) {
+                    return Some((crate::text::strip_controls(&crate::text::redact(&path)), src));
+                }
+            }
             Value::Array(a) => stack.extend(a.iter().enumerate().map(|(i, x)| (x, join(&path, &i.to_string())))),
             Value::Object(o) => {
                 for (k, x) in o {
@@ -304,12 +310,22 @@ pub fn parse_text(file: &Path, text: &str, overrides: &[String]) -> Result<Loade
         return Err(SpecError::Secret { file: file.to_path_buf(), path, origin: source, overrides: false });
     }
     for arg in overrides {
+        // the text (a value that fails to parse is not applied) and the value as decoded (a
+        // hostile pass spelled the secret with JSON escapes: `"\u0053x9k..."`)
+        let lhs = arg.split_once('=').map_or(arg.as_str(), |(l, _)| l);
+        let refuse = |origin: String| SpecError::Secret {
+            file: file.to_path_buf(),
+            path: crate::text::strip_controls(&crate::text::redact(lhs)),
+            origin,
+            overrides: true,
+        };
         if let Some(source) = crate::text::secret_source(arg) {
-            let lhs = arg.split_once('=').map_or(arg.as_str(), |(l, _)| l);
-            let path = crate::text::strip_controls(&crate::text::redact(lhs));
-            return Err(SpecError::Secret { file: file.to_path_buf(), path, origin: source, overrides: true });
+            return Err(refuse(source));
         }
-        apply_override(&mut doc, arg)?;
+        let (_, value) = apply_override(&mut doc, arg)?;
+        if let Some((_, source)) = secret_in(&value) {
+            return Err(refuse(source));
+        }
     }
     let d = depth(&doc);
     if d > MAX_DEPTH {
@@ -417,6 +433,18 @@ mod tests {
         let e = parse_text(f, &text, &[]).unwrap_err().to_string();
         assert!(e.contains("stages.a.params.[redacted] holds") && !e.contains(secret), "{e}");
         assert!(parse_text(f, text.replace(secret, "short").as_str(), &[]).is_ok());
+        // found by a hostile pass: the value decoded from JSON escapes, and digits as a number
+        let text = r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"true"}}}}"#;
+        let escaped = format!("a.n=\"\\u{:04x}{}\"", secret.as_bytes()[0], &secret[1..]);
+        assert!(!escaped.contains(secret));
+        let e = parse_text(f, text, &[escaped]).unwrap_err().to_string();
+        assert!(e.contains("a.n holds the value of a credentials file (given with --set)") && !e.contains(secret), "{e}");
+        let digits = "80417733291155";
+        crate::text::register_secret(digits);
+        let e = parse_text(f, &format!(r#"{{"name":"t","stages":{{"a":{{"kind":"command","params":{{"cmd":"true","n":{digits}}}}}}}}}"#), &[]).unwrap_err();
+        assert!(e.to_string().contains("stages.a.params.n holds"), "{e}");
+        let e = parse_text(f, text, &[format!("a.n={}", digits.parse::<u64>().unwrap())]).unwrap_err();
+        assert!(e.to_string().contains("a.n holds"), "{e}");
     }
 
     use super::*;

@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -915,6 +915,74 @@ fn aggregate_out_dot_a_directory_in_the_way_and_a_read_only_out() {
     assert!(stderr(&o).contains("cannot create it, ro is not writable"), "{}", stderr(&o));
     assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0);
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Found by a hostile pass: a pipe fed from /dev/zero filled the memory; 10,000 labels in a
+/// 311 KB file asked for 30 GB; an item whose answers were all dropped got a label; one item
+/// with 100,000 answers took 166 s (pairs of answers counted one by one); a million workers
+/// took 1.6 GB for majority vote; HTML and terminal escapes in a worker's name reached
+/// report.md as they were; prior weights of 1e308 made every posterior NaN.
+#[test]
+fn aggregate_bounds_what_a_hostile_input_can_cost() {
+    let s = Sandbox::new();
+    let bin = env!("CARGO_BIN_EXE_pipeline");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("head -c 1100000000 /dev/zero | {bin} aggregate /dev/stdin --out z"))
+        .current_dir(s.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("more than 1073741824 bytes"), "{}", stderr(&o));
+    assert!(!s.path().join("z").exists());
+    // classes: refused before anything is counted
+    let mut many = String::from("worker,task,label\n");
+    for i in 0..20_000 {
+        many.push_str(&format!("w{},t{},c{}\n", i % 50, i / 2, i % 10_000));
+    }
+    let inp = s.write("many.csv", &many);
+    for m in ["majority-vote", "auto"] {
+        let o = s.run(&["aggregate", inp.to_str().unwrap(), "--out", "m", "--method", m]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains("10000 classes: at most 64"), "{}", stderr(&o));
+        assert!(!s.path().join("m").exists());
+    }
+    // an item left without answers by `drop` has no label
+    let inp = s.write("drop.csv", "worker,task,label\nw1,t1,a\nw2,t1,a\nw1,t2,zzz\nw3,t3,b\nw1,t3,b\n");
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "d", "--classes", "a,b", "--on-unknown-label", "drop"]);
+    assert_eq!(std::fs::read_to_string(s.path().join("d/labels.csv")).unwrap(), "task,label\nt1,a\nt3,b\n");
+    // one item with 100,000 answers, and a million workers: linear, and small
+    let mut one = String::from("worker,task,label\n");
+    for i in 0..100_000 {
+        one.push_str(&format!("w{i},t,{}\n", i % 3 % 2));
+    }
+    let inp = s.write("one.csv", &one);
+    let child = s.cmd(&["aggregate", inp.to_str().unwrap(), "--out", "one"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let o = finish_within(child, Duration::from_secs(60), "aggregate of one item with 100,000 answers");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut wide = String::from("worker,task,label\n");
+    for i in 0..1_000_000 {
+        wide.push_str(&format!("w{i},t{},{}\n", i % 1000, i % 7 % 2));
+    }
+    let inp = s.write("wide.csv", &wide);
+    let o = Command::new("/usr/bin/time").args(["-f", "%M", bin, "aggregate", inp.to_str().unwrap(), "--out", "w", "--method", "majority-vote"]).current_dir(s.path()).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let kb: u64 = stderr(&o).lines().last().unwrap().trim().parse().unwrap();
+    assert!(kb < 600_000, "a million workers took {kb} kB");
+    let wm: serde_json::Value = serde_json::from_slice(&std::fs::read(s.path().join("w/worker_matrices.json")).unwrap()).unwrap();
+    assert_eq!(wm["workers"].as_object().unwrap().len(), 1_000_000);
+    assert_eq!(wm["workers"]["w7"].as_array().unwrap().len(), 2);
+    // names with HTML and escapes are shown inert in report.md
+    let inp = s.write("h.csv", "worker,task,label\n\"<img src=x onerror=alert(1)>\",t1,\u{1b}]0;PWN\u{7}A\nw2,t1,b\nw3,t2,b\nw2,t2,b\n");
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "h", "--method", "dawid-skene"]);
+    let md = std::fs::read_to_string(s.path().join("h/report.md")).unwrap();
+    assert!(!md.contains("<img") && !md.contains('\u{1b}') && !md.contains('\u{7}'), "{md}");
+    assert!(md.contains("&lt;img src=x onerror=alert(1)&gt;") && md.contains("\\x1b]0;PWN\\x07A"), "{md}");
+    // prior weights whose sum overflows
+    let inp = s.write("c.csv", CROWD_CSV);
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "p", "--method", "dawid-skene", "--class-prior", "1e308,1e308"]);
+    let post = std::fs::read_to_string(s.path().join("p/posteriors.csv")).unwrap();
+    assert!(!post.contains("NaN") && !post.contains("nan"), "{post}");
 }
 
 #[test]

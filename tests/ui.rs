@@ -448,6 +448,65 @@ fn a_connection_flood_is_capped_below_the_descriptor_limit() {
     assert!(t0.elapsed() < Duration::from_secs(15), "answered after {:?}", t0.elapsed());
 }
 
+/// A GET's status; 0 when the connection failed (a flood past the listen backlog may be
+/// reset: a refusal, not a wrong answer).
+fn status_of(port: u16, path: &str) -> u16 {
+    let go = || -> std::io::Result<u16> {
+        let mut c = TcpStream::connect(("127.0.0.1", port))?;
+        c.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(c, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")?;
+        let mut raw = Vec::new();
+        c.read_to_end(&mut raw)?;
+        Ok(String::from_utf8_lossy(&raw).split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0))
+    };
+    go().unwrap_or(0)
+}
+
+/// Found by a hostile pass: under a small descriptor limit (`ulimit -n 16` here; 32 there), concurrent
+/// requests made the run page answer "no run 1" (404) and the runs page list none: a file the
+/// view could not open for want of descriptors was taken for a file that is not there. The
+/// view now answers 503 (try again) then, and keeps a quarter of the descriptors it has left,
+/// not of the limit, for connections.
+#[test]
+fn out_of_descriptors_is_busy_never_not_found() {
+    use std::os::unix::process::CommandExt;
+    let s = Sandbox::new();
+    s.write("t.json", r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"echo hi > $OUT/a.txt"}}}}"#);
+    for _ in 0..4 {
+        s.ok(&["run", "-q", "t.json"]);
+    }
+    let mut cmd = s.cmd(&["ui", "--port", "0"]);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 16, rlim_max: 16 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port: u16 = line.rsplit(':').next().and_then(|p| p.trim().trim_end_matches('/').parse().ok()).unwrap();
+    let ui = Ui { child, port };
+    let statuses: Vec<u16> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..300)
+            .map(|t| {
+                sc.spawn(move || {
+                    (0..5).map(|_| status_of(port, if t % 2 == 0 { "/runs/1" } else { "/" })).collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    // 200, or 503 when the page could not open what it needed; never "not found"
+    assert!(statuses.iter().all(|&c| c == 200 || c == 503 || c == 0), "{statuses:?}");
+    assert!(statuses.iter().filter(|&&c| c == 200).count() > statuses.len() / 2, "{statuses:?}");
+    assert_eq!(page(&ui, "/runs/1").contains("t.json"), true);
+}
+
 /// Found by a hostile pass: connections that sent half a request and waited were held for
 /// ever (1,100 of them starved the server of descriptors); a FIFO planted in `runs/` parked
 /// a server thread per request until none was left; a 30 MB line in a CSV took 1 GB to view;

@@ -163,13 +163,34 @@ fn respond(p: Page) -> Response {
 
 /// Pages read files: off the async threads.
 async fn blocking(st: Arc<AppState>, f: impl FnOnce(&AppState) -> Page + Send + 'static) -> Response {
-    match tokio::task::spawn_blocking(move || f(&st)).await {
-        Ok(p) => respond(p),
+    match tokio::task::spawn_blocking(move || {
+        crate::regular::take_exhausted();
+        let p = f(&st);
+        (p, crate::regular::take_exhausted() || out_of_descriptors())
+    })
+    .await
+    {
+        Ok((_, true)) => busy(),
+        Ok((p, false)) => respond(p),
         Err(e) => {
             tracing::error!("a page panicked: {e}");
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
         }
     }
+}
+
+/// Whether this process cannot open a file now (its descriptors are all in use): a page
+/// computed meanwhile may have taken a file it could not open for one that is not there.
+fn out_of_descriptors() -> bool {
+    match std::fs::File::open("/dev/null") {
+        Ok(_) => false,
+        Err(e) => matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)),
+    }
+}
+
+/// 503: the page could not read what it needed for want of file descriptors.
+fn busy() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "busy: out of file descriptors, try again\n").into_response()
 }
 
 fn page_of(q: &Option<String>) -> usize {
@@ -218,9 +239,24 @@ async fn plan(State(st): St, UrlPath(n): UrlPath<String>) -> Response {
 /// A file of an entry, streamed from its blob.
 async fn file(State(st): St, UrlPath((key, path)): UrlPath<(String, String)>, RawQuery(q): RawQuery) -> Response {
     let download = q.as_deref().unwrap_or("").split('&').any(|kv| kv == "download=1" || kv == "download");
-    let found = tokio::task::spawn_blocking(move || pages::entry_file(&st.files, &key, &path).map(|(_, fe, blob)| (fe, blob))).await.ok().flatten();
+    let found = tokio::task::spawn_blocking(move || {
+        crate::regular::take_exhausted();
+        let r = pages::entry_file(&st.files, &key, &path).map(|(_, fe, blob)| (fe, blob));
+        (r, crate::regular::take_exhausted() || out_of_descriptors())
+    })
+    .await
+    .ok();
+    let found = match found {
+        Some((_, true)) => return busy(),
+        Some((r, false)) => r,
+        None => None,
+    };
     let Some((fe, blob)) = found else { return respond(Page::NotFound("no such file in that entry".into())) };
-    let Ok(f) = tokio::fs::File::open(&blob).await else { return respond(Page::NotFound("the blob is gone".into())) };
+    let f = match tokio::fs::File::open(&blob).await {
+        Ok(f) => f,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => return busy(),
+        Err(_) => return respond(Page::NotFound("the blob is gone".into())),
+    };
     let stream = futures::stream::unfold(f, |mut f| async move {
         use tokio::io::AsyncReadExt;
         let mut buf = vec![0u8; 64 << 10];
@@ -324,10 +360,12 @@ pub fn serve(opts: UiOptions, shutdown: impl std::future::Future<Output = ()> + 
 }
 
 /// Connections served at once: 256, and at most a quarter of the descriptors this process
-/// may open (the rest are for the cache files the pages read), at least 4.
+/// may still open (the rest are for the cache files the pages read), at least 1.
 fn max_connections() -> usize {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes the struct it is given and nothing else.
     let fds = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur } else { 1024 };
-    (fds / 4).clamp(4, 256) as usize
+    // those already open (the database, the listener, the runtime's): a dozen at rest
+    let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(16);
+    (fds.saturating_sub(open) / 4).clamp(1, 256) as usize
 }

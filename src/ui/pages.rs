@@ -404,6 +404,7 @@ pub fn resolve(f: &Files, key: &str) -> Option<IndexFile> {
         return None;
     }
     let names: Vec<String> = std::fs::read_dir(f.root().join("index"))
+        .inspect_err(crate::regular::note_exhaustion)
         .ok()?
         .flatten()
         .filter_map(|d| d.file_name().to_str()?.strip_suffix(".json").map(|s| s.to_string()))

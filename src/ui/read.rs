@@ -94,6 +94,7 @@ impl Files {
     /// Every recorded run, newest first.
     pub fn runs(&self) -> Vec<RunRecord> {
         let mut runs: Vec<RunRecord> = fs::read_dir(self.root.join("runs"))
+            .inspect_err(crate::regular::note_exhaustion)
             .into_iter()
             .flatten()
             .flatten()
@@ -121,6 +122,7 @@ impl Files {
     /// Every entry, newest first.
     pub fn entries(&self) -> Vec<IndexFile> {
         let mut out: Vec<IndexFile> = fs::read_dir(self.root.join("index"))
+            .inspect_err(crate::regular::note_exhaustion)
             .into_iter()
             .flatten()
             .flatten()

@@ -454,9 +454,39 @@ pub fn parse_crowdkit_csv_with(
     for l in col_l.iter_mut() {
         *l = place[*l as usize].unwrap_or(0);
     }
-    let items: Vec<String> = items.names.par_iter().with_min_len(4096).map(|s| s.to_string()).collect();
-    let workers: Vec<String> = workers.names.iter().map(|s| s.to_string()).collect();
+    let mut items: Vec<String> = items.names.par_iter().with_min_len(4096).map(|s| s.to_string()).collect();
+    let mut workers: Vec<String> = workers.names.iter().map(|s| s.to_string()).collect();
+    if dropped > 0 {
+        // Found by a hostile pass: an item whose answers were all dropped still got a label
+        // (the class prior's) and counted among the items; a worker left without answers sat
+        // in the report. Both are left out, as the AMT reader does.
+        keep_used(&mut items, &mut col_i);
+        keep_used(&mut workers, &mut col_w);
+    }
     Ok((Answers::from_columns(items, workers, class_list, &col_i, &col_w, &col_l)?, dropped))
+}
+
+/// Drops the names no index in `col` refers to, renumbering `col` (order kept).
+fn keep_used(names: &mut Vec<String>, col: &mut [u32]) {
+    let mut new = vec![u32::MAX; names.len()];
+    for &x in col.iter() {
+        new[x as usize] = 0;
+    }
+    let mut next = 0u32;
+    for n in new.iter_mut() {
+        if *n == 0 {
+            *n = next;
+            next += 1;
+        }
+    }
+    let mut i = 0;
+    names.retain(|_| {
+        i += 1;
+        new[i - 1] != u32::MAX
+    });
+    for x in col.iter_mut() {
+        *x = new[*x as usize];
+    }
 }
 
 /// The empty field error of `row` (1 = the header), as the reader reports it.
@@ -820,6 +850,23 @@ H1,W1,Submitted,a.jpg,\"[{\"\"category\"\":{\"\"label\"\":\"\"happy\"\"}}]\"\n";
         assert!(e.to_string().contains("row 2") && e.to_string().contains("\"task\""), "{e}");
         let (z, _) = parse_crowdkit_csv_with("worker,task,label\n", "z.csv", &[], OnUnknownLabel::Error).unwrap();
         assert_eq!(z.n_answers(), 0);
+    }
+
+    /// Found by a hostile pass: an item whose every answer was dropped (`drop`) still got a
+    /// label from the class prior and counted among the items.
+    #[test]
+    fn items_and_workers_left_without_answers_by_drop_are_left_out() {
+        let cls = vec!["a".to_string(), "b".to_string()];
+        for text in ["worker,task,label\nw1,t1,a\nw2,t1,a\nw3,t2,zzz\nw1,t3,b\n", "worker,task,label\nw1,t1,a\nw2,t1,a\nw3,\"t2\",zzz\nw1,t3,b\n"] {
+            let (x, d) = parse_crowdkit_csv_with(text, "d.csv", &cls, OnUnknownLabel::Drop).unwrap();
+            assert_eq!(d, 1);
+            assert_eq!(x.items, vec!["t1", "t3"]);
+            assert_eq!(x.workers, vec!["w1", "w2"]);
+            let got: Vec<Vec<(String, String)>> = (0..x.n_items())
+                .map(|i| x.item_codes(i).iter().map(|&c| (x.workers[x.worker_of(c)].clone(), x.classes[x.label_of(c)].clone())).collect())
+                .collect();
+            assert_eq!(got, vec![vec![("w1".into(), "a".into()), ("w2".into(), "a".into())], vec![("w1".into(), "b".into())]]);
+        }
     }
 
     #[test]

@@ -214,6 +214,44 @@ fn selection_md(r: &Aggregation) -> String {
     md
 }
 
+/// Spammers listed in `report.md` (all of them are in `workers.csv`).
+const SPAMMER_ROWS: usize = 100;
+
+/// `worker_matrices.json`: classes, layout, pooled matrix and one matrix per worker, written
+/// as it is serialised.
+struct WorkerMatrices<'a> {
+    classes: &'a [String],
+    pooled: Vec<Vec<f64>>,
+    answers: &'a Answers,
+    r: &'a Aggregation,
+    k: usize,
+}
+
+impl serde::Serialize for WorkerMatrices<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Workers<'b>(&'b WorkerMatrices<'b>);
+        impl serde::Serialize for Workers<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let k = self.0.k;
+                let mut m = s.serialize_map(Some(self.0.answers.n_workers()))?;
+                for (wk, name) in self.0.answers.workers.iter().enumerate() {
+                    let w = self.0.r.worker_matrix(wk);
+                    let rows: Vec<&[f64]> = (0..k).map(|l| &w[l * k..(l + 1) * k]).collect();
+                    m.serialize_entry(name, &rows)?;
+                }
+                m.end()
+            }
+        }
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry("classes", self.classes)?;
+        m.serialize_entry("layout", "m[answer][true] = P(worker answers `answer` | true class `true`); columns sum to 1")?;
+        m.serialize_entry("pooled", &self.pooled)?;
+        m.serialize_entry("workers", &Workers(self))?;
+        m.end()
+    }
+}
+
 /// Least reliable workers drawn in the report: `worker_1.png` .. `worker_<this>.png`.
 pub const WORKER_PLOTS: usize = 5;
 
@@ -281,10 +319,11 @@ pub fn write_report(
     let wp = out.join("workers.csv");
     let mut w = csv::Writer::from_path(&wp).map_err(|e| csv_err(&wp, e))?;
     w.write_record(["worker", "answers", "quality", "peer_kappa", "spammer"]).map_err(|e| csv_err(&wp, e))?;
+    // by worker: a search of the list per worker was quadratic with a million workers
+    let spam_index: std::collections::HashMap<usize, &crate::spam::Spammer> = spammers.iter().map(|s| (s.worker, s)).collect();
     let spam_of = |wk: usize| -> String {
-        spammers
-            .iter()
-            .find(|s| s.worker == wk)
+        spam_index
+            .get(&wk)
             .map(|s| match &s.kind {
                 SpamKind::SameAnswer { label } => format!("always {}", classes[*label]),
                 SpamKind::Random => "random".to_string(),
@@ -304,19 +343,20 @@ pub fn write_report(
     w.flush().map_err(|e| io_err(&wp, e))?;
 
     let mat = |m: &[f64]| -> Vec<Vec<f64>> { (0..k).map(|l| m[l * k..(l + 1) * k].to_vec()).collect() };
-    let workers_json: serde_json::Map<String, serde_json::Value> =
-        answers.workers.iter().enumerate().map(|(wk, n)| (n.clone(), serde_json::json!(mat(r.worker_matrix(wk))))).collect();
-    let wm = serde_json::json!({
-        "classes": classes,
-        "layout": "m[answer][true] = P(worker answers `answer` | true class `true`); columns sum to 1",
-        "pooled": mat(&r.pooled_matrix),
-        "workers": workers_json,
-    });
     let write = |name: &str, text: String| -> Result<(), ReportError> {
         let p = out.join(name);
         std::fs::write(&p, text).map_err(|e| io_err(&p, e))
     };
-    write("worker_matrices.json", serde_json::to_string_pretty(&wm).unwrap_or_default())?;
+    // Streamed, one worker at a time: built as one JSON value it took 2.4 GB for a million
+    // workers (found by a hostile pass). Same document as before.
+    {
+        let p = out.join("worker_matrices.json");
+        let f = std::fs::File::create(&p).map_err(|e| io_err(&p, e))?;
+        let mut buf = std::io::BufWriter::with_capacity(1 << 20, f);
+        let doc = WorkerMatrices { classes, pooled: mat(&r.pooled_matrix), answers, r, k };
+        serde_json::to_writer_pretty(&mut buf, &doc).map_err(|e| io_err(&p, e.into()))?;
+        std::io::Write::flush(&mut buf).map_err(|e| io_err(&p, e))?;
+    }
     let prior: serde_json::Map<String, serde_json::Value> =
         classes.iter().cloned().zip(r.class_prior.iter().map(|x| serde_json::json!(x))).collect();
     write("prior.json", serde_json::to_string_pretty(&prior).unwrap_or_default())?;
@@ -417,11 +457,16 @@ pub fn write_report(
     if spammers.is_empty() {
         md.push_str("None found (same answer >= 90 % of the time, or agreement with peers at chance level).\n");
     } else {
+        // the first ones: a crowd of a million clickers made a report of a million rows
         let rows: Vec<Vec<String>> = spammers
             .iter()
+            .take(SPAMMER_ROWS)
             .map(|s| vec![answers.workers[s.worker].clone(), s.answers.to_string(), spam_of(s.worker), format!("{:.3}", s.score)])
             .collect();
         md.push_str(&markdown_table(&["worker", "answers", "kind", "score"], &rows));
+        if spammers.len() > SPAMMER_ROWS {
+            md.push_str(&format!("\n... and {} more (`workers.csv` lists every worker).\n", spammers.len() - SPAMMER_ROWS));
+        }
     }
     if ll_ok {
         md.push_str("\n## EM objective\n\n![objective](loglik.png)\n");

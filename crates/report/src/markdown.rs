@@ -1,11 +1,24 @@
 //! The one GitHub-flavoured Markdown table writer every report uses.
 
 /// One cell: `|` escaped so it does not end the cell, line breaks as `<br>` so they do
-/// not end the row.
+/// not end the row; `<` and `>` as entities and other control characters as `\x..` (found by
+/// a hostile pass: a worker named `<img onerror=...>` or holding a terminal escape reached
+/// `report.md` as is, for a Markdown preview or `cat` to act on).
 fn md_cell(s: &str) -> String {
-    s.replace('|', "\\|")
-        .replace("\r\n", "<br>")
-        .replace(['\n', '\r'], "<br>")
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '|' => out.push_str("\\|"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' | '\r' => out.push_str("<br>"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A GitHub-flavoured Markdown table.
@@ -44,6 +57,12 @@ pub fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn html_and_control_characters_in_cells_are_escaped() {
+        let rows = vec![vec!["<img src=x onerror=alert(1)>".to_string(), "\u{1b}]0;PWN\u{7}A\r\nb".to_string()]];
+        assert_eq!(markdown_table(&["w", "x"], &rows), "| w | x |\n| --- | --- |\n| &lt;img src=x onerror=alert(1)&gt; | \\x1b]0;PWN\\x07A<br>b |\n");
+    }
 
     #[test]
     fn markdown_table_exact() {

@@ -137,8 +137,11 @@ pub(crate) fn fixed_prior(opts: &EmOptions, k: usize) -> Option<Vec<f64>> {
         ClassPrior::Learned => None,
         ClassPrior::Uniform => Some(vec![1.0 / k as f64; k]),
         ClassPrior::Fixed(w) => {
-            let s: f64 = w.iter().sum();
-            Some(w.iter().map(|x| x / s).collect())
+            // scaled by the largest first: weights of 1e308 each overflowed the sum, and every
+            // posterior came out NaN (found by a hostile pass)
+            let m = w.iter().cloned().fold(0.0f64, f64::max);
+            let s: f64 = w.iter().map(|x| x / m).sum();
+            Some(w.iter().map(|x| x / m / s).collect())
         }
     }
 }

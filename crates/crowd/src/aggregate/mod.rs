@@ -181,6 +181,13 @@ mod tests {
         let learned = EmOptions { class_prior: ClassPrior::Learned, ..EmOptions::default() };
         let r = aggregate(&a, Method::DawidSkene, &learned).unwrap();
         assert!(r.class_prior[0] > 0.7 && r.class_prior[0] < 0.8, "{:?}", r.class_prior);
+        // weights whose sum overflows (each finite) are the same prior: every posterior was NaN
+        for m in [Method::DawidSkene, Method::Auto, Method::Shrunk] {
+            let huge = EmOptions { class_prior: ClassPrior::Fixed(vec![1e308, 1e308]), ..EmOptions::default() };
+            let r = aggregate(&a, m, &huge).unwrap();
+            assert_eq!(r.class_prior, vec![0.5, 0.5], "{m}");
+            assert!(r.posteriors.iter().all(|p| p.is_finite()), "{m}");
+        }
     }
 
     #[test]
