@@ -920,7 +920,7 @@ fn aggregate_out_dot_a_directory_in_the_way_and_a_read_only_out() {
 /// Found by a hostile pass: a pipe fed from /dev/zero filled the memory; 10,000 labels in a
 /// 311 KB file asked for 30 GB; an item whose answers were all dropped got a label; one item
 /// with 100,000 answers took 166 s (pairs of answers counted one by one); a million workers
-/// took 1.6 GB for majority vote; HTML and terminal escapes in a worker's name reached
+/// took 1.6 GB for majority vote and 1.5 GB for auto; HTML and terminal escapes in a worker's name reached
 /// report.md as they were; prior weights of 1e308 made every posterior NaN.
 #[test]
 fn aggregate_bounds_what_a_hostile_input_can_cost() {
@@ -969,6 +969,11 @@ fn aggregate_bounds_what_a_hostile_input_can_cost() {
     assert!(o.status.success(), "{}", stderr(&o));
     let kb: u64 = stderr(&o).lines().last().unwrap().trim().parse().unwrap();
     assert!(kb < 600_000, "a million workers took {kb} kB");
+    // auto compares its candidates on a subset of the items, which kept every worker (1.5 GB)
+    let o = Command::new("/usr/bin/time").args(["-f", "%M", bin, "aggregate", inp.to_str().unwrap(), "--out", "wa"]).current_dir(s.path()).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let kb: u64 = stderr(&o).lines().last().unwrap().trim().parse().unwrap();
+    assert!(kb < 1_100_000, "auto on a million workers took {kb} kB");
     let wm: serde_json::Value = serde_json::from_slice(&std::fs::read(s.path().join("w/worker_matrices.json")).unwrap()).unwrap();
     assert_eq!(wm["workers"].as_object().unwrap().len(), 1_000_000);
     assert_eq!(wm["workers"]["w7"].as_array().unwrap().len(), 2);
