@@ -370,9 +370,8 @@ pub enum RunsCmd {
 pub fn init_logging(format: LogFormat, default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PIPELINE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    // Colours only on a terminal: a CI log or a file gets no escape sequences.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    // No colours, and every event cleaned on its way out (see `CleanStderr`).
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| crate::text::CleanStderr).with_ansi(false);
     let _ = match format {
         LogFormat::Text => b.try_init(),
         LogFormat::Json => b.json().try_init(),
@@ -381,7 +380,16 @@ pub fn init_logging(format: LogFormat, default: &str) {
 
 /// Parse arguments and run; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    crate::text::register_profile_secrets();
+    // an argument clap refuses is echoed in its message: redacted like every other message
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => e.exit(),
+        Err(e) => {
+            eprint!("{}", crate::text::redact(&e.render().to_string()));
+            return e.exit_code();
+        }
+    };
     // `pipeline schema | head -1`: commands that only print end quietly when the reader goes
     // away, as Unix tools do. (Not `run`/`schedule`: a closed stdout must not kill a stage
     // mid-commit; their printing ignores the error instead.)

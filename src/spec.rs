@@ -54,7 +54,7 @@ pub enum SpecError {
     TooDeep { file: PathBuf, depth: usize, overrides: bool },
     /// Found by a hostile pass: a secret given as a param was redacted wherever it was shown,
     /// but kept at rest in the cache entry (its key inputs), the database and a pushed remote.
-    #[error("{}: {path} holds the value of {origin}{}: a stage's params are kept in its cache entry, the run records and any remote cache the entry is pushed to; let the stage read the secret from its environment instead (a command's `cmd` can say `$NAME`)", file.display(), if *overrides { " (given with --set)" } else { "" })]
+    #[error("{}: {path} holds the value of {origin}{}: what a pipeline says is kept in its cache entries, the run records and any remote cache they are pushed to; let the stage read the secret from its environment instead (a command's `cmd` can say `$NAME`)", file.display(), if *overrides { " (given with --set)" } else { "" })]
     Secret { file: PathBuf, path: String, origin: String, overrides: bool },
 }
 
@@ -90,9 +90,10 @@ fn secret_in(doc: &Value) -> Option<(String, String)> {
                     return Some((crate::text::strip_controls(&crate::text::redact(&path)), src));
                 }
             }
-            // a secret of digits written as a number
+            // a secret of digits written as a number: the whole number (a substring of its
+            // digits refused `"seed": 123456789` beside a key id of 12345678)
             Value::Number(n) => {
-                if let Some(src) = crate::text::secret_source(&n.to_string()) {
+                if let Some(src) = crate::text::secret_source_exact(&n.to_string()) {
                     return Some((crate::text::strip_controls(&crate::text::redact(&path)), src));
                 }
             }
@@ -319,10 +320,17 @@ pub fn parse_text(file: &Path, text: &str, overrides: &[String]) -> Result<Loade
             origin,
             overrides: true,
         };
-        if let Some(source) = crate::text::secret_source(arg) {
+        if let Some(source) = crate::text::secret_source(lhs) {
             return Err(refuse(source));
         }
-        let (_, value) = apply_override(&mut doc, arg)?;
+        // the value as applied: a string holding a secret, or a number equal to one (a
+        // number with the secret's digits inside others is another number)
+        let (_, value) = apply_override(&mut doc, arg).map_err(|e| match e {
+            SpecError::BadOverride { arg, message } => {
+                SpecError::BadOverride { arg: crate::text::redact(&arg), message: crate::text::redact(&message) }
+            }
+            e => e,
+        })?;
         if let Some((_, source)) = secret_in(&value) {
             return Err(refuse(source));
         }
@@ -445,6 +453,8 @@ mod tests {
         assert!(e.to_string().contains("stages.a.params.n holds"), "{e}");
         let e = parse_text(f, text, &[format!("a.n={}", digits.parse::<u64>().unwrap())]).unwrap_err();
         assert!(e.to_string().contains("a.n holds"), "{e}");
+        // a number holding the digits inside others is another number
+        assert!(parse_text(f, text, &[format!("a.n=9{digits}")]).is_ok());
     }
 
     use super::*;

@@ -39,6 +39,39 @@ pub fn secret_source(s: &str) -> Option<String> {
     reg.iter().any(|x| x.len() >= 8 && s.contains(x.as_str())).then(|| "a credentials file".to_string())
 }
 
+/// [`secret_source`] for a value that must equal the secret, not merely contain it.
+pub fn secret_source_exact(s: &str) -> Option<String> {
+    if let Some(v) = SECRET_VARS.iter().find(|v| std::env::var(v).is_ok_and(|x| x.len() >= 8 && x == s)) {
+        return Some((*v).to_string());
+    }
+    let reg = REGISTERED.lock().map(|r| r.clone()).unwrap_or_default();
+    reg.iter().any(|x| x.len() >= 8 && x == s).then(|| "a credentials file".to_string())
+}
+
+/// Registers the secrets of the AWS credentials file's profile (`AWS_SHARED_CREDENTIALS_FILE`
+/// or `~/.aws/credentials`, profile `AWS_PROFILE` or `default`) when the environment holds
+/// no key, as the S3 remote and the MTurk client read it: found by a hostile pass, a
+/// pipeline holding that file's secret was checked before the remote read the file, and
+/// stored. Read as a regular file of at most 1 MiB (a FIFO there must not hang every command).
+pub fn register_profile_secrets() {
+    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    if var("AWS_ACCESS_KEY_ID").is_some() && var("AWS_SECRET_ACCESS_KEY").is_some() {
+        return;
+    }
+    let Some(path) = var("AWS_SHARED_CREDENTIALS_FILE").map(std::path::PathBuf::from).or_else(|| var("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials"))) else {
+        return;
+    };
+    let Ok(bytes) = crate::regular::read_bounded(&path, 1 << 20, "credentials file") else { return };
+    let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".into());
+    if let Some(c) = pipeline_crowd::mturk::Credentials::from_profile_text(&String::from_utf8_lossy(&bytes), &profile) {
+        register_secret(&c.access_key_id);
+        register_secret(&c.secret_access_key);
+        if let Some(t) = &c.session_token {
+            register_secret(t);
+        }
+    }
+}
+
 /// Replace every known secret value by `[redacted]`.
 pub fn redact(s: &str) -> String {
     let mut out = s.to_string();
@@ -105,6 +138,24 @@ pub fn strip_controls(s: &str) -> String {
         }
     }
     out
+}
+
+/// Standard error for the log: each event stripped of control sequences and redacted before
+/// it is written. Log fields carry what users wrote (a promotion target, a path, a stage's
+/// message) and reached the terminal as they were; the log has no colours for the same
+/// reason (an escape in a field could not be told from the formatter's own).
+pub struct CleanStderr;
+
+impl std::io::Write for CleanStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // the formatter writes one whole event per call
+        let text = redact(&strip_controls(&String::from_utf8_lossy(buf)));
+        std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut std::io::stderr())
+    }
 }
 
 /// Cap `s` at `max` bytes (on a character boundary), saying how much was cut.

@@ -425,6 +425,17 @@ fn a_missing_cache_is_not_created_by_readers_and_secrets_stay_out_of_records() {
     // without the variable the value is an ordinary string
     let o = s.ok(&["run", "-q", "s.json"]);
     assert!(o.status.success());
+    // a secret only in the AWS credentials file (found by a hostile pass: it was read only
+    // when a remote was opened, after the check) is refused the same way
+    let home = s.path().join("home");
+    std::fs::create_dir_all(home.join(".aws")).unwrap();
+    std::fs::write(home.join(".aws/credentials"), "[default]\naws_access_key_id = AKIDFILE0001\naws_secret_access_key = FileSecretZZZ9876543210\n").unwrap();
+    let o = s.cmd(&["plan", "t.json", "--set", "a.note=FileSecretZZZ9876543210"]).env("HOME", &home).env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY").output().unwrap();
+    assert!(!o.status.success() && !stderr(&o).contains("FileSecretZZZ"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("a.note holds the value of a credentials file (given with --set)"), "{}", stderr(&o));
+    // an argument the parser refuses is echoed redacted
+    let o = s.cmd(&["run", "t.json", "--trigger", secret]).env("AWS_SECRET_ACCESS_KEY", secret).output().unwrap();
+    assert!(!o.status.success() && !stderr(&o).contains(secret) && stderr(&o).contains("[redacted]"), "{}", stderr(&o));
 }
 
 /// Found by a hostile pass: a key given twice (`cmd`, `params`, `inputs.x`, `name`) was

@@ -807,6 +807,23 @@ fn a_process_that_leaves_the_group_is_still_killed_before_the_commit() {
     assert_eq!(std::fs::read_to_string(s.export("a").join("log")).unwrap(), "start\n");
 }
 
+/// Found by a hostile pass: log fields carry what a pipeline file says (here the promotion
+/// metric's name) and reached the terminal with its escape sequences.
+#[test]
+fn log_lines_are_stripped_of_escapes_and_redacted() {
+    let s = Sandbox::new();
+    let secret = "LogSecretValue0123456789abc";
+    s.write(
+        "t.json",
+        r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"echo hi > $OUT/a.txt"}}},"promote":{"stage":"a","metric":"a.acc\u001b]0;PWN\u0007","to":"out"}}"#,
+    );
+    let o = s.cmd(&["run", "-q", "t.json"]).env("PIPELINE_LOG", "info").env("AWS_SECRET_ACCESS_KEY", secret).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("not promoted reason=metric a.acc not produced"), "{err}");
+    assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
+}
+
 #[test]
 fn a_secret_cut_at_the_message_boundary_is_still_redacted() {
     let s = Sandbox::new();
@@ -947,6 +964,17 @@ fn aggregate_bounds_what_a_hostile_input_can_cost() {
         assert!(stderr(&o).contains("10000 classes: at most 64"), "{}", stderr(&o));
         assert!(!s.path().join("m").exists());
     }
+    // 64 classes are taken, but not with 3,000 workers: each has a 64 x 64 matrix (a 1 MB
+    // file of 20,000 such workers grew to 24 GB)
+    let mut wide_k = String::from("worker,task,label\n");
+    for i in 0..9_000 {
+        wide_k.push_str(&format!("w{},t{},c{}\n", i / 3, i / 3, i % 64));
+    }
+    let inp = s.write("widek.csv", &wide_k);
+    let o = s.run(&["aggregate", inp.to_str().unwrap(), "--out", "wk"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("3000 workers x 64 classes"), "{}", stderr(&o));
+    assert!(!s.path().join("wk").exists());
     // an item left without answers by `drop` has no label
     let inp = s.write("drop.csv", "worker,task,label\nw1,t1,a\nw2,t1,a\nw1,t2,zzz\nw3,t3,b\nw1,t3,b\n");
     s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "d", "--classes", "a,b", "--on-unknown-label", "drop"]);
@@ -982,7 +1010,12 @@ fn aggregate_bounds_what_a_hostile_input_can_cost() {
     s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "h", "--method", "dawid-skene"]);
     let md = std::fs::read_to_string(s.path().join("h/report.md")).unwrap();
     assert!(!md.contains("<img") && !md.contains('\u{1b}') && !md.contains('\u{7}'), "{md}");
-    assert!(md.contains("&lt;img src=x onerror=alert(1)&gt;") && md.contains("\\x1b]0;PWN\\x07A"), "{md}");
+    assert!(md.contains("&lt;img src=x onerror=alert\\(1\\)&gt;") && md.contains("\\x1b\\]0;PWN\\x07A"), "{md}");
+    // nor Markdown: an image a viewer would load, a link
+    let inp = s.write("i.csv", "worker,task,label\n\"![x](http://evil/x.png)\",t1,a\nw2,t1,b\n\"[l](javascript:alert(1))\",t2,a\nw2,t2,a\nw3,t1,a\n");
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "i", "--method", "dawid-skene", "--spammer-min-answers", "1"]);
+    let md = std::fs::read_to_string(s.path().join("i/report.md")).unwrap();
+    assert!(!md.contains("![x](") && !md.contains("[l](") && md.contains("\\!\\[x\\]\\(http://evil/x.png\\)"), "{md}");
     // prior weights whose sum overflows
     let inp = s.write("c.csv", CROWD_CSV);
     s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "p", "--method", "dawid-skene", "--class-prior", "1e308,1e308"]);

@@ -462,7 +462,7 @@ fn status_of(port: u16, path: &str) -> u16 {
     go().unwrap_or(0)
 }
 
-/// Found by a hostile pass: under a small descriptor limit (`ulimit -n 16` here; 32 there), concurrent
+/// Found by a hostile pass: under a small descriptor limit (`ulimit -n 20` here; 32 there), concurrent
 /// requests made the run page answer "no run 1" (404) and the runs page list none: a file the
 /// view could not open for want of descriptors was taken for a file that is not there. The
 /// view now answers 503 (try again) then, and keeps a quarter of the descriptors it has left,
@@ -479,7 +479,7 @@ fn out_of_descriptors_is_busy_never_not_found() {
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
-            let lim = libc::rlimit { rlim_cur: 16, rlim_max: 16 };
+            let lim = libc::rlimit { rlim_cur: 20, rlim_max: 20 };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -505,6 +505,32 @@ fn out_of_descriptors_is_busy_never_not_found() {
     assert!(statuses.iter().all(|&c| c == 200 || c == 503 || c == 0), "{statuses:?}");
     assert!(statuses.iter().filter(|&&c| c == 200).count() > statuses.len() / 2, "{statuses:?}");
     assert_eq!(page(&ui, "/runs/1").contains("t.json"), true);
+    // one connection served at a time here: a client that keeps its connection alive after
+    // an answer does not hold the others for the idle timeout (30 s before)
+    let mut held = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(held, "GET /runs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut first = [0u8; 12];
+    held.read_exact(&mut first).unwrap();
+    let t0 = Instant::now();
+    assert_eq!(get(&ui, "/runs/1").status, 200);
+    assert!(t0.elapsed() < Duration::from_secs(10), "waited {:?} behind a kept-alive connection", t0.elapsed());
+    drop(held);
+    drop(ui);
+    // too few descriptors to answer a page: refused at the start, not 503 for ever
+    let mut cmd = s.cmd(&["ui", "--port", "0"]);
+    // SAFETY: as above.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 12, rlim_max: 12 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = finish_within(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(), Duration::from_secs(20), "ui under ulimit -n 12");
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("file descriptors are left"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// Found by a hostile pass: connections that sent half a request and waited were held for

@@ -35,7 +35,12 @@ pub enum UiError {
     Bind(SocketAddr, std::io::Error),
     #[error("serving: {0}")]
     Serve(std::io::Error),
+    #[error("only {left} file descriptors are left under this process's limit ({limit}; `ulimit -n`): the view needs at least {MIN_FDS_LEFT} to answer a page")]
+    TooFewDescriptors { left: u64, limit: u64 },
 }
+
+/// Descriptors the view must have left to start: a connection and the files one page reads.
+const MIN_FDS_LEFT: u64 = 4;
 
 #[derive(Debug, Clone)]
 pub struct UiOptions {
@@ -310,6 +315,11 @@ pub fn serve(opts: UiOptions, shutdown: impl std::future::Future<Output = ()> + 
         if !opts.bind.is_loopback() {
             eprintln!("warning: serving the cache on {local} to anyone who can reach it: the view has no authentication (every artifact can be read and downloaded)");
         }
+        // before the address is printed: a caller waits for it to mean "serving"
+        let (cap, left, limit) = max_connections();
+        if left < MIN_FDS_LEFT {
+            return Err(UiError::TooFewDescriptors { left, limit });
+        }
         let url = if local.is_ipv6() { format!("http://[{}]:{}/", local.ip(), local.port()) } else { format!("http://{local}/") };
         println!("pipeline ui: serving {} read-only at {url}", files.root().display());
         use std::io::Write;
@@ -323,7 +333,11 @@ pub fn serve(opts: UiOptions, shutdown: impl std::future::Future<Output = ()> + 
         // Found by a hostile pass: connections had no cap, so a flood of them took every
         // descriptor and the pages' own file reads failed. Past the cap, new connections
         // wait in the listen backlog until one closes (each idles out after `idle_timeout`).
-        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections()));
+        // With few connections, one a client keeps alive and idle would hold a slot for the
+        // idle timeout (found by a hostile pass: 30 s for everyone else at `ulimit -n 16`):
+        // each connection then answers one request and closes.
+        let keep_alive = cap >= 16;
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(cap));
         loop {
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => match p {
@@ -348,7 +362,7 @@ pub fn serve(opts: UiOptions, shutdown: impl std::future::Future<Output = ()> + 
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(StallIo::new(io, limit));
                 let mut b = hyper::server::conn::http1::Builder::new();
-                b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limit);
+                b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limit).keep_alive(keep_alive);
                 let _ = b.serve_connection(io, service).await;
                 drop(permit);
             });
@@ -360,12 +374,14 @@ pub fn serve(opts: UiOptions, shutdown: impl std::future::Future<Output = ()> + 
 }
 
 /// Connections served at once: 256, and at most a quarter of the descriptors this process
-/// may still open (the rest are for the cache files the pages read), at least 1.
-fn max_connections() -> usize {
+/// may still open (the rest are for the cache files the pages read), at least 1; with the
+/// descriptors left and the limit.
+fn max_connections() -> (usize, u64, u64) {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes the struct it is given and nothing else.
     let fds = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur } else { 1024 };
     // those already open (the database, the listener, the runtime's): a dozen at rest
     let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(16);
-    (fds.saturating_sub(open) / 4).clamp(1, 256) as usize
+    let left = fds.saturating_sub(open);
+    ((left / 4).clamp(1, 256) as usize, left, fds)
 }

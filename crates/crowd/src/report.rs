@@ -201,7 +201,7 @@ fn selection_md(r: &Aggregation) -> String {
                 format!("{:.1}", c.se_vs_best),
                 match &c.rejected {
                     None => "eligible".to_string(),
-                    Some(why) => format!("not eligible: {why}"),
+                    Some(why) => format!("not eligible: {}", pipeline_report::md_text(&why.replace('`', "'"))),
                 },
             ]
         })
@@ -417,7 +417,7 @@ pub fn write_report(
     let rows: Vec<Vec<String>> = (0..k)
         .map(|j| {
             vec![
-                classes[j].clone(),
+                pipeline_report::md_text(&classes[j]),
                 label_counts[j].to_string(),
                 r.labels.iter().filter(|&&l| l == j).count().to_string(),
                 format!("{:.3}", r.class_prior[j]),
@@ -426,11 +426,12 @@ pub fn write_report(
         .collect();
     md.push_str(&markdown_table(&["class", "answers", "items labelled", "prior"], &rows));
     md.push_str("\n## Pooled confusion matrix (rows = answer, columns = true class)\n\n");
+    let names_md: Vec<String> = classes.iter().map(|c| pipeline_report::md_text(c)).collect();
     let mut hdr: Vec<&str> = vec!["answer \\ true"];
-    hdr.extend(classes.iter().map(|s| s.as_str()));
+    hdr.extend(names_md.iter().map(|s| s.as_str()));
     let rows: Vec<Vec<String>> = (0..k)
         .map(|l| {
-            let mut v = vec![classes[l].clone()];
+            let mut v = vec![names_md[l].clone()];
             v.extend((0..k).map(|j| format!("{:.2}", pooled[l][j])));
             v
         })
@@ -444,7 +445,7 @@ pub fn write_report(
         .iter()
         .map(|(wk, file, ok)| {
             vec![
-                answers.workers[*wk].clone(),
+                pipeline_report::md_text(&answers.workers[*wk]),
                 counts[*wk].iter().sum::<usize>().to_string(),
                 format!("{:.3}", r.worker_quality[*wk]),
                 spam_of(*wk),
@@ -461,7 +462,7 @@ pub fn write_report(
         let rows: Vec<Vec<String>> = spammers
             .iter()
             .take(SPAMMER_ROWS)
-            .map(|s| vec![answers.workers[s.worker].clone(), s.answers.to_string(), spam_of(s.worker), format!("{:.3}", s.score)])
+            .map(|s| vec![pipeline_report::md_text(&answers.workers[s.worker]), s.answers.to_string(), pipeline_report::md_text(&spam_of(s.worker)), format!("{:.3}", s.score)])
             .collect();
         md.push_str(&markdown_table(&["worker", "answers", "kind", "score"], &rows));
         if spammers.len() > SPAMMER_ROWS {

@@ -18,7 +18,7 @@ pub mod markdown;
 
 pub use heatmap::{heatmap_png, HEATMAP_SIZE};
 pub use line_chart::{line_chart_png, Series, LINE_CHART_SIZE};
-pub use markdown::markdown_table;
+pub use markdown::{markdown_table, md_text};
 
 
 #[derive(Debug, thiserror::Error)]

@@ -21,6 +21,25 @@ fn md_cell(s: &str) -> String {
     out
 }
 
+/// Text from the data (a worker's or a class's name) as literal Markdown: its punctuation
+/// backslash-escaped and `&` as an entity, so that `![x](http://evil/x.png)` is not an image
+/// a viewer loads, nor `[l](javascript:...)` a link (found by a hostile pass).
+pub fn md_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            // what makes emphasis, code, links and images inside a table cell
+            '\\' | '`' | '*' | '_' | '[' | ']' | '(' | ')' | '!' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A GitHub-flavoured Markdown table.
 ///
 /// Rows shorter than the header are padded with empty cells; a row longer than the header
@@ -57,6 +76,12 @@ pub fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_literal_markdown() {
+        assert_eq!(md_text("![x](http://e/x.png) &amp; a_b"), "\\!\\[x\\]\\(http://e/x.png\\) &amp;amp; a\\_b");
+        assert_eq!(md_text("happy"), "happy");
+    }
 
     #[test]
     fn html_and_control_characters_in_cells_are_escaped() {

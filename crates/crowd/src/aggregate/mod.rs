@@ -33,8 +33,21 @@ use em::Init;
 use fit::check_options;
 use mstep::Model;
 
+/// Most confusion cells (workers x classes^2) a fit takes: every method's result holds one
+/// matrix per worker, and `auto` fits nine (found by a hostile pass: 64 classes and 20,000
+/// workers of three answers each, a 1 MB file, grew to 24 GB). 2,048 workers at 64 classes,
+/// 171,000 at 7, two million at 2.
+pub const MAX_WORKER_CELLS: u64 = 1 << 23;
+
 /// Run `method` on `answers`.
 pub fn aggregate(answers: &Answers, method: Method, opts: &EmOptions) -> Result<Aggregation> {
+    let (w, k) = (answers.n_workers() as u64, answers.n_classes() as u64);
+    if w * k * k > MAX_WORKER_CELLS {
+        return Err(CrowdError::Data(format!(
+            "{w} workers x {k} classes: {} confusion cells, more than the {MAX_WORKER_CELLS} a fit takes (each worker has a {k} x {k} matrix); merge classes, or aggregate the answers in parts",
+            w * k * k
+        )));
+    }
     if method == Method::Auto {
         fit::check(answers, opts)?;
         return crate::select::auto(answers, opts);
