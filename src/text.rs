@@ -48,26 +48,30 @@ pub fn secret_source_exact(s: &str) -> Option<String> {
     reg.iter().any(|x| x.len() >= 8 && x == s).then(|| "a credentials file".to_string())
 }
 
-/// Registers the secrets of the AWS credentials file's profile (`AWS_SHARED_CREDENTIALS_FILE`
-/// or `~/.aws/credentials`, profile `AWS_PROFILE` or `default`) when the environment holds
-/// no key, as the S3 remote and the MTurk client read it: found by a hostile pass, a
-/// pipeline holding that file's secret was checked before the remote read the file, and
-/// stored. Read as a regular file of at most 1 MiB (a FIFO there must not hang every command).
+/// Largest AWS credentials file read (here and by the S3 remote and the MTurk client).
+pub const MAX_CREDENTIALS_BYTES: u64 = pipeline_crowd::mturk::MAX_CREDENTIALS_BYTES;
+
+/// Registers every `aws_access_key_id`, `aws_secret_access_key`, `aws_session_token` and
+/// `aws_security_token` of the AWS credentials file (`AWS_SHARED_CREDENTIALS_FILE` or
+/// `~/.aws/credentials`), of every profile, whatever the environment holds: the S3 remote
+/// and the `amt` stage (with its own `profile`) read it. Found by hostile passes: a pipeline
+/// holding that file's secret was checked before the remote read the file, and stored; only
+/// one profile was registered. Read as a regular file of bounded size (a FIFO there must not
+/// hang every command); keys are matched as botocore's parser does (`=` or `:`, any case,
+/// a quoted value also without its quotes).
 pub fn register_profile_secrets() {
     let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-    if var("AWS_ACCESS_KEY_ID").is_some() && var("AWS_SECRET_ACCESS_KEY").is_some() {
-        return;
-    }
     let Some(path) = var("AWS_SHARED_CREDENTIALS_FILE").map(std::path::PathBuf::from).or_else(|| var("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials"))) else {
         return;
     };
-    let Ok(bytes) = crate::regular::read_bounded(&path, 1 << 20, "credentials file") else { return };
-    let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".into());
-    if let Some(c) = pipeline_crowd::mturk::Credentials::from_profile_text(&String::from_utf8_lossy(&bytes), &profile) {
-        register_secret(&c.access_key_id);
-        register_secret(&c.secret_access_key);
-        if let Some(t) = &c.session_token {
-            register_secret(t);
+    let Ok(bytes) = crate::regular::read_bounded(&path, MAX_CREDENTIALS_BYTES, "credentials file") else { return };
+    for line in String::from_utf8_lossy(&bytes).lines() {
+        let Some((k, v)) = line.split_once(['=', ':']) else { continue };
+        let k = k.trim().to_ascii_lowercase();
+        if matches!(k.as_str(), "aws_access_key_id" | "aws_secret_access_key" | "aws_session_token" | "aws_security_token") {
+            let v = v.trim();
+            register_secret(v);
+            register_secret(v.trim_matches(|c| c == '"' || c == '\''));
         }
     }
 }
@@ -184,7 +188,8 @@ pub fn cap_tail(s: &str, max: usize) -> String {
 
 /// Redact, strip and cap: what every stored or printed message goes through.
 pub fn clean(s: &str) -> String {
-    cap(&strip_controls(&redact(s)), MAX_MESSAGE)
+    // stripped first: a secret split by a control character is whole again once stripped
+    cap(&redact(&strip_controls(s)), MAX_MESSAGE)
 }
 
 #[cfg(test)]
@@ -202,6 +207,13 @@ mod tests {
         let s = "é".repeat(5000);
         let c = cap(&s, 4097);
         assert!(c.len() < 4200 && c.contains("more bytes cut"), "{}", c.len());
+    }
+
+    #[test]
+    fn a_secret_split_by_a_control_character_is_redacted_once_joined() {
+        register_secret("SplitSecret-text-0042");
+        let c = clean("key SplitSec\u{1}ret-text-0042 here");
+        assert!(!c.contains("SplitSecret") && c.contains("[redacted]"), "{c}");
     }
 
     #[test]

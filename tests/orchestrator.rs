@@ -433,6 +433,15 @@ fn a_missing_cache_is_not_created_by_readers_and_secrets_stay_out_of_records() {
     let o = s.cmd(&["plan", "t.json", "--set", "a.note=FileSecretZZZ9876543210"]).env("HOME", &home).env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY").output().unwrap();
     assert!(!o.status.success() && !stderr(&o).contains("FileSecretZZZ"), "{}", stderr(&o));
     assert!(stderr(&o).contains("a.note holds the value of a credentials file (given with --set)"), "{}", stderr(&o));
+    // every profile, botocore's spellings (`:`, upper case, quotes), whatever the environment
+    // holds: the amt stage takes its own profile (found by a hostile pass)
+    std::fs::write(
+        home.join(".aws/credentials"),
+        "[default]\naws_access_key_id = AKIDFILE0001\naws_secret_access_key = FileSecretZZZ9876543210\n[prod]\nAWS_SECRET_ACCESS_KEY: \"ProdSecretQQQ123456789\"\n",
+    )
+    .unwrap();
+    let o = s.cmd(&["plan", "t.json", "--set", "a.note=ProdSecretQQQ123456789"]).env("HOME", &home).env("AWS_ACCESS_KEY_ID", "AKIDENV0001").env("AWS_SECRET_ACCESS_KEY", "EnvSecret000111222").output().unwrap();
+    assert!(!o.status.success() && !stderr(&o).contains("ProdSecretQQQ"), "{}", stderr(&o));
     // an argument the parser refuses is echoed redacted
     let o = s.cmd(&["run", "t.json", "--trigger", secret]).env("AWS_SECRET_ACCESS_KEY", secret).output().unwrap();
     assert!(!o.status.success() && !stderr(&o).contains(secret) && stderr(&o).contains("[redacted]"), "{}", stderr(&o));

@@ -1015,7 +1015,20 @@ fn aggregate_bounds_what_a_hostile_input_can_cost() {
     let inp = s.write("i.csv", "worker,task,label\n\"![x](http://evil/x.png)\",t1,a\nw2,t1,b\n\"[l](javascript:alert(1))\",t2,a\nw2,t2,a\nw3,t1,a\n");
     s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "i", "--method", "dawid-skene", "--spammer-min-answers", "1"]);
     let md = std::fs::read_to_string(s.path().join("i/report.md")).unwrap();
-    assert!(!md.contains("![x](") && !md.contains("[l](") && md.contains("\\!\\[x\\]\\(http://evil/x.png\\)"), "{md}");
+    assert!(!md.contains("![x](") && !md.contains("[l](") && md.contains("\\!\\[x\\]\\(http&#58;//evil/x.png\\)"), "{md}");
+    // a class named as an image, in the "always <class>" of a spammer, in every table
+    let mut sp = String::from("worker,task,label\n");
+    let cls = ["cat", "![x](https://evil.example/x.png)", "dog"];
+    for t in 0..60 {
+        for w in 0..5 {
+            sp.push_str(&format!("w{w},t{t},\"{}\"\n", cls[if (t * 7 + w) % 10 < 8 { t % 3 } else { (t + 1) % 3 }]));
+        }
+        sp.push_str(&format!("spam,t{t},\"{}\"\n", cls[1]));
+    }
+    let inp = s.write("sp.csv", &sp);
+    s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "sp"]);
+    let md = std::fs::read_to_string(s.path().join("sp/report.md")).unwrap();
+    assert!(md.contains("always \\!\\[x\\]") && !md.contains("![x]("), "{md}");
     // prior weights whose sum overflows
     let inp = s.write("c.csv", CROWD_CSV);
     s.ok(&["aggregate", inp.to_str().unwrap(), "--out", "p", "--method", "dawid-skene", "--class-prior", "1e308,1e308"]);

@@ -111,7 +111,9 @@ impl Credentials {
             .map(std::path::PathBuf::from)
             .or_else(|| var("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials")))
             .ok_or_else(|| CrowdError::Api("no AWS credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile".into()))?;
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        // bounded, as the secrets' registration reads it (a file past the bound is refused
+        // here too, not used with its secrets unregistered)
+        let text = read_credentials_file(&path).map_err(|e| {
             CrowdError::Api(format!("no AWS credentials in the environment, and {}: {e}", path.display()))
         })?;
         Self::from_profile_text(&text, &profile)
@@ -144,6 +146,27 @@ impl Credentials {
         }
         Some(Credentials { access_key_id: k?, secret_access_key: s?, session_token: t })
     }
+}
+
+/// Largest AWS credentials file read (a few hundred bytes per profile).
+pub const MAX_CREDENTIALS_BYTES: u64 = 16 << 20;
+
+/// The credentials file: a regular file (opened non-blocking: a FIFO there must not hang)
+/// of at most [`MAX_CREDENTIALS_BYTES`].
+fn read_credentials_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if m.len() > MAX_CREDENTIALS_BYTES {
+        return Err(std::io::Error::other(format!("{} bytes; at most {MAX_CREDENTIALS_BYTES} are read", m.len())));
+    }
+    let mut s = String::new();
+    f.take(MAX_CREDENTIALS_BYTES).read_to_string(&mut s)?;
+    Ok(s)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -448,7 +448,7 @@ pub fn write_report(
                 pipeline_report::md_text(&answers.workers[*wk]),
                 counts[*wk].iter().sum::<usize>().to_string(),
                 format!("{:.3}", r.worker_quality[*wk]),
-                spam_of(*wk),
+                pipeline_report::md_text(&spam_of(*wk)),
                 if *ok { format!("![]({file})") } else { String::new() },
             ]
         })

@@ -37,7 +37,8 @@ pub fn md_text(s: &str) -> String {
             c => out.push(c),
         }
     }
-    out
+    // GitHub's autolinks (`https://...`, `www.`) need no brackets: their `:` and `.` as entities
+    out.replace("://", "&#58;//").replace("www.", "www&#46;")
 }
 
 /// A GitHub-flavoured Markdown table.
@@ -79,8 +80,9 @@ mod tests {
 
     #[test]
     fn names_are_literal_markdown() {
-        assert_eq!(md_text("![x](http://e/x.png) &amp; a_b"), "\\!\\[x\\]\\(http://e/x.png\\) &amp;amp; a\\_b");
+        assert_eq!(md_text("![x](http://e/x.png) &amp; a_b"), "\\!\\[x\\]\\(http&#58;//e/x.png\\) &amp;amp; a\\_b");
         assert_eq!(md_text("happy"), "happy");
+        assert_eq!(md_text("https://e.x/w1 www.e.x &#58;"), "https&#58;//e.x/w1 www&#46;e.x &amp;#58;");
     }
 
     #[test]
