@@ -134,9 +134,11 @@ impl Credentials {
             if !in_section {
                 continue;
             }
-            if let Some((key, val)) = line.split_once('=') {
-                let val = val.trim().to_string();
-                match key.trim() {
+            // as botocore reads it, and as the secrets' registration does: `=` or `:`, keys in
+            // any case, a quoted value without its quotes
+            if let Some((key, val)) = line.split_once(['=', ':']) {
+                let val = val.trim().trim_matches(|c| c == '"' || c == '\'').to_string();
+                match key.trim().to_ascii_lowercase().as_str() {
                     "aws_access_key_id" => k = Some(val),
                     "aws_secret_access_key" => s = Some(val),
                     "aws_session_token" => t = Some(val),
@@ -614,6 +616,12 @@ fn close_element(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn profile_text_is_read_as_botocore_reads_it() {
+        let c = Credentials::from_profile_text("[default]\nAWS_ACCESS_KEY_ID: AKIAUPPER1\naws_secret_access_key = \"Quoted/Secret+1\"\n", "default").unwrap();
+        assert_eq!((c.access_key_id.as_str(), c.secret_access_key.as_str()), ("AKIAUPPER1", "Quoted/Secret+1"));
+    }
+
     use super::*;
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;

@@ -15,6 +15,10 @@ fn md_cell(s: &str) -> String {
             '\r' if chars.peek() == Some(&'\n') => {}
             '\n' | '\r' => out.push_str("<br>"),
             c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            // invisible and direction-changing characters: a name must read as what it is
+            '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}' => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -29,8 +33,10 @@ pub fn md_text(s: &str) -> String {
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
-            // what makes emphasis, code, links and images inside a table cell
-            '\\' | '`' | '*' | '_' | '[' | ']' | '(' | ')' | '!' | '~' => {
+            // an e-mail address (and `mailto:`, `xmpp:`) is an autolink
+            '@' => out.push_str("&#64;"),
+            // what makes emphasis, code, links, images and math inside a table cell
+            '\\' | '`' | '*' | '_' | '[' | ']' | '(' | ')' | '!' | '~' | '$' => {
                 out.push('\\');
                 out.push(c);
             }
@@ -82,6 +88,8 @@ mod tests {
     fn names_are_literal_markdown() {
         assert_eq!(md_text("![x](http://e/x.png) &amp; a_b"), "\\!\\[x\\]\\(http&#58;//e/x.png\\) &amp;amp; a\\_b");
         assert_eq!(md_text("happy"), "happy");
+        assert_eq!(md_text("a@b.c $x$"), "a&#64;b.c \\$x\\$");
+        assert!(markdown_table(&["w"], &[vec!["\u{202e}gnp.exe".to_string()]]).contains("\\u{202e}gnp.exe"));
         assert_eq!(md_text("https://e.x/w1 www.e.x &#58;"), "https&#58;//e.x/w1 www&#46;e.x &amp;#58;");
     }
 

@@ -35,7 +35,14 @@ pub fn open(url: &str, rest: &str) -> Result<(Arc<dyn ObjectStore>, String), Rem
     let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
     let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
     if var("AWS_ACCESS_KEY_ID").is_none() {
-        if let Ok(c) = pipeline_crowd::mturk::Credentials::from_env_or_profile(None) {
+        let found = pipeline_crowd::mturk::Credentials::from_env_or_profile(None);
+        // a credentials file that cannot be used is said here: the server's refusal that
+        // follows (object_store then asks the instance metadata) does not say why
+        let file = var("AWS_SHARED_CREDENTIALS_FILE").map(std::path::PathBuf::from).or_else(|| var("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials")));
+        if let (Err(e), Some(true)) = (&found, file.map(|f| f.symlink_metadata().is_ok())) {
+            tracing::warn!("remote {}: no credentials from the environment or the credentials file: {}", crate::text::redact(url), crate::text::redact(&e.to_string()));
+        }
+        if let Ok(c) = found {
             crate::text::register_secret(&c.access_key_id);
             crate::text::register_secret(&c.secret_access_key);
             if let Some(t) = &c.session_token {
