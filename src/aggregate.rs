@@ -310,13 +310,14 @@ fn check_classes(given: &[String]) -> anyhow::Result<Vec<String>> {
     Ok(c)
 }
 
-/// The input's text. A device (`/dev/zero`, a terminal) or a socket is refused before it is
-/// read: its reading may never end (`/dev/zero` grew until memory ran out); files, symlinks
-/// to them and pipes are read as before. Invalid UTF-8 is reported with its line.
 /// Largest input `aggregate` reads, file or pipe (1 GiB: the 1M-item scale case is 40 MB and
 /// takes 255 MB to aggregate; a gigabyte takes several).
 pub const MAX_INPUT_BYTES: u64 = 1 << 30;
 
+/// The input's text. A device (`/dev/zero`, a terminal) or a socket is refused before it is
+/// read: its reading may never end (`/dev/zero` grew until memory ran out); files, symlinks
+/// to them and pipes are read up to [`MAX_INPUT_BYTES`]. Invalid UTF-8 is reported with its
+/// line.
 fn read_input(input: &Path, name: &str) -> anyhow::Result<String> {
     use std::io::Read;
     #[cfg(unix)]

@@ -34,18 +34,27 @@ thread_local! {
     static EXHAUSTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Records on this thread that `e` was a want of file descriptors (see [`take_exhausted`]).
+/// Whether `e` is a want of file descriptors (the process's or the system's).
+pub fn is_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// Records on this thread that `e` was a want of file descriptors (see [`exhausted_during`]).
 pub fn note_exhaustion(e: &io::Error) {
-    if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+    if is_exhaustion(e) {
         EXHAUSTED.with(|x| x.set(true));
     }
 }
 
-/// Whether a read on this thread failed for want of file descriptors since the last call
-/// (and clears it): such a file is not "not there", and the web view answers 503 instead
-/// of "not found" (found by a hostile pass under `ulimit -n 32`).
-pub fn take_exhausted() -> bool {
-    EXHAUSTED.with(|x| x.replace(false))
+/// `f`'s result, and whether it may have taken a file it could not open for one that is not
+/// there: a read on this thread failed for want of file descriptors meanwhile, or none is
+/// left now. The web view answers 503 then instead of "not found" (found by a hostile pass
+/// under `ulimit -n 32`).
+pub fn exhausted_during<T>(f: impl FnOnce() -> T) -> (T, bool) {
+    EXHAUSTED.with(|x| x.set(false));
+    let r = f();
+    let noted = EXHAUSTED.with(|x| x.replace(false));
+    (r, noted || std::fs::File::open("/dev/null").is_err_and(|e| is_exhaustion(&e)))
 }
 
 /// [`read_bounded`] for readers to which anything else is simply not there.

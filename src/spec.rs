@@ -78,36 +78,37 @@ fn depth(v: &Value) -> usize {
     max
 }
 
-/// The first string (or key) of the document that holds a known secret: its JSON path
-/// (redacted, in case a key is the secret) and where the secret comes from.
-fn secret_in(doc: &Value) -> Option<(String, String)> {
+/// A JSON path as an error shows it: redacted (a key may be the secret), without controls.
+fn shown_path(p: &str) -> String {
+    crate::text::strip_controls(&crate::text::redact(p))
+}
+
+/// The first string (or key) of the document that holds one of `known`
+/// ([`crate::text::known_secrets`]): its JSON path as shown, and where the secret comes from.
+fn secret_in(doc: &Value, known: &[(String, String)]) -> Option<(String, String)> {
+    let found = |path: &str, origin: Option<&str>| origin.map(|o| (shown_path(path), o.to_string()));
     let mut stack = vec![(doc, String::new())];
     let join = |p: &str, k: &str| if p.is_empty() { k.to_string() } else { format!("{p}.{k}") };
     while let Some((v, path)) = stack.pop() {
-        match v {
-            Value::String(s) => {
-                if let Some(src) = crate::text::secret_source(s) {
-                    return Some((crate::text::strip_controls(&crate::text::redact(&path)), src));
-                }
-            }
+        let hit = match v {
+            Value::String(s) => found(&path, crate::text::secret_origin(s, known, false)),
             // a secret of digits written as a number: the whole number (a substring of its
             // digits refused `"seed": 123456789` beside a key id of 12345678)
-            Value::Number(n) => {
-                if let Some(src) = crate::text::secret_source_exact(&n.to_string()) {
-                    return Some((crate::text::strip_controls(&crate::text::redact(&path)), src));
-                }
+            Value::Number(n) => found(&path, crate::text::secret_origin(&n.to_string(), known, true)),
+            Value::Array(a) => {
+                stack.extend(a.iter().enumerate().map(|(i, x)| (x, join(&path, &i.to_string()))));
+                None
             }
-            Value::Array(a) => stack.extend(a.iter().enumerate().map(|(i, x)| (x, join(&path, &i.to_string())))),
-            Value::Object(o) => {
-                for (k, x) in o {
-                    let p = join(&path, k);
-                    if let Some(src) = crate::text::secret_source(k) {
-                        return Some((crate::text::strip_controls(&crate::text::redact(&p)), src));
-                    }
-                    stack.push((x, p));
-                }
-            }
-            _ => {}
+            Value::Object(o) => o.iter().find_map(|(k, x)| {
+                let p = join(&path, k);
+                let hit = found(&p, crate::text::secret_origin(k, known, false));
+                stack.push((x, p));
+                hit
+            }),
+            _ => None,
+        };
+        if hit.is_some() {
+            return hit;
         }
     }
     None
@@ -307,21 +308,18 @@ pub fn parse_text(file: &Path, text: &str, overrides: &[String]) -> Result<Loade
         }
     }
     let file_depth = depth(&doc);
-    if let Some((path, source)) = secret_in(&doc) {
+    // the secrets once for the whole document and every override
+    let known = crate::text::known_secrets();
+    if let Some((path, source)) = secret_in(&doc, &known) {
         return Err(SpecError::Secret { file: file.to_path_buf(), path, origin: source, overrides: false });
     }
     for arg in overrides {
-        // the text (a value that fails to parse is not applied) and the value as decoded (a
-        // hostile pass spelled the secret with JSON escapes: `"\u0053x9k..."`)
+        // the path as written, and the value as decoded (a hostile pass spelled the secret
+        // with JSON escapes: `"\u0053x9k..."`)
         let lhs = arg.split_once('=').map_or(arg.as_str(), |(l, _)| l);
-        let refuse = |origin: String| SpecError::Secret {
-            file: file.to_path_buf(),
-            path: crate::text::strip_controls(&crate::text::redact(lhs)),
-            origin,
-            overrides: true,
-        };
-        if let Some(source) = crate::text::secret_source(lhs) {
-            return Err(refuse(source));
+        let refuse = |origin: &str| SpecError::Secret { file: file.to_path_buf(), path: shown_path(lhs), origin: origin.to_string(), overrides: true };
+        if let Some(origin) = crate::text::secret_origin(lhs, &known, false) {
+            return Err(refuse(origin));
         }
         // the value as applied: a string holding a secret, or a number equal to one (a
         // number with the secret's digits inside others is another number)
@@ -331,8 +329,8 @@ pub fn parse_text(file: &Path, text: &str, overrides: &[String]) -> Result<Loade
             }
             e => e,
         })?;
-        if let Some((_, source)) = secret_in(&value) {
-            return Err(refuse(source));
+        if let Some((_, source)) = secret_in(&value, &known) {
+            return Err(refuse(&source));
         }
     }
     let d = depth(&doc);

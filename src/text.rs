@@ -20,59 +20,39 @@ pub fn register_secret(s: &str) {
     }
 }
 
-/// The secret values known to this process (short values are ignored: redacting "a" would
-/// garble every message).
-fn secrets() -> Vec<String> {
-    let mut v: Vec<String> = SECRET_VARS.iter().filter_map(|v| std::env::var(v).ok()).collect();
-    v.extend(REGISTERED.lock().map(|r| r.clone()).unwrap_or_default());
-    v.retain(|s| s.len() >= 8);
+/// The secrets known to this process, each with where it comes from (the variable's name, or
+/// "a credentials file"): the environment's first, then the registered ones. Short values
+/// are ignored: redacting "a" would garble every message.
+pub fn known_secrets() -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = SECRET_VARS.iter().filter_map(|n| std::env::var(n).ok().map(|x| (n.to_string(), x))).collect();
+    v.extend(REGISTERED.lock().map(|r| r.clone()).unwrap_or_default().into_iter().map(|x| ("a credentials file".to_string(), x)));
+    v.retain(|(_, s)| s.len() >= 8);
     v
 }
 
-/// Where the first known secret found in `s` comes from (the variable's name, or "a
-/// credentials file"), never the secret itself.
-pub fn secret_source(s: &str) -> Option<String> {
-    if let Some(v) = SECRET_VARS.iter().find(|v| std::env::var(v).is_ok_and(|x| x.len() >= 8 && s.contains(&x))) {
-        return Some((*v).to_string());
-    }
-    let reg = REGISTERED.lock().map(|r| r.clone()).unwrap_or_default();
-    reg.iter().any(|x| x.len() >= 8 && s.contains(x.as_str())).then(|| "a credentials file".to_string())
+/// The secret values known to this process.
+fn secrets() -> Vec<String> {
+    known_secrets().into_iter().map(|(_, s)| s).collect()
 }
 
-/// [`secret_source`] for a value that must equal the secret, not merely contain it.
-pub fn secret_source_exact(s: &str) -> Option<String> {
-    if let Some(v) = SECRET_VARS.iter().find(|v| std::env::var(v).is_ok_and(|x| x.len() >= 8 && x == s)) {
-        return Some((*v).to_string());
-    }
-    let reg = REGISTERED.lock().map(|r| r.clone()).unwrap_or_default();
-    reg.iter().any(|x| x.len() >= 8 && x == s).then(|| "a credentials file".to_string())
+/// Where the first of `known` ([`known_secrets`]) found in `s` comes from, never the secret
+/// itself; `whole`: only a value equal to the secret counts.
+pub fn secret_origin<'a>(s: &str, known: &'a [(String, String)], whole: bool) -> Option<&'a str> {
+    known.iter().find(|(_, x)| if whole { x == s } else { s.contains(x.as_str()) }).map(|(o, _)| o.as_str())
 }
-
-/// Largest AWS credentials file read (here and by the S3 remote and the MTurk client).
-pub const MAX_CREDENTIALS_BYTES: u64 = pipeline_crowd::mturk::MAX_CREDENTIALS_BYTES;
 
 /// Registers every `aws_access_key_id`, `aws_secret_access_key`, `aws_session_token` and
 /// `aws_security_token` of the AWS credentials file (`AWS_SHARED_CREDENTIALS_FILE` or
 /// `~/.aws/credentials`), of every profile, whatever the environment holds: the S3 remote
 /// and the `amt` stage (with its own `profile`) read it. Found by hostile passes: a pipeline
 /// holding that file's secret was checked before the remote read the file, and stored; only
-/// one profile was registered. Read as a regular file of bounded size (a FIFO there must not
-/// hang every command); keys are matched as botocore's parser does (`=` or `:`, any case,
-/// a quoted value also without its quotes).
+/// one profile was registered. Read and parsed as the MTurk client and the remote read it.
 pub fn register_profile_secrets() {
-    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-    let Some(path) = var("AWS_SHARED_CREDENTIALS_FILE").map(std::path::PathBuf::from).or_else(|| var("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials"))) else {
-        return;
-    };
-    let Ok(bytes) = crate::regular::read_bounded(&path, MAX_CREDENTIALS_BYTES, "credentials file") else { return };
-    for line in String::from_utf8_lossy(&bytes).lines() {
-        let Some((k, v)) = line.split_once(['=', ':']) else { continue };
-        let k = k.trim().to_ascii_lowercase();
-        if matches!(k.as_str(), "aws_access_key_id" | "aws_secret_access_key" | "aws_session_token" | "aws_security_token") {
-            let v = v.trim();
-            register_secret(v);
-            register_secret(v.trim_matches(|c| c == '"' || c == '\''));
-        }
+    use pipeline_crowd::mturk;
+    let Some(bytes) = mturk::credentials_path().and_then(|p| mturk::read_credentials_file(&p).ok()) else { return };
+    // invalid UTF-8 as U+FFFD: the keys sought are ASCII
+    for v in mturk::credential_values(&String::from_utf8_lossy(&bytes)) {
+        register_secret(&v);
     }
 }
 

@@ -993,14 +993,16 @@ fn aggregate_bounds_what_a_hostile_input_can_cost() {
         wide.push_str(&format!("w{i},t{},{}\n", i % 1000, i % 7 % 2));
     }
     let inp = s.write("wide.csv", &wide);
-    let o = Command::new("/usr/bin/time").args(["-f", "%M", bin, "aggregate", inp.to_str().unwrap(), "--out", "w", "--method", "majority-vote"]).current_dir(s.path()).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let kb: u64 = stderr(&o).lines().last().unwrap().trim().parse().unwrap();
+    // peak resident kB of a successful `pipeline ARGS` (GNU time's %M, on its last line)
+    let peak_kb = |args: &[&str]| -> u64 {
+        let o = Command::new("/usr/bin/time").args(["-f", "%M", bin]).args(args).current_dir(s.path()).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o).lines().last().unwrap().trim().parse().unwrap()
+    };
+    let kb = peak_kb(&["aggregate", inp.to_str().unwrap(), "--out", "w", "--method", "majority-vote"]);
     assert!(kb < 600_000, "a million workers took {kb} kB");
     // auto compares its candidates on a subset of the items, which kept every worker (1.5 GB)
-    let o = Command::new("/usr/bin/time").args(["-f", "%M", bin, "aggregate", inp.to_str().unwrap(), "--out", "wa"]).current_dir(s.path()).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let kb: u64 = stderr(&o).lines().last().unwrap().trim().parse().unwrap();
+    let kb = peak_kb(&["aggregate", inp.to_str().unwrap(), "--out", "wa"]);
     assert!(kb < 1_100_000, "auto on a million workers took {kb} kB");
     let wm: serde_json::Value = serde_json::from_slice(&std::fs::read(s.path().join("w/worker_matrices.json")).unwrap()).unwrap();
     assert_eq!(wm["workers"].as_object().unwrap().len(), 1_000_000);

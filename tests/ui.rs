@@ -35,7 +35,29 @@ impl Drop for Ui {
 fn start_ui(s: &Sandbox, extra: &[&str]) -> Ui {
     let mut args = vec!["ui", "--port", "0"];
     args.extend_from_slice(extra);
-    let mut child = s.cmd(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    start_ui_cmd(s.cmd(&args))
+}
+
+/// `pipeline ui --port 0` with at most `n` file descriptors (RLIMIT_NOFILE set in the child).
+fn ui_with_nofile(s: &Sandbox, n: u64) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = s.cmd(&["ui", "--port", "0"]);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Spawns `cmd` (a `ui --port 0`) and waits for the address it prints.
+fn start_ui_cmd(mut cmd: std::process::Command) -> Ui {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let port = line.rsplit(':').next().and_then(|p| p.trim().trim_end_matches('/').parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
@@ -469,28 +491,13 @@ fn status_of(port: u16, path: &str) -> u16 {
 /// not of the limit, for connections.
 #[test]
 fn out_of_descriptors_is_busy_never_not_found() {
-    use std::os::unix::process::CommandExt;
     let s = Sandbox::new();
     s.write("t.json", r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"echo hi > $OUT/a.txt"}}}}"#);
     for _ in 0..4 {
         s.ok(&["run", "-q", "t.json"]);
     }
-    let mut cmd = s.cmd(&["ui", "--port", "0"]);
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit { rlim_cur: 20, rlim_max: 20 };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let port: u16 = line.rsplit(':').next().and_then(|p| p.trim().trim_end_matches('/').parse().ok()).unwrap();
-    let ui = Ui { child, port };
+    let ui = start_ui_cmd(ui_with_nofile(&s, 20));
+    let port = ui.port;
     let statuses: Vec<u16> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..300)
             .map(|t| {
@@ -518,18 +525,7 @@ fn out_of_descriptors_is_busy_never_not_found() {
     drop(held);
     drop(ui);
     // too few descriptors to answer a page: refused at the start, not 503 for ever
-    let mut cmd = s.cmd(&["ui", "--port", "0"]);
-    // SAFETY: as above.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit { rlim_cur: 12, rlim_max: 12 };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let o = finish_within(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(), Duration::from_secs(20), "ui under ulimit -n 12");
+    let o = finish_within(ui_with_nofile(&s, 12).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(), Duration::from_secs(20), "ui under ulimit -n 12");
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("file descriptors are left"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -603,15 +599,12 @@ fn idle_connections_fifos_huge_csv_lines_and_other_loopback_addresses() {
     assert!(hwm_kb < 300_000, "the view peaked at {hwm_kb} kB");
     drop(ui);
     // another loopback address answers on its own URL
-    let mut child = s.cmd(&["ui", "--port", "0", "--bind", "127.0.0.2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let port: u16 = line.rsplit(':').next().and_then(|p| p.trim().trim_end_matches('/').parse().ok()).unwrap();
+    let other = start_ui(&s, &["--bind", "127.0.0.2"]);
+    let port = other.port;
     let mut c = TcpStream::connect(("127.0.0.2", port)).unwrap();
     write!(c, "GET / HTTP/1.1\r\nHost: 127.0.0.2:{port}\r\nConnection: close\r\n\r\n").unwrap();
     let mut raw = String::new();
     c.read_to_string(&mut raw).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(other);
     assert!(raw.starts_with("HTTP/1.1 200"), "{}", &raw[..raw.len().min(300)]);
 }

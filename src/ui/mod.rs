@@ -168,28 +168,13 @@ fn respond(p: Page) -> Response {
 
 /// Pages read files: off the async threads.
 async fn blocking(st: Arc<AppState>, f: impl FnOnce(&AppState) -> Page + Send + 'static) -> Response {
-    match tokio::task::spawn_blocking(move || {
-        crate::regular::take_exhausted();
-        let p = f(&st);
-        (p, crate::regular::take_exhausted() || out_of_descriptors())
-    })
-    .await
-    {
+    match tokio::task::spawn_blocking(move || crate::regular::exhausted_during(|| f(&st))).await {
         Ok((_, true)) => busy(),
         Ok((p, false)) => respond(p),
         Err(e) => {
             tracing::error!("a page panicked: {e}");
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
         }
-    }
-}
-
-/// Whether this process cannot open a file now (its descriptors are all in use): a page
-/// computed meanwhile may have taken a file it could not open for one that is not there.
-fn out_of_descriptors() -> bool {
-    match std::fs::File::open("/dev/null") {
-        Ok(_) => false,
-        Err(e) => matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)),
     }
 }
 
@@ -244,13 +229,9 @@ async fn plan(State(st): St, UrlPath(n): UrlPath<String>) -> Response {
 /// A file of an entry, streamed from its blob.
 async fn file(State(st): St, UrlPath((key, path)): UrlPath<(String, String)>, RawQuery(q): RawQuery) -> Response {
     let download = q.as_deref().unwrap_or("").split('&').any(|kv| kv == "download=1" || kv == "download");
-    let found = tokio::task::spawn_blocking(move || {
-        crate::regular::take_exhausted();
-        let r = pages::entry_file(&st.files, &key, &path).map(|(_, fe, blob)| (fe, blob));
-        (r, crate::regular::take_exhausted() || out_of_descriptors())
-    })
-    .await
-    .ok();
+    let found = tokio::task::spawn_blocking(move || crate::regular::exhausted_during(|| pages::entry_file(&st.files, &key, &path).map(|(_, fe, blob)| (fe, blob))))
+        .await
+        .ok();
     let found = match found {
         Some((_, true)) => return busy(),
         Some((r, false)) => r,
@@ -259,7 +240,7 @@ async fn file(State(st): St, UrlPath((key, path)): UrlPath<(String, String)>, Ra
     let Some((fe, blob)) = found else { return respond(Page::NotFound("no such file in that entry".into())) };
     let f = match tokio::fs::File::open(&blob).await {
         Ok(f) => f,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => return busy(),
+        Err(e) if crate::regular::is_exhaustion(&e) => return busy(),
         Err(_) => return respond(Page::NotFound("the blob is gone".into())),
     };
     let stream = futures::stream::unfold(f, |mut f| async move {
@@ -316,9 +297,9 @@ pub fn serve(opts: UiOptions, shutdown: impl std::future::Future<Output = ()> + 
             eprintln!("warning: serving the cache on {local} to anyone who can reach it: the view has no authentication (every artifact can be read and downloaded)");
         }
         // before the address is printed: a caller waits for it to mean "serving"
-        let (cap, left, limit) = max_connections();
+        let (cap, left, fd_limit) = max_connections();
         if left < MIN_FDS_LEFT {
-            return Err(UiError::TooFewDescriptors { left, limit });
+            return Err(UiError::TooFewDescriptors { left, limit: fd_limit });
         }
         let url = if local.is_ipv6() { format!("http://[{}]:{}/", local.ip(), local.port()) } else { format!("http://{local}/") };
         println!("pipeline ui: serving {} read-only at {url}", files.root().display());

@@ -468,17 +468,7 @@ pub fn parse_crowdkit_csv_with(
 
 /// Drops the names no index in `col` refers to, renumbering `col` (order kept).
 fn keep_used(names: &mut Vec<String>, col: &mut [u32]) {
-    let mut new = vec![u32::MAX; names.len()];
-    for &x in col.iter() {
-        new[x as usize] = 0;
-    }
-    let mut next = 0u32;
-    for n in new.iter_mut() {
-        if *n == 0 {
-            *n = next;
-            next += 1;
-        }
-    }
+    let new = crate::data::compact_ids(names.len(), col.iter().map(|&x| x as usize));
     let mut i = 0;
     names.retain(|_| {
         i += 1;

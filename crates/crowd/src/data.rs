@@ -22,6 +22,36 @@ pub struct Answers {
 /// workers x classes^2 numbers).
 pub const MAX_CLASSES: usize = 64;
 
+/// What both constructors require of the classes and the workers: 2 to [`MAX_CLASSES`]
+/// classes, and `worker * k + label` codes that fit a `u32`.
+fn check_shape(n_workers: usize, k: usize) -> Result<()> {
+    if k < 2 {
+        return Err(CrowdError::Data(format!("need at least 2 classes, got {k}")));
+    }
+    if k > MAX_CLASSES {
+        return Err(CrowdError::Data(format!("{k} classes: at most {MAX_CLASSES} are supported")));
+    }
+    if (n_workers as u64) * (k as u64) > u32::MAX as u64 {
+        return Err(CrowdError::Data("too many workers x classes for u32 codes".into()));
+    }
+    Ok(())
+}
+
+/// New indices for `0..n` keeping only those `used` mentions, in order (`u32::MAX` for the
+/// others): to leave out the items or workers a subset no longer refers to.
+pub(crate) fn compact_ids(n: usize, used: impl IntoIterator<Item = usize>) -> Vec<u32> {
+    let mut new = vec![u32::MAX; n];
+    for x in used {
+        new[x] = 0;
+    }
+    let mut next = 0u32;
+    for m in new.iter_mut().filter(|m| **m == 0) {
+        *m = next;
+        next += 1;
+    }
+    new
+}
+
 impl Answers {
     pub fn n_items(&self) -> usize {
         self.items.len()
@@ -56,15 +86,7 @@ impl Answers {
         triples: &[(usize, usize, usize)],
     ) -> Result<Answers> {
         let k = classes.len();
-        if k < 2 {
-            return Err(CrowdError::Data(format!("need at least 2 classes, got {k}")));
-        }
-        if k > MAX_CLASSES {
-            return Err(CrowdError::Data(format!("{k} classes: at most {MAX_CLASSES} are supported")));
-        }
-        if (n_workers as u64) * (k as u64) > u32::MAX as u64 {
-            return Err(CrowdError::Data("too many workers x classes for u32 codes".into()));
-        }
+        check_shape(n_workers, k)?;
         let mut counts = vec![0usize; n_items + 1];
         for (n, &(i, w, l)) in triples.iter().enumerate() {
             if i >= n_items || w >= n_workers || l >= k {
@@ -105,15 +127,7 @@ impl Answers {
         label_of: &[u32],
     ) -> Result<Answers> {
         let (n_items, n_workers, k) = (items.len(), workers.len(), classes.len());
-        if k < 2 {
-            return Err(CrowdError::Data(format!("need at least 2 classes, got {k}")));
-        }
-        if k > MAX_CLASSES {
-            return Err(CrowdError::Data(format!("{k} classes: at most {MAX_CLASSES} are supported")));
-        }
-        if (n_workers as u64) * (k as u64) > u32::MAX as u64 {
-            return Err(CrowdError::Data("too many workers x classes for u32 codes".into()));
-        }
+        check_shape(n_workers, k)?;
         if item_of.len() != worker_of.len() || item_of.len() != label_of.len() {
             return Err(CrowdError::Data("answer columns of different lengths".into()));
         }

@@ -107,13 +107,12 @@ impl Credentials {
             return Ok(Credentials { access_key_id: k, secret_access_key: s, session_token: var("AWS_SESSION_TOKEN") });
         }
         let profile = profile.map(str::to_string).or_else(|| var("AWS_PROFILE")).unwrap_or_else(|| "default".into());
-        let path = var("AWS_SHARED_CREDENTIALS_FILE")
-            .map(std::path::PathBuf::from)
-            .or_else(|| var("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials")))
-            .ok_or_else(|| CrowdError::Api("no AWS credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile".into()))?;
+        let path = credentials_path().ok_or_else(|| CrowdError::Api("no AWS credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile".into()))?;
         // bounded, as the secrets' registration reads it (a file past the bound is refused
         // here too, not used with its secrets unregistered)
-        let text = read_credentials_file(&path).map_err(|e| {
+        let text = read_credentials_file(&path)
+            .and_then(|b| String::from_utf8(b).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8")))
+            .map_err(|e| {
             CrowdError::Api(format!("no AWS credentials in the environment, and {}: {e}", path.display()))
         })?;
         Self::from_profile_text(&text, &profile)
@@ -134,11 +133,9 @@ impl Credentials {
             if !in_section {
                 continue;
             }
-            // as botocore reads it, and as the secrets' registration does: `=` or `:`, keys in
-            // any case, a quoted value without its quotes
-            if let Some((key, val)) = line.split_once(['=', ':']) {
-                let val = val.trim().trim_matches(|c| c == '"' || c == '\'').to_string();
-                match key.trim().to_ascii_lowercase().as_str() {
+            if let Some((key, val)) = key_value(line) {
+                let val = unquoted(val).to_string();
+                match key.as_str() {
                     "aws_access_key_id" => k = Some(val),
                     "aws_secret_access_key" => s = Some(val),
                     "aws_session_token" => t = Some(val),
@@ -150,12 +147,43 @@ impl Credentials {
     }
 }
 
+/// One `key = value` line of a credentials file as botocore reads it: `=` or `:`, the key in
+/// lower case, the value trimmed (quotes kept: see [`unquoted`]).
+fn key_value(line: &str) -> Option<(String, &str)> {
+    let (key, val) = line.split_once(['=', ':'])?;
+    Some((key.trim().to_ascii_lowercase(), val.trim()))
+}
+
+/// A value without the quotes around it.
+fn unquoted(v: &str) -> &str {
+    v.trim_matches(|c| c == '"' || c == '\'')
+}
+
+/// Every key id, secret and token of every profile of a credentials file, as written and
+/// without its quotes: what must be treated as secret wherever it appears.
+pub fn credential_values(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, val) in text.lines().filter_map(key_value) {
+        if matches!(key.as_str(), "aws_access_key_id" | "aws_secret_access_key" | "aws_session_token" | "aws_security_token") {
+            out.push(val.to_string());
+            out.push(unquoted(val).to_string());
+        }
+    }
+    out
+}
+
+/// `AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`.
+pub fn credentials_path() -> Option<std::path::PathBuf> {
+    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    var("AWS_SHARED_CREDENTIALS_FILE").map(std::path::PathBuf::from).or_else(|| var("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials")))
+}
+
 /// Largest AWS credentials file read (a few hundred bytes per profile).
 pub const MAX_CREDENTIALS_BYTES: u64 = 16 << 20;
 
 /// The credentials file: a regular file (opened non-blocking: a FIFO there must not hang)
-/// of at most [`MAX_CREDENTIALS_BYTES`].
-fn read_credentials_file(path: &std::path::Path) -> std::io::Result<String> {
+/// of at most [`MAX_CREDENTIALS_BYTES`], as bytes.
+pub fn read_credentials_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
@@ -166,9 +194,9 @@ fn read_credentials_file(path: &std::path::Path) -> std::io::Result<String> {
     if m.len() > MAX_CREDENTIALS_BYTES {
         return Err(std::io::Error::other(format!("{} bytes; at most {MAX_CREDENTIALS_BYTES} are read", m.len())));
     }
-    let mut s = String::new();
-    f.take(MAX_CREDENTIALS_BYTES).read_to_string(&mut s)?;
-    Ok(s)
+    let mut b = Vec::new();
+    f.take(MAX_CREDENTIALS_BYTES).read_to_end(&mut b)?;
+    Ok(b)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -111,17 +111,8 @@ fn subset(a: &Answers, items: &[usize]) -> Answers {
         codes.extend_from_slice(a.item_codes(i));
         offsets.push(codes.len());
     }
-    let mut new = vec![u32::MAX; a.n_workers()];
-    for &c in &codes {
-        new[c as usize / k] = 0;
-    }
-    let mut workers = Vec::new();
-    for (w, n) in new.iter_mut().enumerate() {
-        if *n == 0 {
-            *n = workers.len() as u32;
-            workers.push(a.workers[w].clone());
-        }
-    }
+    let new = crate::data::compact_ids(a.n_workers(), codes.iter().map(|&c| c as usize / k));
+    let workers = a.workers.iter().zip(&new).filter(|(_, &n)| n != u32::MAX).map(|(w, _)| w.clone()).collect();
     for c in codes.iter_mut() {
         let (w, l) = (*c as usize / k, *c as usize % k);
         *c = new[w] * k as u32 + l as u32;

@@ -46,40 +46,27 @@ pub fn peer_kappa(a: &Answers) -> Vec<f64> {
     // item's answers took 27 s for one item with 40,000 answers): an answer of label `l` by
     // worker `w` agrees with the item's `l` answers not given by `w`, and pairs with those
     // not given by `w`; a worker may answer an item more than once (`--duplicates keep`).
+    // Codes (`worker * k + label`) sorted group by worker, then by label within a worker.
     let mut by_label = vec![0u64; k];
-    let mut wl: Vec<(u32, u32)> = Vec::new();
+    let mut sorted: Vec<u32> = Vec::new();
     for i in 0..a.n_items() {
         let c = a.item_codes(i);
         by_label.iter_mut().for_each(|x| *x = 0);
-        wl.clear();
         for &cx in c {
             by_label[a.label_of(cx)] += 1;
-            wl.push((a.worker_of(cx) as u32, a.label_of(cx) as u32));
         }
-        wl.sort_unstable();
+        sorted.clear();
+        sorted.extend_from_slice(c);
+        sorted.sort_unstable();
         let n = c.len() as u64;
-        let mut s = 0;
-        while s < wl.len() {
-            let w = wl[s].0;
-            let mut e = s;
-            while e < wl.len() && wl[e].0 == w {
-                e += 1;
-            }
-            let own = (e - s) as u64;
-            let mut t = s;
-            while t < e {
-                let l = wl[t].1;
-                let mut u = t;
-                while u < e && wl[u].1 == l {
-                    u += 1;
-                }
-                let same = (u - t) as u64;
+        for of_worker in sorted.chunk_by(|x, y| a.worker_of(*x) == a.worker_of(*y)) {
+            let own = of_worker.len() as u64;
+            for same_code in of_worker.chunk_by(|x, y| x == y) {
+                let (w, l, same) = (a.worker_of(same_code[0]), a.label_of(same_code[0]), same_code.len() as u64);
                 // each of the worker's `same` answers of label l
-                pairs_by_label[w as usize * k + l as usize] += same * (n - own);
-                agree_n[w as usize] += same * (by_label[l as usize] - same);
-                t = u;
+                pairs_by_label[w * k + l] += same * (n - own);
+                agree_n[w] += same * (by_label[l] - same);
             }
-            s = e;
         }
     }
     let mut chance = vec![0.0f64; nw];

@@ -38,7 +38,7 @@ pub fn open(url: &str, rest: &str) -> Result<(Arc<dyn ObjectStore>, String), Rem
         let found = pipeline_crowd::mturk::Credentials::from_env_or_profile(None);
         // a credentials file that cannot be used is said here: the server's refusal that
         // follows (object_store then asks the instance metadata) does not say why
-        let file = var("AWS_SHARED_CREDENTIALS_FILE").map(std::path::PathBuf::from).or_else(|| var("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials")));
+        let file = pipeline_crowd::mturk::credentials_path();
         if let (Err(e), Some(true)) = (&found, file.map(|f| f.symlink_metadata().is_ok())) {
             tracing::warn!("remote {}: no credentials from the environment or the credentials file: {}", crate::text::redact(url), crate::text::redact(&e.to_string()));
         }
