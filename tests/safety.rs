@@ -692,6 +692,36 @@ fn a_lost_database_is_refused_then_rebuilt_with_its_history() {
     assert!(!plain.join("db").exists() && plain.join("tmp/work.txt").exists());
 }
 
+/// A `cache verify --rebuild` in progress (it holds `db.rebuilding/`, whose `db` file sled
+/// locks) makes `run --wait` wait for it, and a run without `--wait` say the cache is busy:
+/// before, both were told the database was lost and to run the rebuild that was running.
+#[test]
+fn a_rebuild_in_progress_is_waited_for() {
+    use std::os::fd::AsRawFd;
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("echo a > $OUT/a"));
+    s.ok(&["run", "t.json"]);
+    std::fs::rename(s.cache().join("db"), s.path().join("db.saved")).unwrap();
+    // what a rebuild holds while it rehashes: its database, locked
+    let building = s.cache().join("db.rebuilding");
+    std::fs::create_dir_all(&building).unwrap();
+    let lock = std::fs::File::create(building.join("db")).unwrap();
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    let o = s.run(&["run", "t.json"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("in use") && !stderr(&o).contains("is missing"), "{}", stderr(&o));
+    let child = s.cmd(&["--wait", "run", "t.json"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // the rebuild ends: its lock goes, a moment later its database is renamed into place
+    drop(lock);
+    std::thread::sleep(Duration::from_millis(400));
+    std::fs::rename(s.path().join("db.saved"), s.cache().join("db")).unwrap();
+    std::fs::remove_dir_all(&building).unwrap();
+    let o = finish_within(child, Duration::from_secs(30), "run --wait during a rebuild");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(s.status_of(&o, "a"), "cached");
+}
+
 /// Found by a third hostile pass: a first commit killed between its index record and the
 /// database (no run record yet) locked the cache out; such a cache opens, and reruns.
 #[test]

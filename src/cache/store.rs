@@ -243,6 +243,24 @@ impl Cache {
                 root.display()
             ))
         };
+        // A `cache verify --rebuild` in progress holds `db.rebuilding/` and has moved or will
+        // move `db/`: wait for it (`--wait`) or say so, rather than call the database lost.
+        // A rebuild closes its database just before renaming it to `db/`: with `--wait`, a
+        // missing `db/` beside `db.rebuilding/` is given a few seconds to appear (a rebuild
+        // killed half-way leaves that directory for good, and the error below then says so).
+        let mut grace = 25;
+        while rebuild_into.is_none() {
+            if rebuilding(root) {
+                if !wait {
+                    return Err(busy(root));
+                }
+            } else if !(wait && grace > 0 && !db_path.exists() && root.join("db.rebuilding").is_dir()) {
+                break;
+            } else {
+                grace -= 1;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         if rebuild_into.is_none() && !db_path.exists() && Self::lost_history(root) {
             return Err(lost("is missing"));
         }
@@ -1350,6 +1368,20 @@ fn busy(root: &Path) -> CacheError {
         pid: lines.next().unwrap_or("?").to_string(),
         command: lines.next().unwrap_or("unknown command").to_string(),
     }
+}
+
+/// Whether another process is rebuilding the database: sled holds an exclusive `flock` on
+/// `db.rebuilding/db` while it is open. Probed without creating anything (a rebuild may rename
+/// the directory into place at any moment) and without following a link.
+fn rebuilding(root: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(root.join("db.rebuilding").join("db")) else {
+        return false;
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; a shared lock taken here is released when `f` drops
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    r != 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
 fn is_lock_error(e: &io::Error) -> bool {
