@@ -153,7 +153,7 @@ pub fn plan_with(cache: &Cache, p: &Pipeline, remote: Option<&Remote>, flags: &P
                     let ki = resolved.key_inputs(node);
                     let k = ki.key();
                     key = Some(k.0.clone());
-                    let mut hit = cache.usable_entry(&k).ok().flatten();
+                    let mut hit = cache.usable_entry_readonly(&k).ok().flatten();
                     source = hit.as_ref().map(|_| "local");
                     if let (None, Some(r), false) = (&hit, remote, node.volatile) {
                         // A hit there only if every object a pull needs is there (the pull

@@ -1,6 +1,6 @@
 //! sled trees, the blob store, views, the stat memo and the process lock.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -535,15 +535,27 @@ impl Cache {
         if let Ok(m) = fs::symlink_metadata(&blob) {
             if m.is_file() && m.len() == size && hash_file(&blob).ok().as_deref() == Some(digest) {
                 let _ = fs::remove_file(staged);
+                self.blob_checked(digest);
                 return Ok(());
             }
-            tracing::warn!(blob = %blob.display(), "damaged blob replaced by a good copy");
             let _ = super::ingest::remove_tree(&blob);
             let _ = fs::remove_file(&blob);
+            // The entries that need this blob are whole again once it is replaced, but what was
+            // computed from them while it was damaged is not (found by a hostile pass: such a
+            // result stayed cached, and `cache verify` found nothing wrong).
+            let needing: Vec<Entry> = self
+                .entries()
+                .into_iter()
+                .filter(|e| self.manifest(&e.output).ok().flatten().map_or(true, |m| m.files.iter().any(|f| f.digest == digest)))
+                .collect();
+            let dropped = self.drop_downstream(&needing)?.len();
+            tracing::warn!(blob = %blob.display(), dropped, "damaged blob replaced by a good copy; the entries computed from the results that need it are dropped (they may have read the damaged bytes)");
         }
         let parent = blob.parent().unwrap_or(&self.root);
         fs::create_dir_all(parent).map_err(io_err(parent))?;
-        finish_blob(staged, &blob)
+        finish_blob(staged, &blob)?;
+        self.blob_checked(digest);
+        Ok(())
     }
 
     pub fn put_manifest(&self, m: &Manifest) -> Result<String, CacheError> {
@@ -629,17 +641,86 @@ impl Cache {
         }
     }
 
-    /// An entry whose blobs are all present (a quick size check, not a rehash).
+    /// An entry whose blobs are all present and intact ([`Cache::blob_intact`]: rehashed
+    /// only when a blob's stat moved since it last hashed right). A damaged blob is removed
+    /// with every entry that needs it and every entry computed from those, so the stage reruns
+    /// and so do the stages after it (found by a hostile pass: a blob rewritten in place at its
+    /// size was handed to the next stage, whose result then outlived the blob's repair).
     pub fn usable_entry(&self, key: &CacheKey) -> Result<Option<Entry>, CacheError> {
+        self.usable_entry_with(key, true)
+    }
+
+    /// [`Cache::usable_entry`] without removing anything (for `plan`): a damaged blob makes
+    /// the entry unusable, and the run that follows drops it.
+    pub fn usable_entry_readonly(&self, key: &CacheKey) -> Result<Option<Entry>, CacheError> {
+        self.usable_entry_with(key, false)
+    }
+
+    fn usable_entry_with(&self, key: &CacheKey, repair: bool) -> Result<Option<Entry>, CacheError> {
         let Some(e) = self.entry(key)? else { return Ok(None) };
         let Some(m) = self.manifest(&e.output)? else { return Ok(None) };
         for f in &m.files {
-            match fs::metadata(self.blob_path(&f.digest)) {
-                Ok(meta) if meta.len() == f.size => {}
-                _ => return Ok(None),
+            match self.blob_state(&f.digest, f.size)? {
+                BlobState::Intact => {}
+                BlobState::Missing => return Ok(None),
+                BlobState::Damaged => {
+                    if repair {
+                        self.drop_damaged(&f.digest)?;
+                    }
+                    return Ok(None);
+                }
             }
         }
         Ok(Some(e))
+    }
+
+    /// Whether the blob of `digest` is there, of `size` bytes, and still hashes to `digest`.
+    /// A blob that hashed right is remembered with its inode, size, mtime and ctime, and
+    /// rehashed only when one of them moved: any write to it, even one that sets the mtime
+    /// back, moves its ctime, which nothing but the clock can set.
+    fn blob_state(&self, digest: &str, size: u64) -> Result<BlobState, CacheError> {
+        let blob = self.blob_path(digest);
+        let meta = match fs::symlink_metadata(&blob) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BlobState::Missing),
+            Err(e) => return Err(CacheError::Io { path: blob, source: e }),
+        };
+        if !meta.is_file() || meta.len() != size {
+            return Ok(BlobState::Damaged);
+        }
+        let memo_key = blob_memo_key(digest);
+        let now = blob_stamp(&meta);
+        if self.stat.get(&memo_key).ok().flatten().is_some_and(|v| v.as_ref() == now.as_bytes()) {
+            return Ok(BlobState::Intact);
+        }
+        if hash_file(&blob)? != digest {
+            return Ok(BlobState::Damaged);
+        }
+        // the stat after hashing: a write during the hash moves it, and the next check rehashes
+        if let Ok(after) = fs::symlink_metadata(&blob) {
+            if blob_stamp(&after) == now {
+                let _ = self.stat.insert(memo_key, now.as_bytes());
+            }
+        }
+        Ok(BlobState::Intact)
+    }
+
+    /// Remember that the blob of `digest` hashed right as it is now (just written or rehashed).
+    fn blob_checked(&self, digest: &str) {
+        if let Ok(m) = fs::symlink_metadata(self.blob_path(digest)) {
+            let _ = self.stat.insert(blob_memo_key(digest), blob_stamp(&m).as_bytes());
+        }
+    }
+
+    /// A damaged blob: removed, with every entry that needs it and every entry computed from
+    /// those (their results came from the damaged bytes, or may have). Returns how many entries.
+    fn drop_damaged(&self, digest: &str) -> Result<usize, CacheError> {
+        let blob = self.blob_path(digest);
+        tracing::warn!(blob = %blob.display(), "damaged blob (its content no longer hashes to its name): removed with the entries that need it and those computed from them");
+        let _ = super::ingest::remove_tree(&blob);
+        let _ = fs::remove_file(&blob);
+        let _ = self.stat.remove(blob_memo_key(digest));
+        self.drop_entries_needing(&[digest.to_string()])
     }
 
     pub fn entries(&self) -> Vec<Entry> {
@@ -686,6 +767,23 @@ impl Cache {
         let dir = self.root.join("views").join(output);
         let m = self.manifest(output)?.ok_or_else(|| CacheError::NotFound(output.to_string()))?;
         m.check_paths().map_err(|p| CacheError::Corrupt(output.to_string(), format!("manifest names the path {p:?}, which is not a plain relative path")))?;
+        // A view's files are hard links to the blobs: a blob damaged in place would be handed
+        // out as it is. Every blob is checked first (a stat each, a rehash if it moved).
+        for f in &m.files {
+            match self.blob_state(&f.digest, f.size)? {
+                BlobState::Intact => {}
+                BlobState::Missing => {
+                    return Err(CacheError::Corrupt(output.to_string(), format!("`{}` (blob {}) is missing from the store: run again to recompute it", f.path, f.digest)));
+                }
+                BlobState::Damaged => {
+                    let n = self.drop_damaged(&f.digest)?;
+                    return Err(CacheError::Corrupt(
+                        output.to_string(),
+                        format!("`{}` (blob {}) is damaged (its content no longer hashes to its name): removed with the {n} entries that needed it or were computed from them; run again to recompute them", f.path, f.digest),
+                    ));
+                }
+            }
+        }
         if dir.is_dir() {
             match self.view_problem(&dir, &m) {
                 None => return Ok(dir),
@@ -697,6 +795,8 @@ impl Cache {
         }
         let tmp = self.staging_path();
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        let before: HashMap<&str, FileState> =
+            m.files.iter().filter_map(|f| fs::symlink_metadata(self.blob_path(&f.digest)).ok().map(|b| (f.digest.as_str(), file_state(&b)))).collect();
         for f in &m.files {
             let dst = tmp.join(&f.path);
             if let Some(p) = dst.parent() {
@@ -713,6 +813,16 @@ impl Cache {
                 }
             } else if fs::hard_link(&blob, &dst).is_err() {
                 fs::copy(&blob, &dst).map_err(io_err(&blob))?;
+            }
+        }
+        // A new hard link moves each blob's ctime: remember the blobs as they are now, unless
+        // something else about them moved in the meantime (they were checked just above).
+        for (digest, before) in &before {
+            if let Ok(m) = fs::symlink_metadata(self.blob_path(digest)) {
+                let now = file_state(&m);
+                if (now.ino, now.size, now.mtime_ns) == (before.ino, before.size, before.mtime_ns) {
+                    let _ = self.stat.insert(blob_memo_key(digest), blob_stamp(&m).as_bytes());
+                }
             }
         }
         match fs::rename(&tmp, &dir) {
@@ -1382,6 +1492,27 @@ fn rebuilding(root: &Path) -> bool {
     // SAFETY: flock on a descriptor we own; a shared lock taken here is released when `f` drops
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     r != 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
+/// What [`Cache::blob_state`] found.
+enum BlobState {
+    Intact,
+    Missing,
+    /// Not a regular file, the wrong size, or content that no longer hashes to its name.
+    Damaged,
+}
+
+/// The stat memo's key for a blob: a NUL first, which no file path the memo holds has.
+fn blob_memo_key(digest: &str) -> Vec<u8> {
+    let mut k = b"\0blob\0".to_vec();
+    k.extend_from_slice(digest.as_bytes());
+    k
+}
+
+/// A blob's identity for the memo: inode, size, mtime and ctime (nanoseconds).
+fn blob_stamp(m: &fs::Metadata) -> String {
+    let s = file_state(m);
+    format!("{}:{}:{}:{}", s.ino, s.size, s.mtime_ns, s.ctime_ns)
 }
 
 fn is_lock_error(e: &io::Error) -> bool {
