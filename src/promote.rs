@@ -129,10 +129,15 @@ pub fn promote(cache: &Cache, base_dir: &Path, cfg: &Promote, record: &RunRecord
     let name = to.file_name().and_then(|f| f.to_str()).unwrap_or("promoted");
     let staging = parent.join(format!(".{name}.new-{}", std::process::id()));
     let _ = crate::cache::ingest::remove_tree(&staging);
-    for stage in std::iter::once(&cfg.stage).chain(cfg.with.iter()) {
+    // A failure leaves no staging copy behind (a hostile pass found full copies piling up).
+    let staged = std::iter::once(&cfg.stage).chain(cfg.with.iter()).try_for_each(|stage| {
         let s = record.stage(stage).ok_or_else(|| PromoteError::Missing(format!("stage {stage} is not in run {}", record.id)))?;
         let out = s.output.as_ref().ok_or_else(|| PromoteError::Missing(format!("stage {stage} has no output in run {}", record.id)))?;
-        cache.export(out, &staging.join(stage), false)?;
+        cache.export(out, &staging.join(stage), false).map(|_| ()).map_err(PromoteError::from)
+    });
+    if let Err(e) = staged {
+        let _ = crate::cache::ingest::remove_tree(&staging);
+        return Err(e);
     }
     d.promoted = true;
     d.reason = match prev_value {
@@ -140,14 +145,25 @@ pub fn promote(cache: &Cache, base_dir: &Path, cfg: &Promote, record: &RunRecord
         None => format!("first promoted model ({} {v:.4})", cfg.metric),
     };
     let marker = staging.join(MARKER);
-    std::fs::write(&marker, serde_json::to_vec_pretty(&d).unwrap_or_default()).map_err(io(&marker))?;
-    // The target may have changed while the run ran: check again right before the swap.
-    check_target(cache.root(), base_dir, &cfg.to)?;
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    if to.exists() {
-        std::fs::rename(&to, &old).map_err(io(&to))?;
+    let swap = || -> Result<(), PromoteError> {
+        std::fs::write(&marker, serde_json::to_vec_pretty(&d).unwrap_or_default()).map_err(io(&marker))?;
+        // The target may have changed while the run ran: check again right before the swap.
+        check_target(cache.root(), base_dir, &cfg.to)?;
+        if to.exists() {
+            std::fs::rename(&to, &old).map_err(io(&to))?;
+        }
+        if let Err(e) = std::fs::rename(&staging, &to) {
+            // put the old one back rather than leave no promoted model at all
+            let _ = std::fs::rename(&old, &to);
+            return Err(io(&to)(e));
+        }
+        Ok(())
+    };
+    if let Err(e) = swap() {
+        let _ = crate::cache::ingest::remove_tree(&staging);
+        return Err(e);
     }
-    std::fs::rename(&staging, &to).map_err(io(&to))?;
     let _ = crate::cache::ingest::remove_tree(&old);
     Ok(d)
 }

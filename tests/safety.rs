@@ -35,6 +35,44 @@ fn promote_never_replaces_a_directory_it_did_not_create() {
     }
 }
 
+/// Found by a hostile pass: a stage named `..` passed validation, and promote exported its
+/// output to `<to>/..`, over the user's files beside the target; a stage named twice in
+/// `promote` failed only after the whole run and left a full staging copy behind.
+#[test]
+fn stage_names_dot_and_dotdot_and_a_promote_naming_a_stage_twice_are_refused_up_front() {
+    let s = Sandbox::new();
+    s.write("models/other.txt", "my other model\n");
+    for name in [".", ".."] {
+        let p = serde_json::json!({"name": "t",
+            "stages": {"a": {"kind": "command", "params": {"cmd": "echo 1 > $OUT/m"}},
+                       name: {"kind": "command", "inputs": {"x": "a"}, "params": {"cmd": "echo clobbered > $OUT/other.txt"}}},
+            "promote": {"stage": name, "metric": "a.x", "to": "models/current"}});
+        s.write("t.json", &p.to_string());
+        let o = s.run(&["run", "t.json"]);
+        assert_eq!(o.status.code(), Some(1), "{name:?}: {}{}", stdout(&o), stderr(&o));
+        assert!(stderr(&o).contains("bad stage name"), "{name:?}: {}", stderr(&o));
+        assert!(s.statuses(&o).is_empty(), "{name:?}: nothing runs: {}", stdout(&o));
+    }
+    assert_eq!(std::fs::read_to_string(s.path().join("models/other.txt")).unwrap(), "my other model\n");
+    // a control character is shown escaped, not stripped into a valid-looking name
+    s.write("c.json", r#"{"name":"t","stages":{"a\u0007":{"kind":"command","params":{"cmd":"true"}}}}"#);
+    let o = s.run(&["plan", "c.json"]);
+    assert!(o.status.code() == Some(1) && stderr(&o).contains(r#"bad stage name "a\u{7}""#), "{}", stderr(&o));
+    for with in [vec!["b", "b"], vec!["a"]] {
+        let p = serde_json::json!({"name": "t",
+            "stages": {"a": {"kind": "command", "params": {"cmd": "echo 1 > $OUT/m"}},
+                       "b": {"kind": "command", "params": {"cmd": "echo 2 > $OUT/m"}}},
+            "promote": {"stage": "a", "with": with, "metric": "a.x", "to": "models/current"}});
+        s.write("t.json", &p.to_string());
+        let o = s.run(&["run", "t.json"]);
+        assert_eq!(o.status.code(), Some(1), "{with:?}: {}{}", stdout(&o), stderr(&o));
+        assert!(stderr(&o).contains("named twice"), "{with:?}: {}", stderr(&o));
+        assert!(s.statuses(&o).is_empty(), "{with:?}: nothing runs: {}", stdout(&o));
+    }
+    let left: Vec<_> = std::fs::read_dir(s.path().join("models")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("other.txt")], "a staging copy was left");
+}
+
 // ---------- 2, 3. links in $OUT ----------
 
 #[test]

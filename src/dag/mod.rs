@@ -2,7 +2,7 @@
 //! petgraph graph with a topological order. Everything that can be wrong with a pipeline
 //! file is found here, before anything runs, and reported all at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -192,7 +192,7 @@ pub fn build(file: &Path, loaded: spec::Loaded) -> Result<Pipeline, SpecError> {
     }
     // `PIPELINE/STAGE` names an entry, and the name is printed: a `/` or a control character
     // in it would name another pipeline or rewrite the terminal
-    if raw.name.trim().is_empty() || raw.name.contains('/') || raw.name.chars().any(char::is_control) {
+    if raw.name.trim().is_empty() || raw.name == "." || raw.name == ".." || raw.name.contains('/') || raw.name.chars().any(char::is_control) {
         issues.push(issue("name", format!("bad pipeline name {:?}", raw.name), Some("a non-empty name without '/' or control characters".into())));
     }
     if raw.stages.0.is_empty() {
@@ -207,8 +207,11 @@ pub fn build(file: &Path, loaded: spec::Loaded) -> Result<Pipeline, SpecError> {
     let mut nodes = Vec::new();
     for (name, value) in &raw.stages.0 {
         let at = format!("stages.{name}");
-        if name.is_empty() || name.contains('/') || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            issues.push(issue(&at, format!("bad stage name {:?}", crate::text::strip_controls(name)), Some("no '/', spaces, control characters or empty names".into())));
+        // `.` and `..` too: a stage's name becomes a path component (promote exports each
+        // stage's output under it; a stage named `..` wrote beside the promote target, found
+        // by a hostile pass). Shown escaped, not stripped: "a\u{7}" read as a valid "a".
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            issues.push(issue(&at, format!("bad stage name {name:?}"), Some("no '/', spaces, control characters, `.`, `..` or empty names".into())));
         }
         let rs: RawStage = {
             let mut track = serde_path_to_error::Track::new();
@@ -300,9 +303,13 @@ pub fn build(file: &Path, loaded: spec::Loaded) -> Result<Pipeline, SpecError> {
         nodes.push(StageNode { name: name.clone(), kind, params, inputs, volatile, param_files, executor });
     }
     if let Some(p) = &raw.promote {
+        let mut seen = HashSet::new();
         for s in std::iter::once(&p.stage).chain(p.with.iter()) {
             if !names.contains(s) {
                 issues.push(issue("promote", format!("no stage named `{s}`"), None));
+            } else if !seen.insert(s) {
+                // each is exported under its own name: twice failed only after the run
+                issues.push(issue("promote.with", format!("stage `{s}` is named twice (`stage` and `with` together name each stage once)"), None));
             }
         }
         if !["max", "min"].contains(&p.goal.as_str()) {
