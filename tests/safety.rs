@@ -899,6 +899,53 @@ fn a_directory_that_is_not_a_cache_is_not_used_as_one() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("not a pipeline cache"), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(s.path().join("proj/tmp/notes.txt")).unwrap(), "important");
+    // Found by a hostile pass: a project with an `objects/` directory passed for a cache, and
+    // run, gc and verify emptied its tmp/, index/ and views/; a `.git` failed obscurely.
+    for d in ["objects", "tmp", "views", "index"] {
+        s.write(&format!("proj2/{d}/important.txt"), "mine");
+    }
+    s.write("git/.git/objects/ab/cdef", "object");
+    s.write("git/.git/index", "index");
+    for dir in ["proj2", "git/.git"] {
+        for args in [&["run", "t.json"][..], &["cache", "gc"], &["cache", "verify"]] {
+            let o = s.cmd(args).env("PIPELINE_CACHE", s.path().join(dir)).output().unwrap();
+            assert_eq!(o.status.code(), Some(1), "{dir} {args:?}: {}", stderr(&o));
+            assert!(stderr(&o).contains("not a pipeline cache"), "{dir} {args:?}: {}", stderr(&o));
+        }
+    }
+    for d in ["objects", "tmp", "views", "index"] {
+        assert_eq!(std::fs::read_to_string(s.path().join(format!("proj2/{d}/important.txt"))).unwrap(), "mine");
+    }
+    assert!(!s.path().join("git/.git/tmp").exists() && !s.path().join("git/.git/views").exists());
+}
+
+/// Found by a hostile pass: with the cache's `views/` (or `index/`) a link to another
+/// directory, `cache gc` and `cache verify` deleted files in the link's target.
+#[test]
+fn a_cache_whose_own_directories_are_links_is_refused() {
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("echo a > $OUT/a"));
+    s.ok(&["run", "t.json"]);
+    for d in ["views", "index", "tmp", "objects"] {
+        let big = s.path().join(format!("big-{d}"));
+        std::fs::rename(s.cache().join(d), &big).unwrap();
+        std::os::unix::fs::symlink(&big, s.cache().join(d)).unwrap();
+        s.write(&format!("big-{d}/mystuff/f"), "d");
+        s.write(&format!("big-{d}/README"), "n");
+        for args in [&["cache", "gc"][..], &["cache", "verify"], &["run", "t.json"]] {
+            let o = s.run(args);
+            assert_eq!(o.status.code(), Some(1), "{d} {args:?}: {}", stderr(&o));
+            assert!(stderr(&o).contains("symbolic link"), "{d} {args:?}: {}", stderr(&o));
+        }
+        assert!(big.join("mystuff/f").exists() && big.join("README").exists(), "{d}: files deleted through the link");
+        std::fs::remove_file(s.cache().join(d)).unwrap();
+        std::fs::remove_file(big.join("README")).unwrap();
+        std::fs::remove_dir_all(big.join("mystuff")).unwrap();
+        std::fs::rename(&big, s.cache().join(d)).unwrap();
+    }
+    let o = s.ok(&["run", "t.json"]);
+    assert_eq!(s.status_of(&o, "a"), "cached");
+    s.verify_clean();
 }
 
 #[test]

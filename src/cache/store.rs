@@ -215,19 +215,41 @@ impl Cache {
     /// `rebuild_into`: open the database at that name instead of `db/` (a rebuild fills it and
     /// renames it into place once complete), without the checks on `db/`.
     fn open_inner(root: &Path, wait: bool, rebuild_into: Option<&str>) -> Result<Self, CacheError> {
-        // `--cache .` or `--cache ~` would empty the directory's `tmp/` and `views/`.
-        if !["db", "objects", "index"].iter().any(|d| root.join(d).is_dir()) {
-            // Hidden files only (or nothing) count as empty.
+        // `--cache .` or `--cache ~` would empty the directory's `tmp/` and `views/`; so would a
+        // project that happens to have an `objects/` (a hostile pass: `tmp/`, `index/` and
+        // `views/` of such a directory were emptied; `--cache repo/.git` failed obscurely).
+        // A cache is a directory this program tagged, or one an earlier build made (a sled
+        // database in `db/`, or `index/` records beside `objects/`); anything else must be
+        // empty (hidden files aside) to become one.
+        if !is_tagged_cache(root) {
+            let legacy = root.join("db").join("conf").is_file()
+                || (root.join("objects").is_dir()
+                    && fs::read_dir(root.join("index")).map(|rd| rd.flatten().any(|f| f.file_name().to_string_lossy().ends_with(".json"))).unwrap_or(false));
             let foreign = fs::read_dir(root).map(|rd| rd.flatten().any(|d| !d.file_name().to_string_lossy().starts_with('.'))).unwrap_or(false);
-            if foreign {
+            if foreign && !legacy {
                 return Err(CacheError::Refused(format!(
-                    "{} is not a pipeline cache (it has no db/ nor objects/) and is not empty: refusing to use it as one; pass --cache with a new or empty directory",
+                    "{} is not a pipeline cache (no {TAG} of this program's, nor a cache's database or records) and is not empty: refusing to use it as one; pass --cache with a new or empty directory",
                     root.display()
+                )));
+            }
+        }
+        // Its own directories must be real ones: `gc` and `verify` delete inside them, and a
+        // link would send that into its target (a hostile pass: the files of a linked
+        // `views/` or `index/` were deleted).
+        for d in ["db", "objects", "views", "tmp", "index", "runs", TAG, "LOCK"] {
+            if fs::symlink_metadata(root.join(d)).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(CacheError::Refused(format!(
+                    "{}: a symbolic link; a cache's own directories and files must not be links (what the cache deletes there would be deleted in the link's target): move the cache, or --cache the directory it points into",
+                    root.join(d).display()
                 )));
             }
         }
         for d in ["objects", "views", "tmp", "index"] {
             fs::create_dir_all(root.join(d)).map_err(io_err(root))?;
+        }
+        if !is_tagged_cache(root) {
+            let tag = root.join(TAG);
+            fs::write(&tag, TAG_TEXT).map_err(io_err(&tag))?;
         }
         // Stages run in other working directories: every path handed out must be absolute.
         let root = &fs::canonicalize(root).map_err(io_err(root))?;
@@ -1492,6 +1514,21 @@ fn rebuilding(root: &Path) -> bool {
     // SAFETY: flock on a descriptor we own; a shared lock taken here is released when `f` drops
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     r != 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
+/// The Cache Directory Tagging Specification's file (backup tools skip a tagged directory);
+/// this program's text in it says the directory is a pipeline cache.
+const TAG: &str = "CACHEDIR.TAG";
+const TAG_TEXT: &str = "Signature: 8a477f597d28d172789f06886806bc55\n# This file is a cache directory tag created by pipeline (a content-addressed pipeline cache).\n# For information about cache directory tags see https://bford.info/cachedir/\n";
+
+/// Whether `root` holds this program's cache tag (a regular file, read up to 4 KB).
+fn is_tagged_cache(root: &Path) -> bool {
+    let tag = root.join(TAG);
+    if !fs::symlink_metadata(&tag).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let mut buf = Vec::new();
+    File::open(&tag).and_then(|f| f.take(4096).read_to_end(&mut buf)).is_ok() && String::from_utf8_lossy(&buf).contains("created by pipeline")
 }
 
 /// What [`Cache::blob_state`] found.
