@@ -215,7 +215,8 @@ pub struct RemoteArgs {
 
 impl RemoteArgs {
     /// The remote for a run of `p` (the flag or env var wins over the file's field).
-    fn open(&self, p: Option<&Pipeline>) -> Result<Option<RemoteHandle>> {
+    /// `writes`: the command may upload (a run); `plan` never does.
+    fn open(&self, p: Option<&Pipeline>, writes: bool) -> Result<Option<RemoteHandle>> {
         if self.remote_mode == RemoteMode::Off {
             return Ok(None);
         }
@@ -228,11 +229,8 @@ impl RemoteArgs {
         };
         // Read-only writes nothing, not even the directory: one that is not there is a wrong
         // path or a missing mount, not an empty remote (every stage would rerun, silently).
-        if self.remote_mode == RemoteMode::ReadOnly && !url.starts_with("s3://") {
-            let dir = url.strip_prefix("file://").unwrap_or(&url);
-            if !Path::new(dir).exists() {
-                bail!("remote {url}: no such directory (--remote-mode read-only creates nothing: check the path, or whether it is mounted)");
-            }
+        if self.remote_mode == RemoteMode::ReadOnly || !writes {
+            missing_dir_refused(&url, if writes { "--remote-mode read-only creates nothing" } else { "this command creates nothing" })?;
         }
         match Remote::connect(&url) {
             Ok(r) => Ok(Some(RemoteHandle(Arc::new(r), self.remote_mode))),
@@ -244,13 +242,34 @@ impl RemoteArgs {
             Err(e) => Err(e.into()),
         }
     }
-    fn require(&self) -> Result<Arc<Remote>> {
+    /// The remote of `cache push` (`writes`), `pull` and `gc --remote`.
+    fn require(&self, writes: bool) -> Result<Arc<Remote>> {
         let url = self.remote.clone().filter(|u| !u.is_empty());
         match (self.remote_mode, url) {
             (RemoteMode::Off, _) | (_, None) => bail!("no remote: pass --remote URL or set PIPELINE_REMOTE"),
-            (_, Some(url)) => Ok(Arc::new(Remote::connect(&url)?)),
+            (_, Some(url)) => {
+                if !writes {
+                    missing_dir_refused(&url, "this command creates nothing")?;
+                }
+                Ok(Arc::new(Remote::connect(&url)?))
+            }
         }
     }
+}
+
+/// A directory remote that is not there, for a command that must not create it (found by a
+/// hostile pass: `plan`, `cache pull` and `cache gc --remote` made a misspelled path).
+fn missing_dir_refused(url: &str, why: &str) -> Result<()> {
+    if url.starts_with("s3://") {
+        return Ok(());
+    }
+    let dir = url.strip_prefix("file://").unwrap_or(url);
+    // inside a pipeline cache: the remote's own check says so, more usefully
+    let in_cache = crate::cache::store::absolute(Path::new(dir)).ancestors().any(|d| d.join("db").is_dir() && d.join("views").is_dir());
+    if !Path::new(dir).exists() && !in_cache {
+        bail!("remote {url}: no such directory ({why}: check the path, or whether it is mounted)");
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -458,7 +477,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 }
             }
             let cache = Arc::new(open_cache(&cli.cache, cli.wait)?);
-            let remote = args.remote.open(Some(&p))?;
+            let remote = args.remote.open(Some(&p), true)?;
             let opts = RunOptions {
                 jobs: args.jobs,
                 only: args.only,
@@ -500,7 +519,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 }
             }
             let cache = open_cache(&cli.cache, cli.wait)?;
-            let remote = remote.open(Some(&p))?;
+            let remote = remote.open(Some(&p), false)?;
             let flags = crate::plan::PlanFlags { only, from, force };
             let plan = crate::plan::plan_with(&cache, &p, remote.as_ref().map(|h| h.0.as_ref()), &flags);
             if json {
@@ -610,7 +629,12 @@ fn predict(cache_dir: &Path, wait: bool, model: &str, images: &[PathBuf], k: usi
         }
         let cache = open_cache(cache_dir, wait)?;
         let e = resolve_noting_others(&cache, model)?;
-        cache.view(&e.output)?
+        let view = cache.view(&e.output)?;
+        if !view.join("config.json").is_file() {
+            // a hostile pass got only "config.json: No such file or directory"
+            bail!("--model {model}: the entry of stage `{}` ({}) is not a trained model (no config.json): name a `train` stage, PIPELINE/STAGE or its cache key", e.stage, &e.key.0[..12.min(e.key.0.len())]);
+        }
+        view
     };
     print!("{}", crate::predict::predict_cli(&dir, images, k)?);
     Ok(0)
@@ -715,7 +739,7 @@ fn schedule(cache_dir: &Path, args: ScheduleArgs) -> Result<i32> {
                 // The cache is open only during the run, so `pipeline runs` works in between.
                 // A nightly run waits for a `pipeline cache ls` to finish rather than fail.
                 let cache = Arc::new(tokio::task::spawn_blocking(move || open_cache(&cache_dir, true)).await??);
-                let remote = remote_args.open(Some(&p))?;
+                let remote = remote_args.open(Some(&p), true)?;
                 let opts = RunOptions { jobs, quiet: true, trigger: "schedule".into(), overrides: set, remote, ..Default::default() };
                 let record = run_and_promote(&cache, &p, &opts, cancel).await?;
                 let ran = record.stages.iter().filter(|s| s.status == StageStatus::Ran).count();

@@ -473,6 +473,7 @@ impl StageTask {
         // Hash inputs and look the key up (locally, then on the remote), off the async threads.
         let may_reuse = !self.force && !node.volatile;
         let (cache, up, n2, remote) = (self.cache.clone(), self.upstream.clone(), node.clone(), self.remote.clone());
+        let pipeline_name = self.p.name.clone();
         let ask_remote = may_reuse || !self.selected;
         let looked = tokio::task::spawn_blocking(move || {
             let resolved = resolve_inputs(&cache, &n2, &|s| up.get(s).cloned()).map_err(|e| e.to_string())?;
@@ -480,7 +481,7 @@ impl StageTask {
             let mut hit = cache.usable_entry(&key).map_err(|e| e.to_string())?;
             let mut activity = None;
             if let (None, Some((remote, _)), true) = (&hit, &remote, ask_remote) {
-                match transfer::pull(&cache, remote, &key) {
+                match transfer::pull(&cache, remote, &key, Some((&pipeline_name, &n2.name))) {
                     Ok(Some((entry, moved))) => {
                         hit = Some(entry);
                         activity = Some(RemoteActivity { pulled: Some(moved), ..Default::default() });

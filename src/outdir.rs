@@ -138,8 +138,19 @@ impl<'a> Target<'a> {
     pub fn refuse_dirs<S: AsRef<str>>(&self, names: &[S]) -> anyhow::Result<()> {
         for n in names {
             let p = self.out.join(n.as_ref());
-            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-                return Err(self.dir_in_common(&p));
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => return Err(self.dir_in_common(&p)),
+                // a link is replaced as an entry (its target untouched): only the link is lost
+                Ok(m) if m.file_type().is_symlink() => {}
+                // a file where the command writes a directory: --force replaced it with the
+                // directory, silently, its content gone (found by a hostile pass)
+                Ok(_) => bail!(
+                    "{}: {} is a file where {} writes a directory: not replaced (nothing was written; --force replaces files with files, never a file with a directory (a link there is replaced, its target untouched): remove it or choose a new directory)",
+                    self.named(),
+                    p.display(),
+                    self.cmd
+                ),
+                Err(_) => {}
             }
         }
         Ok(())

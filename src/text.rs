@@ -56,14 +56,35 @@ pub fn register_profile_secrets() {
     }
 }
 
-/// Replace every known secret value by `[redacted]`.
+/// Replace every known secret value by `[redacted]`, and the user and password of any URL
+/// (`http://user:pw@host`: an endpoint's, however short the password).
 pub fn redact(s: &str) -> String {
-    let mut out = s.to_string();
+    let mut out = strip_url_userinfo(s);
     for secret in secrets() {
         if out.contains(&secret) {
             out = out.replace(&secret, "[redacted]");
         }
     }
+    out
+}
+
+/// `scheme://user:pw@host/...` -> `scheme://[redacted]@host/...`, everywhere in `s`.
+fn strip_url_userinfo(s: &str) -> String {
+    if !s.contains("://") || !s.contains('@') {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        out.push_str(&rest[..i + 3]);
+        rest = &rest[i + 3..];
+        let end = rest.find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"' || c == '\'' || c == '>' || c == ')').unwrap_or(rest.len());
+        if let Some(at) = rest[..end].rfind('@') {
+            out.push_str("[redacted]");
+            rest = &rest[at..];
+        }
+    }
+    out.push_str(rest);
     out
 }
 
@@ -174,6 +195,13 @@ pub fn clean(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn url_userinfo_is_redacted() {
+        assert_eq!(super::redact("GET http://minio:pw@127.0.0.1:1/b failed"), "GET http://[redacted]@127.0.0.1:1/b failed");
+        assert_eq!(super::redact("see https://example.com/a@b and s3://x"), "see https://example.com/a@b and s3://x");
+        assert_eq!(super::redact("mail a@b.c, url http://h/p"), "mail a@b.c, url http://h/p");
+    }
+
     use super::*;
 
     #[test]

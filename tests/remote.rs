@@ -371,6 +371,11 @@ fn fault_proxy(upstream: &str, rule: fn(usize, &str) -> Option<&'static str>) ->
                         return;
                     }
                     if let Some(status) = rule(count.fetch_add(1, std::sync::atomic::Ordering::SeqCst), &text) {
+                        if status == "STALL" {
+                            // accept the request and never answer it
+                            std::thread::sleep(Duration::from_secs(3600));
+                            return;
+                        }
                         let _ = client.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes());
                         continue;
                     }
@@ -698,4 +703,192 @@ fn a_fifo_on_a_directory_remote_is_damaged_not_a_hang() {
     let o = finish_within(child, Duration::from_secs(60), "run on a FIFO in the remote");
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+}
+
+/// Found by a hostile pass: a pulled entry set its stage's "current output" from the names the
+/// remote gave it. A colleague's entry of the same pipeline and stage names replaced the
+/// user's own as what `cache export a` gives, and `gc --keep-last` then deleted the user's
+/// results; a forged entry named any pipeline's stage.
+#[test]
+fn a_pulled_entry_never_becomes_another_pipelines_current_output() {
+    let r = tempfile::tempdir().unwrap();
+    let url = r.path().to_str().unwrap();
+    Machine::new(url, &[]).ok(&["run", "t.json"]);
+    // the user's own version of pipeline `t`, never pushed
+    let b = Machine::new(url, &[]);
+    b.s.write("t2.json", &PIPELINE.replace("echo a$i", "echo B$i"));
+    b.ok(&["run", "t2.json", "--remote-mode", "off"]);
+    let own = b.exported("a");
+    b.ok(&["cache", "pull", "--all"]);
+    assert_eq!(b.exported("a"), own, "cache pull changed what `a` is");
+    b.ok(&["cache", "gc", "--keep-last", "0"]);
+    let o = b.ok(&["run", "t2.json", "--remote-mode", "off"]);
+    assert_eq!(statuses(&b, &o), ["cached", "cached", "cached"], "gc deleted the user's results: {}", stdout(&o));
+    // a forged entry (names are not part of the key) claims to be pipeline u's stage z
+    for e in std::fs::read_dir(r.path().join("entries")).unwrap().flatten() {
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+        v["stage"] = serde_json::json!("z");
+        v["pipeline"] = serde_json::json!("u");
+        std::fs::write(e.path(), serde_json::to_vec(&v).unwrap()).unwrap();
+    }
+    let c = Machine::new(url, &[]);
+    c.s.write("u.json", r#"{"name":"u","stages":{"z":{"kind":"command","params":{"cmd":"echo mine > $OUT/z.txt"}}}}"#);
+    c.ok(&["run", "u.json", "--remote-mode", "off"]);
+    let mine = c.exported("z");
+    let o = c.ok(&["run", "t.json", "--remote-mode", "read-only"]);
+    assert_eq!(statuses(&c, &o), ["cached", "cached", "cached"], "{}", stderr(&o));
+    assert_eq!(c.exported("z"), mine, "a remote entry's names moved u/z");
+    c.ok(&["cache", "gc", "--keep-last", "0"]);
+    let o = c.ok(&["run", "u.json", "--remote-mode", "off"]);
+    assert_eq!(c.s.status_of(&o, "z"), "cached");
+}
+
+/// Found by a hostile pass: what a directory remote holds at an object's name. A dangling
+/// link was a silent miss that a create-if-absent upload took for the object ("uploaded"),
+/// never repaired; a directory was "replaced by the next upload", which then failed every
+/// time; a manifest with a 300-byte name, or one blob listed with two sizes, was committed and
+/// wedged every later run; killed uploads' partial files were never removed.
+#[test]
+fn a_directory_remotes_links_directories_bad_manifests_and_partial_uploads() {
+    let r = tempfile::tempdir().unwrap();
+    let url = r.path().to_str().unwrap();
+    Machine::new(url, &[]).ok(&["run", "t.json"]);
+    let entries: Vec<PathBuf> = std::fs::read_dir(r.path().join("entries")).unwrap().flatten().map(|e| e.path()).collect();
+    // a dangling link at every entry's name: a warning, a rerun, and the upload replaces it
+    for e in &entries {
+        std::fs::remove_file(e).unwrap();
+        std::os::unix::fs::symlink(r.path().join("nowhere"), e).unwrap();
+    }
+    let b = Machine::new(url, &[]);
+    let o = b.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&b, &o), ["ran", "ran", "ran"], "{}", stderr(&o));
+    assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
+    assert!(entries.iter().all(|e| std::fs::symlink_metadata(e).unwrap().is_file()), "the links were not replaced");
+    remote_consistent(r.path());
+    // a directory at an entry's name: said, never promised as repaired
+    std::fs::remove_file(&entries[0]).unwrap();
+    std::fs::create_dir(&entries[0]).unwrap();
+    let c = Machine::new(url, &[]);
+    let o = c.ok(&["run", "t.json"]);
+    assert!(stderr(&o).contains("a directory where an object belongs"), "{}", stderr(&o));
+    let o = c.run(&["cache", "push", "--all"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("a directory where an object belongs") && !stderr(&o).contains("replaced by the next upload"), "{}", stderr(&o));
+    std::fs::remove_dir(&entries[0]).unwrap();
+    c.ok(&["cache", "push", "--all"]);
+    remote_consistent(r.path());
+    // manifests a file system cannot hold, or with one blob at two sizes: damaged, rerun, and
+    // every later run still works
+    let forge = |edit: &dyn Fn(&mut serde_json::Value)| {
+        for e in std::fs::read_dir(r.path().join("entries")).unwrap().flatten() {
+            let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            let mpath = r.path().join("manifests").join(v["output"].as_str().unwrap());
+            let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+            edit(&mut m);
+            // a manifest's name is the blake3 of its canonical JSON (keys sorted, compact)
+            fn sorted(v: &serde_json::Value) -> serde_json::Value {
+                match v {
+                    serde_json::Value::Object(m) => {
+                        let b: std::collections::BTreeMap<&String, serde_json::Value> = m.iter().map(|(k, v)| (k, sorted(v))).collect();
+                        serde_json::Value::Object(b.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+                    }
+                    serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sorted).collect()),
+                    o => o.clone(),
+                }
+            }
+            let bytes = serde_json::to_vec(&sorted(&m)).unwrap();
+            let d = blake3::hash(&bytes).to_hex().to_string();
+            std::fs::write(r.path().join("manifests").join(&d), &bytes).unwrap();
+            v["output"] = serde_json::json!(d);
+            std::fs::write(e.path(), serde_json::to_vec(&v).unwrap()).unwrap();
+        }
+    };
+    forge(&|m| {
+        let f = m["files"][0].clone();
+        let mut long = f.clone();
+        long["path"] = serde_json::json!("x".repeat(300));
+        m["files"] = serde_json::json!([f, long]);
+    });
+    let d = Machine::new(url, &[]);
+    let o = d.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&d, &o), ["ran", "ran", "ran"], "{}", stderr(&o));
+    assert!(stderr(&o).contains("longer than a file system holds"), "{}", stderr(&o));
+    let o = d.ok(&["run", "t.json", "--remote-mode", "off"]);
+    assert_eq!(statuses(&d, &o), ["cached", "cached", "cached"], "{}", stderr(&o));
+    d.s.verify_clean();
+    let mut keep = Vec::new();
+    for e in std::fs::read_dir(r.path().join("entries")).unwrap().flatten() {
+        keep.push((e.path(), std::fs::read(e.path()).unwrap()));
+    }
+    forge(&|m| {
+        let f = m["files"][0].clone();
+        let mut twin = f.clone();
+        twin["path"] = serde_json::json!("zzz-twin");
+        twin["size"] = serde_json::json!(f["size"].as_u64().unwrap() + 996);
+        m["files"] = serde_json::json!([f, twin]);
+    });
+    let e = Machine::new(url, &[]);
+    let o = e.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&e, &o), ["ran", "ran", "ran"], "{}", stderr(&o));
+    assert!(stderr(&o).contains("twice with two sizes"), "{}", stderr(&o));
+    e.s.verify_clean();
+    for (p, b) in keep {
+        std::fs::write(p, b).unwrap();
+    }
+    // partial uploads of killed pushes: removed by gc once older than the grace period
+    let part = r.path().join("objects/ab").join(format!("{}#3", "c".repeat(62)));
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::write(&part, vec![7u8; 4096]).unwrap();
+    let o = e.s.ok(&["cache", "gc", "--remote", url, "--grace", "3600"]);
+    assert!(part.exists(), "a young partial upload (a push in progress) was removed: {}", stdout(&o));
+    e.s.ok(&["cache", "gc", "--remote", url, "--grace", "0"]);
+    assert!(!part.exists(), "the partial upload is left");
+    let f = Machine::new(url, &[]);
+    let o = f.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&f, &o), ["cached", "cached", "cached"], "gc removed live objects: {}", stderr(&o));
+}
+
+/// Found by a hostile pass: `s3:/bucket`, `file:/x` and a quoted `~/cache` made local
+/// directories of those names (and the run said it uploaded to the remote cache); `plan`,
+/// `cache pull` and `cache gc --remote` created a misspelled directory.
+#[test]
+fn misspelled_remote_urls_are_refused_and_read_only_commands_create_nothing() {
+    let a = Machine::new("", &[]);
+    for url in ["s3:/lab-bucket/cache", "file:/tmp/x", "S3:bucket", "~/labcache", "https:/host/x"] {
+        let o = a.s.run(&["run", "t.json", "--remote", url]);
+        assert_eq!(o.status.code(), Some(1), "{url}: {}", stderr(&o));
+        assert!(stderr(&o).contains("without `//`") || stderr(&o).contains("`~` is not expanded"), "{url}: {}", stderr(&o));
+    }
+    let names: Vec<_> = std::fs::read_dir(a.s.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    assert!(!names.iter().any(|n| n.starts_with("s3:") || n.starts_with("file:") || n == "~" || n.starts_with("S3") || n.starts_with("https")), "{names:?}");
+    let missing = a.s.path().join("typo/lab-cache");
+    let m = missing.to_str().unwrap();
+    for args in [&["plan", "t.json", "--remote", m][..], &["cache", "pull", "--all", "--remote", m], &["cache", "gc", "--remote", m]] {
+        let o = a.s.run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("no such directory"), "{args:?}: {}", stderr(&o));
+        assert!(!a.s.path().join("typo").exists(), "{args:?} created the remote directory");
+    }
+    // a run that uploads creates it, as before
+    a.s.ok(&["run", "t.json", "--remote", m]);
+    assert!(missing.join("entries").is_dir());
+    // the endpoint's password is never shown, however short
+    let o = a.s.cmd(&["run", "t.json", "--remote", "s3://b/p"]).env("AWS_ENDPOINT_URL", "http://minio:pw12@127.0.0.1:1").env("AWS_ACCESS_KEY_ID", "testing-key-id").env("AWS_SECRET_ACCESS_KEY", "testing-secret").output().unwrap();
+    assert!(!stderr(&o).contains("pw12") && !stdout(&o).contains("pw12"), "{}", stderr(&o));
+}
+
+/// Found by a hostile pass: an S3 server that answered the first request (the listing check)
+/// and then stalled cost each stage its lookup's and its upload's timeouts (two minutes a
+/// stage). Once a request gets no answer, the rest of the run goes on without the remote.
+#[test]
+fn a_remote_that_stops_answering_is_given_up_once_not_per_request() {
+    let Some(server) = s3_server() else { return };
+    let proxy = fault_proxy(&server.endpoint, |n, _| (n >= 1).then_some("STALL"));
+    let a = Machine::new("s3://pipeline-test/stall", &s3_env(&proxy));
+    let t = std::time::Instant::now();
+    let o = a.ok(&["run", "t.json"]);
+    assert_eq!(statuses(&a, &o), ["ran", "ran", "ran"], "{}", stderr(&o));
+    assert!(stderr(&o).contains("not asked again"), "{}", stderr(&o));
+    // one request's timeout and retries (about a minute), not six of them
+    assert!(t.elapsed() < Duration::from_secs(150), "took {:?}", t.elapsed());
 }

@@ -1293,6 +1293,20 @@ fn export_and_demo_data_write_nothing_through_dotdot_links_or_damaged_blobs() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("d1/amt is a directory, not replaced (nothing was written"), "{}", stderr(&o));
     assert!(std::fs::read_dir(s.path().join("d1")).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with(".aggregate-")));
+    // nor is a user's file at one of their names (found by a hostile pass: `--force` made the
+    // file a directory, its content gone, for demo-data and cache export alike)
+    std::fs::create_dir(s.path().join("dm")).unwrap();
+    s.write("dm/amt", "userdata");
+    let o = s.run(&["demo-data", "--force", "--per-class", "1", "dm"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("dm/amt is a file where demo-data writes a directory"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(s.path().join("dm/amt")).unwrap(), "userdata");
+    s.write("dd.json", r#"{"name":"dd","stages":{"dd":{"kind":"command","params":{"cmd":"mkdir $OUT/amt; echo x > $OUT/amt/f"}}}}"#);
+    s.ok(&["run", "dd.json"]);
+    let o = s.run(&["cache", "export", "dd", "dm", "--force"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a file where cache export writes a directory"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(s.path().join("dm/amt")).unwrap(), "userdata");
     // after a killed run (its leftover has .replaced) the refusal says the directory may be its
     std::fs::create_dir_all(s.path().join("d1/.aggregate-999999999-K/.replaced")).unwrap();
     let o = s.run(&["demo-data", "--force", "--per-class", "1", "d1"]);

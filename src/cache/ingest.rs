@@ -123,6 +123,12 @@ pub fn collect_output(dir: &Path) -> Result<Vec<OutFile>, CacheError> {
                     "the name holds a control character (tab, newline, escape...) or a backslash, which no cached file may have: rename it",
                 ));
             }
+            if rel.len() > super::store::MAX_PATH || rel.split('/').count() > super::store::MAX_DEPTH {
+                return Err(unsafe_err(
+                    &PathBuf::from(format!("$OUT/{}...", crate::text::cap(&rel, 200).escape_debug())),
+                    format!("the path is longer than a cached file's may be ({} bytes or {} parts at most): a view of it would not fit a file system path", super::store::MAX_PATH, super::store::MAX_DEPTH),
+                ));
+            }
             let p = d.path();
             let lmeta = fs::symlink_metadata(&p).map_err(io_err(&p))?;
             let ft = lmeta.file_type();

@@ -30,6 +30,12 @@ pub struct FileEntry {
     pub executable: bool,
 }
 
+/// The longest file path an artifact may hold (bytes, relative to the artifact): a view puts
+/// it under the cache's `views/<digest>/`, and the whole must stay under PATH_MAX (4096).
+pub const MAX_PATH: usize = 3000;
+/// The most parts a file path of an artifact may have.
+pub const MAX_DEPTH: usize = 256;
+
 /// The files of an artifact, sorted by path. Its digest is the artifact's digest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -44,10 +50,15 @@ impl Manifest {
     pub fn size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
-    /// `Err(path)` for the first file path that is not a plain relative path (absolute, `..`,
-    /// `.`, empty parts, backslashes, NUL): such a manifest (from a damaged or hostile remote)
-    /// would write outside a view or an export directory.
+    /// `Err(what)` for the first file path that is not a plain relative path (absolute, `..`,
+    /// `.`, empty parts, backslashes, NUL), or that no file system holds (a part over 255
+    /// bytes, the whole over [`MAX_PATH`] bytes or [`MAX_DEPTH`] parts), and for a blob listed
+    /// twice with two sizes: such a manifest (from a damaged or hostile remote) would write
+    /// outside a view or an export directory, or wedge every later run (found by a hostile
+    /// pass: a pulled 300-byte name failed every run after it, `cache verify` found nothing).
     pub fn check_paths(&self) -> Result<(), String> {
+        let shown = |p: &str| format!("the path {:?}", crate::text::cap(p, 200));
+        let mut sizes: HashMap<&str, u64> = HashMap::new();
         for (i, f) in self.files.iter().enumerate() {
             let p = f.path.as_str();
             let bad = p.is_empty()
@@ -56,16 +67,22 @@ impl Manifest {
                 || p.chars().any(|c| c.is_control())
                 || p.split('/').any(|c| c.is_empty() || c == "." || c == "..");
             if bad {
-                return Err(p.to_string());
+                return Err(format!("{}, which is not a plain relative path", shown(p)));
+            }
+            if p.len() > MAX_PATH || p.split('/').count() > MAX_DEPTH || p.split('/').any(|c| c.len() > 255) {
+                return Err(format!("{}, longer than a file system holds (parts of at most 255 bytes, at most {MAX_DEPTH} parts and {MAX_PATH} bytes)", shown(p)));
+            }
+            if *sizes.entry(f.digest.as_str()).or_insert(f.size) != f.size {
+                return Err(format!("the blob {} twice with two sizes", f.digest));
             }
             // Sorted, unique, and no file that is also a directory of another (`a` and `a/b`).
             if let Some(next) = self.files.get(i + 1) {
                 if next.path.as_str() <= p || next.path.starts_with(&format!("{p}/")) {
-                    return Err(next.path.clone());
+                    return Err(format!("{}, out of order, twice, or both a file and a directory", shown(&next.path)));
                 }
             }
             if self.files[i + 1..].iter().take_while(|n| n.path.starts_with(p)).any(|n| n.path.starts_with(&format!("{p}/"))) {
-                return Err(p.to_string());
+                return Err(format!("{}, both a file and a directory", shown(p)));
             }
         }
         Ok(())
@@ -593,9 +610,23 @@ impl Cache {
         }
     }
 
-    /// Record a stage result: manifest and entry in one sled transaction, then flush.
-    /// Blobs must already be stored (see [`Cache::store_dir`]).
+    /// Record a stage result: manifest and entry in one sled transaction, then flush; the
+    /// entry becomes its stage's current output. Blobs must already be stored (see
+    /// [`Cache::store_dir`]).
     pub fn commit(&self, entry: &Entry, manifest: &Manifest) -> Result<(), CacheError> {
+        self.commit_with(entry, manifest, true)
+    }
+
+    /// [`Cache::commit`] of a result that came from elsewhere (a remote): it becomes nobody's
+    /// current output here. The run that asked for it marks it for its own stage; an entry's
+    /// pipeline and stage names are what a remote says, and a pulled entry moved another
+    /// pipeline's current output (found by a hostile pass: `cache export` then gave the
+    /// remote's files, and `gc --keep-last` deleted the user's own results).
+    pub fn commit_unclaimed(&self, entry: &Entry, manifest: &Manifest) -> Result<(), CacheError> {
+        self.commit_with(entry, manifest, false)
+    }
+
+    fn commit_with(&self, entry: &Entry, manifest: &Manifest, claim: bool) -> Result<(), CacheError> {
         use sled::Transactional;
         // The same record as a file first, for `cache verify --rebuild` if sled is ever lost.
         let side = IndexRecord { entry: entry.clone(), manifest: manifest.clone() };
@@ -611,7 +642,9 @@ impl Cache {
             .transaction(|(m, e, l)| {
                 m.insert(entry.output.as_bytes(), mbytes.as_slice())?;
                 e.insert(entry.key.0.as_bytes(), ebytes.as_slice())?;
-                l.insert(last_key.as_slice(), last_val.as_slice())?;
+                if claim {
+                    l.insert(last_key.as_slice(), last_val.as_slice())?;
+                }
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| CacheError::Corrupt(entry.key.0.clone(), format!("{e:?}")))?;
@@ -681,6 +714,16 @@ impl Cache {
     fn usable_entry_with(&self, key: &CacheKey, repair: bool) -> Result<Option<Entry>, CacheError> {
         let Some(e) = self.entry(key)? else { return Ok(None) };
         let Some(m) = self.manifest(&e.output)? else { return Ok(None) };
+        if let Err(why) = m.check_paths() {
+            // no view nor export can be made of it (a remote's, pulled before the checks)
+            tracing::warn!(stage = %e.stage, "entry {} dropped: its manifest names {why}", &key.0[..12.min(key.0.len())]);
+            if repair {
+                self.remove_entry(key)?;
+                self.drop_downstream(std::slice::from_ref(&e))?;
+                self.flush()?;
+            }
+            return Ok(None);
+        }
         for f in &m.files {
             match self.blob_state(&f.digest, f.size)? {
                 BlobState::Intact => {}
@@ -788,7 +831,7 @@ impl Cache {
     pub fn view(&self, output: &str) -> Result<PathBuf, CacheError> {
         let dir = self.root.join("views").join(output);
         let m = self.manifest(output)?.ok_or_else(|| CacheError::NotFound(output.to_string()))?;
-        m.check_paths().map_err(|p| CacheError::Corrupt(output.to_string(), format!("manifest names the path {p:?}, which is not a plain relative path")))?;
+        m.check_paths().map_err(|why| CacheError::Corrupt(output.to_string(), format!("its manifest names {why}")))?;
         // A view's files are hard links to the blobs: a blob damaged in place would be handed
         // out as it is. Every blob is checked first (a stat each, a rehash if it moved).
         for f in &m.files {
@@ -1025,7 +1068,7 @@ impl Cache {
     /// as it is copied: a damaged one fails the export, and the caller drops what was written.
     /// `m` is the entry's manifest (`output`'s), which the caller has read.
     pub fn export_into(&self, output: &str, m: &Manifest, dir: &Path) -> Result<usize, CacheError> {
-        m.check_paths().map_err(|p| CacheError::Corrupt(output.to_string(), format!("manifest names the path {p:?}, which is not a plain relative path")))?;
+        m.check_paths().map_err(|why| CacheError::Corrupt(output.to_string(), format!("its manifest names {why}")))?;
         let umask = umask();
         for f in &m.files {
             let dst = dir.join(&f.path);
@@ -1067,7 +1110,7 @@ impl Cache {
     /// its own staging directory with it; `pipeline cache export` uses [`Cache::export_into`].)
     pub fn export(&self, output: &str, dest: &Path, force: bool) -> Result<usize, CacheError> {
         let m = self.manifest(output)?.ok_or_else(|| CacheError::NotFound(output.to_string()))?;
-        m.check_paths().map_err(|p| CacheError::Corrupt(output.to_string(), format!("manifest names the path {p:?}, which is not a plain relative path")))?;
+        m.check_paths().map_err(|why| CacheError::Corrupt(output.to_string(), format!("its manifest names {why}")))?;
         let abs = absolute(dest);
         if abs.starts_with(&self.root) || self.root.starts_with(&abs) {
             return Err(CacheError::Refused(format!(
@@ -1302,8 +1345,9 @@ impl Cache {
             }
         }
         for e in self.entries() {
+            // a manifest no view or export can be made of (pulled before the checks) is damaged
             let ok = match self.manifest(&e.output) {
-                Ok(Some(m)) => m.files.iter().all(|f| self.blob_path(&f.digest).is_file() && !r.bad_blobs.contains(&f.digest)),
+                Ok(Some(m)) => m.check_paths().is_ok() && m.files.iter().all(|f| self.blob_path(&f.digest).is_file() && !r.bad_blobs.contains(&f.digest)),
                 _ => false,
             };
             if !ok {

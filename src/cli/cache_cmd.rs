@@ -14,7 +14,7 @@ use crate::engine::RunRecord;
 /// `cache gc --remote`: the remote only; no local cache is opened (or made).
 pub(super) fn remote_gc(url: String, grace: u64) -> Result<i32> {
     let url = Some(url).filter(|u| !u.is_empty()).or_else(|| std::env::var("PIPELINE_REMOTE").ok());
-    let remote = RemoteArgs { remote: url, remote_mode: RemoteMode::ReadWrite }.require()?;
+    let remote = RemoteArgs { remote: url, remote_mode: RemoteMode::ReadWrite }.require(false)?;
     let (n, bytes) = crate::cache::remote::transfer::gc(&remote, grace)?;
     println!("removed {n} objects from {}, freed {}", remote_url(&remote), human_bytes(bytes));
     Ok(0)
@@ -78,9 +78,9 @@ pub(super) fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
         }
         CacheCmd::Push { what, all, verify, remote } => {
             if remote.remote_mode != RemoteMode::ReadWrite {
-                bail!("cache push writes to the remote: --remote-mode {:?} forbids it", remote.remote_mode);
+                bail!("cache push writes to the remote: --remote-mode {} forbids it", clap::ValueEnum::to_possible_value(&remote.remote_mode).map(|v| v.get_name().to_string()).unwrap_or_default());
             }
-            let remote = remote.require()?;
+            let remote = remote.require(true)?;
             let entries = pick_entries(cache, what.as_deref(), all)?;
             let (mut files, mut bytes) = (0, 0);
             for e in &entries {
@@ -91,7 +91,9 @@ pub(super) fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
             println!("pushed {} entries to {} ({files} blobs uploaded, {})", entries.len(), remote_url(&remote), human_bytes(bytes));
         }
         CacheCmd::Pull { what, all, remote } => {
-            let remote = remote.require()?;
+            let remote = remote.require(false)?;
+            // what a pull killed mid-download left (the cache is locked: nobody else's)
+            cache.clear_tmp()?;
             if what.is_none() && !all {
                 bail!("cache pull: name a key prefix or stage, or pass --all");
             }
@@ -115,7 +117,7 @@ pub(super) fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
                 if cache.usable_entry(k)?.is_some() {
                     continue;
                 }
-                match crate::cache::remote::transfer::pull(cache, &remote, k) {
+                match crate::cache::remote::transfer::pull(cache, &remote, k, None) {
                     Ok(Some((_, m))) => {
                         n += 1;
                         files += m.files;

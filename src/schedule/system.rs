@@ -255,10 +255,18 @@ fn printable(what: &str, v: &str) -> Result<(), ScheduleError> {
     Ok(())
 }
 
-/// The cron expression and time zone go into the printed files as text too.
+/// The cron expression and time zone go into the printed files as text too; and an
+/// expression that never fires (Feb 30, a year gone) is refused as `pipeline schedule`
+/// refuses it (found by a hostile pass: a timer or crontab line that never runs was printed).
 fn check_expression(cron: &str, tz: Option<&str>) -> Result<(), ScheduleError> {
     printable("the cron expression", cron)?;
-    tz.map_or(Ok(()), |tz| printable("the time zone", tz))
+    tz.map_or(Ok(()), |tz| printable("the time zone", tz))?;
+    let sched = super::cron::CronSchedule::parse(cron, tz)?;
+    let now = chrono::Utc::now();
+    if sched.next_after(now).is_none() {
+        return Err(ScheduleError::NoNextTick { expr: cron.trim().to_string(), after: now.to_rfc3339() });
+    }
+    Ok(())
 }
 
 /// Quotes one ExecStart= argument: `%` and `$` are systemd specifiers/variables.
@@ -290,10 +298,14 @@ fn unit_name(pipeline_file: &Path) -> String {
             }
         })
         .collect();
+    // The file's directory is part of the name: `a/p.json` and `b/p.json` were both
+    // `pipeline-p`, and installing the second overwrote the first's schedule (a hostile pass).
+    let dir = pipeline_file.parent().map(|d| d.to_string_lossy().into_owned()).unwrap_or_default();
+    let tag = &blake3::hash(dir.as_bytes()).to_hex()[..8];
     if clean.is_empty() {
-        "pipeline".to_string()
+        format!("pipeline-{tag}")
     } else {
-        format!("pipeline-{clean}")
+        format!("pipeline-{clean}-{tag}")
     }
 }
 
@@ -487,10 +499,26 @@ mod tests {
     }
 
     #[test]
+    fn units_of_two_directories_differ_and_a_schedule_that_never_fires_is_refused() {
+        let a = print_systemd(&run("/srv/a/p.json", "/bin/pipeline", &[]), "0 3 * * *", None).unwrap();
+        let b = print_systemd(&run("/srv/b/p.json", "/bin/pipeline", &[]), "0 3 * * *", None).unwrap();
+        let name = |u: &str| u.lines().next().unwrap().to_string();
+        assert_ne!(name(&a), name(&b));
+        for never in ["0 0 30 2 *", "0 0 31 4 *", "0 0 0 1 1 * 2000"] {
+            let e = print_systemd(&run("/srv/a/p.json", "/bin/pipeline", &[]), never, None).unwrap_err().to_string();
+            assert!(e.contains("has no tick"), "{never}: {e}");
+            if never.split(' ').count() == 5 {
+                let e = print_cron(&run("/srv/a/p.json", "/bin/pipeline", &[]), never, None).unwrap_err().to_string();
+                assert!(e.contains("has no tick"), "{never}: {e}");
+            }
+        }
+    }
+
+    #[test]
     fn systemd_units_run_pipeline_run() {
         let out = print_systemd(&run("/srv/study/nightly.yaml", "/usr/local/bin/pipeline", &[]), "0 3 * * *", Some("Asia/Tokyo")).unwrap();
         let expected = "\
-# /etc/systemd/system/pipeline-nightly.service (or ~/.config/systemd/user/)
+# /etc/systemd/system/pipeline-nightly-8211c430.service (or ~/.config/systemd/user/)
 [Unit]
 Description=pipeline run /srv/study/nightly.yaml
 Wants=network-online.target
@@ -501,9 +529,9 @@ Type=oneshot
 WorkingDirectory=/srv/study
 ExecStart=/usr/local/bin/pipeline --cache /srv/cache run /srv/study/nightly.yaml --trigger schedule
 
-# /etc/systemd/system/pipeline-nightly.timer; enable with: systemctl enable --now pipeline-nightly.timer
+# /etc/systemd/system/pipeline-nightly-8211c430.timer; enable with: systemctl enable --now pipeline-nightly-8211c430.timer
 [Unit]
-Description=Schedule for pipeline-nightly (cron \"0 3 * * *\", Asia/Tokyo)
+Description=Schedule for pipeline-nightly-8211c430 (cron \"0 3 * * *\", Asia/Tokyo)
 
 [Timer]
 OnCalendar=*-*-* 03:00:00 Asia/Tokyo

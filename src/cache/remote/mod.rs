@@ -103,6 +103,15 @@ pub struct Remote {
     damaged: std::sync::Mutex<std::collections::HashSet<String>>,
     /// A directory remote's directory (canonical).
     root: Option<std::path::PathBuf>,
+    /// Set once a request got no answer (a timeout, a refused connection): every later one
+    /// fails at once. A server that stalls would otherwise cost its timeout and retries on
+    /// every lookup and upload (found by a hostile pass: 2 minutes per stage).
+    down: std::sync::Mutex<Option<String>>,
+}
+
+/// An object_store error that means the remote did not answer, not that it refused.
+fn is_unreachable(msg: &str) -> bool {
+    ["error sending request", "connect", "timed out", "Connection refused", "dns error", "operation timed out", "deadline has elapsed"].iter().any(|m| msg.contains(m))
 }
 
 /// The runtime remote I/O runs on: one per process, never dropped (a runtime may not be
@@ -133,6 +142,18 @@ impl Remote {
         if let Some(rest) = url.strip_prefix("s3://") {
             let (store, prefix) = s3::open(url, rest)?;
             return Ok(Remote::new(store, prefix, url));
+        }
+        // A misspelled URL is not a directory (found by a hostile pass: `s3:/bucket`,
+        // `file:/x` and a quoted `~/cache` each made a local directory of that name, and the
+        // run said it had uploaded to the remote cache).
+        let scheme = url.split_once(':').map(|(a, _)| a).filter(|a| !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c)) && !a.contains('.'));
+        if let Some(sch) = scheme.filter(|_| !url.contains("://")) {
+            if ["s3", "file", "http", "https", "gs", "gcs", "az", "azure", "abfs", "ssh", "sftp", "hdfs", "webdav"].contains(&sch.to_ascii_lowercase().as_str()) {
+                return Err(RemoteError::Config { url: url.into(), message: format!("`{sch}:` without `//`: write s3://bucket/prefix or file:///path") });
+            }
+        }
+        if url.starts_with('~') {
+            return Err(RemoteError::Config { url: url.into(), message: "`~` is not expanded here (the shell expands it only unquoted, at the start of a word): give the full path".into() });
         }
         if url.contains("://") && !url.starts_with("file://") {
             return Err(RemoteError::Config {
@@ -167,6 +188,7 @@ impl Remote {
     /// The reachability check of [`Remote::connect`].
     pub fn probe(&self) -> Result<(), RemoteError> {
         let p = if self.prefix.is_empty() { None } else { Some(ObjPath::from(self.prefix.as_str())) };
+        self.check_up()?;
         let res = on(async { tokio::time::timeout(std::time::Duration::from_secs(PROBE_SECS), self.store.list_with_delimiter(p.as_ref())).await });
         let e = match res {
             Ok(Ok(_)) => return Ok(()),
@@ -181,6 +203,9 @@ impl Remote {
         let config = |why: &str| RemoteError::Config { url: self.url.clone(), message: format!("{why} ({})", crate::text::cap(&msg, 300)) };
         Err(if msg.contains("NoSuchBucket") {
             config("the bucket does not exist")
+        } else if msg.contains("169.254.169.254") || msg.contains("instance metadata") {
+            // object_store, finding no keys, asks the cloud instance metadata service
+            config("no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials (without them the client asked the cloud instance metadata service)")
         } else if ["AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403 Forbidden", "401 Unauthorized"].iter().any(|m| msg.contains(m)) {
             config("the server refused the credentials")
         } else if ["error sending request", "connect", "timed out", "Connection refused", "dns error"].iter().any(|m| msg.contains(m)) {
@@ -191,7 +216,15 @@ impl Remote {
     }
 
     fn new(store: Arc<dyn ObjectStore>, prefix: String, url: &str) -> Remote {
-        Remote { store, prefix: prefix.trim_matches('/').to_string(), url: url.to_string(), damaged: Default::default(), root: None }
+        Remote { store, prefix: prefix.trim_matches('/').to_string(), url: url.to_string(), damaged: Default::default(), root: None, down: Default::default() }
+    }
+
+    /// `Err(Unreachable)` once a request of this process got no answer.
+    fn check_up(&self) -> Result<(), RemoteError> {
+        match self.down.lock().ok().and_then(|d| d.clone()) {
+            Some(why) => Err(RemoteError::Unreachable { url: self.url.clone(), message: format!("{why}; not asked again in this process") }),
+            None => Ok(()),
+        }
     }
 
     fn path(&self, rel: &str) -> ObjPath {
@@ -203,7 +236,15 @@ impl Remote {
     }
 
     fn err(&self, object: &str, e: impl std::fmt::Display) -> RemoteError {
-        RemoteError::Object { remote: self.url.clone(), object: object.to_string(), message: crate::text::clean(&e.to_string()) }
+        let message = crate::text::clean(&e.to_string());
+        if self.root.is_none() && is_unreachable(&message) {
+            let why = format!("{object}: no answer ({})", crate::text::cap(&message, 300));
+            if let Ok(mut d) = self.down.lock() {
+                d.get_or_insert(why.clone());
+            }
+            return RemoteError::Unreachable { url: self.url.clone(), message: why };
+        }
+        RemoteError::Object { remote: self.url.clone(), object: object.to_string(), message }
     }
 
     pub fn damaged(&self, object: &str, message: impl Into<String>) -> RemoteError {
@@ -247,7 +288,17 @@ impl Remote {
 
     /// An object of the remote, refusing (as damaged, before reading it) one above `cap` bytes.
     fn get_capped(&self, rel: &str, cap: u64) -> Result<Option<bytes::Bytes>, RemoteError> {
-        self.check_special(rel)?;
+        self.check_up()?;
+        if let Some(root) = &self.root {
+            use std::io::Read;
+            let Some((f, size)) = self.open_local(root, rel)? else { return Ok(None) };
+            if size > cap {
+                return Err(self.damaged(rel, format!("{size} bytes, more than such an object can be ({cap}); not read")));
+            }
+            let mut buf = Vec::with_capacity(size as usize);
+            f.take(cap + 1).read_to_end(&mut buf).map_err(|e| self.err(rel, e))?;
+            return Ok(Some(bytes::Bytes::from(buf)));
+        }
         let p = self.path(rel);
         let got = on(async {
             let g = self.store.get(&p).await?;
@@ -267,7 +318,9 @@ impl Remote {
     /// Create-if-absent unless `overwrite`; an object that is already there is success
     /// (content-addressed, or the same entry from a concurrent writer).
     fn put(&self, rel: &str, bytes: Vec<u8>, overwrite: bool) -> Result<(), RemoteError> {
+        self.check_up()?;
         self.check_dirs(rel)?;
+        self.clear_name(rel)?;
         let p = self.path(rel);
         let bytes = bytes::Bytes::from(bytes);
         let mode = if overwrite { PutMode::Overwrite } else { PutMode::Create };
@@ -288,7 +341,9 @@ impl Remote {
     /// A failure aborts the upload, so no half object is ever visible under the name.
     fn put_multipart(&self, rel: &str, src: &Path, progress: &dyn Fn(u64)) -> Result<u64, RemoteError> {
         use std::io::Read;
+        self.check_up()?;
         self.check_dirs(rel)?;
+        self.clear_name(rel)?;
         let p = self.path(rel);
         let mut f = std::fs::File::open(src).map_err(|e| self.err(rel, format!("{}: {e}", src.display())))?;
         on(async {
@@ -319,8 +374,15 @@ impl Remote {
     }
 
     fn head(&self, rel: &str) -> Result<Option<u64>, RemoteError> {
-        // a FIFO blocks the open that reads its metadata (a plan or push hung on one)
-        self.check_special(rel)?;
+        self.check_up()?;
+        if let Some(root) = &self.root {
+            // stat, never open: a FIFO blocks the open (a plan or push hung on one)
+            return match std::fs::symlink_metadata(root.join(rel)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(self.err(rel, e)),
+                Ok(m) => self.local_kind(rel, &m).map(|()| Some(m.len())),
+            };
+        }
         let p = self.path(rel);
         match on(self.store.head(&p)) {
             Ok(m) => Ok(Some(m.size)),
@@ -331,6 +393,7 @@ impl Remote {
 
     /// Every object under `rel` as (path relative to the prefix, size, age in seconds).
     pub fn list(&self, rel: &str) -> Result<Vec<(String, u64, u64)>, RemoteError> {
+        self.check_up()?;
         let p = self.path(rel);
         let metas: Vec<object_store::ObjectMeta> = on(self.store.list(Some(&p)).try_collect()).map_err(|e| self.err(rel, e))?;
         let now = chrono::Utc::now();
@@ -356,14 +419,54 @@ impl Remote {
         (1..parts.len()).map(|n| parts[..n].join("/")).find(|d| std::fs::symlink_metadata(root.join(d)).map(|m| m.file_type().is_symlink()).unwrap_or(false))
     }
 
-    /// On a directory remote, a FIFO, socket, device or directory under an object's name is
-    /// damaged: opening it would block (a FIFO without a writer) or read something that is not
-    /// an object (the local backend reports a directory as missing, and a push then took the
-    /// name for its own upload).
-    fn check_special(&self, rel: &str) -> Result<(), RemoteError> {
+    /// What a directory remote holds at an object's name, from its metadata (not followed):
+    /// a regular file is an object; a link, FIFO, socket or device is damaged (not read, and
+    /// the next upload replaces it); a directory cannot be replaced by an upload, and says so
+    /// (found by a hostile pass: the warning promised a repair that every upload then failed).
+    fn local_kind(&self, rel: &str, m: &std::fs::Metadata) -> Result<(), RemoteError> {
+        let t = m.file_type();
+        if t.is_file() {
+            Ok(())
+        } else if t.is_dir() {
+            Err(RemoteError::Object {
+                remote: self.url.clone(),
+                object: rel.to_string(),
+                message: "a directory where an object belongs: nothing is read from it, and no upload can replace it; remove it (the next upload of the object restores it)".into(),
+            })
+        } else if t.is_symlink() {
+            Err(self.damaged(rel, "a symbolic link where an object belongs; not followed"))
+        } else {
+            Err(self.damaged(rel, "not a regular file; not read"))
+        }
+    }
+
+    /// On a directory remote, the object `rel` opened for reading without following a link
+    /// and without blocking, and checked on the open descriptor: a check of the path followed
+    /// by an open of it could be raced (found by a hostile pass: a FIFO swapped in between
+    /// hung the run with the cache locked). `None`: no such object.
+    fn open_local(&self, root: &Path, rel: &str) -> Result<Option<(std::fs::File, u64)>, RemoteError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC).open(root.join(rel)) {
+            Ok(f) => {
+                let m = f.metadata().map_err(|e| self.err(rel, e))?;
+                self.local_kind(rel, &m)?;
+                Ok(Some((f, m.len())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(self.damaged(rel, "a symbolic link where an object belongs; not followed")),
+            Err(e) => Err(self.err(rel, e)),
+        }
+    }
+
+    /// Before an upload to a directory remote: a link at the object's name (dangling, a loop,
+    /// or pointing anywhere) is removed, never written through (a create-if-absent upload took
+    /// a dangling one for the object and said it had uploaded); a directory there is refused.
+    fn clear_name(&self, rel: &str) -> Result<(), RemoteError> {
         let Some(root) = &self.root else { return Ok(()) };
-        match std::fs::metadata(root.join(rel)) {
-            Ok(m) if !m.is_file() => Err(self.damaged(rel, "not a regular file; not read")),
+        let path = root.join(rel);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(&path).map_err(|e| self.err(rel, e)),
+            Ok(m) if m.is_dir() => self.local_kind(rel, &m),
             _ => Ok(()),
         }
     }
@@ -381,7 +484,49 @@ impl Remote {
         }
     }
 
+    /// On a directory remote, the partial uploads (`<name>#<n>`, object_store's temporary
+    /// files) under the layout's directories that are older than `grace_secs`, as (path
+    /// relative to the remote, size): a killed upload leaves one that nothing else removes
+    /// (found by a hostile pass: 12 killed pushes of a 40 MB blob left 239 MB), and listings
+    /// do not show them. Regular files only, found without following links.
+    pub fn stale_uploads(&self, grace_secs: u64) -> Vec<(String, u64)> {
+        let Some(root) = &self.root else { return Vec::new() };
+        let now = std::time::SystemTime::now();
+        let mut found = Vec::new();
+        let mut dirs: Vec<String> = vec!["entries".into(), "manifests".into()];
+        if let Ok(rd) = std::fs::read_dir(root.join("objects")) {
+            if std::fs::symlink_metadata(root.join("objects")).is_ok_and(|m| m.is_dir()) {
+                dirs.extend(rd.flatten().filter(|d| d.file_type().is_ok_and(|t| t.is_dir())).map(|d| format!("objects/{}", d.file_name().to_string_lossy())));
+            }
+        }
+        for d in dirs {
+            if !std::fs::symlink_metadata(root.join(&d)).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            for e in std::fs::read_dir(root.join(&d)).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                let Ok(m) = e.metadata() else { continue };
+                let old = m.modified().ok().and_then(|t| now.duration_since(t).ok()).is_some_and(|a| a.as_secs() >= grace_secs);
+                if name.contains('#') && m.is_file() && old {
+                    found.push((format!("{d}/{name}"), m.len()));
+                }
+            }
+        }
+        found
+    }
+
+    /// Remove a partial upload [`Remote::stale_uploads`] found.
+    pub fn remove_stale_upload(&self, rel: &str) -> Result<(), RemoteError> {
+        let Some(root) = &self.root else { return Ok(()) };
+        match std::fs::remove_file(root.join(rel)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err(rel, e)),
+        }
+    }
+
     pub fn delete(&self, rel: &str) -> Result<(), RemoteError> {
+        self.check_up()?;
         let p = self.path(rel);
         match on(self.store.delete(&p)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -440,8 +585,8 @@ impl ArtifactStore for Remote {
         if m.digest() != digest || m.files.iter().any(|f| !is_hex64(&f.digest)) {
             return Err(self.damaged(&rel, "its content does not hash to its name"));
         }
-        if let Err(p) = m.check_paths() {
-            return Err(self.damaged(&rel, format!("names the path {p:?}, which is not a plain relative path")));
+        if let Err(why) = m.check_paths() {
+            return Err(self.damaged(&rel, format!("names {why}")));
         }
         Ok(Some(m))
     }
@@ -473,8 +618,25 @@ impl Remote {
     pub fn get_blob_counted(&self, digest: &str, dst: &Path, expect: Option<u64>, progress: &dyn Fn(u64)) -> Result<bool, RemoteError> {
         use std::io::Write;
         let rel = blob_path(digest);
-        self.check_special(&rel)?;
+        self.check_up()?;
         let p = self.path(&rel);
+        if let Some(root) = &self.root {
+            use std::io::Read;
+            let Some((mut src, size)) = self.open_local(root, &rel)? else { return Ok(false) };
+            if let Some(want) = expect.filter(|w| *w != size) {
+                return Err(self.damaged(&rel, format!("{size} bytes, expected {want}; not downloaded")));
+            }
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(dst).map_err(|e| self.err(&rel, format!("{}: {e}", dst.display())))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = src.read(&mut buf).map_err(|e| self.err(&rel, e))?;
+                if n == 0 {
+                    return Ok(true);
+                }
+                f.write_all(&buf[..n]).map_err(|e| self.err(&rel, format!("{}: {e}", dst.display())))?;
+                progress(n as u64);
+            }
+        }
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(dst).map_err(|e| self.err(&rel, format!("{}: {e}", dst.display())))?;
         let res: Result<bool, RemoteError> = on(async {
             let got = match self.store.get(&p).await {

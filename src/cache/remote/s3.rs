@@ -60,6 +60,14 @@ pub fn open(url: &str, rest: &str) -> Result<(Arc<dyn ObjectStore>, String), Rem
         b = b.with_region(r);
     }
     let endpoint = var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL")).or_else(|| var("AWS_ENDPOINT"));
+    // `http://user:password@host`: the password is redacted wherever the endpoint is shown
+    // (found by a hostile pass: the "unreachable" error printed it)
+    if let Some(info) = endpoint.as_deref().and_then(|e| e.split_once("://")).and_then(|(_, rest)| rest.split('/').next()).and_then(|h| h.rsplit_once('@')).map(|(info, _)| info) {
+        crate::text::register_secret(info);
+        if let Some((_, pw)) = info.split_once(':') {
+            crate::text::register_secret(pw);
+        }
+    }
     let mut client = ClientOptions::new().with_timeout(std::time::Duration::from_secs(30)).with_connect_timeout(std::time::Duration::from_secs(5));
     if let Some(ep) = &endpoint {
         b = b.with_endpoint(ep.clone()).with_virtual_hosted_style_request(false);

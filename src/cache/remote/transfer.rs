@@ -17,8 +17,12 @@ pub struct Moved {
 /// (each must hash to its digest and have its size). Only then is it committed locally.
 /// `Ok(None)`: the remote has no such entry. A damaged or missing object is an error naming
 /// it; nothing is committed.
-pub fn pull(cache: &Cache, remote: &Remote, key: &CacheKey) -> Result<Option<(Entry, Moved)>, RemoteError> {
-    let r = pull_inner(cache, remote, key);
+///
+/// `owner`: the (pipeline, stage) a run pulls it for: the local copy is recorded under those
+/// names (the same key may be another pipeline's stage on the remote). Either way it becomes
+/// nobody's current output here: the run marks it for its own stage, `cache pull` for none.
+pub fn pull(cache: &Cache, remote: &Remote, key: &CacheKey, owner: Option<(&str, &str)>) -> Result<Option<(Entry, Moved)>, RemoteError> {
+    let r = pull_inner(cache, remote, key, owner);
     if matches!(r, Err(RemoteError::Damaged { .. })) {
         // The entry names something damaged: the next upload replaces the entry too.
         remote.mark_damaged(&super::entry_path(key));
@@ -26,7 +30,7 @@ pub fn pull(cache: &Cache, remote: &Remote, key: &CacheKey) -> Result<Option<(En
     r
 }
 
-fn pull_inner(cache: &Cache, remote: &Remote, key: &CacheKey) -> Result<Option<(Entry, Moved)>, RemoteError> {
+fn pull_inner(cache: &Cache, remote: &Remote, key: &CacheKey, owner: Option<(&str, &str)>) -> Result<Option<(Entry, Moved)>, RemoteError> {
     let Some(mut entry) = remote.get_entry(key)? else { return Ok(None) };
     // What a remote says is printed and stored: clean it as our own stages' text.
     entry.stage = crate::text::strip_controls(&entry.stage);
@@ -51,7 +55,11 @@ fn pull_inner(cache: &Cache, remote: &Remote, key: &CacheKey) -> Result<Option<(
     let mut local = entry.clone();
     local.size = manifest.size();
     local.files = manifest.files.len();
-    cache.commit(&local, &manifest)?;
+    if let Some((pipeline, stage)) = owner {
+        local.pipeline = pipeline.to_string();
+        local.stage = stage.to_string();
+    }
+    cache.commit_unclaimed(&local, &manifest)?;
     Ok(Some((local, moved)))
 }
 
@@ -223,6 +231,14 @@ pub fn gc(remote: &Remote, grace_secs: u64) -> Result<(usize, u64), RemoteError>
             });
         }
         remote.delete(&rel)?;
+        n += 1;
+        bytes += size;
+    }
+    for (rel, size) in remote.stale_uploads(grace_secs) {
+        if remote.link_in(&rel).is_some() {
+            continue;
+        }
+        remote.remove_stale_upload(&rel)?;
         n += 1;
         bytes += size;
     }
