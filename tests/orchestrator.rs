@@ -493,6 +493,12 @@ fn special_files_given_as_inputs_are_named_for_what_they_are() {
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("`f` is a FIFO") && e.contains("`/dev/zero` is a character device") && e.contains("`loop1` is a symbolic link that leads nowhere"), "{e}");
+    // a /proc or /sys file is a "regular" file that may never end (/proc/kmsg hung `plan`)
+    s.write("p.json", r#"{"name":"t","stages":{"a":{"kind":"command","inputs":{"x":"/proc/self/status","y":"/sys/kernel"},"params":{"cmd":"true"}}}}"#);
+    let o = s.run(&["plan", "p.json"]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("`/proc/self/status` is on /proc (procfs)") && e.contains("`/sys/kernel` is on /sys (sysfs)"), "{e}");
 }
 
 /// Found by a hostile pass: `cache gc --remote` opened a local cache at --cache: it made one

@@ -358,6 +358,12 @@ fn resolve_input(r: &str, names: &[String], me: &str, base: &Path) -> Result<Inp
         return Ok(InputSource::Stage { stage: head.to_string(), subpath: rest });
     }
     let full = if Path::new(r).is_absolute() { PathBuf::from(r) } else { base.join(r) };
+    if let Some(fs) = pseudo_fs(&full) {
+        // /proc/kmsg is a "regular" file of size 0 whose read never ends (and consumes the
+        // kernel log); /proc and /sys files change under a stage anyway (a hostile pass hung
+        // `plan` on one)
+        return Err((format!("`{r}` is on {fs}, whose files are made up as they are read (some never end): copy what the stage needs into a file"), None));
+    }
     if r.contains(['*', '?', '[']) {
         let pat = full.to_string_lossy().to_string();
         let mut matches: Vec<PathBuf> = glob::glob(&pat)
@@ -391,6 +397,27 @@ fn resolve_input(r: &str, names: &[String], me: &str, base: &Path) -> Result<Inp
         .map(|c| format!("did you mean stage `{c}`?"))
         .or_else(|| Some(format!("paths are relative to {}", base.display())));
     Err((format!("`{r}` is neither a stage of this pipeline nor an existing file or directory"), hint))
+}
+
+/// The kernel's pseudo file system `p` lives on (procfs, sysfs, debugfs, tracefs...), if any.
+fn pseudo_fs(p: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a zeroed statfs buffer of the right type
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    match st.f_type as i64 {
+        0x9fa0 => Some("/proc (procfs)"),
+        0x6265_6572 => Some("/sys (sysfs)"),
+        0x6462_6720 => Some("debugfs"),
+        0x7472_6163 => Some("tracefs"),
+        0x2782_6a5d | 0x6367_7270 => Some("a cgroup file system"),
+        0xcafe_4a11 => Some("bpffs"),
+        0x7365_6375 => Some("securityfs"),
+        _ => None,
+    }
 }
 
 /// One concrete cycle, as stage names, first repeated at the end.
