@@ -222,6 +222,7 @@ impl RemoteArgs {
         }
         let url = self.remote.clone().filter(|u| !u.is_empty()).or_else(|| p.and_then(|p| p.remote.clone()));
         let Some(url) = url else { return Ok(None) };
+        crate::cache::remote::check_url_shape(url.trim())?;
         // A relative directory in a pipeline file is relative to the file.
         let url = match p {
             Some(p) if self.remote.is_none() && !url.contains("://") && !Path::new(&url).is_absolute() => p.base_dir.join(&url).display().to_string(),
@@ -260,6 +261,7 @@ impl RemoteArgs {
 /// A directory remote that is not there, for a command that must not create it (found by a
 /// hostile pass: `plan`, `cache pull` and `cache gc --remote` made a misspelled path).
 fn missing_dir_refused(url: &str, why: &str) -> Result<()> {
+    crate::cache::remote::check_url_shape(url.trim())?;
     if url.starts_with("s3://") {
         return Ok(());
     }

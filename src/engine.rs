@@ -572,7 +572,10 @@ impl StageTask {
             let check_views = || -> Result<(), String> {
                 for (name, snap) in &snapshots {
                     if let Err(what) = cache.check_view(snap) {
-                        return Err(format!("the stage changed its input `{name}` (a read-only view of the cache): {what}; nothing was committed"));
+                        // said as "changed", not "the stage changed": a sibling reading the
+                        // same view, or another process, may have (and this stage may then have
+                        // read its bytes)
+                        return Err(format!("its input `{name}` (a read-only view of the cache) changed while the stage ran (by it, or by a stage or process using the same view): {what}; nothing was committed"));
                     }
                 }
                 Ok(())

@@ -60,7 +60,7 @@ impl std::fmt::Display for RerunReason {
         let short = |d: &str| d[..12.min(d.len())].to_string();
         match self {
             RerunReason::NeverRan => write!(f, "never ran in this cache"),
-            RerunReason::OutputGone => write!(f, "its output is no longer in the cache (removed by gc or verify)"),
+            RerunReason::OutputGone => write!(f, "its output is no longer in the cache, or a file of it is missing or damaged (removed by gc or verify, or changed in place)"),
             RerunReason::Restored { key } => write!(f, "restored from an earlier run (key {})", short(key)),
             RerunReason::Volatile => write!(f, "reads the outside world: runs every time; its dependents rerun only if its output changes"),
             RerunReason::Forced => write!(f, "forced (--force)"),

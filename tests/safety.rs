@@ -162,7 +162,7 @@ fn a_stage_that_adds_a_file_to_its_input_fails_and_nobody_sees_the_file() {
     let o = s.run(&["run", "t.json", "-j", "1"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(s.status_of(&o, "b"), "failed", "{}", stdout(&o));
-    assert!(stderr(&o).contains("changed its input `x`") && stderr(&o).contains("added.txt"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("its input `x` (a read-only view of the cache) changed") && stderr(&o).contains("added.txt"), "{}", stderr(&o));
     let listing = std::fs::read_to_string(s.export("c").join("listing")).unwrap();
     assert_eq!(listing.trim(), "a.txt", "c must not see b's file");
     assert_eq!(tree(&s.export("a")).len(), 1);
@@ -917,6 +917,87 @@ fn a_directory_that_is_not_a_cache_is_not_used_as_one() {
         assert_eq!(std::fs::read_to_string(s.path().join(format!("proj2/{d}/important.txt"))).unwrap(), "mine");
     }
     assert!(!s.path().join("git/.git/tmp").exists() && !s.path().join("git/.git/views").exists());
+    // Found by a third pass: a web project with objects/ beside index/*.json, or some
+    // program's db/conf, passed for a cache made by an earlier build (and a failed open
+    // tagged it); `verify --rebuild` then moved its db/ aside.
+    s.write("web/objects/logo.png", "img");
+    s.write("web/index/home.json", "{}");
+    s.write("web/tmp/notes.txt", "draft");
+    s.write("pg/db/conf", "listen_port=5432\n");
+    s.write("pg/views/x/v.html", "html");
+    s.write("pg/tmp/work.txt", "work");
+    for dir in ["web", "pg"] {
+        for args in [&["run", "t.json"][..], &["cache", "verify", "--rebuild"]] {
+            let o = s.cmd(args).env("PIPELINE_CACHE", s.path().join(dir)).output().unwrap();
+            assert_eq!(o.status.code(), Some(1), "{dir} {args:?}: {}", stderr(&o));
+            assert!(stderr(&o).contains("not a pipeline cache"), "{dir} {args:?}: {}", stderr(&o));
+        }
+        assert!(!s.path().join(dir).join("CACHEDIR.TAG").exists(), "{dir} was tagged");
+    }
+    assert_eq!(std::fs::read_to_string(s.path().join("web/tmp/notes.txt")).unwrap(), "draft");
+    assert_eq!(std::fs::read_to_string(s.path().join("pg/db/conf")).unwrap(), "listen_port=5432\n");
+    assert_eq!(std::fs::read_to_string(s.path().join("pg/tmp/work.txt")).unwrap(), "work");
+}
+
+/// Found by a third pass: a FIFO at the cache's CACHEDIR.TAG (or LOCK) blocked every command;
+/// a tag another program wrote was overwritten.
+#[test]
+fn the_caches_own_files_must_be_regular_files() {
+    let s = Sandbox::new();
+    s.write("t.json", &one_stage("echo a > $OUT/a"));
+    s.ok(&["run", "t.json"]);
+    for name in ["CACHEDIR.TAG", "LOCK"] {
+        let p = s.cache().join(name);
+        std::fs::remove_file(&p).unwrap();
+        make_fifo(&p);
+        let child = s.cmd(&["run", "t.json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let o = finish_within(child, Duration::from_secs(30), "a FIFO among the cache's files");
+        assert_eq!(o.status.code(), Some(1), "{name}: {}", stderr(&o));
+        assert!(stderr(&o).contains("not a regular file"), "{name}: {}", stderr(&o));
+        std::fs::remove_file(&p).unwrap();
+        if name == "CACHEDIR.TAG" {
+            std::fs::write(&p, "Signature: 8a477f597d28d172789f06886806bc55\n# another program's\n").unwrap();
+            let o = s.run(&["run", "t.json"]);
+            assert!(o.status.code() == Some(1) && stderr(&o).contains("did not write"), "{}", stderr(&o));
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    let o = s.ok(&["run", "t.json"]);
+    assert_eq!(s.status_of(&o, "a"), "cached");
+}
+
+/// Found by a third pass: a stage that wrote into a shared input and put it back (bytes and
+/// mtime) went unseen, and a sibling's result computed from the bad bytes was committed; and
+/// an input file edited with its mtime set back kept its old digest.
+#[test]
+fn a_write_undone_before_the_check_is_still_a_write() {
+    let s = Sandbox::new();
+    s.write(
+        "t.json",
+        r#"{"name":"t","stages":{"a":{"kind":"command","params":{"cmd":"echo hello-a > $OUT/a.txt"}},
+          "c":{"kind":"command","inputs":{"x":"a"},"params":{"cmd":"f=$IN_x/a.txt; t=$(stat -c %y $f); printf 'EVIL-A\n' | dd of=$f conv=notrunc 2>/dev/null; sleep 1; printf 'hello-a\n' | dd of=$f conv=notrunc 2>/dev/null; touch -d \"$t\" $f; echo c > $OUT/c"}},
+          "b":{"kind":"command","inputs":{"x":"a"},"params":{"cmd":"sleep 0.5; cat $IN_x/a.txt > $OUT/b.txt; sleep 1"}}}}"#,
+    );
+    let o = s.run(&["run", "t.json", "-j", "3"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(s.status_of(&o, "c"), "failed", "{}", stdout(&o));
+    assert_eq!(s.status_of(&o, "b"), "failed", "b read the bytes c wrote: {}", stdout(&o));
+    assert!(stderr(&o).contains("written to and restored") && !stderr(&o).contains("No such file"), "{}", stderr(&o));
+    s.verify_clean();
+    // an input file edited in place, its mtime put back
+    let f = s.write("data.txt", "label=cat\n");
+    s.write("u.json", r#"{"name":"u","stages":{"r":{"kind":"command","inputs":{"x":"data.txt"},"params":{"cmd":"cat $IN_x > $OUT/o"}}}}"#);
+    s.ok(&["run", "u.json"]);
+    let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    {
+        use std::io::Write;
+        std::fs::OpenOptions::new().write(true).open(&f).unwrap().write_all(b"label=dog\n").unwrap();
+    }
+    std::fs::File::options().write(true).open(&f).unwrap().set_modified(mtime).unwrap();
+    let o = s.ok(&["run", "u.json"]);
+    assert_eq!(s.status_of(&o, "r"), "ran", "an edited input with its mtime restored was taken as unchanged");
+    assert_eq!(std::fs::read_to_string(s.export("r").join("o")).unwrap(), "label=dog\n");
 }
 
 /// Found by a hostile pass: with the cache's `views/` (or `index/`) a link to another

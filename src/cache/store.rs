@@ -135,6 +135,11 @@ struct StatMemo {
     ino: u64,
     size: u64,
     mtime_ns: i128,
+    /// A write with the mtime set back moves the ctime (found by a hostile pass: an edited
+    /// input with its mtime restored kept its old digest). Memos of older builds have none:
+    /// they never match, and the file is hashed once more.
+    #[serde(default)]
+    ctime_ns: i128,
     digest: String,
 }
 
@@ -239,11 +244,8 @@ impl Cache {
         // database in `db/`, or `index/` records beside `objects/`); anything else must be
         // empty (hidden files aside) to become one.
         if !is_tagged_cache(root) {
-            let legacy = root.join("db").join("conf").is_file()
-                || (root.join("objects").is_dir()
-                    && fs::read_dir(root.join("index")).map(|rd| rd.flatten().any(|f| f.file_name().to_string_lossy().ends_with(".json"))).unwrap_or(false));
             let foreign = fs::read_dir(root).map(|rd| rd.flatten().any(|d| !d.file_name().to_string_lossy().starts_with('.'))).unwrap_or(false);
-            if foreign && !legacy {
+            if foreign && !is_legacy_cache(root) {
                 return Err(CacheError::Refused(format!(
                     "{} is not a pipeline cache (no {TAG} of this program's, nor a cache's database or records) and is not empty: refusing to use it as one; pass --cache with a new or empty directory",
                     root.display()
@@ -261,12 +263,18 @@ impl Cache {
                 )));
             }
         }
+        // What is at the tag's and the lock's names must be a regular file (a FIFO there
+        // blocked every command on the write below; found by a hostile pass).
+        for f in [TAG, "LOCK"] {
+            if fs::symlink_metadata(root.join(f)).is_ok_and(|m| !m.is_file()) {
+                return Err(CacheError::Refused(format!("{}: not a regular file; a cache's own files must be (remove it)", root.join(f).display())));
+            }
+        }
+        if fs::symlink_metadata(root.join(TAG)).is_ok() && !is_tagged_cache(root) {
+            return Err(CacheError::Refused(format!("{}: a file of that name that this program did not write (a cache directory tag of another program?): refusing to use the directory as a cache", root.join(TAG).display())));
+        }
         for d in ["objects", "views", "tmp", "index"] {
             fs::create_dir_all(root.join(d)).map_err(io_err(root))?;
-        }
-        if !is_tagged_cache(root) {
-            let tag = root.join(TAG);
-            fs::write(&tag, TAG_TEXT).map_err(io_err(&tag))?;
         }
         // Stages run in other working directories: every path handed out must be absolute.
         let root = &fs::canonicalize(root).map_err(io_err(root))?;
@@ -317,6 +325,12 @@ impl Cache {
                 Err(source) => return Err(CacheError::DbDamaged { path: db_path, source }),
             }
         };
+        // Tagged once the database has opened: a directory whose `db/` is not a sled database
+        // must not become a cache by a failed open (found by a hostile pass).
+        if !is_tagged_cache(root) {
+            let tag = root.join(TAG);
+            fs::write(&tag, TAG_TEXT).map_err(io_err(&tag))?;
+        }
         // args_os: a non-UTF-8 argument (a directory name) panicked in args()
         let cmd: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
         // redacted: a secret passed on the command line must not sit in a world-readable file
@@ -376,8 +390,8 @@ impl Cache {
     pub fn rebuild(root: &Path) -> Result<(usize, usize), CacheError> {
         // found by a hostile pass: pointed at a directory that is no cache, the check below
         // made a db/ there, and the next run took it for one (emptying its tmp/)
-        if !["index", "objects"].iter().any(|d| root.join(d).is_dir()) {
-            return Err(CacheError::Refused(format!("{}: not a pipeline cache (no index/ nor objects/): nothing to rebuild", root.display())));
+        if !["index", "objects"].iter().any(|d| root.join(d).is_dir()) || !(is_tagged_cache(root) || is_legacy_cache(root)) {
+            return Err(CacheError::Refused(format!("{}: not a pipeline cache (no cache tag, nor a cache's records): nothing to rebuild", root.display())));
         }
         let db = root.join("db");
         // The probe below makes an empty db/ where there was none: that one is removed, not
@@ -478,16 +492,17 @@ impl Cache {
     pub fn digest_file(&self, path: &Path) -> Result<String, CacheError> {
         let meta = fs::metadata(path).map_err(io_err(path))?;
         let (dev, ino, mtime_ns) = stat_identity(&meta);
+        let ctime_ns = file_state(&meta).ctime_ns;
         let memo_key = path.to_string_lossy().as_bytes().to_vec();
         if let Ok(Some(v)) = self.stat.get(&memo_key) {
             if let Ok(m) = serde_json::from_slice::<StatMemo>(&v) {
-                if m.dev == dev && m.ino == ino && m.size == meta.len() && m.mtime_ns == mtime_ns {
+                if m.dev == dev && m.ino == ino && m.size == meta.len() && m.mtime_ns == mtime_ns && m.ctime_ns == ctime_ns {
                     return Ok(m.digest);
                 }
             }
         }
         let digest = hash_file(path)?;
-        let memo = StatMemo { dev, ino, size: meta.len(), mtime_ns, digest: digest.clone() };
+        let memo = StatMemo { dev, ino, size: meta.len(), mtime_ns, ctime_ns, digest: digest.clone() };
         let _ = self.stat.insert(memo_key, serde_json::to_vec(&memo).unwrap_or_default());
         Ok(digest)
     }
@@ -860,8 +875,9 @@ impl Cache {
         }
         let tmp = self.staging_path();
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        let before: HashMap<&str, FileState> =
-            m.files.iter().filter_map(|f| fs::symlink_metadata(self.blob_path(&f.digest)).ok().map(|b| (f.digest.as_str(), file_state(&b)))).collect();
+        // (the new hard links move each blob's ctime: the next check rehashes them once; a
+        // stamp taken here could not tell a write in the meantime from a link, found by a
+        // hostile pass)
         for f in &m.files {
             let dst = tmp.join(&f.path);
             if let Some(p) = dst.parent() {
@@ -878,16 +894,6 @@ impl Cache {
                 }
             } else if fs::hard_link(&blob, &dst).is_err() {
                 fs::copy(&blob, &dst).map_err(io_err(&blob))?;
-            }
-        }
-        // A new hard link moves each blob's ctime: remember the blobs as they are now, unless
-        // something else about them moved in the meantime (they were checked just above).
-        for (digest, before) in &before {
-            if let Ok(m) = fs::symlink_metadata(self.blob_path(digest)) {
-                let now = file_state(&m);
-                if (now.ino, now.size, now.mtime_ns) == (before.ino, before.size, before.mtime_ns) {
-                    let _ = self.stat.insert(blob_memo_key(digest), blob_stamp(&m).as_bytes());
-                }
             }
         }
         match fs::rename(&tmp, &dir) {
@@ -946,7 +952,9 @@ impl Cache {
         let dir = self.root.join("views").join(&snap.output);
         let now: BTreeMap<String, FileState> = match list_tree(&dir) {
             Ok(f) => f.into_iter().map(|(rel, m)| (rel, file_state(&m))).collect(),
-            Err(e) => BTreeMap::from([(format!("({e})"), FileState::default())]),
+            // another stage's check found the view changed and removed it
+            Err(_) if !dir.exists() => return Err("the view was found changed by another stage reading it at the same time, and removed".into()),
+            Err(e) => return Err(format!("the view cannot be listed ({e})")),
         };
         if now == snap.files {
             return Ok(());
@@ -960,8 +968,16 @@ impl Cache {
                     changes.push(format!("`{rel}` changed"));
                     touched.push(rel.clone());
                 }
-                // Only the ctime moved: a write with its mtime set back, or just another view
-                // linking the same blob meanwhile. The content decides (below).
+                // Only the ctime moved, the link count did not: a write (or chmod) undone, its
+                // mtime set back. Whatever read the file meanwhile may have read other bytes
+                // (found by a hostile pass: a stage wrote into a shared input and put it back,
+                // and a sibling's result from the bad bytes was committed).
+                Some(old) if old.nlink == st.nlink && old.ctime_ns != st.ctime_ns => {
+                    changes.push(format!("`{rel}` written to and restored (its ctime moved)"));
+                    touched.push(rel.clone());
+                }
+                // Only the ctime and the link count moved: another view linking the same blob
+                // meanwhile, or unlinking it. The content decides (below).
                 Some(old) if old != st => touched.push(rel.clone()),
                 _ => {}
             }
@@ -1417,6 +1433,7 @@ struct FileState {
     mtime_ns: i128,
     ctime_ns: i128,
     mode: u32,
+    nlink: u64,
 }
 
 #[cfg(unix)]
@@ -1428,6 +1445,7 @@ fn file_state(m: &fs::Metadata) -> FileState {
         mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
         ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
         mode: m.mode(),
+        nlink: m.nlink(),
     }
 }
 
@@ -1573,6 +1591,27 @@ fn is_tagged_cache(root: &Path) -> bool {
     }
     let mut buf = Vec::new();
     File::open(&tag).and_then(|f| f.take(4096).read_to_end(&mut buf)).is_ok() && String::from_utf8_lossy(&buf).contains("created by pipeline")
+}
+
+/// A cache made by a build from before the tag: `index/` records that parse as this
+/// program's (an entry and its manifest) beside `objects/`, or a sled database in `db/` (its
+/// `conf` file as sled writes it). A project with `objects/` and `index/*.json` of its own, or
+/// some program's `db/conf`, is not one (found by a hostile pass: both passed for caches,
+/// and their `tmp/`, `index/` and `views/` were emptied).
+fn is_legacy_cache(root: &Path) -> bool {
+    let sled_conf = || {
+        let conf = root.join("db").join("conf");
+        fs::symlink_metadata(&conf).is_ok_and(|m| m.is_file() && m.len() < 4096)
+            && fs::read_to_string(&conf).is_ok_and(|t| t.contains("segment_size") && t.contains("version"))
+    };
+    let records = || {
+        root.join("objects").is_dir()
+            && fs::read_dir(root.join("index")).into_iter().flatten().flatten().filter(|f| f.file_name().to_string_lossy().ends_with(".json")).take(8).any(|f| {
+                fs::symlink_metadata(f.path()).is_ok_and(|m| m.is_file() && m.len() < (64 << 20))
+                    && fs::read(f.path()).ok().and_then(|b| serde_json::from_slice::<IndexRecord>(&b).ok()).is_some()
+            })
+    };
+    sled_conf() || records()
 }
 
 /// What [`Cache::blob_state`] found.

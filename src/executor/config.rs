@@ -68,6 +68,36 @@ impl ExecutorConfig {
                 return Err(("time".into(), format!("`{t}` is not a Slurm time limit (`2:00:00`, `30`, `1-00:00:00`)")));
             }
         }
+        // Checked here, named by field, rather than by sbatch at each stage's submission.
+        if let Some(m) = &cfg.mem {
+            let digits = m.trim_end_matches(|c: char| "KMGTkmgt".contains(c));
+            if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) || m.len() - digits.len() > 1 {
+                return Err(("mem".into(), format!("`{m}` is not a Slurm memory size (a whole number, optionally with K, M, G or T: `16G`)")));
+            }
+        }
+        for (field, v) in [("partition", &cfg.partition), ("account", &cfg.account), ("qos", &cfg.qos)] {
+            if let Some(v) = v {
+                if v.trim().is_empty() || v.chars().any(|c| c.is_control() || c.is_whitespace() || c == ',' && field != "partition") {
+                    return Err((field.into(), format!("{v:?}: a Slurm name (not empty, no spaces or control characters)")));
+                }
+            }
+        }
+        if cfg.cpus == Some(0) {
+            return Err(("cpus".into(), "0: at least 1".into()));
+        }
+        // Flags that would undo what the executor relies on: one job id whose end means the
+        // stage's end (`--array` made `run` commit the first task's output while the others
+        // ran, found by a hostile pass), its log and status files, no requeue, its script.
+        const OWN: &[&str] = &["--array", "-a", "--requeue", "--output", "-o", "--error", "-e", "--chdir", "-D", "--job-name", "-J", "--wrap", "--parsable", "--wait", "-W", "--dependency", "-d", "--hold", "-H"];
+        for a in &cfg.extra_args {
+            let flag = a.split('=').next().unwrap_or("");
+            if a.trim().is_empty() || a.chars().any(char::is_control) {
+                return Err(("extra_args".into(), format!("{a:?}: an empty argument or one with control characters")));
+            }
+            if OWN.contains(&flag) || (flag.len() > 2 && !flag.starts_with("--") && OWN.contains(&&flag[..2])) {
+                return Err(("extra_args".into(), format!("`{a}`: the executor sets this itself (one job per stage, its own log, status file and script, no requeue)")));
+            }
+        }
         if let Some(w) = &cfg.workdir {
             // "" resolved to the pipeline's own directory; a backslash turns off Slurm's
             // filename patterns, so the job's log would not be found under its id

@@ -325,6 +325,26 @@ mod tests {
         assert!(e.1.contains("unknown field `gpu`"), "{}", e.1);
         let e = ExecutorConfig::resolve(None, Some(&json!({"time": "two hours"}))).unwrap_err();
         assert_eq!(e.0, "time");
+        // found by a hostile pass: these reached sbatch, stage by stage, or (`--array`) made
+        // a run commit the first task's output while the others still ran
+        for (v, field) in [
+            (json!({"mem": "1e99"}), "mem"),
+            (json!({"mem": ""}), "mem"),
+            (json!({"mem": "-1"}), "mem"),
+            (json!({"partition": ""}), "partition"),
+            (json!({"cpus": 0}), "cpus"),
+            (json!({"extra_args": [""]}), "extra_args"),
+            (json!({"extra_args": ["--array=0-2"]}), "extra_args"),
+            (json!({"extra_args": ["-a0-2"]}), "extra_args"),
+            (json!({"extra_args": ["--requeue"]}), "extra_args"),
+            (json!({"extra_args": ["--output=/tmp/x"]}), "extra_args"),
+        ] {
+            let e = ExecutorConfig::resolve(None, Some(&v)).unwrap_err();
+            assert_eq!(e.0, field, "{v}: {}", e.1);
+        }
+        for ok in [json!({"mem": "16G"}), json!({"mem": "1024"}), json!({"partition": "gpu,cpu"}), json!({"extra_args": ["--constraint=a100", "-N", "1"]})] {
+            assert!(ExecutorConfig::resolve(None, Some(&ok)).is_ok(), "{ok}");
+        }
     }
 
     #[test]

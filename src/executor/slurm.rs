@@ -351,8 +351,10 @@ impl SlurmStage {
             }
             let ended = match &st {
                 Some(s) => !active(&s.state),
-                // Forgotten by squeue (MinJobAge) or not shown yet.
-                None => seen || status.is_some() || t0.elapsed() > Duration::from_secs(30),
+                // Forgotten by squeue (MinJobAge) or not shown yet; while squeue is failing,
+                // "not shown" means nothing: the give-up rule above decides (found by a hostile
+                // pass: a running job was declared gone after 30 s and left running).
+                None => seen || status.is_some() || (t0.elapsed() > Duration::from_secs(30) && self.queue.failing().is_none()),
             };
             if ended {
                 // The job may have written its status file just before it ended.

@@ -109,6 +109,33 @@ pub struct Remote {
     down: std::sync::Mutex<Option<String>>,
 }
 
+/// A misspelled URL is not a directory (found by hostile passes: `s3:/bucket`, `file:/x`,
+/// `s3//bucket` and a quoted `~/cache` each made a local directory of that name, and the run
+/// said it had uploaded to the remote cache). Checked before anything else looks at the URL.
+pub fn check_url_shape(url: &str) -> Result<(), RemoteError> {
+    const SCHEMES: &[&str] = &["s3", "file", "http", "https", "gs", "gcs", "az", "azure", "abfs", "ssh", "sftp", "hdfs", "webdav"];
+    let bad = |message: String| Err(RemoteError::Config { url: url.into(), message });
+    if !url.contains("://") {
+        if let Some((sch, _)) = url.split_once(':') {
+            if SCHEMES.contains(&sch.to_ascii_lowercase().as_str()) {
+                return bad(format!("`{sch}:` without `//`: write s3://bucket/prefix or file:///path"));
+            }
+        }
+        if let Some((sch, _)) = url.split_once("//") {
+            if SCHEMES.contains(&sch.to_ascii_lowercase().as_str()) {
+                return bad(format!("`{sch}//` without `:`: write s3://bucket/prefix or file:///path"));
+            }
+        }
+    }
+    if url.starts_with('~') {
+        return bad("`~` is not expanded here (the shell expands it only unquoted, at the start of a word): give the full path".into());
+    }
+    if url.contains('\\') {
+        return bad("a backslash: a remote is s3://bucket/prefix, file:///path or a directory path with `/`".into());
+    }
+    Ok(())
+}
+
 /// An object_store error that means the remote did not answer, not that it refused.
 fn is_unreachable(msg: &str) -> bool {
     ["error sending request", "connect", "timed out", "Connection refused", "dns error", "operation timed out", "deadline has elapsed"].iter().any(|m| msg.contains(m))
@@ -143,18 +170,7 @@ impl Remote {
             let (store, prefix) = s3::open(url, rest)?;
             return Ok(Remote::new(store, prefix, url));
         }
-        // A misspelled URL is not a directory (found by a hostile pass: `s3:/bucket`,
-        // `file:/x` and a quoted `~/cache` each made a local directory of that name, and the
-        // run said it had uploaded to the remote cache).
-        let scheme = url.split_once(':').map(|(a, _)| a).filter(|a| !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c)) && !a.contains('.'));
-        if let Some(sch) = scheme.filter(|_| !url.contains("://")) {
-            if ["s3", "file", "http", "https", "gs", "gcs", "az", "azure", "abfs", "ssh", "sftp", "hdfs", "webdav"].contains(&sch.to_ascii_lowercase().as_str()) {
-                return Err(RemoteError::Config { url: url.into(), message: format!("`{sch}:` without `//`: write s3://bucket/prefix or file:///path") });
-            }
-        }
-        if url.starts_with('~') {
-            return Err(RemoteError::Config { url: url.into(), message: "`~` is not expanded here (the shell expands it only unquoted, at the start of a word): give the full path".into() });
-        }
+        check_url_shape(url)?;
         if url.contains("://") && !url.starts_with("file://") {
             return Err(RemoteError::Config {
                 url: url.into(),
