@@ -221,8 +221,16 @@ async fn plan_list(State(st): St) -> Response {
     blocking(st, |s| pages::plan_list_page(&s.files, &s.pipelines)).await
 }
 
+/// One plan page at a time: a plan hashes inputs and reads every manifest, and 150 of them
+/// queued at once slowed every other page to seconds and grew the server to 480 MB (found by
+/// a hostile pass). A request that waits more than 20 s for its turn gets 503.
+static PLANS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 async fn plan(State(st): St, UrlPath(n): UrlPath<String>) -> Response {
     let Ok(n) = n.parse::<usize>() else { return respond(Page::NotFound("no such pipeline file".into())) };
+    let Ok(Ok(_turn)) = tokio::time::timeout(std::time::Duration::from_secs(20), PLANS.acquire()).await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], "busy: other plans are being computed, try again\n").into_response();
+    };
     blocking(st, move |s| pages::plan_page(&s.files, &s.pipelines, n)).await
 }
 
