@@ -70,8 +70,10 @@ impl ExecutorConfig {
         }
         // Checked here, named by field, rather than by sbatch at each stage's submission.
         if let Some(m) = &cfg.mem {
-            let digits = m.trim_end_matches(|c: char| "KMGTkmgt".contains(c));
-            if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) || m.len() - digits.len() > 1 {
+            // Slurm's form: digits, an optional K/M/G/T, and an optional B after it (`16GB`)
+            let unit = m.strip_suffix(['B', 'b']).filter(|u| u.ends_with(|c: char| "KMGTkmgt".contains(c))).unwrap_or(m);
+            let digits = unit.trim_end_matches(|c: char| "KMGTkmgt".contains(c));
+            if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) || unit.len() - digits.len() > 1 {
                 return Err(("mem".into(), format!("`{m}` is not a Slurm memory size (a whole number, optionally with K, M, G or T: `16G`)")));
             }
         }
@@ -88,13 +90,24 @@ impl ExecutorConfig {
         // Flags that would undo what the executor relies on: one job id whose end means the
         // stage's end (`--array` made `run` commit the first task's output while the others
         // ran, found by a hostile pass), its log and status files, no requeue, its script.
-        const OWN: &[&str] = &["--array", "-a", "--requeue", "--output", "-o", "--error", "-e", "--chdir", "-D", "--job-name", "-J", "--wrap", "--parsable", "--wait", "-W", "--dependency", "-d", "--hold", "-H"];
+        const LONG: &[&str] = &["--array", "--requeue", "--output", "--error", "--chdir", "--job-name", "--wrap", "--parsable", "--wait", "--dependency", "--hold"];
+        const SHORT: &[char] = &['a', 'o', 'e', 'D', 'J', 'W', 'd', 'H'];
+        let mut prev_takes_value = false;
         for a in &cfg.extra_args {
-            let flag = a.split('=').next().unwrap_or("");
             if a.trim().is_empty() || a.chars().any(char::is_control) {
                 return Err(("extra_args".into(), format!("{a:?}: an empty argument or one with control characters")));
             }
-            if OWN.contains(&flag) || (flag.len() > 2 && !flag.starts_with("--") && OWN.contains(&&flag[..2])) {
+            // the value of the option before it (`--comment -dx`) is not an option
+            let is_value = std::mem::replace(&mut prev_takes_value, a.starts_with('-') && !a.contains('='));
+            if is_value && !a.starts_with("--") && a.chars().count() > 2 {
+                continue;
+            }
+            let flag = a.split('=').next().unwrap_or("");
+            // sbatch takes an unambiguous prefix of a long option (`--arr` for `--array`)
+            let long = flag.len() > 2 && flag.starts_with("--") && LONG.iter().any(|l| l.starts_with(flag));
+            let mut chars = flag.chars();
+            let short = chars.next() == Some('-') && chars.next().is_some_and(|c| SHORT.contains(&c)) && !flag.starts_with("--");
+            if long || short {
                 return Err(("extra_args".into(), format!("`{a}`: the executor sets this itself (one job per stage, its own log, status file and script, no requeue)")));
             }
         }

@@ -338,11 +338,21 @@ mod tests {
             (json!({"extra_args": ["-a0-2"]}), "extra_args"),
             (json!({"extra_args": ["--requeue"]}), "extra_args"),
             (json!({"extra_args": ["--output=/tmp/x"]}), "extra_args"),
+            (json!({"extra_args": ["--arr=0-2"]}), "extra_args"),
+            (json!({"extra_args": ["--exclusive", "-o", "x"]}), "extra_args"),
         ] {
             let e = ExecutorConfig::resolve(None, Some(&v)).unwrap_err();
             assert_eq!(e.0, field, "{v}: {}", e.1);
         }
-        for ok in [json!({"mem": "16G"}), json!({"mem": "1024"}), json!({"partition": "gpu,cpu"}), json!({"extra_args": ["--constraint=a100", "-N", "1"]})] {
+        for ok in [
+            json!({"mem": "16G"}),
+            json!({"mem": "16GB"}),
+            json!({"mem": "1024"}),
+            json!({"partition": "gpu,cpu"}),
+            json!({"extra_args": ["--constraint=a100", "-N", "1"]}),
+            // a value that looks like a short flag, and non-ASCII (sliced mid-character: a panic)
+            json!({"extra_args": ["--comment", "-dx", "--comment=日本語", "-é"]}),
+        ] {
             assert!(ExecutorConfig::resolve(None, Some(&ok)).is_ok(), "{ok}");
         }
     }

@@ -130,8 +130,9 @@ pub fn check_url_shape(url: &str) -> Result<(), RemoteError> {
     if url.starts_with('~') {
         return bad("`~` is not expanded here (the shell expands it only unquoted, at the start of a word): give the full path".into());
     }
-    if url.contains('\\') {
-        return bad("a backslash: a remote is s3://bucket/prefix, file:///path or a directory path with `/`".into());
+    let b = url.as_bytes();
+    if b.len() > 2 && b[0].is_ascii_alphabetic() && b[1] == b':' && b[2] == b'\\' {
+        return bad("a Windows path: a remote is s3://bucket/prefix, file:///path or a directory path with `/`".into());
     }
     Ok(())
 }
