@@ -393,6 +393,14 @@ pub fn apply_override(doc: &mut Value, arg: &str) -> Result<(String, Value), Spe
             .unwrap_or_default();
         bad(&format!("no stage named `{stage}`{hint}"))
     })?;
+    // `a.executor={"kind":"slurm",...}`: the stage's executor, whole (it became a param named
+    // `executor`, in the key, and the stage ran locally; found by a hostile pass); a param of
+    // that name is `a.params.executor`
+    if parts == ["executor"] && value.is_object() {
+        let obj = st.as_object_mut().ok_or_else(|| bad("stage is not an object"))?;
+        obj.insert("executor".into(), value.clone());
+        return Ok((format!("{stage}.executor"), value));
+    }
     let section = if parts[0] == "inputs" {
         parts.remove(0);
         "inputs"
@@ -423,6 +431,16 @@ pub fn apply_override(doc: &mut Value, arg: &str) -> Result<(String, Value), Spe
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_whole_executor_is_set_as_the_stages_executor_not_a_param() {
+        let mut doc: serde_json::Value = serde_json::json!({"name": "t", "stages": {"a": {"kind": "command", "params": {"cmd": "true"}}}});
+        super::apply_override(&mut doc, r#"a.executor={"kind":"slurm","time":"30"}"#).unwrap();
+        assert_eq!(doc["stages"]["a"]["executor"]["kind"], "slurm");
+        assert!(doc["stages"]["a"]["params"].get("executor").is_none());
+        super::apply_override(&mut doc, "a.params.executor=x").unwrap();
+        assert_eq!(doc["stages"]["a"]["params"]["executor"], "x");
+    }
+
     #[test]
     fn a_secret_in_the_file_or_a_set_is_refused_by_its_path_never_shown() {
         let secret = "UnitTestSecret-spec-7f3a9c";

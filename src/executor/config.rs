@@ -57,6 +57,20 @@ impl ExecutorConfig {
                 _ => return Err((String::new(), "an executor is an object: {\"kind\": \"slurm\", ...}".into())),
             }
         }
+        // `--set a.executor.time=30` gives a number, as the README writes the time `30`: taken
+        // as its text (found by a hostile pass: "invalid type: integer, expected a string",
+        // naming no field)
+        for field in ["time", "mem", "partition", "account", "qos"] {
+            if let Some(v) = merged.get_mut(field) {
+                if let Value::Number(n) = v {
+                    if n.is_u64() {
+                        *v = Value::String(n.to_string());
+                    } else {
+                        return Err((field.into(), format!("{n}: a whole number or text")));
+                    }
+                }
+            }
+        }
         let cfg: ExecutorConfig = serde_json::from_value(Value::Object(merged)).map_err(|e| (String::new(), e.to_string()))?;
         if let Some(k) = &cfg.kind {
             if !KINDS.contains(&k.as_str()) {

@@ -340,6 +340,8 @@ mod tests {
             (json!({"extra_args": ["--output=/tmp/x"]}), "extra_args"),
             (json!({"extra_args": ["--arr=0-2"]}), "extra_args"),
             (json!({"extra_args": ["--exclusive", "-o", "x"]}), "extra_args"),
+            (json!({"mem": 1e99}), "mem"),
+            (json!({"time": -5}), "time"),
         ] {
             let e = ExecutorConfig::resolve(None, Some(&v)).unwrap_err();
             assert_eq!(e.0, field, "{v}: {}", e.1);
@@ -347,6 +349,7 @@ mod tests {
         for ok in [
             json!({"mem": "16G"}),
             json!({"mem": "16GB"}),
+            json!({"mem": 1024, "time": 30}),
             json!({"mem": "1024"}),
             json!({"partition": "gpu,cpu"}),
             json!({"extra_args": ["--constraint=a100", "-N", "1"]}),
