@@ -267,7 +267,7 @@ fn missing_dir_refused(url: &str, why: &str) -> Result<()> {
     }
     let dir = url.strip_prefix("file://").unwrap_or(url);
     // inside a pipeline cache: the remote's own check says so, more usefully
-    let in_cache = crate::cache::store::absolute(Path::new(dir)).ancestors().any(|d| d.join("db").is_dir() && d.join("views").is_dir());
+    let in_cache = crate::cache::remote::dir::enclosing_cache(&crate::cache::store::absolute(Path::new(dir))).is_some();
     if !Path::new(dir).exists() && !in_cache {
         bail!("remote {url}: no such directory ({why}: check the path, or whether it is mounted)");
     }

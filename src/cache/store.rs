@@ -243,7 +243,8 @@ impl Cache {
         // A cache is a directory this program tagged, or one an earlier build made (a sled
         // database in `db/`, or `index/` records beside `objects/`); anything else must be
         // empty (hidden files aside) to become one.
-        if !is_tagged_cache(root) {
+        let tagged = is_tagged_cache(root);
+        if !tagged {
             let foreign = fs::read_dir(root).map(|rd| rd.flatten().any(|d| !d.file_name().to_string_lossy().starts_with('.'))).unwrap_or(false);
             if foreign && !is_legacy_cache(root) {
                 return Err(CacheError::Refused(format!(
@@ -270,7 +271,7 @@ impl Cache {
                 return Err(CacheError::Refused(format!("{}: not a regular file; a cache's own files must be (remove it)", root.join(f).display())));
             }
         }
-        if fs::symlink_metadata(root.join(TAG)).is_ok() && !is_tagged_cache(root) {
+        if fs::symlink_metadata(root.join(TAG)).is_ok() && !tagged {
             return Err(CacheError::Refused(format!("{}: a file of that name that this program did not write (a cache directory tag of another program?): refusing to use the directory as a cache", root.join(TAG).display())));
         }
         for d in ["objects", "views", "tmp", "index"] {
@@ -327,7 +328,7 @@ impl Cache {
         };
         // Tagged once the database has opened: a directory whose `db/` is not a sled database
         // must not become a cache by a failed open (found by a hostile pass).
-        if !is_tagged_cache(root) {
+        if !tagged {
             let tag = root.join(TAG);
             fs::write(&tag, TAG_TEXT).map_err(io_err(&tag))?;
         }
@@ -597,12 +598,7 @@ impl Cache {
             // The entries that need this blob are whole again once it is replaced, but what was
             // computed from them while it was damaged is not (found by a hostile pass: such a
             // result stayed cached, and `cache verify` found nothing wrong).
-            let needing: Vec<Entry> = self
-                .entries()
-                .into_iter()
-                .filter(|e| self.manifest(&e.output).ok().flatten().map_or(true, |m| m.files.iter().any(|f| f.digest == digest)))
-                .collect();
-            let dropped = self.drop_downstream(&needing)?.len();
+            let dropped = self.drop_downstream(&self.entries_needing(&[digest.to_string()]))?.len();
             tracing::warn!(blob = %blob.display(), dropped, "damaged blob replaced by a good copy; the entries computed from the results that need it are dropped (they may have read the damaged bytes)");
         }
         let parent = blob.parent().unwrap_or(&self.root);
@@ -711,7 +707,7 @@ impl Cache {
         }
     }
 
-    /// An entry whose blobs are all present and intact ([`Cache::blob_intact`]: rehashed
+    /// An entry whose blobs are all present and intact ([`Cache::blob_state`]: rehashed
     /// only when a blob's stat moved since it last hashed right). A damaged blob is removed
     /// with every entry that needs it and every entry computed from those, so the stage reruns
     /// and so do the stages after it (found by a hostile pass: a blob rewritten in place at its
@@ -733,25 +729,29 @@ impl Cache {
             // no view nor export can be made of it (a remote's, pulled before the checks)
             tracing::warn!(stage = %e.stage, "entry {} dropped: its manifest names {why}", &key.0[..12.min(key.0.len())]);
             if repair {
-                self.remove_entry(key)?;
-                self.drop_downstream(std::slice::from_ref(&e))?;
-                self.flush()?;
+                self.drop_entries(vec![e])?;
             }
             return Ok(None);
         }
+        match self.first_unusable_blob(&m)? {
+            None => Ok(Some(e)),
+            Some((f, BlobState::Damaged)) if repair => {
+                self.drop_damaged(&f.digest)?;
+                Ok(None)
+            }
+            Some(_) => Ok(None),
+        }
+    }
+
+    /// The first file of `m` whose blob is not [`BlobState::Intact`], with its state.
+    fn first_unusable_blob<'m>(&self, m: &'m Manifest) -> Result<Option<(&'m FileEntry, BlobState)>, CacheError> {
         for f in &m.files {
             match self.blob_state(&f.digest, f.size)? {
                 BlobState::Intact => {}
-                BlobState::Missing => return Ok(None),
-                BlobState::Damaged => {
-                    if repair {
-                        self.drop_damaged(&f.digest)?;
-                    }
-                    return Ok(None);
-                }
+                other => return Ok(Some((f, other))),
             }
         }
-        Ok(Some(e))
+        Ok(None)
     }
 
     /// Whether the blob of `digest` is there, of `size` bytes, and still hashes to `digest`.
@@ -849,19 +849,17 @@ impl Cache {
         m.check_paths().map_err(|why| CacheError::Corrupt(output.to_string(), format!("its manifest names {why}")))?;
         // A view's files are hard links to the blobs: a blob damaged in place would be handed
         // out as it is. Every blob is checked first (a stat each, a rehash if it moved).
-        for f in &m.files {
-            match self.blob_state(&f.digest, f.size)? {
-                BlobState::Intact => {}
-                BlobState::Missing => {
-                    return Err(CacheError::Corrupt(output.to_string(), format!("`{}` (blob {}) is missing from the store: run again to recompute it", f.path, f.digest)));
-                }
-                BlobState::Damaged => {
-                    let n = self.drop_damaged(&f.digest)?;
-                    return Err(CacheError::Corrupt(
-                        output.to_string(),
-                        format!("`{}` (blob {}) is damaged (its content no longer hashes to its name): removed with the {n} entries that needed it or were computed from them; run again to recompute them", f.path, f.digest),
-                    ));
-                }
+        match self.first_unusable_blob(&m)? {
+            None => {}
+            Some((f, BlobState::Missing)) => {
+                return Err(CacheError::Corrupt(output.to_string(), format!("`{}` (blob {}) is missing from the store: run again to recompute it", f.path, f.digest)));
+            }
+            Some((f, _)) => {
+                let n = self.drop_damaged(&f.digest)?;
+                return Err(CacheError::Corrupt(
+                    output.to_string(),
+                    format!("`{}` (blob {}) is damaged (its content no longer hashes to its name): removed with the {n} entries that needed it or were computed from them; run again to recompute them", f.path, f.digest),
+                ));
             }
         }
         if dir.is_dir() {
@@ -1014,20 +1012,28 @@ impl Cache {
 
     /// Remove every entry whose manifest names one of `digests`. Returns how many.
     fn drop_entries_needing(&self, digests: &[String]) -> Result<usize, CacheError> {
+        self.drop_entries(self.entries_needing(digests))
+    }
+
+    /// Every entry whose manifest names one of `digests` (or whose manifest is unreadable).
+    fn entries_needing(&self, digests: &[String]) -> Vec<Entry> {
         let bad: HashSet<&str> = digests.iter().map(|s| s.as_str()).collect();
-        let mut dropped = Vec::new();
-        for e in self.entries() {
-            let needs = match self.manifest(&e.output) {
+        self.entries()
+            .into_iter()
+            .filter(|e| match self.manifest(&e.output) {
                 Ok(Some(m)) => m.files.iter().any(|f| bad.contains(f.digest.as_str())),
                 _ => true,
-            };
-            if needs {
-                self.remove_entry(&e.key)?;
-                let _ = super::ingest::remove_tree(&self.root.join("views").join(&e.output));
-                dropped.push(e);
-            }
+            })
+            .collect()
+    }
+
+    /// Remove `entries` (and their views) and every entry computed from them. Returns how many.
+    fn drop_entries(&self, entries: Vec<Entry>) -> Result<usize, CacheError> {
+        for e in &entries {
+            self.remove_entry(&e.key)?;
+            let _ = super::ingest::remove_tree(&self.root.join("views").join(&e.output));
         }
-        let n = dropped.len() + self.drop_downstream(&dropped)?.len();
+        let n = entries.len() + self.drop_downstream(&entries)?.len();
         self.flush()?;
         Ok(n)
     }
@@ -1428,7 +1434,6 @@ struct FileState {
     mtime_ns: i128,
     ctime_ns: i128,
     mode: u32,
-    nlink: u64,
 }
 
 #[cfg(unix)]
@@ -1440,7 +1445,6 @@ fn file_state(m: &fs::Metadata) -> FileState {
         mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
         ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
         mode: m.mode(),
-        nlink: m.nlink(),
     }
 }
 
