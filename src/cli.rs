@@ -341,6 +341,8 @@ pub enum CacheCmd {
         /// uploads blobs before its entry).
         #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
         remote: Option<String>,
+        /// Seconds: remote objects, and the Slurm job directories in `<cache>/slurm`, younger
+        /// than this are kept.
         #[arg(long, default_value_t = 3600)]
         grace: u64,
     },

@@ -494,3 +494,110 @@ fn the_embedded_study_on_slurm_trains_and_evaluates_as_it_does_locally() {
         assert_eq!(a.len(), b.len());
     }
 }
+
+/// Puts a partition back up when dropped (a failing test must not leave the cluster down).
+struct PartitionUp<'a>(&'a Sandbox, String);
+impl Drop for PartitionUp<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.scontrol(&["update", &format!("partitionname={}", self.1), "state=up"]);
+    }
+}
+
+/// A job that can never start (its partition is down) was waited on for ever, its progress
+/// saying only "pending". Now Slurm's reason is shown and warned about, and `max_pending`
+/// gives up: the job is cancelled and the stage fails naming the reason.
+#[test]
+fn a_job_on_a_partition_that_is_down_shows_slurms_reason_and_max_pending_gives_up() {
+    let Some(conf) = cluster() else { return };
+    let _node = exclusive();
+    let s = Sandbox::new(&conf);
+    let o = Command::new("sinfo").args(["-h", "-o", "%P"]).env("SLURM_CONF", &conf).output().unwrap();
+    let partition = String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim_end_matches('*').to_string();
+    assert!(!partition.is_empty(), "sinfo shows no partition");
+    let o = s.scontrol(&["update", &format!("partitionname={partition}"), "state=down"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let _up = PartitionUp(&s, partition.clone());
+    s.write(
+        "p.json",
+        r#"{"name": "stuck", "stages": {"a": {"kind": "command", "executor": {"kind": "slurm", "max_pending": "0:04"},
+            "params": {"cmd": "echo ran > $OUT/x"}}}}"#,
+    );
+    let t0 = Instant::now();
+    let o = s.run(&["run", "p.json"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    assert!(t.contains("still PENDING after") && t.contains("max_pending 0:04") && t.contains("PartitionDown"), "{t}");
+    assert!(t.contains("will not clear by itself"), "no warning naming the reason:\n{t}");
+    assert!(!s.run(&["cache", "show", "a"]).status.success(), "a stage that never ran was committed");
+    // the job is cancelled, not left queued for when the partition comes back
+    let (id, _) = s.job_line("1", "a");
+    let st = s.job_state(&id);
+    assert!(st.is_empty() || st == "CANCELLED", "job {id} is {st:?}");
+}
+
+/// `cache/slurm` grew by a directory per job for ever, `gc` included. A successful job's
+/// directory is removed when it ends (unless `keep_logs`); a failed one's is kept for its log
+/// until `cache gc`, which removes only what the executor wrote there.
+#[test]
+fn job_directories_are_removed_after_success_and_by_gc_after_failure() {
+    let Some(conf) = cluster() else { return };
+    let _node = shared();
+    let s = Sandbox::new(&conf);
+    let jobs = || -> Vec<PathBuf> {
+        let d = s.path().join("cache/slurm");
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&d).map(|r| r.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()).unwrap_or_default();
+        v.sort();
+        v
+    };
+    s.write(
+        "p.json",
+        r#"{"name": "j", "executor": {"kind": "slurm"}, "stages": {
+            "ok": {"kind": "command", "params": {"cmd": "echo fine > $OUT/x"}},
+            "kept": {"kind": "command", "executor": {"keep_logs": true}, "params": {"cmd": "echo kept > $OUT/x"}},
+            "bad": {"kind": "command", "params": {"cmd": "exit 4"}}}}"#,
+    );
+    let o = s.run(&["run", "p.json", "-q"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let left = jobs();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().any(|p| p.to_string_lossy().ends_with("-kept") || p.to_string_lossy().contains("-kept-")), "{left:?}");
+    assert!(left.iter().any(|p| p.to_string_lossy().contains("-bad-")), "{left:?}");
+    let (_, kept_line) = s.job_line("1", "kept");
+    assert!(kept_line.contains(".log"), "{kept_line}");
+    let (_, ok_line) = s.job_line("1", "ok");
+    assert!(!ok_line.contains(".log"), "a removed log is still named: {ok_line}");
+    // a user's file in one job directory keeps that one; gc removes the other
+    let bad = left.iter().find(|p| p.to_string_lossy().contains("-bad-")).unwrap().clone();
+    std::fs::write(bad.join("notes.txt"), "mine").unwrap();
+    let o = s.run(&["cache", "gc", "--grace", "0"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("removed 1 Slurm job directories"), "{t}");
+    assert!(t.contains("notes.txt") && t.contains("kept"), "{t}");
+    assert_eq!(std::fs::read_to_string(bad.join("notes.txt")).unwrap(), "mine");
+    assert_eq!(jobs(), vec![bad.clone()]);
+    // within the grace period nothing is removed
+    std::fs::remove_file(bad.join("notes.txt")).unwrap();
+    let o = s.run(&["cache", "gc"]);
+    assert!(!text(&o).contains("Slurm job"), "{}", text(&o));
+    assert_eq!(jobs(), vec![bad]);
+}
+
+/// A link at `cache/slurm` is not followed by `gc`: its target is not the cache's.
+#[test]
+fn gc_does_not_follow_a_link_at_the_slurm_directory() {
+    let Some(conf) = cluster() else { return };
+    let _node = shared();
+    let s = Sandbox::new(&conf);
+    s.write("p.json", r#"{"name": "l", "stages": {"a": {"kind": "command", "params": {"cmd": "echo x > $OUT/x"}}}}"#);
+    assert!(s.run(&["run", "p.json", "-q"]).status.success());
+    let theirs = s.path().join("theirs/pipeline-run1-a-1-1-a1");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("job.json"), "{}").unwrap();
+    let _ = std::fs::remove_dir_all(s.path().join("cache/slurm"));
+    std::os::unix::fs::symlink(s.path().join("theirs"), s.path().join("cache/slurm")).unwrap();
+    let o = s.run(&["cache", "gc", "--grace", "0"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(theirs.join("job.json").exists(), "gc followed the link: {}", text(&o));
+}

@@ -136,7 +136,7 @@ pub(super) fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
                 return Ok(1);
             }
         }
-        CacheCmd::Gc { keep_last, .. } => {
+        CacheCmd::Gc { keep_last, grace, .. } => {
             let keep = keep_last.map(|n| {
                 let mut runs: Vec<RunRecord> = cache.runs();
                 runs.sort_by(|a, b| b.id.cmp(&a.id));
@@ -144,6 +144,15 @@ pub(super) fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
             });
             let (entries, bytes) = cache.gc(keep.as_ref())?;
             println!("removed {entries} entries, freed {}", human_bytes(bytes));
+            // the Slurm executor's default work directory: jobs of earlier runs (a successful
+            // job's is removed when it ends; a failed one's is kept for its log)
+            let (jobs, jbytes, kept) = crate::executor::slurm::sweep_job_dirs(&cache.root().join("slurm"), std::time::Duration::from_secs(grace));
+            if jobs > 0 {
+                println!("removed {jobs} Slurm job directories, freed {}", human_bytes(jbytes));
+            }
+            for k in kept {
+                eprintln!("warning: {k}");
+            }
         }
         CacheCmd::Verify { .. } => {
             let r = cache.verify()?;

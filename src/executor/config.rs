@@ -42,6 +42,18 @@ pub struct ExecutorConfig {
     /// Resubmissions after NODE_FAIL, PREEMPTED or BOOT_FAIL (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// Give up on a job still pending after this long (Slurm's time format, as `time`):
+    /// `scancel` it and fail the stage with Slurm's reason. Default: wait as long as Slurm
+    /// keeps it queued (a job that can never start, say on a partition that is down, is
+    /// waited on with its reason shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<String>,
+    /// Keep the work directory (job file, script, status, Slurm log) of a job that
+    /// succeeded. Default false: it is removed once its result is read, as Snakemake's Slurm
+    /// executor removes successful jobs' logs; a failed job's is kept (its error names the
+    /// log) until `cache gc` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_logs: Option<bool>,
 }
 
 pub const KINDS: &[&str] = &["local", "slurm"];
@@ -60,7 +72,7 @@ impl ExecutorConfig {
         // `--set a.executor.time=30` gives a number, as the README writes the time `30`: taken
         // as its text (found by a hostile pass: "invalid type: integer, expected a string",
         // naming no field)
-        for field in ["time", "mem", "partition", "account", "qos"] {
+        for field in ["time", "max_pending", "mem", "partition", "account", "qos"] {
             if let Some(v) = merged.get_mut(field) {
                 if let Value::Number(n) = v {
                     if n.is_u64() {
@@ -80,6 +92,11 @@ impl ExecutorConfig {
         if let Some(t) = &cfg.time {
             if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit() || c == ':' || c == '-') {
                 return Err(("time".into(), format!("`{t}` is not a Slurm time limit (`2:00:00`, `30`, `1-00:00:00`)")));
+            }
+        }
+        if let Some(t) = &cfg.max_pending {
+            if slurm_duration(t).is_none() {
+                return Err(("max_pending".into(), format!("`{t}` is not a Slurm time (`30` minutes, `10:00`, `2:00:00`, `1-00:00:00`)")));
             }
         }
         // Checked here, named by field, rather than by sbatch at each stage's submission.
@@ -138,5 +155,51 @@ impl ExecutorConfig {
 
     pub fn kind(&self) -> &str {
         self.kind.as_deref().unwrap_or("local")
+    }
+}
+
+/// A duration in Slurm's time format (`sbatch --time`): `minutes`, `minutes:seconds`,
+/// `hours:minutes:seconds`, `days-hours`, `days-hours:minutes`, `days-hours:minutes:seconds`.
+/// `None` for anything else, or a value past a year (a typo, not a wait).
+pub fn slurm_duration(t: &str) -> Option<std::time::Duration> {
+    let num = |s: &str| -> Option<u64> { (!s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten() };
+    let (days, rest) = match t.split_once('-') {
+        Some((d, r)) => (Some(num(d)?), r),
+        None => (None, t),
+    };
+    let parts: Vec<u64> = rest.split(':').map(num).collect::<Option<_>>()?;
+    let secs = match (days, parts.as_slice()) {
+        (None, [m]) => m * 60,
+        (None, [m, s]) => m * 60 + s,
+        (None, [h, m, s]) => h * 3600 + m * 60 + s,
+        (Some(d), [h]) => d * 86400 + h * 3600,
+        (Some(d), [h, m]) => d * 86400 + h * 3600 + m * 60,
+        (Some(d), [h, m, s]) => d * 86400 + h * 3600 + m * 60 + s,
+        _ => return None,
+    };
+    (secs <= 366 * 86400).then(|| std::time::Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slurm_durations_in_every_form() {
+        let d = |t: &str| slurm_duration(t).map(|d| d.as_secs());
+        assert_eq!(d("30"), Some(1800));
+        assert_eq!(d("0:05"), Some(5));
+        assert_eq!(d("10:00"), Some(600));
+        assert_eq!(d("2:00:00"), Some(7200));
+        assert_eq!(d("1-2"), Some(93600));
+        assert_eq!(d("1-00:30"), Some(88200));
+        assert_eq!(d("1-00:00:01"), Some(86401));
+        for bad in ["", "-", "1-", ":", "1::2", "a", "1:2:3:4", "1-2-3", "99999999999", "400-00:00:00", " 5", "+5"] {
+            assert_eq!(d(bad), None, "{bad:?}");
+        }
+        let e = ExecutorConfig::resolve(Some(&serde_json::json!({"kind": "slurm", "max_pending": "soon"})), None).unwrap_err();
+        assert_eq!(e.0, "max_pending");
+        let c = ExecutorConfig::resolve(Some(&serde_json::json!({"kind": "slurm", "max_pending": 2})), None).unwrap();
+        assert_eq!(c.max_pending.as_deref(), Some("2"));
     }
 }

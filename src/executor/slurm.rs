@@ -33,6 +33,36 @@ pub struct JobState {
     pub state: String,
     pub node: String,
     pub time_limit: String,
+    /// Why a pending job waits (`Resources`, `Priority`, `PartitionDown`...), `None` when
+    /// Slurm gives none.
+    pub reason: String,
+}
+
+/// Pending reasons that will not clear by themselves: they need an administrator, or a
+/// change to the job (Slurm's `squeue` reason codes; a reason may carry detail after a comma).
+const STUCK_REASONS: &[&str] = &[
+    "PartitionDown",
+    "PartitionInactive",
+    "PartitionNodeLimit",
+    "PartitionTimeLimit",
+    "PartitionConfig",
+    "ReqNodeNotAvail",
+    "NodeDown",
+    "BadConstraints",
+    "InvalidAccount",
+    "InvalidQOS",
+    "AccountNotAllowed",
+    "QOSNotAllowed",
+    "DependencyNeverSatisfied",
+    "JobHeldAdmin",
+    "JobHeldUser",
+    "AssocMaxWallDurationPerJobLimit",
+    "QOSMaxWallDurationPerJobLimit",
+];
+
+fn stuck(reason: &str) -> bool {
+    let code = reason.split([',', ' ']).next().unwrap_or("");
+    STUCK_REASONS.contains(&code)
 }
 
 /// States in which a job may still run code.
@@ -154,7 +184,7 @@ impl Queue {
 /// `squeue` for these job names, every state it still knows.
 fn squeue(names: &[String]) -> Result<BTreeMap<String, JobState>, String> {
     let out = Command::new("squeue")
-        .args(["--noheader", "--states=all", "--format=%i|%T|%N|%l"])
+        .args(["--noheader", "--states=all", "--format=%i|%T|%N|%l|%r"])
         .arg(format!("--name={}", names.join(",")))
         .output()
         .map_err(|e| format!("cannot run squeue: {e}"))?;
@@ -163,9 +193,10 @@ fn squeue(names: &[String]) -> Result<BTreeMap<String, JobState>, String> {
     }
     let mut m = BTreeMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let f: Vec<&str> = line.trim().split('|').collect();
+        let f: Vec<&str> = line.trim().splitn(5, '|').collect();
         if f.len() >= 4 {
-            m.insert(f[0].to_string(), JobState { state: f[1].to_string(), node: f[2].to_string(), time_limit: f[3].to_string() });
+            let reason = f.get(4).map(|r| crate::text::cap(&crate::text::strip_controls(r.trim()), 200)).filter(|r| r != "None").unwrap_or_default();
+            m.insert(f[0].to_string(), JobState { state: f[1].to_string(), node: f[2].to_string(), time_limit: f[3].to_string(), reason });
         }
     }
     Ok(m)
@@ -316,17 +347,11 @@ impl SlurmStage {
         let mut sleep = Duration::from_millis(50);
         let mut status_seen: Option<Instant> = None;
         let mut last_state = String::new();
+        let max_pending = self.cfg.max_pending.as_deref().and_then(super::config::slurm_duration);
+        let mut warned = String::new();
         loop {
             if cancel.is_cancelled() {
-                let _ = Command::new("scancel").arg(id).output();
-                // Wait (bounded, within the engine's grace) for the job to stop running.
-                let until = Instant::now() + Duration::from_secs(8);
-                while Instant::now() < until {
-                    match self.queue.state(id, Some(Instant::now())) {
-                        Some(s) if active(&s.state) => std::thread::sleep(Duration::from_millis(200)),
-                        _ => break,
-                    }
-                }
+                self.scancel_and_wait(id);
                 return Ended::Cancelled;
             }
             let status = if status_file.exists() { read_status(status_file) } else { None };
@@ -336,9 +361,35 @@ impl SlurmStage {
             let st = self.queue.state(id, status_seen);
             if let Some(s) = &st {
                 seen = true;
-                if s.state != last_state {
-                    progress.set_message(format!("slurm job {id} {}", s.state.to_lowercase()));
-                    last_state = s.state.clone();
+                // the reason too: a job that cannot start (a partition down) must not look
+                // like one that is merely queued
+                let shown = if s.reason.is_empty() { s.state.clone() } else { format!("{} ({})", s.state, s.reason) };
+                if shown != last_state {
+                    progress.set_message(format!("slurm job {id} {}", shown.to_lowercase()));
+                    last_state = shown;
+                }
+                if s.state == "PENDING" && stuck(&s.reason) && warned != s.reason {
+                    let until = match &self.cfg.max_pending {
+                        Some(m) => format!("it is cancelled after max_pending {m} in the queue"),
+                        None => "it waits until that changes (set executor.max_pending to give up, or Ctrl-C)".to_string(),
+                    };
+                    tracing::warn!(job = %id, "Slurm job {id} is pending: {} will not clear by itself; {until}", s.reason);
+                    warned = s.reason.clone();
+                }
+                if max_pending.is_some_and(|l| s.state == "PENDING" && t0.elapsed() > l) {
+                    // it may have started meanwhile: wait for it to stop before the engine
+                    // reuses its output directory
+                    self.scancel_and_wait(id);
+                    let reason = if s.reason.is_empty() { String::new() } else { format!(" (Slurm's reason: {})", s.reason) };
+                    return Ended::Failed(
+                        format!(
+                            "Slurm job {id} still PENDING after {:.0} s{reason}, over max_pending {}: scancel'ed, nothing was committed",
+                            t0.elapsed().as_secs_f64(),
+                            self.cfg.max_pending.as_deref().unwrap_or_default()
+                        ),
+                        false,
+                        None,
+                    );
                 }
             }
             if let Some((for_, err)) = self.queue.failing().filter(|(d, _)| *d > SQUEUE_GIVE_UP) {
@@ -367,6 +418,18 @@ impl SlurmStage {
                 std::thread::sleep(Duration::from_millis(50).min(sleep));
             }
             sleep = (sleep.mul_f32(1.5)).min(Duration::from_secs(2));
+        }
+    }
+
+    /// `scancel` the job and wait (bounded, within the engine's grace) for it to stop running.
+    fn scancel_and_wait(&self, id: &str) {
+        let _ = Command::new("scancel").arg(id).output();
+        let until = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < until {
+            match self.queue.state(id, Some(Instant::now())) {
+                Some(s) if active(&s.state) => std::thread::sleep(Duration::from_millis(200)),
+                _ => break,
+            }
         }
     }
 
@@ -443,6 +506,88 @@ fn read_status(p: &Path) -> Option<JobStatus> {
     std::fs::read(p).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }
 
+/// The name every job directory starts with (`pipeline-run<id>-<stage>-<pid>-<ms>-a<n>`).
+pub const JOB_DIR_PREFIX: &str = "pipeline-run";
+
+/// Whether `name` is one of the files the executor and the job write into a job directory.
+fn job_file(name: &str) -> bool {
+    matches!(name, "job.json" | "job.sh" | "status.json") || name.starts_with(".probe-") || name.strip_prefix("slurm-").and_then(|r| r.strip_suffix(".log")).is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit() || b == b'_'))
+}
+
+/// Remove a job directory, only if it is what the executor makes: a real directory (not a
+/// link) named as a job directory, holding only the job's own regular files. Anything else
+/// there (a user's file, a subdirectory, a link) keeps it, and the reason comes back.
+/// Returns the bytes freed.
+pub fn remove_job_dir(dir: &Path) -> Result<u64, String> {
+    let shown = dir.display();
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    if !name.starts_with(JOB_DIR_PREFIX) {
+        return Err(format!("{shown}: not a job directory's name"));
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(|e| format!("{shown}: {e}"))?;
+    if !m.is_dir() {
+        return Err(format!("{shown}: not a directory"));
+    }
+    let mut files = Vec::new();
+    let mut bytes = 0;
+    for e in std::fs::read_dir(dir).map_err(|e| format!("{shown}: {e}"))? {
+        let e = e.map_err(|e| format!("{shown}: {e}"))?;
+        let n = e.file_name().to_string_lossy().to_string();
+        let m = e.path().symlink_metadata().map_err(|e| format!("{shown}/{n}: {e}"))?;
+        if !m.is_file() || !job_file(&n) {
+            return Err(format!("{shown}: holds {n:?}, which the executor did not write: kept"));
+        }
+        bytes += m.len();
+        files.push(e.path());
+    }
+    for f in files {
+        std::fs::remove_file(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+    }
+    std::fs::remove_dir(dir).map_err(|e| format!("{shown}: {e}"))?;
+    Ok(bytes)
+}
+
+/// `cache gc`: remove the job directories in `root` (the default work directory,
+/// `<cache>/slurm`) untouched for `grace`: the cache is locked, so no run of this cache is
+/// using them (a job a killed run left on the cluster, still writing, is spared by the
+/// grace). Returns (removed, bytes, messages about those kept).
+pub fn sweep_job_dirs(root: &Path, grace: Duration) -> (usize, u64, Vec<String>) {
+    let (mut n, mut bytes, mut kept) = (0, 0, Vec::new());
+    // a link at `slurm` is not followed: its target is not the cache's
+    match std::fs::symlink_metadata(root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return (0, 0, vec![format!("{}: not a directory (a link?), not swept", root.display())]),
+        Err(_) => return (0, 0, kept),
+    }
+    let Ok(rd) = std::fs::read_dir(root) else { return (0, 0, kept) };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.starts_with(JOB_DIR_PREFIX) {
+            continue;
+        }
+        let p = e.path();
+        // the newest of the directory and its files
+        let newest = std::fs::read_dir(&p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|f| f.path().symlink_metadata().ok()?.modified().ok())
+            .chain(p.symlink_metadata().ok().and_then(|m| m.modified().ok()))
+            .max();
+        if newest.is_some_and(|t| t.elapsed().unwrap_or_default() < grace) {
+            continue;
+        }
+        match remove_job_dir(&p) {
+            Ok(b) => {
+                n += 1;
+                bytes += b;
+            }
+            Err(e) => kept.push(e),
+        }
+    }
+    (n, bytes, kept)
+}
+
 /// Empty `dir` (a failed attempt's leftovers) before a resubmission.
 fn empty_dir(dir: &Path) -> Result<(), String> {
     if dir.exists() {
@@ -487,6 +632,16 @@ impl Executor for SlurmStage {
                 Ended::Ok(s) => {
                     fill(&mut info, &s);
                     let outcome = s.outcome.unwrap_or_default();
+                    // a successful job's files are not needed again (its result is read);
+                    // 365 nightly runs had left a directory per stage per night
+                    if !self.cfg.keep_logs.unwrap_or(false) {
+                        if let Some(dir) = log.parent() {
+                            match remove_job_dir(dir) {
+                                Ok(_) => info.log = None,
+                                Err(e) => tracing::warn!("{e}"),
+                            }
+                        }
+                    }
                     return Executed { result: Ok(outcome), info: Some(info) };
                 }
                 Ended::Cancelled => return Executed { result: Err(StageError::Cancelled), info: Some(info) },
@@ -542,7 +697,7 @@ mod tests {
     }
 
     fn js(state: &str) -> Option<JobState> {
-        Some(JobState { state: state.into(), node: "n1".into(), time_limit: "10:00".into() })
+        Some(JobState { state: state.into(), node: "n1".into(), time_limit: "10:00".into(), reason: String::new() })
     }
 
     fn msg(e: Ended) -> String {

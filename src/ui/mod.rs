@@ -225,13 +225,51 @@ async fn plan_list(State(st): St) -> Response {
 /// queued at once slowed every other page to seconds and grew the server to 480 MB (found by
 /// a hostile pass). A request that waits more than 20 s for its turn gets 503.
 static PLANS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+const PLAN_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A turn at `sem`, or the 503 for a request that waited `wait` without getting one.
+async fn turn(sem: &tokio::sync::Semaphore, wait: std::time::Duration) -> Result<tokio::sync::SemaphorePermit<'_>, Response> {
+    match tokio::time::timeout(wait, sem.acquire()).await {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err((StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], "busy: other plans are being computed, try again\n").into_response()),
+    }
+}
 
 async fn plan(State(st): St, UrlPath(n): UrlPath<String>) -> Response {
     let Ok(n) = n.parse::<usize>() else { return respond(Page::NotFound("no such pipeline file".into())) };
-    let Ok(Ok(_turn)) = tokio::time::timeout(std::time::Duration::from_secs(20), PLANS.acquire()).await else {
-        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], "busy: other plans are being computed, try again\n").into_response();
+    let _turn = match turn(&PLANS, PLAN_WAIT).await {
+        Ok(t) => t,
+        Err(busy) => return busy,
     };
     blocking(st, move |s| pages::plan_page(&s.files, &s.pipelines, n)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan flood (150 queued plans slowed every page to 12 s): one plan at a time, and a
+    /// request that waits too long is told to come back.
+    #[tokio::test]
+    async fn a_plan_waits_its_turn_and_a_long_wait_answers_503() {
+        let sem = tokio::sync::Semaphore::new(1);
+        let wait = std::time::Duration::from_millis(100);
+        let first = turn(&sem, wait).await.expect("a free turn is taken");
+        let t0 = std::time::Instant::now();
+        let busy = turn(&sem, wait).await.expect_err("a second plan must wait for the first");
+        assert!(t0.elapsed() >= wait);
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap()), Some("5"));
+        // the turn comes once the first is done
+        let sem2 = &sem;
+        let waiter = async move { turn(sem2, std::time::Duration::from_secs(10)).await.is_ok() };
+        let release = async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            drop(first);
+        };
+        let (got, ()) = tokio::join!(waiter, release);
+        assert!(got);
+    }
 }
 
 /// A file of an entry, streamed from its blob.

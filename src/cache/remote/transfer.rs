@@ -43,7 +43,14 @@ fn pull_inner(cache: &Cache, remote: &Remote, key: &CacheKey, owner: Option<(&st
     let mut moved = Moved::default();
     let mut seen = std::collections::HashSet::new();
     let wanted: Vec<_> = manifest.files.iter().filter(|f| seen.insert(f.digest.clone()) && !cache.has_good_blob(&f.digest, f.size)).collect();
-    let bar = crate::progress::transfer_bar(&entry.stage, wanted.iter().map(|f| f.size).sum());
+    let total: u64 = wanted.iter().map(|f| f.size).sum();
+    // A manifest may name blobs bigger than the disk (a forged one, a sparse 4 GB blob each
+    // reader downloaded into `tmp/` before the hash refused it): refused before any byte.
+    let tmp = cache.staging_file();
+    if let Err(why) = room_for(tmp.parent().unwrap_or(cache.root()), total) {
+        return Err(remote.err(&super::entry_path(key), format!("{} files of {total} bytes to download: {why}; not downloaded", wanted.len())));
+    }
+    let bar = crate::progress::transfer_bar(&entry.stage, total);
     bar.set_message("downloading");
     for f in wanted {
         let staged = fetch_verified(cache, remote, &f.digest, f.size, &|n| bar.inc(n))?;
@@ -149,6 +156,26 @@ pub fn push(cache: &Cache, remote: &Remote, entry: &Entry, verify: bool) -> Resu
     Ok(moved)
 }
 
+/// Space a download leaves free on the cache's file system, whatever it brings.
+const KEEP_FREE: u64 = 256 << 20;
+
+/// `Ok` when `bytes` fit on `dir`'s file system with [`KEEP_FREE`] left over (or when the
+/// free space cannot be read: the write itself then fails cleanly); else why not.
+fn room_for(dir: &std::path::Path, bytes: u64) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return Ok(()) };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a zeroed statvfs buffer of the right type
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Ok(());
+    }
+    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    if bytes.saturating_add(KEEP_FREE) > free {
+        return Err(format!("{} has {free} bytes free (keeping {KEEP_FREE})", dir.display()));
+    }
+    Ok(())
+}
+
 /// Download the blob `digest` into a fresh file under the cache's `tmp/` and check its size
 /// and hash: its path, or an error (`Damaged`, the remote marked, for a missing or
 /// mismatching blob) with nothing left behind.
@@ -243,4 +270,19 @@ pub fn gc(remote: &Remote, grace_secs: u64) -> Result<(usize, u64), RemoteError>
         bytes += size;
     }
     Ok((n, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_download_bigger_than_the_free_space_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(room_for(d.path(), 1).is_ok());
+        let e = room_for(d.path(), u64::MAX / 2).unwrap_err();
+        assert!(e.contains("bytes free") && e.contains(&d.path().display().to_string()), "{e}");
+        // what cannot be measured is not refused (the write fails on its own)
+        assert!(room_for(std::path::Path::new("/no/such/dir"), u64::MAX / 2).is_ok());
+    }
 }
