@@ -779,30 +779,7 @@ fn a_directory_remotes_links_directories_bad_manifests_and_partial_uploads() {
     remote_consistent(r.path());
     // manifests a file system cannot hold, or with one blob at two sizes: damaged, rerun, and
     // every later run still works
-    let forge = |edit: &dyn Fn(&mut serde_json::Value)| {
-        for e in std::fs::read_dir(r.path().join("entries")).unwrap().flatten() {
-            let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
-            let mpath = r.path().join("manifests").join(v["output"].as_str().unwrap());
-            let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
-            edit(&mut m);
-            // a manifest's name is the blake3 of its canonical JSON (keys sorted, compact)
-            fn sorted(v: &serde_json::Value) -> serde_json::Value {
-                match v {
-                    serde_json::Value::Object(m) => {
-                        let b: std::collections::BTreeMap<&String, serde_json::Value> = m.iter().map(|(k, v)| (k, sorted(v))).collect();
-                        serde_json::Value::Object(b.into_iter().map(|(k, v)| (k.clone(), v)).collect())
-                    }
-                    serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sorted).collect()),
-                    o => o.clone(),
-                }
-            }
-            let bytes = serde_json::to_vec(&sorted(&m)).unwrap();
-            let d = blake3::hash(&bytes).to_hex().to_string();
-            std::fs::write(r.path().join("manifests").join(&d), &bytes).unwrap();
-            v["output"] = serde_json::json!(d);
-            std::fs::write(e.path(), serde_json::to_vec(&v).unwrap()).unwrap();
-        }
-    };
+    let forge = |edit: &dyn Fn(&mut serde_json::Value)| forge_manifests(r.path(), edit);
     forge(&|m| {
         let f = m["files"][0].clone();
         let mut long = f.clone();
@@ -846,6 +823,64 @@ fn a_directory_remotes_links_directories_bad_manifests_and_partial_uploads() {
     let f = Machine::new(url, &[]);
     let o = f.ok(&["run", "t.json"]);
     assert_eq!(statuses(&f, &o), ["cached", "cached", "cached"], "gc removed live objects: {}", stderr(&o));
+}
+
+/// Rewrite every entry of a directory remote to name a manifest `edit` changed (stored under
+/// its own hash, as a hostile writer would).
+fn forge_manifests(r: &Path, edit: &dyn Fn(&mut serde_json::Value)) {
+    for e in std::fs::read_dir(r.join("entries")).unwrap().flatten() {
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+        let mpath = r.join("manifests").join(v["output"].as_str().unwrap());
+        let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+        edit(&mut m);
+        // a manifest's name is the blake3 of its canonical JSON (keys sorted, compact)
+        fn sorted(v: &serde_json::Value) -> serde_json::Value {
+            match v {
+                serde_json::Value::Object(m) => {
+                    let b: std::collections::BTreeMap<&String, serde_json::Value> = m.iter().map(|(k, v)| (k, sorted(v))).collect();
+                    serde_json::Value::Object(b.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+                }
+                serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sorted).collect()),
+                o => o.clone(),
+            }
+        }
+        let bytes = serde_json::to_vec(&sorted(&m)).unwrap();
+        let d = blake3::hash(&bytes).to_hex().to_string();
+        std::fs::write(r.join("manifests").join(&d), &bytes).unwrap();
+        v["output"] = serde_json::json!(d);
+        std::fs::write(e.path(), serde_json::to_vec(&v).unwrap()).unwrap();
+    }
+}
+
+/// A pulled path within the manifest's bound (3,000 bytes) but too long under a cache root of
+/// 1,200 bytes was committed, and every downstream stage failed on its view: refused at the
+/// pull now, and the stage runs here.
+#[test]
+fn a_pulled_path_too_long_under_this_caches_root_is_refused_and_the_stage_runs() {
+    let r = tempfile::tempdir().unwrap();
+    let url = r.path().to_str().unwrap();
+    Machine::new(url, &[]).ok(&["run", "t.json"]);
+    forge_manifests(r.path(), &|m| {
+        let f = m["files"][0].clone();
+        let mut long = f.clone();
+        // 12 parts of 240 bytes: 2,891 bytes, inside the manifest's bound
+        long["path"] = serde_json::json!(vec!["y".repeat(240); 12].join("/"));
+        m["files"] = serde_json::json!([f, long]);
+    });
+    let b = Machine::new(url, &[]);
+    let mut root = b.s.path().to_path_buf();
+    for i in 0..6 {
+        root.push(format!("{i}{}", "r".repeat(199)));
+    }
+    std::fs::create_dir_all(&root).unwrap();
+    let cache = root.join("cache");
+    let o = b.cmd(&["run", "t.json"]).env("PIPELINE_CACHE", &cache).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(statuses(&b, &o), ["ran", "ran", "ran"], "{}", stderr(&o));
+    assert!(stderr(&o).contains("over the system's limit of 4096"), "{}", stderr(&o));
+    // and the cache works on: a rerun is all hits
+    let o = b.cmd(&["run", "t.json", "--remote-mode", "off"]).env("PIPELINE_CACHE", &cache).output().unwrap();
+    assert_eq!(statuses(&b, &o), ["cached", "cached", "cached"], "{}", stderr(&o));
 }
 
 /// Found by a hostile pass: `s3:/bucket`, `file:/x` and a quoted `~/cache` made local

@@ -40,6 +40,16 @@ fn pull_inner(cache: &Cache, remote: &Remote, key: &CacheKey, owner: Option<(&st
     }
     let mrel = manifest_path(&entry.output);
     let manifest = remote.get_manifest(&entry.output)?.ok_or_else(|| remote.damaged(&mrel, "the entry's manifest is missing"))?;
+    // A path the manifest may hold (at most 3,000 bytes) can still be too long under this
+    // cache's root: the pulled entry was committed and every downstream stage failed on its
+    // view (found by a hostile pass, a cache root of 1,000 bytes). Refused, the stage runs here.
+    if let Some(longest) = manifest.files.iter().map(|f| f.path.len()).max() {
+        let view = std::path::absolute(cache.root().join("views").join(&entry.output)).unwrap_or_else(|_| cache.root().join("views").join(&entry.output));
+        let full = view.as_os_str().len() + 1 + longest;
+        if full >= PATH_MAX {
+            return Err(remote.err(&mrel, format!("names a path of {longest} bytes, {full} bytes under this cache's views ({}), over the system's limit of {PATH_MAX}; not downloaded", view.display())));
+        }
+    }
     let mut moved = Moved::default();
     let mut seen = std::collections::HashSet::new();
     let wanted: Vec<_> = manifest.files.iter().filter(|f| seen.insert(f.digest.clone()) && !cache.has_good_blob(&f.digest, f.size)).collect();
@@ -155,6 +165,9 @@ pub fn push(cache: &Cache, remote: &Remote, entry: &Entry, verify: bool) -> Resu
     }
     Ok(moved)
 }
+
+/// Linux's PATH_MAX, with its terminating NUL: the longest path a system call takes.
+const PATH_MAX: usize = 4096;
 
 /// Space a download leaves free on the cache's file system, whatever it brings.
 const KEEP_FREE: u64 = 256 << 20;
