@@ -48,7 +48,8 @@ impl Manifest {
         blake3::hash(canonical_json(&v).as_bytes()).to_hex().to_string()
     }
     pub fn size(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        // saturating: a forged manifest's sizes can sum past u64 (a wrapped sum looked small)
+        self.files.iter().fold(0u64, |t, f| t.saturating_add(f.size))
     }
     /// `Err(what)` for the first file path that is not a plain relative path (absolute, `..`,
     /// `.`, empty parts, backslashes, NUL), or that no file system holds (a part over 255

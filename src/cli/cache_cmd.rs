@@ -132,7 +132,7 @@ pub(super) fn cache_cmd(cache: &Cache, cmd: CacheCmd) -> Result<i32> {
             }
             println!("pulled {n} entries from {} ({files} blobs, {})", remote_url(&remote), human_bytes(bytes));
             if failed > 0 {
-                eprintln!("error: {failed} entries could not be pulled (damaged or missing objects, named above)");
+                eprintln!("error: {failed} entries could not be pulled (why is named above)");
                 return Ok(1);
             }
         }

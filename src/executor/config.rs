@@ -83,6 +83,15 @@ impl ExecutorConfig {
                 }
             }
         }
+        // a wrong type is named by field (serde names only the type)
+        if let Some(v) = merged.get("keep_logs").filter(|v| !v.is_boolean() && !v.is_null()) {
+            return Err(("keep_logs".into(), format!("{v}: true or false")));
+        }
+        for field in ["cpus", "gpus", "retries"] {
+            if let Some(v) = merged.get(field).filter(|v| !v.is_u64() && !v.is_null()) {
+                return Err((field.into(), format!("{v}: a whole number")));
+            }
+        }
         let cfg: ExecutorConfig = serde_json::from_value(Value::Object(merged)).map_err(|e| (String::new(), e.to_string()))?;
         if let Some(k) = &cfg.kind {
             if !KINDS.contains(&k.as_str()) {
@@ -95,8 +104,12 @@ impl ExecutorConfig {
             }
         }
         if let Some(t) = &cfg.max_pending {
-            if slurm_duration(t).is_none() {
-                return Err(("max_pending".into(), format!("`{t}` is not a Slurm time (`30` minutes, `10:00`, `2:00:00`, `1-00:00:00`)")));
+            match slurm_duration(t) {
+                None => return Err(("max_pending".into(), format!("`{t}` is not a Slurm time (`30` minutes, `10:00`, `2:00:00`, `1-00:00:00`)"))),
+                // Slurm reads a time of 0 as "no limit": taken at its word here, it cancelled
+                // every job at the first poll (found by a hostile pass)
+                Some(d) if d.is_zero() => return Err(("max_pending".into(), format!("`{t}` is zero, which Slurm reads as no limit: leave max_pending out to wait as long as Slurm queues the job"))),
+                Some(_) => {}
             }
         }
         // Checked here, named by field, rather than by sbatch at each stage's submission.
@@ -201,5 +214,14 @@ mod tests {
         assert_eq!(e.0, "max_pending");
         let c = ExecutorConfig::resolve(Some(&serde_json::json!({"kind": "slurm", "max_pending": 2})), None).unwrap();
         assert_eq!(c.max_pending.as_deref(), Some("2"));
+        for zero in [serde_json::json!("0"), serde_json::json!(0), serde_json::json!("0:00"), serde_json::json!("0-0")] {
+            let e = ExecutorConfig::resolve(Some(&serde_json::json!({"kind": "slurm", "max_pending": zero})), None).unwrap_err();
+            assert!(e.0 == "max_pending" && e.1.contains("no limit"), "{e:?}");
+        }
+        for (field, v) in [("keep_logs", serde_json::json!("yes")), ("keep_logs", serde_json::json!(1)), ("cpus", serde_json::json!("8")), ("retries", serde_json::json!(-1))] {
+            let e = ExecutorConfig::resolve(Some(&serde_json::json!({"kind": "slurm", field: v})), None).unwrap_err();
+            assert_eq!(e.0, field, "{e:?}");
+        }
+        assert_eq!(ExecutorConfig::resolve(Some(&serde_json::json!({"keep_logs": true})), None).unwrap().keep_logs, Some(true));
     }
 }

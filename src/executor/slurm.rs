@@ -347,7 +347,7 @@ impl SlurmStage {
         let mut sleep = Duration::from_millis(50);
         let mut status_seen: Option<Instant> = None;
         let mut last_state = String::new();
-        let max_pending = self.cfg.max_pending.as_deref().and_then(super::config::slurm_duration);
+        let mut max_pending = self.cfg.max_pending.as_deref().and_then(super::config::slurm_duration);
         let mut warned = String::new();
         loop {
             if cancel.is_cancelled() {
@@ -373,23 +373,28 @@ impl SlurmStage {
                         Some(m) => format!("it is cancelled after max_pending {m} in the queue"),
                         None => "it waits until that changes (set executor.max_pending to give up, or Ctrl-C)".to_string(),
                     };
-                    tracing::warn!(job = %id, "Slurm job {id} is pending: {} will not clear by itself; {until}", s.reason);
+                    tracing::warn!(job = %id, "Slurm job {id} is pending: {} usually needs an administrator or a change to the job; {until}", s.reason);
                     warned = s.reason.clone();
                 }
                 if max_pending.is_some_and(|l| s.state == "PENDING" && t0.elapsed() > l) {
-                    // it may have started meanwhile: wait for it to stop before the engine
-                    // reuses its output directory
-                    self.scancel_and_wait(id);
-                    let reason = if s.reason.is_empty() { String::new() } else { format!(" (Slurm's reason: {})", s.reason) };
-                    return Ended::Failed(
-                        format!(
-                            "Slurm job {id} still PENDING after {:.0} s{reason}, over max_pending {}: scancel'ed, nothing was committed",
-                            t0.elapsed().as_secs_f64(),
-                            self.cfg.max_pending.as_deref().unwrap_or_default()
-                        ),
-                        false,
-                        None,
-                    );
+                    // The snapshot may be seconds old and the job may have started since: only a
+                    // job that is still pending is cancelled (`--state=PENDING`, applied by the
+                    // controller; found by a hostile pass: a job 2 s into its run was killed
+                    // and called pending). One that started is waited on as any other.
+                    if self.cancel_if_pending(id) {
+                        let reason = if s.reason.is_empty() { String::new() } else { format!(" (Slurm's reason: {})", s.reason) };
+                        return Ended::Failed(
+                            format!(
+                                "Slurm job {id} still PENDING after {:.0} s{reason}, over max_pending {}: scancel'ed, nothing was committed",
+                                t0.elapsed().as_secs_f64(),
+                                self.cfg.max_pending.as_deref().unwrap_or_default()
+                            ),
+                            false,
+                            None,
+                        );
+                    }
+                    max_pending = None;
+                    tracing::info!(job = %id, "Slurm job {id} started just as max_pending ran out: waited on");
                 }
             }
             if let Some((for_, err)) = self.queue.failing().filter(|(d, _)| *d > SQUEUE_GIVE_UP) {
@@ -418,6 +423,25 @@ impl SlurmStage {
                 std::thread::sleep(Duration::from_millis(50).min(sleep));
             }
             sleep = (sleep.mul_f32(1.5)).min(Duration::from_secs(2));
+        }
+    }
+
+    /// `scancel --state=PENDING` the job: true when it ended without starting, false when it
+    /// had started (it is left running). Waits (bounded) for a fresh `squeue` to tell.
+    fn cancel_if_pending(&self, id: &str) -> bool {
+        let _ = Command::new("scancel").args(["--state=PENDING", id]).output();
+        let until = Instant::now() + Duration::from_secs(8);
+        loop {
+            match self.queue.state(id, Some(Instant::now())) {
+                Some(s) if s.state == "PENDING" && Instant::now() < until => std::thread::sleep(Duration::from_millis(200)),
+                // still pending after 8 s (the controller slow to act): cancel outright
+                Some(s) if s.state == "PENDING" => {
+                    self.scancel_and_wait(id);
+                    return true;
+                }
+                Some(s) if active(&s.state) => return false,
+                _ => return true,
+            }
         }
     }
 
@@ -519,30 +543,49 @@ fn job_file(name: &str) -> bool {
 /// there (a user's file, a subdirectory, a link) keeps it, and the reason comes back.
 /// Returns the bytes freed.
 pub fn remove_job_dir(dir: &Path) -> Result<u64, String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
     let shown = dir.display();
     let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     if !name.starts_with(JOB_DIR_PREFIX) {
         return Err(format!("{shown}: not a job directory's name"));
     }
-    let m = std::fs::symlink_metadata(dir).map_err(|e| format!("{shown}: {e}"))?;
-    if !m.is_dir() {
-        return Err(format!("{shown}: not a directory"));
+    // Opened without following a link, then used only through the descriptor: a directory
+    // swapped for a link after a check cannot send the removals into the link's target.
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| format!("{shown}: a NUL in the path"))?;
+    // SAFETY: a NUL-terminated path; the descriptor is owned below
+    let raw = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(format!("{shown}: not a directory (a link?): {}", std::io::Error::last_os_error()));
     }
+    // SAFETY: `raw` is a descriptor this function just opened and nothing else owns
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let mut files = Vec::new();
     let mut bytes = 0;
-    for e in std::fs::read_dir(dir).map_err(|e| format!("{shown}: {e}"))? {
-        let e = e.map_err(|e| format!("{shown}: {e}"))?;
-        let n = e.file_name().to_string_lossy().to_string();
-        let m = e.path().symlink_metadata().map_err(|e| format!("{shown}/{n}: {e}"))?;
-        if !m.is_file() || !job_file(&n) {
-            return Err(format!("{shown}: holds {n:?}, which the executor did not write: kept"));
+    let listing = std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| format!("{shown}: {e}"))?;
+    for e in listing {
+        let n = e.map_err(|e| format!("{shown}: {e}"))?.file_name();
+        let shown_n = n.to_string_lossy().to_string();
+        let cn = std::ffi::CString::new(n.as_bytes()).map_err(|_| format!("{shown}: a NUL in a name"))?;
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a directory descriptor, a NUL-terminated name and a zeroed stat buffer
+        if unsafe { libc::fstatat(fd.as_raw_fd(), cn.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+            return Err(format!("{shown}/{shown_n}: {}", std::io::Error::last_os_error()));
         }
-        bytes += m.len();
-        files.push(e.path());
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || !job_file(&shown_n) {
+            return Err(format!("{shown}: holds {shown_n:?}, which the executor did not write: kept"));
+        }
+        bytes += st.st_size as u64;
+        files.push((cn, shown_n));
     }
-    for f in files {
-        std::fs::remove_file(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+    for (cn, n) in files {
+        // SAFETY: a directory descriptor and a NUL-terminated name
+        if unsafe { libc::unlinkat(fd.as_raw_fd(), cn.as_ptr(), 0) } != 0 {
+            return Err(format!("{shown}/{n}: {}", std::io::Error::last_os_error()));
+        }
     }
+    drop(fd);
+    // by name: a link put there meanwhile is not a directory and is refused (ENOTDIR)
     std::fs::remove_dir(dir).map_err(|e| format!("{shown}: {e}"))?;
     Ok(bytes)
 }

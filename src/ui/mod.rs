@@ -237,11 +237,18 @@ async fn turn(sem: &tokio::sync::Semaphore, wait: std::time::Duration) -> Result
 
 async fn plan(State(st): St, UrlPath(n): UrlPath<String>) -> Response {
     let Ok(n) = n.parse::<usize>() else { return respond(Page::NotFound("no such pipeline file".into())) };
-    let _turn = match turn(&PLANS, PLAN_WAIT).await {
+    let permit = match turn(&PLANS, PLAN_WAIT).await {
         Ok(t) => t,
         Err(busy) => return busy,
     };
-    blocking(st, move |s| pages::plan_page(&s.files, &s.pipelines, n)).await
+    // The turn goes with the work, not the request: a client that hangs up leaves the plan
+    // running on its thread, and with the turn given back at the hang-up six `curl -m 1`
+    // had five plans hashing at once (found by a hostile pass).
+    blocking(st, move |s| {
+        let _turn = permit;
+        pages::plan_page(&s.files, &s.pipelines, n)
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -53,13 +53,16 @@ fn pull_inner(cache: &Cache, remote: &Remote, key: &CacheKey, owner: Option<(&st
     let mut moved = Moved::default();
     let mut seen = std::collections::HashSet::new();
     let wanted: Vec<_> = manifest.files.iter().filter(|f| seen.insert(f.digest.clone()) && !cache.has_good_blob(&f.digest, f.size)).collect();
-    let total: u64 = wanted.iter().map(|f| f.size).sum();
     // A manifest may name blobs bigger than the disk (a forged one, a sparse 4 GB blob each
-    // reader downloaded into `tmp/` before the hash refused it): refused before any byte.
+    // reader downloaded into `tmp/` before the hash refused it): refused before any byte. The
+    // sum is checked: sizes chosen to wrap it to 1 filled a file system (found by a hostile pass).
+    let total = wanted.iter().try_fold(0u64, |t, f| t.checked_add(f.size));
     let tmp = cache.staging_file();
-    if let Err(why) = room_for(tmp.parent().unwrap_or(cache.root()), total) {
-        return Err(remote.err(&super::entry_path(key), format!("{} files of {total} bytes to download: {why}; not downloaded", wanted.len())));
-    }
+    let _room = match total.ok_or_else(|| "more bytes than a u64 holds".to_string()).and_then(|t| Reservation::take(tmp.parent().unwrap_or(cache.root()), t)) {
+        Ok(r) => r,
+        Err(why) => return Err(remote.err(&super::entry_path(key), format!("{} files to download: {why}; not downloaded", wanted.len()))),
+    };
+    let total = total.unwrap_or_default();
     let bar = crate::progress::transfer_bar(&entry.stage, total);
     bar.set_message("downloading");
     for f in wanted {
@@ -169,11 +172,37 @@ pub fn push(cache: &Cache, remote: &Remote, entry: &Entry, verify: bool) -> Resu
 /// Linux's PATH_MAX, with its terminating NUL: the longest path a system call takes.
 const PATH_MAX: usize = 4096;
 
-/// Space a download leaves free on the cache's file system, whatever it brings.
+/// Space a download leaves free on the cache's file system, whatever it brings: this much,
+/// or a twentieth of a smaller file system (a flat 256 MiB refused every pull into a
+/// 100 MiB one; found by a hostile pass).
 const KEEP_FREE: u64 = 256 << 20;
 
-/// `Ok` when `bytes` fit on `dir`'s file system with [`KEEP_FREE`] left over (or when the
-/// free space cannot be read: the write itself then fails cleanly); else why not.
+/// Bytes this process's downloads in flight have been granted: parallel pulls of one run
+/// each found room for themselves, and together filled the disk (found by a hostile pass).
+static RESERVED: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+
+/// Room for one download on the cache's file system, held until dropped.
+struct Reservation(u64);
+
+impl Reservation {
+    fn take(dir: &std::path::Path, bytes: u64) -> Result<Reservation, String> {
+        let mut held = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+        room_for(dir, bytes.saturating_add(*held)).map_err(|why| if *held > 0 { format!("{bytes} bytes, with {} more being downloaded: {why}", *held) } else { format!("{bytes} bytes: {why}") })?;
+        *held += bytes;
+        Ok(Reservation(bytes))
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut held = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+        *held = held.saturating_sub(self.0);
+    }
+}
+
+/// `Ok` when `bytes` fit on `dir`'s file system with [`KEEP_FREE`] (or a twentieth of the
+/// file system, the smaller) left over, or when the free space cannot be read (the write
+/// itself then fails cleanly); else why not.
 fn room_for(dir: &std::path::Path, bytes: u64) -> Result<(), String> {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return Ok(()) };
@@ -182,9 +211,11 @@ fn room_for(dir: &std::path::Path, bytes: u64) -> Result<(), String> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Ok(());
     }
-    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
-    if bytes.saturating_add(KEEP_FREE) > free {
-        return Err(format!("{} has {free} bytes free (keeping {KEEP_FREE})", dir.display()));
+    let unit = st.f_frsize as u64;
+    let free = (st.f_bavail as u64).saturating_mul(unit);
+    let keep = KEEP_FREE.min((st.f_blocks as u64).saturating_mul(unit) / 20);
+    if bytes.saturating_add(keep) > free {
+        return Err(format!("{} has {free} bytes free (keeping {keep})", dir.display()));
     }
     Ok(())
 }
@@ -297,5 +328,18 @@ mod tests {
         assert!(e.contains("bytes free") && e.contains(&d.path().display().to_string()), "{e}");
         // what cannot be measured is not refused (the write fails on its own)
         assert!(room_for(std::path::Path::new("/no/such/dir"), u64::MAX / 2).is_ok());
+        // reservations add up, and are given back when dropped
+        let free = {
+            let c = std::ffi::CString::new(d.path().to_str().unwrap()).unwrap();
+            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+            assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+            st.f_bavail as u64 * st.f_frsize as u64
+        };
+        let half = (free / 2).saturating_sub(64 << 20);
+        let a = Reservation::take(d.path(), half).unwrap();
+        let e = Reservation::take(d.path(), half).err().expect("two halves plus the margin do not fit");
+        assert!(e.contains("more being downloaded"), "{e}");
+        drop(a);
+        drop(Reservation::take(d.path(), half).unwrap());
     }
 }
