@@ -68,10 +68,11 @@ pub enum Command {
         /// Print the reasons of every miss.
         #[arg(long)]
         explain: bool,
-        /// Machine-readable: {"stages":[{"name","status","key","reasons"}]}.
+        /// Machine-readable: {"stages":[{"name","status","source","key","reasons","why"}]}
+        /// (`why`: the reasons typed, `plan::RerunReason`).
         #[arg(long)]
         json: bool,
-        /// Override a param: stage.param=value (JSON or a plain string).
+        /// Override a param: stage.param=value (JSON or a plain string), or stage.inputs.x=ref.
         #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
         set: Vec<String>,
         #[command(flatten)]
@@ -177,7 +178,8 @@ pub struct RunArgs {
     /// Run only this stage (repeatable); its inputs must be cached.
     #[arg(long)]
     pub only: Vec<String>,
-    /// Run this stage and everything downstream of it (repeatable).
+    /// Select this stage and everything downstream of it (repeatable); cached ones among
+    /// them are still reused (add --force to rerun).
     #[arg(long)]
     pub from: Vec<String>,
     /// Rerun this stage even if cached (repeatable).
