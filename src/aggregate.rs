@@ -66,6 +66,10 @@ pub struct AggregateArgs {
     /// AMT file: AssignmentStatus values kept (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "Submitted,Approved")]
     pub statuses: Vec<String>,
+    /// AMT file: the question whose answer is the label (`Answer.<question>.label` or the
+    /// key in `Answer.taskAnswers`), when a HIT asks more than one.
+    #[arg(long)]
+    pub question: Option<String>,
     /// Spammer detection: only workers with at least this many answers.
     #[arg(long)]
     pub spammer_min_answers: Option<usize>,
@@ -97,6 +101,7 @@ impl AggregateArgs {
             shrink_strength: None,
             diag_prior: None,
             statuses: vec!["Submitted".into(), "Approved".into()],
+            question: None,
             spammer_min_answers: None,
             duplicates: "first".into(),
             force: false,
@@ -166,7 +171,7 @@ pub fn aggregate_file(args: &AggregateArgs) -> anyhow::Result<Done> {
     let answers = if first.contains("WorkerId") && first.contains("HITId") {
         // the amt stage's defaults: the study's classes unless given, an unknown label fails
         let classes = given_classes.clone().unwrap_or_else(|| pipeline_crowd::EMOTIONS.iter().map(|s| s.to_string()).collect());
-        let o = AmtOptions { classes: classes.clone(), on_unknown_label: on_unknown, statuses: args.statuses.clone(), dedupe, ..AmtOptions::default() };
+        let o = AmtOptions { classes: classes.clone(), on_unknown_label: on_unknown, statuses: args.statuses.clone(), dedupe, question: args.question.clone(), ..AmtOptions::default() };
         let batch = parse_amt_batch(&text, &name, &o)?;
         drop(text);
         if batch.records.is_empty() {

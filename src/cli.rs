@@ -835,6 +835,17 @@ fn print_summary(r: &RunRecord) {
             eprintln!("warning: stage `{}`: {w}", s.name);
         }
     }
+    // the promotion's decision, either way (only `runs show` had it: a misspelled metric
+    // never promoted and the run said only "ok"; found by a hostile pass)
+    if let Some(d) = r.promotion.as_ref().and_then(|v| serde_json::from_value::<crate::promote::Decision>(v.clone()).ok()) {
+        // the reason holds the metric's name, from the pipeline file: cleaned as log lines are
+        let (to, why) = (crate::text::clean(&d.to), crate::text::clean(&d.reason));
+        if d.promoted {
+            outln!("\npromoted to {to}: {why}");
+        } else {
+            eprintln!("\nnot promoted: {why}");
+        }
+    }
     let failed: Vec<&str> = r.stages.iter().filter(|s| s.status == StageStatus::Failed).map(|s| s.name.as_str()).collect();
     match r.status {
         RunStatus::Ok => outln!("\nrun {} ok in {}", r.id, fmt_ms(r.ended_ms.unwrap_or(r.started_ms) - r.started_ms)),

@@ -73,6 +73,26 @@ fn stage_names_dot_and_dotdot_and_a_promote_naming_a_stage_twice_are_refused_up_
     assert_eq!(left, vec![std::ffi::OsString::from("other.txt")], "a staging copy was left");
 }
 
+/// Found by a hostile pass: a misspelled promotion metric's stage passed validation, and the
+/// run said only "ok" (the decision was in `runs show` alone, promoted or not).
+#[test]
+fn the_promotion_decision_is_printed_and_a_metric_of_no_stage_is_refused() {
+    let s = Sandbox::new();
+    let p = |metric: &str| {
+        serde_json::json!({"name": "t", "stages": {"a": {"kind": "command", "params": {"cmd": "echo 1 > $OUT/m; echo 'metric acc 0.5'"}}},
+            "promote": {"stage": "a", "metric": metric, "to": "models/current"}})
+        .to_string()
+    };
+    s.write("t.json", &p("evalute.acc"));
+    let o = s.run(&["run", "t.json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("promote.metric") && stderr(&o).contains("evalute.acc"), "{}", stderr(&o));
+    assert!(s.statuses(&o).is_empty(), "nothing runs: {}", stdout(&o));
+    s.write("t.json", &p("a.accuracy"));
+    let o = s.ok(&["run", "t.json"]);
+    assert!(stderr(&o).contains("not promoted: metric a.accuracy not produced by this run"), "{}{}", stdout(&o), stderr(&o));
+}
+
 // ---------- 2, 3. links in $OUT ----------
 
 #[test]

@@ -315,6 +315,11 @@ pub fn build(file: &Path, loaded: spec::Loaded) -> Result<Pipeline, SpecError> {
         if !["max", "min"].contains(&p.goal.as_str()) {
             issues.push(issue("promote.goal", format!("`{}` is neither `max` nor `min`", p.goal), None));
         }
+        // `<stage>.<metric>`: a stage that is not in the file can never report it (the run
+        // said "ok" and never promoted)
+        if !names.iter().any(|n| p.metric.strip_prefix(n.as_str()).is_some_and(|r| r.len() > 1 && r.starts_with('.'))) {
+            issues.push(issue("promote.metric", format!("`{}` is not `<stage>.<metric>` of a stage in this file (e.g. `evaluate.accuracy`)", p.metric), None));
+        }
     }
     if !issues.is_empty() {
         return Err(invalid(issues));

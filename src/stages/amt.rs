@@ -56,6 +56,10 @@ pub struct AmtParams {
     pub on_unknown_label: UnknownLabel,
     /// Column naming the item (default `Input.image_url`, else `HITId`).
     pub item_column: Option<String>,
+    /// The question whose answer is the label (`Answer.<question>.label`, or its key in
+    /// `Answer.taskAnswers`); needed when a HIT asks more than one (batch files).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub question: Option<String>,
     /// With input `images`: this prefix of `Input.image_url` is replaced by the images dir.
     pub image_url_prefix: String,
     /// API mode: "production", "sandbox" or an endpoint URL.
@@ -76,6 +80,7 @@ impl Default for AmtParams {
             dedupe: true,
             on_unknown_label: UnknownLabel::Error,
             item_column: None,
+            question: None,
             image_url_prefix: String::new(),
             endpoint: "production".into(),
             hit_type_id: None,
@@ -137,10 +142,7 @@ impl Stage for Amt {
         if p.classes.len() < 2 {
             return Err(StageError::bad_param("classes", "at least two classes"));
         }
-        let mut seen = std::collections::HashSet::new();
-        if let Some(c) = p.classes.iter().find(|c| !seen.insert(c.as_str())) {
-            return Err(StageError::bad_param("classes", format!("\"{c}\" is listed twice")));
-        }
+        pipeline_classes::check_classes(&p.classes).map_err(|e| StageError::bad_param("classes", e))?;
         if p.statuses.is_empty() {
             return Err(StageError::bad_param("statuses", "keep at least one AssignmentStatus"));
         }
@@ -158,6 +160,7 @@ impl Stage for Amt {
                 UnknownLabel::Drop => OnUnknownLabel::Drop,
             },
             item_column: p.item_column.clone(),
+            question: p.question.clone(),
         };
         let mut batch = AmtBatch::default();
         let mut sources = Vec::new();
@@ -469,6 +472,17 @@ mod tests {
         run_stage(&p, BTreeMap::from([("batches".to_string(), b)]), &out).unwrap();
         let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
         assert!(s["unknown_labels_dropped"].as_array().unwrap().len() > 10);
+    }
+
+    /// Found by a hostile pass: a class named `../../x` passed, and `augment` wrote its images
+    /// (over a user's file) outside its output.
+    #[test]
+    fn class_names_that_are_paths_or_twins_are_refused() {
+        for classes in [vec!["happy", "../../victim"], vec!["happy", "a/b"], vec!["happy", ".."], vec!["Happy", "happy"], vec!["happy", " sad"]] {
+            let p = AmtParams { classes: classes.iter().map(|s| s.to_string()).collect(), ..AmtParams::default() };
+            let e = Amt::check_params(&p).unwrap_err().to_string();
+            assert!(e.contains("classes"), "{classes:?}: {e}");
+        }
     }
 
     #[test]

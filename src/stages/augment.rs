@@ -55,7 +55,8 @@ fn read_classes(dir: &Path) -> Result<Vec<String>, StageError> {
     match v.get("classes") {
         None => Ok(CLASSES.iter().map(|c| c.to_string()).collect()),
         Some(c) => match serde_json::from_value::<Vec<String>>(c.clone()) {
-            Ok(c) if !c.is_empty() => Ok(c),
+            // names become directories here: checked again, whatever wrote the file
+            Ok(c) if !c.is_empty() => pipeline_classes::check_classes(&c).map(|()| c).map_err(|e| StageError::bad_file(&path, format!("\"classes\": {e}"))),
             _ => Err(StageError::bad_file(&path, "\"classes\" is not a list of class names")),
         },
     }
@@ -146,7 +147,9 @@ fn stem(id: &str) -> String {
         Some(i) if i > 0 => &last[..i],
         _ => last,
     };
-    let s: String = base.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    // at most 100 characters (all ASCII here): a 251-character image name failed with "name
+    // too long" once `_aug<k>.png` was added (found by a hostile pass)
+    let s: String = base.chars().take(100).map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     if s.is_empty() {
         "item".into()
     } else {
@@ -167,7 +170,9 @@ fn write_preview(path: &Path, rows: &[Vec<&Image>], size: u32, channels: u8, col
 impl Stage for Augment {
     type Params = AugmentParams;
     const KIND: &'static str = "augment";
-    const VERSION: u32 = 1;
+    // 2: copies' names reserved beside the originals', long names cut (an output of version 1
+    // could have lost an original to a copy of the same name)
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "Balance classes to per_class images with Keras ImageDataGenerator-style transformed copies (deterministic)";
     const INPUTS: &'static [InputDecl] = &[InputDecl {
@@ -238,6 +243,22 @@ impl Stage for Augment {
             }
             base_name.push(name);
         }
+        // Copies' names, reserved in the same set: an original named `x_aug0` and the first
+        // copy of `x` had the same file, and one of them was lost without a word (found by a
+        // hostile pass). Named in plan order, before the parallel writes.
+        let mut copy_name: HashMap<(usize, u32), String> = HashMap::new();
+        for pi in &plan {
+            if let Some(k) = pi.copy {
+                let s = format!("{}_aug{k}", base_name[pi.source]);
+                let mut name = s.clone();
+                let mut n = 1;
+                while !taken.insert(format!("{}/{name}", pi.class)) {
+                    n += 1;
+                    name = format!("{s}_{n}");
+                }
+                copy_name.insert((pi.source, k), name);
+            }
+        }
         for class in &classes {
             let d = ctx.out_dir.join("images").join(class);
             std::fs::create_dir_all(&d).map_err(|e| StageError::io(&d, e))?;
@@ -257,7 +278,7 @@ impl Stage for Augment {
                         None => (src.clone(), None, format!("{}.png", base_name[pi.source])),
                         Some(k) => {
                             let (img, tp) = augment_copy(src, &cfg, p.seed, &it.id, k);
-                            (img, Some(tp), format!("{}_aug{k}.png", base_name[pi.source]))
+                            (img, Some(tp), format!("{}.png", copy_name[&(pi.source, k)]))
                         }
                     };
                     let rel = format!("images/{}/{name}", classes[pi.class]);
@@ -448,6 +469,42 @@ mod tests {
         let o = run(&p3, &input, &tmp.path().join("d")).unwrap();
         assert_eq!(o.metrics["images"], 70.0);
         assert_eq!(load_image(&tmp.path().join("d/images/angry/angry_00.png"), 32, 3).unwrap().data.len(), 32 * 32 * 3);
+    }
+
+    /// Found by a hostile pass: an original named `x_aug0` and the first copy of `x` were one
+    /// file (one original lost, two manifest rows naming it); a class named `../x` wrote
+    /// outside the output; a long name failed with "name too long".
+    #[test]
+    fn no_name_clash_no_escape_and_long_names_are_cut() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("ds");
+        std::fs::create_dir_all(input.join("images")).unwrap();
+        let long = "y".repeat(251);
+        let mut labels = String::from("item,label,image\n");
+        for (i, (name, class)) in [("x", "cat"), ("x_aug0", "cat"), (long.as_str(), "dog"), ("d", "dog")].iter().enumerate() {
+            pipeline_vision::render_face(i, i as u64, 48).save(input.join(format!("images/{i}.png"))).unwrap();
+            labels.push_str(&format!("{name}.jpg,{class},images/{i}.png\n"));
+        }
+        std::fs::write(input.join("labels.csv"), &labels).unwrap();
+        std::fs::write(input.join("summary.json"), r#"{"classes": ["cat", "dog"]}"#).unwrap();
+        run(&AugmentParams { per_class: 6, ..Default::default() }, &input, &tmp.path().join("o")).unwrap();
+        let manifest = std::fs::read_to_string(tmp.path().join("o/manifest.csv")).unwrap();
+        // copy 0 of `x` is made (its name is the one the original `x_aug0` has)
+        assert!(manifest.lines().any(|l| l.contains(",x.jpg,cat,") && l.split(',').nth(5) == Some("0")), "{manifest}");
+        let rows: Vec<&str> = manifest.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+        let unique: std::collections::HashSet<&&str> = rows.iter().collect();
+        assert_eq!(rows.len(), 12, "{manifest}");
+        assert_eq!(unique.len(), 12, "two rows name one file: {manifest}");
+        for r in &rows {
+            assert!(tmp.path().join("o").join(r).is_file(), "{r}");
+        }
+        assert_eq!(std::fs::read_dir(tmp.path().join("o/images/cat")).unwrap().count(), 6);
+        // a class that is a path
+        std::fs::write(input.join("summary.json"), r#"{"classes": ["cat", "../../escaped"]}"#).unwrap();
+        std::fs::write(input.join("labels.csv"), labels.replace(",dog,", ",../../escaped,")).unwrap();
+        let e = run(&AugmentParams { per_class: 3, ..Default::default() }, &input, &tmp.path().join("p")).unwrap_err().to_string();
+        assert!(e.contains("summary.json") && e.contains("not a plain name"), "{e}");
+        assert!(!tmp.path().join("escaped").exists());
     }
 
     #[test]

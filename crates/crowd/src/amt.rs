@@ -32,6 +32,10 @@ pub struct AmtOptions {
     pub on_unknown_label: OnUnknownLabel,
     /// Column naming the item; default `Input.image_url` when present, else `HITId`.
     pub item_column: Option<String>,
+    /// The question whose answer is the label: `Answer.<question>.label`, or the
+    /// `<question>` key of `Answer.taskAnswers`. Needed when a HIT asks more than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question: Option<String>,
 }
 
 impl Default for AmtOptions {
@@ -42,6 +46,7 @@ impl Default for AmtOptions {
             classes: Vec::new(),
             on_unknown_label: OnUnknownLabel::Error,
             item_column: None,
+            question: None,
         }
     }
 }
@@ -110,6 +115,14 @@ pub struct AmtBatch {
     /// Names of `Input.*` columns (without prefix), union over sources, first-seen order.
     pub input_columns: Vec<String>,
     pub report: AmtReport,
+    /// Each assignment's status as the files read so far give it: (status, source, row).
+    #[serde(skip)]
+    assignments: HashMap<String, (String, String, usize)>,
+}
+
+/// A requester's decision on an assignment (the other status, `Submitted`, awaits one).
+fn decided(status: &str) -> bool {
+    status == "Approved" || status == "Rejected"
 }
 
 impl AmtBatch {
@@ -140,20 +153,43 @@ impl AmtBatch {
 
 /// The answer of one row: `Answer.<name>.label`, else `Answer.taskAnswers` JSON.
 pub(crate) fn answer_from_json(text: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(text).ok()?;
-    fn find(v: &serde_json::Value) -> Option<String> {
+    answer_from_json_for(text, None).ok().flatten()
+}
+
+/// The label in `Answer.taskAnswers` JSON (`[{"<question>": {"label": "fear"}}]`): of
+/// `question` when given; else the only question's, and an error naming the questions when
+/// the answers hold several (the first in key order was taken: another question's answers,
+/// silently; found by a hostile pass).
+pub(crate) fn answer_from_json_for(text: &str, question: Option<&str>) -> std::result::Result<Option<String>, String> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else { return Ok(None) };
+    // every (question key, label) pair; a bare {"label": ...} has the key ""
+    fn find(v: &serde_json::Value, key: &str, out: &mut Vec<(String, String)>) {
         match v {
             serde_json::Value::Object(m) => {
                 if let Some(serde_json::Value::String(s)) = m.get("label") {
-                    return Some(s.clone());
+                    out.push((key.to_string(), s.clone()));
                 }
-                m.values().find_map(find)
+                for (k, x) in m {
+                    find(x, k, out);
+                }
             }
-            serde_json::Value::Array(a) => a.iter().find_map(find),
-            _ => None,
+            serde_json::Value::Array(a) => a.iter().for_each(|x| find(x, key, out)),
+            _ => {}
         }
     }
-    find(&v)
+    let mut found = Vec::new();
+    find(&v, "", &mut found);
+    if let Some(q) = question {
+        return Ok(found.into_iter().find(|(k, _)| k == q).map(|(_, l)| l));
+    }
+    let mut keys: Vec<&str> = found.iter().map(|(k, _)| k.as_str()).collect();
+    keys.dedup();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.len() > 1 {
+        return Err(format!("Answer.taskAnswers answers several questions ({}): name the one to use with `question`", keys.join(", ")));
+    }
+    Ok(found.into_iter().next().map(|(_, l)| l))
 }
 
 /// Parse one batch-results CSV text and append to `batch`.
@@ -172,8 +208,28 @@ pub fn parse_amt_into(batch: &mut AmtBatch, text: &str, source: &str, opts: &Amt
     let status_c = col("AssignmentStatus");
     let assign_c = col("AssignmentId");
     let time_c = col("WorkTimeInSeconds");
-    let label_c = header.iter().position(|h| h.starts_with("Answer.") && h.ends_with(".label"));
     let json_c = col("Answer.taskAnswers");
+    let label_cols: Vec<usize> = (0..header.len()).filter(|&i| header[i].starts_with("Answer.") && header[i].ends_with(".label")).collect();
+    let label_c = match &opts.question {
+        Some(q) => {
+            let want = format!("Answer.{q}.label");
+            match col(&want) {
+                Some(c) => Some(c),
+                None if json_c.is_some() => None,
+                None => return Err(CrowdError::MissingColumn { source_name: source.into(), column: want }),
+            }
+        }
+        // several questions: which one is the label is the user's to say (the first column was
+        // taken, another question's answers, silently; found by a hostile pass)
+        None if label_cols.len() > 1 => {
+            let names: Vec<&str> = label_cols.iter().map(|&i| &header[i]).collect();
+            return Err(CrowdError::Format {
+                source_name: source.into(),
+                message: format!("several answer columns ({}): name the question to use with `question` (`{}` for `{}`)", names.join(", "), names[0].trim_start_matches("Answer.").trim_end_matches(".label"), names[0]),
+            });
+        }
+        None => label_cols.first().copied(),
+    };
     if label_c.is_none() && json_c.is_none() {
         return Err(CrowdError::MissingColumn {
             source_name: source.into(),
@@ -196,6 +252,10 @@ pub fn parse_amt_into(batch: &mut AmtBatch, text: &str, source: &str, opts: &Amt
     }
     let classes: HashSet<&str> = opts.classes.iter().map(|s| s.as_str()).collect();
     let mut repeats = Repeats::of(&batch.records);
+    // Assignments kept before that a later download shows rejected (or otherwise no longer
+    // kept): their answers are taken out at the end. Two downloads of one batch, the newer
+    // with 7 assignments rejected, kept all of them (found by a hostile pass).
+    let mut revoked: HashSet<String> = HashSet::new();
     for (n, rec) in rdr.records().enumerate() {
         let line = n + 2;
         let rec = rec.map_err(|e| CrowdError::Row { source_name: source.into(), row: line, message: e.to_string() })?;
@@ -204,7 +264,38 @@ pub fn parse_amt_into(batch: &mut AmtBatch, text: &str, source: &str, opts: &Amt
         }
         batch.report.rows += 1;
         let get = |i: usize| rec.get(i).unwrap_or("").trim();
-        let status = status_c.map(get).unwrap_or("").to_string();
+        let mut status = status_c.map(get).unwrap_or("").to_string();
+        let assignment = assign_c.map(get).unwrap_or("");
+        if status_c.is_some() && !assignment.is_empty() {
+            match batch.assignments.get(assignment).cloned() {
+                None => {
+                    batch.assignments.insert(assignment.to_string(), (status.clone(), source.to_string(), line));
+                }
+                Some((prev, psrc, prow)) if prev != status => {
+                    if decided(&prev) && decided(&status) {
+                        return Err(CrowdError::Row {
+                            source_name: source.into(),
+                            row: line,
+                            message: format!(
+                                "assignment {assignment} is {status} here but {prev} in {psrc} row {prow}: two downloads disagree on a decision; keep only the newer download"
+                            ),
+                        });
+                    }
+                    if decided(&prev) {
+                        // a decision outlives a download made before it
+                        status = prev;
+                    } else {
+                        // this download is the newer one: its status replaces the earlier
+                        let kept_before = opts.statuses.iter().any(|s| s == &prev);
+                        if kept_before && !opts.statuses.iter().any(|s| s == &status) {
+                            revoked.insert(assignment.to_string());
+                        }
+                        batch.assignments.insert(assignment.to_string(), (status.clone(), source.to_string(), line));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
         if status_c.is_some() && !opts.statuses.iter().any(|s| s == &status) {
             *batch.report.dropped_status.entry(status).or_default() += 1;
             continue;
@@ -223,11 +314,14 @@ pub fn parse_amt_into(batch: &mut AmtBatch, text: &str, source: &str, opts: &Amt
         }
         let label = match label_c.map(get).filter(|s| !s.is_empty()) {
             Some(l) => l.to_string(),
-            None => json_c.map(get).and_then(answer_from_json).ok_or_else(|| CrowdError::Row {
-                source_name: source.into(),
-                row: line,
-                message: "no answer (empty Answer.*.label and no label in Answer.taskAnswers)".into(),
-            })?,
+            None => {
+                let row_err = |message: String| CrowdError::Row { source_name: source.into(), row: line, message };
+                let from_json = match json_c.map(get) {
+                    Some(t) => answer_from_json_for(t, opts.question.as_deref()).map_err(row_err)?,
+                    None => None,
+                };
+                from_json.ok_or_else(|| row_err("no answer (empty Answer.*.label and no label in Answer.taskAnswers)".into()))?
+            }
         };
         if !classes.is_empty() && !classes.contains(label.as_str()) {
             match opts.on_unknown_label {
@@ -261,6 +355,19 @@ pub fn parse_amt_into(batch: &mut AmtBatch, text: &str, source: &str, opts: &Amt
             inputs: inputs.iter().map(|(i, n)| (n.clone(), get(*i).to_string())).collect(),
         });
         batch.report.kept += 1;
+    }
+    if !revoked.is_empty() {
+        let (assignments, report) = (&batch.assignments, &mut batch.report);
+        batch.records.retain(|r| {
+            if !revoked.contains(&r.assignment_id) {
+                return true;
+            }
+            // dropped for the status it has now
+            let st = assignments.get(&r.assignment_id).map(|a| a.0.clone()).unwrap_or_default();
+            *report.dropped_status.entry(st).or_default() += 1;
+            report.kept -= 1;
+            false
+        });
     }
     Ok(())
 }
@@ -729,6 +836,50 @@ mod tests {
         assert_eq!(r.inputs[1], ("label".to_string(), "fear".to_string()));
         let a = b.to_answers(&b.classes(&opts())).unwrap();
         assert_eq!((a.n_items(), a.n_workers(), a.n_answers()), (2, 2, 2));
+    }
+
+    /// Two downloads of one batch, the newer after a rejection: the rejected assignment's
+    /// answers are dropped whichever file is read first (all were kept, found by a hostile
+    /// pass); two downloads that disagree on a decision are an error naming both.
+    #[test]
+    fn a_newer_download_with_a_rejection_drops_the_assignment_in_either_order() {
+        let head = "\"HITId\",\"AssignmentId\",\"WorkerId\",\"AssignmentStatus\",\"Input.image_url\",\"Answer.category.label\"\n";
+        let old = format!("{head}H1,A1,W1,Submitted,u/a.jpg,happy\nH1,A2,W2,Submitted,u/a.jpg,sad\nH2,A3,W1,Submitted,u/b.jpg,sad\n");
+        let new = format!("{head}H1,A1,W1,Approved,u/a.jpg,happy\nH1,A2,W2,Rejected,u/a.jpg,sad\nH2,A3,W1,Submitted,u/b.jpg,sad\n");
+        for (first, second) in [(&old, &new), (&new, &old)] {
+            let mut b = AmtBatch::default();
+            parse_amt_into(&mut b, first, "1.csv", &opts()).unwrap();
+            parse_amt_into(&mut b, second, "2.csv", &opts()).unwrap();
+            let kept: Vec<&str> = b.records.iter().map(|r| r.assignment_id.as_str()).collect();
+            assert_eq!(kept, ["A1", "A3"], "{first} then {second}");
+            assert_eq!(b.report.kept, 2);
+            assert_eq!(b.report.dropped_status.get("Rejected"), Some(&2), "{:?}", b.report);
+        }
+        let approved_elsewhere = format!("{head}H1,A2,W2,Approved,u/a.jpg,sad\n");
+        let mut b = AmtBatch::default();
+        parse_amt_into(&mut b, &new, "new.csv", &opts()).unwrap();
+        let e = parse_amt_into(&mut b, &approved_elsewhere, "other.csv", &opts()).unwrap_err().to_string();
+        assert!(e.contains("other.csv") && e.contains("A2") && e.contains("new.csv row 3"), "{e}");
+    }
+
+    /// Found by a hostile pass: with a second question's column first, its answers were
+    /// taken for the labels without a word (JSON answers too: the first key in order).
+    #[test]
+    fn several_questions_need_the_question_named() {
+        let csv = "HITId,WorkerId,Input.image_url,Answer.alternative.label,Answer.category.label\nH1,W1,u/a.jpg,sad,happy\n";
+        let e = parse_amt_batch(csv, "b.csv", &opts()).unwrap_err().to_string();
+        assert!(e.contains("b.csv") && e.contains("Answer.alternative.label, Answer.category.label") && e.contains("question"), "{e}");
+        let o = AmtOptions { question: Some("category".into()), ..opts() };
+        assert_eq!(parse_amt_batch(csv, "b.csv", &o).unwrap().records[0].label, "happy");
+        let missing = AmtOptions { question: Some("mood".into()), ..opts() };
+        assert!(parse_amt_batch(csv, "b.csv", &missing).unwrap_err().to_string().contains("Answer.mood.label"));
+        let json = "HITId,WorkerId,Input.image_url,Answer.taskAnswers\nH1,W1,u/a.jpg,\"[{\"\"alt\"\":{\"\"label\"\":\"\"sad\"\"},\"\"category\"\":{\"\"label\"\":\"\"happy\"\"}}]\"\n";
+        let e = parse_amt_batch(json, "j.csv", &opts()).unwrap_err().to_string();
+        assert!(e.contains("j.csv: row 2") && e.contains("alt, category"), "{e}");
+        assert_eq!(parse_amt_batch(json, "j.csv", &o).unwrap().records[0].label, "happy");
+        // one question: as before
+        let one = "HITId,WorkerId,Input.image_url,Answer.taskAnswers\nH1,W1,u/a.jpg,\"[{\"\"category\"\":{\"\"label\"\":\"\"sad\"\"}}]\"\n";
+        assert_eq!(parse_amt_batch(one, "j.csv", &opts()).unwrap().records[0].label, "sad");
     }
 
     #[test]

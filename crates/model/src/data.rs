@@ -36,6 +36,17 @@ pub fn decode_image(path: &Path) -> Result<Vec<f32>> {
     decode_image_bytes(&bytes).map_err(|message| ModelError::Image { path: path.to_path_buf(), message })
 }
 
+/// [`decode_image`] for a data set: a JPEG cut short is an error (it decodes only partly,
+/// and was trained and scored on silently; found by a hostile pass). `predict` decodes with
+/// [`decode_image`] and warns instead.
+pub fn decode_dataset_image(path: &Path) -> Result<Vec<f32>> {
+    let bytes = pipeline_vision::read_image_file(path).map_err(|e| ModelError::Image { path: path.to_path_buf(), message: strip_path(&e.to_string(), path) })?;
+    if pipeline_vision::truncated_jpeg(&bytes) {
+        return Err(ModelError::Image { path: path.to_path_buf(), message: pipeline_vision::TRUNCATED.into() });
+    }
+    decode_image_bytes(&bytes).map_err(|message| ModelError::Image { path: path.to_path_buf(), message })
+}
+
 /// A vision error's message without the path it starts with (the caller's error names it).
 fn strip_path(message: &str, path: &Path) -> String {
     message.strip_prefix(&format!("{}: ", path.display())).unwrap_or(message).to_string()
@@ -135,7 +146,7 @@ impl Dataset {
 
     /// Build from files and per-image targets, decoding in parallel.
     pub fn from_files(files: Vec<PathBuf>, targets: Vec<f32>, labels: Vec<usize>, classes: Vec<String>) -> Result<Self> {
-        let decoded: Vec<Vec<f32>> = files.par_iter().map(|p| decode_image(p)).collect::<Result<_>>()?;
+        let decoded: Vec<Vec<f32>> = files.par_iter().map(|p| decode_dataset_image(p)).collect::<Result<_>>()?;
         let mut pixels = Vec::with_capacity(decoded.len() * PIXELS);
         for d in decoded {
             pixels.extend_from_slice(&d);
@@ -159,6 +170,38 @@ fn is_image(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Image formats people keep beside JPEG and PNG: a file of one of these in a class
+/// directory is an error (it was dropped unnoticed, and the test set shrank; found by a
+/// hostile pass), other files (notes, `.DS_Store`) are ignored.
+const UNSUPPORTED_IMAGES: &[&str] = &["webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif", "jxl"];
+
+fn unsupported_image(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| UNSUPPORTED_IMAGES.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// The images of one class directory, its sub-directories included (as torchvision's
+/// ImageFolder: `test/happy/more/*.png` were dropped); hidden entries skipped, linked
+/// sub-directories not followed (a loop), at most 16 levels.
+fn class_images(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+    for f in sorted_dir(dir)? {
+        if f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+            continue;
+        }
+        let real_dir = std::fs::symlink_metadata(&f).is_ok_and(|m| m.is_dir());
+        if real_dir {
+            if depth >= 16 {
+                return Err(ModelError::bad_file(&f, "more than 16 directory levels below a class directory"));
+            }
+            class_images(&f, depth + 1, out)?;
+        } else if f.is_file() && is_image(&f) {
+            out.push(f);
+        } else if unsupported_image(&f) {
+            return Err(ModelError::bad_file(&f, format!("not a format this loader reads ({}): convert it to PNG or JPEG, or move it out", IMAGE_EXTENSIONS.join(", "))));
+        }
+    }
+    Ok(())
+}
+
 fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))? {
@@ -175,11 +218,15 @@ pub fn load_image_folder(root: &Path, classes: &[String]) -> Result<Dataset> {
     let mut files = Vec::new();
     let mut labels = Vec::new();
     for entry in sorted_dir(root)? {
-        if !entry.is_dir() {
-            continue;
-        }
         let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         if name.starts_with('.') {
+            continue;
+        }
+        if !entry.is_dir() {
+            // an image beside the class directories has no class: it was dropped unnoticed
+            if is_image(&entry) || unsupported_image(&entry) {
+                return Err(ModelError::bad_file(&entry, format!("an image outside the class directories (expected <root>/<class>/...; classes: {})", classes.join(", "))));
+            }
             continue;
         }
         let Some(label) = classes.iter().position(|c| *c == name) else {
@@ -188,12 +235,9 @@ pub fn load_image_folder(root: &Path, classes: &[String]) -> Result<Dataset> {
                 format!("directory is not a class (expected one of {})", classes.join(", ")),
             ));
         };
-        for f in sorted_dir(&entry)? {
-            if f.is_file() && is_image(&f) {
-                files.push(f);
-                labels.push(label);
-            }
-        }
+        let before = files.len();
+        class_images(&entry, 0, &mut files)?;
+        labels.resize(labels.len() + files.len() - before, label);
     }
     if files.is_empty() {
         return Err(ModelError::bad_file(root, "no images found under <root>/<class>/*.{jpg,jpeg,png}"));
@@ -363,6 +407,41 @@ mod tests {
         std::fs::write(&bad, b"not an image").unwrap();
         let err = decode_image(&bad).unwrap_err().to_string();
         assert!(err.contains("bad.png"), "{err}");
+    }
+
+    /// Found by a hostile pass: nested class folders, images beside the class folders and
+    /// other formats were dropped unnoticed (22 test images scored of 30), and a JPEG cut
+    /// short was trained and scored on.
+    #[test]
+    fn an_image_folder_drops_nothing_unnoticed() {
+        let classes = crate::default_classes();
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("test");
+        write_png(&root.join("happy/a.png"), 48, 48, false, 1);
+        write_png(&root.join("happy/more/b.png"), 48, 48, false, 2);
+        write_png(&root.join("sad/.hidden/c.png"), 48, 48, false, 3);
+        std::fs::write(root.join("sad/notes.txt"), "not an image").unwrap();
+        std::fs::write(root.join("README.md"), "about this set").unwrap();
+        std::os::unix::fs::symlink(&root, root.join("happy/loop")).unwrap();
+        let ds = load_image_folder(&root, &classes).unwrap();
+        assert_eq!(ds.files.len(), 2, "{:?}", ds.files);
+        write_png(&root.join("x.png"), 48, 48, false, 4);
+        let e = load_image_folder(&root, &classes).unwrap_err().to_string();
+        assert!(e.contains("x.png") && e.contains("outside the class directories"), "{e}");
+        std::fs::remove_file(root.join("x.png")).unwrap();
+        std::fs::write(root.join("happy/c.webp"), "webp").unwrap();
+        let e = load_image_folder(&root, &classes).unwrap_err().to_string();
+        assert!(e.contains("c.webp") && e.contains("convert it"), "{e}");
+        std::fs::remove_file(root.join("happy/c.webp")).unwrap();
+        // a JPEG cut short
+        let img = image::GrayImage::from_fn(48, 48, |x, y| image::Luma([((x * 5 + y * 3) % 256) as u8]));
+        let mut buf = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 90).encode(img.as_raw(), 48, 48, image::ExtendedColorType::L8).unwrap();
+        std::fs::write(root.join("happy/cut.jpg"), &buf[..buf.len() * 2 / 3]).unwrap();
+        let e = load_image_folder(&root, &classes).unwrap_err().to_string();
+        assert!(e.contains("cut.jpg") && e.contains("truncated JPEG"), "{e}");
+        // predict's decoder still reads it (and predict warns)
+        assert!(decode_image(&root.join("happy/cut.jpg")).is_ok());
     }
 
     #[test]

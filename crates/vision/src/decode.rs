@@ -160,9 +160,18 @@ pub fn load_image(path: &Path, size: u32, channels: u8) -> Result<Image, VisionE
 /// [`load_image`] on bytes already in memory; `path` only names the source in errors.
 pub fn decode_image(bytes: &[u8], path: &Path, size: u32, channels: u8) -> Result<Image, VisionError> {
     check_shape(size, channels)?;
+    // The decoder fills in what a cut JPEG lacks, without an error: such an image reached
+    // training as a clean PNG (found by a hostile pass). Data loaders refuse it; `predict`
+    // warns instead (its own decoder).
+    if truncated_jpeg(bytes) {
+        return Err(VisionError::Decode { path: path.to_path_buf(), message: TRUNCATED.into() });
+    }
     let img = decode_bytes(bytes).map_err(|message| VisionError::Decode { path: path.to_path_buf(), message })?;
     Ok(convert(&img, size, channels))
 }
+
+/// The refusal of a JPEG cut short, for data loaders.
+pub const TRUNCATED: &str = "truncated JPEG (no end-of-image marker after its last scan): it would decode only partly, the missing part filled in; replace the file or leave it out";
 
 /// Whether `bytes` are a JPEG cut short: it starts like one (SOI) but no end-of-image marker
 /// (FF D9) follows its last start-of-scan (FF DA). The `image` crate (zune-jpeg) decodes such
@@ -267,6 +276,10 @@ mod tests {
         assert_ne!(partial.to_luma8().as_raw(), full.as_raw(), "the missing part cannot be there");
         assert!(!truncated_jpeg(b"\x89PNG...."));
         assert!(!truncated_jpeg(&[]));
+        // the data loader refuses it, naming the file; the whole file loads
+        let e = decode_image(cut, Path::new("cut.jpg"), 48, 1).unwrap_err().to_string();
+        assert!(e.contains("cut.jpg") && e.contains("truncated JPEG"), "{e}");
+        assert!(decode_image(&buf, Path::new("whole.jpg"), 48, 1).is_ok());
     }
 
     #[test]

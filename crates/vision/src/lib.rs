@@ -25,7 +25,7 @@ pub use augment::{
     TransformParams,
 };
 pub use balance::{plan_balance, BalanceMode, PlanItem};
-pub use decode::{decode_bytes, decode_image, load_image, read_image_file, truncated_jpeg, Image, MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE};
+pub use decode::{decode_bytes, decode_image, load_image, read_image_file, truncated_jpeg, Image, MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, TRUNCATED};
 pub use faces::render_face;
 pub use params::{AugmentParams, Zoom};
 pub use sheet::contact_sheet;
