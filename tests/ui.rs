@@ -113,6 +113,11 @@ fn get(ui: &Ui, path: &str) -> Resp {
     get_host(ui.port, path, &format!("127.0.0.1:{}", ui.port))
 }
 
+/// A GET with one more header line (`Range: ...`).
+fn get_with(ui: &Ui, path: &str, extra: &str) -> Resp {
+    get_host(ui.port, path, &format!("127.0.0.1:{}\r\n{extra}", ui.port))
+}
+
 /// 200, HTML, and the page as text.
 fn page(ui: &Ui, path: &str) -> String {
     let r = get(ui, path);
@@ -169,7 +174,22 @@ fn every_page_kind_over_http() {
     assert_eq!(png.header("content-length"), png.body.len().to_string());
     let dl = get(&ui, &format!("/files/{ds}/labels.csv?download=1"));
     assert!(dl.header("content-disposition").starts_with("attachment"), "{:?}", dl.headers);
-    assert_eq!(dl.body, std::fs::read(s.export("dawid-skene").join("labels.csv")).unwrap());
+    let whole = std::fs::read(s.export("dawid-skene").join("labels.csv")).unwrap();
+    assert_eq!(dl.body, whole);
+    assert_eq!(dl.header("accept-ranges"), "bytes");
+    // one byte range (a resumed download): 206 with the bytes asked; outside the file: 416
+    let n = whole.len();
+    let part = get_with(&ui, &format!("/files/{ds}/labels.csv"), "Range: bytes=10-29");
+    assert_eq!((part.status, part.header("content-range")), (206, format!("bytes 10-29/{n}").as_str()));
+    assert_eq!(part.body, &whole[10..30]);
+    let tail = get_with(&ui, &format!("/files/{ds}/labels.csv"), "Range: bytes=-7");
+    assert_eq!((tail.status, tail.body.as_slice()), (206, &whole[n - 7..]));
+    let from = get_with(&ui, &format!("/files/{ds}/labels.csv"), &format!("Range: bytes={}-", n - 3));
+    assert_eq!(from.body, &whole[n - 3..]);
+    let out = get_with(&ui, &format!("/files/{ds}/labels.csv"), &format!("Range: bytes={n}-"));
+    assert_eq!((out.status, out.header("content-range")), (416, format!("bytes */{n}").as_str()));
+    let many = get_with(&ui, &format!("/files/{ds}/labels.csv"), "Range: bytes=0-1,5-6");
+    assert_eq!((many.status, many.body.len()), (200, n), "several ranges: served whole");
 
     let md = page(&ui, &format!("/entry/{ds}/view/report.md"));
     assert!(md.contains("<h1>") && md.contains("<img src=\"/files/"), "{md}");

@@ -255,6 +255,24 @@ async fn plan(State(st): St, UrlPath(n): UrlPath<String>) -> Response {
 mod tests {
     use super::*;
 
+    #[test]
+    fn byte_ranges_as_rfc_9110_reads_them() {
+        let r = |h: &str| byte_range(Some(h), 100);
+        assert_eq!(byte_range(None, 100), None);
+        assert_eq!(r("bytes=0-9"), Some(Ok((0, 9))));
+        assert_eq!(r("bytes=90-"), Some(Ok((90, 99))));
+        assert_eq!(r("bytes=90-1000"), Some(Ok((90, 99))));
+        assert_eq!(r("bytes=-10"), Some(Ok((90, 99))));
+        assert_eq!(r("bytes=-1000"), Some(Ok((0, 99))));
+        assert_eq!(r("bytes=100-"), Some(Err(())));
+        assert_eq!(r("bytes=-0"), Some(Err(())));
+        assert_eq!(byte_range(Some("bytes=0-"), 0), Some(Err(())));
+        // ignored: served whole
+        for h in ["bytes=0-1,5-6", "items=0-1", "bytes=5-1", "bytes=-", "bytes=a-b", "bytes=99999999999999999999-", "bytes=+1-2"] {
+            assert_eq!(r(h), None, "{h}");
+        }
+    }
+
     /// The plan flood (150 queued plans slowed every page to 12 s): one plan at a time, and a
     /// request that waits too long is told to come back.
     #[tokio::test]
@@ -280,7 +298,43 @@ mod tests {
 }
 
 /// A file of an entry, streamed from its blob.
-async fn file(State(st): St, UrlPath((key, path)): UrlPath<(String, String)>, RawQuery(q): RawQuery) -> Response {
+/// The byte range a `Range` header asks of a file of `size` bytes (RFC 9110, 14.1): `None` to
+/// serve it whole (no header, another unit, several ranges, or a form not understood: all
+/// allowed to be ignored), `Some(Err(()))` when the one range asked lies outside the file
+/// (416), else `Some(Ok((first, last)))`, inclusive.
+fn byte_range(h: Option<&str>, size: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = h?.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let num = |t: &str| -> Option<u64> { (!t.is_empty() && t.len() <= 19 && t.bytes().all(|c| c.is_ascii_digit())).then(|| t.parse().ok()).flatten() };
+    let (a, b) = (a.trim(), b.trim());
+    match (a.is_empty(), b.is_empty()) {
+        // the last N bytes
+        (true, false) => {
+            let n = num(b)?;
+            if n == 0 || size == 0 {
+                return Some(Err(()));
+            }
+            Some(Ok((size.saturating_sub(n), size - 1)))
+        }
+        (false, _) => {
+            let first = num(a)?;
+            let last = if b.is_empty() { u64::MAX } else { num(b)? };
+            if last < first {
+                return None;
+            }
+            if first >= size {
+                return Some(Err(()));
+            }
+            Some(Ok((first, last.min(size - 1))))
+        }
+        (true, true) => None,
+    }
+}
+
+async fn file(State(st): St, UrlPath((key, path)): UrlPath<(String, String)>, RawQuery(q): RawQuery, headers: axum::http::HeaderMap) -> Response {
     let download = q.as_deref().unwrap_or("").split('&').any(|kv| kv == "download=1" || kv == "download");
     let found = tokio::task::spawn_blocking(move || crate::regular::exhausted_during(|| pages::entry_file(&st.files, &key, &path).map(|(_, fe, blob)| (fe, blob))))
         .await
@@ -291,29 +345,59 @@ async fn file(State(st): St, UrlPath((key, path)): UrlPath<(String, String)>, Ra
         None => None,
     };
     let Some((fe, blob)) = found else { return respond(Page::NotFound("no such file in that entry".into())) };
-    let f = match tokio::fs::File::open(&blob).await {
+    let mut f = match tokio::fs::File::open(&blob).await {
         Ok(f) => f,
         Err(e) if crate::regular::is_exhaustion(&e) => return busy(),
         Err(_) => return respond(Page::NotFound("the blob is gone".into())),
     };
-    let stream = futures::stream::unfold(f, |mut f| async move {
+    // One byte range, for resumed downloads of big models and seeking (ignored before: a
+    // resumed download got the whole file again)
+    let range = byte_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), fe.size);
+    let (first, len) = match range {
+        Some(Err(())) => {
+            let mut r = (StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n").into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", fe.size)) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return r;
+        }
+        Some(Ok((a, b))) => (a, b - a + 1),
+        None => (0, fe.size),
+    };
+    if first > 0 {
+        use tokio::io::AsyncSeekExt;
+        if f.seek(std::io::SeekFrom::Start(first)).await.is_err() {
+            return respond(Page::NotFound("the blob is gone".into()));
+        }
+    }
+    let stream = futures::stream::unfold((f, len), |(mut f, left)| async move {
         use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 64 << 10];
+        if left == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; (64u64 << 10).min(left) as usize];
         match f.read(&mut buf).await {
             Ok(0) => None,
             Ok(n) => {
                 buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), f))
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), (f, left - n as u64)))
             }
-            Err(e) => Some((Err(e), f)),
+            Err(e) => Some((Err(e), (f, 0))),
         }
     });
     let name = fe.path.rsplit('/').next().unwrap_or("file");
     let ascii: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || ".-_".contains(c) { c } else { '_' }).collect();
     let mut res = Response::new(Body::from_stream(stream));
+    if let Some(Ok((a, b))) = range {
+        *res.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{}", fe.size)) {
+            res.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
     let h = res.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(pages::content_type(&fe.path)));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(fe.size));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     let disp = if download || pages::content_type(&fe.path) == "application/octet-stream" {
         format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{}", pages::enc(name))
     } else {
