@@ -57,7 +57,8 @@ pub struct AmtParams {
     /// Column naming the item (default `Input.image_url`, else `HITId`).
     pub item_column: Option<String>,
     /// The question whose answer is the label (`Answer.<question>.label`, or its key in
-    /// `Answer.taskAnswers`); needed when a HIT asks more than one (batch files).
+    /// `Answer.taskAnswers`, in the API: `<question>.label` or its JSON key); needed when a
+    /// HIT asks more than one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub question: Option<String>,
     /// With input `images`: this prefix of `Input.image_url` is replaced by the images dir.
@@ -180,7 +181,7 @@ impl Stage for Amt {
                     .map_err(|e| StageError::Failed(e.to_string()))?;
                 let client = pipeline_crowd::mturk::Client::new(&p.endpoint, creds);
                 let recs = client
-                    .fetch_records(p.hit_type_id.as_deref(), &p.statuses)
+                    .fetch_records(p.hit_type_id.as_deref(), &p.statuses, p.question.as_deref())
                     .map_err(|e| StageError::Failed(e.to_string()))?;
                 // Same filtering as batch files: statuses, classes, dedupe.
                 let mut repeats = pipeline_crowd::amt::Repeats::default();

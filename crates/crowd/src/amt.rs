@@ -151,11 +151,6 @@ impl AmtBatch {
     }
 }
 
-/// The answer of one row: `Answer.<name>.label`, else `Answer.taskAnswers` JSON.
-pub(crate) fn answer_from_json(text: &str) -> Option<String> {
-    answer_from_json_for(text, None).ok().flatten()
-}
-
 /// The label in `Answer.taskAnswers` JSON (`[{"<question>": {"label": "fear"}}]`): of
 /// `question` when given; else the only question's, and an error naming the questions when
 /// the answers hold several (the first in key order was taken: another question's answers,

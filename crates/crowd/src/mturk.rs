@@ -19,7 +19,7 @@ use quick_xml::events::Event;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::amt::{answer_from_json, AmtRecord};
+use crate::amt::{answer_from_json_for, AmtRecord};
 use crate::{CrowdError, Result};
 
 pub const PRODUCTION: &str = "https://mturk-requester.us-east-1.amazonaws.com";
@@ -409,7 +409,7 @@ impl Client {
     /// All assignments of the HITs (optionally only those of `hit_type_id`), as records
     /// like the batch file's. Item = the image URL found in the HIT's question (the first
     /// `src="..."`), else the HIT id; the label from `*.label` fields or `taskAnswers` JSON.
-    pub fn fetch_records(&self, hit_type_id: Option<&str>, statuses: &[String]) -> Result<Vec<AmtRecord>> {
+    pub fn fetch_records(&self, hit_type_id: Option<&str>, statuses: &[String], question: Option<&str>) -> Result<Vec<AmtRecord>> {
         let mut out = Vec::new();
         for hit in self.list_hits()? {
             let s = |k: &str| hit.get(k).and_then(Value::as_str).unwrap_or("").to_string();
@@ -421,9 +421,9 @@ impl Client {
             let hit_id = s("HITId");
             let url = image_src(&s("Question"));
             for (n, a) in self.list_assignments(&hit_id, statuses)?.into_iter().enumerate() {
-                let label = label_from_fields(&a.fields).ok_or_else(|| {
-                    CrowdError::Api(format!("HIT {hit_id}, assignment {}: no label in the answer", a.assignment_id))
-                })?;
+                let label = label_from_fields_for(&a.fields, question)
+                    .map_err(|e| CrowdError::Api(format!("HIT {hit_id}, assignment {}: {e}", a.assignment_id)))?
+                    .ok_or_else(|| CrowdError::Api(format!("HIT {hit_id}, assignment {}: no label in the answer", a.assignment_id)))?;
                 let mut inputs = Vec::new();
                 if let Some(u) = &url {
                     inputs.push(("image_url".to_string(), u.clone()));
@@ -505,18 +505,41 @@ fn push_ref(out: &mut String, r: &quick_xml::events::BytesRef<'_>) -> std::resul
 /// The label of an answer: a `*.label` field, else a `taskAnswers` (or any) field holding
 /// the crowd template's JSON, else a single field's text.
 pub fn label_from_fields(fields: &[(String, String)]) -> Option<String> {
-    if let Some((_, v)) = fields.iter().find(|(k, _)| k.ends_with(".label")) {
-        return Some(v.clone());
+    label_from_fields_for(fields, None).ok().flatten()
+}
+
+/// [`label_from_fields`] for the answer to `question` (`<question>.label`, or its key in
+/// the JSON); without one, an answer to several questions is an error naming them, as in
+/// batch files (the first was taken silently).
+pub fn label_from_fields_for(fields: &[(String, String)], question: Option<&str>) -> std::result::Result<Option<String>, String> {
+    if let Some(q) = question {
+        if let Some((_, v)) = fields.iter().find(|(k, _)| *k == format!("{q}.label")) {
+            return Ok(Some(v.clone()));
+        }
+        for (_, v) in fields {
+            if let Some(l) = answer_from_json_for(v, Some(q))? {
+                return Ok(Some(l));
+            }
+        }
+        return Ok(None);
+    }
+    let labels: Vec<&(String, String)> = fields.iter().filter(|(k, _)| k.ends_with(".label")).collect();
+    if labels.len() > 1 {
+        let names: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
+        return Err(format!("the answer holds several questions ({}): name the one to use with `question`", names.join(", ")));
+    }
+    if let Some((_, v)) = labels.first() {
+        return Ok(Some(v.clone()));
     }
     for (_, v) in fields {
-        if let Some(l) = answer_from_json(v) {
-            return Some(l);
+        if let Some(l) = answer_from_json_for(v, None)? {
+            return Ok(Some(l));
         }
     }
-    match fields {
+    Ok(match fields {
         [(_, v)] if !v.trim().is_empty() => Some(v.trim().to_string()),
         _ => None,
-    }
+    })
 }
 
 fn unescape(s: &str) -> String {
@@ -698,6 +721,9 @@ mod tests {
         let f = parse_question_form_answers(y).unwrap();
         assert_eq!(f[1], ("comment".to_string(), "a & b".to_string()));
         assert_eq!(label_from_fields(&f).as_deref(), Some("sad"));
+        let two = vec![("alt.label".to_string(), "fear".to_string()), ("category.label".to_string(), "sad".to_string())];
+        assert!(label_from_fields_for(&two, None).unwrap_err().contains("alt.label, category.label"));
+        assert_eq!(label_from_fields_for(&two, Some("category")).unwrap().as_deref(), Some("sad"));
         assert!(parse_question_form_answers("<html/>").is_err());
     }
 
@@ -839,7 +865,7 @@ mod tests {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let url = serve(calls.clone());
         let client = Client::new(&url, creds());
-        let recs = client.fetch_records(Some("T"), &["Submitted".into(), "Approved".into()]).unwrap();
+        let recs = client.fetch_records(Some("T"), &["Submitted".into(), "Approved".into()], None).unwrap();
         assert_eq!(recs.len(), 4);
         assert_eq!(recs[0].item, "https://x/results/fear/fear_01.jpg");
         assert_eq!(recs[0].inputs, vec![("image_url".to_string(), "https://x/results/fear/fear_01.jpg".to_string())]);
