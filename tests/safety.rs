@@ -73,6 +73,24 @@ fn stage_names_dot_and_dotdot_and_a_promote_naming_a_stage_twice_are_refused_up_
     assert_eq!(left, vec![std::ffi::OsString::from("other.txt")], "a staging copy was left");
 }
 
+/// A param file that is a device or a directory is named as what it is (`/dev/zero` was
+/// said not to exist).
+#[cfg(feature = "ml")]
+#[test]
+fn a_param_file_that_is_a_device_or_a_directory_is_named_as_such() {
+    let s = Sandbox::new();
+    std::fs::create_dir_all(s.path().join("wdir")).unwrap();
+    for (w, want) in [("/dev/zero", "not a regular file"), ("wdir", "is a directory"), ("nope.safetensors", "does not exist")] {
+        let p = serde_json::json!({"name": "t", "stages": {
+            "a": {"kind": "command", "params": {"cmd": "true"}},
+            "t": {"kind": "train", "inputs": {"images": "a"}, "params": {"model": "vgg16", "weights": w}}}});
+        s.write("t.json", &p.to_string());
+        let o = s.run(&["plan", "t.json"]);
+        assert_eq!(o.status.code(), Some(1), "{w}: {}", stderr(&o));
+        assert!(stderr(&o).contains("t.params.weights") && stderr(&o).contains(want), "{w}: {}", stderr(&o));
+    }
+}
+
 /// Found by a hostile pass: a misspelled promotion metric's stage passed validation, and the
 /// run said only "ok" (the decision was in `runs show` alone, promoted or not).
 #[test]

@@ -285,7 +285,13 @@ pub fn build(file: &Path, loaded: spec::Loaded) -> Result<Pipeline, SpecError> {
             .collect();
         for (n, p) in &param_files {
             if !p.is_file() {
-                issues.push(issue(&format!("{at}.params.{n}"), format!("file {} does not exist", p.display()), None));
+                // a device or a directory is there: say what it is, not that nothing is
+                let what = match std::fs::metadata(p) {
+                    Ok(m) if m.is_dir() => "is a directory, not a file",
+                    Ok(_) => "is not a regular file (a device, FIFO or socket)",
+                    Err(_) => "does not exist",
+                };
+                issues.push(issue(&format!("{at}.params.{n}"), format!("file {} {what}", p.display()), None));
             }
         }
         let executor = match crate::executor::config::ExecutorConfig::resolve(raw.executor.as_ref(), rs.executor.as_ref()) {
