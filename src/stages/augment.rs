@@ -220,7 +220,12 @@ impl Stage for Augment {
                 .enumerate()
                 .map(|(k, it)| {
                     if used[ci * CHUNK + k] {
-                        load_image(&it.image, p.size, p.channels).map(Some).map_err(|e| StageError::bad_file(&it.image, e))
+                        load_image(&it.image, p.size, p.channels).map(Some).map_err(|e| {
+                            // the path once, and the item it came from (an AMT image URL)
+                            let m = e.to_string();
+                            let m = m.strip_prefix(&format!("{}: ", it.image.display())).unwrap_or(&m).to_string();
+                            StageError::bad_file(&it.image, format!("{m} (item {})", it.id))
+                        })
                     } else {
                         Ok(None)
                     }
@@ -505,6 +510,15 @@ mod tests {
         let e = run(&AugmentParams { per_class: 3, ..Default::default() }, &input, &tmp.path().join("p")).unwrap_err().to_string();
         assert!(e.contains("summary.json") && e.contains("not a plain name"), "{e}");
         assert!(!tmp.path().join("escaped").exists());
+        // a JPEG cut short: refused, naming the file once and the item it came from
+        std::fs::write(input.join("summary.json"), r#"{"classes": ["cat", "dog"]}"#).unwrap();
+        std::fs::write(input.join("labels.csv"), &labels).unwrap();
+        let mut jpg = Vec::new();
+        pipeline_vision::render_face(0, 9, 48).write_to(&mut std::io::Cursor::new(&mut jpg), image::ImageFormat::Jpeg).unwrap();
+        std::fs::write(input.join("images/1.png"), &jpg[..jpg.len() / 2]).unwrap();
+        let e = run(&AugmentParams { per_class: 3, ..Default::default() }, &input, &tmp.path().join("q")).unwrap_err().to_string();
+        assert!(e.contains("truncated JPEG") && e.contains("(item x_aug0.jpg)"), "{e}");
+        assert_eq!(e.matches("images/1.png").count(), 1, "{e}");
     }
 
     #[test]
