@@ -232,6 +232,16 @@ impl Stage for Amt {
                 let src = contained_path(dir, rel).map_err(|why| {
                     StageError::bad_file(dir, format!("image_url \"{url}\" of item \"{}\" {why}: refused", r.item))
                 })?;
+                // A URL's path as the file system names it: query and fragment cut, `%20` and
+                // the like decoded (`my%20face.jpg` was refused beside `my face.jpg`; found by
+                // a hostile pass). The name as written is tried first, and the decoded one
+                // passes the same containment check.
+                let src = match url_file_name(rel) {
+                    Some(decoded) if !src.is_file() && decoded != rel => contained_path(dir, &decoded).map_err(|why| {
+                        StageError::bad_file(dir, format!("image_url \"{url}\" of item \"{}\" {why}: refused", r.item))
+                    })?,
+                    _ => src,
+                };
                 if !src.is_file() {
                     return Err(StageError::bad_file(&src, format!("image of item \"{}\" not found", r.item)));
                 }
@@ -333,6 +343,35 @@ impl Stage for Amt {
         ));
         Ok(o)
     }
+}
+
+/// The file path a URL path names: the query (`?...`) and fragment (`#...`) cut, percent
+/// escapes decoded. `None` when an escape decodes to `/`, NUL or bytes that are not UTF-8:
+/// such a name is not taken apart into path syntax.
+fn url_file_name(rel: &str) -> Option<String> {
+    let path = rel.split(['?', '#']).next().unwrap_or(rel);
+    let b = path.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        // a `%` not followed by two hex digits is taken as it is
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                let v = h * 16 + l;
+                if v == b'/' || v == 0 {
+                    return None;
+                }
+                out.push(v);
+                i += 3;
+            }
+            (c, ..) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// `root/rel`, if it stays inside `root` after resolving `..` and symlinks: an
@@ -484,6 +523,20 @@ mod tests {
             let e = Amt::check_params(&p).unwrap_err().to_string();
             assert!(e.contains("classes"), "{classes:?}: {e}");
         }
+    }
+
+    #[test]
+    fn url_paths_are_decoded_as_a_browser_would_but_never_into_path_syntax() {
+        assert_eq!(url_file_name("happy/my%20face.jpg").as_deref(), Some("happy/my face.jpg"));
+        assert_eq!(url_file_name("a.jpg?X-Amz-Signature=abc%2F#top").as_deref(), Some("a.jpg"));
+        assert_eq!(url_file_name("caf%C3%A9.png").as_deref(), Some("café.png"));
+        assert_eq!(url_file_name("100%.png").as_deref(), Some("100%.png"));
+        assert_eq!(url_file_name("a%2Fb.png"), None);
+        assert_eq!(url_file_name("a%00b.png"), None);
+        assert_eq!(url_file_name("%FF.png"), None);
+        // `..` decoded is still checked by contained_path, as any other name
+        let d = tempfile::tempdir().unwrap();
+        assert!(contained_path(d.path(), &url_file_name("%2e%2e/%2e%2e/etc/hostname").unwrap()).is_err());
     }
 
     #[test]
