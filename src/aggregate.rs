@@ -312,6 +312,8 @@ fn check_classes(given: &[String]) -> anyhow::Result<Vec<String>> {
     if c.len() < 2 {
         bail!("--classes {}: at least 2 classes needed, got {}", given.join(","), c.len());
     }
+    // the stage's rule too: its summary.json is read by augment, which refuses what this let by
+    pipeline_classes::check_classes(&c).map_err(|e| anyhow::anyhow!("--classes {}: {e}", given.join(",")))?;
     Ok(c)
 }
 

@@ -95,7 +95,9 @@ pub fn promote(cache: &Cache, base_dir: &Path, cfg: &Promote, record: &RunRecord
     let to = check_target(cache.root(), base_dir, &cfg.to)?;
     let value = record.metrics().get(&cfg.metric).copied();
     let previous: Option<Decision> = std::fs::read(to.join(MARKER)).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    let prev_value = previous.as_ref().and_then(|d| d.value);
+    // a value of another metric is no bar (a changed `metric` compared a label statistic
+    // against the old accuracy; found by a hostile pass)
+    let prev_value = previous.as_ref().filter(|d| d.metric == cfg.metric).and_then(|d| d.value);
     let mut d = Decision {
         promoted: false,
         metric: cfg.metric.clone(),

@@ -127,7 +127,9 @@ pub fn image_name(item: &str, ext: &str) -> String {
 impl Stage for Amt {
     type Params = AmtParams;
     const KIND: &'static str = "amt";
-    const VERSION: u32 = 1;
+    // 2: decisions across downloads, several questions refused (a version-1 output could
+    // hold rejected answers, or another question's)
+    const VERSION: u32 = 2;
     const DESCRIPTION: &'static str =
         "Fetch AMT answers (batch-results CSV files or the MTurk API) into answers.csv + summary.json + images/";
     const INPUTS: &'static [InputDecl] = &[

@@ -25,6 +25,10 @@ pub fn bad_class_name(name: &str) -> Option<String> {
     if name == "." || name == ".." || name.contains(['/', '\\']) {
         return Some("not a plain name (`/`, `\\`, `.` and `..` are path syntax)".into());
     }
+    // a hidden directory: image folders skip those, and the class would read as empty
+    if name.starts_with('.') {
+        return Some("starts with `.` (a hidden directory's name)".into());
+    }
     if name.chars().any(char::is_control) {
         return Some("control characters".into());
     }
@@ -58,7 +62,7 @@ mod tests {
     fn class_names_are_plain_names() {
         assert!(check_classes(&CLASSES).is_ok());
         assert!(check_classes(&["a b", "ünïcode", "x-1"]).is_ok());
-        for bad in ["", " ", "../../x", "a/b", "a\\b", ".", "..", " happy", "happy ", "a\nb", "a\u{7}"] {
+        for bad in ["", " ", ".x", "../../x", "a/b", "a\\b", ".", "..", " happy", "happy ", "a\nb", "a\u{7}"] {
             assert!(bad_class_name(bad).is_some(), "{bad:?}");
         }
         assert!(bad_class_name(&"x".repeat(101)).is_some());

@@ -118,6 +118,10 @@ pub struct AmtBatch {
     /// Each assignment's status as the files read so far give it: (status, source, row).
     #[serde(skip)]
     assignments: HashMap<String, (String, String, usize)>,
+    /// Answers dropped as repeats of a kept one: one of them takes the kept answer's place if
+    /// a later download rejects it (the worker lost both; found by a hostile pass).
+    #[serde(skip)]
+    repeats_dropped: Vec<AmtRecord>,
 }
 
 /// A requester's decision on an assignment (the other status, `Submitted`, awaits one).
@@ -182,7 +186,7 @@ pub(crate) fn answer_from_json_for(text: &str, question: Option<&str>) -> std::r
     keys.sort_unstable();
     keys.dedup();
     if keys.len() > 1 {
-        return Err(format!("Answer.taskAnswers answers several questions ({}): name the one to use with `question`", keys.join(", ")));
+        return Err(format!("Answer.taskAnswers answers several questions ({}): name the one to use with `question` (`--question` for `pipeline aggregate`)", keys.join(", ")));
     }
     Ok(found.into_iter().next().map(|(_, l)| l))
 }
@@ -220,7 +224,7 @@ pub fn parse_amt_into(batch: &mut AmtBatch, text: &str, source: &str, opts: &Amt
             let names: Vec<&str> = label_cols.iter().map(|&i| &header[i]).collect();
             return Err(CrowdError::Format {
                 source_name: source.into(),
-                message: format!("several answer columns ({}): name the question to use with `question` (`{}` for `{}`)", names.join(", "), names[0].trim_start_matches("Answer.").trim_end_matches(".label"), names[0]),
+                message: format!("several answer columns ({}): name the question to use with `question` (`--question` for `pipeline aggregate`; `{}` for `{}`)", names.join(", "), names[0].trim_start_matches("Answer.").trim_end_matches(".label"), names[0]),
             });
         }
         None => label_cols.first().copied(),
@@ -333,11 +337,8 @@ pub fn parse_amt_into(batch: &mut AmtBatch, text: &str, source: &str, opts: &Amt
                 }
             }
         }
-        if opts.dedupe && repeats.is_repeat(&mut batch.report, &worker, &item, &label) {
-            continue;
-        }
         let work_time_s = time_c.map(get).and_then(|s| s.parse::<f64>().ok());
-        batch.records.push(AmtRecord {
+        let record = AmtRecord {
             source: source.into(),
             row: line,
             item,
@@ -348,7 +349,12 @@ pub fn parse_amt_into(batch: &mut AmtBatch, text: &str, source: &str, opts: &Amt
             label,
             work_time_s,
             inputs: inputs.iter().map(|(i, n)| (n.clone(), get(*i).to_string())).collect(),
-        });
+        };
+        if opts.dedupe && repeats.is_repeat(&mut batch.report, &record.worker, &record.item, &record.label) {
+            batch.repeats_dropped.push(record);
+            continue;
+        }
+        batch.records.push(record);
         batch.report.kept += 1;
     }
     if !revoked.is_empty() {
@@ -363,6 +369,21 @@ pub fn parse_amt_into(batch: &mut AmtBatch, text: &str, source: &str, opts: &Amt
             report.kept -= 1;
             false
         });
+        // a repeat dropped for an answer now gone takes its place: the first one whose own
+        // assignment is still kept, and only where no answer of that worker on that item is left
+        let kept_status = |a: &str| batch.assignments.get(a).map(|x| opts.statuses.iter().any(|s| s == &x.0)).unwrap_or(true);
+        let mut have: HashSet<(String, String)> = batch.records.iter().map(|r| (r.worker.clone(), r.item.clone())).collect();
+        let mut back = Vec::new();
+        for r in &batch.repeats_dropped {
+            if !revoked.contains(&r.assignment_id) && kept_status(&r.assignment_id) && have.insert((r.worker.clone(), r.item.clone())) {
+                back.push(r.clone());
+            }
+        }
+        for r in back {
+            batch.report.kept += 1;
+            batch.report.duplicates = batch.report.duplicates.saturating_sub(1);
+            batch.records.push(r);
+        }
     }
     Ok(())
 }
@@ -839,15 +860,17 @@ mod tests {
     #[test]
     fn a_newer_download_with_a_rejection_drops_the_assignment_in_either_order() {
         let head = "\"HITId\",\"AssignmentId\",\"WorkerId\",\"AssignmentStatus\",\"Input.image_url\",\"Answer.category.label\"\n";
-        let old = format!("{head}H1,A1,W1,Submitted,u/a.jpg,happy\nH1,A2,W2,Submitted,u/a.jpg,sad\nH2,A3,W1,Submitted,u/b.jpg,sad\n");
-        let new = format!("{head}H1,A1,W1,Approved,u/a.jpg,happy\nH1,A2,W2,Rejected,u/a.jpg,sad\nH2,A3,W1,Submitted,u/b.jpg,sad\n");
+        let old = format!("{head}H1,A1,W1,Submitted,u/a.jpg,happy\nH1,A2,W2,Submitted,u/a.jpg,sad\nH2,A3,W1,Submitted,u/b.jpg,sad\nH3,A4,W2,Submitted,u/a.jpg,happy\n");
+        let new = format!("{head}H1,A1,W1,Approved,u/a.jpg,happy\nH1,A2,W2,Rejected,u/a.jpg,sad\nH2,A3,W1,Submitted,u/b.jpg,sad\nH3,A4,W2,Submitted,u/a.jpg,happy\n");
         for (first, second) in [(&old, &new), (&new, &old)] {
             let mut b = AmtBatch::default();
             parse_amt_into(&mut b, first, "1.csv", &opts()).unwrap();
             parse_amt_into(&mut b, second, "2.csv", &opts()).unwrap();
-            let kept: Vec<&str> = b.records.iter().map(|r| r.assignment_id.as_str()).collect();
-            assert_eq!(kept, ["A1", "A3"], "{first} then {second}");
-            assert_eq!(b.report.kept, 2);
+            // W2's other assignment on the same item (a repeat of the rejected one) is kept
+            let mut kept: Vec<&str> = b.records.iter().map(|r| r.assignment_id.as_str()).collect();
+            kept.sort();
+            assert_eq!(kept, ["A1", "A3", "A4"], "{first} then {second}");
+            assert_eq!(b.report.kept, 3);
             assert_eq!(b.report.dropped_status.get("Rejected"), Some(&2), "{:?}", b.report);
         }
         let approved_elsewhere = format!("{head}H1,A2,W2,Approved,u/a.jpg,sad\n");

@@ -26,7 +26,7 @@ pub const MEAN: f32 = 0.449;
 pub const STD: f32 = 0.226;
 
 /// Extensions taken from image folders (lower-cased).
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "jpe", "jfif", "png"];
 
 /// Decode one image file into 48x48 normalized grayscale (`PIXELS` values).
 /// The file is read and decoded within `pipeline_vision`'s limits (a regular file, its size
@@ -173,26 +173,31 @@ fn is_image(p: &Path) -> bool {
 /// Image formats people keep beside JPEG and PNG: a file of one of these in a class
 /// directory is an error (it was dropped unnoticed, and the test set shrank; found by a
 /// hostile pass), other files (notes, `.DS_Store`) are ignored.
-const UNSUPPORTED_IMAGES: &[&str] = &["webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif", "jxl"];
+const UNSUPPORTED_IMAGES: &[&str] = &["webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif", "jxl", "svg", "ico", "dng", "cr2", "nef", "raw", "psd"];
 
 fn unsupported_image(p: &Path) -> bool {
     p.extension().and_then(|e| e.to_str()).is_some_and(|e| UNSUPPORTED_IMAGES.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// The images of one class directory, its sub-directories included (as torchvision's
-/// ImageFolder: `test/happy/more/*.png` were dropped); hidden entries skipped, linked
-/// sub-directories not followed (a loop), at most 16 levels.
-fn class_images(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+/// ImageFolder: `test/happy/more/*.png` were dropped); hidden entries skipped; a linked
+/// sub-directory is followed once (a directory already read, a loop, is not read again); at
+/// most 16 levels.
+fn class_images_in(dir: &Path, depth: usize, out: &mut Vec<PathBuf>, seen: &mut std::collections::HashSet<PathBuf>) -> Result<()> {
     for f in sorted_dir(dir)? {
         if f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
             continue;
         }
-        let real_dir = std::fs::symlink_metadata(&f).is_ok_and(|m| m.is_dir());
-        if real_dir {
+        if f.is_dir() {
+            // read each directory once: a link back up is a loop, not more images
+            let Ok(c) = std::fs::canonicalize(&f) else { continue };
+            if !seen.insert(c) {
+                continue;
+            }
             if depth >= 16 {
                 return Err(ModelError::bad_file(&f, "more than 16 directory levels below a class directory"));
             }
-            class_images(&f, depth + 1, out)?;
+            class_images_in(&f, depth + 1, out, seen)?;
         } else if f.is_file() && is_image(&f) {
             out.push(f);
         } else if unsupported_image(&f) {
@@ -216,6 +221,14 @@ fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>> {
 /// silently drop a class); a class without a directory simply has no images.
 pub fn load_image_folder(root: &Path, classes: &[String]) -> Result<Dataset> {
     let mut files = Vec::new();
+    // the root and every class directory count as read: a link inside a class directory back
+    // up (or into another class) must not read other classes' images under this label
+    let mut seen: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    for d in std::iter::once(root.to_path_buf()).chain(classes.iter().map(|c| root.join(c))) {
+        if let Ok(c) = std::fs::canonicalize(&d) {
+            seen.insert(c);
+        }
+    }
     let mut labels = Vec::new();
     for entry in sorted_dir(root)? {
         let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
@@ -236,7 +249,7 @@ pub fn load_image_folder(root: &Path, classes: &[String]) -> Result<Dataset> {
             ));
         };
         let before = files.len();
-        class_images(&entry, 0, &mut files)?;
+        class_images_in(&entry, 0, &mut files, &mut seen)?;
         labels.resize(labels.len() + files.len() - before, label);
     }
     if files.is_empty() {
@@ -423,8 +436,13 @@ mod tests {
         std::fs::write(root.join("sad/notes.txt"), "not an image").unwrap();
         std::fs::write(root.join("README.md"), "about this set").unwrap();
         std::os::unix::fs::symlink(&root, root.join("happy/loop")).unwrap();
+        // a linked sub-directory is read (once), a loop is not read again
+        write_png(&d.path().join("elsewhere/e.png"), 48, 48, false, 5);
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), root.join("sad/linked")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), root.join("sad/linked-again")).unwrap();
+        std::fs::write(root.join("happy/j.jfif"), std::fs::read(root.join("happy/a.png")).unwrap()).unwrap();
         let ds = load_image_folder(&root, &classes).unwrap();
-        assert_eq!(ds.files.len(), 2, "{:?}", ds.files);
+        assert_eq!(ds.files.len(), 4, "{:?}", ds.files);
         write_png(&root.join("x.png"), 48, 48, false, 4);
         let e = load_image_folder(&root, &classes).unwrap_err().to_string();
         assert!(e.contains("x.png") && e.contains("outside the class directories"), "{e}");

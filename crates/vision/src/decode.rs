@@ -183,9 +183,60 @@ pub fn truncated_jpeg(bytes: &[u8]) -> bool {
     if bytes.len() < 4 || bytes[0] != 0xFF || bytes[1] != 0xD8 {
         return false;
     }
-    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    let from = last_sos.map_or(2, |i| i + 2);
-    !bytes[from..].windows(2).any(|w| w == [0xFF, 0xD9])
+    // Walk the segments from the start to the first end-of-image marker: what follows it (a
+    // phone's "motion photo" video, any trailer) is not the image, and an FF DA there made a
+    // whole JPEG read as cut short (found by a hostile pass).
+    let n = bytes.len();
+    let mut i = 2;
+    loop {
+        // the next marker: FF (fill FFs allowed) then a marker byte
+        if i < n && bytes[i] != 0xFF {
+            // not a marker where one belongs: a layout this walk does not know; the decoder judges
+            return false;
+        }
+        while i < n && bytes[i] == 0xFF {
+            i += 1;
+        }
+        if i >= n {
+            return true;
+        }
+        let m = bytes[i];
+        i += 1;
+        match m {
+            0xD9 => return false,
+            0xD0..=0xD7 | 0x01 => continue,
+            _ => {
+                if i + 2 > n {
+                    return true;
+                }
+                let len = u16::from_be_bytes([bytes[i], bytes[i + 1]]) as usize;
+                if len < 2 {
+                    return false;
+                }
+                i += len;
+                if i > n {
+                    return true;
+                }
+                if m == 0xDA {
+                    // entropy-coded data: up to the next marker that is not a stuffed FF 00
+                    // or a restart marker
+                    loop {
+                        while i < n && bytes[i] != 0xFF {
+                            i += 1;
+                        }
+                        if i + 1 >= n {
+                            return true;
+                        }
+                        match bytes[i + 1] {
+                            0x00 | 0xD0..=0xD7 => i += 2,
+                            0xFF => i += 1,
+                            _ => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Channel conversion then Triangle resize: the tail of [`load_image`].
@@ -276,6 +327,15 @@ mod tests {
         assert_ne!(partial.to_luma8().as_raw(), full.as_raw(), "the missing part cannot be there");
         assert!(!truncated_jpeg(b"\x89PNG...."));
         assert!(!truncated_jpeg(&[]));
+        // bytes after the end marker are not the image, an FF DA among them included
+        let mut trailer = buf.clone();
+        trailer.extend_from_slice(&[0, 1, 0xFF, 0xDA, 0, 8, 1, 2, 3, 4, 5, 6]);
+        assert!(!truncated_jpeg(&trailer));
+        // a cut file padded with zeros is still cut
+        let mut padded = cut.to_vec();
+        padded.extend(std::iter::repeat(0u8).take(4096));
+        assert!(truncated_jpeg(&padded));
+        assert!(truncated_jpeg(&buf[..buf.len() - 1]));
         // the data loader refuses it, naming the file; the whole file loads
         let e = decode_image(cut, Path::new("cut.jpg"), 48, 1).unwrap_err().to_string();
         assert!(e.contains("cut.jpg") && e.contains("truncated JPEG"), "{e}");
