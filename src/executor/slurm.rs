@@ -33,7 +33,7 @@ pub struct JobState {
     pub state: String,
     pub node: String,
     pub time_limit: String,
-    /// Why a pending job waits (`Resources`, `Priority`, `PartitionDown`...), `None` when
+    /// Why a pending job waits (`Resources`, `Priority`, `PartitionDown`...), empty when
     /// Slurm gives none.
     pub reason: String,
 }

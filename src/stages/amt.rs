@@ -231,17 +231,14 @@ impl Stage for Amt {
                 let rel = url.strip_prefix(p.image_url_prefix.as_str()).ok_or_else(|| {
                     StageError::bad_param("image_url_prefix", format!("image_url \"{url}\" does not start with \"{}\"", p.image_url_prefix))
                 })?;
-                let src = contained_path(dir, rel).map_err(|why| {
-                    StageError::bad_file(dir, format!("image_url \"{url}\" of item \"{}\" {why}: refused", r.item))
-                })?;
+                let refused = |why: String| StageError::bad_file(dir, format!("image_url \"{url}\" of item \"{}\" {why}: refused", r.item));
+                let src = contained_path(dir, rel).map_err(refused)?;
                 // A URL's path as the file system names it: query and fragment cut, `%20` and
                 // the like decoded (`my%20face.jpg` was refused beside `my face.jpg`; found by
                 // a hostile pass). The name as written is tried first, and the decoded one
                 // passes the same containment check.
                 let src = match url_file_name(rel) {
-                    Some(decoded) if !src.is_file() && decoded != rel => contained_path(dir, &decoded).map_err(|why| {
-                        StageError::bad_file(dir, format!("image_url \"{url}\" of item \"{}\" {why}: refused", r.item))
-                    })?,
+                    Some(decoded) if !src.is_file() && decoded != rel => contained_path(dir, &decoded).map_err(refused)?,
                     _ => src,
                 };
                 if !src.is_file() {

@@ -44,7 +44,8 @@ fn pull_inner(cache: &Cache, remote: &Remote, key: &CacheKey, owner: Option<(&st
     // cache's root: the pulled entry was committed and every downstream stage failed on its
     // view (found by a hostile pass, a cache root of 1,000 bytes). Refused, the stage runs here.
     if let Some(longest) = manifest.files.iter().map(|f| f.path.len()).max() {
-        let view = std::path::absolute(cache.root().join("views").join(&entry.output)).unwrap_or_else(|_| cache.root().join("views").join(&entry.output));
+        let rel = cache.root().join("views").join(&entry.output);
+        let view = std::path::absolute(&rel).unwrap_or(rel);
         let full = view.as_os_str().len() + 1 + longest;
         if full >= PATH_MAX {
             return Err(remote.err(&mrel, format!("names a path of {longest} bytes, {full} bytes under this cache's views ({}), over the system's limit of {PATH_MAX}; not downloaded", view.display())));
@@ -57,8 +58,7 @@ fn pull_inner(cache: &Cache, remote: &Remote, key: &CacheKey, owner: Option<(&st
     // reader downloaded into `tmp/` before the hash refused it): refused before any byte. The
     // sum is checked: sizes chosen to wrap it to 1 filled a file system (found by a hostile pass).
     let total = wanted.iter().try_fold(0u64, |t, f| t.checked_add(f.size));
-    let tmp = cache.staging_file();
-    let _room = match total.ok_or_else(|| "more bytes than a u64 holds".to_string()).and_then(|t| Reservation::take(tmp.parent().unwrap_or(cache.root()), t)) {
+    let _room = match total.ok_or_else(|| "more bytes than a u64 holds".to_string()).and_then(|t| Reservation::take(&cache.tmp_dir(), t)) {
         Ok(r) => r,
         Err(why) => return Err(remote.err(&super::entry_path(key), format!("{} files to download: {why}; not downloaded", wanted.len()))),
     };
